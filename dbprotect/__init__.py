@@ -1,0 +1,4 @@
+"""dbprotect: verified, encrypted PostgreSQL backups orchestrated by Dagster."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -1,0 +1,281 @@
+"""``dbprotect.yaml``: the one configuration file, validated at load.
+
+Where it is: ``$DBPROTECT_CONFIG`` if set, else ``./dbprotect.yaml``. Secrets are never in the
+file: it names the environment variables that hold them (``dsn_env``, ``identity_env``), and
+those are read only when something must connect or decrypt.
+
+Example::
+
+    deployment: production          # production | development | demo
+    databases:
+      shop:
+        environments:
+          production: {dsn_env: SHOP_PROD_DSN}
+          development: {dsn_env: SHOP_DEV_DSN}
+        storage: [local, offsite]   # first is primary; default: every storage target
+        backup_schedule: "0 2 * * *"
+        rpo_hours: 24
+        rto_minutes: 30
+    storage:
+      local: {type: filesystem, path: /var/backups/dbprotect}
+      offsite: {type: s3, bucket: acme-backups, prefix: dbprotect, region: eu-west-1}
+    keys:
+      raw:
+        recipients: [age1...]       # public keys: safe in the file
+        identity_env: DBPROTECT_RAW_IDENTITY
+
+Invalid configuration raises :class:`ConfigError` naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dbprotect.core.errors import ConfigError, CredentialIsolationError
+
+CONFIG_ENV = "DBPROTECT_CONFIG"
+DEPLOYMENT_ENV = "DBPROTECT_DEPLOYMENT"
+DEFAULT_CONFIG_FILE = "dbprotect.yaml"
+
+Deployment = Literal["production", "development", "demo"]
+EnvironmentName = Literal["production", "development"]
+
+#: Which environments' credentials each deployment may hold. A deployment that sees the DSN
+#: variable of any other environment refuses to load (seed 000: "Production credentials NEVER in
+#: development environment; development credentials NEVER in production environment").
+ALLOWED_ENVIRONMENTS: dict[str, frozenset[str]] = {
+    "production": frozenset({"production"}),
+    "development": frozenset({"development"}),
+    "demo": frozenset({"production", "development"}),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvironmentSpec(_Strict):
+    dsn_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class FilesystemStorageSpec(_Strict):
+    type: Literal["filesystem"]
+    path: str
+
+
+class S3StorageSpec(_Strict):
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3)
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_env: str | None = None
+    secret_key_env: str | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _strip_slashes(cls, value: str) -> str:
+        return value.strip("/")
+
+
+StorageSpec = Annotated[FilesystemStorageSpec | S3StorageSpec, Field(discriminator="type")]
+
+
+class KeySpec(_Strict):
+    recipients: list[str] = Field(min_length=1)
+    identity_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("recipients")
+    @classmethod
+    def _age_recipients(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value.startswith("age1"):
+                raise ValueError(f"{value[:12]!r}... is not an age X25519 recipient (age1...)")
+        return values
+
+
+class KeysSpec(_Strict):
+    raw: KeySpec
+    development: KeySpec | None = None
+
+
+class DatabaseSpec(_Strict):
+    environments: dict[EnvironmentName, EnvironmentSpec] = Field(min_length=1)
+    storage: list[str] | None = None
+    backup_schedule: str = "0 2 * * *"
+    rpo_hours: float = Field(default=24.0, gt=0)
+    rto_minutes: float = Field(default=30.0, gt=0)
+    exclude_table_data: list[str] = Field(default_factory=list)
+
+    @field_validator("backup_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a five-field cron expression")
+        return value
+
+
+class Config(_Strict):
+    deployment: Deployment
+    databases: dict[str, DatabaseSpec] = Field(min_length=1)
+    storage: dict[str, StorageSpec] = Field(min_length=1)
+    keys: KeysSpec
+    pg_bin_dir: str | None = None
+    timezone: str = "UTC"
+
+    #: Where the file was read from; relative storage paths resolve against its folder.
+    source: str = Field(default="<memory>", exclude=True)
+
+    @field_validator("databases")
+    @classmethod
+    def _database_names(cls, value: dict[str, DatabaseSpec]) -> dict[str, DatabaseSpec]:
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"database name {name!r} may hold only letters, digits, '-' and '_'")
+        return value
+
+    @model_validator(mode="after")
+    def _storage_references(self) -> Config:
+        for db_name, db in self.databases.items():
+            for target in db.storage or []:
+                if target not in self.storage:
+                    raise ValueError(
+                        f"databases.{db_name}.storage names {target!r}, which is not under storage:"
+                    )
+        return self
+
+    def database(self, name: str) -> DatabaseSpec:
+        from dbprotect.core.errors import NotFoundError
+
+        try:
+            return self.databases[name]
+        except KeyError:
+            known = ", ".join(sorted(self.databases)) or "none"
+            raise NotFoundError(
+                f"no database {name!r} in {self.source}", hint=f"configured databases: {known}"
+            ) from None
+
+    def storage_names(self, database: str) -> list[str]:
+        """The storage targets of a database, primary first."""
+        return list(self.database(database).storage or self.storage)
+
+    def primary_storage(self, database: str) -> str:
+        return self.storage_names(database)[0]
+
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source != "<memory>" else Path.cwd()
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The configuration file to read: explicit argument, ``$DBPROTECT_CONFIG``, ./dbprotect.yaml."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the configuration; raise :class:`ConfigError` naming file, key and reason."""
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: configuration file not found",
+            hint=f"create it, point {CONFIG_ENV} at it, or run 'dbprotect demo' for a working example",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
+    return parse_config(text, source=str(file))
+
+
+def parse_config(text: str, *, source: str = "<memory>") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (deployment, databases, ...)")
+    override = os.environ.get(DEPLOYMENT_ENV)
+    if override:
+        raw = {**raw, "deployment": override}
+    try:
+        return Config.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(source, exc)) from None
+
+
+def _describe_validation_error(source: str, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"] if not isinstance(part, int) or True)
+        loc = _drop_union_tags(loc)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{loc or '<top level>'}: {message}")
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return f"{source}: {first}{more}"
+
+
+def _drop_union_tags(loc: str) -> str:
+    """Pydantic names the union branch (``storage.x.filesystem.path``); users wrote ``storage.x.path``."""
+    for tag in (".filesystem", ".s3"):
+        loc = loc.replace(tag + ".", ".")
+    return loc
+
+
+def check_credential_isolation(config: Config, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse to run when this deployment can see another deployment's credentials.
+
+    Only the variable *names* are inspected and reported; a value is never read into a message.
+    """
+    environ = os.environ if environ is None else environ
+    allowed = ALLOWED_ENVIRONMENTS[config.deployment]
+    for db_name, db in sorted(config.databases.items()):
+        for env_name, env in sorted(db.environments.items()):
+            if env_name not in allowed and environ.get(env.dsn_env):
+                raise CredentialIsolationError(
+                    f"{config.deployment} deployment refuses to load: ${env.dsn_env} "
+                    f"({env_name} DSN of database {db_name!r}) is set here",
+                    hint=f"a {config.deployment} deployment must never hold {env_name} credentials; "
+                    f"unset {env.dsn_env}",
+                )
+    if config.deployment == "development" and environ.get(config.keys.raw.identity_env):
+        raise CredentialIsolationError(
+            f"development deployment refuses to load: ${config.keys.raw.identity_env} "
+            "(the raw-backup identity) is set here",
+            hint="raw backups hold production data; only the production deployment may decrypt them",
+        )
+
+
+def resolve_dsn(config: Config, database: str, environment: str = "production",
+                environ: Mapping[str, str] | None = None) -> str:
+    """The DSN of one environment of a database, read from its environment variable now."""
+    environ = os.environ if environ is None else environ
+    spec = config.database(database)
+    env = spec.environments.get(environment)  # type: ignore[call-overload]
+    if env is None:
+        raise ConfigError(f"{config.source}: databases.{database}.environments has no {environment!r}")
+    if environment not in ALLOWED_ENVIRONMENTS[config.deployment]:
+        raise CredentialIsolationError(
+            f"a {config.deployment} deployment may not connect to the {environment} database of {database!r}"
+        )
+    value = environ.get(env.dsn_env)
+    if not value:
+        raise ConfigError(
+            f"${env.dsn_env} is not set (the {environment} DSN of database {database!r})",
+            hint=f"export {env.dsn_env}=postgresql://user:password@host:5432/dbname",
+        )
+    return value
