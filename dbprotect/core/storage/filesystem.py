@@ -132,9 +132,13 @@ class FilesystemStorage:
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        base = self._path(prefix) if prefix else self.root
-        start = base if base.is_dir() else base.parent
-        if not start.exists():
+        # A prefix is a string prefix, as on S3: "shop" also matches "shopping/...", so only the
+        # root or a prefix ending in "/" may start the walk inside its own folder.
+        if not prefix or prefix.endswith("/"):
+            start = self._path(prefix) if prefix else self.root
+        else:
+            start = self._path(prefix).parent
+        if not start.is_dir():
             return
         entries: list[ObjectInfo] = []
         try:
