@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
+import pyrage
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,6 +55,44 @@ ALLOWED_ENVIRONMENTS: dict[str, frozenset[str]] = {
     "development": frozenset({"development"}),
     "demo": frozenset({"production", "development"}),
 }
+
+
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
+                ("day-of-week", 0, 7))
+_CRON_NAMES = {name: number for number, name in enumerate(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
+_CRON_NAMES.update({name: number for number, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])})
+
+
+def _cron_field_ok(text: str, low: int, high: int) -> bool:
+    """One cron field (``*``, ``5``, ``1-5``, ``*/15``, ``mon-fri``, lists of these) within its range.
+
+    Checked here so that a typo like ``61 2 * * *`` fails at load, naming the key, instead of
+    when the scheduler first tries to use it.
+    """
+    def number(part: str) -> int | None:
+        value = _CRON_NAMES.get(part, int(part) if part.isdigit() else None)
+        return value if value is not None and low <= value <= high else None
+
+    for item in text.split(","):
+        base, _, step = item.partition("/")
+        if step and (not step.isdigit() or int(step) == 0):
+            return False
+        if base == "*":
+            continue
+        first, _, last = base.partition("-")
+        if number(first) is None or (last and number(last) is None):
+            return False
+    return True
+
+
+def _is_age_recipient(value: str) -> bool:
+    """A syntactically valid age X25519 public key (bech32 with a checksum, not just ``age1``)."""
+    try:
+        pyrage.x25519.Recipient.from_str(value.strip())
+    except Exception:
+        return False
+    return True
 
 
 class _Strict(BaseModel):
@@ -95,7 +134,7 @@ class KeySpec(_Strict):
     @classmethod
     def _age_recipients(cls, values: list[str]) -> list[str]:
         for value in values:
-            if not value.startswith("age1"):
+            if not _is_age_recipient(value):
                 raise ValueError(f"{value[:12]!r}... is not an age X25519 recipient (age1...)")
         return values
 
@@ -118,6 +157,9 @@ class DatabaseSpec(_Strict):
     def _cron(cls, value: str) -> str:
         if len(value.split()) != 5:
             raise ValueError(f"{value!r} is not a five-field cron expression")
+        for field_text, (label, low, high) in zip(value.split(), _CRON_FIELDS, strict=True):
+            if not _cron_field_ok(field_text.lower(), low, high):
+                raise ValueError(f"{value!r}: {label} field {field_text!r} is not valid cron ({low}-{high})")
         return value
 
 
@@ -223,7 +265,7 @@ def _describe_validation_error(source: str, exc: ValidationError) -> str:
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required key is missing"
-        problems.append(f"{loc or '<top level>'}: {message}")
+        problems.append(f"{loc}: {message}" if loc else message)  # model checks name their own keys
     first = problems[0]
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     return f"{source}: {first}{more}"

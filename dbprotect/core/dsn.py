@@ -33,7 +33,7 @@ def mask_dsn(dsn: str) -> str:
     query = parts.query
     if query:
         pairs = [(k, MASK if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="/:")
+        query = urlencode(pairs, safe="/:*")  # keep the mask readable
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
