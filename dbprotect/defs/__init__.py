@@ -1,0 +1,52 @@
+"""Dagster definitions for dbprotect: thin wiring over :mod:`dbprotect.core`.
+
+Loaded by ``dagster dev -m dbprotect.defs`` or ``workspace.yaml`` (``python_module:
+dbprotect.defs``). ``defs`` is lazy (``@dagster.definitions``): importing this package reads no
+file and no secret; Dagster calls it when the code location loads, which reads the configuration
+at ``$DBPROTECT_CONFIG`` (default ``./dbprotect.yaml``) and refuses to load a deployment that can
+see another deployment's credentials.
+
+Layout (as in dagster-open-platform): one folder per domain, one file per kind::
+
+    defs/
+      names.py        every asset key, check, job and schedule name
+      resources.py    config path, production DSNs (EnvVar), raw-backup identity (EnvVar)
+      failures.py     DbprotectError -> dagster.Failure with the same one-line message
+      backups/        assets.py, checks.py, schedules.py
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from dbprotect.core.config import Config, check_credential_isolation, load_config
+from dbprotect.defs.backups import build_backup_definitions
+from dbprotect.defs.resources import build_resources
+
+
+def build_definitions(config: Config) -> dg.Definitions:
+    """Every definition for a validated configuration; pure (reads no environment variable)."""
+    return dg.Definitions.merge(build_backup_definitions(config), dg.Definitions(resources=build_resources(config)))
+
+
+def load_definitions(path: str | os.PathLike[str] | None = None) -> dg.Definitions:
+    """Read the configuration, enforce credential isolation, build the definitions.
+
+    Raises the core errors unchanged (:class:`~dbprotect.core.errors.ConfigError`,
+    :class:`~dbprotect.core.errors.CredentialIsolationError`): their messages name files, keys and
+    variables, never a secret's value.
+    """
+    config = load_config(path)
+    check_credential_isolation(config)
+    return build_definitions(config)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location's definitions, built when Dagster loads it (not at import)."""
+    return load_definitions()
+
+
+__all__ = ["build_definitions", "defs", "load_definitions"]

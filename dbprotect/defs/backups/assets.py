@@ -1,0 +1,58 @@
+"""The production snapshot asset: one materialization is one new backup in the primary store."""
+
+# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+from datetime import timedelta
+
+import dagster as dg
+
+from dbprotect.core.backup import BackupResult
+from dbprotect.core.config import Config
+from dbprotect.core.operations import backup_database
+from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.names import dagster_name, postgres_resource_key, snapshot_key
+from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, PostgresResource
+
+#: Metrics that are counts; the rest of ``BackupResult.metrics()`` are measured floats.
+_INT_METRICS = frozenset({"dump_bytes", "compressed_bytes", "stored_bytes", "tables", "total_rows"})
+
+
+def snapshot_metadata(result: BackupResult, source: str) -> dict[str, dg.MetadataValue]:
+    """Materialization metadata: identifiers as text, every measurement as a number the UI plots."""
+    metadata: dict[str, dg.MetadataValue] = {
+        "backup_id": dg.MetadataValue.text(result.manifest.backup_id),
+        "stored_uri": dg.MetadataValue.url(result.uri),
+        "source": dg.MetadataValue.text(source),
+    }
+    for name, value in result.metrics().items():
+        metadata[name] = dg.MetadataValue.int(int(value)) if name in _INT_METRICS else dg.MetadataValue.float(
+            float(value))
+    return metadata
+
+
+def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
+    """The ``[<database>, production_snapshot]`` asset, fresh while its newest backup is within the RPO."""
+    spec = config.database(database)
+    postgres_key = postgres_resource_key(database)
+
+    @dg.asset(
+        key=snapshot_key(database),
+        group_name=dagster_name(database),
+        kinds={"postgres"},
+        description=(
+            f"An encrypted, compressed pg_dump of the production database {database!r} in the "
+            f"{config.primary_storage(database)!r} store. Materializing takes one new backup."
+        ),
+        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=spec.rpo_hours)),
+        required_resource_keys={CONFIG_RESOURCE, postgres_key},
+        metadata={"database": database, "storage": config.primary_storage(database), "rpo_hours": spec.rpo_hours},
+    )
+    def production_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+        postgres: PostgresResource = getattr(context.resources, postgres_key)
+        context.log.info(f"backing up {database!r} from {postgres.masked()}")
+        with core_errors_as_failures():
+            result = backup_database(settings.load(), database, dsn=postgres.dsn)
+        context.log.info(f"stored backup {result.manifest.backup_id} at {result.uri}")
+        return dg.MaterializeResult(metadata=snapshot_metadata(result, postgres.masked()))
+
+    return production_snapshot

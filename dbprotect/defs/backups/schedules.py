@@ -1,0 +1,67 @@
+"""Jobs and schedules that protect data, so they start ``RUNNING`` as soon as the code loads.
+
+- ``<database>_backup_job`` materializes the snapshot asset and its checks, on the database's
+  ``backup_schedule`` (default daily 02:00) in ``config.timezone``.
+- ``rpo_checks_job`` runs only the ``rpo_met`` checks, hourly: a backup schedule that was
+  stopped, a daemon that was down or a run that never started all turn the check red within an
+  hour, which a check that only ran after a backup could never do.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dbprotect.core.config import Config
+from dbprotect.defs.backups.checks import rpo_check_key
+from dbprotect.defs.names import (
+    DATABASE_TAG,
+    RPO_CHECKS_CRON,
+    RPO_CHECKS_JOB,
+    RPO_CHECKS_SCHEDULE,
+    backup_job_name,
+    backup_schedule_name,
+    snapshot_key,
+)
+
+
+def build_backup_job(database: str) -> dg.UnresolvedAssetJobDefinition:
+    """One backup of ``database`` and both of its checks (an asset selection includes its checks)."""
+    return dg.define_asset_job(
+        backup_job_name(database),
+        selection=dg.AssetSelection.assets(snapshot_key(database)),
+        # Run tag: dagster.yaml's run coordinator allows one run per database at a time.
+        tags={DATABASE_TAG: database},
+        description=f"Back up {database!r}, verify the new backup's integrity, and evaluate the RPO.",
+    )
+
+
+def build_backup_schedule(config: Config, database: str, job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    spec = config.database(database)
+    return dg.ScheduleDefinition(
+        name=backup_schedule_name(database),
+        job=job,
+        cron_schedule=spec.backup_schedule,
+        execution_timezone=config.timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Scheduled backup of {database!r} ({spec.backup_schedule}, {config.timezone}).",
+    )
+
+
+def build_rpo_checks_job(databases: list[str]) -> dg.UnresolvedAssetJobDefinition:
+    """Only the ``rpo_met`` checks: it reads the store's listing, never takes a backup."""
+    return dg.define_asset_job(
+        RPO_CHECKS_JOB,
+        selection=dg.AssetSelection.checks(*(rpo_check_key(database) for database in databases)),
+        description="Evaluate every database's RPO from the backup store (no backup is taken).",
+    )
+
+
+def build_rpo_checks_schedule(config: Config, job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name=RPO_CHECKS_SCHEDULE,
+        job=job,
+        cron_schedule=RPO_CHECKS_CRON,
+        execution_timezone=config.timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Hourly RPO checks, so a backup that never happened is noticed.",
+    )

@@ -1,0 +1,57 @@
+"""Every name the Dagster definitions expose, in one place.
+
+Asset keys, check names, job and schedule names are what people bookmark, alert on and search
+for in the UI; keeping them here (and pinned by ``test_definitions.py``) makes a rename a
+deliberate, visible change.
+"""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+
+from dbprotect.core.config import ALLOWED_ENVIRONMENTS, Config
+
+SNAPSHOT_ASSET = "production_snapshot"
+INTEGRITY_CHECK = "backup_integrity_verified"
+RPO_CHECK = "rpo_met"
+#: Run tag naming the database a run touches (dagster.yaml limits runs per value to one).
+DATABASE_TAG = "dbprotect/database"
+RPO_CHECKS_JOB = "rpo_checks_job"
+RPO_CHECKS_SCHEDULE = "rpo_checks_schedule"
+#: Hourly at minute 17: off the top of the hour, where backup schedules usually sit.
+RPO_CHECKS_CRON = "17 * * * *"
+
+
+def dagster_name(database: str) -> str:
+    """A database name as a Dagster name (groups, jobs and keys allow only ``[A-Za-z0-9_]``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", database)
+
+
+def snapshot_key(database: str) -> dg.AssetKey:
+    return dg.AssetKey([dagster_name(database), SNAPSHOT_ASSET])
+
+
+def backup_job_name(database: str) -> str:
+    return f"{dagster_name(database)}_backup_job"
+
+
+def backup_schedule_name(database: str) -> str:
+    return f"{dagster_name(database)}_backup_schedule"
+
+
+def postgres_resource_key(database: str, environment: str = "production") -> str:
+    """The resource key of one database environment, e.g. ``shop_production_postgres``."""
+    return f"{dagster_name(database)}_{environment}_postgres"
+
+
+def protected_databases(config: Config) -> list[str]:
+    """Databases whose production snapshot this deployment takes.
+
+    A deployment that may not hold production credentials (``development``) gets no snapshot
+    assets at all, rather than assets that would fail on every run.
+    """
+    if "production" not in ALLOWED_ENVIRONMENTS[config.deployment]:
+        return []
+    return sorted(name for name, spec in config.databases.items() if "production" in spec.environments)

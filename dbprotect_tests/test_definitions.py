@@ -1,0 +1,223 @@
+"""The Dagster definitions, recorded as a snapshot: a renamed asset, check, job or schedule is a diff.
+
+Also: secrets are EnvVar references only, a deployment holding another deployment's DSN refuses
+to load (naming the variable, never its value), and Dagster itself loads the code location from
+workspace.yaml. No run executes here (see test_dagster_materialize.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+
+import dbprotect.defs
+from dbprotect.core.errors import ConfigError, CredentialIsolationError
+from dbprotect.defs import build_definitions, load_definitions
+from dbprotect.defs.resources import AgeIdentityResource, PostgresResource
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET_DSN = "postgresql://app:s3cret-prod-password@prod.example.internal:5432/shop"
+
+TWO_DATABASES = {
+    "shop": {"environments": {"production": {"dsn_env": "TEST_SHOP_PROD_DSN"},
+                              "development": {"dsn_env": "TEST_SHOP_DEV_DSN"}}},
+    "ledger-db": {"environments": {"production": {"dsn_env": "TEST_LEDGER_PROD_DSN"}},
+                  "backup_schedule": "30 1 * * *", "rpo_hours": 6},
+}
+
+
+def snapshot(defs: dg.Definitions) -> dict[str, Any]:
+    """Everything a user names or schedules, as plain data."""
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        policy = node.freshness_policy
+        assets[key.to_user_string()] = {
+            "group": node.group_name, "kinds": sorted(node.kinds),
+            "freshness": type(policy).__name__ if policy else None,
+            "fail_window_hours": policy.fail_window.to_timedelta().total_seconds() / 3600 if policy else None,
+        }
+    checks = {
+        f"{key.asset_key.to_user_string()}:{key.name}": {"blocking": graph.get_check_spec(key).blocking}
+        for key in sorted(graph.asset_check_keys, key=str)
+    }
+    jobs = {}
+    for job in sorted(repo.get_all_jobs(), key=lambda j: j.name):
+        if job.name.startswith("__"):
+            continue  # Dagster's implicit asset job
+        jobs[job.name] = {
+            "assets": sorted(key.to_user_string() for key in job.asset_layer.selected_asset_keys),
+            "checks": sorted(f"{key.asset_key.to_user_string()}:{key.name}"
+                             for key in job.asset_layer.asset_graph.asset_check_keys),
+            "run_tags": dict(job.run_tags),
+        }
+    schedules = {
+        schedule.name: {"cron": schedule.cron_schedule, "job": schedule.job_name,
+                        "status": schedule.default_status.value, "timezone": schedule.execution_timezone}
+        for schedule in sorted(repo.schedule_defs, key=lambda s: s.name)
+    }
+    return {"assets": assets, "checks": checks, "jobs": jobs, "schedules": schedules,
+            "resources": sorted(defs.resources or {})}
+
+
+def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_SHOP_PROD_DSN", SECRET_DSN)
+    write_config(None, deployment="production", extra={"databases": TWO_DATABASES, "timezone": "Europe/Berlin"})
+    defs = load_definitions()
+    dg.Definitions.validate_loadable(defs)
+    assert snapshot(defs) == {
+        "assets": {
+            "ledger_db/production_snapshot": {"group": "ledger_db", "kinds": ["postgres"],
+                                              "freshness": "TimeWindowFreshnessPolicy", "fail_window_hours": 6.0},
+            "shop/production_snapshot": {"group": "shop", "kinds": ["postgres"],
+                                         "freshness": "TimeWindowFreshnessPolicy", "fail_window_hours": 24.0},
+        },
+        "checks": {
+            "ledger_db/production_snapshot:backup_integrity_verified": {"blocking": True},
+            "ledger_db/production_snapshot:rpo_met": {"blocking": False},
+            "shop/production_snapshot:backup_integrity_verified": {"blocking": True},
+            "shop/production_snapshot:rpo_met": {"blocking": False},
+        },
+        "jobs": {
+            "ledger_db_backup_job": {
+                "assets": ["ledger_db/production_snapshot"],
+                "checks": ["ledger_db/production_snapshot:backup_integrity_verified",
+                           "ledger_db/production_snapshot:rpo_met"],
+                "run_tags": {"dbprotect/database": "ledger-db"},
+            },
+            "rpo_checks_job": {
+                "assets": [],  # only checks: the hourly job never takes a backup
+                "checks": ["ledger_db/production_snapshot:rpo_met", "shop/production_snapshot:rpo_met"],
+                "run_tags": {},
+            },
+            "shop_backup_job": {
+                "assets": ["shop/production_snapshot"],
+                "checks": ["shop/production_snapshot:backup_integrity_verified", "shop/production_snapshot:rpo_met"],
+                "run_tags": {"dbprotect/database": "shop"},
+            },
+        },
+        "schedules": {
+            "ledger_db_backup_schedule": {"cron": "30 1 * * *", "job": "ledger_db_backup_job",
+                                          "status": "RUNNING", "timezone": "Europe/Berlin"},
+            "rpo_checks_schedule": {"cron": "17 * * * *", "job": "rpo_checks_job",
+                                    "status": "RUNNING", "timezone": "Europe/Berlin"},
+            "shop_backup_schedule": {"cron": "0 2 * * *", "job": "shop_backup_job",
+                                     "status": "RUNNING", "timezone": "Europe/Berlin"},
+        },
+        "resources": ["dbprotect_config", "ledger_db_production_postgres", "raw_backup_identity",
+                      "shop_production_postgres"],
+    }
+
+
+def test_one_database_defaults(write_config) -> None:
+    """Defaults from the configuration: daily 02:00 UTC, RPO 24 h."""
+    write_config(SECRET_DSN, deployment="production")
+    got = snapshot(load_definitions())
+    assert list(got["assets"]) == ["shop/production_snapshot"]
+    assert got["assets"]["shop/production_snapshot"]["fail_window_hours"] == 24.0
+    assert got["schedules"]["shop_backup_schedule"] == {"cron": "0 2 * * *", "job": "shop_backup_job",
+                                                        "status": "RUNNING", "timezone": "UTC"}
+    assert sorted(got["jobs"]) == ["rpo_checks_job", "shop_backup_job"]
+
+
+def test_secrets_are_env_var_references_never_values(write_config, age_keys: tuple[str, str]) -> None:
+    write_config(SECRET_DSN, deployment="production")
+    defs = load_definitions()
+    postgres = defs.resources["shop_production_postgres"]
+    identity = defs.resources["raw_backup_identity"]
+    assert isinstance(postgres, PostgresResource) and isinstance(identity, AgeIdentityResource)
+    assert isinstance(postgres.dsn, dg.EnvVar) and postgres.dsn.env_var_name == "TEST_SHOP_PROD_DSN"
+    assert isinstance(identity.identity, dg.EnvVar) and identity.identity.env_var_name == "TEST_RAW_IDENTITY"
+    everything = repr(defs.resources) + repr(snapshot(defs))
+    assert "s3cret-prod-password" not in everything and age_keys[0] not in everything
+
+
+def test_development_deployment_holding_the_production_dsn_refuses_to_load(
+        write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config(SECRET_DSN, deployment="development")
+    monkeypatch.delenv("TEST_RAW_IDENTITY")  # isolate the DSN rule from the identity rule
+    for load in (load_definitions, dbprotect.defs.defs):  # the function, and what Dagster calls
+        with pytest.raises(CredentialIsolationError) as caught:
+            load()
+        message = caught.value.one_line()
+        assert "$TEST_SHOP_PROD_DSN" in message
+        assert "s3cret-prod-password" not in message and SECRET_DSN not in message
+        assert "TEST_SHOP_PROD_DSN" in (caught.value.hint or "")
+
+
+def test_development_deployment_defines_no_production_snapshot(write_config,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config(None, deployment="development")
+    monkeypatch.delenv("TEST_RAW_IDENTITY")
+    defs = load_definitions()
+    dg.Definitions.validate_loadable(defs)
+    assert snapshot(defs) == {"assets": {}, "checks": {}, "jobs": {}, "schedules": {},
+                              "resources": ["dbprotect_config"]}
+
+
+def test_missing_configuration_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "nowhere" / "dbprotect.yaml"
+    monkeypatch.setenv("DBPROTECT_CONFIG", str(missing))
+    with pytest.raises(ConfigError, match="configuration file not found") as caught:
+        dbprotect.defs.defs()
+    assert str(missing) in caught.value.one_line()
+
+
+def test_build_definitions_is_pure(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building reads no secret: with every variable unset it gives the same definitions."""
+    from dbprotect.core.config import load_config
+
+    config = load_config(write_config(SECRET_DSN, deployment="production"))
+    with_env = snapshot(build_definitions(config))
+    for name in ("TEST_SHOP_PROD_DSN", "TEST_RAW_IDENTITY", "DBPROTECT_CONFIG"):
+        monkeypatch.delenv(name)
+    assert snapshot(build_definitions(config)) == with_env
+
+
+@pytest.mark.parametrize("deployment", ["production", "development"])
+def test_dagster_loads_the_code_location_from_workspace_yaml(write_config, tmp_path: Path, deployment: str) -> None:
+    """What `dagster dev -w workspace.yaml` does first, through Dagster's own CLI and loader.
+
+    A production deployment loads; a development deployment that sees the production DSN is
+    refused by Dagster's loader with the core error, naming the variable, not the value.
+    DAGSTER_HOME points at an empty folder (Dagster's default local storage): without it, Dagster's
+    CLI reads ./dagster.yaml, the deployment's PostgreSQL storage, which needs DAGSTER_PG_*.
+    """
+    path = write_config(SECRET_DSN, deployment=deployment)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "DBPROTECT_CONFIG": str(path), "DAGSTER_HOME": str(home)}
+    dagster = Path(sys.executable).with_name("dagster")
+    out = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    output = out.stdout + out.stderr
+    assert "s3cret-prod-password" not in output
+    if deployment == "production":
+        assert out.returncode == 0, output
+    else:
+        assert out.returncode != 0
+        assert "CredentialIsolationError: development deployment refuses to load: $TEST_SHOP_PROD_DSN" in output
+
+
+def test_dagster_yaml_keeps_dagster_storage_in_postgres_from_environment() -> None:
+    doc = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
+    assert doc["storage"]["postgres"]["postgres_db"] == {
+        "username": {"env": "DAGSTER_PG_USERNAME"}, "password": {"env": "DAGSTER_PG_PASSWORD"},
+        "hostname": {"env": "DAGSTER_PG_HOST"}, "db_name": {"env": "DAGSTER_PG_DB"}, "port": 5432,
+    }
+    limits = doc["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert {"key": "dbprotect/database", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    # Dagster's own instance schema accepts the file (validation only: nothing connects).
+    from dagster._core.instance.config import dagster_instance_config
+
+    config, _ = dagster_instance_config(str(REPO), "dagster.yaml")
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
