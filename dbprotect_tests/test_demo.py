@@ -1,0 +1,113 @@
+"""``dbprotect demo`` end to end, as a user runs it: the console script, a fresh folder, twice.
+
+The demo starts its own embedded PostgreSQL (left running by design, for the Dagster UI); the
+test stops it with ``dbprotect demo --stop`` whatever happens, so nothing keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dbprotect.core.catalog import list_backups, load_manifest
+from dbprotect.core.storage import FilesystemStorage
+from dbprotect_tests.conftest import pg_bin, psql, table_counts
+
+DBPROTECT = Path(sys.executable).parent / "dbprotect"
+ROWS = 3000
+
+
+def _demo(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("DBPROTECT_", "TEST_"))}  # "nothing configured"
+    return subprocess.run([str(DBPROTECT), "demo", "--dir", str(workdir), *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=workdir.parent)
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name] = shlex.split(value)[0]
+    return values
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "demo"
+    try:
+        yield folder
+    finally:
+        stopped = _demo(folder, "--stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert not (folder / "pgdata" / "postmaster.pid").exists()
+
+
+def test_demo_runs_twice_from_nothing(workdir: Path) -> None:
+    first = _demo(workdir, "--rows", str(ROWS), "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    key_file = workdir.parent / "keys" / "raw-backups.agekey"
+    secret = next(line for line in key_file.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+
+    # One backup in the store, whose manifest agrees with the database it came from.
+    store = FilesystemStorage(workdir / "store")
+    (entry,) = list_backups(store, "fintech")
+    assert entry.backup_id == report["backup"]["backup_id"] and entry.status == "verified:readable"
+    manifest = load_manifest(store, "fintech", entry.backup_id)
+    env = _env_file(workdir / "demo.env")
+    live = table_counts(env["DBPROTECT_DEMO_PROD_DSN"])
+    assert {name: table.rows for name, table in manifest.tables.items()} == live == report["data"]["tables"]
+    assert live["public.users"] >= 100 and sum(live.values()) == ROWS
+    assert report["integrity"]["ok"] is True and report["rpo"]["ok"] is True
+    assert report["data"]["loaded_now"] is True
+
+    # The key is private, referenced (never copied) by demo.env, and never printed.
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert env["DBPROTECT_DEMO_RAW_IDENTITY"] == f"@{key_file}"
+    assert secret not in (workdir / "demo.env").read_text() + (workdir / "dbprotect.yaml").read_text()
+    assert secret not in first.stdout + first.stderr
+
+    # Second run: same server, data and key; one more backup, human output this time.
+    second = _demo(workdir, "--rows", str(ROWS))
+    assert second.returncode == 0, second.stderr
+    assert "reused from an earlier run" in second.stdout
+    assert "integrity  ok" in second.stdout and "RPO        ok" in second.stdout
+    assert "dagster dev -m dbprotect.defs" in second.stdout
+    assert secret not in second.stdout + second.stderr
+    assert len(list_backups(store, "fintech")) == 2
+    assert secret == next(line for line in key_file.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+
+
+def test_demo_data_is_the_fintech_schema_with_its_guards(workdir: Path) -> None:
+    result = _demo(workdir, "--rows", str(ROWS), "--json")
+    assert result.returncode == 0, result.stderr
+    dsn = _env_file(workdir / "demo.env")["DBPROTECT_DEMO_PROD_DSN"]
+    # The environment marker destructive steps check, and row-level security on tenant data.
+    assert psql(dsn, "SHOW dbprotect.environment").strip() == "production"
+    assert psql(dsn, "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class "
+                     "WHERE relrowsecurity").strip() == "accounts,transactions"
+    # Personal data shaped like seed 001: E.164 phones, unique e-mails, audit fields filled in.
+    stats = psql(dsn, "SELECT count(*) = count(DISTINCT email) + count(*) FILTER (WHERE email IS NULL), "
+                      "bool_and(phone_number ~ '^\\+[1-9][0-9]{6,14}$'), count(last_login_ip) > 0, "
+                      "count(*) FILTER (WHERE is_deleted AND deleted_at IS NOT NULL) > 0 FROM users").strip()
+    assert stats == "t|t|t|t"
+    # The audit log is append-only, even for its owner.
+    refused = subprocess.run([str(pg_bin() / "psql"), "-X", "-At", dsn, "-c",
+                              "DELETE FROM audit_log WHERE audit_id IN (SELECT audit_id FROM audit_log LIMIT 1)"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "append-only" in refused.stderr
+    # The config the demo wrote drives the ordinary CLI.
+    env = {**os.environ, **_env_file(workdir / "demo.env")}
+    status = subprocess.run([str(DBPROTECT), "status", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["databases"][0]["rpo"]["ok"] is True
