@@ -111,3 +111,10 @@ def test_demo_data_is_the_fintech_schema_with_its_guards(workdir: Path) -> None:
     status = subprocess.run([str(DBPROTECT), "status", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["databases"][0]["rpo"]["ok"] is True
+    # ... and the Dagster definitions the printed UI command loads, even from the repository root
+    # (whose dagster.yaml is for deployments and needs variables the demo does not have).
+    repo_root = Path(__file__).resolve().parents[1]
+    validate = subprocess.run([str(DBPROTECT.parent / "dagster"), "definitions", "validate", "-m", "dbprotect.defs"],
+                              capture_output=True, text=True, env=env, cwd=repo_root, timeout=180)
+    assert validate.returncode == 0, validate.stderr[-2000:]
+    assert "Validation successful for code location dbprotect.defs" in validate.stdout + validate.stderr

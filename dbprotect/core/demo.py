@@ -5,7 +5,9 @@ What it builds (all under a work folder, ``.dbprotect/demo/`` by default, git-ig
     .dbprotect/demo/pgdata/          an embedded PostgreSQL 18 ("production"), left running
     .dbprotect/demo/store/           the filesystem backup store
     .dbprotect/demo/dbprotect.yaml   deployment: demo, database ``fintech``
-    .dbprotect/demo/demo.env         the two variables the configuration names (no secret values)
+    .dbprotect/demo/demo.env         the variables the configuration names (no secret values),
+                                     plus DBPROTECT_CONFIG and DAGSTER_HOME for the UI
+    .dbprotect/demo/dagster_home/    the demo's Dagster instance (default local storage)
     .dbprotect/keys/raw-backups.agekey   the age identity for raw backups (mode 0600), beside it
 
 then takes one backup through the real pipeline and runs both checks (integrity, RPO), exactly as
@@ -93,6 +95,10 @@ class DemoPaths:
     @property
     def env_file(self) -> Path:
         return self.workdir / "demo.env"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.workdir / "dagster_home"
 
     @property
     def key_file(self) -> Path:
@@ -342,7 +348,9 @@ def write_demo_files(paths: DemoPaths, dsn: str, recipient: str) -> dict[str, st
     header = ("# Written by 'dbprotect demo' (rewritten on every run). Secrets are not in this file:\n"
               f"# {DSN_ENV} and {IDENTITY_ENV} are set by demo.env beside it.\n")
     paths.config.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    environ = {DSN_ENV: dsn, IDENTITY_ENV: f"@{paths.key_file}", "DBPROTECT_CONFIG": str(paths.config)}
+    _write_dagster_home(paths.dagster_home)
+    environ = {DSN_ENV: dsn, IDENTITY_ENV: f"@{paths.key_file}", "DBPROTECT_CONFIG": str(paths.config),
+               "DAGSTER_HOME": str(paths.dagster_home)}
     lines = ["# Written by 'dbprotect demo'. Load with: set -a; . demo.env; set +a",
              "# The DSN has no password (the embedded server trusts its Unix socket); the identity",
              "# is a reference (@path) to the key file, never the key itself."]
@@ -351,6 +359,20 @@ def write_demo_files(paths: DemoPaths, dsn: str, recipient: str) -> dict[str, st
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     return environ
+
+
+def _write_dagster_home(folder: Path) -> None:
+    """A Dagster instance of the demo's own, with Dagster's default local storage.
+
+    Without ``DAGSTER_HOME``, ``dagster dev`` started from the repository root would pick up the
+    repository's ``dagster.yaml`` (storage in PostgreSQL, for deployments) and fail for want of
+    its variables; with it, the demo's run history also survives restarts of the UI.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    instance = folder / "dagster.yaml"
+    if not instance.exists():
+        instance.write_text("# Dagster instance of 'dbprotect demo': default local storage in this folder.\n"
+                            "telemetry:\n  enabled: false\n", encoding="utf-8")
 
 
 def ui_command(paths: DemoPaths) -> str:
