@@ -1,0 +1,341 @@
+"""The audit log: an append-only, hash-chained record of what dbprotect did, kept in the backup store.
+
+Every backup, verification, restore, drill, deletion and refused action becomes one record, stored
+next to the backups (the store, not Dagster, is the source of truth, and outlives Dagster's
+database). Object stores cannot append, so each record is its own small object::
+
+    _audit/<seq:012d>-<YYYYMMDDTHHMMSSZ>-<nonce>.json
+
+The sequence number comes first so that a listing returns the log in order; the random nonce
+means two writers never overwrite each other's record.
+
+Each record holds ``seq``, ``at``, ``actor`` (a person or a schedule), ``action`` (backup, verify,
+restore, drill, delete, refused, ...), ``database``, ``target`` (usually a backup id),
+``outcome``, ``detail``, ``data`` (structured extras), ``prev_hash``, ``merged`` and ``hash``:
+
+- ``hash`` = SHA-256 of the record's canonical JSON (sorted keys, no spaces, UTF-8) without the
+  ``hash`` field — so it covers the links too;
+- ``prev_hash`` = the ``hash`` of the previous record (64 zeros for the first), i.e. the SHA-256
+  of its canonical JSON; ``seq`` is that record's ``seq`` + 1;
+- ``merged`` = hashes of other records that were also at the end of the log (normally empty).
+
+Concurrency. The Storage protocol has no create-if-absent, so two writers that append at the same
+moment both read the same end of the log and both write ``seq`` N. Instead of forking the chain
+silently (or one writer overwriting the other), both records are kept as *siblings*, and the next
+append links to every record nobody links to yet (the first in ``prev_hash``, the others in
+``merged``), joining the branches as a git merge does. So a race costs nothing and hides nothing:
+every record but the newest is linked from a later one, and removing any of them breaks a link.
+
+:func:`verify_chain` recomputes everything and names what it finds: an *edited* record no longer
+matches its hash; a *missing* record leaves a gap in the sequence or a link to nothing; a record
+rewritten with a fresh hash leaves a *broken link* in the record after it; a record moved to
+another key carries a ``seq`` that disagrees with its key (*reordered*).
+
+Limits, stated plainly:
+
+- Removing the *newest* records (truncation) leaves a shorter log that is still valid. Keep the
+  head that :func:`verify_chain` reports (``head_seq``, ``head_hash``, e.g. as Dagster metadata)
+  and pass it back as ``known_head`` to detect it. Someone who can write the store can rewrite the
+  whole log; only an outside copy of the head (or object lock on the bucket) stops that.
+- An append looks at the newest :data:`MERGE_WINDOW` sequence numbers for records to link; a
+  sibling that lands later than that (a writer stalled for several appends) stays unlinked: it
+  is still read and verified, but its removal would look like a truncation.
+- Finding the end of the log lists every record key (one LIST per 1,000 records on S3) and reads
+  only the newest few records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dbprotect.core.storage import Storage
+
+AUDIT_PREFIX = "_audit/"
+GENESIS_HASH = "0" * 64
+#: How many of the newest sequence numbers an append searches for records to link.
+MERGE_WINDOW = 3
+_KEY = re.compile(r"^_audit/(\d{12})-(\d{8}T\d{6}Z)-([0-9a-f]{8})\.json$")
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What happened, as the caller states it; :func:`append` adds seq and hashes."""
+
+    at: datetime
+    actor: str
+    action: str
+    database: str
+    outcome: str
+    target: str = ""
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One stored record, as read back (``at`` kept as its stored ISO text so hashes reproduce)."""
+
+    key: str
+    seq: int
+    at: str
+    actor: str
+    action: str
+    database: str
+    target: str
+    outcome: str
+    detail: str
+    data: dict[str, Any]
+    prev_hash: str
+    merged: tuple[str, ...]
+    hash: str
+
+    @property
+    def links(self) -> tuple[str, ...]:
+        return (self.prev_hash, *self.merged)
+
+    def line(self) -> str:
+        target = f" {self.target}" if self.target else ""
+        detail = f" — {self.detail}" if self.detail else ""
+        return (f"{self.seq:>6} {self.at} {self.actor:<18} {self.action:<8} {self.database}{target}: "
+                f"{self.outcome}{detail}")
+
+
+def canonical_json(body: dict[str, Any]) -> bytes:
+    """The bytes a record's hash is taken over: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json({k: v for k, v in body.items() if k != "hash"})).hexdigest()
+
+
+def _record_key(seq: int, at: datetime) -> str:
+    return f"{AUDIT_PREFIX}{seq:012d}-{at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}.json"
+
+
+def _key_seq(key: str) -> int | None:
+    match = _KEY.match(key)
+    return int(match.group(1)) if match else None
+
+
+def _keys(storage: Storage) -> list[str]:
+    return [info.key for info in storage.list(AUDIT_PREFIX) if info.key.endswith(".json")]
+
+
+def _load(storage: Storage, key: str) -> tuple[AuditRecord, dict[str, Any]]:
+    raw = json.loads(storage.get_bytes(key))
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    record = AuditRecord(
+        key=key, seq=int(raw["seq"]), at=str(raw["at"]), actor=str(raw["actor"]), action=str(raw["action"]),
+        database=str(raw["database"]), target=str(raw.get("target", "")), outcome=str(raw["outcome"]),
+        detail=str(raw.get("detail", "")), data=dict(raw.get("data", {})), prev_hash=str(raw["prev_hash"]),
+        merged=tuple(str(h) for h in raw.get("merged", [])), hash=str(raw["hash"]))
+    return record, raw
+
+
+def _open_ends(storage: Storage) -> tuple[int, list[AuditRecord]]:
+    """The newest seq and the records nobody links to yet, newest and smallest key first."""
+    keyed = [(seq, key) for key in _keys(storage) if (seq := _key_seq(key)) is not None]
+    if not keyed:
+        return 0, []
+    newest = max(seq for seq, _ in keyed)
+    window = [_load(storage, key) for seq, key in keyed if seq > newest - MERGE_WINDOW]
+    linked = {h for record, _raw in window for h in record.links}
+    # an edited record (content no longer matches its hash) is never linked to: verify names it
+    ends = [r for r, raw in window if r.hash not in linked and record_hash(raw) == r.hash]
+    return newest, sorted(ends, key=lambda r: (-r.seq, r.key))
+
+
+def append(storage: Storage, event: AuditEvent) -> AuditRecord:
+    """Add one record after the end of the log, linking every record not yet linked.
+
+    Never retries and never deletes: a concurrent append becomes a sibling that the next append
+    joins. Raises :class:`~dbprotect.core.errors.StorageError` when the store fails.
+    """
+    _newest, ends = _open_ends(storage)
+    parent = ends[0] if ends else None
+    body: dict[str, Any] = {
+        "seq": parent.seq + 1 if parent else 1, "at": event.at.astimezone(UTC).isoformat(), "actor": event.actor,
+        "action": event.action, "database": event.database, "target": event.target, "outcome": event.outcome,
+        "detail": event.detail, "data": event.data, "prev_hash": parent.hash if parent else GENESIS_HASH,
+        "merged": [r.hash for r in ends[1:]],
+    }
+    body["hash"] = record_hash(body)
+    key = _record_key(body["seq"], event.at)
+    storage.put_bytes(key, json.dumps(body, indent=2, ensure_ascii=False).encode() + b"\n")
+    return _load_body(key, body)
+
+
+def _load_body(key: str, body: dict[str, Any]) -> AuditRecord:
+    return AuditRecord(key=key, seq=body["seq"], at=body["at"], actor=body["actor"], action=body["action"],
+                       database=body["database"], target=body["target"], outcome=body["outcome"],
+                       detail=body["detail"], data=body["data"], prev_hash=body["prev_hash"],
+                       merged=tuple(body["merged"]), hash=body["hash"])
+
+
+def read(storage: Storage) -> Iterator[AuditRecord]:
+    """Every readable record in key (= sequence) order; unreadable ones are skipped (verify names them)."""
+    for key in _keys(storage):
+        try:
+            yield _load(storage, key)[0]
+        except (ValueError, KeyError, TypeError):
+            continue
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    seq: int | None
+    key: str | None
+    kind: str  # missing | edited | broken-link | reordered | unreadable | truncated
+    message: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    records: int
+    head_seq: int
+    head_hash: str
+    problems: tuple[ChainProblem, ...]
+
+    def kinds(self) -> set[str]:
+        return {p.kind for p in self.problems}
+
+    def render(self) -> str:
+        if self.ok:
+            return f"audit chain intact: {self.records} record(s), head seq {self.head_seq} {self.head_hash[:16]}"
+        return "\n".join([f"audit chain BROKEN ({len(self.problems)} problem(s)):"]
+                         + [f"  {p.kind}: {p.message}" for p in self.problems])
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "records": self.records, "head_seq": self.head_seq, "head_hash": self.head_hash,
+                "problems": [asdict(p) for p in self.problems]}
+
+
+def _check_links(record: AuditRecord, by_hash: dict[str, AuditRecord], seqs: set[int],
+                 orphans: set[int]) -> list[ChainProblem]:
+    """Where ``record``'s links lead: to the record(s) before it, to nothing, or to a rewrite.
+
+    A link to nothing while the seq before still holds a record that nobody links to means that
+    record was rewritten (its hash changed); with no such orphan, the linked record was deleted.
+    A gap in the sequence is reported once, by :func:`verify_chain`, not again here.
+    """
+    if record.prev_hash == GENESIS_HASH:
+        if record.seq == 1:
+            return []
+        return [ChainProblem(record.seq, record.key, "broken-link",
+                             f"record seq {record.seq} ({record.key}) claims to be the first record")]
+    problems: list[ChainProblem] = []
+    for link in record.links:
+        target = by_hash.get(link)
+        if target is None and record.seq - 1 in orphans:
+            problems.append(ChainProblem(record.seq, record.key, "broken-link",
+                                         f"record seq {record.seq} ({record.key}) does not link to the record at seq "
+                                         f"{record.seq - 1}: that record was rewritten or replaced"))
+        elif target is None and record.seq - 1 in seqs:
+            problems.append(ChainProblem(record.seq, record.key, "missing",
+                                         f"record seq {record.seq} ({record.key}) links to a record that is gone "
+                                         f"({link[:16]}): deleted"))
+        elif target is not None and (target.seq >= record.seq
+                                     or (link == record.prev_hash and target.seq != record.seq - 1)):
+            problems.append(ChainProblem(record.seq, record.key, "reordered",
+                                         f"record seq {record.seq} ({record.key}) links to seq {target.seq}: "
+                                         f"sequence numbers were changed"))
+    return problems
+
+
+def verify_chain(storage: Storage, *, known_head: tuple[int, str] | None = None) -> ChainReport:
+    """Recompute every hash and link; name each deleted, edited, rewritten or moved record.
+
+    ``known_head`` — a ``(seq, hash)`` seen earlier — also catches removal of the newest records.
+    """
+    problems: list[ChainProblem] = []
+    records: list[AuditRecord] = []
+    for key in _keys(storage):
+        try:
+            record, raw = _load(storage, key)
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(ChainProblem(None, key, "unreadable", f"{key} is not a readable audit record ({exc})"))
+            continue
+        records.append(record)
+        if _key_seq(key) != record.seq:
+            problems.append(ChainProblem(record.seq, key, "reordered",
+                                         f"{key} holds record seq {record.seq}: records were moved or renamed"))
+        if record_hash(raw) != record.hash:
+            problems.append(ChainProblem(record.seq, key, "edited",
+                                         f"record seq {record.seq} ({key}) was edited: its content does not match "
+                                         f"its hash"))
+    by_hash = {r.hash: r for r in records}
+    seqs = {r.seq for r in records}
+    head_seq = max(seqs, default=0)
+    gaps = sorted(set(range(1, head_seq + 1)) - seqs)
+    for start, end in _runs(gaps):
+        span = f"{start}" if start == end else f"{start}-{end}"
+        problems.append(ChainProblem(start, None, "missing",
+                                     f"record(s) seq {span} missing before seq {end + 1}: deleted"))
+    linked = {h for r in records for h in r.links}
+    orphans = {r.seq for r in records if r.hash not in linked and r.seq < head_seq}
+    for record in sorted(records, key=lambda r: (r.seq, r.key)):
+        problems += _check_links(record, by_hash, seqs, orphans)
+    head = min((r for r in records if r.seq == head_seq), key=lambda r: r.key, default=None)
+    if known_head is not None:
+        seq, digest = known_head
+        if digest not in by_hash and seq > head_seq:
+            problems.append(ChainProblem(seq, None, "truncated",
+                                         f"the log ends at seq {head_seq}, but seq {seq} was seen before: the "
+                                         f"newest records were deleted"))
+        elif digest not in by_hash:
+            problems.append(ChainProblem(seq, None, "edited",
+                                         f"record seq {seq} seen before (hash {digest[:16]}) is gone or changed"))
+    return ChainReport(not problems, len(records), head_seq, head.hash if head else GENESIS_HASH, tuple(problems))
+
+
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    """Sorted [1, 2, 5] → (1, 2), (5, 5)."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
+
+
+class AuditLog:
+    """A store's audit log with a fixed actor and clock: what cleanup, backup and restore call."""
+
+    def __init__(self, storage: Storage, *, actor: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.storage = storage
+        self.actor = actor
+        self.clock = clock
+
+    def record(self, action: str, *, database: str, outcome: str, target: str = "", detail: str = "",
+               data: dict[str, Any] | None = None) -> AuditRecord:
+        event = AuditEvent(at=self.clock(), actor=self.actor, action=action, database=database,
+                           outcome=outcome, target=target, detail=detail, data=data or {})
+        return append(self.storage, event)
+
+
+__all__ = [
+    "AUDIT_PREFIX",
+    "GENESIS_HASH",
+    "AuditEvent",
+    "AuditLog",
+    "AuditRecord",
+    "ChainProblem",
+    "ChainReport",
+    "append",
+    "canonical_json",
+    "read",
+    "record_hash",
+    "verify_chain",
+]
