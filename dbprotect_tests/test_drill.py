@@ -1,0 +1,72 @@
+"""Restore drills: RTO measured to a verified database, compared with the target; RPO at drill time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dbprotect.core.backup import run_backup
+from dbprotect.core.catalog import list_backups
+from dbprotect.core.crypto import parse_identity
+from dbprotect.core.drill import last_drill, run_drill
+from dbprotect.core.errors import NotFoundError
+from dbprotect.core.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.storage import FilesystemStorage
+
+
+@pytest.fixture
+def drilled(chinook_dsn, tmp_path, age_keys, pg):
+    storage = FilesystemStorage(tmp_path / "store")
+    manifest = run_backup(database="chinook", dsn=chinook_dsn, storage=storage, recipients=[age_keys[1]]).manifest
+    return storage, manifest, parse_identity(age_keys[0], source="test"), ScratchServer(pg.admin_dsn)
+
+
+def test_drill_with_default_target_passes_and_records_rto_and_rpo(drilled):
+    storage, manifest, identity, scratch = drilled
+    later = manifest.snapshot_at + timedelta(hours=3)
+    result = run_drill(storage, "chinook", identity, scratch, rto_minutes=30, now=lambda: later)
+    assert result.ok, result.reason
+    assert result.backup_id == manifest.backup_id
+    assert 0 < result.rto_seconds < 30 * 60 and result.rto_target_seconds == 1800
+    assert result.rpo_seconds == pytest.approx(3 * 3600)
+    assert result.verification.ok and result.verification.rows == manifest.total_rows
+    entry = list_backups(storage, "chinook")[0]
+    assert entry.passed("restored") and entry.passed("drilled")
+    drill = last_drill(storage, "chinook")
+    assert drill is not None and drill.ok and drill.rto_seconds == result.rto_seconds
+    assert leftover_scratch_databases(scratch) == []
+
+
+def test_drill_over_its_rto_target_fails(drilled):
+    storage, _manifest, identity, scratch = drilled
+    result = run_drill(storage, "chinook", identity, scratch, rto_minutes=0.0001)
+    assert not result.ok
+    assert "exceeds the target of 0.0001 min" in result.reason
+    assert result.verification.ok  # the data was fine; it was too slow
+    assert list_backups(storage, "chinook")[0].status == "failed:drilled"
+    assert last_drill(storage, "chinook").ok is False  # type: ignore[union-attr]
+
+
+def test_drill_without_backups_says_so(tmp_path, age_keys, pg):
+    with pytest.raises(NotFoundError, match="no complete backup"):
+        run_drill(FilesystemStorage(tmp_path / "empty"), "shop", parse_identity(age_keys[0], source="t"),
+                  ScratchServer(pg.admin_dsn), rto_minutes=30, now=lambda: datetime.now(UTC))
+
+
+def test_drill_from_configuration_uses_the_configured_scratch_server(chinook_dsn, pg, write_config, monkeypatch):
+    from dbprotect.core.config import load_config, parse_config
+    from dbprotect.core.drill import drill_database, restore_verify_database
+    from dbprotect.core.errors import ConfigError
+    from dbprotect.core.operations import backup_database
+
+    monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
+    path = write_config(chinook_dsn, extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})
+    config = load_config()
+    assert config.databases["shop"].drill_schedule == "0 3 1 * *"
+    backup_database(config, "shop")
+    assert restore_verify_database(config, "shop").ok
+    result = drill_database(config, "shop")
+    assert result.ok and result.rto_target_seconds == 1800
+    with pytest.raises(ConfigError, match="drill_schedule"):
+        parse_config(path.read_text().replace("    environments:", "    drill_schedule: 0 3 32 * *\n    environments:"))

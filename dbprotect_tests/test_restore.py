@@ -1,0 +1,149 @@
+"""Rung 3, *restored*: backups restore into a scratch database and match what was dumped."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbprotect.core.backup import run_backup
+from dbprotect.core.catalog import list_backups, load_manifest
+from dbprotect.core.crypto import parse_identity
+from dbprotect.core.errors import RefusedError
+from dbprotect.core.manifest import manifest_key
+from dbprotect.core.restore import verify_restore
+from dbprotect.core.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.storage import FilesystemStorage
+from dbprotect_tests.conftest import psql
+
+#: Every kind of object the issue names: partitions, a materialized view, an enum, a domain, a
+#: generated column, a large object, row-level security policies and sequences.
+FEATURES_SQL = r"""
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+CREATE TABLE tenants (tenant_id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text NOT NULL UNIQUE);
+CREATE TABLE accounts (
+    id bigserial PRIMARY KEY, tenant_id uuid NOT NULL REFERENCES tenants,
+    balance numeric(12,2) NOT NULL CHECK (balance >= 0), qty posint, m mood,
+    doubled numeric GENERATED ALWAYS AS (balance * 2) STORED);
+CREATE INDEX accounts_tenant_idx ON accounts (tenant_id);
+ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON accounts
+    USING (tenant_id = current_setting('app.current_tenant', true)::uuid);
+CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, at date NOT NULL, payload jsonb,
+                     PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE INDEX events_payload_idx ON events USING gin (payload);
+CREATE SEQUENCE invoice_no START 1000;
+SELECT nextval('invoice_no'), nextval('invoice_no');
+INSERT INTO tenants (name) SELECT 'tenant ' || g FROM generate_series(1, 20) g;
+INSERT INTO accounts (tenant_id, balance, qty, m)
+    SELECT tenant_id, (g * 37 % 1000)::numeric / 3, 1 + g % 5, 'ok' FROM tenants, generate_series(1, 10) g;
+INSERT INTO events (at, payload)
+    SELECT date '2025-06-01' + g, jsonb_build_object('n', g, 't', E'tab\there\nline') FROM generate_series(1, 400) g;
+CREATE MATERIALIZED VIEW tenant_totals AS SELECT tenant_id, sum(balance) AS total FROM accounts GROUP BY tenant_id;
+CREATE VIEW rich_accounts AS SELECT * FROM accounts WHERE balance > 500;
+CREATE FUNCTION add_money(a numeric, b numeric) RETURNS numeric LANGUAGE sql IMMUTABLE AS $$ SELECT a + b $$;
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER accounts_touch BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION touch();
+SELECT lo_from_bytea(0, 'a large object'::bytea);
+CREATE SCHEMA "Odd Schema";
+CREATE TABLE "Odd Schema"."Mixed Case" (x int);
+INSERT INTO "Odd Schema"."Mixed Case" VALUES (1), (2);
+"""
+
+
+@pytest.fixture
+def scratch(pg) -> ScratchServer:
+    return ScratchServer(pg.admin_dsn)
+
+
+@pytest.fixture
+def identity(age_keys):
+    return parse_identity(age_keys[0], source="test")
+
+
+def _backup(dsn: str, storage, age_keys, database: str = "shop"):
+    return run_backup(database=database, dsn=dsn, storage=storage, recipients=[age_keys[1]]).manifest
+
+
+def _assert_clean(scratch: ScratchServer, work_dir) -> None:
+    assert leftover_scratch_databases(scratch) == []
+    assert list(work_dir.iterdir()) == []  # no plaintext archive left behind
+
+
+@pytest.mark.parametrize("fixture", ["chinook_dsn", "northwind_dsn"])
+def test_real_databases_restore_and_verify(fixture, request, tmp_path, age_keys, identity, scratch):
+    storage = FilesystemStorage(tmp_path / "store")
+    manifest = _backup(request.getfixturevalue(fixture), storage, age_keys)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = verify_restore(storage, manifest, identity, scratch, work_dir=work)
+    assert result.ok, result.problems
+    assert result.objects > 20 and result.tables == len(manifest.tables) >= 8
+    assert {"decrypt_seconds", "restore_seconds", "verify_seconds", "total_seconds"} <= set(result.timings)
+    assert list_backups(storage, "shop")[0].passed("restored")
+    recorded = load_manifest(storage, "shop", manifest.backup_id).verifications[-1]
+    assert recorded.rung == "restored" and recorded.ok and recorded.metrics["restore_seconds"] >= 0
+    _assert_clean(scratch, work)
+
+
+def test_every_kind_of_object_restores_and_verifies(make_db, tmp_path, age_keys, identity, scratch):
+    storage = FilesystemStorage(tmp_path / "store")
+    manifest = _backup(make_db(FEATURES_SQL), storage, age_keys)
+    assert manifest.large_objects["count"] == 1 and manifest.sequences["public.invoice_no"]["value"] == 1001
+    result = verify_restore(storage, manifest, identity, scratch)
+    assert result.ok, result.problems
+    assert result.tables == 5 and result.rows == 2 + 200 + 400 + 20
+    assert leftover_scratch_databases(scratch) == []
+
+
+def test_manifest_from_another_database_state_fails_naming_table_and_sequence(
+        make_db, tmp_path, age_keys, identity, scratch):
+    storage = FilesystemStorage(tmp_path / "store")
+    dsn = make_db(FEATURES_SQL)
+    before = _backup(dsn, storage, age_keys)
+    psql(dsn, "UPDATE tenants SET name = name || '!' WHERE name = 'tenant 7'; SELECT nextval('invoice_no');")
+    after = _backup(dsn, storage, age_keys)
+    # The archive of `after` with the checksums of `before`: same row counts, other content.
+    after.tables["public.tenants"] = before.tables["public.tenants"]
+    after.sequences["public.invoice_no"] = before.sequences["public.invoice_no"]
+    storage.put_bytes(manifest_key("shop", after.backup_id), after.to_json())
+    tampered = load_manifest(storage, "shop", after.backup_id)
+    result = verify_restore(storage, tampered, identity, scratch)
+    assert not result.ok
+    assert any(p.startswith("public.tenants: content checksum") for p in result.problems), result.problems
+    assert any(p.startswith("sequence public.invoice_no: restored at 1002") for p in result.problems)
+    assert len(result.problems) == 2, result.problems
+    assert "public.tenants" in result.detail
+    assert list_backups(storage, "shop")[0].status == "failed:restored"
+    assert leftover_scratch_databases(scratch) == []
+
+
+def test_interrupted_restore_leaves_no_scratch_database_and_no_plaintext(
+        chinook_dsn, tmp_path, age_keys, identity, scratch):
+    storage = FilesystemStorage(tmp_path / "store")
+    manifest = _backup(chinook_dsn, storage, age_keys)
+    work = tmp_path / "work"
+    work.mkdir()
+    seen: list[str] = []
+
+    def interrupt(phase: str) -> None:
+        seen.append(phase)
+        if phase == "restore" and seen.count("restore") == 2:  # pg_restore is running
+            assert leftover_scratch_databases(scratch) != []
+            assert len(list(work.iterdir())) == 1
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        verify_restore(storage, manifest, identity, scratch, work_dir=work, progress=interrupt)
+    _assert_clean(scratch, work)
+    assert list_backups(storage, "shop")[0].latest("restored") is None  # an interrupt is no verdict
+
+
+def test_scratch_server_of_another_major_version_is_refused(chinook_dsn, tmp_path, age_keys, identity, scratch):
+    storage = FilesystemStorage(tmp_path / "store")
+    manifest = _backup(chinook_dsn, storage, age_keys)
+    manifest.source["server_major"] = 15
+    with pytest.raises(RefusedError, match="runs PostgreSQL 18, the backup comes from PostgreSQL 15"):
+        verify_restore(storage, manifest, identity, scratch)
+    assert leftover_scratch_databases(scratch) == []
