@@ -16,6 +16,10 @@ Example::
         backup_schedule: "0 2 * * *"
         rpo_hours: 24
         rto_minutes: 30
+        retention: "keep_daily=7, keep_weekly=4, keep_monthly=12"   # or a mapping of the same rules
+        retention_by_target:        # optional: another policy on one target (a cheaper, longer offsite)
+          offsite: {keep_monthly: 24, max_age: 800d}
+        cleanup_schedule: "0 4 * * 0"   # weekly by default
     storage:
       local: {type: filesystem, path: /var/backups/dbprotect}
       offsite: {type: s3, bucket: acme-backups, prefix: dbprotect, region: eu-west-1}
@@ -32,13 +36,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pyrage
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dbprotect.core.errors import ConfigError, CredentialIsolationError
+
+if TYPE_CHECKING:
+    from dbprotect.core.retention import RetentionPolicy
 
 CONFIG_ENV = "DBPROTECT_CONFIG"
 DEPLOYMENT_ENV = "DBPROTECT_DEPLOYMENT"
@@ -158,6 +173,38 @@ class ScratchSpec(_Strict):
     work_dir: str | None = None
 
 
+#: Top-level folders of a store that belong to dbprotect itself (the audit log), so no database
+#: may be named like them: its backups would be listed together with the audit records.
+RESERVED_NAME_PREFIX = "_"
+
+
+def _parse_policy(value: Any) -> Any:
+    """A retention policy from its text form (``"keep_last=10, max_age=30d"``) or a mapping.
+
+    Imported here, not at the top: :mod:`retention` reaches :mod:`storage` through the catalog,
+    and :mod:`storage` imports this module, so a top-level import would be circular.
+    """
+    from dbprotect.core.retention import RetentionPolicy
+
+    if value is None or isinstance(value, RetentionPolicy):
+        return value
+    try:
+        if isinstance(value, str):
+            return RetentionPolicy.parse(value)
+        if isinstance(value, dict):
+            return RetentionPolicy.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"{where}: {error['msg'].removeprefix('Value error, ')}" if where
+                         else error["msg"].removeprefix("Value error, ")) from None
+    raise ValueError("a retention policy is text ('keep_last=10, max_age=30d') or a mapping of rules")
+
+
+#: A :class:`~dbprotect.core.retention.RetentionPolicy` (typed ``Any`` for pydantic: see _parse_policy).
+PolicyField = Annotated[Any, BeforeValidator(_parse_policy)]
+
+
 class DatabaseSpec(_Strict):
     environments: dict[EnvironmentName, EnvironmentSpec] = Field(min_length=1)
     storage: list[str] | None = None
@@ -167,8 +214,15 @@ class DatabaseSpec(_Strict):
     exclude_table_data: list[str] = Field(default_factory=list)
     #: Restore drills (rung 4): monthly by default, 03:00 on the 1st (seed 003: "monthly recovery drills").
     drill_schedule: str = "0 3 1 * *"
+    #: Retention on every target (seeds 003/004: "kept 30 days", "keep the last 10"). Unset keeps
+    #: every backup; cleanup still removes incomplete uploads older than a day.
+    retention: PolicyField = None
+    #: A different policy on some targets, by storage target name (others use ``retention``).
+    retention_by_target: dict[str, PolicyField] = Field(default_factory=dict)
+    #: Retention cleanup: weekly by default, Sunday 04:00 (after the nightly backup).
+    cleanup_schedule: str = "0 4 * * 0"
 
-    @field_validator("backup_schedule", "drill_schedule")
+    @field_validator("backup_schedule", "drill_schedule", "cleanup_schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
         if len(value.split()) != 5:
@@ -177,6 +231,13 @@ class DatabaseSpec(_Strict):
             if not _cron_field_ok(field_text.lower(), low, high):
                 raise ValueError(f"{value!r}: {label} field {field_text!r} is not valid cron ({low}-{high})")
         return value
+
+    def policy_for(self, target: str) -> RetentionPolicy:
+        """The retention policy of one storage target: its override, else ``retention``, else keep all."""
+        from dbprotect.core.retention import RetentionPolicy
+
+        policy = self.retention_by_target.get(target, self.retention)
+        return policy if policy is not None else RetentionPolicy()
 
 
 class Config(_Strict):
@@ -197,6 +258,9 @@ class Config(_Strict):
         for name in value:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"database name {name!r} may hold only letters, digits, '-' and '_'")
+            if name.startswith(RESERVED_NAME_PREFIX):
+                raise ValueError(f"database name {name!r} is reserved: names starting with "
+                                 f"{RESERVED_NAME_PREFIX!r} are dbprotect's own folders in the store (_audit/)")
         return value
 
     @model_validator(mode="after")
@@ -207,6 +271,11 @@ class Config(_Strict):
                     raise ValueError(
                         f"databases.{db_name}.storage names {target!r}, which is not under storage:"
                     )
+            targets = db.storage or list(self.storage)
+            for target in db.retention_by_target:
+                if target not in targets:
+                    raise ValueError(f"databases.{db_name}.retention_by_target names {target!r}, which is not "
+                                     f"one of its storage targets ({', '.join(targets)})")
         return self
 
     def database(self, name: str) -> DatabaseSpec:
