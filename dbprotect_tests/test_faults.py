@@ -68,7 +68,7 @@ def assert_nothing_lost(storage: Storage, previous_id: str, previous_status: str
     assert [entry.backup_id for entry in entries] == [previous_id]
     assert entries[0].status == previous_status
     assert [e.backup_id for e in list_backups(storage, DB, include_incomplete=True)] == [previous_id]
-    assert all(info.key.startswith(f"{DB}/{previous_id}/") for info in storage.list(""))
+    assert all(info.key.startswith(f"{DB}/{previous_id}/") for info in storage.list(f"{DB}/"))
     if isinstance(storage, FilesystemStorage):
         assert not [p for p in storage.root.rglob("*") if PARTIAL_MARK in p.name]
     if isinstance(storage, S3Storage):
@@ -213,10 +213,54 @@ def test_pg_dump_killed_mid_stream(big_dsn: str, store: FilesystemStorage, previ
     assert _pg_dump_children() == []  # no orphan left behind
 
 
+def test_pg_dump_killed_while_uploading_to_s3(big_dsn: str, small_dsn: str, s3_endpoint: str, s3_bucket: str,
+                                              age_keys: tuple[str, str]) -> None:
+    """A failure that is not S3's own still aborts the multipart upload already under way.
+
+    To be sure pg_dump is still alive when the first part goes up, it is paused (SIGSTOP) after
+    20 MB, and killed when the first UploadPart request starts; a timer ends it if that never comes.
+    Single-threaded zstd here: multi-threaded zstd holds ~18 MB of input in its job buffers, so
+    the first part of this 30 MB dump would only leave once pg_dump had finished.
+    """
+    storage = S3Storage(s3_bucket, "backups", endpoint_url=s3_endpoint, region="us-east-1", part_size=PART)
+    previous_id = run_backup(database=DB, dsn=small_dsn, storage=storage,
+                             recipients=[age_keys[1]]).manifest.backup_id
+    events: list[str] = []
+
+    def signal_pg_dump(sig: signal.Signals, event: str) -> None:
+        for pid in _pg_dump_children():
+            os.kill(pid, sig)
+            events.append(event)
+
+    def pause_after_20mb(done: int, _total: int) -> None:
+        if done > 20 * 1024 * 1024 and not events:
+            signal_pg_dump(signal.SIGSTOP, "paused")
+
+    def kill_on_first_part(**_: Any) -> None:
+        if "killed" not in events:
+            signal_pg_dump(signal.SIGKILL, "killed")
+
+    storage.client.meta.events.register("before-call.s3.UploadPart", kill_on_first_part)
+    guard = threading.Timer(60, signal_pg_dump, (signal.SIGKILL, "timed out"))
+    guard.start()
+    try:
+        with pytest.raises(ToolError) as err:
+            run_backup(database=DB, dsn=big_dsn, storage=storage, recipients=[age_keys[1]],
+                       progress=pause_after_20mb, zstd_threads=0)
+    finally:
+        guard.cancel()
+    assert "killed" in events and "timed out" not in events, events
+    assert_clear(err.value, f"pg_dump was killed by signal {int(signal.SIGKILL)}")
+    assert_nothing_lost(storage, previous_id)
+
+
 # -- the store ----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("zstd_threads", [0, 2], ids=["while-pg_dump-streams", "after-pg_dump-ended"])
 def test_s3_fails_in_the_middle_of_an_upload(big_dsn: str, small_dsn: str, s3_endpoint: str, s3_bucket: str,
-                                             age_keys: tuple[str, str]) -> None:
+                                             age_keys: tuple[str, str], zstd_threads: int) -> None:
+    """The second part fails. With single-threaded zstd the parts leave while pg_dump still writes;
+    multi-threaded zstd buffers enough of this small dump that they leave after it ended."""
     storage = S3Storage(s3_bucket, "backups", endpoint_url=s3_endpoint, region="us-east-1", part_size=PART)
     previous_id = run_backup(database=DB, dsn=small_dsn, storage=storage,
                              recipients=[age_keys[1]]).manifest.backup_id
@@ -231,7 +275,7 @@ def test_s3_fails_in_the_middle_of_an_upload(big_dsn: str, small_dsn: str, s3_en
 
     storage.client.meta.events.register("before-call.s3.UploadPart", fail_second_part)
     with pytest.raises(StorageError) as err:
-        run_backup(database=DB, dsn=big_dsn, storage=storage, recipients=[age_keys[1]])
+        run_backup(database=DB, dsn=big_dsn, storage=storage, recipients=[age_keys[1]], zstd_threads=zstd_threads)
     assert len(parts) >= 2, (parts, str(err.value))
     assert_clear(err.value, "s3://", "failed", "Could not connect to the endpoint URL")
     assert_nothing_lost(storage, previous_id)
@@ -351,7 +395,7 @@ def test_invalid_configuration(write_config: Callable[..., Path], small_dsn: str
     with pytest.raises(ConfigError) as err:
         load_config()
     assert_clear(err.value, f"{path}: databases.shop.rpo_hours: input should be a valid number")
-    assert not (tmp_path / "store").exists()
+    assert list(FilesystemStorage(tmp_path / "store").list("")) == []
 
 
 def test_production_dsn_in_a_development_deployment(write_config: Callable[..., Path], pg: PgServer,
@@ -365,4 +409,14 @@ def test_production_dsn_in_a_development_deployment(write_config: Callable[..., 
     with pytest.raises(CredentialIsolationError) as err:  # and the backup path refuses on its own too
         backup_database(config, DB)
     assert_clear(err.value, "development", secret=secret)
-    assert not (tmp_path / "store").exists()
+    _assert_no_backup_and_no_secret(tmp_path / "store", secret)
+
+
+def _assert_no_backup_and_no_secret(root: Path, secret: str) -> None:
+    """No backup was taken, and whatever the store holds (an audit record of the refusal, say)
+    does not hold the secret."""
+    storage = FilesystemStorage(root)
+    assert list_backups(storage, DB, include_incomplete=True) == []
+    assert not [info.key for info in storage.list(f"{DB}/")]
+    for info in storage.list(""):
+        assert secret.encode() not in storage.get_bytes(info.key), info.key
