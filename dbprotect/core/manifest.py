@@ -37,7 +37,10 @@ _CHECK_KEY = re.compile(r"^(\d{8}T\d{6}(?:\d{6})?Z)-(stored|readable|restored|dr
 
 
 def new_backup_id(now: datetime) -> str:
-    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    """``YYYYMMDDTHHMMSSZ-ffffrr``: ``ffff`` orders backups started within the same second
+    (microseconds // 16, in hex), ``rr`` is random so two writers never collide."""
+    at = now.astimezone(UTC)
+    return f"{at:%Y%m%dT%H%M%SZ}-{at.microsecond // 16:04x}{secrets.token_hex(1)}"
 
 
 def backup_time(backup_id: str) -> datetime:
