@@ -47,7 +47,7 @@ Exit codes:
    4  cannot connect to or query PostgreSQL
    5  pg_dump / pg_restore missing, too old or failed
    6  the backup store failed
-   7  a backup failed verification
+   7  a backup (or a copy, or the audit chain) failed verification
    8  key missing, malformed or not a recipient of the backup
    9  refused by a guard
   10  no such database or backup
@@ -241,7 +241,48 @@ def status(ui: Ui) -> int:
         ui.emit({"checked_at": now.isoformat(), "ok": not violated, "rpo_violations": violated, "databases": rows})
     else:
         _print_status(ui, rows, now)
+        _print_targets(ui, rows, now)
     return EXIT_RPO_VIOLATED if violated else EXIT_OK
+
+
+def _print_targets(ui: Ui, rows: list[dict[str, Any]], now: datetime) -> None:
+    """Per database and storage target: holdings, and what the next cleanup would delete."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="storage targets (next cleanup: what the retention policy would delete now)",
+                  title_justify="left")
+    for column in ("database", "target", "backups", "verified", "size", "oldest", "newest", "next cleanup"):
+        table.add_column(column)
+
+    def age(started: str | None) -> str:
+        return human_age(now - datetime.fromisoformat(started)) if started else "-"
+
+    for row in rows:
+        for target in row.get("targets", []):
+            name = target["target"] + (" (primary)" if target["primary"] else "")
+            if "error" in target:
+                table.add_row(escape(row["database"]), escape(name), "-", "-", "-", "-", "-",
+                              f"[red]store cannot be read: {escape(scrub(target['error']['message']))}[/]")
+                continue
+            table.add_row(escape(row["database"]), escape(name), str(target["backups"]), str(target["verified"]),
+                          human_bytes(target["total_bytes"]), age(target["oldest_started_at"]),
+                          age(target["newest_started_at"]), escape(_cleanup_summary(target["next_cleanup"])))
+    if table.row_count:
+        ui.console().print(table)
+
+
+def _cleanup_summary(cleanup: dict[str, Any]) -> str:
+    if cleanup["refused"]:
+        return f"REFUSED ({cleanup['policy']}): deletes nothing"
+    deletes, garbage = cleanup["deletes"], cleanup["incomplete_uploads"]
+    if not deletes and not garbage:
+        return f"nothing ({cleanup['policy']})"
+    shown = ", ".join(deletes[:3]) + (f" and {len(deletes) - 3} more" if len(deletes) > 3 else "")
+    parts = [f"{len(deletes)} backup(s): {shown}"] if deletes else []
+    if garbage:
+        parts.append(f"{len(garbage)} incomplete upload(s)")
+    return "; ".join(parts) + f" ({cleanup['policy']})"
 
 
 def _print_status(ui: Ui, rows: list[dict[str, Any]], now: datetime) -> None:
@@ -275,11 +316,11 @@ def backup(ui: Ui, database: str) -> int:
     hashed on the way to the store, and the manifest (with per-table row counts and checksums)
     is written last. Prints the backup id, where it went, sizes, ratio, duration and rows.
     """
-    from dbprotect.core.operations import backup_database
+    from dbprotect.core.operations import backup_database, cli_actor
 
     config = ui.load()
     with progress_bar(ui, f"backing up {database}") as progress:
-        result = backup_database(config, database, progress=progress)
+        result = backup_database(config, database, progress=progress, actor=cli_actor())
     manifest = result.manifest
     metrics = result.metrics()
     if ui.json:
@@ -376,7 +417,7 @@ def verify(ui: Ui, backup_id: str, database: str | None, stored_only: bool) -> i
     Each rung's result is recorded in the store (so 'list' and the RPO check see it). Exits 7
     and names the failed rung when the backup fails verification.
     """
-    from dbprotect.core.operations import locate_backup, verify_database_backup
+    from dbprotect.core.operations import cli_actor, locate_backup, verify_database_backup
 
     config = ui.load()
     if backup_id == "latest" and database is None:
@@ -385,7 +426,7 @@ def verify(ui: Ui, backup_id: str, database: str | None, stored_only: bool) -> i
         database = next(iter(config.databases))
     entry = locate_backup(config, backup_id, database)
     report = verify_database_backup(config, entry.database, entry.backup_id, stored_only=stored_only,
-                                    by="dbprotect verify")
+                                    by="dbprotect verify", actor=cli_actor())
     if ui.json:
         ui.error_context["verification"] = report.to_dict()
     else:
@@ -500,6 +541,158 @@ def _print_demo(ui: Ui, result: Any) -> None:
     console.print(f"  set -a; . {env}; set +a; {cli_name} status; {cli_name} list fintech; "
                   f"{cli_name} verify latest", soft_wrap=True)
     console.print("The demo PostgreSQL keeps running for the UI; stop it with 'dbprotect demo --stop'.", soft_wrap=True)
+
+
+# --- cleanup -------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("database")
+@click.option("--dry-run", is_flag=True, help="Print the plan and what would be deleted; delete and record nothing.")
+@click.option("--target", metavar="NAME", help="Only this storage target [default: every target of DATABASE].")
+@common_options
+@click.pass_obj
+def cleanup(ui: Ui, database: str, dry_run: bool, target: str | None) -> int:
+    """Apply DATABASE's retention policy: print the plan, then delete what it marks.
+
+    \b
+    Per storage target (its retention_by_target policy, else retention): one line per backup,
+    keep or delete and every reason. Then the sweep, oldest first: manifest.json first (the
+    backup stops being listed), then the dump and check objects; incomplete uploads older than
+    a day go too. Never deleted, whatever the policy: the newest verified backup, the
+    min_verified newest verified ones, uploads in progress. Each deletion is recorded in the
+    primary store's audit log ('dbprotect audit').
+
+    Exits 9 when a plan refuses (max_age would delete the verified backups the rules need: nothing
+    is deleted on that target) and 6 when a store fails half-way (every backup still listed is
+    whole; run it again to finish).
+    """
+    from dbprotect.core.operations import cleanup_database, cli_actor, first_cleanup_error
+
+    config = ui.load()
+    cleanups = cleanup_database(config, database, target=target, dry_run=dry_run, actor=cli_actor())
+    document = {"database": database, "dry_run": dry_run, "targets": [c.to_dict() for c in cleanups]}
+    if not ui.json:
+        _print_cleanups(ui, cleanups, dry_run)
+    error = first_cleanup_error(cleanups)
+    if error is not None:
+        ui.error_context.update(document)
+        raise error
+    if ui.json:
+        ui.emit(document)
+    return EXIT_OK
+
+
+def _print_cleanups(ui: Ui, cleanups: list[Any], dry_run: bool) -> None:
+    from rich.markup import escape
+
+    console = ui.console()
+    for done in cleanups:
+        console.print(f"[bold]{escape(done.target)}[/] ({escape(done.uri)})", soft_wrap=True)
+        console.print(escape(scrub(done.plan.render())), soft_wrap=True)
+        result = done.result
+        if result is not None:
+            verb = "would delete" if dry_run else "deleted"
+            console.print(f"{verb} {len(result.deleted_backups)} backup(s) and {len(result.removed_incomplete)} "
+                          f"incomplete upload(s), {len(result.deleted_objects)} object(s), "
+                          f"{human_bytes(result.bytes_freed)}" + (" (dry run: nothing deleted)" if dry_run else ""),
+                          soft_wrap=True)
+        console.print()
+
+
+# --- copy ----------------------------------------------------------------------------------------
+
+@cli.command("copy")
+@click.argument("database")
+@click.option("--target", metavar="NAME", help="Only this target [default: every target beyond the primary].")
+@click.option("--backup", "backup_id", metavar="ID", help="Copy this backup [default: the newest verified one, "
+              "unless the target already holds it].")
+@common_options
+@click.pass_obj
+def copy_command(ui: Ui, database: str, target: str | None, backup_id: str | None) -> int:
+    """Copy DATABASE's newest verified backup from its primary store to its other targets.
+
+    The encrypted object is copied as it is (never decrypted; S3 to S3 on one endpoint is a
+    server-side copy), read back and checked against the manifest's SHA-256 on the target, and
+    only then committed there by writing the manifest. Exits 7 when the copy does not match.
+    """
+    from dbprotect.core.operations import cli_actor, copy_targets, copy_to_target
+
+    config = ui.load()
+    targets = [target] if target else copy_targets(config, database)
+    if not targets:
+        raise click.UsageError(f"database {database!r} has a single storage target: there is nowhere to copy to")
+    outcomes = [copy_to_target(config, database, name, backup_id=backup_id, actor=cli_actor()) for name in targets]
+    if ui.json:
+        ui.emit({"database": database, "copies": [outcome.to_dict() for outcome in outcomes]})
+        return EXIT_OK
+    console = ui.console()
+    for outcome in outcomes:
+        result = outcome.result
+        if result is None:
+            console.print(f"{outcome.target}: nothing to copy ({outcome.plan.reason})", soft_wrap=True)
+            continue
+        how = "server-side copy" if result.server_side else "streamed"
+        console.print(f"{outcome.target}: copied {result.backup_id} ({human_bytes(result.bytes)}, {how}, "
+                      f"{result.seconds:.2f} s; verified in {result.verify_seconds:.2f} s)", soft_wrap=True)
+    return EXIT_OK
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--store", "store_name", metavar="NAME", help="The storage target whose log to read [default: the "
+              "primary store of the configured databases, when they share one].")
+@click.option("--database", "-d", metavar="DB", help="Only records about this database.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the newest N records.")
+@click.option("--verify", "verify_chain", is_flag=True,
+              help="Recompute every hash and link; exit 7 when a record was edited, removed or moved.")
+@common_options
+@click.pass_obj
+def audit(ui: Ui, store_name: str | None, database: str | None, limit: int | None, verify_chain: bool) -> int:
+    """Print the audit log kept in a backup store: who backed up, verified, copied, deleted or was refused.
+
+    Each record is linked to the one before by its SHA-256 (a hash chain); --verify checks
+    the whole chain and names what is wrong.
+    """
+    from dbprotect.core import audit as core_audit
+    from dbprotect.core.storage import open_storage
+
+    config = ui.load()
+    if store_name is None:
+        primaries = sorted({config.primary_storage(name) for name in config.databases})
+        if len(primaries) != 1:
+            raise click.UsageError(f"the databases use several primary stores ({', '.join(primaries)}): name one "
+                                   "with --store")
+        store_name = primaries[0]
+    storage = open_storage(config, store_name)
+    records = [r for r in core_audit.read(storage) if database is None or r.database == database]
+    if limit:
+        records = records[-limit:]
+    report = core_audit.verify_chain(storage) if verify_chain else None
+    document: dict[str, Any] = {"store": store_name, "uri": storage.uri, "records": [
+        {"seq": r.seq, "at": r.at, "actor": r.actor, "action": r.action, "database": r.database,
+         "target": r.target, "outcome": r.outcome, "detail": r.detail, "data": r.data, "hash": r.hash}
+        for r in records]}
+    if report is not None:
+        document["chain"] = report.to_dict()
+    if not ui.json:
+        console = ui.console()
+        from rich.markup import escape
+
+        console.print(f"audit log of {escape(storage.uri)}: {len(records)} record(s)", soft_wrap=True)
+        for record in records:
+            console.print(escape(scrub(record.line())), soft_wrap=True)
+        if report is not None:
+            console.print(escape(report.render()), soft_wrap=True)
+    if report is not None and not report.ok:
+        ui.error_context.update(document)
+        raise IntegrityError(f"the audit log in {storage.uri} is broken: "
+                             + "; ".join(p.message for p in report.problems[:3]),
+                             hint="someone or something changed the store's _audit/ records; compare with a copy "
+                             "of the store and investigate before trusting the log")
+    if ui.json:
+        ui.emit(document)
+    return EXIT_OK
 
 
 # --- entry point ---------------------------------------------------------------------------------
