@@ -65,7 +65,9 @@ def snapshot(defs: dg.Definitions) -> dict[str, Any]:
                         "status": schedule.default_status.value, "timezone": schedule.execution_timezone}
         for schedule in sorted(repo.schedule_defs, key=lambda s: s.name)
     }
-    return {"assets": assets, "checks": checks, "jobs": jobs, "schedules": schedules,
+    sensors = {sensor.name: {"jobs": sorted(job.name for job in sensor.jobs), "status": sensor.default_status.value}
+               for sensor in sorted(repo.sensor_defs, key=lambda s: s.name)}
+    return {"assets": assets, "checks": checks, "jobs": jobs, "schedules": schedules, "sensors": sensors,
             "resources": sorted(defs.resources or {})}
 
 
@@ -83,8 +85,12 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
         },
         "checks": {
             "ledger_db/production_snapshot:backup_integrity_verified": {"blocking": True},
+            "ledger_db/production_snapshot:restore_drill_within_rto": {"blocking": False},
+            "ledger_db/production_snapshot:restore_verified": {"blocking": False},
             "ledger_db/production_snapshot:rpo_met": {"blocking": False},
             "shop/production_snapshot:backup_integrity_verified": {"blocking": True},
+            "shop/production_snapshot:restore_drill_within_rto": {"blocking": False},
+            "shop/production_snapshot:restore_verified": {"blocking": False},
             "shop/production_snapshot:rpo_met": {"blocking": False},
         },
         "jobs": {
@@ -94,6 +100,16 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
                            "ledger_db/production_snapshot:rpo_met"],
                 "run_tags": {"dbprotect/database": "ledger-db"},
             },
+            # Rungs 3 and 4 run apart from the backup job, queued behind it by the database tag.
+            "ledger_db_restore_drill_job": {
+                "assets": [], "checks": ["ledger_db/production_snapshot:restore_drill_within_rto"],
+                "run_tags": {"dbprotect/database": "ledger-db"},
+            },
+            "ledger_db_restore_verification_job": {
+                "assets": [], "checks": ["ledger_db/production_snapshot:restore_verified"],
+                "run_tags": {"dbprotect/database": "ledger-db"},
+            },
+            "restore": {"assets": [], "checks": [], "run_tags": {}},  # op job: the launchpad form
             "rpo_checks_job": {
                 "assets": [],  # only checks: the hourly job never takes a backup
                 "checks": ["ledger_db/production_snapshot:rpo_met", "shop/production_snapshot:rpo_met"],
@@ -104,14 +120,31 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
                 "checks": ["shop/production_snapshot:backup_integrity_verified", "shop/production_snapshot:rpo_met"],
                 "run_tags": {"dbprotect/database": "shop"},
             },
+            "shop_restore_drill_job": {
+                "assets": [], "checks": ["shop/production_snapshot:restore_drill_within_rto"],
+                "run_tags": {"dbprotect/database": "shop"},
+            },
+            "shop_restore_verification_job": {
+                "assets": [], "checks": ["shop/production_snapshot:restore_verified"],
+                "run_tags": {"dbprotect/database": "shop"},
+            },
         },
         "schedules": {
             "ledger_db_backup_schedule": {"cron": "30 1 * * *", "job": "ledger_db_backup_job",
                                           "status": "RUNNING", "timezone": "Europe/Berlin"},
+            "ledger_db_restore_drill_schedule": {"cron": "0 3 1 * *", "job": "ledger_db_restore_drill_job",
+                                                 "status": "RUNNING", "timezone": "Europe/Berlin"},
             "rpo_checks_schedule": {"cron": "17 * * * *", "job": "rpo_checks_job",
                                     "status": "RUNNING", "timezone": "Europe/Berlin"},
             "shop_backup_schedule": {"cron": "0 2 * * *", "job": "shop_backup_job",
                                      "status": "RUNNING", "timezone": "Europe/Berlin"},
+            "shop_restore_drill_schedule": {"cron": "0 3 1 * *", "job": "shop_restore_drill_job",
+                                            "status": "RUNNING", "timezone": "Europe/Berlin"},
+        },
+        "sensors": {
+            "ledger_db_restore_after_backup_sensor": {"jobs": ["ledger_db_restore_verification_job"],
+                                                      "status": "RUNNING"},
+            "shop_restore_after_backup_sensor": {"jobs": ["shop_restore_verification_job"], "status": "RUNNING"},
         },
         "resources": ["dbprotect_config", "ledger_db_production_postgres", "raw_backup_identity",
                       "shop_production_postgres"],
@@ -126,7 +159,8 @@ def test_one_database_defaults(write_config) -> None:
     assert got["assets"]["shop/production_snapshot"]["fail_window_hours"] == 24.0
     assert got["schedules"]["shop_backup_schedule"] == {"cron": "0 2 * * *", "job": "shop_backup_job",
                                                         "status": "RUNNING", "timezone": "UTC"}
-    assert sorted(got["jobs"]) == ["rpo_checks_job", "shop_backup_job"]
+    assert sorted(got["jobs"]) == ["restore", "rpo_checks_job", "shop_backup_job", "shop_restore_drill_job",
+                                   "shop_restore_verification_job"]
 
 
 def test_secrets_are_env_var_references_never_values(write_config, age_keys: tuple[str, str]) -> None:
@@ -160,7 +194,7 @@ def test_development_deployment_defines_no_production_snapshot(write_config,
     monkeypatch.delenv("TEST_RAW_IDENTITY")
     defs = load_definitions()
     dg.Definitions.validate_loadable(defs)
-    assert snapshot(defs) == {"assets": {}, "checks": {}, "jobs": {}, "schedules": {},
+    assert snapshot(defs) == {"assets": {}, "checks": {}, "jobs": {}, "schedules": {}, "sensors": {},
                               "resources": ["dbprotect_config"]}
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyrage
@@ -31,6 +31,10 @@ from dbprotect.core.retention import RetentionPlan, plan_retention
 from dbprotect.core.rpo import RpoStatus, evaluate_rpo
 from dbprotect.core.storage import Storage, open_storage
 from dbprotect.core.verify import IntegrityReport, verify_backup
+
+if TYPE_CHECKING:
+    from dbprotect.core.oncall import RestorePlan, RestoreResult, RestoreTarget
+
 
 #: The audit actor when a caller names none; the CLI passes ``cli:<user>``, Dagster ``dagster:<job>``.
 DEFAULT_ACTOR = "dbprotect"
@@ -169,6 +173,80 @@ def database_status(config: Config, database: str, now: datetime | None = None, 
         found.append(target_status(config, database, names[0], now, storage=storage, listed=listed))
         found += [target_status(config, database, name, now) for name in names[1:]]
     return DatabaseStatus(database, storage.uri, entries[0] if entries else None, len(entries), rpo, tuple(found))
+
+
+# -- on-call restores and drills (issue 3), resolved from configuration -------------------------
+# oncall/drill import this module (primary_store, raw_identity), so they are imported lazily here.
+
+def newest_verified_backup(storage: Storage, database: str) -> str:
+    """The default backup to restore: the newest one whose every recorded rung passed (at least 1-2).
+
+    A backup that failed any rung (integrity, restore verification, a drill) is skipped, and so
+    is one never verified: an on-call restore should not be the first test of a backup.
+    """
+    from dbprotect.core.catalog import newest_backup
+
+    entry = newest_backup(storage, database, integrity_ok=True)
+    if entry is None:
+        raise NotFoundError(f"database {database!r} has no backup that passed verification in {storage.uri}",
+                            hint=f"verify one ('dbprotect verify latest -d {database}') or name a BACKUP_ID")
+    return entry.backup_id
+
+
+def default_restore_name(database: str, backup_id: str) -> str:
+    """``<database>_restored_<backup id>``, lower case: a new database's name that says what it holds."""
+    return f"{database}_restored_{backup_id}".lower().replace("-", "_")[:63]
+
+
+def restore_target(config: Config, database: str, *, environment: str = "production", existing: bool = False,
+                   name: str | None = None, environ: Mapping[str, str] | None = None) -> RestoreTarget:
+    """Where a restore goes, from the configured DSN of ``environment`` (read from its variable now).
+
+    ``existing``: the database the environment's DSN names (or ``name`` on the same server) is
+    overwritten, behind core's guards. Otherwise a new database ``name`` is created on that
+    environment's server. Credential isolation applies: a deployment reaches only its own DSNs.
+    """
+    from dbprotect.core.dsn import with_dbname
+    from dbprotect.core.oncall import RestoreTarget
+
+    dsn = resolve_dsn(config, database, environment, environ)
+    if existing:
+        return RestoreTarget(with_dbname(dsn, name) if name else dsn, environment, existing=True)
+    if not name:
+        raise RefusedError("a restore to a new database needs the new database's name",
+                           hint=f"name it, e.g. {database}_restored")
+    return RestoreTarget(with_dbname(dsn, name), environment, existing=False)
+
+
+def restore_database(config: Config, database: str, backup_id: str | None = None, *, environment: str = "production",
+                     existing: bool = False, target_name: str | None = None, confirmation: str | None = None,
+                     dry_run: bool = False, by: str = "dbprotect", environ: Mapping[str, str] | None = None,
+                     progress: Callable[[str], None] | None = None) -> RestorePlan | RestoreResult:
+    """The on-call restore of a configured database: what ``dbprotect restore`` and the ``restore`` job call.
+
+    ``backup_id`` defaults to the newest verified backup (:func:`newest_verified_backup`); a new
+    database's name defaults to :func:`default_restore_name`. Every guard is
+    :func:`dbprotect.core.oncall.restore`'s; this resolves the store, keys, tools and work folder
+    from the configuration and audits the outcome (refusals included) in the store.
+    """
+    from dbprotect.core.audit import AuditLog
+    from dbprotect.core.catalog import load_manifest
+    from dbprotect.core.oncall import restore
+
+    storage = primary_store(config, database)
+    if backup_id is None:
+        backup_id = newest_verified_backup(storage, database)
+    else:
+        backup_id = find_backup(storage, [database], backup_id).backup_id
+    if not existing and not target_name:
+        target_name = default_restore_name(database, backup_id)
+    target = restore_target(config, database, environment=environment, existing=existing, name=target_name,
+                            environ=environ)
+    manifest = load_manifest(storage, database, backup_id)
+    return restore(storage, manifest, raw_identity(config, environ), target, confirmation=confirmation,
+                   recipients=config.keys.raw.recipients, dry_run=dry_run,
+                   audit=AuditLog(storage, actor=by), pg_bin_dir=config.pg_bin_dir,
+                   work_dir=config.scratch.work_dir, by=by, progress=progress)
 
 
 # -- storage targets: holdings, retention cleanup, copies (issue 4) -------------------------------

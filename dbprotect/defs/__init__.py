@@ -13,6 +13,7 @@ Layout (as in dagster-open-platform): one folder per domain, one file per kind::
       resources.py    config path, production DSNs (EnvVar), raw-backup identity (EnvVar)
       failures.py     DbprotectError -> dagster.Failure with the same one-line message
       backups/        assets.py, checks.py, schedules.py
+      restores/       checks.py (restore_verified, drills), schedules.py, jobs.py (the restore job)
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import dagster as dg
 from dbprotect.core.config import Config, check_credential_isolation, load_config
 from dbprotect.defs.backups import build_backup_definitions
 from dbprotect.defs.resources import build_resources
+from dbprotect.defs.restores import build_restore_definitions
 
 
 def build_definitions(config: Config) -> dg.Definitions:
     """Every definition for a validated configuration; pure (reads no environment variable)."""
-    return dg.Definitions.merge(build_backup_definitions(config), dg.Definitions(resources=build_resources(config)))
+    return dg.Definitions.merge(build_backup_definitions(config), build_restore_definitions(config),
+                                dg.Definitions(resources=build_resources(config)))
 
 
 def load_definitions(path: str | os.PathLike[str] | None = None) -> dg.Definitions:

@@ -41,6 +41,28 @@ def backup_schedule_name(database: str) -> str:
     return f"{dagster_name(database)}_backup_schedule"
 
 
+#: Restores (issue 3): rung 3 and rung 4 as checks on the snapshot asset, and the on-call job.
+RESTORE_CHECK = "restore_verified"
+DRILL_CHECK = "restore_drill_within_rto"
+RESTORE_JOB = "restore"
+
+
+def restore_verification_job_name(database: str) -> str:
+    return f"{dagster_name(database)}_restore_verification_job"
+
+
+def restore_verification_sensor_name(database: str) -> str:
+    return f"{dagster_name(database)}_restore_after_backup_sensor"
+
+
+def drill_job_name(database: str) -> str:
+    return f"{dagster_name(database)}_restore_drill_job"
+
+
+def drill_schedule_name(database: str) -> str:
+    return f"{dagster_name(database)}_restore_drill_schedule"
+
+
 def postgres_resource_key(database: str, environment: str = "production") -> str:
     """The resource key of one database environment, e.g. ``shop_production_postgres``."""
     return f"{dagster_name(database)}_{environment}_postgres"

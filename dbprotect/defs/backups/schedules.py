@@ -12,7 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dbprotect.core.config import Config
-from dbprotect.defs.backups.checks import rpo_check_key
+from dbprotect.defs.backups.checks import integrity_check_key, rpo_check_key
 from dbprotect.defs.names import (
     DATABASE_TAG,
     RPO_CHECKS_CRON,
@@ -25,10 +25,12 @@ from dbprotect.defs.names import (
 
 
 def build_backup_job(database: str) -> dg.UnresolvedAssetJobDefinition:
-    """One backup of ``database`` and both of its checks (an asset selection includes its checks)."""
+    """One backup of ``database``, its integrity check and its RPO check."""
     return dg.define_asset_job(
         backup_job_name(database),
-        selection=dg.AssetSelection.assets(snapshot_key(database)),
+        # Only these two checks: restore verification and drills have their own jobs (defs/restores).
+        selection=dg.AssetSelection.assets(snapshot_key(database)).without_checks()
+        | dg.AssetSelection.checks(integrity_check_key(database), rpo_check_key(database)),
         # Run tag: dagster.yaml's run coordinator allows one run per database at a time.
         tags={DATABASE_TAG: database},
         description=f"Back up {database!r}, verify the new backup's integrity, and evaluate the RPO.",

@@ -1,0 +1,131 @@
+"""Rungs 3 and 4 as asset checks on the production snapshot: ``restore_verified`` and
+``restore_drill_within_rto``.
+
+Each is its own check (not part of the backup job's integrity/RPO op) and runs in its own
+per-database job, because a restore is the heaviest thing dbprotect does: on a small shared
+machine it should not compete with the backup for the cores, and two runs recording results in
+the same manifest at once would lose one of them. The jobs carry the database run tag, so
+``dagster.yaml``'s one-run-per-database limit queues them behind a running backup.
+
+Every duration is numeric metadata (the UI plots restore time and RTO over history); the
+problems of a failed verification are text, one per line. Both checks record their outcome in
+the store and the audit log through core, exactly as ``dbprotect drill`` does.
+"""
+
+# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+
+from dbprotect.core.audit import AuditLog
+from dbprotect.core.config import Config
+from dbprotect.core.drill import DrillResult, drill_database, restore_verify_database
+from dbprotect.core.errors import NotFoundError
+from dbprotect.core.operations import primary_store
+from dbprotect.core.restore import RestoreVerification
+from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, snapshot_key
+from dbprotect.defs.resources import CONFIG_RESOURCE, IDENTITY_RESOURCE, AgeIdentityResource, DbprotectConfigResource
+
+#: Counts among the metrics; every other metric is a measured float (seconds).
+_INT_METRICS = frozenset({"tables", "rows", "objects", "problems"})
+
+
+def restore_check_key(database: str) -> dg.AssetCheckKey:
+    return dg.AssetCheckKey(snapshot_key(database), RESTORE_CHECK)
+
+
+def drill_check_key(database: str) -> dg.AssetCheckKey:
+    return dg.AssetCheckKey(snapshot_key(database), DRILL_CHECK)
+
+
+def numeric_metadata(metrics: Mapping[str, float]) -> dict[str, dg.MetadataValue]:
+    """Counts as ints, durations as floats: numbers the UI plots, never text."""
+    return {name: dg.MetadataValue.int(int(value)) if name in _INT_METRICS else dg.MetadataValue.float(float(value))
+            for name, value in metrics.items()}
+
+
+def run_environ(identity: AgeIdentityResource) -> dict[str, str]:
+    """The run's environment with the identity Dagster resolved from its ``EnvVar``.
+
+    Core reads the scratch server's admin DSN (``scratch.admin_dsn_env``) from the environment at
+    run time, as the CLI does; the identity comes from the resource so that the UI names it.
+    """
+    return {**os.environ, identity.identity_env: identity.identity}
+
+
+def restore_verified_result(config: Config, database: str, identity: AgeIdentityResource) -> dg.AssetCheckResult:
+    key = restore_check_key(database)
+    with core_errors_as_failures():
+        audit = AuditLog(primary_store(config, database), actor="dagster")
+        try:
+            verification = restore_verify_database(config, database, by="dagster", environ=run_environ(identity),
+                                                   audit=audit)
+        except NotFoundError as exc:  # nothing to restore: a red check, not a crashed run
+            return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
+                                       description=exc.one_line())
+    return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=verification.ok,
+                               description=verification.detail, metadata=verification_metadata(verification))
+
+
+def verification_metadata(verification: RestoreVerification) -> dict[str, dg.MetadataValue]:
+    return {
+        "backup_id": dg.MetadataValue.text(verification.backup_id),
+        **numeric_metadata(verification.metrics()),
+        "problems_text": dg.MetadataValue.text("\n".join(verification.problems) or "none"),
+    }
+
+
+def drill_result(config: Config, database: str, identity: AgeIdentityResource) -> dg.AssetCheckResult:
+    key = drill_check_key(database)
+    with core_errors_as_failures():
+        audit = AuditLog(primary_store(config, database), actor="dagster:drill")
+        try:
+            result = drill_database(config, database, by="dagster:drill", environ=run_environ(identity), audit=audit)
+        except NotFoundError as exc:
+            return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
+                                       description=exc.one_line())
+    return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=result.ok,
+                               description=result.reason, metadata=drill_metadata(result))
+
+
+def drill_metadata(result: DrillResult) -> dict[str, dg.MetadataValue]:
+    return {
+        "backup_id": dg.MetadataValue.text(result.backup_id),
+        **numeric_metadata(result.metrics()),
+        "rto_minutes": dg.MetadataValue.float(round(result.rto_seconds / 60, 3)),
+        "rpo_hours": dg.MetadataValue.float(round(result.rpo_seconds / 3600, 3)),
+        "problems_text": dg.MetadataValue.text("\n".join(result.verification.problems) or "none"),
+    }
+
+
+def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDefinition]:
+    """``restore_verified`` and ``restore_drill_within_rto`` on ``[<database>, production_snapshot]``."""
+    spec = config.database(database)
+    required = {CONFIG_RESOURCE, IDENTITY_RESOURCE}
+
+    @dg.asset_check(
+        asset=snapshot_key(database), name=RESTORE_CHECK, required_resource_keys=required,
+        description="The newest backup restores into a scratch database (same PostgreSQL major version) "
+        "and every table's row count and checksum, the schema objects, sequences and large objects "
+        "equal the manifest. The scratch database is always dropped; the result is recorded in the store.",
+    )
+    def restore_verified(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+        with core_errors_as_failures():
+            loaded = settings.load()
+        return restore_verified_result(loaded, database, getattr(context.resources, IDENTITY_RESOURCE))
+
+    @dg.asset_check(
+        asset=snapshot_key(database), name=DRILL_CHECK, required_resource_keys=required,
+        description=f"A restore drill: the newest backup restored and verified as in restore_verified, "
+        f"within the RTO target of {spec.rto_minutes:g} min. RTO and RPO at drill time are plotted.",
+    )
+    def restore_drill_within_rto(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+        with core_errors_as_failures():
+            loaded = settings.load()
+        return drill_result(loaded, database, getattr(context.resources, IDENTITY_RESOURCE))
+
+    return [restore_verified, restore_drill_within_rto]

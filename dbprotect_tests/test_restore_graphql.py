@@ -1,0 +1,121 @@
+"""The ``restore`` job launched through Dagster's GraphQL API, as the UI's launchpad launches it.
+
+The code location is loaded from the repository's ``workspace.yaml`` the way ``dagster dev``
+loads it: in a gRPC code server subprocess. The ``launchRun`` mutation (what the launchpad's
+"Launch run" button sends) goes through Dagster's GraphQL schema to a test instance, whose
+default run launcher starts the run in its own process; the test polls ``runOrError`` until the
+run ends, then checks the restored database's content against the backup's manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql, infer_job_selector
+
+from dbprotect.core.catalog import list_backups, load_manifest
+from dbprotect.core.config import load_config
+from dbprotect.core.markers import read_marker
+from dbprotect.core.operations import backup_database, verify_database_backup
+from dbprotect.core.storage import FilesystemStorage
+from dbprotect.defs.names import RESTORE_JOB
+from dbprotect_tests.conftest import table_counts
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT_SECONDS = 120
+
+LAUNCH_RUN = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message stack }
+    ... on InvalidSubsetError { message }
+    ... on PipelineNotFoundError { message }
+  }
+}
+"""
+
+RUN_STATUS = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { runId status }
+    ... on RunNotFoundError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+FAILURE_MESSAGES = """
+query RunFailures($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection { events { __typename ... on ExecutionStepFailureEvent { error { message } } } }
+  }
+}
+"""
+
+
+def _launch(context, run_config: dict) -> str:
+    result = execute_dagster_graphql(context, LAUNCH_RUN, {"executionParams": {
+        "selector": infer_job_selector(context, RESTORE_JOB), "runConfigData": run_config, "mode": "default"}})
+    launched = result.data["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def _wait(context, run_id: str) -> str:
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    run: dict = {}
+    while time.monotonic() < deadline:
+        run = execute_dagster_graphql(context, RUN_STATUS, {"runId": run_id}).data["runOrError"]
+        assert run["__typename"] == "Run", run
+        if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            return run["status"]
+        time.sleep(0.5)
+    pytest.fail(f"run {run_id} did not finish within {TIMEOUT_SECONDS} s (last status {run.get('status')})")
+
+
+def test_restore_job_launched_through_graphql_restores_chinook(write_config, chinook_dsn, pg, tmp_path) -> None:
+    write_config(chinook_dsn, database="chinook", deployment="production")
+    config = load_config()
+    backup_id = backup_database(config, "chinook").manifest.backup_id
+    assert verify_database_backup(config, "chinook", backup_id).ok  # the default: newest verified
+    manifest = load_manifest(FilesystemStorage(tmp_path / "store"), "chinook", backup_id)
+    target = "chinook_restored_via_graphql"
+    (tmp_path / "dagster_home").mkdir()
+
+    # The default coordinator launches at once; a deployment's queued coordinator needs the daemon.
+    overrides = {"run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}}
+    with dg.instance_for_test(overrides, temp_dir=str(tmp_path / "dagster_home")) as instance, \
+            define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
+        try:
+            run_id = _launch(context, {"ops": {"restore_backup": {"config": {
+                "database": "chinook", "target": "new_database", "target_database": target}}}})
+            status = _wait(context, run_id)
+            if status != "SUCCESS":
+                events = execute_dagster_graphql(context, FAILURE_MESSAGES, {"runId": run_id}).data
+                pytest.fail(f"run ended {status}: {events}")
+            assert table_counts(pg.dsn(target)) == {name: table.rows for name, table in manifest.tables.items()}
+            with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+                assert read_marker(admin, target) == "production"
+            assert instance.get_run_by_id(run_id).job_name == RESTORE_JOB
+
+            # The same form with a wrong confirmation for an existing database is refused by core's guard.
+            run_id = _launch(context, {"ops": {"restore_backup": {"config": {
+                "database": "chinook", "target": "existing_database", "target_database": target,
+                "confirmation": "not-the-name"}}}})
+            assert _wait(context, run_id) == "FAILURE"
+            events = execute_dagster_graphql(context, FAILURE_MESSAGES, {"runId": run_id}).data
+            messages = [e["error"]["message"] for e in events["logsForRun"]["events"]
+                        if e["__typename"] == "ExecutionStepFailureEvent"]
+            assert any(f"error[DBP009]: refused: overwriting database '{target}' needs its name" in m
+                       for m in messages), messages
+            assert list_backups(FilesystemStorage(tmp_path / "store"), "chinook-safety") == []
+        finally:
+            pg.drop_database(target)
