@@ -1,0 +1,167 @@
+"""Benchmark: ``dbprotect restore`` (with full verification) against plain ``pg_restore -j`` (issue 3).
+
+Why ratios: the machines this runs on are small and shared, so an absolute figure says more
+about the neighbours than about dbprotect. Both restores run in the same process tree against the
+same server, interleaved, and the best run of each is compared.
+
+What it does:
+
+1. Starts its own embedded PostgreSQL and builds the backup benchmark's generated fintech
+   database (``bench/backup_bench.py``'s builder: uuids, names, e-mails, amounts, jsonb) of at
+   least ``--size-gb`` on disk.
+2. Plain: ``pg_dump -Fc`` to a file (untimed), then times ``pg_restore -j <cores>`` of that file
+   into a new, empty database: what an engineer does by hand today.
+3. dbprotect: takes a backup with ``dbprotect backup`` (untimed), then times the console script
+   ``dbprotect restore bench <id> --target new:NAME --json`` end to end: reading the manifest,
+   planning (the archive's table of contents), fetching, checking the SHA-256, decrypting and
+   decompressing to a private file, ``pg_restore -j <cores>`` into a staging database, comparing
+   every table's row count and content checksum, the schema objects, sequences and large objects
+   with the manifest, ANALYZE, and renaming into place.
+4. Prints both times, the ratio against the target (<= 1.5x) and dbprotect's phase breakdown,
+   then one JSON line.
+
+Run: ``.venv/bin/python bench/restore_bench.py [--size-gb 0.5] [--runs 2] [--workdir DIR --keep]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backup_bench import Server, build_database, pg_bin  # the backup benchmark's data builder
+
+TARGET_RATIO = 1.5
+DATABASE = "bench_big"
+
+
+def drop(server: Server, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def time_plain_restore(server: Server, dump_file: Path, jobs: int) -> float:
+    """``createdb`` then ``pg_restore -j`` of a plain custom-format dump: seconds for both."""
+    import psycopg
+
+    drop(server, "plain_restore")
+    started = time.perf_counter()
+    with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
+        admin.execute('CREATE DATABASE "plain_restore" TEMPLATE template0')
+    subprocess.run([str(pg_bin() / "pg_restore"), f"--jobs={jobs}", "--exit-on-error", "--no-password",
+                    f"--dbname={server.dsn('plain_restore')}", str(dump_file)], check=True)
+    seconds = time.perf_counter() - started
+    drop(server, "plain_restore")
+    return seconds
+
+
+def write_config(workdir: Path, recipient: str) -> Path:
+    import yaml
+
+    doc = {
+        "deployment": "production",
+        "databases": {"bench": {"environments": {"production": {"dsn_env": "BENCH_PROD_DSN"}}}},
+        "storage": {"local": {"type": "filesystem", "path": str(workdir / "store")}},
+        "keys": {"raw": {"recipients": [recipient], "identity_env": "BENCH_RAW_IDENTITY"}},
+        "pg_bin_dir": str(pg_bin()),
+        "scratch": {"work_dir": str(workdir)},
+    }
+    path = workdir / "dbprotect.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def dbprotect(env: dict[str, str], *args: str) -> dict[str, Any]:
+    script = Path(sys.executable).with_name("dbprotect")
+    out = subprocess.run([str(script), *args, "--json"], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"dbprotect {' '.join(args)} failed (exit {out.returncode}): {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def time_dbprotect_restore(server: Server, env: dict[str, str], backup_id: str) -> dict[str, Any]:
+    drop(server, "dbprotect_restore")
+    started = time.perf_counter()
+    doc = dbprotect(env, "restore", "bench", backup_id, "--target", "new:dbprotect_restore")
+    seconds = time.perf_counter() - started
+    drop(server, "dbprotect_restore")
+    return {"seconds": seconds, "metrics": doc["metrics"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gb", type=float, default=0.5, help="size of the database on disk [0.5]")
+    parser.add_argument("--runs", type=int, default=2, help="timed runs of each restore; the best is kept [2]")
+    parser.add_argument("--workdir", type=Path, help="folder for the server and files (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the workdir (a later --workdir run reuses it)")
+    args = parser.parse_args()
+
+    runtime = Path(tempfile.gettempdir()) / f"dbprotect-xdg-{os.getuid()}"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+    import pyrage
+
+    jobs = os.cpu_count() or 1
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dbprotect-restore-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = Server(workdir / "pgdata")
+    print(f"Working in {workdir}; pg_restore -j {jobs}", flush=True)
+    try:
+        server.start()
+        size = build_database(server, DATABASE, int(args.size_gb * 1024**3))
+        identity = pyrage.x25519.Identity.generate()
+        env = {**os.environ, "BENCH_PROD_DSN": server.dsn(DATABASE), "BENCH_RAW_IDENTITY": str(identity),
+               "DBPROTECT_CONFIG": str(write_config(workdir, str(identity.to_public())))}
+        dump_file = workdir / "plain.dump"
+        subprocess.run([str(pg_bin() / "pg_dump"), "--format=custom", "--no-password",
+                        f"--dbname={server.dsn(DATABASE)}", f"--file={dump_file}"], check=True)
+        backup = dbprotect(env, "backup", "bench")
+        print(f"  plain dump {dump_file.stat().st_size / 1e6:.0f} MB; dbprotect backup {backup['backup_id']} "
+              f"{backup['stored_bytes'] / 1e6:.0f} MB stored, {backup['total_rows']:,} rows", flush=True)
+
+        plain: list[float] = []
+        ours: list[dict[str, Any]] = []
+        for run in range(1, args.runs + 1):  # interleaved, so a noisy neighbour hurts both alike
+            print(f"Run {run}/{args.runs}:", end=" ", flush=True)
+            plain.append(time_plain_restore(server, dump_file, jobs))
+            print(f"pg_restore -j {jobs} {plain[-1]:.2f} s,", end=" ", flush=True)
+            ours.append(time_dbprotect_restore(server, env, backup["backup_id"]))
+            print(f"dbprotect restore {ours[-1]['seconds']:.2f} s", flush=True)
+
+        best_plain = min(plain)
+        best = min(ours, key=lambda r: r["seconds"])
+        ratio = best["seconds"] / best_plain
+        phases = {k: v for k, v in best["metrics"].items() if k.endswith("_seconds")}
+        accounted = sum(phases.values())
+        print(f"\nDatabase {size / 1e6:.0f} MB on disk, {backup['total_rows']:,} rows in {backup['tables']} tables")
+        print(f"Plain pg_restore -j {jobs} (createdb + restore):     {best_plain:.2f} s")
+        print(f"dbprotect restore, new database, full verification: {best['seconds']:.2f} s")
+        print("  phases: " + ", ".join(f"{k.removesuffix('_seconds')} {v:.2f} s" for k, v in phases.items())
+              + f"; planning, start-up and the rest {best['seconds'] - accounted:.2f} s")
+        verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
+        print(f"Target: {verdict}  dbprotect / plain pg_restore = {ratio:.2f} (<= {TARGET_RATIO})")
+        print(f"1-minute load average now: {os.getloadavg()[0]:.2f} on {jobs} CPUs")
+        print(json.dumps({"size_bytes": size, "rows": backup["total_rows"], "jobs": jobs,
+                          "plain_pg_restore_s": round(best_plain, 3), "dbprotect_restore_s": round(best["seconds"], 3),
+                          "ratio": round(ratio, 3), "target": TARGET_RATIO, "pass": ratio <= TARGET_RATIO,
+                          "phases": phases, "runs": {"plain": [round(p, 3) for p in plain],
+                                                     "dbprotect": [round(r["seconds"], 3) for r in ours]}},
+                         separators=(",", ":")))
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
