@@ -65,8 +65,9 @@ def snapshot(defs: dg.Definitions) -> dict[str, Any]:
                         "status": schedule.default_status.value, "timezone": schedule.execution_timezone}
         for schedule in sorted(repo.schedule_defs, key=lambda s: s.name)
     }
-    sensors = {sensor.name: {"jobs": sorted(job.name for job in sensor.jobs), "status": sensor.default_status.value}
-               for sensor in sorted(repo.sensor_defs, key=lambda s: s.name)}
+    sensors = {sensor.name: {"jobs": sorted(job.name for job in sensor.jobs) if sensor.has_jobs else [],
+                             "status": sensor.default_status.value}
+               for sensor in sorted(repo.sensor_defs, key=lambda s: s.name)}  # automation sensors have no job
     return {"assets": assets, "checks": checks, "jobs": jobs, "schedules": schedules, "sensors": sensors,
             "resources": sorted(defs.resources or {})}
 
@@ -87,13 +88,18 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
             "ledger_db/production_snapshot:backup_integrity_verified": {"blocking": True},
             "ledger_db/production_snapshot:restore_drill_within_rto": {"blocking": False},
             "ledger_db/production_snapshot:restore_verified": {"blocking": False},
+            "ledger_db/production_snapshot:retention_compliant": {"blocking": False},
             "ledger_db/production_snapshot:rpo_met": {"blocking": False},
             "shop/production_snapshot:backup_integrity_verified": {"blocking": True},
             "shop/production_snapshot:restore_drill_within_rto": {"blocking": False},
             "shop/production_snapshot:restore_verified": {"blocking": False},
+            "shop/production_snapshot:retention_compliant": {"blocking": False},
             "shop/production_snapshot:rpo_met": {"blocking": False},
         },
         "jobs": {
+            # Retention cleanup: an op job; it reports retention_compliant itself after the sweep.
+            "ledger_db_cleanup_job": {"assets": [], "checks": [], "run_tags": {"dbprotect/database": "ledger-db"}},
+            "shop_cleanup_job": {"assets": [], "checks": [], "run_tags": {"dbprotect/database": "shop"}},
             "ledger_db_backup_job": {
                 "assets": ["ledger_db/production_snapshot"],
                 "checks": ["ledger_db/production_snapshot:backup_integrity_verified",
@@ -130,6 +136,10 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
             },
         },
         "schedules": {
+            "ledger_db_cleanup_schedule": {"cron": "0 4 * * 0", "job": "ledger_db_cleanup_job",
+                                           "status": "RUNNING", "timezone": "Europe/Berlin"},
+            "shop_cleanup_schedule": {"cron": "0 4 * * 0", "job": "shop_cleanup_job",
+                                      "status": "RUNNING", "timezone": "Europe/Berlin"},
             "ledger_db_backup_schedule": {"cron": "30 1 * * *", "job": "ledger_db_backup_job",
                                           "status": "RUNNING", "timezone": "Europe/Berlin"},
             "ledger_db_restore_drill_schedule": {"cron": "0 3 1 * *", "job": "ledger_db_restore_drill_job",
@@ -159,8 +169,39 @@ def test_one_database_defaults(write_config) -> None:
     assert got["assets"]["shop/production_snapshot"]["fail_window_hours"] == 24.0
     assert got["schedules"]["shop_backup_schedule"] == {"cron": "0 2 * * *", "job": "shop_backup_job",
                                                         "status": "RUNNING", "timezone": "UTC"}
-    assert sorted(got["jobs"]) == ["restore", "rpo_checks_job", "shop_backup_job", "shop_restore_drill_job",
-                                   "shop_restore_verification_job"]
+    assert sorted(got["jobs"]) == ["restore", "rpo_checks_job", "shop_backup_job", "shop_cleanup_job",
+                                   "shop_restore_drill_job", "shop_restore_verification_job"]
+    assert got["schedules"]["shop_cleanup_schedule"]["cron"] == "0 4 * * 0"  # weekly, Sunday 04:00
+
+
+def test_copy_targets_get_a_copy_asset_with_its_check_job_and_sensor(write_config, tmp_path: Path) -> None:
+    """Every storage target beyond the primary: [<db>, backup_copy_<target>] downstream of the snapshot."""
+    write_config(SECRET_DSN, deployment="production", storage={
+        "local": {"type": "filesystem", "path": str(tmp_path / "local")},
+        "offsite": {"type": "s3", "bucket": "acme-backups", "prefix": "dbprotect"},
+        "cold-disk": {"type": "filesystem", "path": str(tmp_path / "cold")},
+    }, extra={"databases": {"shop": {"environments": {"production": {"dsn_env": "TEST_SHOP_PROD_DSN"}},
+                                     "storage": ["local", "offsite", "cold-disk"],
+                                     "retention": "keep_daily=7, keep_weekly=4",
+                                     "cleanup_schedule": "30 5 * * 6"}}})
+    defs = load_definitions()
+    dg.Definitions.validate_loadable(defs)
+    got = snapshot(defs)
+    copies = {"shop/backup_copy_cold_disk": ["filesystem"], "shop/backup_copy_offsite": ["s3"]}
+    for key, kinds in copies.items():
+        assert got["assets"][key] == {"group": "shop", "kinds": kinds, "freshness": None, "fail_window_hours": None}
+        assert got["checks"][f"{key}:copy_integrity_verified"] == {"blocking": False}
+    assert got["jobs"]["shop_copy_job"] == {
+        "assets": sorted(copies), "checks": sorted(f"{key}:copy_integrity_verified" for key in copies),
+        "run_tags": {"dbprotect/database": "shop"}}
+    assert got["schedules"]["shop_cleanup_schedule"]["cron"] == "30 5 * * 6"
+    graph = defs.get_repository_def().asset_graph
+    for key in copies:
+        node = graph.get(dg.AssetKey.from_user_string(key))
+        assert node.parent_keys == {dg.AssetKey(["shop", "production_snapshot"])}
+        assert node.automation_condition is not None  # runs after each snapshot whose blocking checks passed
+    [sensor] = [s for s in defs.get_repository_def().sensor_defs if s.name == "backup_copies_sensor"]
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_secrets_are_env_var_references_never_values(write_config, age_keys: tuple[str, str]) -> None:

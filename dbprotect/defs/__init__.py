@@ -13,6 +13,8 @@ Layout (as in dagster-open-platform): one folder per domain, one file per kind::
       resources.py    config path, production DSNs (EnvVar), raw-backup identity (EnvVar)
       failures.py     DbprotectError -> dagster.Failure with the same one-line message
       backups/        assets.py, checks.py, schedules.py
+      copies/         a backup-copy asset per extra storage target, copy_integrity_verified, copy jobs
+      retention/      retention_compliant, <db>_cleanup_job and its weekly schedule
       restores/       checks.py (restore_verified, drills), schedules.py, jobs.py (the restore job)
 """
 
@@ -24,13 +26,16 @@ import dagster as dg
 
 from dbprotect.core.config import Config, check_credential_isolation, load_config
 from dbprotect.defs.backups import build_backup_definitions
+from dbprotect.defs.copies import build_copy_definitions
 from dbprotect.defs.resources import build_resources
 from dbprotect.defs.restores import build_restore_definitions
+from dbprotect.defs.retention import build_retention_definitions
 
 
 def build_definitions(config: Config) -> dg.Definitions:
     """Every definition for a validated configuration; pure (reads no environment variable)."""
     return dg.Definitions.merge(build_backup_definitions(config), build_restore_definitions(config),
+                                build_copy_definitions(config), build_retention_definitions(config),
                                 dg.Definitions(resources=build_resources(config)))
 
 

@@ -77,3 +77,34 @@ def protected_databases(config: Config) -> list[str]:
     if "production" not in ALLOWED_ENVIRONMENTS[config.deployment]:
         return []
     return sorted(name for name, spec in config.databases.items() if "production" in spec.environments)
+
+
+#: Copies and retention (issue 4): a copy asset per extra storage target, retention on the snapshot.
+COPY_ASSET_PREFIX = "backup_copy_"
+COPY_INTEGRITY_CHECK = "copy_integrity_verified"
+RETENTION_CHECK = "retention_compliant"
+#: Runs a copy asset after each new snapshot whose blocking checks passed (declarative automation).
+COPIES_SENSOR = "backup_copies_sensor"
+
+
+def copy_key(database: str, target: str) -> dg.AssetKey:
+    """``[<database>, backup_copy_<target>]``: the copies of a database's backups on one target."""
+    return dg.AssetKey([dagster_name(database), f"{COPY_ASSET_PREFIX}{dagster_name(target)}"])
+
+
+def copy_job_name(database: str) -> str:
+    return f"{dagster_name(database)}_copy_job"
+
+
+def cleanup_job_name(database: str) -> str:
+    return f"{dagster_name(database)}_cleanup_job"
+
+
+def cleanup_schedule_name(database: str) -> str:
+    return f"{dagster_name(database)}_cleanup_schedule"
+
+
+def dagster_actor(job_name: str, tags: dict[str, str] | None = None) -> str:
+    """Who acted, for the audit log: ``dagster:<schedule>`` for a scheduled run, else ``dagster:<job>``."""
+    tags = tags or {}
+    return f"dagster:{tags.get('dagster/schedule_name') or tags.get('dagster/sensor_name') or job_name}"

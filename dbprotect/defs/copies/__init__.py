@@ -1,0 +1,45 @@
+"""The copies domain: per database and extra storage target, a copy asset with its integrity check.
+
+A copy runs by itself after each new snapshot whose blocking integrity check passed: the copy
+assets carry ``AutomationCondition.eager()`` and :data:`~dbprotect.defs.names.COPIES_SENSOR`
+evaluates them, ``RUNNING`` by default (a copy that silently never happens protects nothing).
+``<db>_copy_job`` runs them by hand (launchpad) or catches a target up.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dbprotect.core.config import Config
+from dbprotect.core.operations import copy_targets
+from dbprotect.defs.copies.assets import build_copy_asset
+from dbprotect.defs.copies.checks import build_copy_check
+from dbprotect.defs.names import COPIES_SENSOR, DATABASE_TAG, copy_job_name, copy_key, protected_databases
+
+
+def build_copy_definitions(config: Config) -> dg.Definitions:
+    assets, checks, jobs, keys = [], [], [], []
+    for database in protected_databases(config):
+        targets = copy_targets(config, database)
+        if not targets:
+            continue
+        for target in targets:
+            assets.append(build_copy_asset(config, database, target))
+            checks.append(build_copy_check(database, target))
+            keys.append(copy_key(database, target))
+        jobs.append(dg.define_asset_job(
+            copy_job_name(database),
+            selection=dg.AssetSelection.assets(*(copy_key(database, target) for target in targets)),
+            tags={DATABASE_TAG: database},
+            description=f"Copy {database!r}'s newest verified backup to {', '.join(targets)} and verify the copies.",
+        ))
+    sensors = []
+    if keys:
+        sensors.append(dg.AutomationConditionSensorDefinition(
+            COPIES_SENSOR, target=dg.AssetSelection.assets(*keys), default_status=dg.DefaultSensorStatus.RUNNING,
+            description="Copies each new verified snapshot to every extra storage target.",
+        ))
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors)
+
+
+__all__ = ["build_copy_definitions"]
