@@ -10,6 +10,7 @@ only when ``CompleteMultipartUpload`` succeeds, which is S3's own atomic commit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -137,7 +138,10 @@ class _S3Writer:
             return
         self._done = True
         self._pending.clear()
-        self._send(RuntimeError("backup aborted"))
+        # Never raise from abort: the caller is already handling the error that made it abort,
+        # and an upload thread that died on its own has aborted its multipart upload itself.
+        with contextlib.suppress(StorageError):
+            self._send(RuntimeError("backup aborted"))
         self._thread.join()
 
 
