@@ -882,6 +882,13 @@ def run(argv: list[str] | None = None) -> int:
                        None if os.environ.get(DEBUG_ENV) == "1" else f"set {DEBUG_ENV}=1 for the traceback")
 
 
+# Domain command modules add their commands to the group (kept apart so each reads in one place).
+from dbprotect import cli_sanitize, cli_schema  # noqa: E402
+
+cli_schema.register(cli)
+cli_sanitize.register(cli)
+
+
 def main() -> None:
     """Console-script entry point (``dbprotect = dbprotect.cli:main``)."""
     sys.exit(run())
