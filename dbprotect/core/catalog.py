@@ -48,18 +48,35 @@ class BackupEntry:
     has_manifest: bool = False
     dump_bytes: int | None = None
     checks: list[CheckRecord] = field(default_factory=list)
+    #: (number of checks it was computed from, latest check per rung): listings ask thousands of times
+    _latest: tuple[int, dict[str, CheckRecord], list[str]] | None = field(default=None, repr=False,
+                                                                          compare=False)
 
     @property
     def complete(self) -> bool:
         return self.has_manifest and self.dump_bytes is not None
 
+    def add_check(self, check: CheckRecord) -> None:
+        self.checks.append(check)
+        self._latest = None
+
+    def _summary(self) -> tuple[int, dict[str, CheckRecord], list[str]]:
+        if self._latest is None or self._latest[0] != len(self.checks):
+            latest: dict[str, CheckRecord] = {}
+            for check in self.checks:
+                current = latest.get(check.rung)
+                if current is None or check.at >= current.at:
+                    latest[check.rung] = check
+            failed = [rung for rung in RUNGS if rung in latest and not latest[rung].ok]
+            self._latest = (len(self.checks), latest, failed)
+        return self._latest
+
     def latest(self, rung: str) -> CheckRecord | None:
-        found = [check for check in self.checks if check.rung == rung]
-        return max(found, key=lambda check: check.at) if found else None
+        return self._summary()[1].get(rung)
 
     @property
     def failed_rungs(self) -> list[str]:
-        return [rung for rung in RUNGS if (latest := self.latest(rung)) is not None and not latest.ok]
+        return list(self._summary()[2])
 
     def passed(self, rung: str) -> bool:
         """The latest result of ``rung`` is a pass and no rung's latest result is a failure."""
@@ -114,7 +131,7 @@ def list_backups(storage: Storage, database: str, *, include_incomplete: bool = 
         elif len(rest) == 2 and rest[0] == CHECKS_FOLDER:
             parsed = parse_check_key(rest[1])
             if parsed:
-                entry.checks.append(CheckRecord(*parsed))
+                entry.add_check(CheckRecord(*parsed))
     found = [entry for entry in entries.values() if include_incomplete or entry.has_manifest]
     return sorted(found, key=lambda entry: entry.backup_id, reverse=True)
 

@@ -44,10 +44,16 @@ def new_backup_id(now: datetime) -> str:
 
 
 def backup_time(backup_id: str) -> datetime:
-    match = BACKUP_ID_PATTERN.match(backup_id)
-    if not match:
+    if not BACKUP_ID_PATTERN.match(backup_id):
         raise ValueError(f"{backup_id!r} is not a backup id")
-    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return _parse_stamp(backup_id[:16])
+
+
+def _parse_stamp(stamp: str) -> datetime:
+    """``YYYYMMDDTHHMMSS[ffffff]Z`` by slicing: listings parse one per object, strptime is 10x slower."""
+    micro = int(stamp[15:21]) if len(stamp) > 16 else 0
+    return datetime(int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]),
+                    int(stamp[13:15]), micro, tzinfo=UTC)
 
 
 def dump_key(database: str, backup_id: str) -> str:
@@ -68,9 +74,7 @@ def parse_check_key(name: str) -> tuple[datetime, str, bool] | None:
     match = _CHECK_KEY.match(name)
     if not match:
         return None
-    stamp = match.group(1)
-    fmt = "%Y%m%dT%H%M%S%fZ" if len(stamp) > 16 else "%Y%m%dT%H%M%SZ"
-    return datetime.strptime(stamp, fmt).replace(tzinfo=UTC), match.group(2), match.group(3) == "ok"
+    return _parse_stamp(match.group(1)), match.group(2), match.group(3) == "ok"
 
 
 class TableRecord(BaseModel):
