@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from dbprotect.core import audit
 from dbprotect.core.catalog import list_backups
 from dbprotect.core.storage import FilesystemStorage
 from dbprotect.defs import load_definitions
@@ -87,6 +88,10 @@ def test_backup_job_materializes_snapshot_and_both_checks_pass(chinook_config: P
     # The store, not Dagster, holds the truth: the verification was recorded there.
     [entry] = list_backups(FilesystemStorage(tmp_path / "store"), "chinook")
     assert (entry.backup_id, entry.status) == (backup_id, "verified:readable")
+    # The audit log names the job as the actor of both the backup and its verification.
+    records = [(r.action, r.actor, r.target) for r in audit.read(FilesystemStorage(tmp_path / "store"))]
+    assert ("backup", "dagster:chinook_backup_job", backup_id) in records
+    assert any(action == "verify" and actor == "dagster:chinook_backup_job" for action, actor, _ in records), records
     # And Dagster's history has the materialization the UI plots.
     latest = instance.get_latest_materialization_event(snapshot_key("chinook"))
     assert latest is not None and latest.asset_materialization.metadata["backup_id"].value == backup_id

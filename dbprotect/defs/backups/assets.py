@@ -9,7 +9,7 @@ from dbprotect.core.backup import BackupResult
 from dbprotect.core.config import Config
 from dbprotect.core.operations import backup_database
 from dbprotect.defs.failures import core_errors_as_failures
-from dbprotect.defs.names import dagster_name, postgres_resource_key, snapshot_key
+from dbprotect.defs.names import dagster_actor, dagster_name, postgres_resource_key, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, PostgresResource
 
 #: Metrics that are counts; the rest of ``BackupResult.metrics()`` are measured floats.
@@ -51,7 +51,8 @@ def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
         postgres: PostgresResource = getattr(context.resources, postgres_key)
         context.log.info(f"backing up {database!r} from {postgres.masked()}")
         with core_errors_as_failures():
-            result = backup_database(settings.load(), database, dsn=postgres.dsn)
+            result = backup_database(settings.load(), database, dsn=postgres.dsn,
+                                     actor=dagster_actor(context.run.job_name, context.run.tags))
         context.log.info(f"stored backup {result.manifest.backup_id} at {result.uri}")
         return dg.MaterializeResult(metadata=snapshot_metadata(result, postgres.masked()))
 

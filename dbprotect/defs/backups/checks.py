@@ -21,7 +21,7 @@ from dbprotect.core.errors import NotFoundError
 from dbprotect.core.operations import database_status, verify_database_backup
 from dbprotect.core.verify import IntegrityReport
 from dbprotect.defs.failures import core_errors_as_failures
-from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_name, snapshot_key
+from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, dagster_name, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, IDENTITY_RESOURCE, AgeIdentityResource, DbprotectConfigResource
 
 
@@ -33,12 +33,14 @@ def rpo_check_key(database: str) -> dg.AssetCheckKey:
     return dg.AssetCheckKey(snapshot_key(database), RPO_CHECK)
 
 
-def integrity_result(config: Config, database: str, identity: AgeIdentityResource) -> dg.AssetCheckResult:
+def integrity_result(config: Config, database: str, identity: AgeIdentityResource,
+                     actor: str = "dagster") -> dg.AssetCheckResult:
     """Rungs *stored* and *readable* on the newest backup; core records the outcome in the store."""
     key = integrity_check_key(database)
     with core_errors_as_failures():
         try:
-            report = verify_database_backup(config, database, identity=identity.parsed(), by="dagster")
+            report = verify_database_backup(config, database, identity=identity.parsed(), by=actor,
+                                            actor=actor)
         except NotFoundError as exc:
             # No backup to verify is a failed check (visible, red), not a crashed run.
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
@@ -106,7 +108,8 @@ def build_snapshot_checks(config: Config, database: str) -> dg.AssetChecksDefini
             config = settings.load()
         selected = context.selected_asset_check_keys
         if integrity_key in selected:  # first: the RPO check counts what it records
-            yield integrity_result(config, database, getattr(context.resources, IDENTITY_RESOURCE))
+            yield integrity_result(config, database, getattr(context.resources, IDENTITY_RESOURCE),
+                                   dagster_actor(context.run.job_name, context.run.tags))
         if rpo_key in selected:
             yield rpo_result(config, database)
 
