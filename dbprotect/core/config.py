@@ -173,6 +173,25 @@ class ScratchSpec(_Strict):
     work_dir: str | None = None
 
 
+class SchemaSpec(_Strict):
+    """Schema drift and sync settings of one database (``schema:`` under the database).
+
+    ``pending``: shell patterns (``column public.invoice.*``) for drift that is expected while a
+    change waits to be pushed; ``migrations_dir``: where its migration files live (linted by
+    ``dbprotect lint``); ``lint_exclude``: squawk rules not enforced (style rules by default).
+    """
+
+    pending: list[str] = Field(default_factory=list)
+    migrations_dir: str | None = None
+    lint_exclude: list[str] = Field(default_factory=lambda: list(_default_lint_exclude()))
+
+
+def _default_lint_exclude() -> tuple[str, ...]:
+    from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES
+
+    return DEFAULT_EXCLUDED_SQUAWK_RULES
+
+
 #: Top-level folders of a store that belong to dbprotect itself (the audit log), so no database
 #: may be named like them: its backups would be listed together with the audit records.
 RESERVED_NAME_PREFIX = "_"
@@ -212,6 +231,8 @@ class DatabaseSpec(_Strict):
     rpo_hours: float = Field(default=24.0, gt=0)
     rto_minutes: float = Field(default=30.0, gt=0)
     exclude_table_data: list[str] = Field(default_factory=list)
+    #: Schema drift allow-list, migrations folder, lint exclusions (``schema:`` in the file).
+    schema_settings: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
     #: Restore drills (rung 4): monthly by default, 03:00 on the 1st (seed 003: "monthly recovery drills").
     drill_schedule: str = "0 3 1 * *"
     #: Retention on every target (seeds 003/004: "kept 30 days", "keep the last 10"). Unset keeps

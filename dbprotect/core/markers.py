@@ -25,8 +25,9 @@ from dbprotect.core.errors import RefusedError
 
 MARKER_SETTING = "dbprotect.environment"
 
-#: Values a marker may hold. ``scratch`` marks the throwaway databases dbprotect creates itself.
-ENVIRONMENTS: tuple[str, ...] = ("production", "development", "scratch")
+#: Values a marker may hold. ``scratch`` marks the throwaway databases dbprotect creates itself;
+#: ``test`` a database test suites may use (``dbprotect check-target DSN --expect test``).
+ENVIRONMENTS: tuple[str, ...] = ("production", "development", "scratch", "test")
 
 
 def read_marker(conn: psycopg.Connection, dbname: str) -> str | None:

@@ -1,0 +1,206 @@
+"""Schema sync between environments: the plan comes from ``results``; the rules come from here.
+
+Directions (ARCHITECTURE.md)::
+
+    production  -> development   allowed (the target's marker must say development)
+    development -> production    only when (a) the plan passes migration lint, (b) a backup of
+                                 production taken within the last hour passed integrity (taken
+                                 now if there is none), and (c) the database's name is typed
+                                 as confirmation
+    anything else                refused
+
+Only schema moves: the plan is DDL from ``results dbdiff`` taking the target's schema to the
+source's, and there is no option that copies rows, so data never flows development ->
+production. The plan is always shown before it runs (``dry_run`` returns it and changes
+nothing); it runs in one transaction with lock and statement timeouts, and afterwards the two
+schemas are compared again: the push reports success only when no drift remains.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from dbprotect.core.audit import AuditLog
+from dbprotect.core.config import Config, resolve_dsn
+from dbprotect.core.dsn import dbname_of, mask_dsn
+from dbprotect.core.errors import DatabaseError, DbprotectError, RefusedError
+from dbprotect.core.guards import check_confirmation
+from dbprotect.core.markers import require_marker
+from dbprotect.core.operations import primary_store
+from dbprotect.core.pgtools import connect, server_major
+from dbprotect.core.schema.drift import DriftReport, compare_schemas, migration
+from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, Finding, LintResult, lint_text, run_squawk
+from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, fresh_verified_backup, take_verified_backup
+
+ENVIRONMENTS = ("production", "development")
+#: Put before every plan: a push waits at most this long for a lock, then fails instead of queueing traffic.
+PLAN_PREAMBLE = "SET lock_timeout = '5s';\nSET statement_timeout = '15min';\n"
+
+
+@dataclass(frozen=True)
+class SchemaPlan:
+    """The DDL that takes ``target``'s schema to ``source``'s, and its lint result when linted."""
+
+    database: str
+    source: str
+    target: str
+    target_dsn_masked: str
+    sql: str
+    lint: LintResult | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.sql.strip()
+
+    def script(self) -> str:
+        """What runs (and what is linted): the timeouts, then results' DDL."""
+        return PLAN_PREAMBLE + self.sql if not self.empty else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"database": self.database, "source": self.source, "target": self.target,
+                "target_dsn": self.target_dsn_masked, "empty": self.empty, "sql": self.script(),
+                "lint": self.lint.to_dict() if self.lint else None}
+
+
+@dataclass(frozen=True)
+class PushResult:
+    plan: SchemaPlan
+    applied: bool
+    backup: ProtectingBackup | None = None
+    drift_after: DriftReport | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "applied": self.applied,
+                "backup": self.backup.describe() if self.backup else None,
+                "backup_id": self.backup.backup_id if self.backup else None,
+                "drift_after": self.drift_after.to_dict() if self.drift_after else None}
+
+
+def _check_direction(source: str, target: str) -> None:
+    for name in (source, target):
+        if name not in ENVIRONMENTS:
+            raise RefusedError(f"unknown environment {name!r}", hint=f"name one of: {', '.join(ENVIRONMENTS)}")
+    if source == target:
+        raise RefusedError(f"refused: source and target are both {source}; nothing to sync")
+
+
+def lint_plan(plan_sql: str, database: str, *, pg_version: int,
+              exclude: tuple[str, ...] = DEFAULT_EXCLUDED_SQUAWK_RULES) -> LintResult:
+    """Lint a generated plan as a file named ``<database>-schema-plan.sql`` (squawk reads files)."""
+    with tempfile.TemporaryDirectory(prefix="dbprotect-plan-") as folder:
+        path = Path(folder) / f"{database}-schema-plan.sql"
+        path.write_text(plan_sql, encoding="utf-8")
+        squawk = run_squawk(path, pg_version=pg_version, exclude=exclude)
+    lines = plan_sql.splitlines()
+    readded = {name.lower() for name in re.findall(r'add constraint "([^"]+)"', plan_sql, re.IGNORECASE)}
+
+    def recreated(finding: Finding) -> bool:
+        """results drops and re-adds foreign keys around a table change: not a lost guarantee."""
+        match = re.search(r'drop constraint "([^"]+)"', lines[finding.line - 1] if finding.line <= len(lines) else "",
+                          re.IGNORECASE)
+        return finding.rule == "ban-drop-constraint" and bool(match) and match.group(1).lower() in readded
+
+    return lint_text(plan_sql, path.name, squawk=[
+        Finding(path.name, f.line, f.rule, f.message, f.source) for f in squawk if not recreated(f)])
+
+
+def plan_sync(config: Config, database: str, source: str, target: str, *,
+              environ: Mapping[str, str] | None = None) -> SchemaPlan:
+    """The plan taking ``target``'s schema to ``source``'s (linted when the target is production)."""
+    _check_direction(source, target)
+    source_dsn = resolve_dsn(config, database, source, environ)
+    target_dsn = resolve_dsn(config, database, target, environ)
+    sql = migration(target_dsn, source_dsn).sql
+    plan = SchemaPlan(database, source, target, mask_dsn(target_dsn), sql)
+    if target == "production" and not plan.empty:
+        with connect(target_dsn, autocommit=True) as conn:
+            major = server_major(conn)
+        exclude = tuple(config.database(database).schema_settings.lint_exclude)
+        plan = SchemaPlan(database, source, target, plan.target_dsn_masked, sql,
+                          lint_plan(plan.script(), database, pg_version=major, exclude=exclude))
+    return plan
+
+
+def _require_target_marker(dsn: str, target: str) -> None:
+    name = dbname_of(dsn)
+    if not name:
+        raise RefusedError(f"the {target} DSN {mask_dsn(dsn)} names no database; refusing to guess")
+    with connect(dsn, autocommit=True) as conn:
+        require_marker(conn, name, target)
+
+
+def apply_plan(dsn: str, script: str) -> None:
+    """Run a plan in one transaction: all of it or, on any error, none of it."""
+    try:
+        with connect(dsn) as conn, conn.transaction():
+            conn.execute(script.encode())
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(f"the schema plan failed on {mask_dsn(dsn)} and was rolled back: {first}",
+                            hint="run with --dry-run to see the plan; fix the source schema or the target") from None
+
+
+def push_schema(config: Config, database: str, source: str, target: str, *, confirmation: str | None = None,
+                dry_run: bool = False, actor: str = "dbprotect", environ: Mapping[str, str] | None = None,
+                now: datetime | None = None) -> PushResult:
+    """Make ``target``'s schema equal to ``source``'s, behind the rules in the module docstring.
+
+    Refusals raise :class:`RefusedError` before anything changes and are recorded in the audit log
+    (as is every applied push, with the backup it stands on).
+    """
+    audit = AuditLog(primary_store(config, database), actor=actor)
+    action = f"schema-push {source}->{target}"
+    try:
+        plan = plan_sync(config, database, source, target, environ=environ)
+        if dry_run or plan.empty:
+            return PushResult(plan, applied=False, notes=["dry run: nothing was changed"] if dry_run else
+                              [f"{target} already matches {source}: nothing to do"])
+        target_dsn = resolve_dsn(config, database, target, environ)
+        _require_target_marker(target_dsn, target)
+        backup: ProtectingBackup | None = None
+        if target == "production":
+            if plan.lint is not None and not plan.lint.ok:
+                raise RefusedError(
+                    f"refused: the plan fails migration lint ({len(plan.lint.findings)} finding(s): "
+                    + "; ".join(plan.lint.lines()[:3]) + "); production was not changed",
+                    hint="change the development schema, or apply a reviewed migration with waivers "
+                    "through 'dbprotect guard'")
+            check_confirmation(database, confirmation)
+            backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
+                take_verified_backup(config, database, "production", why=f"the schema push to {database}",
+                                     actor=actor, environ=environ)
+        apply_plan(target_dsn, plan.script())
+        after = compare_schemas(resolve_dsn(config, database, source, environ), target_dsn, left=source,
+                                right=target)
+    except DbprotectError as exc:
+        outcome = "refused" if isinstance(exc, RefusedError) else "failed"
+        audit.record(action, database=database, outcome=outcome, detail=exc.one_line(), data={"error": exc.code})
+        raise
+    audit.record(action, database=database, outcome="ok" if after.ok else "failed",
+                 target=backup.backup_id if backup else "",
+                 detail=f"{len(plan.sql.splitlines())} plan lines applied; {after.summary()}",
+                 data={"backup": backup.describe() if backup else None, "drift_after": after.lines()})
+    if not after.ok:
+        raise DatabaseError(f"the plan was applied but {after.summary()}",
+                            hint="results could not express every difference; review them by hand")
+    return PushResult(plan, applied=True, backup=backup, drift_after=after)
+
+
+def drift_between(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> DriftReport:
+    """Development against production, with the configured allow-list of pending changes."""
+    settings = config.database(database).schema_settings
+    return compare_schemas(resolve_dsn(config, database, "development", environ),
+                           resolve_dsn(config, database, "production", environ),
+                           left="development", right="production", allowed=settings.pending)
+
+
+__all__ = ["PushResult", "SchemaPlan", "apply_plan", "drift_between", "lint_plan", "plan_sync", "push_schema"]
