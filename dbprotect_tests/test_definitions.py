@@ -81,8 +81,12 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
         "assets": {
             "ledger_db/production_snapshot": {"group": "ledger_db", "kinds": ["postgres"],
                                               "freshness": "TimeWindowFreshnessPolicy", "fail_window_hours": 6.0},
+            "ledger_db/schema_production": {"group": "ledger_db", "kinds": ["postgres"], "freshness": None,
+                                            "fail_window_hours": None},
             "shop/production_snapshot": {"group": "shop", "kinds": ["postgres"],
                                          "freshness": "TimeWindowFreshnessPolicy", "fail_window_hours": 24.0},
+            "shop/schema_production": {"group": "shop", "kinds": ["postgres"], "freshness": None,
+                                       "fail_window_hours": None},
         },
         "checks": {
             "ledger_db/production_snapshot:backup_integrity_verified": {"blocking": True},
@@ -165,7 +169,7 @@ def test_one_database_defaults(write_config) -> None:
     """Defaults from the configuration: daily 02:00 UTC, RPO 24 h."""
     write_config(SECRET_DSN, deployment="production")
     got = snapshot(load_definitions())
-    assert list(got["assets"]) == ["shop/production_snapshot"]
+    assert list(got["assets"]) == ["shop/production_snapshot", "shop/schema_production"]
     assert got["assets"]["shop/production_snapshot"]["fail_window_hours"] == 24.0
     assert got["schedules"]["shop_backup_schedule"] == {"cron": "0 2 * * *", "job": "shop_backup_job",
                                                         "status": "RUNNING", "timezone": "UTC"}
@@ -235,7 +239,10 @@ def test_development_deployment_defines_no_production_snapshot(write_config,
     monkeypatch.delenv("TEST_RAW_IDENTITY")
     defs = load_definitions()
     dg.Definitions.validate_loadable(defs)
-    assert snapshot(defs) == {"assets": {}, "checks": {}, "jobs": {}, "schedules": {}, "sensors": {},
+    # the development schema snapshot (issue 6) reads the development DSN only
+    assert snapshot(defs) == {"assets": {"shop/schema_development": {"group": "shop", "kinds": ["postgres"],
+                                                                     "freshness": None, "fail_window_hours": None}},
+                              "checks": {}, "jobs": {}, "schedules": {}, "sensors": {},
                               "resources": ["dbprotect_config"]}
 
 

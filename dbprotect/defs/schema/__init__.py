@@ -1,13 +1,124 @@
-"""Schema domain: schema snapshots, drift checks, the schema_sync job (issue 6)."""
+"""Schema domain: schema snapshots, the drift check and the ``schema_sync`` job (issue 6).
 
-from __future__ import annotations
+Thin wiring over :mod:`dbprotect.core.schema`:
 
+- ``[<db>, schema_<env>]`` per database environment this deployment may reach: materializing it
+  takes a normalized schema snapshot; its SHA-256 is the data version, so every schema change is
+  a new version in the UI, with the snapshot text as metadata.
+- ``schema_matches_development`` on ``[<db>, schema_production]`` (only where one deployment holds
+  both DSNs, i.e. ``demo``): the drift list from ``results``, minus ``schema.pending``.
+- ``schema_sync``: a launchpad-typed job calling :func:`~dbprotect.core.schema.sync.push_schema`,
+  whose guards (lint, fresh verified backup, typed confirmation, markers) apply unchanged.
+"""
+
+# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
 import dagster as dg
 
-from dbprotect.core.config import Config
+from dbprotect.core.config import ALLOWED_ENVIRONMENTS, Config, resolve_dsn
+from dbprotect.core.schema.snapshot import take_snapshot
+from dbprotect.core.schema.sync import drift_between, push_schema
+from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.names import dagster_actor, dagster_name
+from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+
+SCHEMA_ASSET_PREFIX = "schema_"
+DRIFT_CHECK = "schema_matches_development"
+SCHEMA_SYNC_JOB = "schema_sync"
+
+
+def schema_key(database: str, environment: str) -> dg.AssetKey:
+    return dg.AssetKey([dagster_name(database), f"{SCHEMA_ASSET_PREFIX}{environment}"])
+
+
+def _environments(config: Config, database: str) -> list[str]:
+    allowed = ALLOWED_ENVIRONMENTS[config.deployment]
+    return sorted(env for env in config.database(database).environments if env in allowed)
+
+
+def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=schema_key(database, environment), group_name=dagster_name(database), kinds={"postgres"},
+        required_resource_keys={CONFIG_RESOURCE},
+        description=f"The normalized schema (pg_dump --schema-only, noise removed, objects sorted) of the "
+        f"{environment} database of {database!r}; its SHA-256 is the data version.",
+    )
+    def schema_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+        with core_errors_as_failures():
+            config = settings.load()
+            snapshot = take_snapshot(resolve_dsn(config, database, environment), pg_bin_dir=config.pg_bin_dir)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(snapshot.sha256),
+            metadata={"sha256": dg.MetadataValue.text(snapshot.sha256),
+                      "objects": dg.MetadataValue.int(snapshot.objects),
+                      "schema": dg.MetadataValue.md(f"```sql\n{snapshot.text}```")})
+
+    return schema_snapshot
+
+
+def build_drift_check(database: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=schema_key(database, "production"), name=DRIFT_CHECK, required_resource_keys={CONFIG_RESOURCE},
+        description="Development and production schemas are equal (results compares the live databases); "
+        "object order is not drift; patterns under schema.pending are allowed.",
+    )
+    def schema_matches_development(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+        with core_errors_as_failures():
+            report = drift_between(settings.load(), database)
+        return dg.AssetCheckResult(
+            passed=report.ok, description=report.summary()[:1000],
+            metadata={"differences": dg.MetadataValue.int(len(report.items)),
+                      "allowed_pending": dg.MetadataValue.int(len(report.allowed)),
+                      "drift": dg.MetadataValue.text("\n".join(report.lines()) or "none")})
+
+    return schema_matches_development
+
+
+class SchemaSyncConfig(dg.Config):
+    """The launchpad form of ``schema_sync``: only schema moves (there is no data option)."""
+
+    database: str
+    source: str = "production"
+    target: str = "development"
+    #: development -> production needs the database's name typed here.
+    confirmation: str = ""
+    dry_run: bool = True
+
+
+def build_schema_sync_job() -> dg.JobDefinition:
+    @dg.op(required_resource_keys={CONFIG_RESOURCE})
+    def push_schema_op(context: dg.OpExecutionContext, config: SchemaSyncConfig) -> None:
+        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+        with core_errors_as_failures():
+            result = push_schema(settings.load(), config.database, config.source, config.target,
+                                 confirmation=config.confirmation or None, dry_run=config.dry_run,
+                                 actor=dagster_actor(context.run.job_name, context.run.tags))
+        context.log.info("plan:\n" + (result.plan.script() or "(no changes)"))
+        context.log_event(dg.AssetObservation(
+            asset_key=schema_key(config.database, config.target),
+            metadata={"applied": dg.MetadataValue.bool(result.applied),
+                      "plan": dg.MetadataValue.md(f"```sql\n{result.plan.script()}```"),
+                      "backup_id": dg.MetadataValue.text(result.backup.backup_id if result.backup else "")}))
+
+    @dg.job(name=SCHEMA_SYNC_JOB, description="Make one environment's schema equal to another's (DDL from "
+            "results). development -> production only after lint, a fresh verified backup and a typed "
+            "confirmation; dry_run (default) shows the plan and changes nothing.")
+    def schema_sync() -> None:
+        push_schema_op()
+
+    return schema_sync
 
 
 def build_schema_definitions(config: Config) -> dg.Definitions:
-    """The schema domain's definitions for a configuration (none yet)."""
-    del config
-    return dg.Definitions()
+    """Snapshot assets per reachable environment, the drift check and schema_sync where both are reachable."""
+    assets: list[dg.AssetsDefinition] = []
+    checks: list[dg.AssetChecksDefinition] = []
+    both = False
+    for database in sorted(config.databases):
+        environments = _environments(config, database)
+        assets += [build_schema_asset(database, env) for env in environments]
+        if {"production", "development"} <= set(environments):
+            checks.append(build_drift_check(database))
+            both = True
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[build_schema_sync_job()] if both else [])
