@@ -20,6 +20,7 @@ Example::
         retention_by_target:        # optional: another policy on one target (a cheaper, longer offsite)
           offsite: {keep_monthly: 24, max_age: 800d}
         cleanup_schedule: "0 4 * * 0"   # weekly by default
+        warm_copy: {dsn_env: SHOP_BACKUP_DSN}   # optional standby restored from the newest verified backup
     storage:
       local: {type: filesystem, path: /var/backups/dbprotect}
       offsite: {type: s3, bucket: acme-backups, prefix: dbprotect, region: eu-west-1}
@@ -159,6 +160,21 @@ class KeysSpec(_Strict):
     development: KeySpec | None = None
 
 
+class SanitizeSpec(_Strict):
+    """Sanitized development copies of one database (issue 5, :mod:`dbprotect.core.sanitize`).
+
+    ``rules`` is the masking rule file (relative to the config file); ``hmac_key_env`` names the
+    variable holding the masking key (production side only: with it, anyone could test guesses
+    against the pseudonyms). ``promote`` lets the development side's sensor restore each new
+    sanitized copy that passed its blocking checks automatically; off by default (seed 000:
+    "auto-sync scheduler disabled by default").
+    """
+
+    rules: str
+    hmac_key_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    promote: bool = False
+
+
 class ScratchSpec(_Strict):
     """Where restore verification and drills create their scratch databases.
 
@@ -171,6 +187,19 @@ class ScratchSpec(_Strict):
     admin_dsn_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     data_dir: str = ".dbprotect/scratch-pg"
     work_dir: str | None = None
+
+
+class WarmCopySpec(_Strict):
+    """A warm copy: the newest verified backup, restored into a database on the backup server.
+
+    ``dsn_env`` names a variable holding the DSN of that database (its role needs CREATEDB: the
+    copy is restored into a staging database and swapped in by renaming); ``database`` names
+    the warm copy when it differs from the database the DSN names. The DSN reaches production
+    data, so only a deployment that may hold production credentials may see it.
+    """
+
+    dsn_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    database: str | None = Field(default=None, min_length=1, max_length=63)
 
 
 class SchemaSpec(_Strict):
@@ -233,6 +262,8 @@ class DatabaseSpec(_Strict):
     exclude_table_data: list[str] = Field(default_factory=list)
     #: Schema drift allow-list, migrations folder, lint exclusions (``schema:`` in the file).
     schema_settings: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    #: Sanitized development copies (masking rules, key, promotion); none when unset.
+    sanitize: SanitizeSpec | None = None
     #: Restore drills (rung 4): monthly by default, 03:00 on the 1st (seed 003: "monthly recovery drills").
     drill_schedule: str = "0 3 1 * *"
     #: Retention on every target (seeds 003/004: "kept 30 days", "keep the last 10"). Unset keeps
@@ -242,6 +273,8 @@ class DatabaseSpec(_Strict):
     retention_by_target: dict[str, PolicyField] = Field(default_factory=dict)
     #: Retention cleanup: weekly by default, Sunday 04:00 (after the nightly backup).
     cleanup_schedule: str = "0 4 * * 0"
+    #: A standby restored from the newest verified backup (:mod:`dbprotect.core.warm`); off when unset.
+    warm_copy: WarmCopySpec | None = None
 
     @field_validator("backup_schedule", "drill_schedule", "cleanup_schedule")
     @classmethod
@@ -283,6 +316,17 @@ class Config(_Strict):
                 raise ValueError(f"database name {name!r} is reserved: names starting with "
                                  f"{RESERVED_NAME_PREFIX!r} are dbprotect's own folders in the store (_audit/)")
         return value
+
+    @model_validator(mode="after")
+    def _sanitize_needs_development_key(self) -> Config:
+        sanitized = sorted(name for name, db in self.databases.items() if db.sanitize)
+        if sanitized and self.keys.development is None:
+            raise ValueError(f"databases.{sanitized[0]}.sanitize needs keys.development: sanitized copies "
+                             "are encrypted to the development key, never to the raw-backup key")
+        if self.keys.development and set(self.keys.development.recipients) & set(self.keys.raw.recipients):
+            raise ValueError("keys.development shares a recipient with keys.raw: sanitized copies and raw "
+                             "backups must be encrypted to different keys")
+        return self
 
     @model_validator(mode="after")
     def _storage_references(self) -> Config:
@@ -401,12 +445,27 @@ def check_credential_isolation(config: Config, environ: Mapping[str, str] | None
                     hint=f"a {config.deployment} deployment must never hold {env_name} credentials; "
                     f"unset {env.dsn_env}",
                 )
+        if db.warm_copy and "production" not in allowed and environ.get(db.warm_copy.dsn_env):
+            raise CredentialIsolationError(
+                f"{config.deployment} deployment refuses to load: ${db.warm_copy.dsn_env} "
+                f"(the warm copy DSN of database {db_name!r}, which holds production data) is set here",
+                hint=f"only a deployment that holds production credentials may reach it; unset "
+                f"{db.warm_copy.dsn_env}",
+            )
     if config.deployment == "development" and environ.get(config.keys.raw.identity_env):
         raise CredentialIsolationError(
             f"development deployment refuses to load: ${config.keys.raw.identity_env} "
             "(the raw-backup identity) is set here",
             hint="raw backups hold production data; only the production deployment may decrypt them",
         )
+    for db_name, db in sorted(config.databases.items()):
+        if config.deployment == "development" and db.sanitize and environ.get(db.sanitize.hmac_key_env):
+            raise CredentialIsolationError(
+                f"development deployment refuses to load: ${db.sanitize.hmac_key_env} (the masking key of "
+                f"database {db_name!r}) is set here",
+                hint="with the masking key, pseudonyms can be tested against guesses; only the production "
+                f"deployment may hold it; unset {db.sanitize.hmac_key_env}",
+            )
 
 
 def resolve_dsn(config: Config, database: str, environment: str = "production",

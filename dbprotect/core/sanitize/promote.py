@@ -1,0 +1,101 @@
+"""Promotion: the newest sanitized copy that passed every blocking check, restored into development.
+
+Runs on the development side with the development key (the raw-backup key and the production DSN
+are refused there by :func:`dbprotect.core.config.check_credential_isolation`). The restore is the
+guarded on-call restore of :mod:`dbprotect.core.oncall`: the development database's environment
+marker must say ``development``, a safety backup of it is taken first (encrypted to the
+development key), the copy is restored into a staging database, verified against its manifest and
+swapped in. A copy whose lineage lacks a passed result for any blocking check is never promoted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from dbprotect.core.config import Config
+from dbprotect.core.errors import ConfigError, NotFoundError, RefusedError
+from dbprotect.core.manifest import Manifest
+from dbprotect.core.sanitize.build import LINEAGE_FIELD, sanitize_spec, sanitized_name
+from dbprotect.core.sanitize.checks import BLOCKING_CHECKS
+from dbprotect.core.storage import Storage
+
+
+@dataclass(frozen=True)
+class Promotable:
+    """The artifact to promote, or why there is none (``manifest`` None, ``reason`` says why)."""
+
+    manifest: Manifest | None
+    reason: str
+
+    @property
+    def artifact_id(self) -> str | None:
+        return self.manifest.backup_id if self.manifest else None
+
+
+def failed_checks(manifest: Manifest) -> list[str]:
+    """Blocking checks without a recorded pass in the artifact's lineage (all of them if it has none)."""
+    lineage = (manifest.model_extra or {}).get(LINEAGE_FIELD) or {}
+    checks = lineage.get("checks") or {}
+    return [name for name in BLOCKING_CHECKS if not (checks.get(name) or {}).get("ok")]
+
+
+def newest_promotable(storage: Storage, database: str) -> Promotable:
+    """The newest sanitized copy of ``database`` whose every blocking check passed."""
+    from dbprotect.core.catalog import list_backups, load_manifest
+
+    entries = list_backups(storage, sanitized_name(database))
+    if not entries:
+        return Promotable(None, f"no sanitized copy of {database!r} exists in {storage.uri}")
+    for entry in entries:
+        manifest = load_manifest(storage, entry.database, entry.backup_id)
+        if not failed_checks(manifest):
+            return Promotable(manifest, f"sanitized copy {entry.backup_id} passed "
+                                        f"{', '.join(BLOCKING_CHECKS)}")
+    return Promotable(None, f"no sanitized copy of {database!r} passed its blocking checks")
+
+
+def require_promotable(manifest: Manifest) -> None:
+    failed = failed_checks(manifest)
+    if failed:
+        raise RefusedError(f"refused: sanitized copy {manifest.backup_id} did not pass {', '.join(failed)}; "
+                           "it is never promoted", hint="fix the masking rules and build a new sanitized copy")
+
+
+def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact_id: str | None = None,
+                     environ: Mapping[str, str] | None = None, by: str = "dbprotect",
+                     progress: Callable[[str], None] | None = None) -> object:
+    """Restore the newest promotable sanitized copy into the development database of ``database``.
+
+    ``confirmed``: the typed ``--confirm``, or the configuration's ``sanitize.promote: true`` for
+    the sensor. Returns :class:`dbprotect.core.oncall.RestoreResult`.
+    """
+    from dbprotect.core.audit import AuditLog
+    from dbprotect.core.catalog import load_manifest
+    from dbprotect.core.config import resolve_dsn
+    from dbprotect.core.crypto import load_identity
+    from dbprotect.core.oncall import RestoreTarget, restore
+    from dbprotect.core.operations import primary_store
+
+    sanitize_spec(config, database)
+    if config.keys.development is None:
+        raise ConfigError(f"{config.source}: keys.development is missing", hint="promotion decrypts with it")
+    storage = primary_store(config, database)
+    if artifact_id:
+        manifest = load_manifest(storage, sanitized_name(database), artifact_id)
+    else:
+        found = newest_promotable(storage, database)
+        if found.manifest is None:
+            raise NotFoundError(f"nothing to promote: {found.reason}",
+                                hint=f"build one on the production side: 'dbprotect sanitize {database}'")
+        manifest = found.manifest
+    require_promotable(manifest)
+    target = RestoreTarget(resolve_dsn(config, database, "development", environ), "development", existing=True)
+    if not confirmed:
+        raise RefusedError(f"refused: promoting sanitized copy {manifest.backup_id} replaces the development "
+                           f"database {target.name!r}; it needs confirmation", hint="repeat with --confirm")
+    identity = load_identity(config.keys.development.identity_env, environ)
+    return restore(storage, manifest, identity, target, confirmation=target.name,
+                   recipients=config.keys.development.recipients, audit=AuditLog(storage, actor=by),
+                   safety_database=f"{database}-development-safety", pg_bin_dir=config.pg_bin_dir,
+                   work_dir=config.scratch.work_dir, by=by, progress=progress)

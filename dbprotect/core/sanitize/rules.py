@@ -1,0 +1,126 @@
+"""Masking rule files: for every column of every table, ``keep`` or a transformer with options.
+
+``keep`` is an explicit statement that a column holds no personal data; there is no default,
+so a column nobody classified stops the run (:mod:`dbprotect.core.sanitize.coverage`).
+
+Format (YAML)::
+
+    version: 1
+    tables:
+      public.users:                      # schema.table (a bare name means public.)
+        id: keep
+        email: email                     # a transformer without options
+        phone_number: {transformer: phone}
+        date_of_birth: {transformer: date, max_days: 180}
+        last_login_ip: {transformer: ip, review: true}   # generated guess, not yet reviewed
+        preferences: {transformer: json, paths: {contact.email: email, "tags.*": {transformer: fixed, value: x}}}
+
+Transformers: keep, email, phone, name (part: full|first|last), text, ip, date (max_days),
+number (pct, min), json (paths), null, fixed (value), hash (format: hex|uuid, length).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dbprotect.core.errors import ConfigError
+
+RULES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """One column's rule: ``transformer`` plus its options; ``review`` marks an unreviewed guess."""
+
+    transformer: str
+    review: bool = False
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def spec(self) -> dict[str, Any]:
+        """The rule as written in the file (without ``review``): what identifies a transformer."""
+        return {"transformer": self.transformer, **self.options()}
+
+    @classmethod
+    def parse(cls, raw: Any, *, where: str) -> ColumnRule:
+        from dbprotect.core.sanitize.transformers import KINDS
+
+        if isinstance(raw, str):
+            raw = {"transformer": raw}
+        if not isinstance(raw, dict) or not isinstance(raw.get("transformer"), str):
+            raise ConfigError(f"{where}: a rule is 'keep', a transformer name, or {{transformer: NAME, ...options}}")
+        raw = dict(raw)
+        kind = raw.pop("transformer")
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: unknown transformer {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
+        review = bool(raw.pop("review", False))
+        return cls(kind, review, tuple(sorted(raw.items(), key=lambda item: item[0])))
+
+    def to_yaml(self) -> Any:
+        if not self.params and not self.review:
+            return self.transformer
+        return {"transformer": self.transformer, **self.options(), **({"review": True} if self.review else {})}
+
+
+@dataclass
+class RuleSet:
+    """The rules of one database, by ``schema.table`` then column; ``sha256`` is the file's hash."""
+
+    tables: dict[str, dict[str, ColumnRule]]
+    sha256: str = ""
+    source: str = "<memory>"
+    problems: list[str] = field(default_factory=list)
+
+    def rule(self, table: str, column: str) -> ColumnRule | None:
+        return self.tables.get(table, {}).get(column)
+
+    def unreviewed(self) -> list[str]:
+        """Columns whose rule is still a generated guess (``review: true``)."""
+        return [f"{table}.{column}" for table, columns in sorted(self.tables.items())
+                for column, rule in sorted(columns.items()) if rule.review]
+
+    def to_yaml(self) -> str:
+        doc = {"version": RULES_VERSION,
+               "tables": {table: {column: rule.to_yaml() for column, rule in columns.items()}
+                          for table, columns in self.tables.items()}}
+        return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+def qualify(table: str) -> str:
+    return table if "." in table else f"public.{table}"
+
+
+def parse_rules(text: str, *, source: str = "<memory>") -> RuleSet:
+    """Validate a rule file's text; errors name the file and the table/column."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("tables"), dict):
+        raise ConfigError(f"{source}: a rule file is a mapping with 'version: 1' and 'tables:'")
+    if raw.get("version", RULES_VERSION) != RULES_VERSION:
+        raise ConfigError(f"{source}: rule file version {raw.get('version')!r} is not supported (expected 1)")
+    tables: dict[str, dict[str, ColumnRule]] = {}
+    for table, columns in raw["tables"].items():
+        if not isinstance(columns, dict):
+            raise ConfigError(f"{source}: tables.{table}: expected a mapping of column: rule")
+        tables[qualify(str(table))] = {str(column): ColumnRule.parse(rule, where=f"{source}: tables.{table}.{column}")
+                                       for column, rule in columns.items()}
+    return RuleSet(tables, hashlib.sha256(text.encode()).hexdigest(), source)
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: masking rule file cannot be read: {exc.strerror}",
+                          hint="write a starter file: 'dbprotect sanitize rules DATABASE --output FILE'") from None
+    return parse_rules(text, source=str(file))

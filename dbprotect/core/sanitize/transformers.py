@@ -1,0 +1,374 @@
+"""The masking transformers: deterministic, keyed pseudonyms of single column values.
+
+Every transformer is keyed with the masking key (HMAC-SHA256, :func:`hmac.digest`), never a plain
+hash of the value: a plain hash of an e-mail address is reversed by hashing a list of known
+addresses. Keyed and deterministic means the same input gives the same output in every table and
+every run with the same key, so joins on masked columns, foreign keys and unique constraints still
+hold in the copy.
+
+Values arrive and leave as ``bytes`` in PostgreSQL's text representation (what ``COPY ... TO
+STDOUT`` produces after unescaping); ``None`` stands for SQL NULL. A transformer takes the value
+and an ``attempt`` number: the stream asks again with ``attempt + 1`` when an output collides on
+a unique column, and the attempt is part of the HMAC message, so the retry is deterministic too.
+
+The output spaces are chosen to be disjoint from real data where possible, so that the
+``no_pii_leaked`` check (no masked value equals any production value of its column) can hold:
+e-mails go to ``example.com``-style reserved domains, IPv4 to 240.0.0.0/4 (reserved, never a
+client address), IPv6 to 2001:db8::/32 (documentation), names are synthetic syllable names.
+
+Example::
+
+    masker = Masker(b"secret key from the environment")
+    email = masker.transformer(ColumnRule(transformer="email"))
+    email(b"alice@example.org", 0)   # b'u3f1c...@example.com', the same every time
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Any
+
+from dbprotect.core.errors import ConfigError, DbprotectError
+from dbprotect.core.sanitize.rules import ColumnRule
+
+#: A transformer: (value, attempt) -> masked value, or None for NULL.
+Transform = Callable[[bytes, int], bytes | None]
+
+#: Transformers whose output never depends on the source value: the "masked value differs from its
+#: source" rule does not apply to them (a fixed value may equal a source value by coincidence).
+CONSTANT_KINDS = frozenset({"null", "fixed"})
+#: Kinds not held to "every masked value differs from its source" row by row: the constant ones,
+#: and ``json``, which masks chosen paths and legitimately leaves documents without them as they are.
+UNCHANGED_EXEMPT = CONSTANT_KINDS | {"json"}
+#: Transformers whose outputs live in a space disjoint from real data: for them the
+#: ``no_pii_leaked`` check compares whole columns (no output equals ANY production value), not
+#: only each row with its own source. Noise on dates and numbers cannot be disjoint by design.
+DISJOINT_KINDS = frozenset({"email", "name", "text", "ip", "hash"})
+
+KINDS = ("keep", "email", "phone", "name", "text", "ip", "date", "number", "json", "null", "fixed", "hash")
+
+_SYLLABLES = (b"ka", b"lo", b"vi", b"ru", b"zen", b"to", b"qua", b"ne", b"zo", b"pel", b"ri", b"dax", b"fe",
+              b"gu", b"hol", b"jin", b"lu", b"mor", b"ny", b"qui", b"sev", b"tar", b"vo", b"wy", b"xa", b"yel",
+              b"zu", b"bre", b"kla", b"dro", b"fli", b"gor")
+_WORDS = (b"lorem", b"ipsum", b"dolor", b"sit", b"amet", b"consectetur", b"adipiscing", b"elit", b"sed", b"do",
+          b"eiusmod", b"tempor", b"incididunt", b"ut", b"labore", b"et", b"dolore", b"magna", b"aliqua", b"enim",
+          b"ad", b"minim", b"veniam", b"quis", b"nostrud", b"exercitation", b"ullamco", b"laboris", b"nisi",
+          b"aliquip", b"ex", b"ea")
+
+
+class SanitizeError(DbprotectError):
+    """A value or rule the sanitizer cannot handle; the message names the column, never the value."""
+
+    exit_code = 13
+    code = "DBP013"
+
+
+class Masker:
+    """The keyed transformers of one run; one instance per rule spec, shared by every column using it.
+
+    Sharing matters for consistency: when a collision on a unique column forces a retry, the
+    remapped output is remembered on the transformer, so the same source value in another table
+    (masked by an identical rule) gets the same remapped output.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ConfigError("the masking key is shorter than 16 bytes",
+                              hint="generate one with: python -c 'import secrets; print(secrets.token_hex(32))'")
+        self._key = key
+        self._cache: dict[str, MaskFunction] = {}
+
+    def digest(self, domain: bytes, value: bytes) -> bytes:
+        """HMAC-SHA256 of ``domain NUL value`` under the masking key."""
+        return hmac.digest(self._key, domain + b"\0" + value, "sha256")
+
+    def key_id(self) -> str:
+        """A version label for lineage: HMAC of a constant, 12 hex digits (reveals nothing of the key)."""
+        return self.digest(b"dbprotect-key-id", b"").hex()[:12]
+
+    def transformer(self, rule: ColumnRule) -> MaskFunction:
+        """The (shared) transformer for a rule; ``keep`` rules have none and must not be asked."""
+        signature = json.dumps(rule.spec(), sort_keys=True)
+        found = self._cache.get(signature)
+        if found is None:
+            found = self._cache[signature] = MaskFunction(rule.transformer, _build(self, rule), signature)
+        return found
+
+
+class MaskFunction:
+    """One transformer with its collision remaps (source value -> output chosen after a retry)."""
+
+    __slots__ = ("fn", "kind", "remaps", "signature")
+
+    def __init__(self, kind: str, fn: Transform, signature: str) -> None:
+        self.kind = kind
+        self.fn = fn
+        self.signature = signature
+        self.remaps: dict[bytes, bytes | None] = {}
+
+
+def _build(masker: Masker, rule: ColumnRule) -> Transform:
+    options = rule.options()
+    builder = _BUILDERS.get(rule.transformer)
+    if builder is None:
+        raise ConfigError(f"unknown transformer {rule.transformer!r}", hint=f"use one of: {', '.join(KINDS)}")
+    try:
+        return builder(masker, options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"transformer {rule.transformer!r}: bad options {options}: {exc}") from None
+
+
+def _suffix(attempt: int) -> bytes:
+    return b"" if attempt == 0 else b"\0#" + str(attempt).encode()
+
+
+def _email(masker: Masker, options: dict[str, Any]) -> Transform:
+    domain = str(options.pop("domain", "example.com")).encode()
+    _no_more(options)
+
+    def email(value: bytes, attempt: int) -> bytes:
+        return b"u" + masker.digest(b"email", value + _suffix(attempt)).hex()[:20].encode() + b"@" + domain
+    return email
+
+
+def _phone(masker: Masker, options: dict[str, Any]) -> Transform:
+    keep = int(options.pop("keep_prefix", 2))
+    _no_more(options)
+
+    def phone(value: bytes, attempt: int) -> bytes:
+        d = masker.digest(b"phone", value + _suffix(attempt))
+        number = int.from_bytes(d[:16], "big")
+        if value[:1] == b"+" and value[1:].isdigit():  # E.164: + country prefix kept, rest replaced
+            n = len(value) - 1 - keep
+            out = value[:1 + keep] + str(number % 10**n).zfill(n).encode() if n > 0 else value
+        else:  # any other layout: keep separators and the first ``keep`` digits, replace the others
+            chars = bytearray(value)
+            seen = 0
+            for i, ch in enumerate(chars):
+                if 48 <= ch <= 57:
+                    if seen >= keep:
+                        chars[i] = 48 + number % 10
+                        number //= 10
+                    seen += 1
+            out = bytes(chars)
+        return out if out != value or attempt > 20 else phone(value, attempt + 1)
+    return phone
+
+
+def _syllable_word(d: bytes, start: int, count: int) -> bytes:
+    return b"".join(_SYLLABLES[d[start + i] & 31] for i in range(count)).capitalize()
+
+
+def _name(masker: Masker, options: dict[str, Any]) -> Transform:
+    part = options.pop("part", "full")
+    if part not in ("full", "first", "last"):
+        raise ValueError("part is one of full, first, last")
+    _no_more(options)
+
+    def name(value: bytes, attempt: int) -> bytes:
+        d = masker.digest(b"name", value + _suffix(attempt))
+        if part == "first":
+            return _syllable_word(d, 0, 3)
+        if part == "last":
+            return _syllable_word(d, 4, 3)
+        return _syllable_word(d, 0, 3) + b" " + _syllable_word(d, 4, 3)
+    return name
+
+
+def _text(masker: Masker, options: dict[str, Any]) -> Transform:
+    _no_more(options)
+
+    def text(value: bytes, attempt: int) -> bytes:
+        limit = len(value.decode("utf-8", "replace"))  # characters: the output must fit varchar(n)
+        words: list[bytes] = []
+        size, block = -1, 0
+        while size < limit:
+            d = masker.digest(b"text", value + _suffix(attempt) + b"\0" + str(block).encode())
+            for byte in d:
+                words.append(_WORDS[byte & 31])
+                size += len(words[-1]) + 1
+                if size >= limit:
+                    break
+            block += 1
+        out = b" ".join(words)[:max(limit, 1)]
+        return out.rstrip() or b"x"
+    return text
+
+
+def _ip(masker: Masker, options: dict[str, Any]) -> Transform:
+    _no_more(options)
+
+    def ip(value: bytes, attempt: int) -> bytes:
+        address, slash, mask = value.partition(b"/")
+        d = masker.digest(b"ip", address + _suffix(attempt))
+        if b":" in address:  # IPv6 -> 2001:db8::/32 (documentation prefix)
+            groups = [f"{int.from_bytes(d[i:i + 2], 'big'):x}" for i in range(0, 12, 2)]
+            out = ("2001:db8:" + ":".join(groups)).encode()
+        else:  # IPv4 -> 240.0.0.0/4 (reserved: never a client's address)
+            n = (int.from_bytes(d[:4], "big") & 0x0FFFFFFF) | 0xF0000000
+            out = f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}".encode()
+        return out + slash + mask
+    return ip
+
+
+def _date(masker: Masker, options: dict[str, Any]) -> Transform:
+    max_days = int(options.pop("max_days", 30))
+    if max_days < 1:
+        raise ValueError("max_days must be at least 1")
+    _no_more(options)
+
+    def shift(value: bytes, attempt: int) -> bytes:
+        if value in (b"infinity", b"-infinity"):
+            return value
+        d = masker.digest(b"date", value[:10])
+        offset = int.from_bytes(d[:4], "big") % (2 * max_days)
+        offset = offset - max_days if offset < max_days else offset - max_days + 1  # never 0
+        try:
+            day = date.fromisoformat(value[:10].decode()) + timedelta(days=offset + attempt)
+        except (ValueError, OverflowError):
+            raise SanitizeError("a date value is not in ISO form (YYYY-MM-DD...) or out of range",
+                                hint="set DateStyle to ISO on the source, or use the fixed/null transformer") from None
+        return day.isoformat().encode() + value[10:]
+    return shift
+
+
+def _number(masker: Masker, options: dict[str, Any]) -> Transform:
+    pct = float(options.pop("pct", 10))
+    minimum = options.pop("min", None)
+    if not 0 < pct <= 100:
+        raise ValueError("pct must be in (0, 100]")
+    _no_more(options)
+
+    def number(value: bytes, attempt: int) -> bytes:
+        d = masker.digest(b"number", value + _suffix(attempt))
+        unit = int.from_bytes(d[:4], "big") / 0xFFFFFFFF * 2 - 1  # [-1, 1]
+        text = value.decode()
+        whole, dot, frac = text.partition(".")
+        if not (whole.lstrip("-").isdigit() and (not dot or frac.isdigit())):
+            return value  # NaN, Infinity, exponent forms: left to the unchanged-value check
+        x = float(text)
+        scale = len(frac)
+        step = 10.0 ** -scale
+        y = round(x * (1 + unit * pct / 100), scale)
+        if y == x:
+            y = x + (step if unit >= 0 else -step)
+        if minimum is not None and y < float(minimum):
+            y = x + step
+        return (f"{y:.{scale}f}" if scale else str(int(y))).encode()
+    return number
+
+
+def _json(masker: Masker, options: dict[str, Any]) -> Transform:
+    paths = options.pop("paths", {})
+    _no_more(options)
+    if not isinstance(paths, dict) or not paths:
+        raise ValueError("paths is a mapping of dotted paths (use * for any key or item) to transformers")
+    compiled = []
+    for path, spec in paths.items():
+        rule = ColumnRule.parse(spec, where=f"json path {path}")
+        if rule.transformer == "keep":
+            continue
+        compiled.append((str(path).split("."), masker.transformer(rule)))
+
+    def apply(node: Any, parts: list[str], fn: MaskFunction) -> Any:
+        if not parts:
+            if node is None:
+                return None
+            raw = (node if isinstance(node, str) else json.dumps(node)).encode()
+            out = fn.fn(raw, 0)
+            if out is None:
+                return None
+            if isinstance(node, str):
+                return out.decode()
+            try:
+                return json.loads(out)
+            except ValueError:
+                return out.decode()
+        head, rest = parts[0], parts[1:]
+        if isinstance(node, dict):
+            for key in (list(node) if head == "*" else [head] if head in node else []):
+                node[key] = apply(node[key], rest, fn)
+        elif isinstance(node, list) and (head == "*" or head.isdigit()):
+            for i in (range(len(node)) if head == "*" else [int(head)] if int(head) < len(node) else []):
+                node[i] = apply(node[i], rest, fn)
+        return node
+
+    def transform(value: bytes, attempt: int) -> bytes:
+        doc = json.loads(value)
+        for parts, fn in compiled:
+            doc = apply(doc, parts, fn)
+        return json.dumps(doc, ensure_ascii=False).encode()
+    return transform
+
+
+def _null(masker: Masker, options: dict[str, Any]) -> Transform:
+    _no_more(options)
+    return lambda value, attempt: None
+
+
+def _fixed(masker: Masker, options: dict[str, Any]) -> Transform:
+    if "value" not in options:
+        raise ValueError("fixed needs value:")
+    fixed = options.pop("value")
+    _no_more(options)
+    out = None if fixed is None else str(fixed).encode()
+    return lambda value, attempt: out
+
+
+def _hash(masker: Masker, options: dict[str, Any]) -> Transform:
+    form = options.pop("format", "hex")
+    length = int(options.pop("length", 32))
+    if form not in ("hex", "uuid"):
+        raise ValueError("format is hex or uuid")
+    _no_more(options)
+
+    def keyed_hash(value: bytes, attempt: int) -> bytes:
+        h = masker.digest(b"hash", value + _suffix(attempt)).hex()
+        if form == "uuid":
+            return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}".encode()
+        return h[:length].encode()
+    return keyed_hash
+
+
+def _no_more(options: dict[str, Any]) -> None:
+    if options:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(options))}")
+
+
+_BUILDERS: dict[str, Callable[[Masker, dict[str, Any]], Transform]] = {
+    "email": _email, "phone": _phone, "name": _name, "text": _text, "ip": _ip, "date": _date,
+    "number": _number, "json": _json, "null": _null, "fixed": _fixed, "hash": _hash,
+}
+
+
+# -- COPY text format ---------------------------------------------------------------------------
+
+_UNESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.S)
+_SIMPLE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+_NEEDS_ESCAPE = re.compile(rb"[\\\t\n\r]")
+
+
+def _unescape_match(match: re.Match[bytes]) -> bytes:
+    octal, hexa, char = match.groups()
+    if octal:
+        return bytes([int(octal, 8) & 255])
+    if hexa:
+        return bytes([int(hexa, 16)])
+    return _SIMPLE.get(char, char)
+
+
+def copy_unescape(field: bytes) -> bytes:
+    """One field of COPY text format as its value (the caller handles ``\\N``)."""
+    return _UNESCAPE.sub(_unescape_match, field) if b"\\" in field else field
+
+
+def copy_escape(value: bytes) -> bytes:
+    """A value as one field of COPY text format."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    return (value.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n")
+            .replace(b"\r", b"\\r"))

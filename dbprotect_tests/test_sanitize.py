@@ -1,0 +1,252 @@
+"""Sanitized development copies (issue 5) end to end, on real PostgreSQL: the demo fintech schema
+(users full of personal data), Chinook and Northwind with their rule files in ``rules/``.
+
+Each build restores the newest verified backup into a scratch database, streams every table through
+the transformers into a second one, checks it and stores it encrypted to the development key; the
+tests decrypt that artifact with the development identity and compare it with the source.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from dbprotect.core.catalog import list_backups, load_manifest
+from dbprotect.core.config import check_credential_isolation, load_config
+from dbprotect.core.crypto import parse_identity
+from dbprotect.core.dsn import dbname_of
+from dbprotect.core.errors import CredentialIsolationError, NotFoundError, RefusedError
+from dbprotect.core.markers import set_marker
+from dbprotect.core.operations import backup_database, verify_database_backup
+from dbprotect.core.restore import decrypted_archive, run_pg_restore
+from dbprotect.core.sanitize import CoverageError, build_sanitized_copy, promote_dev_copy, sanitized_name
+from dbprotect.core.storage import FilesystemStorage
+
+RULES = Path(__file__).parent / "rules"
+KEY_ENV = "TEST_MASKING_KEY"
+
+
+@pytest.fixture(scope="module")
+def demo_dsn(pg) -> str:  # type: ignore[no-untyped-def]
+    """The demo fintech database (its loader names the database fintech_prod), 20,000 rows."""
+    from dbprotect.core.demo import PG_DATABASE, load_demo_data
+
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+    dsn = pg.dsn(PG_DATABASE)
+    load_demo_data(dsn, 20_000)
+    return dsn
+
+
+@pytest.fixture
+def protect(write_config, pg, monkeypatch, tmp_path: Path, other_age_keys) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
+    """Factory: a production deployment with a sanitize section for ``database``, one verified backup."""
+
+    def factory(dsn: str, database: str, rules: str | Path, *, backup: bool = True) -> Any:
+        monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
+        monkeypatch.setenv(KEY_ENV, "k" * 8 + secrets.token_hex(16))
+        path = write_config(dsn, database=database, deployment="production",
+                            extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})
+        doc = yaml.safe_load(path.read_text())
+        doc["databases"][database]["sanitize"] = {"rules": str(rules), "hmac_key_env": KEY_ENV}
+        doc["keys"]["development"] = {"recipients": [other_age_keys[1]], "identity_env": "TEST_DEV_IDENTITY"}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        config = load_config(path)
+        if backup:
+            backup_database(config, database)
+            verify_database_backup(config, database)
+        return config
+
+    return factory
+
+
+def restored_artifact(config, database: str, make_db, identity_text: str) -> str:  # type: ignore[no-untyped-def]
+    """Decrypt the newest sanitized artifact with the development identity into a new database."""
+    store = FilesystemStorage(Path(config.base_dir()) / "store")
+    [entry, *_] = list_backups(store, sanitized_name(database))
+    manifest = load_manifest(store, entry.database, entry.backup_id)
+    dsn = make_db(prefix="sanitized")
+    with decrypted_archive(store, manifest, parse_identity(identity_text, source="test")) as archive:
+        run_pg_restore(archive, dsn, server_major=int(manifest.source["server_major"]))
+    return dsn
+
+
+def rows_by(dsn: str, table: str, key: str) -> dict[Any, dict[str, Any]]:
+    with psycopg.connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return {row[key]: row for row in cur.execute(f"SELECT * FROM {table}")}
+
+
+def assert_masked_differ(source: str, copy: str, table: str, key: str, columns: list[str]) -> int:
+    before, after = rows_by(source, table, key), rows_by(copy, table, key)
+    assert before.keys() == after.keys()
+    compared = 0
+    for pk, row in before.items():
+        for column in columns:
+            if row[column] is not None:
+                assert after[pk][column] != row[column], f"{table}.{column} unchanged"
+                compared += 1
+    return compared
+
+
+def test_demo_copy_masks_every_value_and_keeps_constraints(protect, demo_dsn: str, make_db, other_age_keys) -> None:
+    config = protect(demo_dsn, "fintech", RULES / "demo.yaml")
+    result = build_sanitized_copy(config, "fintech")
+    assert result.ok, [c.detail for c in result.checks if not c.ok]
+    assert result.artifact_id and result.rows > 19_000
+    copy = restored_artifact(config, "fintech", make_db, other_age_keys[0])
+
+    masked = ["email", "phone_number", "name", "first_name", "last_name", "date_of_birth", "last_login_ip",
+              "created_ip", "last_login_location", "referral_code", "cognito_username", "bio", "login_count"]
+    assert assert_masked_differ(demo_dsn, copy, "users", "id", masked) > 10_000
+    users = rows_by(copy, "users", "id")
+    source_users = rows_by(demo_dsn, "users", "id")
+    emails = [u["email"] for u in users.values() if u["email"]]
+    assert len(emails) == len(set(emails)) and all(e.endswith("@example.com") for e in emails)
+    for user in users.values():  # E.164 kept valid, country prefix kept
+        phone = user["phone_number"]
+        if phone:
+            assert phone.startswith("+") and phone[1:].isdigit() and 8 <= len(phone) <= 16
+            assert phone[:3] == source_users[user["id"]]["phone_number"][:3]
+        if user["last_login_ip"] is not None:
+            assert str(user["last_login_ip"]).startswith(("24", "25", "2001:db8:"))
+        born, was = user["date_of_birth"], source_users[user["id"]]["date_of_birth"]
+        assert 0 < abs((born - was).days) <= 180
+    # constraints were built after the load and hold: count them on both sides
+    constraint_sql = ("SELECT count(*) FROM pg_constraint WHERE contype IN ('p','u','f') "
+                      "AND connamespace = 'public'::regnamespace")
+    with psycopg.connect(demo_dsn) as a, psycopg.connect(copy) as b:
+        assert a.execute(constraint_sql).fetchone() == b.execute(constraint_sql).fetchone()
+        assert b.execute("SELECT count(*) FROM accounts a LEFT JOIN users u ON u.id = a.customer_id "
+                         "WHERE u.id IS NULL").fetchone() == (0,)
+    # lineage: source backup, rule hash, key id; never the key
+    store = FilesystemStorage(Path(config.base_dir()) / "store")
+    manifest = load_manifest(store, "fintech-sanitized", result.artifact_id)
+    lineage = manifest.model_extra["sanitized"]
+    assert lineage["source_backup_id"] == result.source_backup_id
+    assert lineage["rules_sha256"] == result.rules_sha256 and len(lineage["masking_key_id"]) == 12
+    assert all(check["ok"] for check in lineage["checks"].values())
+    import os
+    assert os.environ[KEY_ENV] not in manifest.to_json().decode()
+    assert manifest.encryption["recipients"][0]["recipient"] == other_age_keys[1]
+
+
+SHARED_EMAIL_SQL = """
+CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL UNIQUE, name text);
+CREATE TABLE newsletter (id serial PRIMARY KEY, email text NOT NULL REFERENCES customers (email), note text);
+INSERT INTO customers SELECT i, 'person' || i || '@corp.example.org', 'Person ' || i FROM generate_series(1, 500) i;
+INSERT INTO newsletter (email, note) SELECT 'person' || (i % 500 + 1) || '@corp.example.org', 'weekly'
+FROM generate_series(1, 800) i;
+"""
+SHARED_EMAIL_RULES = """
+version: 1
+tables:
+  customers: {id: keep, email: email, name: name}
+  newsletter: {id: keep, email: email, note: keep}
+"""
+
+
+def test_same_email_masks_the_same_in_every_table(protect, make_db, other_age_keys, tmp_path: Path) -> None:
+    source = make_db(SHARED_EMAIL_SQL)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SHARED_EMAIL_RULES)
+    config = protect(source, "crm", rules)
+    result = build_sanitized_copy(config, "crm")
+    assert result.ok, [c.detail for c in result.checks if not c.ok]
+    copy = restored_artifact(config, "crm", make_db, other_age_keys[0])
+    with psycopg.connect(copy) as conn:
+        # the foreign key on the masked column holds, and every newsletter row joins its customer
+        assert conn.execute("SELECT count(*) FROM newsletter n JOIN customers c USING (email)").fetchone() == (800,)
+        assert conn.execute("SELECT count(*) FROM customers WHERE email LIKE '%corp.example.org'").fetchone() == (0,)
+    with psycopg.connect(source) as a, psycopg.connect(copy) as b:
+        pairs_before = dict(a.execute("SELECT n.id, c.id FROM newsletter n JOIN customers c USING (email)").fetchall())
+        pairs_after = dict(b.execute("SELECT n.id, c.id FROM newsletter n JOIN customers c USING (email)").fetchall())
+    assert pairs_before == pairs_after
+
+
+def test_unclassified_column_stops_the_run(protect, make_db, tmp_path: Path) -> None:
+    source = make_db(SHARED_EMAIL_SQL + "ALTER TABLE customers ADD COLUMN passport_no text, ADD COLUMN dob date;")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SHARED_EMAIL_RULES)
+    config = protect(source, "crm", rules)
+    with pytest.raises(CoverageError) as caught:
+        build_sanitized_copy(config, "crm")
+    assert "public.customers.dob" in str(caught.value) and "public.customers.passport_no" in str(caught.value)
+    assert "2 column(s) have no masking rule" in str(caught.value)
+    assert not list_backups(FilesystemStorage(tmp_path / "store"), "crm-sanitized")
+
+
+def test_injected_leak_fails_no_pii_leaked_and_blocks_promotion(protect, make_db, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    source = make_db(SHARED_EMAIL_SQL)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SHARED_EMAIL_RULES.replace("newsletter: {id: keep, email: email",
+                                                "newsletter: {id: keep, email: keep"))
+    config = protect(source, "crm", rules)
+    with pytest.raises(Exception, match=r"violates foreign key constraint"):
+        build_sanitized_copy(config, "crm")  # kept e-mails no longer match the masked customers: FK fails
+    # without the foreign key, the load succeeds and the leak check is what stops it
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("ALTER TABLE newsletter DROP CONSTRAINT newsletter_email_fkey")
+    backup_database(config, "crm")
+    verify_database_backup(config, "crm")
+    result = build_sanitized_copy(config, "crm")
+    leak = {c.name: c for c in result.checks}["no_pii_leaked"]
+    assert not result.ok and not leak.ok and result.artifact_id is None
+    assert "public.newsletter.email (keep): 800 value(s) hold an e-mail address" in leak.detail
+    assert not list_backups(FilesystemStorage(tmp_path / "store"), "crm-sanitized")
+    monkeypatch.setenv("TEST_CRM_DEV_DSN", make_db())
+    with pytest.raises(NotFoundError, match="no sanitized copy"):
+        promote_dev_copy(config, "crm", confirmed=True)
+
+
+def test_development_deployment_refuses_production_credentials(protect, make_db, tmp_path: Path, monkeypatch,
+                                                               other_age_keys) -> None:
+    source = make_db(SHARED_EMAIL_SQL)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SHARED_EMAIL_RULES)
+    config = protect(source, "crm", rules, backup=False)
+    dev = config.model_copy(update={"deployment": "development"})
+    clean = {"TEST_CRM_DEV_DSN": "postgresql://dev@/crm", "TEST_DEV_IDENTITY": other_age_keys[0]}
+    check_credential_isolation(dev, clean)
+    for variable, value in (("TEST_RAW_IDENTITY", "AGE-SECRET-KEY-1X"), ("TEST_CRM_PROD_DSN", "postgresql://p@/x"),
+                            (KEY_ENV, "masking-key-value-0123456789")):
+        with pytest.raises(CredentialIsolationError, match=variable) as caught:
+            check_credential_isolation(dev, {**clean, variable: value})
+        assert value not in str(caught.value)
+
+
+def test_promotion_restores_the_copy_into_a_marked_development_database(protect, make_db, pg, tmp_path: Path,
+                                                                      monkeypatch, other_age_keys) -> None:
+    source = make_db(SHARED_EMAIL_SQL)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SHARED_EMAIL_RULES)
+    config = protect(source, "crm", rules)
+    result = build_sanitized_copy(config, "crm")
+    assert result.ok
+    # the development side: its own deployment, dev DSN and dev key only
+    for variable in ("TEST_RAW_IDENTITY", "TEST_CRM_PROD_DSN", KEY_ENV):
+        monkeypatch.delenv(variable)
+    dev_dsn = make_db("CREATE TABLE stale (x int)", prefix="crm_dev")
+    monkeypatch.setenv("TEST_CRM_DEV_DSN", dev_dsn)
+    monkeypatch.setenv("TEST_DEV_IDENTITY", other_age_keys[0])
+    dev = config.model_copy(update={"deployment": "development"})
+    check_credential_isolation(dev)
+    with pytest.raises(RefusedError, match="needs confirmation"):
+        promote_dev_copy(dev, "crm", confirmed=False)
+    with pytest.raises(RefusedError, match="no environment marker"):
+        promote_dev_copy(dev, "crm", confirmed=True)
+    name = dbname_of(dev_dsn)
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        set_marker(admin, name, "development")
+    promote_dev_copy(dev, "crm", confirmed=True)
+    with psycopg.connect(dev_dsn) as conn:
+        assert conn.execute("SELECT to_regclass('stale')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*), count(*) FILTER (WHERE email LIKE '%@example.com') "
+                            "FROM customers").fetchone() == (500, 500)
