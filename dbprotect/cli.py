@@ -776,6 +776,44 @@ def copy_command(ui: Ui, database: str, target: str | None, backup_id: str | Non
     return EXIT_OK
 
 
+@cli.command("warm-copy")
+@click.argument("database")
+@click.option("--force", is_flag=True, help="Restore even when the warm copy already holds the newest verified backup.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Only compare the live warm copy with its backup's manifest; change nothing. Exits 7 on a mismatch.")
+@common_options
+@click.pass_obj
+def warm_copy_command(ui: Ui, database: str, force: bool, check_only: bool) -> int:
+    """Refresh DATABASE's warm copy on the backup server from its newest verified backup.
+
+    The backup is restored into a staging database, verified table by table against its
+    manifest, and swapped in by renaming; nothing happens when the warm copy already holds it.
+    Refuses (exit 9) a target database marked production or development, or unmarked and not empty.
+    """
+    from dbprotect.core.operations import cli_actor
+    from dbprotect.core.warm import refresh_warm_copy, verify_warm_copy
+
+    config = ui.load()
+    if check_only:
+        report = verify_warm_copy(config, database, actor=cli_actor())
+        if not report.ok:
+            raise IntegrityError(report.detail, hint=f"refresh it: 'dbprotect warm-copy {database} --force'")
+        if ui.json:
+            ui.emit(report.to_dict())
+        else:
+            click.echo(scrub(report.detail))
+        return EXIT_OK
+    outcome = refresh_warm_copy(config, database, force=force, actor=cli_actor(), progress=_PhasePrinter(ui))
+    if ui.json:
+        ui.emit(outcome.to_dict())
+        return EXIT_OK
+    click.echo(scrub(f"{outcome.reason} ({outcome.server})"))
+    click.echo(f"  data age {human_age(timedelta(hours=outcome.backup_age_hours()))}"
+               + (f"; {outcome.tables} tables, {outcome.rows:,} rows verified in "
+                  f"{outcome.timings.get('total_seconds', 0):.2f} s" if outcome.refreshed else ""))
+    return EXIT_OK
+
+
 # --- audit ---------------------------------------------------------------------------------------
 
 @cli.command()

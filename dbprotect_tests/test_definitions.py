@@ -208,6 +208,28 @@ def test_copy_targets_get_a_copy_asset_with_its_check_job_and_sensor(write_confi
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
+def test_a_warm_copy_gets_its_asset_check_job_and_joins_the_copies_sensor(write_config) -> None:
+    """``warm_copy`` configured: [<db>, warm_copy] downstream of the snapshot, even with a single store."""
+    write_config(SECRET_DSN, deployment="production", extra={"databases": {
+        "shop": {"environments": {"production": {"dsn_env": "TEST_SHOP_PROD_DSN"}},
+                 "warm_copy": {"dsn_env": "TEST_SHOP_WARM_DSN", "database": "shop_standby"}}}})
+    defs = load_definitions()
+    dg.Definitions.validate_loadable(defs)
+    got = snapshot(defs)
+    assert got["assets"]["shop/warm_copy"] == {"group": "shop", "kinds": ["postgres"], "freshness": None,
+                                               "fail_window_hours": None}
+    assert got["checks"]["shop/warm_copy:warm_copy_verified"] == {"blocking": False}
+    assert got["jobs"]["shop_warm_copy_job"] == {"assets": ["shop/warm_copy"],
+                                                 "checks": ["shop/warm_copy:warm_copy_verified"],
+                                                 "run_tags": {"dbprotect/database": "shop"}}
+    assert "shop_copy_job" not in got["jobs"]  # no extra storage target: no copy job
+    assert got["sensors"]["backup_copies_sensor"] == {"jobs": [], "status": "RUNNING"}
+    graph = defs.get_repository_def().asset_graph
+    node = graph.get(dg.AssetKey(["shop", "warm_copy"]))
+    assert node.parent_keys == {dg.AssetKey(["shop", "production_snapshot"])}
+    assert node.automation_condition is not None
+
+
 def test_secrets_are_env_var_references_never_values(write_config, age_keys: tuple[str, str]) -> None:
     write_config(SECRET_DSN, deployment="production")
     defs = load_definitions()

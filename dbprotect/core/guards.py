@@ -9,6 +9,13 @@ Which data may flow where (ARCHITECTURE.md, "the flows that must never exist")::
     development    development      with a typed confirmation and a safety backup of the target
     development    production       NEVER, no override
     production     development      never as a raw restore: only sanitized copies go to development
+    production     backup           the warm copy (:mod:`dbprotect.core.warm`): a standby on the backup server
+    development    backup           never: a backup database is a standby of production, nothing else
+
+``backup`` is a target-only environment: the database it marks holds production data but is not
+production (a mistyped DSN can never make a warm copy refresh overwrite production or development,
+whose markers differ), and no backup is ever taken *from* it, so it never appears as the
+environment of a backup.
 
 The guards are plain functions that raise :class:`RefusedError` with a one-line reason and a
 hint; the CLI and Dagster call the restore in :mod:`dbprotect.core.oncall`, which calls these
@@ -19,7 +26,9 @@ from __future__ import annotations
 
 from dbprotect.core.errors import RefusedError
 
-TARGET_ENVIRONMENTS = ("production", "development")
+TARGET_ENVIRONMENTS = ("production", "development", "backup")
+#: Environments a backup can come from (``backup`` databases are restored into, never backed up).
+SOURCE_ENVIRONMENTS = ("production", "development")
 
 
 def check_direction(backup_environment: str, target_environment: str) -> None:
@@ -37,8 +46,13 @@ def check_direction(backup_environment: str, target_environment: str) -> None:
             "refused: a raw production backup is never restored into development",
             hint="development receives sanitized copies only",
         )
-    if backup_environment not in TARGET_ENVIRONMENTS:
+    if backup_environment not in SOURCE_ENVIRONMENTS:
         raise RefusedError(f"backup is from an unknown environment {backup_environment!r}; not restored")
+    if target_environment == "backup" and backup_environment != "production":
+        raise RefusedError(
+            f"refused: a backup database is a standby of production; a {backup_environment} backup is never "
+            "restored into it", hint="restore a production backup instead",
+        )
 
 
 def check_confirmation(target_database: str, confirmation: str | None) -> None:

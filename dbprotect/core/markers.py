@@ -26,8 +26,9 @@ from dbprotect.core.errors import RefusedError
 MARKER_SETTING = "dbprotect.environment"
 
 #: Values a marker may hold. ``scratch`` marks the throwaway databases dbprotect creates itself;
+#: ``backup`` the warm copy on the backup server (production data, replaced by dbprotect at will);
 #: ``test`` a database test suites may use (``dbprotect check-target DSN --expect test``).
-ENVIRONMENTS: tuple[str, ...] = ("production", "development", "scratch", "test")
+ENVIRONMENTS: tuple[str, ...] = ("production", "development", "scratch", "backup", "test")
 
 
 def read_marker(conn: psycopg.Connection, dbname: str) -> str | None:

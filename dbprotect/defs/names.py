@@ -96,6 +96,20 @@ def copy_job_name(database: str) -> str:
     return f"{dagster_name(database)}_copy_job"
 
 
+#: The warm copy (issue 4): the newest verified backup restored into the backup server's database.
+WARM_COPY_ASSET = "warm_copy"
+WARM_COPY_CHECK = "warm_copy_verified"
+
+
+def warm_copy_key(database: str) -> dg.AssetKey:
+    """``[<database>, warm_copy]``: the standby database on the backup server."""
+    return dg.AssetKey([dagster_name(database), WARM_COPY_ASSET])
+
+
+def warm_copy_job_name(database: str) -> str:
+    return f"{dagster_name(database)}_warm_copy_job"
+
+
 def cleanup_job_name(database: str) -> str:
     return f"{dagster_name(database)}_cleanup_job"
 

@@ -1,9 +1,11 @@
-"""The copies domain: per database and extra storage target, a copy asset with its integrity check.
+"""The copies domain: per database and extra storage target, a copy asset with its integrity check,
+and per database with a ``warm_copy`` configured, the warm copy asset and ``warm_copy_verified``.
 
 A copy runs by itself after each new snapshot whose blocking integrity check passed: the copy
 assets carry ``AutomationCondition.eager()`` and :data:`~dbprotect.defs.names.COPIES_SENSOR`
 evaluates them, ``RUNNING`` by default (a copy that silently never happens protects nothing).
-``<db>_copy_job`` runs them by hand (launchpad) or catches a target up.
+``<db>_copy_job`` runs them by hand (launchpad) or catches a target up; ``<db>_warm_copy_job``
+refreshes the warm copy by hand.
 """
 
 from __future__ import annotations
@@ -14,12 +16,30 @@ from dbprotect.core.config import Config
 from dbprotect.core.operations import copy_targets
 from dbprotect.defs.copies.assets import build_copy_asset
 from dbprotect.defs.copies.checks import build_copy_check
-from dbprotect.defs.names import COPIES_SENSOR, DATABASE_TAG, copy_job_name, copy_key, protected_databases
+from dbprotect.defs.copies.warm import build_warm_copy_asset, build_warm_copy_check
+from dbprotect.defs.names import (
+    COPIES_SENSOR,
+    DATABASE_TAG,
+    copy_job_name,
+    copy_key,
+    protected_databases,
+    warm_copy_job_name,
+    warm_copy_key,
+)
 
 
 def build_copy_definitions(config: Config) -> dg.Definitions:
     assets, checks, jobs, keys = [], [], [], []
     for database in protected_databases(config):
+        if config.database(database).warm_copy is not None:
+            assets.append(build_warm_copy_asset(database))
+            checks.append(build_warm_copy_check(database))
+            keys.append(warm_copy_key(database))
+            jobs.append(dg.define_asset_job(
+                warm_copy_job_name(database), selection=dg.AssetSelection.assets(warm_copy_key(database)),
+                tags={DATABASE_TAG: database},
+                description=f"Refresh {database!r}'s warm copy from its newest verified backup and verify it.",
+            ))
         targets = copy_targets(config, database)
         if not targets:
             continue
@@ -37,7 +57,7 @@ def build_copy_definitions(config: Config) -> dg.Definitions:
     if keys:
         sensors.append(dg.AutomationConditionSensorDefinition(
             COPIES_SENSOR, target=dg.AssetSelection.assets(*keys), default_status=dg.DefaultSensorStatus.RUNNING,
-            description="Copies each new verified snapshot to every extra storage target.",
+            description="Copies each new verified snapshot to every extra storage target and the warm copy.",
         ))
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors)
 
