@@ -20,6 +20,7 @@ Example::
         retention_by_target:        # optional: another policy on one target (a cheaper, longer offsite)
           offsite: {keep_monthly: 24, max_age: 800d}
         cleanup_schedule: "0 4 * * 0"   # weekly by default
+        warm_copy: {dsn_env: SHOP_BACKUP_DSN}   # optional standby restored from the newest verified backup
     storage:
       local: {type: filesystem, path: /var/backups/dbprotect}
       offsite: {type: s3, bucket: acme-backups, prefix: dbprotect, region: eu-west-1}
@@ -188,6 +189,19 @@ class ScratchSpec(_Strict):
     work_dir: str | None = None
 
 
+class WarmCopySpec(_Strict):
+    """A warm copy: the newest verified backup, restored into a database on the backup server.
+
+    ``dsn_env`` names a variable holding the DSN of that database (its role needs CREATEDB: the
+    copy is restored into a staging database and swapped in by renaming); ``database`` names
+    the warm copy when it differs from the database the DSN names. The DSN reaches production
+    data, so only a deployment that may hold production credentials may see it.
+    """
+
+    dsn_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    database: str | None = Field(default=None, min_length=1, max_length=63)
+
+
 class SchemaSpec(_Strict):
     """Schema drift and sync settings of one database (``schema:`` under the database).
 
@@ -246,10 +260,10 @@ class DatabaseSpec(_Strict):
     rpo_hours: float = Field(default=24.0, gt=0)
     rto_minutes: float = Field(default=30.0, gt=0)
     exclude_table_data: list[str] = Field(default_factory=list)
-    #: Sanitized development copies (masking rules, key, promotion); none when unset.
-    sanitize: SanitizeSpec | None = None
     #: Schema drift allow-list, migrations folder, lint exclusions (``schema:`` in the file).
     schema_settings: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    #: Sanitized development copies (masking rules, key, promotion); none when unset.
+    sanitize: SanitizeSpec | None = None
     #: Restore drills (rung 4): monthly by default, 03:00 on the 1st (seed 003: "monthly recovery drills").
     drill_schedule: str = "0 3 1 * *"
     #: Retention on every target (seeds 003/004: "kept 30 days", "keep the last 10"). Unset keeps
@@ -259,6 +273,8 @@ class DatabaseSpec(_Strict):
     retention_by_target: dict[str, PolicyField] = Field(default_factory=dict)
     #: Retention cleanup: weekly by default, Sunday 04:00 (after the nightly backup).
     cleanup_schedule: str = "0 4 * * 0"
+    #: A standby restored from the newest verified backup (:mod:`dbprotect.core.warm`); off when unset.
+    warm_copy: WarmCopySpec | None = None
 
     @field_validator("backup_schedule", "drill_schedule", "cleanup_schedule")
     @classmethod
@@ -429,6 +445,13 @@ def check_credential_isolation(config: Config, environ: Mapping[str, str] | None
                     hint=f"a {config.deployment} deployment must never hold {env_name} credentials; "
                     f"unset {env.dsn_env}",
                 )
+        if db.warm_copy and "production" not in allowed and environ.get(db.warm_copy.dsn_env):
+            raise CredentialIsolationError(
+                f"{config.deployment} deployment refuses to load: ${db.warm_copy.dsn_env} "
+                f"(the warm copy DSN of database {db_name!r}, which holds production data) is set here",
+                hint=f"only a deployment that holds production credentials may reach it; unset "
+                f"{db.warm_copy.dsn_env}",
+            )
     if config.deployment == "development" and environ.get(config.keys.raw.identity_env):
         raise CredentialIsolationError(
             f"development deployment refuses to load: ${config.keys.raw.identity_env} "
