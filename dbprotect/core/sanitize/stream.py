@@ -33,6 +33,8 @@ from dbprotect.core.sanitize.transformers import (
 
 BATCH_BYTES = 1 << 19
 MAX_ATTEMPTS = 1000
+#: Per transformer: how many first-attempt outputs are remembered (bounded memory, ~100 B each).
+CACHE_ENTRIES = 1 << 16
 
 
 @dataclass
@@ -104,8 +106,8 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
 
 def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats) -> int:
     """The hot loop: kept as flat as Python allows (locals, no per-field function for kept columns)."""
-    steps = [(p.index, p.fn.fn, p.fn.remaps, set() if p.unique else None, p.column if p.check_unchanged else None)
-             for p in plans]
+    steps = [(p.index, p.fn.fn, p.fn.remaps, p.fn.cache, p.fn.safe, set() if p.unique else None,
+              p.column if p.check_unchanged else None) for p in plans]
     unchanged = stats.unchanged
     null = b"\\N"
     batch: list[bytes] = []
@@ -113,14 +115,18 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     rows = 0
     for chunk in reader:
         fields = bytes(chunk)[:-1].split(b"\t")
-        for index, fn, remaps, seen, column in steps:
+        for index, fn, remaps, cache, safe, seen, column in steps:
             raw = fields[index]
             if raw == null:
                 continue
             value = copy_unescape(raw) if b"\\" in raw else raw
             out = remaps.get(value, null) if remaps else null
             if out is null:
-                out = fn(value, 0)
+                out = cache.get(value, null)
+                if out is null:
+                    out = fn(value, 0)
+                    if len(cache) < CACHE_ENTRIES:
+                        cache[value] = out
                 if seen is not None:
                     attempt = 0
                     while out in seen:
@@ -140,7 +146,7 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
             else:
                 if column is not None and out == value:
                     unchanged[column] += 1
-                fields[index] = copy_escape(out)
+                fields[index] = out if safe else copy_escape(out)
         line = b"\t".join(fields) + b"\n"
         batch.append(line)
         size += len(line)

@@ -1,0 +1,100 @@
+"""Promotion on the development side: the ``promote_dev_copy`` job and one sensor per database.
+
+The sensor launches the job when a sanitized copy newer than the last one it promoted exists and
+its lineage records a pass for every blocking check; it is stopped, and skips with a sentence,
+unless ``sanitize.promote: true`` (automatic sync is off by default, seed 000). The job is also
+the manual path from the launchpad: it refuses unless ``confirm`` is ticked, and core refuses a
+copy whose checks did not all pass, and a development database whose environment marker is not
+``development``.
+"""
+
+# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+import os
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from dbprotect.core.config import Config
+from dbprotect.core.operations import primary_store
+from dbprotect.core.sanitize import newest_promotable, promote_dev_copy
+from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.names import dagster_name
+from dbprotect.defs.resources import CONFIG_RESOURCE, AgeIdentityResource, DbprotectConfigResource
+
+PROMOTE_JOB = "promote_dev_copy"
+DEV_IDENTITY_RESOURCE = "development_identity"
+
+
+def promote_sensor_name(database: str) -> str:
+    return f"{dagster_name(database)}_promote_dev_copy_sensor"
+
+
+def development_identity_resources(config: Config) -> dict[str, dg.ConfigurableResource]:
+    assert config.keys.development is not None
+    env = config.keys.development.identity_env
+    return {DEV_IDENTITY_RESOURCE: AgeIdentityResource(identity=dg.EnvVar(env), identity_env=env)}
+
+
+class PromoteConfig(dg.Config):
+    """The launchpad form of ``promote_dev_copy``."""
+
+    database: str = Field(description="The configured database whose sanitized copy is promoted.")
+    confirm: bool = Field(default=False, description="Replace the development database (after a safety backup).")
+    artifact_id: str | None = Field(default=None, description="The sanitized copy; empty: the newest that passed "
+                                    "every blocking check.")
+
+
+def build_promote_job(config: Config, databases: list[str]) -> dg.JobDefinition:
+    @dg.op(
+        name="promote_sanitized_copy",
+        required_resource_keys={CONFIG_RESOURCE, DEV_IDENTITY_RESOURCE},
+        out=dg.Out(dict, description="What was promoted, as plain values."),
+        description=f"Restore a sanitized copy ({', '.join(databases)}) into its development database.",
+    )
+    def promote_sanitized_copy(context: dg.OpExecutionContext, config: PromoteConfig) -> dg.Output:
+        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+        identity: AgeIdentityResource = getattr(context.resources, DEV_IDENTITY_RESOURCE)
+        environ = {**os.environ, identity.identity_env: identity.identity}
+        with core_errors_as_failures():
+            result: Any = promote_dev_copy(settings.load(), config.database, confirmed=config.confirm,
+                                           artifact_id=(config.artifact_id or "").strip() or None, environ=environ,
+                                           by=f"dagster:{PROMOTE_JOB}:{context.run_id[:8]}")
+        value = {"database": config.database, "artifact_id": result.plan.backup_id,
+                 "development_database": result.target_database, "safety_backup_id": result.safety_backup_id}
+        return dg.Output(value, metadata={"artifact_id": dg.MetadataValue.text(result.plan.backup_id),
+                                          "development_database": dg.MetadataValue.text(result.target_database),
+                                          **{k: dg.MetadataValue.float(float(v)) for k, v in result.metrics().items()}})
+
+    @dg.job(name=PROMOTE_JOB, description="Promote a sanitized copy that passed its blocking checks into development.")
+    def promote_dev_copy_job() -> None:
+        promote_sanitized_copy()
+
+    return promote_dev_copy_job
+
+
+def build_promote_sensor(config: Config, database: str, job: dg.JobDefinition) -> dg.SensorDefinition:
+    spec = config.databases[database].sanitize
+    assert spec is not None
+    enabled = spec.promote
+
+    @dg.sensor(
+        name=promote_sensor_name(database), job_name=job.name, minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED,
+        description=f"Promote each new sanitized copy of {database!r} that passed every blocking check into the "
+        "development database (only with sanitize.promote: true).",
+    )
+    def promote_new_copy(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        if not enabled:
+            return dg.SkipReason(f"promotion of {database!r} is off: set databases.{database}.sanitize.promote: true")
+        found = newest_promotable(primary_store(config, database), database)
+        if found.artifact_id is None:
+            return dg.SkipReason(found.reason)
+        if found.artifact_id == context.cursor:
+            return dg.SkipReason(f"sanitized copy {found.artifact_id} is already promoted")
+        request = dg.RunRequest(run_key=f"promote-{database}-{found.artifact_id}", run_config={"ops": {
+            "promote_sanitized_copy": {"config": {"database": database, "confirm": True,
+                                                  "artifact_id": found.artifact_id}}}})
+        return dg.SensorResult(run_requests=[request], cursor=found.artifact_id)
+
+    return promote_new_copy
