@@ -250,3 +250,108 @@ def test_promotion_restores_the_copy_into_a_marked_development_database(protect,
         assert conn.execute("SELECT to_regclass('stale')").fetchone() == (None,)
         assert conn.execute("SELECT count(*), count(*) FILTER (WHERE email LIKE '%@example.com') "
                             "FROM customers").fetchone() == (500, 500)
+
+
+@pytest.mark.parametrize(("fixture", "database", "checks"), [
+    ("chinook_dsn", "chinook", {"customer": ("customer_id", ["first_name", "last_name", "email", "phone", "address",
+                                                             "city", "postal_code", "company", "fax"]),
+                                "employee": ("employee_id", ["first_name", "last_name", "email", "phone",
+                                                             "birth_date", "address"])}),
+    ("northwind_dsn", "northwind", {"customers": ("customer_id", ["contact_name", "phone", "address", "city",
+                                                                  "company_name", "fax", "postal_code"]),
+                                    "employees": ("employee_id", ["first_name", "last_name", "birth_date",
+                                                                  "home_phone", "notes", "address"]),
+                                    "orders": ("order_id", ["ship_name", "ship_address", "ship_city"])}),
+])
+def test_fixture_databases_with_their_rule_files(request, protect, make_db, other_age_keys, fixture: str,
+                                                database: str, checks: dict[str, tuple[str, list[str]]]) -> None:
+    source = request.getfixturevalue(fixture)
+    config = protect(source, database, RULES / f"{database}.yaml")
+    result = build_sanitized_copy(config, database)
+    assert result.ok, [c.detail for c in result.checks if not c.ok]
+    assert not result.unreviewed
+    copy = restored_artifact(config, database, make_db, other_age_keys[0])
+    for table, (key, columns) in checks.items():
+        assert assert_masked_differ(source, copy, table, key, columns) > 0
+    from dbprotect_tests.conftest import table_counts
+    assert table_counts(source) == table_counts(copy)
+    if database == "chinook":  # the same e-mail masks the same wherever it appears
+        with psycopg.connect(copy) as conn:
+            assert conn.execute("SELECT count(*) FROM customer WHERE email NOT LIKE '%@example.com'").fetchone() == (0,)
+
+
+def test_transformers_are_keyed_deterministic_and_shaped() -> None:
+    from dbprotect.core.sanitize.rules import ColumnRule
+    from dbprotect.core.sanitize.transformers import Masker
+
+    a, b = Masker(b"a" * 32), Masker(b"b" * 32)
+    email = ColumnRule("email")
+    assert a.transformer(email).fn(b"jane@corp.org", 0) == a.transformer(email).fn(b"jane@corp.org", 0)
+    assert a.transformer(email).fn(b"jane@corp.org", 0) != b.transformer(email).fn(b"jane@corp.org", 0)
+    assert a.transformer(email).fn(b"jane@corp.org", 0) != a.transformer(email).fn(b"jane@corp.org", 1)
+    phone = a.transformer(ColumnRule("phone")).fn(b"+4915112345678", 0)
+    assert phone[:3] == b"+49" and phone[1:].isdigit() and len(phone) == 14 and phone != b"+4915112345678"
+    assert a.transformer(ColumnRule("phone")).fn(b"(030) 123-4567", 0)[:3] == b"(03"
+    ip = a.transformer(ColumnRule("ip")).fn(b"10.1.2.3/24", 0)
+    assert int(ip.split(b".")[0]) >= 240 and ip.endswith(b"/24")
+    assert a.transformer(ColumnRule("ip")).fn(b"2a00::1", 0).startswith(b"2001:db8:")
+    shifted = a.transformer(ColumnRule("date", params=(("max_days", 5),))).fn(b"2000-02-28 10:00:00+00", 0)
+    assert shifted.endswith(b" 10:00:00+00") and shifted[:10] != b"2000-02-28"
+    assert a.transformer(ColumnRule("number", params=(("pct", 10),))).fn(b"0", 0) in (b"1", b"-1")
+    assert a.transformer(ColumnRule("number", params=(("pct", 10),))).fn(b"100.00", 0) != b"100.00"
+    uuid = a.transformer(ColumnRule("hash", params=(("format", "uuid"),))).fn(b"x", 0).decode()
+    assert len(uuid) == 36 and uuid[14] == "4"
+    doc = a.transformer(ColumnRule.parse({"transformer": "json", "paths": {"contact.email": "email", "tags.*": "null"}},
+                                         where="t")).fn(b'{"contact": {"email": "x@y.org"}, "tags": ["a"], "n": 1}', 0)
+    assert b"x@y.org" not in doc and b'"tags": [null]' in doc and b'"n": 1' in doc
+    assert a.key_id() != b.key_id() and len(a.key_id()) == 12
+
+
+def test_starter_rules_mark_every_guess_for_review(demo_dsn: str) -> None:
+    from dbprotect.core.sanitize.starter import starter_rules
+
+    with psycopg.connect(demo_dsn, autocommit=True) as conn:
+        rules = starter_rules(conn)
+    users = rules.tables["public.users"]
+    assert users["email"].transformer == "email" and users["phone_number"].transformer == "phone"
+    assert users["last_login_ip"].transformer == "ip" and users["date_of_birth"].transformer == "date"
+    assert users["first_name"].options() == {"part": "first"} and users["id"].transformer == "keep"
+    assert all(rule.review for table in rules.tables.values() for rule in table.values())
+    assert "review: true" in rules.to_yaml()
+
+
+def test_cli_check_build_and_promote(protect, make_db, pg, tmp_path: Path, monkeypatch, other_age_keys,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from dbprotect.cli import run
+
+    source = make_db(SHARED_EMAIL_SQL)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SHARED_EMAIL_RULES)
+    protect(source, "crm", rules)
+    assert run(["sanitize", "check", "crm"]) == 0
+    capsys.readouterr()
+    assert run(["sanitize", "build", "crm", "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["ok"] and built["artifact_id"] and {c["name"] for c in built["checks"]} == {
+        "no_pii_leaked", "constraints_hold", "row_counts_match"}
+    rules.write_text(SHARED_EMAIL_RULES.replace(", note: keep}", "}"))
+    assert run(["sanitize", "check", "crm"]) == 2
+    assert "public.newsletter.note" in capsys.readouterr().err
+    # development side: no production secret, a marked dev database, --confirm required
+    for variable in ("TEST_RAW_IDENTITY", "TEST_CRM_PROD_DSN", KEY_ENV):
+        monkeypatch.delenv(variable)
+    dev_dsn = make_db(prefix="crm_dev")
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        set_marker(admin, dbname_of(dev_dsn), "development")
+    monkeypatch.setenv("TEST_CRM_DEV_DSN", dev_dsn)
+    monkeypatch.setenv("TEST_DEV_IDENTITY", other_age_keys[0])
+    monkeypatch.setenv("DBPROTECT_DEPLOYMENT", "development")
+    assert run(["promote", "crm"]) == 9
+    assert "needs confirmation" in capsys.readouterr().err
+    assert run(["promote", "crm", "--confirm", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["development_database"] == dbname_of(dev_dsn)
+    monkeypatch.setenv("TEST_RAW_IDENTITY", "AGE-SECRET-KEY-1QQQ")
+    assert run(["promote", "crm", "--confirm"]) == 3
+    assert "TEST_RAW_IDENTITY" in capsys.readouterr().err

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import psycopg
 
+from dbprotect.core.errors import ConfigError
 from dbprotect.core.manifest import Manifest
 from dbprotect.core.sanitize.rules import RuleSet
-from dbprotect.core.sanitize.transformers import SanitizeError
 
 
-class CoverageError(SanitizeError):
-    """Columns without a masking rule: the run stops before anything is copied."""
+class CoverageError(ConfigError):
+    """Columns without a masking rule: the run stops before anything is copied (exit 2: the rule file,
+    part of the configuration, is incomplete)."""
 
 
 @dataclass(frozen=True)

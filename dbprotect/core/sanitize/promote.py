@@ -87,7 +87,7 @@ def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact
         found = newest_promotable(storage, database)
         if found.manifest is None:
             raise NotFoundError(f"nothing to promote: {found.reason}",
-                                hint=f"build one on the production side: 'dbprotect sanitize {database}'")
+                                hint=f"build one on the production side: 'dbprotect sanitize build {database}'")
         manifest = found.manifest
     require_promotable(manifest)
     target = RestoreTarget(resolve_dsn(config, database, "development", environ), "development", existing=True)

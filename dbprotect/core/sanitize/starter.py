@@ -19,42 +19,48 @@ from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()./-]{6,18}$")
 
-#: (name pattern, rule) in order: the first match wins.
+#: (name pattern, rule) for text columns, in order: the first match wins.
 _BY_NAME: list[tuple[re.Pattern[str], ColumnRule]] = [
     (re.compile(r"e_?mail"), ColumnRule("email")),
     (re.compile(r"phone|mobile|fax|msisdn"), ColumnRule("phone")),
-    (re.compile(r"(^|_)ip(_|$)|ip_?address"), ColumnRule("ip")),
+    (re.compile(r"(^|_)ip(_|$)|^ip_?addr"), ColumnRule("ip")),
     (re.compile(r"first_?name|given_?name"), ColumnRule("name", params=(("part", "first"),))),
     (re.compile(r"last_?name|surname|family_?name"), ColumnRule("name", params=(("part", "last"),))),
-    (re.compile(r"(^|_)(full_?)?name$|contact_?name|customer_?name"), ColumnRule("name")),
-    (re.compile(r"birth|dob"), ColumnRule("date", params=(("max_days", 180),))),
+    (re.compile(r"^(full_?)?name$|contact_?name|customer_?name|ship_?name"), ColumnRule("name")),
     (re.compile(r"address|street|city|postal|zip|location|region"), ColumnRule("text")),
-    (re.compile(r"ssn|passport|tax_?id|iban|card|account_?number|national_?id"), ColumnRule("hash")),
-    (re.compile(r"password|secret|token|username|cognito|device|user_?agent"), ColumnRule("hash")),
+    (re.compile(r"password|secret|token|username|cognito|device|user_?agent|account_?number"), ColumnRule("hash")),
     (re.compile(r"bio|note|comment|description|message|picture|photo|url"), ColumnRule("text")),
 ]
-_KEEP_TYPES = re.compile(r"^(boolean|uuid|integer|bigint|smallint|numeric|real|double|money|timestamp|time|"
-                         r"interval|date|bytea|oid|user-defined)|\[\]$")
-_TEXT_TYPES = re.compile(r"^(text|character|varchar|citext|json|jsonb|inet|cidr)")
+_SENSITIVE_ID = re.compile(r"ssn|passport|tax_?id|national_?id|iban|card_?(number|no)")
+_BIRTH = re.compile(r"birth|dob")
+_PICTURE = re.compile(r"photo|picture|image|avatar|signature")
+_TEXT_TYPES = re.compile(r"^(text|character|varchar|citext|json|jsonb)")
 
 
 def guess(column: ColumnInfo, samples: list[str]) -> ColumnRule:
     """A reviewed-later guess for one column (see the module docstring for the bias)."""
     name = column.name.lower()
+    textual = bool(_TEXT_TYPES.search(column.type))
+    if textual and _SENSITIVE_ID.search(name):
+        return ColumnRule("hash", True)
+    if name == "id" or name.endswith("_id"):
+        return ColumnRule("keep", True)
+    if column.type == "bytea":
+        return ColumnRule("null" if _PICTURE.search(name) and not column.not_null else "keep", True)
+    if column.type.startswith(("date", "timestamp")) and _BIRTH.search(name):
+        return ColumnRule("date", True, (("max_days", 180),))
+    if column.type in ("inet", "cidr"):
+        return ColumnRule("ip", True)
+    if not textual:
+        return ColumnRule("keep", True)
     for pattern, rule in _BY_NAME:
         if pattern.search(name):
             return ColumnRule(rule.transformer, True, rule.params)
     values = [s for s in samples if s]
     if values and sum(bool(_EMAIL.match(v)) for v in values) * 2 > len(values):
         return ColumnRule("email", True)
-    if column.type in ("inet", "cidr"):
-        return ColumnRule("ip", True)
-    if values and column.type.startswith(("text", "character")) and \
-            sum(bool(_PHONE.match(v)) for v in values) * 2 > len(values):
+    if values and sum(bool(_PHONE.match(v)) for v in values) * 2 > len(values):
         return ColumnRule("phone", True)
-    if name == "id" or name.endswith("_id") or name.endswith("_at") or _KEEP_TYPES.search(column.type) \
-            or not _TEXT_TYPES.search(column.type):
-        return ColumnRule("keep", True)
     if values and len(set(values)) <= max(3, len(values) // 10):  # few distinct values: a code or status
         return ColumnRule("keep", True)
     return ColumnRule("text", True)

@@ -67,9 +67,6 @@ _WORDS = (b"lorem", b"ipsum", b"dolor", b"sit", b"amet", b"consectetur", b"adipi
 class SanitizeError(DbprotectError):
     """A value or rule the sanitizer cannot handle; the message names the column, never the value."""
 
-    exit_code = 13
-    code = "DBP013"
-
 
 class Masker:
     """The keyed transformers of one run; one instance per rule spec, shared by every column using it.
