@@ -17,6 +17,7 @@ import dagster as dg
 import pytest
 import yaml
 
+import dbprotect.core.config
 import dbprotect.defs
 from dbprotect.core.errors import ConfigError, CredentialIsolationError
 from dbprotect.defs import build_definitions, load_definitions
@@ -325,3 +326,30 @@ def test_dagster_yaml_keeps_dagster_storage_in_postgres_from_environment() -> No
 
     config, _ = dagster_instance_config(str(REPO), "dagster.yaml")
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+
+
+SANITIZED_SHOP = {"shop": {**TWO_DATABASES["shop"],
+                           "sanitize": {"rules": "masking.yaml", "hmac_key_env": "TEST_SHOP_MASKING_KEY"}}}
+
+
+@pytest.mark.parametrize("deployment", ["production", "development"])
+def test_sanitize_domain_splits_between_production_and_development(write_config, other_age_keys: tuple[str, str],
+                                                                   age_keys: tuple[str, str], deployment: str) -> None:
+    """Production builds and checks the sanitized copy; development promotes it (sensor off by default)."""
+    keys = {"raw": {"recipients": [age_keys[1]], "identity_env": "TEST_RAW_IDENTITY"},
+            "development": {"recipients": [other_age_keys[1]], "identity_env": "TEST_DEV_IDENTITY"}}
+    write_config(None, deployment=deployment, extra={"databases": SANITIZED_SHOP, "keys": keys})
+    if deployment == "development":
+        os.environ.pop("TEST_RAW_IDENTITY", None)
+    shot = snapshot(build_definitions(dbprotect.core.config.load_config()))
+    sanitize_checks = {name: value for name, value in shot["checks"].items() if name.startswith("shop/sanitized_copy")}
+    if deployment == "production":
+        assert shot["assets"]["shop/sanitized_copy"]["group"] == "shop"
+        assert sanitize_checks == {f"shop/sanitized_copy:{name}": {"blocking": True}
+                                   for name in ("constraints_hold", "no_pii_leaked", "row_counts_match")}
+        assert shot["jobs"]["shop_sanitize_job"]["assets"] == ["shop/sanitized_copy"]
+        assert "shop_masking_key" in shot["resources"] and "promote_dev_copy" not in shot["jobs"]
+    else:
+        assert not sanitize_checks and "shop_sanitize_job" not in shot["jobs"]
+        assert shot["sensors"]["shop_promote_dev_copy_sensor"] == {"jobs": ["promote_dev_copy"], "status": "STOPPED"}
+        assert "shop_masking_key" not in shot["resources"]

@@ -20,11 +20,7 @@ import dagster as dg
 
 from dbprotect.core.config import ALLOWED_ENVIRONMENTS, Config
 from dbprotect.defs.sanitize.assets import build_sanitize_job, build_sanitized_copy_asset, masking_key_resources
-from dbprotect.defs.sanitize.promotion import (
-    build_promote_job,
-    build_promote_sensor,
-    development_identity_resources,
-)
+from dbprotect.defs.sanitize.promotion import build_promote_job, build_promote_sensor
 
 
 def sanitized_databases(config: Config, environment: str) -> list[str]:
@@ -49,7 +45,6 @@ def build_sanitize_definitions(config: Config) -> dg.Definitions:
         promote_job = build_promote_job(config, promoting)
         jobs.append(promote_job)
         sensors = [build_promote_sensor(config, database, promote_job) for database in promoting]
-        resources.update(development_identity_resources(config))
     return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources=resources)
 
 

@@ -66,11 +66,21 @@ def build_promote_job(config: Config, databases: list[str]) -> dg.JobDefinition:
                                           "development_database": dg.MetadataValue.text(result.target_database),
                                           **{k: dg.MetadataValue.float(float(v)) for k, v in result.metrics().items()}})
 
-    @dg.job(name=PROMOTE_JOB, description="Promote a sanitized copy that passed its blocking checks into development.")
+    # Resources bound on the job itself: the sensor then targets a complete job, which Dagster need
+    # not rebuild when it attaches the code location's resources.
+    @dg.job(name=PROMOTE_JOB, resource_defs=_job_resources(config),
+            description="Promote a sanitized copy that passed its blocking checks into development.")
     def promote_dev_copy_job() -> None:
         promote_sanitized_copy()
 
     return promote_dev_copy_job
+
+
+def _job_resources(config: Config) -> dict[str, Any]:
+    from pathlib import Path
+
+    path = str(Path(config.source).resolve()) if config.source != "<memory>" else config.source
+    return {CONFIG_RESOURCE: DbprotectConfigResource(path=path), **development_identity_resources(config)}
 
 
 def build_promote_sensor(config: Config, database: str, job: dg.JobDefinition) -> dg.SensorDefinition:
@@ -79,7 +89,7 @@ def build_promote_sensor(config: Config, database: str, job: dg.JobDefinition) -
     enabled = spec.promote
 
     @dg.sensor(
-        name=promote_sensor_name(database), job_name=job.name, minimum_interval_seconds=300,
+        name=promote_sensor_name(database), job=job, minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED,
         description=f"Promote each new sanitized copy of {database!r} that passed every blocking check into the "
         "development database (only with sanitize.promote: true).",
