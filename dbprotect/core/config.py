@@ -160,6 +160,19 @@ class KeysSpec(_Strict):
     development: KeySpec | None = None
 
 
+class SubsetRootSpec(_Strict):
+    """One root table of a subset: ``{percent: 10}`` or ``{where: "created_at > now() - interval '90 days'"}``."""
+
+    percent: float | None = Field(default=None, gt=0, le=100)
+    where: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SubsetRootSpec:
+        if (self.percent is None) == (self.where is None):
+            raise ValueError("a subset root has either percent: or where:, not both and not neither")
+        return self
+
+
 class SanitizeSpec(_Strict):
     """Sanitized development copies of one database (issue 5, :mod:`dbprotect.core.sanitize`).
 
@@ -173,6 +186,9 @@ class SanitizeSpec(_Strict):
     rules: str
     hmac_key_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     promote: bool = False
+    #: Root tables to subset (``schema.table``): a percentage or a WHERE clause each; every row the
+    #: kept rows reference comes along, and their dependent rows follow (:mod:`dbprotect.core.sanitize.subset`).
+    subset: dict[str, SubsetRootSpec] = Field(default_factory=dict)
 
 
 class ScratchSpec(_Strict):

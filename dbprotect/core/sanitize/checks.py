@@ -151,15 +151,22 @@ def constraints_hold(src: psycopg.Connection, dst: psycopg.Connection) -> CheckR
     return CheckResult(CONSTRAINTS_HOLD, not problems, detail, {"constraints": len(found), "problems": len(problems)})
 
 
-def row_counts_match(dst: psycopg.Connection, manifest: Manifest, expected_tables: list[str]) -> CheckResult:
+def row_counts_match(dst: psycopg.Connection, manifest: Manifest, expected_tables: list[str],
+                     subset: dict[str, int] | None = None) -> CheckResult:
+    """Every table holds the rows of the source backup, or of the subset plan for subset tables."""
     problems = []
     total = 0
+    subset = subset or {}
     for table in expected_tables:
         schema, _, name = table.partition(".")
         (rows,) = dst.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))).fetchone()  # type: ignore[misc]
         total += rows
         record = manifest.tables.get(table)
-        if record is not None and record.rows != rows:
-            problems.append(f"{table}: {rows} rows, the source backup has {record.rows}")
-    detail = "; ".join(problems[:10]) if problems else f"{len(expected_tables)} tables, {total} rows, as in the source"
+        expected = subset.get(table, record.rows if record is not None else None)
+        if expected is not None and expected != rows:
+            source = "the subset plan" if table in subset else "the source backup"
+            problems.append(f"{table}: {rows} rows, {source} has {expected}")
+    where = f", {len(subset)} of them subset" if subset else ""
+    detail = "; ".join(problems[:10]) if problems else (
+        f"{len(expected_tables)} tables{where}, {total} rows, as planned from the source")
     return CheckResult(ROW_COUNTS_MATCH, not problems, detail, {"rows": total, "tables": len(expected_tables)})

@@ -81,15 +81,19 @@ def stream_order(columns: dict[str, list[ColumnInfo]], rules: RuleSet) -> list[s
 
 
 def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str, columns: list[ColumnInfo],
-                   rules: RuleSet, masker: Masker) -> TableStats:
-    """Stream one table from ``src`` into the same (empty) table in ``dst`` through its rules."""
+                   rules: RuleSet, masker: Masker, where: sql.Composable | None = None) -> TableStats:
+    """Stream one table from ``src`` into the same (empty) table in ``dst`` through its rules.
+
+    ``where`` restricts the rows read (subsetting, :mod:`.subset`).
+    """
     schema, _, name = table.partition(".")
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     target = sql.Identifier(schema, name)
     plans = table_plan(table, columns, rules, masker)
     stats = TableStats(table, masked_columns=len(plans), unchanged={p.column: 0 for p in plans if p.check_unchanged})
     started = time.perf_counter()
-    out_sql = sql.SQL("COPY {} ({}) TO STDOUT").format(target, names)
+    out_sql = (sql.SQL("COPY {} ({}) TO STDOUT").format(target, names) if where is None else
+               sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(names, target, where))
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)
     rows = 0
     with src.cursor().copy(out_sql) as reader, dst.cursor().copy(in_sql) as writer:
