@@ -220,6 +220,10 @@ def test_development_deployment_refuses_production_credentials(protect, make_db,
         with pytest.raises(CredentialIsolationError, match=variable) as caught:
             check_credential_isolation(dev, {**clean, variable: value})
         assert value not in str(caught.value)
+    prod = config.model_copy(update={"deployment": "production"})
+    check_credential_isolation(prod, {"TEST_CRM_PROD_DSN": "postgresql://p@/x", KEY_ENV: "k" * 32})
+    with pytest.raises(CredentialIsolationError, match="TEST_DEV_IDENTITY"):
+        check_credential_isolation(prod, {"TEST_CRM_PROD_DSN": "postgresql://p@/x", "TEST_DEV_IDENTITY": "x"})
 
 
 def test_promotion_restores_the_copy_into_a_marked_development_database(protect, make_db, pg, tmp_path: Path,

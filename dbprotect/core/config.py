@@ -474,6 +474,14 @@ def check_credential_isolation(config: Config, environ: Mapping[str, str] | None
             "(the raw-backup identity) is set here",
             hint="raw backups hold production data; only the production deployment may decrypt them",
         )
+    development_key = config.keys.development
+    if config.deployment == "production" and development_key and environ.get(development_key.identity_env):
+        raise CredentialIsolationError(
+            f"production deployment refuses to load: ${development_key.identity_env} (the development identity, "
+            "which decrypts sanitized copies) is set here",
+            hint="development credentials never belong in production; production encrypts sanitized copies "
+            f"to the development recipients only; unset {development_key.identity_env}",
+        )
     for db_name, db in sorted(config.databases.items()):
         if config.deployment == "development" and db.sanitize and environ.get(db.sanitize.hmac_key_env):
             raise CredentialIsolationError(
