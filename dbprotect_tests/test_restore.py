@@ -147,3 +147,76 @@ def test_scratch_server_of_another_major_version_is_refused(chinook_dsn, tmp_pat
     with pytest.raises(RefusedError, match="runs PostgreSQL 18, the backup comes from PostgreSQL 15"):
         verify_restore(storage, manifest, identity, scratch)
     assert leftover_scratch_databases(scratch) == []
+
+
+#: A table large enough to be read in page ranges, with what makes ``COPY t`` differ from a naive
+#: ``SELECT *``: a dropped column, a generated column, an inheriting child table (``FROM ONLY``),
+#: NULLs, and text with tabs, newlines, carriage returns and backslashes.
+SPLIT_SQL = r"""
+CREATE TABLE wide (id int, dropme text, note text, doubled int GENERATED ALWAYS AS (id * 2) STORED);
+ALTER TABLE wide DROP COLUMN dropme;
+CREATE TABLE wide_child (extra text) INHERITS (wide);
+INSERT INTO wide (id, note)
+    SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE repeat(md5(g::text), 3) || E'\t\n\r\\' || g END
+    FROM generate_series(1, 3000) g;
+INSERT INTO wide_child (id, note, extra) VALUES (1, 'child row', 'x');
+CREATE TABLE "has space" ("a b" int);
+INSERT INTO "has space" VALUES (1), (NULL);
+"""
+
+
+@pytest.mark.parametrize("path", ["psycopg", "psql", "psql in page ranges"])
+def test_every_digest_path_verifies_and_catches_a_changed_table(
+        path, make_db, tmp_path, age_keys, identity, scratch, monkeypatch):
+    import dbprotect.core.restore as restore_module
+
+    monkeypatch.setattr(restore_module, "PSQL_MIN_ROWS", 10**12 if path == "psycopg" else 0)
+    monkeypatch.setattr(restore_module, "SPLIT_MIN_ROWS", 0 if path == "psql in page ranges" else 10**12)
+    split_into: list[int] = []
+    real_split = restore_module.TableVerifier._split
+    monkeypatch.setattr(restore_module.TableVerifier, "_split",
+                        lambda self, job, conn: split_into.append(len(parts := real_split(self, job, conn))) or parts)
+    storage = FilesystemStorage(tmp_path / "store")
+    dsn = make_db(FEATURES_SQL + SPLIT_SQL)
+    manifest = _backup(dsn, storage, age_keys)
+    result = verify_restore(storage, manifest, identity, scratch, jobs=2, record=False)
+    assert result.ok, result.problems
+    manifest.tables["public.wide"].checksum = "0" * 16
+    result = verify_restore(storage, manifest, identity, scratch, jobs=3, record=False)
+    assert result.problems == [f"public.wide: content checksum {manifest_checksum(dsn)} differs from the "
+                               f"manifest's {'0' * 16} (3000 rows)"]
+    assert (3 in split_into) == (path == "psql in page ranges")  # "wide" was read in 3 parts by 3 workers
+    assert leftover_scratch_databases(scratch) == []
+
+
+def manifest_checksum(dsn: str) -> str:
+    """The checksum of ``public.wide`` as COPY over psycopg gives it (the reference digest)."""
+    import psycopg
+
+    from dbprotect.core.content import DUMP_SESSION, digest_table, pin_session
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pin_session(conn, DUMP_SESSION)
+        return digest_table(conn, "public", "wide", None).checksum
+
+
+def test_tables_are_released_early_except_partitions_and_ambiguous_names(make_db, tmp_path, age_keys):
+    from dbprotect.core.restore import TableVerifier
+
+    storage = FilesystemStorage(tmp_path / "store")
+    manifest = _backup(make_db(FEATURES_SQL), storage, age_keys)
+    odd = manifest.tables["public.tenants"].model_copy(deep=True)
+    odd.model_extra.update(schema="public", name="events_2025 x")  # type: ignore[union-attr]
+    manifest.tables["public.events_2025 x"] = odd
+    listing = "\n".join([
+        ";", "; Archive created at ...",
+        "4001; 0 16500 TABLE DATA public tenants postgres",
+        "4002; 0 16501 TABLE DATA public accounts postgres",
+        "4003; 0 16502 TABLE DATA public events_2025 x postgres",
+        "4004; 0 16503 TABLE DATA public events_2026 postgres",
+        "4005; 0 0 TABLE ATTACH public events_2026 postgres",
+        "4006; 0 16504 TABLE DATA Odd Schema Mixed Case postgres",
+    ])
+    verifier = TableVerifier("postgresql://unused/db", manifest, workers=1)
+    verifier.expect(listing)
+    assert verifier._by_dump_id == {4001: "public.tenants", 4002: "public.accounts", 4006: "Odd Schema.Mixed Case"}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,9 +49,11 @@ from dbprotect.core.restore import (
     CatalogObjects,
     ObjectKey,
     Progress,
+    TableVerifier,
     catalog_objects,
     decrypted_archive,
     describe_object,
+    list_archive,
     parse_toc_listing,
     read_archive_listing,
     run_pg_restore,
@@ -316,19 +319,23 @@ def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
         with connect(target.admin_dsn, autocommit=True, application_name="dbprotect-restore") as admin:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(staging)))
             set_marker(admin, staging, "scratch")
-        with contextlib.ExitStack() as plaintext:
-            with phase("decrypt"):
-                archive = plaintext.enter_context(decrypted_archive(storage, manifest, identity, work_dir))
-            with phase("restore"):
-                run_pg_restore(archive, staging_dsn, server_major=major, jobs=jobs, keep_owners=True,
-                               pg_bin_dir=pg_bin_dir, progress=progress)
-        with phase("verify"):
-            problems, objects = verify_restored_database(staging_dsn, manifest, plan.incoming)
+        with TableVerifier(staging_dsn, manifest, workers=jobs, server_major=major,
+                           pg_bin_dir=pg_bin_dir) as tables:
+            with contextlib.ExitStack() as plaintext:
+                with phase("decrypt"):
+                    archive = plaintext.enter_context(decrypted_archive(storage, manifest, identity, work_dir))
+                    tables.expect(list_archive(archive, server_major=major, pg_bin_dir=pg_bin_dir))
+                with phase("restore"):
+                    run_pg_restore(archive, staging_dsn, server_major=major, jobs=jobs, keep_owners=True,
+                                   pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release)
+            timings["tables_released_during_restore"] = tables.released_early
+            with _analyze_alongside(staging_dsn, timings) as analyzed, phase("verify"):
+                problems, objects = verify_restored_database(staging_dsn, manifest, plan.incoming, tables=tables)
+                if problems:
+                    analyzed.cancel()
         if problems:
             raise IntegrityError(f"restored data does not match backup {manifest.backup_id}: "
                                  + "; ".join(problems[:5]) + f"; {target.name!r} was not changed")
-        with phase("analyze"), connect(staging_dsn, autocommit=True, application_name="dbprotect-restore") as conn:
-            conn.execute("ANALYZE")
         with phase("swap"):
             _put_in_place(target, staging)
         placed = True
@@ -336,6 +343,61 @@ def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
     finally:
         if not placed:
             drop_database(target.admin_dsn, staging)
+
+
+class _Analyze:
+    """ANALYZE of the staging database on its own connection and thread."""
+
+    def __init__(self, dsn: str) -> None:
+        self._conn = connect(dsn, autocommit=True, application_name="dbprotect-restore")
+        self._failure: BaseException | None = None
+        self._cancelled = False
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="dbprotect-analyze", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._conn.execute("ANALYZE")
+        except BaseException as exc:  # handed to the thread that waits for it
+            self._failure = exc
+        self.seconds = round(time.perf_counter() - started, 3)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        with contextlib.suppress(Exception):
+            self._conn.cancel_safe(timeout=5)
+
+    def wait(self) -> None:
+        self._thread.join()
+        self._conn.close()
+        if self._failure is not None and not self._cancelled:
+            raise self._failure
+
+
+@contextlib.contextmanager
+def _analyze_alongside(dsn: str, timings: dict[str, float]) -> Iterator[_Analyze]:
+    """ANALYZE the restored database while the block (verification) runs; wait for it after.
+
+    Why: the restored database needs planner statistics before it is put in use, and ANALYZE
+    only samples each table, so it fits beside the verification's full reads on the other
+    connections instead of after them. ``analyze_seconds`` is ANALYZE's own duration, which
+    overlaps ``verify_seconds``; ``analyze_wait_seconds`` is how long it ran on after verification.
+    If the block fails, ANALYZE is cancelled; the staging database is dropped anyway.
+    """
+    analyze = _Analyze(dsn)
+    try:
+        yield analyze
+    except BaseException:
+        analyze.cancel()
+        with contextlib.suppress(Exception):
+            analyze.wait()
+        raise
+    started = time.perf_counter()
+    analyze.wait()
+    timings["analyze_wait_seconds"] = round(time.perf_counter() - started, 3)
+    timings["analyze_seconds"] = analyze.seconds
 
 
 def _put_in_place(target: RestoreTarget, staging: str) -> None:
