@@ -175,8 +175,13 @@ def run_pg_restore(archive: Path, dsn: str, *, server_major: int, jobs: int | No
         args += ["--no-owner", "--no-acl"]
     if on_table_data:
         args.append("--verbose")
+    env = _tool_env(password)
+    if on_table_data:  # untranslated progress lines; a translated one would only delay the checks
+        env["LC_MESSAGES"] = "C"
+        if "LC_ALL" in env:
+            env["LC_ALL"] = "C"
     proc = subprocess.Popen([*args, str(archive)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=_tool_env(password))
+                            stderr=subprocess.PIPE, env=env)
     errors: list[str] = []
     tail: collections.deque[str] = collections.deque(maxlen=20)
 
