@@ -35,7 +35,6 @@ from typing import Any, BinaryIO
 import psycopg
 import pyrage
 import zstandard
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import dbprotect
 from dbprotect.core.archive import (
@@ -50,7 +49,14 @@ from dbprotect.core.crypto import fingerprint, parse_recipients
 from dbprotect.core.dsn import mask_dsn
 from dbprotect.core.errors import DbprotectError, StorageError, ToolError
 from dbprotect.core.manifest import Manifest, TableRecord, dump_key, manifest_key, new_backup_id
-from dbprotect.core.pgtools import connect, require_tool_for_server, server_major, server_version_text
+from dbprotect.core.pgtools import (
+    connect,
+    require_tool_for_server,
+    server_major,
+    server_version_text,
+    split_password,
+    tool_env,
+)
 from dbprotect.core.storage import ObjectWriter, Storage
 
 READ_SIZE = 1 << 20
@@ -165,21 +171,9 @@ class _StderrTail(threading.Thread):
         return self.lines[-1].removeprefix("pg_dump: ") if self.lines else ""
 
 
-def _split_password(dsn: str) -> tuple[str, str | None]:
-    params = conninfo_to_dict(dsn)
-    password = params.pop("password", None)
-    return make_conninfo(**params), password  # type: ignore[arg-type]
-
-
 def _pg_dump_env(password: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PGTZ"] = DUMP_SESSION["TimeZone"]
-    env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + f" -c bytea_output={DUMP_SESSION['bytea_output']}").strip()
-    env["PGAPPNAME"] = "dbprotect-pg_dump"
-    env.pop("PGPASSWORD", None)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    return env
+    options = (os.environ.get("PGOPTIONS", "") + f" -c bytea_output={DUMP_SESSION['bytea_output']}").strip()
+    return tool_env(password, PGTZ=DUMP_SESSION["TimeZone"], PGOPTIONS=options, PGAPPNAME="dbprotect-pg_dump")
 
 
 def _enlarge_pipe(stream: BinaryIO) -> None:
@@ -224,7 +218,7 @@ def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[st
     try:
         snapshot = _export_snapshot(control)
         pg_dump = require_tool_for_server("pg_dump", snapshot.server_major, pg_bin_dir)
-        dsn_without_password, password = _split_password(dsn)
+        dsn_without_password, password = split_password(dsn)
         args = [str(pg_dump.path), "--format=custom", "--compress=0", f"--snapshot={snapshot.name}",
                 "--no-password", f"--dbname={dsn_without_password}"]
         inspector = ArchiveInspector()

@@ -9,7 +9,6 @@ every connection that digests content applies the same :data:`DUMP_SESSION` sett
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from dbprotect.core.archive import TableDigest
+from dbprotect.core.pgtools import tool_env
 
 #: Session settings that change how values render as text; applied to pg_dump and to digests.
 DUMP_SESSION: dict[str, str] = {
@@ -86,11 +86,8 @@ def digest_copy_psql(psql: Path, target: str, password: str | None, settings: di
     args = [str(psql), "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1", f"--dbname={target}"]
     for command in [*commands, copy.as_string(None)]:
         args += ["--command", command]
-    env = dict(os.environ)
-    env.pop("PGPASSWORD", None)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=tool_env(password))
     try:
         if started:
             started(proc)

@@ -118,9 +118,13 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
     except DbprotectError as exc:
         _audit_failure(audit, "verify", database, exc, target=backup_id or "")
         raise
+    _audit_report(audit, database, report)
+    return report
+
+
+def _audit_report(audit: AuditLog, database: str, report: IntegrityReport) -> None:
     audit.record("verify", database=database, outcome="ok" if report.ok else "failed", target=report.backup_id,
                  detail=report.summary(), data={r.rung: r.ok for r in report.results})
-    return report
 
 
 def locate_backup(config: Config, backup_id: str, database: str | None = None) -> BackupEntry:
@@ -458,8 +462,7 @@ def verify_target_copy(config: Config, database: str, target: str, *, backup_id:
     except DbprotectError as exc:
         _audit_failure(audit, "verify", database, exc, target=backup_id or "")
         raise
-    audit.record("verify", database=database, outcome="ok" if report.ok else "failed", target=report.backup_id,
-                 detail=report.summary(), data={r.rung: r.ok for r in report.results})
+    _audit_report(audit, database, report)
     return report
 
 

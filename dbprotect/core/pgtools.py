@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbprotect.core.dsn import connection_failure_reason, mask_dsn
 from dbprotect.core.errors import DatabaseError, ToolError
@@ -83,6 +84,23 @@ def require_tool_for_server(name: str, server_major: int, bin_dir: str | None = 
             hint=f"use {name} {server_major} or newer: set pg_bin_dir to its folder",
         )
     return version
+
+
+def split_password(dsn: str) -> tuple[str, str | None]:
+    """The DSN without its password, and the password: tools get the first on their command line
+    and the second in ``PGPASSWORD`` (a command line is readable by every user of the machine)."""
+    params = conninfo_to_dict(dsn)
+    password = params.pop("password", None)
+    return make_conninfo(**params), (str(password) if password is not None else None)  # type: ignore[arg-type]
+
+
+def tool_env(password: str | None, **extra: str) -> dict[str, str]:
+    """The environment for a libpq tool: ours, with exactly this password (or none) and ``extra``."""
+    env = {name: value for name, value in os.environ.items() if name != "PGPASSWORD"}
+    env.update(extra)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
 
 
 def connect(dsn: str, *, autocommit: bool = False, application_name: str = "dbprotect") -> psycopg.Connection:

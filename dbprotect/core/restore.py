@@ -55,7 +55,6 @@ import zstandard
 from psycopg import sql
 
 from dbprotect.core.archive import TableDigest
-from dbprotect.core.backup import _split_password
 from dbprotect.core.catalog import record_verification
 from dbprotect.core.content import (
     DUMP_SESSION,
@@ -66,7 +65,7 @@ from dbprotect.core.content import (
 )
 from dbprotect.core.errors import CryptoError, DbprotectError, IntegrityError, ToolError
 from dbprotect.core.manifest import Manifest, Verification, dump_key
-from dbprotect.core.pgtools import connect, require_tool_for_server
+from dbprotect.core.pgtools import connect, require_tool_for_server, split_password, tool_env
 from dbprotect.core.scratch import ScratchServer, scratch_database
 from dbprotect.core.storage import Storage
 from dbprotect.core.verify import check_identity_matches
@@ -140,14 +139,6 @@ def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25
 
 # -- pg_restore --------------------------------------------------------------------------------
 
-def _tool_env(password: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PGPASSWORD", None)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    return env
-
-
 #: A ``pg_restore --verbose`` line saying a table's data is loaded and committed (parallel mode).
 _DATA_DONE = re.compile(r"finished item (\d+) TABLE DATA ")
 #: Its other progress lines (not errors, warnings, details or hints), left out of error reports.
@@ -168,14 +159,14 @@ def run_pg_restore(archive: Path, dsn: str, *, server_major: int, jobs: int | No
     pg_restore only reports finished items in parallel mode (``jobs`` > 1).
     """
     tool = require_tool_for_server("pg_restore", server_major, pg_bin_dir)
-    target, password = _split_password(dsn)
+    target, password = split_password(dsn)
     args = [str(tool.path), "--exit-on-error", f"--jobs={jobs or default_jobs()}", "--no-password",
             f"--dbname={target}"]
     if not keep_owners:
         args += ["--no-owner", "--no-acl"]
     if on_table_data:
         args.append("--verbose")
-    env = _tool_env(password)
+    env = tool_env(password)
     if on_table_data:  # untranslated progress lines; a translated one would only delay the checks
         env["LC_MESSAGES"] = "C"
         if "LC_ALL" in env:
@@ -513,7 +504,7 @@ class TableVerifier:
                  server_major: int | None = None, pg_bin_dir: str | None = None) -> None:
         self._dsn = dsn
         self._settings = {**DUMP_SESSION, **manifest.checksum.get("session", {})}
-        self._target, self._password = _split_password(dsn)
+        self._target, self._password = split_password(dsn)
         self._psql: Path | None = None
         with contextlib.suppress(ToolError):
             self._psql = require_tool_for_server("psql", server_major or 0, pg_bin_dir).path

@@ -25,12 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbprotect.core.config import Config, SanitizeSpec
 from dbprotect.core.errors import ConfigError, CredentialIsolationError, ToolError
 from dbprotect.core.manifest import Manifest, manifest_key
-from dbprotect.core.pgtools import connect, require_tool_for_server
+from dbprotect.core.pgtools import connect, require_tool_for_server, split_password, tool_env
 from dbprotect.core.sanitize.checks import (
     CheckResult,
     constraints_hold,
@@ -120,13 +119,10 @@ class SanitizeResult:
 def restore_section(archive: Path, dsn: str, section: str, *, server_major: int, pg_bin_dir: str | None) -> None:
     """``pg_restore --section=SECTION`` (pre-data: tables; post-data: indexes, constraints, triggers)."""
     tool = require_tool_for_server("pg_restore", server_major, pg_bin_dir)
-    params = conninfo_to_dict(dsn)
-    password = params.pop("password", None)
-    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-    if password:
-        env["PGPASSWORD"] = str(password)
+    target, password = split_password(dsn)
+    env = tool_env(password)
     args = [str(tool.path), "--exit-on-error", "--no-owner", "--no-acl", "--no-password", f"--section={section}",
-            f"--dbname={make_conninfo(**params)}", str(archive)]
+            f"--dbname={target}", str(archive)]
     if section == "post-data":
         args.insert(1, f"--jobs={min(4, os.cpu_count() or 1)}")
     proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, env=env, check=False)
