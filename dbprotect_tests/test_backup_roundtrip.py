@@ -53,3 +53,19 @@ def test_northwind_to_s3_lists_and_verifies(northwind_dsn, make_db, s3_endpoint,
     target = make_db(prefix="restored")
     _restore_plain(storage, result.manifest, age_keys[0], target)
     assert table_counts(target)["public.orders"] == result.manifest.tables["public.orders"].rows == 830
+
+
+def test_excluded_table_data_is_left_out_of_the_archive_and_manifest(chinook_dsn, make_db, tmp_path, age_keys):
+    """``exclude_table_data`` keeps the table's definition and drops its rows, as pg_dump does."""
+    storage = FilesystemStorage(tmp_path / "store")
+    result = run_backup(database="chinook", dsn=chinook_dsn, storage=storage, recipients=[age_keys[1]],
+                        exclude_table_data=["public.invoice_line"])
+    manifest = result.manifest
+    assert "public.invoice_line" not in manifest.tables
+    assert manifest.tables["public.track"].rows == 3503
+    assert "--exclude-table-data=public.invoice_line" in manifest.pg_dump["args"]
+    target = make_db(prefix="restored")
+    _restore_plain(storage, manifest, age_keys[0], target)
+    counts = table_counts(target)
+    assert counts["public.invoice_line"] == 0
+    assert counts["public.invoice"] == 412

@@ -245,3 +245,12 @@ def test_feed_stream_equals_feed_for_any_pieces():
             bulk.feed_stream(data[pos:pos + size])
             pos += size
         assert (bulk.rows, bulk.checksum, bulk.complete) == (reference.rows, reference.checksum, reference.complete)
+
+
+def test_backup_with_excluded_table_data_restores_and_verifies(chinook_dsn, tmp_path, age_keys, identity, scratch):
+    """A table whose rows were excluded on purpose is restored empty, and that is not a difference."""
+    storage = FilesystemStorage(tmp_path / "store")
+    manifest = run_backup(database="chinook", dsn=chinook_dsn, storage=storage, recipients=[age_keys[1]],
+                          exclude_table_data=["public.invoice_line"]).manifest
+    result = verify_restore(storage, manifest, identity, scratch)
+    assert result.ok, result.problems

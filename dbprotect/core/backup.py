@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -208,8 +208,13 @@ def _export_snapshot(conn: psycopg.Connection) -> _Snapshot:
 def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[str],
                environment: str = "production", pg_bin_dir: str | None = None,
                zstd_level: int = 1, zstd_threads: int = 2, progress: ProgressCallback | None = None,
+               exclude_table_data: Sequence[str] = (),
                now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> BackupResult:
-    """Take one backup of ``dsn`` into ``storage``; see the module docstring for the guarantees."""
+    """Take one backup of ``dsn`` into ``storage``; see the module docstring for the guarantees.
+
+    ``exclude_table_data``: pg_dump table patterns whose rows are left out (their definitions are
+    kept), for caches and logs nobody restores; they are absent from the manifest's tables.
+    """
     age_recipients = parse_recipients(recipients)
     started_at = now()
     clock_start = time.perf_counter()
@@ -219,8 +224,9 @@ def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[st
         snapshot = _export_snapshot(control)
         pg_dump = require_tool_for_server("pg_dump", snapshot.server_major, pg_bin_dir)
         dsn_without_password, password = split_password(dsn)
+        excluded = [f"--exclude-table-data={pattern}" for pattern in exclude_table_data]
         args = [str(pg_dump.path), "--format=custom", "--compress=0", f"--snapshot={snapshot.name}",
-                "--no-password", f"--dbname={dsn_without_password}"]
+                "--no-password", *excluded, f"--dbname={dsn_without_password}"]
         inspector = ArchiveInspector()
         key = dump_key(database, backup_id)
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -262,7 +268,7 @@ def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[st
             pg_dump={
                 "version": pg_dump.text, "major": pg_dump.major,
                 "archive_version": ".".join(map(str, summary.header.version)) if summary.header else None,
-                "args": ["--format=custom", "--compress=0", "--snapshot=<exported>"],
+                "args": ["--format=custom", "--compress=0", "--snapshot=<exported>", *excluded],
             },
             started_at=started_at,
             snapshot_at=snapshot.taken_at,

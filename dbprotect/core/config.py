@@ -275,6 +275,7 @@ class DatabaseSpec(_Strict):
     backup_schedule: str = "0 2 * * *"
     rpo_hours: float = Field(default=24.0, gt=0)
     rto_minutes: float = Field(default=30.0, gt=0)
+    #: pg_dump ``--exclude-table-data`` patterns (e.g. ``public.sessions``): definition kept, rows not.
     exclude_table_data: list[str] = Field(default_factory=list)
     #: Schema drift allow-list, migrations folder, lint exclusions (``schema:`` in the file).
     schema_settings: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")

@@ -76,7 +76,7 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
         result = run_backup(
             database=database, dsn=dsn, storage=storage,
             recipients=config.keys.raw.recipients, environment="production", pg_bin_dir=config.pg_bin_dir,
-            progress=progress,
+            progress=progress, exclude_table_data=config.database(database).exclude_table_data,
         )
     except DbprotectError as exc:
         _audit_failure(audit, "backup", database, exc)
