@@ -66,9 +66,10 @@ def snapshot(defs: dg.Definitions) -> dict[str, Any]:
                         "status": schedule.default_status.value, "timezone": schedule.execution_timezone}
         for schedule in sorted(repo.schedule_defs, key=lambda s: s.name)
     }
-    sensors = {sensor.name: {"jobs": sorted(job.name for job in sensor.jobs) if sensor.has_jobs else [],
+    # Targets by job object or by job name (the pre-migration sensor); automation sensors have no job.
+    sensors = {sensor.name: {"jobs": sorted(target.job_name for target in sensor.targets),
                              "status": sensor.default_status.value}
-               for sensor in sorted(repo.sensor_defs, key=lambda s: s.name)}  # automation sensors have no job
+               for sensor in sorted(repo.sensor_defs, key=lambda s: s.name)}
     return {"assets": assets, "checks": checks, "jobs": jobs, "schedules": schedules, "sensors": sensors,
             "resources": sorted(defs.resources or {})}
 
@@ -160,6 +161,9 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
             "ledger_db_restore_after_backup_sensor": {"jobs": ["ledger_db_restore_verification_job"],
                                                       "status": "RUNNING"},
             "shop_restore_after_backup_sensor": {"jobs": ["shop_restore_verification_job"], "status": "RUNNING"},
+            # Issue 6: a backup when a new migration file or Alembic revision appears (polling).
+            "ledger_db_pre_migration_backup_sensor": {"jobs": ["ledger_db_backup_job"], "status": "RUNNING"},
+            "shop_pre_migration_backup_sensor": {"jobs": ["shop_backup_job"], "status": "RUNNING"},
         },
         "resources": ["dbprotect_config", "ledger_db_production_postgres", "raw_backup_identity",
                       "shop_production_postgres"],

@@ -16,7 +16,7 @@ Layout (as in dagster-open-platform): one folder per domain, one file per kind::
       copies/         a backup-copy asset per extra storage target, copy_integrity_verified, copy jobs
       retention/      retention_compliant, <db>_cleanup_job and its weekly schedule
       restores/       checks.py (restore_verified, drills), schedules.py, jobs.py (the restore job)
-      schema/         schema snapshots, drift check, schema_sync job
+      schema/         schema snapshots, drift check, schema_sync job, pre-migration backup sensor
       sanitize/       sanitized development copies, blocking PII checks, promotion sensor and job
 """
 
@@ -33,14 +33,15 @@ from dbprotect.defs.resources import build_resources
 from dbprotect.defs.restores import build_restore_definitions
 from dbprotect.defs.retention import build_retention_definitions
 from dbprotect.defs.sanitize import build_sanitize_definitions
-from dbprotect.defs.schema import build_schema_definitions
+from dbprotect.defs.schema import build_pre_migration_definitions, build_schema_definitions
 
 
 def build_definitions(config: Config) -> dg.Definitions:
     """Every definition for a validated configuration; pure (reads no environment variable)."""
     return dg.Definitions.merge(build_backup_definitions(config), build_restore_definitions(config),
                                 build_copy_definitions(config), build_retention_definitions(config),
-                                build_schema_definitions(config), build_sanitize_definitions(config),
+                                build_schema_definitions(config), build_pre_migration_definitions(config),
+                                build_sanitize_definitions(config),
                                 dg.Definitions(resources=build_resources(config)))
 
 

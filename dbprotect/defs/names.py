@@ -63,6 +63,14 @@ def drill_schedule_name(database: str) -> str:
     return f"{dagster_name(database)}_restore_drill_schedule"
 
 
+#: Schema (issue 6): a backup when a new migration file or Alembic revision appears.
+PRE_MIGRATION_REASON_TAG = "dbprotect/reason"
+
+
+def pre_migration_sensor_name(database: str) -> str:
+    return f"{dagster_name(database)}_pre_migration_backup_sensor"
+
+
 def postgres_resource_key(database: str, environment: str = "production") -> str:
     """The resource key of one database environment, e.g. ``shop_production_postgres``."""
     return f"{dagster_name(database)}_{environment}_postgres"

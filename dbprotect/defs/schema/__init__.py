@@ -9,6 +9,8 @@ Thin wiring over :mod:`dbprotect.core.schema`:
   both DSNs, i.e. ``demo``): the drift list from ``results``, minus ``schema.pending``.
 - ``schema_sync``: a launchpad-typed job calling :func:`~dbprotect.core.schema.sync.push_schema`,
   whose guards (lint, fresh verified backup, typed confirmation, markers) apply unchanged.
+- ``<db>_pre_migration_backup_sensor`` (``watch.py``): runs ``<db>_backup_job`` when a new
+  migration file or Alembic revision appears (polling; ``dbprotect guard`` is the guarantee).
 """
 
 # No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
@@ -18,8 +20,9 @@ from dbprotect.core.config import ALLOWED_ENVIRONMENTS, Config, resolve_dsn
 from dbprotect.core.schema.snapshot import take_snapshot
 from dbprotect.core.schema.sync import drift_between, push_schema
 from dbprotect.defs.failures import core_errors_as_failures
-from dbprotect.defs.names import dagster_actor, dagster_name
+from dbprotect.defs.names import dagster_actor, dagster_name, protected_databases
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.schema.watch import build_pre_migration_sensor
 
 SCHEMA_ASSET_PREFIX = "schema_"
 DRIFT_CHECK = "schema_matches_development"
@@ -122,3 +125,13 @@ def build_schema_definitions(config: Config) -> dg.Definitions:
             checks.append(build_drift_check(database))
             both = True
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[build_schema_sync_job()] if both else [])
+
+
+def build_pre_migration_definitions(config: Config) -> dg.Definitions:
+    """A pre-migration backup sensor per database this deployment backs up.
+
+    Apart from :func:`build_schema_definitions` because each sensor targets ``<db>_backup_job``
+    by name: it loads only merged with the backups domain, while the schema domain loads alone.
+    """
+    return dg.Definitions(sensors=[build_pre_migration_sensor(config, database)
+                                   for database in protected_databases(config)])
