@@ -498,10 +498,13 @@ class _PhasePrinter:
 @click.option("--confirm", "confirmation", metavar="NAME",
               help="Overwriting an existing database needs its exact name here.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--analyze/--no-analyze", default=None,
+              help="ANALYZE before the database is put in place [default: only when overwriting an existing "
+              "database; a new one is analyzed by autovacuum].")
 @common_options
 @click.pass_obj
 def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, environment: str | None,
-            confirmation: str | None, dry_run: bool) -> int:
+            confirmation: str | None, dry_run: bool, analyze: bool | None) -> int:
     """Restore BACKUP_ID of DATABASE (default: the newest backup that passed verification).
 
     \b
@@ -530,7 +533,7 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
     outcome = restore_database(config, database, backup_id,
                                environment=named_environment or environment or "production", existing=existing,
                                target_name=name, confirmation=confirmation, dry_run=dry_run, by=cli_actor(),
-                               progress=_PhasePrinter(ui))
+                               progress=_PhasePrinter(ui), analyze=analyze)
     from dbprotect.core.oncall import RestorePlan
 
     if isinstance(outcome, RestorePlan):

@@ -90,9 +90,26 @@ def test_restore_to_a_new_database_creates_it_verified_and_marked(pg, store, bac
         assert table_counts(dsn) == {"public.customers": 50, "public.orders": 300}
         assert _marker(pg, name) == "production"
         assert {"decrypt_seconds", "restore_seconds", "verify_seconds", "swap_seconds"} <= set(result.timings)
+        assert "analyze_seconds" not in result.timings  # a new database is left to autovacuum
     finally:
         pg.drop_database(name)
     assert leftover_scratch_databases(ScratchServer(pg.admin_dsn)) == []
+
+
+def test_analyze_on_request_gives_the_new_database_statistics(pg, store, backup, identity, age_keys):
+    manifest = backup()
+    name = "restored_analyzed"
+    dsn = pg.dsn(name)
+    try:
+        result = restore(store, manifest, identity, RestoreTarget(dsn, "production"), recipients=[age_keys[1]],
+                         analyze=True)
+        assert isinstance(result, RestoreResult) and result.timings["analyze_seconds"] >= 0
+        with psycopg.connect(dsn) as conn:
+            analyzed = conn.execute("SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL "
+                                    "ORDER BY relname").fetchall()
+        assert [row[0] for row in analyzed] == ["customers", "orders"]
+    finally:
+        pg.drop_database(name)
 
 
 def test_dry_run_plans_drops_and_changes_nothing(pg, store, backup, target, identity, age_keys):
@@ -117,6 +134,7 @@ def test_restore_over_existing_database_with_confirmation(pg, store, backup, tar
     result = restore(store, manifest, identity, RestoreTarget(dsn, "production", existing=True),
                      confirmation=_name(dsn), recipients=[age_keys[1]], audit=audit)
     assert isinstance(result, RestoreResult)
+    assert "analyze_seconds" in result.timings  # an overwrite is analyzed before its traffic lands on it
     assert table_counts(dsn) == {"public.customers": 50, "public.orders": 300}  # only_in_target is gone
     assert _marker(pg, _name(dsn)) == "production"
     safety = list_backups(store, "shop-safety")

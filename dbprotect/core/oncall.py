@@ -232,8 +232,15 @@ def execute_restore(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
                     confirmation: str | None, recipients: list[str], safety_database: str | None = None,
                     pg_bin_dir: str | None = None, jobs: int | None = None,
                     work_dir: str | os.PathLike[str] | None = None, by: str = "dbprotect",
-                    progress: Progress | None = None, audit: AuditLog | None = None) -> RestoreResult:
-    """Carry out a plan. Every guard is checked again here, immediately before acting."""
+                    progress: Progress | None = None, audit: AuditLog | None = None,
+                    analyze: bool | None = None) -> RestoreResult:
+    """Carry out a plan. Every guard is checked again here, immediately before acting.
+
+    ``analyze``: ANALYZE before the database is put in place. Default: only when it replaces an
+    existing database, whose traffic lands on it the moment it is renamed in; a new database is
+    analyzed by autovacuum within a minute or so, before anyone relies on its plans, and skipping
+    it spares the restore a pass over every table.
+    """
     target, manifest = plan.target, plan.manifest
     timings: dict[str, float] = {}
     with _audited(audit, plan, target):
@@ -251,7 +258,8 @@ def execute_restore(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
             safety_id = _safety_backup(storage, plan, identity, recipients, safety_database, pg_bin_dir, by)
             timings["safety_backup_seconds"] = round(time.perf_counter() - started, 3)
         objects = _restore_staged(storage, plan, identity, timings, pg_bin_dir=pg_bin_dir, jobs=jobs,
-                                  work_dir=work_dir, progress=progress)
+                                  work_dir=work_dir, progress=progress,
+                                  analyze=target.existing if analyze is None else analyze)
     result = RestoreResult(plan, target.name, safety_id, timings, objects)
     if audit:
         audit.record("restore", database=plan.database, outcome="ok", target=plan.backup_id,
@@ -268,7 +276,7 @@ def restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identi
     """Plan, and unless ``dry_run``, execute: the one entry point the CLI and the Dagster job call.
 
     ``options`` are those of :func:`execute_restore` (``pg_bin_dir``, ``jobs``, ``work_dir``, ``by``,
-    ``progress``, ``safety_database``).
+    ``progress``, ``safety_database``, ``analyze``).
     """
     with _audited(audit, manifest, target):
         plan = plan_restore(storage, manifest, identity, target, pg_bin_dir=options.get("pg_bin_dir"))  # type: ignore[arg-type]
@@ -299,7 +307,8 @@ def _safety_backup(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.
 
 def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.Identity,
                     timings: dict[str, float], *, pg_bin_dir: str | None, jobs: int | None,
-                    work_dir: str | os.PathLike[str] | None, progress: Progress | None) -> int:
+                    work_dir: str | os.PathLike[str] | None, progress: Progress | None,
+                    analyze: bool) -> int:
     """Restore into a staging database, verify it, then put it in place; the staging db never outlives a failure."""
     target, manifest = plan.target, plan.manifest
     major = int(manifest.source["server_major"])
@@ -329,9 +338,9 @@ def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
                     run_pg_restore(archive, staging_dsn, server_major=major, jobs=jobs, keep_owners=True,
                                    pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release)
             timings["tables_released_during_restore"] = tables.released_early
-            with _analyze_alongside(staging_dsn, timings) as analyzed, phase("verify"):
+            with _analyze_alongside(staging_dsn, timings, enabled=analyze) as analyzed, phase("verify"):
                 problems, objects = verify_restored_database(staging_dsn, manifest, plan.incoming, tables=tables)
-                if problems:
+                if problems and analyzed is not None:
                     analyzed.cancel()
         if problems:
             raise IntegrityError(f"restored data does not match backup {manifest.backup_id}: "
@@ -377,7 +386,7 @@ class _Analyze:
 
 
 @contextlib.contextmanager
-def _analyze_alongside(dsn: str, timings: dict[str, float]) -> Iterator[_Analyze]:
+def _analyze_alongside(dsn: str, timings: dict[str, float], *, enabled: bool = True) -> Iterator[_Analyze | None]:
     """ANALYZE the restored database while the block (verification) runs; wait for it after.
 
     Why: the restored database needs planner statistics before it is put in use, and ANALYZE
@@ -386,6 +395,9 @@ def _analyze_alongside(dsn: str, timings: dict[str, float]) -> Iterator[_Analyze
     overlaps ``verify_seconds``; ``analyze_wait_seconds`` is how long it ran on after verification.
     If the block fails, ANALYZE is cancelled; the staging database is dropped anyway.
     """
+    if not enabled:
+        yield None
+        return
     analyze = _Analyze(dsn)
     try:
         yield analyze

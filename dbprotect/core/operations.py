@@ -225,7 +225,8 @@ def restore_target(config: Config, database: str, *, environment: str = "product
 def restore_database(config: Config, database: str, backup_id: str | None = None, *, environment: str = "production",
                      existing: bool = False, target_name: str | None = None, confirmation: str | None = None,
                      dry_run: bool = False, by: str = "dbprotect", environ: Mapping[str, str] | None = None,
-                     progress: Callable[[str], None] | None = None) -> RestorePlan | RestoreResult:
+                     progress: Callable[[str], None] | None = None,
+                     analyze: bool | None = None) -> RestorePlan | RestoreResult:
     """The on-call restore of a configured database: what ``dbprotect restore`` and the ``restore`` job call.
 
     ``backup_id`` defaults to the newest verified backup (:func:`newest_verified_backup`); a new
@@ -250,7 +251,7 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
     return restore(storage, manifest, raw_identity(config, environ), target, confirmation=confirmation,
                    recipients=config.keys.raw.recipients, dry_run=dry_run,
                    audit=AuditLog(storage, actor=by), pg_bin_dir=config.pg_bin_dir,
-                   work_dir=config.scratch.work_dir, by=by, progress=progress)
+                   work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze)
 
 
 # -- storage targets: holdings, retention cleanup, copies (issue 4) -------------------------------

@@ -304,7 +304,8 @@ def refresh_warm_copy(config: Config, database: str, *, force: bool = False, act
         result = restore(storage, manifest, raw_identity(config, environ),
                          RestoreTarget(with_dbname(dsn, incoming), WARM_ENVIRONMENT, existing=False),
                          recipients=config.keys.raw.recipients, pg_bin_dir=config.pg_bin_dir,
-                         work_dir=config.scratch.work_dir, by=actor, progress=progress)
+                         work_dir=config.scratch.work_dir, by=actor, progress=progress,
+                         analyze=True)  # a standby takes traffic the moment it is needed
         assert isinstance(result, RestoreResult)  # not a dry run
         swap_started = time.perf_counter()
         try:

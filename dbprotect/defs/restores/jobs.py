@@ -63,6 +63,9 @@ class RestoreConfig(dg.Config):
     confirmation: str | None = Field(
         default=None, description="existing_database only: type the target database's name to confirm.")
     dry_run: bool = Field(default=False, description="Only plan: what would be dropped, created, how big.")
+    analyze: bool | None = Field(
+        default=None, description="ANALYZE before putting the database in place (empty: only when overwriting "
+        "an existing database; a new one is analyzed by autovacuum).")
 
 
 def _blank(value: str | None) -> str | None:
@@ -131,7 +134,7 @@ def build_restore_job(config: Config) -> dg.JobDefinition:
                 environment=config.environment.value, existing=config.target is TargetKind.existing_database,
                 target_name=_blank(config.target_database), confirmation=_blank(config.confirmation),
                 dry_run=config.dry_run, by=by, environ=run_environ(identity),
-                progress=_phase_logger(context),
+                progress=_phase_logger(context), analyze=config.analyze,
             )
         if isinstance(outcome, RestorePlan):
             context.log.info(f"dry run, nothing changed:\n{outcome.summary()}")
