@@ -19,9 +19,10 @@ What it does:
    planning (the archive's table of contents), fetching, checking the SHA-256, decrypting and
    decompressing to a private file, ``pg_restore -j <cores>`` into a staging database, comparing
    every table's row count and content checksum, the schema objects, sequences and large objects
-   with the manifest, ANALYZE, and renaming into place. Tables are read back while pg_restore
-   still runs (each as soon as its data is committed) and ANALYZE runs alongside the rest of the
-   verification, so those phases overlap (see ``dbprotect/core/restore.py``, ``TableVerifier``).
+   with the manifest, and renaming into place (a new database is left to autovacuum for its
+   statistics, as plain pg_restore leaves it; ``--analyze`` would add an ANALYZE alongside the
+   verification). Tables are read back while pg_restore still runs (each as soon as its data is
+   committed), so those phases overlap (see ``dbprotect/core/restore.py``, ``TableVerifier``).
 4. Prints both times, the ratios (best runs, and the median of same-round ratios) against the
    target (<= 1.5x), the ratio against pg_restore + ANALYZE for comparison, and dbprotect's phase
    breakdown, then one JSON line.
@@ -180,7 +181,7 @@ def main() -> None:
         print(f"Target: {verdict}  dbprotect / plain pg_restore = {ratio:.2f} (<= {TARGET_RATIO}) on the best runs; "
               f"median of the same-round ratios {median:.2f} ({', '.join(f'{x:.2f}' for x in paired)})")
         with_analyze = statistics.median(r["seconds"] / p for p, r in zip(analyzed, ours, strict=True))
-        print(f"For comparison (not the target): plain pg_restore followed by ANALYZE, as dbprotect does, "
+        print(f"For comparison (not the target): plain pg_restore followed by ANALYZE, "
               f"best {min(analyzed):.2f} s; dbprotect / that = {best['seconds'] / min(analyzed):.2f} on the best "
               f"runs, median of the same-round ratios {with_analyze:.2f}")
         print(f"1-minute load average now: {os.getloadavg()[0]:.2f} on {jobs} CPUs")
