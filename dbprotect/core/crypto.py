@@ -45,7 +45,7 @@ def parse_identity(text: str, *, source: str) -> pyrage.x25519.Identity:
         return pyrage.x25519.Identity.from_str(lines[0])
     except Exception:
         raise CryptoError(
-            f"{source} does not hold a valid age identity (AGE-SECRET-KEY-1...)",
+            f"{source} does not hold a valid age identity (a secret key line written by age-keygen)",
             hint="put the private key itself, or '@/path/to/key.txt', in the variable",
         ) from None
 
@@ -57,7 +57,7 @@ def load_identity(env_var: str, environ: Mapping[str, str] | None = None) -> pyr
     if not value:
         raise ConfigError(
             f"${env_var} is not set: the age identity is needed to decrypt backups",
-            hint=f"export {env_var}=AGE-SECRET-KEY-1... (or @/path/to/key.txt)",
+            hint=f"put the secret key line from age-keygen in {env_var}, or @/path/to/key.txt",
         )
     if value.startswith("@"):
         path = Path(value[1:]).expanduser()
