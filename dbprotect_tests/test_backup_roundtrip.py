@@ -69,3 +69,23 @@ def test_excluded_table_data_is_left_out_of_the_archive_and_manifest(chinook_dsn
     counts = table_counts(target)
     assert counts["public.invoice_line"] == 0
     assert counts["public.invoice"] == 412
+
+
+def test_configured_compression_level_is_used_and_recorded(chinook_dsn, write_config):
+    """``compression_level`` reaches the stream; the manifest says which level a backup used."""
+    import yaml
+
+    from dbprotect.core.config import load_config
+    from dbprotect.core.operations import backup_database
+
+    path = write_config(chinook_dsn)
+    document = yaml.safe_load(path.read_text())
+    document["databases"]["shop"]["compression_level"] = 2
+    path.write_text(yaml.safe_dump(document))
+    level2 = backup_database(load_config(path), "shop").manifest
+    document["databases"]["shop"]["compression_level"] = 1
+    path.write_text(yaml.safe_dump(document))
+    level1 = backup_database(load_config(path), "shop").manifest
+    assert (level1.compression["level"], level2.compression["level"]) == (1, 2)
+    assert level1.bytes["dump"] == level2.bytes["dump"]
+    assert level1.bytes["compressed"] != level2.bytes["compressed"]

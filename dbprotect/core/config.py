@@ -275,6 +275,8 @@ class DatabaseSpec(_Strict):
     backup_schedule: str = "0 2 * * *"
     rpo_hours: float = Field(default=24.0, gt=0)
     rto_minutes: float = Field(default=30.0, gt=0)
+    #: zstd level of the backup stream (1 fastest; see core.backup.DEFAULT_ZSTD_LEVEL for the default's why).
+    compression_level: int = Field(default=1, ge=1, le=19)
     #: pg_dump ``--exclude-table-data`` patterns (e.g. ``public.sessions``): definition kept, rows not.
     exclude_table_data: list[str] = Field(default_factory=list)
     #: Schema drift allow-list, migrations folder, lint exclusions (``schema:`` in the file).
