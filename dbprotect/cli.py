@@ -607,9 +607,11 @@ def drill(ui: Ui, database: str) -> int:
               help="About how many rows to generate [default: 300000, or what an earlier run loaded]. "
               "A different N reloads the demo database.")
 @click.option("--stop", is_flag=True, help="Stop the demo's PostgreSQL (left running for the Dagster UI) and exit.")
+@click.option("--all", "run_all", is_flag=True,
+              help="Also run a restore drill, a warm copy refresh and a sanitized build (slower).")
 @common_options
 @click.pass_obj
-def demo(ui: Ui, workdir: str | None, rows: int | None, stop: bool) -> int:
+def demo(ui: Ui, workdir: str | None, rows: int | None, stop: bool, run_all: bool) -> int:
     """A complete protected setup on this machine, with nothing configured.
 
     Starts an embedded PostgreSQL as "production", loads a fintech schema (tenants, users with
@@ -618,6 +620,10 @@ def demo(ui: Ui, workdir: str | None, rows: int | None, stop: bool) -> int:
     backup into a filesystem store and runs the integrity and RPO checks. Then prints how to
     open the Dagster UI on the same setup. Running it again reuses the server, data and key and
     takes another backup.
+
+    The same server also holds fintech_dev (marked development, schema only) and, after
+    'dbprotect warm-copy fintech', the warm copy fintech_standby; the configuration adds a
+    development key, a masking key and rules, retention and the server as scratch server.
     """
     from dbprotect.core import demo as core_demo
 
@@ -637,8 +643,8 @@ def demo(ui: Ui, workdir: str | None, rows: int | None, stop: bool) -> int:
             if console is not None:
                 console.print(f"[dim]-[/] {message}", soft_wrap=True)
 
-        result = core_demo.run_demo(workdir, rows=rows, on_step=step, progress=bar)
-    ok = result.integrity.ok and result.rpo.ok
+        result = core_demo.run_demo(workdir, rows=rows, on_step=step, progress=bar, run_all=run_all)
+    ok = result.integrity.ok and result.rpo.ok and all(passed for passed, _ in result.extras.values())
     if ui.json:
         ui.emit({"ok": ok, **result.to_dict()})
     else:
@@ -651,7 +657,7 @@ def demo(ui: Ui, workdir: str | None, rows: int | None, stop: bool) -> int:
 def _print_demo(ui: Ui, result: Any) -> None:
     from rich.markup import escape
 
-    from dbprotect.core.demo import display_path, executable
+    from dbprotect.core.demo import NEXT_COMMANDS, display_path, executable
 
     console = ui.console()
     tables = ", ".join(f"{name.removeprefix('public.')} {rows:,}" for name, rows in result.table_rows.items())
@@ -667,13 +673,22 @@ def _print_demo(ui: Ui, result: Any) -> None:
     console.print(f"  RPO        {rpo}: {escape(result.rpo.reason)}", soft_wrap=True)
     console.print(f"  store      {result.backups_in_store} backup(s) in {escape(display_path(result.paths.store))}",
                   soft_wrap=True)
+    for name, (passed, detail) in result.extras.items():
+        console.print(f"  {name:<10} {'[green]ok[/]' if passed else '[red bold]FAILED[/]'}: {escape(detail)}",
+                      soft_wrap=True)
+    console.print("  databases  fintech_prod (production), fintech_dev (development, schema only), "
+                  "fintech_standby (warm copy, created by its first refresh)", soft_wrap=True)
     console.print()
     console.print("[bold]Files:[/]")
     console.print(f"  config     {escape(display_path(result.paths.config))}", soft_wrap=True)
-    console.print(f"  variables  {escape(display_path(result.paths.env_file))} (the DSN and a reference to the key "
-                  "file, no secret values)", soft_wrap=True)
-    console.print(f"  key        {escape(display_path(result.paths.key_file))} (mode 0600; public key "
+    console.print(f"  variables  {escape(display_path(result.paths.env_file))} (mode 0600: DSNs, references to "
+                  "the key files, and the masking key's value)", soft_wrap=True)
+    console.print(f"  key        {escape(display_path(result.paths.key_file))} (raw backups, mode 0600; public key "
                   f"{result.recipient})", soft_wrap=True)
+    console.print(f"  dev key    {escape(display_path(result.paths.dev_key_file))} (sanitized copies, mode 0600; "
+                  f"public key {result.dev_recipient})", soft_wrap=True)
+    console.print(f"  masking    {escape(display_path(result.paths.masking_key_file))} (HMAC key, mode 0600), "
+                  f"rules {escape(display_path(result.paths.rules))}", soft_wrap=True)
     console.print()
     console.print("[bold]Open the Dagster UI on the same setup[/] (then http://localhost:3000):")
     console.print(f"  {escape(result.ui_command)}", soft_wrap=True)
@@ -682,6 +697,11 @@ def _print_demo(ui: Ui, result: Any) -> None:
     cli_name = escape(executable("dbprotect"))
     console.print(f"  set -a; . {env}; set +a; {cli_name} status; {cli_name} list fintech; "
                   f"{cli_name} verify latest", soft_wrap=True)
+    if not result.extras:
+        console.print("[bold]Then try[/] (demo.env loaded; not run by the demo, they take a while; 'dbprotect demo "
+                      "--all' runs the first three):", soft_wrap=True)
+        for command in NEXT_COMMANDS:
+            console.print(f"  {escape(command.replace('dbprotect', executable('dbprotect'), 1))}", soft_wrap=True)
     console.print("The demo PostgreSQL keeps running for the UI; stop it with 'dbprotect demo --stop'.", soft_wrap=True)
 
 

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,11 @@ def test_demo_runs_twice_from_nothing(workdir: Path) -> None:
     report = json.loads(first.stdout)
     key_file = workdir.parent / "keys" / "raw-backups.agekey"
     secret = next(line for line in key_file.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    dev_key_file = workdir.parent / "keys" / "development.agekey"
+    dev_secret = next(line for line in dev_key_file.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    masking_file = workdir.parent / "keys" / "demo-masking.key"
+    masking_key = masking_file.read_text().strip()
+    secrets = (secret, dev_secret, masking_key)
 
     # One backup in the store, whose manifest agrees with the database it came from.
     store = FilesystemStorage(workdir / "store")
@@ -71,11 +77,18 @@ def test_demo_runs_twice_from_nothing(workdir: Path) -> None:
     assert report["integrity"]["ok"] is True and report["rpo"]["ok"] is True
     assert report["data"]["loaded_now"] is True
 
-    # The key is private, referenced (never copied) by demo.env, and never printed.
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    # The keys are private; the age identities are referenced (never copied) by demo.env, the masking
+    # key (sanitize reads no @path) is in demo.env, itself 0600; no secret is ever printed.
+    for private in (key_file, dev_key_file, masking_file, workdir / "demo.env"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    assert dev_secret != secret and len(masking_key) == 64 and report["dev_recipient"] != report["recipient"]
     assert env["DBPROTECT_DEMO_RAW_IDENTITY"] == f"@{key_file}"
+    assert env["DBPROTECT_DEMO_DEV_IDENTITY"] == f"@{dev_key_file}"
+    assert env["DBPROTECT_DEMO_MASKING_KEY"] == masking_key
     assert secret not in (workdir / "demo.env").read_text() + (workdir / "dbprotect.yaml").read_text()
-    assert secret not in first.stdout + first.stderr
+    assert dev_secret not in (workdir / "demo.env").read_text() + (workdir / "dbprotect.yaml").read_text()
+    assert masking_key not in (workdir / "dbprotect.yaml").read_text()
+    assert not any(value in first.stdout + first.stderr for value in secrets)
 
     # Second run: same server, data and key; one more backup, human output this time.
     second = _demo(workdir, "--rows", str(ROWS))
@@ -83,9 +96,13 @@ def test_demo_runs_twice_from_nothing(workdir: Path) -> None:
     assert "reused from an earlier run" in second.stdout
     assert "integrity  ok" in second.stdout and "RPO        ok" in second.stdout
     assert "dagster dev -m dbprotect.defs" in second.stdout
-    assert secret not in second.stdout + second.stderr
+    for command in ("drill fintech", "warm-copy fintech", "sanitize build fintech", "schema drift fintech"):
+        assert f"dbprotect {command}\n" in second.stdout
+    assert "creating fintech_dev" not in second.stdout  # the development database is reused
+    assert not any(value in second.stdout + second.stderr for value in secrets)
     assert len(list_backups(store, "fintech")) == 2
     assert secret == next(line for line in key_file.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    assert masking_key == masking_file.read_text().strip()
 
 
 def test_demo_data_is_the_fintech_schema_with_its_guards(workdir: Path) -> None:
@@ -118,3 +135,47 @@ def test_demo_data_is_the_fintech_schema_with_its_guards(workdir: Path) -> None:
                               capture_output=True, text=True, env=env, cwd=repo_root, timeout=180)
     assert validate.returncode == 0, validate.stderr[-2000:]
     assert "Validation successful for code location dbprotect.defs" in validate.stdout + validate.stderr
+    _every_domain_is_configured(workdir)
+
+
+def _every_domain_is_configured(workdir: Path) -> None:
+    """Development, scratch, warm copy, retention, sanitized copies on the one server (one demo run saved)."""
+    from dbprotect.core.config import check_credential_isolation, load_config
+    from dbprotect.defs import build_definitions
+
+    env = _env_file(workdir / "demo.env")
+    config = load_config(workdir / "dbprotect.yaml")
+    check_credential_isolation(config, env)  # a demo deployment may hold both environments' credentials
+    spec = config.database("fintech")
+    assert config.deployment == "demo" and set(spec.environments) == {"production", "development"}
+    assert spec.warm_copy is not None and spec.sanitize is not None and not spec.sanitize.promote
+    assert (spec.retention.keep_last, spec.retention.max_age) == (10, timedelta(days=30))
+    assert config.scratch.admin_dsn_env and env[config.scratch.admin_dsn_env].split("?")[0].endswith("/postgres")
+    assert config.keys.development and config.keys.development.recipients != config.keys.raw.recipients
+    assert (workdir / spec.sanitize.rules).read_text().count("public.users:") == 1
+
+    # One server: production and development marked, the warm copy left for its first refresh.
+    prod, dev = env["DBPROTECT_DEMO_PROD_DSN"], env["DBPROTECT_DEMO_DEV_DSN"]
+    assert psql(dev, "SHOW dbprotect.environment").strip() == "development"
+    assert psql(dev, "SELECT count(*) FROM users").strip() == "0"
+    assert psql(prod, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database "
+                      "WHERE datname LIKE 'fintech%'").strip() == "fintech_dev,fintech_prod"
+    assert env["DBPROTECT_DEMO_STANDBY_DSN"].split("?")[0].endswith("/fintech_standby")
+
+    keys = {key.to_user_string() for key in build_definitions(config).get_repository_def().asset_graph
+            .get_all_asset_keys()}
+    assert {"fintech/production_snapshot", "fintech/warm_copy", "fintech/sanitized_copy",
+            "fintech/schema_production", "fintech/schema_development"} <= keys, keys
+
+    # A printed command on the demo: the masking rules cover every column of the backup.
+    checked = subprocess.run([str(DBPROTECT), "sanitize", "check", "fintech"], capture_output=True, text=True,
+                             env={**os.environ, **env}, cwd=workdir.parent, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "every column of backup" in checked.stdout and "has a rule" in checked.stdout
+
+
+def test_packaged_demo_rules_are_the_reviewed_ones() -> None:
+    """The demo ships a copy of the rule file test_sanitize.py checks; the two must not drift apart."""
+    from dbprotect.core.demo import demo_rules_yaml
+
+    assert demo_rules_yaml() == (Path(__file__).parent / "rules" / "demo.yaml").read_text(encoding="utf-8")

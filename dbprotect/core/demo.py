@@ -8,10 +8,22 @@ What it builds (all under a work folder, ``.dbprotect/demo/`` by default, git-ig
     .dbprotect/demo/demo.env         the variables the configuration names (no secret values),
                                      plus DBPROTECT_CONFIG and DAGSTER_HOME for the UI
     .dbprotect/demo/dagster_home/    the demo's Dagster instance (default local storage)
+    .dbprotect/demo/masking-rules.yaml   the masking rules of the demo schema (package data, copied)
     .dbprotect/keys/raw-backups.agekey   the age identity for raw backups (mode 0600), beside it
+    .dbprotect/keys/development.agekey   a second, different identity for sanitized copies (0600)
+    .dbprotect/keys/demo-masking.key     the HMAC masking key of sanitized copies (0600)
 
-then takes one backup through the real pipeline and runs both checks (integrity, RPO), exactly as
-the CLI and the Dagster definitions would, through :mod:`dbprotect.core.operations`.
+On the one embedded server it keeps three databases: ``fintech_prod`` (marked production, with the
+data), ``fintech_dev`` (marked development, the same schema and no rows) and ``fintech_standby``,
+the warm copy, which is left for ``dbprotect warm-copy fintech`` to create and mark. The
+configuration names both environments, the same server as the scratch server of restore
+verification and drills, a retention policy, the warm copy and sanitized copies, so every Dagster
+domain and every README command has something to work on.
+
+Then it takes one backup through the real pipeline and runs both checks (integrity, RPO), exactly
+as the CLI and the Dagster definitions would, through :mod:`dbprotect.core.operations`. The slow
+steps (a drill, a warm copy refresh, a sanitized build) run only with ``run_all``: CI runs the
+demo on every push, and each of them is one printed command away.
 
 Why it is shaped this way:
 
@@ -29,6 +41,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -50,6 +63,7 @@ from dbprotect.core.config import check_credential_isolation, load_config
 from dbprotect.core.crypto import identity_recipient, parse_identity, write_key_file
 from dbprotect.core.dsn import mask_dsn
 from dbprotect.core.errors import DatabaseError, DbprotectError, ToolError
+from dbprotect.core.markers import read_marker, set_marker
 from dbprotect.core.operations import backup_database, database_status, verify_database_backup
 from dbprotect.core.pgtools import connect, embedded_bin_dir
 from dbprotect.core.rpo import RpoStatus
@@ -63,6 +77,20 @@ PG_DATABASE = "fintech_prod"  # the name on the server
 DSN_ENV = "DBPROTECT_DEMO_PROD_DSN"
 IDENTITY_ENV = "DBPROTECT_DEMO_RAW_IDENTITY"
 KEY_FILE = "raw-backups.agekey"
+DEV_PG_DATABASE = "fintech_dev"  # development: the schema, no rows (sanitized copies land here)
+WARM_PG_DATABASE = "fintech_standby"  # the warm copy; created and marked by its first refresh
+DEV_DSN_ENV = "DBPROTECT_DEMO_DEV_DSN"
+WARM_DSN_ENV = "DBPROTECT_DEMO_STANDBY_DSN"
+SCRATCH_DSN_ENV = "DBPROTECT_DEMO_SCRATCH_ADMIN_DSN"
+DEV_IDENTITY_ENV = "DBPROTECT_DEMO_DEV_IDENTITY"
+MASKING_KEY_ENV = "DBPROTECT_DEMO_MASKING_KEY"
+DEV_KEY_FILE = "development.agekey"
+MASKING_KEY_FILE = "demo-masking.key"
+#: The seeds' rules: "keep the last 10", "kept 30 days".
+RETENTION = "keep_last=10, max_age=30d"
+#: Commands worth trying next; none runs during the demo unless ``--all`` asks (they take a while).
+NEXT_COMMANDS = (f"dbprotect drill {DEMO_DATABASE}", f"dbprotect warm-copy {DEMO_DATABASE}",
+                 f"dbprotect sanitize build {DEMO_DATABASE}", f"dbprotect schema drift {DEMO_DATABASE}")
 #: demo_schema.sql is split here: tables before the data, constraints and indexes after it.
 AFTER_DATA_MARK = "-- @after-data"
 SEED = 0.4242
@@ -101,8 +129,20 @@ class DemoPaths:
         return self.workdir / "dagster_home"
 
     @property
+    def rules(self) -> Path:
+        return self.workdir / "masking-rules.yaml"
+
+    @property
     def key_file(self) -> Path:
         return self.workdir.parent / "keys" / KEY_FILE
+
+    @property
+    def dev_key_file(self) -> Path:
+        return self.workdir.parent / "keys" / DEV_KEY_FILE
+
+    @property
+    def masking_key_file(self) -> Path:
+        return self.workdir.parent / "keys" / MASKING_KEY_FILE
 
     @classmethod
     def at(cls, workdir: str | os.PathLike[str] | None) -> DemoPaths:
@@ -122,8 +162,12 @@ class DemoResult:
     backups_in_store: int
     recipient: str
     ui_command: str
+    dev_dsn: str = ""
+    dev_recipient: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: ``--all`` only: one line per extra step (drill, warm copy, sanitized copy) and whether it passed.
+    extras: dict[str, tuple[bool, str]] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -136,8 +180,13 @@ class DemoResult:
             "config": str(self.paths.config),
             "env_file": str(self.paths.env_file),
             "key_file": str(self.paths.key_file),
+            "dev_key_file": str(self.paths.dev_key_file),
+            "masking_key_file": str(self.paths.masking_key_file),
+            "rules": str(self.paths.rules),
             "recipient": self.recipient,
+            "dev_recipient": self.dev_recipient,
             "dsn": mask_dsn(self.dsn),
+            "dev_dsn": mask_dsn(self.dev_dsn),
             "data": {"loaded_now": self.loaded_now, "load_seconds": round(self.load_seconds, 3),
                      "tables": self.table_rows, "total_rows": self.total_rows},
             "backup": {"backup_id": self.backup.manifest.backup_id, "uri": self.backup.uri,
@@ -146,16 +195,20 @@ class DemoResult:
             "rpo": self.rpo.to_dict(),
             "backups_in_store": self.backups_in_store,
             "ui_command": self.ui_command,
+            "next_commands": list(NEXT_COMMANDS),
+            "extras": {name: {"ok": ok, "detail": detail} for name, (ok, detail) in self.extras.items()},
             "seconds": round(self.seconds, 3),
         }
 
 
 def run_demo(workdir: str | os.PathLike[str] | None = None, *, rows: int | None = None,
-             on_step: StepCallback | None = None, progress: ProgressCallback | None = None) -> DemoResult:
+             on_step: StepCallback | None = None, progress: ProgressCallback | None = None,
+             run_all: bool = False) -> DemoResult:
     """Build (or reuse) the demo setup, take one backup and run both checks.
 
     ``rows`` is the approximate total number of generated rows (default :data:`DEFAULT_ROWS`);
-    when it differs from what an earlier run loaded, the demo database is reloaded.
+    when it differs from what an earlier run loaded, the demo database is reloaded. ``run_all``
+    also runs a restore drill, a warm copy refresh and a sanitized build (slow: off by default).
     """
     if rows is not None and rows < MIN_ROWS:
         raise DbprotectError(f"--rows must be at least {MIN_ROWS} (got {rows})")
@@ -170,8 +223,16 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, *, rows: int | None 
     loaded_now = ensure_demo_data(admin_dsn, dsn, rows, step)
     load_seconds = time.perf_counter() - load_started
     table_rows = count_rows(dsn)
+    dev_dsn = _with_database(admin_dsn, DEV_PG_DATABASE)
+    ensure_dev_database(admin_dsn, dev_dsn, step)
     recipient = ensure_key(paths.key_file)
-    environ = write_demo_files(paths, dsn, recipient)
+    dev_recipient = ensure_key(paths.dev_key_file)
+    if dev_recipient == recipient:  # cannot happen with fresh keys; a copied file would defeat the split
+        raise DbprotectError(f"{paths.dev_key_file} holds the raw-backup key; sanitized copies need a different one",
+                             hint=f"delete {paths.dev_key_file} and run the demo again")
+    masking_key = ensure_masking_key(paths.masking_key_file)
+    environ = write_demo_files(paths, dsn, recipient, admin_dsn=admin_dsn, dev_dsn=dev_dsn,
+                               dev_recipient=dev_recipient, masking_key=masking_key)
     config = load_config(paths.config)
     full_environ = {**os.environ, **environ}
     check_credential_isolation(config, full_environ)
@@ -180,12 +241,48 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, *, rows: int | None 
     step("checking integrity (SHA-256, decrypt, decompress, pg_restore --list)")
     integrity = verify_database_backup(config, DEMO_DATABASE, backup.manifest.backup_id,
                                        by="dbprotect demo", environ=full_environ)
+    extras = run_extras(config, full_environ, step) if run_all and integrity.ok else {}
     status = database_status(config, DEMO_DATABASE)
     return DemoResult(
         paths=paths, dsn=dsn, loaded_now=loaded_now, load_seconds=load_seconds, table_rows=table_rows,
         backup=backup, integrity=integrity, rpo=status.rpo, backups_in_store=status.backups,
-        recipient=recipient, ui_command=ui_command(paths), seconds=time.perf_counter() - started,
+        recipient=recipient, ui_command=ui_command(paths), dev_dsn=dev_dsn, dev_recipient=dev_recipient,
+        extras=extras, seconds=time.perf_counter() - started,
     )
+
+
+def run_extras(config: Any, environ: dict[str, str], step: StepCallback) -> dict[str, tuple[bool, str]]:
+    """``--all``: a drill, a warm copy refresh and a sanitized build, each as its CLI command runs it.
+
+    A failure of one is reported (its message only, never a value) and the next still runs, so
+    the summary shows every domain's state at once. Imported here: the sanitize package is heavy.
+    """
+    from dbprotect.core.drill import drill_database
+    from dbprotect.core.sanitize.build import build_sanitized_copy
+    from dbprotect.core.warm import refresh_warm_copy
+
+    outcomes: dict[str, tuple[bool, str]] = {}
+    step("restore drill: newest backup -> scratch database on the same server -> verified")
+    try:
+        drill = drill_database(config, DEMO_DATABASE, by="dbprotect demo", environ=environ)
+        outcomes["drill"] = (drill.ok, drill.reason)
+    except DbprotectError as exc:
+        outcomes["drill"] = (False, str(exc))
+    step(f"warm copy: newest verified backup -> {WARM_PG_DATABASE}")
+    try:
+        warm = refresh_warm_copy(config, DEMO_DATABASE, actor="dbprotect demo", environ=environ)
+        outcomes["warm_copy"] = (True, warm.reason)
+    except DbprotectError as exc:
+        outcomes["warm_copy"] = (False, str(exc))
+    step("sanitized copy: newest verified backup -> scratch -> masked -> checks -> store")
+    try:
+        built = build_sanitized_copy(config, DEMO_DATABASE, environ=environ, by="dbprotect demo")
+        failed = [check.name for check in built.checks if not check.ok]
+        outcomes["sanitized_copy"] = (built.ok, f"stored as {built.artifact_id}" if built.ok
+                                      else f"checks failed: {', '.join(failed)}")
+    except DbprotectError as exc:
+        outcomes["sanitized_copy"] = (False, str(exc))
+    return outcomes
 
 
 # --- the embedded server -------------------------------------------------------------------------
@@ -278,6 +375,34 @@ def ensure_demo_data(admin_dsn: str, dsn: str, rows: int | None, step: StepCallb
     return True
 
 
+def ensure_dev_database(admin_dsn: str, dev_dsn: str, step: StepCallback) -> bool:
+    """Create ``fintech_dev`` with the demo schema and no rows, marked development; True if created now.
+
+    The marker is set last, so it means "schema loaded": a database without it is a leftover of
+    an interrupted run and is recreated. A marked one is reused as it is, even if a promotion
+    replaced its contents since (that is what the development database is for).
+    """
+    with connect(admin_dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEV_PG_DATABASE,)).fetchone()
+        if exists and read_marker(conn, DEV_PG_DATABASE) == "development":
+            return False
+        if exists:
+            conn.execute(f'DROP DATABASE "{DEV_PG_DATABASE}" WITH (FORCE)')
+        step(f"creating {DEV_PG_DATABASE} (development: the same schema, no rows)")
+        conn.execute(f'CREATE DATABASE "{DEV_PG_DATABASE}"')
+    tables, _, constraints = demo_schema_sql().partition(AFTER_DATA_MARK)
+    try:
+        with connect(dev_dsn) as dev:
+            dev.execute(tables)
+            dev.execute(constraints)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"loading the demo schema into {DEV_PG_DATABASE} failed: {' '.join(str(exc).split())}") \
+            from None
+    with connect(admin_dsn, autocommit=True) as conn:
+        set_marker(conn, DEV_PG_DATABASE, "development")
+    return True
+
+
 def demo_schema_sql() -> str:
     return resources.files("dbprotect.core").joinpath("demo_schema.sql").read_text(encoding="utf-8")
 
@@ -325,35 +450,69 @@ def count_rows(dsn: str) -> dict[str, int]:
 # --- keys, configuration, environment ------------------------------------------------------------
 
 def ensure_key(path: Path) -> str:
-    """The demo's raw-backup recipient; creates the identity file (0600) on the first run only."""
+    """An age recipient of the demo; creates the identity file (0600) on the first run only."""
     if not path.exists():
         return write_key_file(path)
     identity = parse_identity(path.read_text(encoding="utf-8"), source=str(path))
     return identity_recipient(identity)
 
 
-def write_demo_files(paths: DemoPaths, dsn: str, recipient: str) -> dict[str, str]:
-    """Write dbprotect.yaml and demo.env; return the variables demo.env sets."""
+def ensure_masking_key(path: Path) -> str:
+    """The HMAC masking key (64 hex digits), created once (0600) so pseudonyms stay stable across runs."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+    value = path.read_text(encoding="utf-8").strip()
+    if len(value) < 32:
+        raise DbprotectError(f"{path} does not hold a masking key of at least 16 bytes",
+                             hint=f"delete {path} and run the demo again")
+    return value
+
+
+def demo_rules_yaml() -> str:
+    return resources.files("dbprotect.core").joinpath("demo_rules.yaml").read_text(encoding="utf-8")
+
+
+def write_demo_files(paths: DemoPaths, dsn: str, recipient: str, *, admin_dsn: str, dev_dsn: str,
+                     dev_recipient: str, masking_key: str) -> dict[str, str]:
+    """Write dbprotect.yaml, the rule file and demo.env; return the variables demo.env sets.
+
+    ``sanitize.promote`` stays off (seed 000: no automatic sync by default); the scratch server
+    is the demo's own, by admin DSN, so drills need no second embedded server.
+    """
     config = {
         "deployment": "demo",
         "databases": {DEMO_DATABASE: {
-            "environments": {"production": {"dsn_env": DSN_ENV}},
+            "environments": {"production": {"dsn_env": DSN_ENV}, "development": {"dsn_env": DEV_DSN_ENV}},
             "storage": ["demo_store"],
             "backup_schedule": "0 2 * * *",
             "rpo_hours": 24,
+            "retention": RETENTION,
+            "warm_copy": {"dsn_env": WARM_DSN_ENV},
+            "sanitize": {"rules": paths.rules.name, "hmac_key_env": MASKING_KEY_ENV, "promote": False},
         }},
         "storage": {"demo_store": {"type": "filesystem", "path": str(paths.store)}},
-        "keys": {"raw": {"recipients": [recipient], "identity_env": IDENTITY_ENV}},
+        "keys": {"raw": {"recipients": [recipient], "identity_env": IDENTITY_ENV},
+                 "development": {"recipients": [dev_recipient], "identity_env": DEV_IDENTITY_ENV}},
+        "scratch": {"admin_dsn_env": SCRATCH_DSN_ENV},
     }
     header = ("# Written by 'dbprotect demo' (rewritten on every run). Secrets are not in this file:\n"
-              f"# {DSN_ENV} and {IDENTITY_ENV} are set by demo.env beside it.\n")
+              "# the DSNs, identities and masking key are set by demo.env beside it.\n")
     paths.config.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    paths.rules.write_text("# Copied by 'dbprotect demo' on every run (edits are overwritten).\n" + demo_rules_yaml(),
+                           encoding="utf-8")
     _write_dagster_home(paths.dagster_home)
-    environ = {DSN_ENV: dsn, IDENTITY_ENV: f"@{paths.key_file}", "DBPROTECT_CONFIG": str(paths.config),
-               "DAGSTER_HOME": str(paths.dagster_home)}
+    environ = {DSN_ENV: dsn, DEV_DSN_ENV: dev_dsn, WARM_DSN_ENV: _with_database(admin_dsn, WARM_PG_DATABASE),
+               SCRATCH_DSN_ENV: admin_dsn, IDENTITY_ENV: f"@{paths.key_file}",
+               DEV_IDENTITY_ENV: f"@{paths.dev_key_file}", MASKING_KEY_ENV: masking_key,
+               "DBPROTECT_CONFIG": str(paths.config), "DAGSTER_HOME": str(paths.dagster_home)}
     lines = ["# Written by 'dbprotect demo'. Load with: set -a; . demo.env; set +a",
-             "# The DSN has no password (the embedded server trusts its Unix socket); the identity",
-             "# is a reference (@path) to the key file, never the key itself."]
+             "# The DSNs have no password (the embedded server trusts its Unix socket); the identities",
+             "# are references (@path) to the key files, never the keys themselves. The masking key is",
+             f"# the value itself (sanitize reads no @path), copied from {paths.masking_key_file}:",
+             "# this file is mode 0600 and lives in the git-ignored .dbprotect folder."]
     lines += [f"{name}={shlex.quote(value)}" for name, value in environ.items()]
     fd = os.open(paths.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
