@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import itertools
 import os
 import queue
@@ -68,7 +67,7 @@ from dbprotect.core.manifest import Manifest, Verification, dump_key
 from dbprotect.core.pgtools import connect, require_tool_for_server, split_password, tool_env
 from dbprotect.core.scratch import ScratchServer, scratch_database
 from dbprotect.core.storage import Storage
-from dbprotect.core.verify import check_identity_matches
+from dbprotect.core.verify import HashingReader, check_identity_matches, summarize_problems
 
 if TYPE_CHECKING:
     from dbprotect.core.audit import AuditLog
@@ -90,19 +89,6 @@ def default_jobs() -> int:
 
 # -- decrypting into a private, always-deleted file ------------------------------------------
 
-class _HashingReader:
-    def __init__(self, inner: object) -> None:
-        self._inner = inner
-        self.sha256 = hashlib.sha256()
-        self.bytes = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size if size and size > 0 else CHUNK)  # type: ignore[attr-defined]
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return data
-
-
 @contextlib.contextmanager
 def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
                       work_dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
@@ -118,7 +104,7 @@ def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out, contextlib.closing(
                 storage.open_reader(dump_key(manifest.database, manifest.backup_id))) as stream:
-            reader = _HashingReader(stream)
+            reader = HashingReader(stream)
             writer = zstandard.ZstdDecompressor().stream_writer(out, write_size=CHUNK, closefd=False)
             try:
                 pyrage.decrypt_io(reader, writer, [identity])
@@ -128,7 +114,7 @@ def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25
                                      f"{' '.join(str(exc).split())}") from None
             while reader.read(CHUNK):
                 pass
-        if reader.bytes != manifest.stored_bytes or reader.sha256.hexdigest() != manifest.sha256:
+        if reader.bytes != manifest.stored_bytes or reader.hexdigest != manifest.sha256:
             raise IntegrityError(f"backup {manifest.backup_id}: stored object differs from its manifest "
                                  f"(size or SHA-256); not restored",
                                  hint=f"run 'dbprotect verify {manifest.backup_id}'")
@@ -828,8 +814,7 @@ class RestoreVerification:
         if self.ok:
             return (f"restored and verified: {self.tables} tables, {self.rows} rows, {self.objects} schema "
                     f"objects, sequences and large objects match the manifest")
-        more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
-        return "restore verification failed: " + "; ".join(self.problems[:5]) + more
+        return "restore verification failed: " + summarize_problems(self.problems)
 
     def metrics(self) -> dict[str, float]:
         return {**self.timings, "tables": self.tables, "rows": self.rows, "objects": self.objects,

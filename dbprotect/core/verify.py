@@ -62,7 +62,16 @@ class IntegrityReport:
         }
 
 
-class _HashingReader:
+def summarize_problems(problems: list[str], shown: int = 5) -> str:
+    """The first ``shown`` problems joined, and how many more there are: one readable line."""
+    more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
+
+
+class HashingReader:
+    """A reader that hashes (SHA-256) and counts every byte read through it: the *stored* rung,
+    computed on the same pass that decrypts."""
+
     def __init__(self, inner: object) -> None:
         self._inner = inner
         self._hash = hashlib.sha256()
@@ -152,7 +161,7 @@ def check_integrity(storage: Storage, manifest: Manifest,
         report.results.append(RungResult("stored", False, f"object {key} is missing", time.perf_counter() - started))
         return report
     with contextlib.closing(stream):
-        reader = _HashingReader(stream)
+        reader = HashingReader(stream)
         readable: RungResult | None = None
         if identity is not None:
             readable = _decrypt_and_parse(reader, manifest, identity)
@@ -164,7 +173,7 @@ def check_integrity(storage: Storage, manifest: Manifest,
     return report
 
 
-def _stored_result(manifest: Manifest, reader: _HashingReader, seconds: float) -> RungResult:
+def _stored_result(manifest: Manifest, reader: HashingReader, seconds: float) -> RungResult:
     if reader.bytes != manifest.stored_bytes:
         return RungResult("stored", False,
                           f"size {reader.bytes} bytes, manifest says {manifest.stored_bytes} (truncated or altered)",
@@ -176,7 +185,7 @@ def _stored_result(manifest: Manifest, reader: _HashingReader, seconds: float) -
     return RungResult("stored", True, f"SHA-256 {manifest.sha256[:16]}... matches, {reader.bytes} bytes", seconds)
 
 
-def _decrypt_and_parse(reader: _HashingReader, manifest: Manifest,
+def _decrypt_and_parse(reader: HashingReader, manifest: Manifest,
                        identity: pyrage.x25519.Identity) -> RungResult:
     started = time.perf_counter()
     sink = _ArchiveSink(str(find_tool("pg_restore")))

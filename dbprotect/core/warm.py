@@ -58,6 +58,7 @@ from dbprotect.core.markers import MARKER_SETTING, read_marker
 from dbprotect.core.pgtools import connect
 from dbprotect.core.restore import compare_large_objects, compare_sequences, compare_tables
 from dbprotect.core.scratch import drop_database, new_scratch_name
+from dbprotect.core.verify import summarize_problems
 
 #: The environment marker of a warm copy (see :mod:`dbprotect.core.guards`).
 WARM_ENVIRONMENT = "backup"
@@ -134,9 +135,8 @@ class WarmCopyVerification:
         if self.ok:
             return (f"warm copy {self.warm_database!r} matches backup {self.backup_id}: {self.tables} tables, "
                     f"{self.rows} rows, sequences and large objects")
-        more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
         return (f"warm copy {self.warm_database!r} differs from backup {self.backup_id}: "
-                + "; ".join(self.problems[:5]) + more)
+                + summarize_problems(self.problems))
 
     def to_dict(self) -> dict[str, object]:
         return {"database": self.database, "warm_database": self.warm_database, "backup_id": self.backup_id,

@@ -7,6 +7,7 @@ value. Each resource hands plain values to :mod:`dbprotect.core`, which does the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -82,3 +83,13 @@ def build_resources(config: Config) -> dict[str, dg.ConfigurableResource]:
 def _config_file(config: Config) -> str:
     """An absolute path, so runs find the file whatever their working directory."""
     return str(Path(config.source).resolve()) if config.source != "<memory>" else config.source
+
+
+def run_environ(identity: AgeIdentityResource, **secrets: str) -> dict[str, str]:
+    """The run's environment with the secrets Dagster resolved from their ``EnvVar`` resources.
+
+    Core reads some settings (the scratch server's admin DSN, DSN variables) from the environment at
+    run time, as the CLI does; identities and keys come from resources so that the UI names them.
+    ``secrets`` maps further variable names to resolved values (e.g. the masking key).
+    """
+    return {**os.environ, identity.identity_env: identity.identity, **secrets}

@@ -13,7 +13,6 @@ the store and the audit log through core, exactly as ``dbprotect drill`` does.
 """
 
 # No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
-import os
 from collections.abc import Mapping
 
 import dagster as dg
@@ -26,7 +25,13 @@ from dbprotect.core.operations import primary_store
 from dbprotect.core.restore import RestoreVerification
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, snapshot_key
-from dbprotect.defs.resources import CONFIG_RESOURCE, IDENTITY_RESOURCE, AgeIdentityResource, DbprotectConfigResource
+from dbprotect.defs.resources import (
+    CONFIG_RESOURCE,
+    IDENTITY_RESOURCE,
+    AgeIdentityResource,
+    DbprotectConfigResource,
+    run_environ,
+)
 
 #: Counts among the metrics; every other metric is a measured float (seconds).
 _INT_METRICS = frozenset({"tables", "rows", "objects", "problems"})
@@ -44,15 +49,6 @@ def numeric_metadata(metrics: Mapping[str, float]) -> dict[str, dg.MetadataValue
     """Counts as ints, durations as floats: numbers the UI plots, never text."""
     return {name: dg.MetadataValue.int(int(value)) if name in _INT_METRICS else dg.MetadataValue.float(float(value))
             for name, value in metrics.items()}
-
-
-def run_environ(identity: AgeIdentityResource) -> dict[str, str]:
-    """The run's environment with the identity Dagster resolved from its ``EnvVar``.
-
-    Core reads the scratch server's admin DSN (``scratch.admin_dsn_env``) from the environment at
-    run time, as the CLI does; the identity comes from the resource so that the UI names it.
-    """
-    return {**os.environ, identity.identity_env: identity.identity}
 
 
 def restore_verified_result(config: Config, database: str, identity: AgeIdentityResource) -> dg.AssetCheckResult:

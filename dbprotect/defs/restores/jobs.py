@@ -27,8 +27,13 @@ from dbprotect.core.oncall import RestorePlan, RestoreResult
 from dbprotect.core.operations import restore_database
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import RESTORE_JOB, protected_databases
-from dbprotect.defs.resources import CONFIG_RESOURCE, IDENTITY_RESOURCE, AgeIdentityResource, DbprotectConfigResource
-from dbprotect.defs.restores.checks import run_environ
+from dbprotect.defs.resources import (
+    CONFIG_RESOURCE,
+    IDENTITY_RESOURCE,
+    AgeIdentityResource,
+    DbprotectConfigResource,
+    run_environ,
+)
 
 
 class TargetKind(enum.Enum):

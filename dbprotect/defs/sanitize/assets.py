@@ -9,7 +9,6 @@ the UI.
 """
 
 # No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
-import os
 from collections.abc import Iterator
 
 import dagster as dg
@@ -18,7 +17,13 @@ from dbprotect.core.config import Config
 from dbprotect.core.sanitize import BLOCKING_CHECKS, SanitizeResult, build_sanitized_copy, sanitized_name
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, snapshot_key
-from dbprotect.defs.resources import CONFIG_RESOURCE, IDENTITY_RESOURCE, AgeIdentityResource, DbprotectConfigResource
+from dbprotect.defs.resources import (
+    CONFIG_RESOURCE,
+    IDENTITY_RESOURCE,
+    AgeIdentityResource,
+    DbprotectConfigResource,
+    run_environ,
+)
 
 SANITIZED_ASSET = "sanitized_copy"
 _INT_METRICS = frozenset({"rows", "tables", "masked_columns", "collisions_resolved", "unreviewed_rules"})
@@ -90,7 +95,7 @@ def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefini
         settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
         identity: AgeIdentityResource = getattr(context.resources, IDENTITY_RESOURCE)
         masking: MaskingKeyResource = getattr(context.resources, key_resource)
-        environ = {**os.environ, identity.identity_env: identity.identity, masking.key_env: masking.key}
+        environ = run_environ(identity, **{masking.key_env: masking.key})
         with core_errors_as_failures():
             result = build_sanitized_copy(settings.load(), database, environ=environ,
                                           by=dagster_actor(context.run.job_name, context.run.tags),

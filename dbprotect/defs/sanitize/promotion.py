@@ -9,7 +9,6 @@ copy whose checks did not all pass, and a development database whose environment
 """
 
 # No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
-import os
 from typing import Any
 
 import dagster as dg
@@ -20,7 +19,7 @@ from dbprotect.core.operations import primary_store
 from dbprotect.core.sanitize import newest_promotable, promote_dev_copy
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import dagster_name
-from dbprotect.defs.resources import CONFIG_RESOURCE, AgeIdentityResource, DbprotectConfigResource
+from dbprotect.defs.resources import CONFIG_RESOURCE, AgeIdentityResource, DbprotectConfigResource, run_environ
 
 PROMOTE_JOB = "promote_dev_copy"
 DEV_IDENTITY_RESOURCE = "development_identity"
@@ -55,7 +54,7 @@ def build_promote_job(config: Config, databases: list[str]) -> dg.JobDefinition:
     def promote_sanitized_copy(context: dg.OpExecutionContext, config: PromoteConfig) -> dg.Output:
         settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
         identity: AgeIdentityResource = getattr(context.resources, DEV_IDENTITY_RESOURCE)
-        environ = {**os.environ, identity.identity_env: identity.identity}
+        environ = run_environ(identity)
         with core_errors_as_failures():
             result: Any = promote_dev_copy(settings.load(), config.database, confirmed=config.confirm,
                                            artifact_id=(config.artifact_id or "").strip() or None, environ=environ,
