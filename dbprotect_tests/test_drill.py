@@ -70,3 +70,26 @@ def test_drill_from_configuration_uses_the_configured_scratch_server(chinook_dsn
     assert result.ok and result.rto_target_seconds == 1800
     with pytest.raises(ConfigError, match="drill_schedule"):
         parse_config(path.read_text().replace("    environments:", "    drill_schedule: 0 3 32 * *\n    environments:"))
+
+
+def test_scratch_databases_left_by_a_killed_run_are_swept_by_the_next(pg, write_config, monkeypatch, chinook_dsn):
+    """A scratch database older than 12 h (its run was SIGKILLed) is dropped; a young one is kept."""
+    import psycopg
+
+    from dbprotect.core.config import load_config
+    from dbprotect.core.scratch import new_scratch_name, scratch_server_from_config
+
+    old = new_scratch_name(datetime.now(UTC) - timedelta(hours=13))
+    young = new_scratch_name()
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
+        for name in (old, young):
+            conn.execute(f'CREATE DATABASE "{name}"')
+    monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
+    write_config(chinook_dsn, extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})
+    try:
+        with scratch_server_from_config(load_config()) as server:
+            left = leftover_scratch_databases(server)
+        assert old not in left and young in left
+    finally:
+        pg.drop_database(young)
+        pg.drop_database(old)

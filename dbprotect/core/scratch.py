@@ -148,7 +148,11 @@ def embedded_scratch_server(data_dir: str | os.PathLike[str]) -> Iterator[Scratc
 
 @contextlib.contextmanager
 def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None = None) -> Iterator[ScratchServer]:
-    """The scratch server ``config.scratch`` describes (default: embedded, under the config's folder)."""
+    """The scratch server ``config.scratch`` describes (default: embedded, under the config's folder).
+
+    Every use first drops scratch databases older than 12 hours: a drill or verification killed
+    with SIGKILL cannot drop its own, so the next one sweeps them (young ones may be running).
+    """
     environ = os.environ if environ is None else environ
     admin_env = config.scratch.admin_dsn_env
     if admin_env:
@@ -156,10 +160,13 @@ def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None
         if not dsn:
             raise ConfigError(f"${admin_env} is not set (the admin DSN of the scratch server)",
                               hint=f"export {admin_env}=postgresql://user:password@host:5432/postgres")
-        yield ScratchServer(dsn)
+        server = ScratchServer(dsn)
+        drop_leftover_scratch_databases(server)
+        yield server
         return
     data_dir = Path(config.scratch.data_dir).expanduser()
     if not data_dir.is_absolute():
         data_dir = config.base_dir() / data_dir
     with embedded_scratch_server(data_dir) as server:
+        drop_leftover_scratch_databases(server)
         yield server
