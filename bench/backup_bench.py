@@ -11,7 +11,7 @@ What it does:
    timestamps, jsonb), generated server-side: ``big`` of at least ``--size-gb`` on disk and
    ``small`` of 1/8 of that (to show that peak memory does not grow with the database).
 2. Times ``pg_dump -Fc -Z0 > /dev/null`` (pure extraction), plain ``pg_dump -Fc`` to a file (what
-   users do today) and :func:`dbprotect.core.backup.run_backup` to a filesystem store with a
+   users do today) and :func:`dbprotect.core.backup.stream.run_backup` to a filesystem store with a
    fresh age key, the last in a child process so that its peak RSS is its own.
 3. Prints the times, the ratios against the targets of issue 2 with PASS/FAIL, and one JSON line.
 
@@ -240,8 +240,8 @@ def time_pg_dump(dsn: str, args: list[str], output: Path | None) -> float:
 
 def child_backup(params: dict[str, Any]) -> None:
     """Runs in the child process: one backup, then its figures as one JSON line on stdout."""
-    from dbprotect.core.backup import run_backup
-    from dbprotect.core.storage import FilesystemStorage
+    from dbprotect.core.backup.stream import run_backup
+    from dbprotect.core.store import FilesystemStorage
 
     storage = FilesystemStorage(params["store"])
     started = time.perf_counter()

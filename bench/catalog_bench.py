@@ -39,12 +39,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dbprotect.core.catalog import list_backups  # noqa: E402
-from dbprotect.core.cleanup import plan_cleanup  # noqa: E402
-from dbprotect.core.config import Config, parse_config  # noqa: E402
-from dbprotect.core.manifest import Manifest, check_key, dump_key, manifest_key  # noqa: E402
-from dbprotect.core.operations import database_status, primary_store  # noqa: E402
-from dbprotect.core.retention import RetentionPolicy  # noqa: E402
+from dbprotect.core.config.model import Config, parse_config  # noqa: E402
+from dbprotect.core.ops.operations import database_status, primary_store  # noqa: E402
+from dbprotect.core.retention.cleanup import plan_cleanup  # noqa: E402
+from dbprotect.core.retention.policy import RetentionPolicy  # noqa: E402
+from dbprotect.core.store.catalog import list_backups  # noqa: E402
+from dbprotect.core.store.manifest import Manifest, check_key, dump_key, manifest_key  # noqa: E402
 
 DATABASES = 50
 BACKUPS = 10_000

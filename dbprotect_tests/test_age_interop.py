@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dbprotect.core.backup import BackupResult, run_backup
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.backup.stream import BackupResult, run_backup
+from dbprotect.core.store import FilesystemStorage
 from dbprotect_tests.conftest import pg_bin, table_counts
 
 AGE = shutil.which("age")

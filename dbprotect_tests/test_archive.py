@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from dbprotect.core.archive import ArchiveInspector, TableDigest, TruncatedArchive, UnsupportedArchive
-from dbprotect.core.backup import BackupResult, run_backup
-from dbprotect.core.catalog import load_manifest
-from dbprotect.core.content import DUMP_SESSION, digest_table, pin_session
+from dbprotect.core.backup.archive import ArchiveInspector, TableDigest, TruncatedArchive, UnsupportedArchive
+from dbprotect.core.backup.content import DUMP_SESSION, digest_table, pin_session
+from dbprotect.core.backup.stream import BackupResult, run_backup
 from dbprotect.core.crypto import parse_identity
-from dbprotect.core.manifest import Manifest
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import load_manifest
+from dbprotect.core.store.manifest import Manifest
 from dbprotect_tests.conftest import PgServer, pg_bin, psql
 
 TRICKY_SCHEMA = r"""

@@ -25,7 +25,7 @@ from dbprotect.core.audit import (
     verify_chain,
 )
 from dbprotect.core.errors import StorageError
-from dbprotect.core.storage import FilesystemStorage, S3Storage, Storage
+from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
 
 T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 

@@ -7,11 +7,11 @@ import subprocess
 import pyrage
 import zstandard
 
-from dbprotect.core.backup import run_backup
-from dbprotect.core.catalog import list_backups, load_manifest
+from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.crypto import parse_identity
-from dbprotect.core.storage import FilesystemStorage, S3Storage
-from dbprotect.core.verify import verify_backup
+from dbprotect.core.store import FilesystemStorage, S3Storage
+from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.verify.integrity import verify_backup
 from dbprotect_tests.conftest import pg_bin, table_counts
 
 
@@ -75,8 +75,8 @@ def test_configured_compression_level_is_used_and_recorded(chinook_dsn, write_co
     """``compression_level`` reaches the stream; the manifest says which level a backup used."""
     import yaml
 
-    from dbprotect.core.config import load_config
-    from dbprotect.core.operations import backup_database
+    from dbprotect.core.config.model import load_config
+    from dbprotect.core.ops.operations import backup_database
 
     path = write_config(chinook_dsn)
     document = yaml.safe_load(path.read_text())

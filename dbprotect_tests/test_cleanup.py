@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from dbprotect.core.audit import AUDIT_PREFIX, AuditLog, read, verify_chain
-from dbprotect.core.catalog import list_backups, load_manifest
-from dbprotect.core.cleanup import execute_cleanup, plan_cleanup, retention_compliance
 from dbprotect.core.errors import RefusedError, StorageError
-from dbprotect.core.manifest import Manifest, check_key, dump_key, manifest_key
-from dbprotect.core.retention import RetentionPolicy
-from dbprotect.core.storage import FilesystemStorage, S3Storage, Storage
+from dbprotect.core.retention.cleanup import execute_cleanup, plan_cleanup, retention_compliance
+from dbprotect.core.retention.policy import RetentionPolicy
+from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
+from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.store.manifest import Manifest, check_key, dump_key, manifest_key
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DB = "shop"

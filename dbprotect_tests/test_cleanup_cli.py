@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from dbprotect.cli import run
+from dbprotect.cli.app import run
 from dbprotect.core.audit import AUDIT_PREFIX, read
-from dbprotect.core.catalog import list_backups
-from dbprotect.core.config import parse_config
+from dbprotect.core.config.model import parse_config
 from dbprotect.core.errors import ConfigError
-from dbprotect.core.manifest import dump_key
-from dbprotect.core.operations import cli_actor
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.ops.operations import cli_actor
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.store.manifest import dump_key
 from dbprotect_tests.test_cleanup import DB, assert_listed_and_valid, write_backup
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -1,6 +1,6 @@
 """The ``dbprotect`` CLI against a real PostgreSQL (Chinook) and a real filesystem store.
 
-Most tests call :func:`dbprotect.cli.run` in-process (the same entry point the console script
+Most tests call :func:`dbprotect.cli.app.run` in-process (the same entry point the console script
 uses, including its one-place error handling); the failure cases that promise "one line, no
 traceback, no password" also run the installed console script as a separate process.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dbprotect.cli import EXIT_RPO_VIOLATED, EXIT_USAGE, run, scrub
+from dbprotect.cli.app import EXIT_RPO_VIOLATED, EXIT_USAGE, run, scrub
 
 DBPROTECT = Path(sys.executable).parent / "dbprotect"
 

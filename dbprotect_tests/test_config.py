@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dbprotect.core.config import (
+from dbprotect.core.config.model import (
     CONFIG_ENV,
     DEPLOYMENT_ENV,
     FilesystemStorageSpec,
@@ -20,8 +20,8 @@ from dbprotect.core.config import (
     resolve_dsn,
 )
 from dbprotect.core.crypto import generate_keypair
-from dbprotect.core.dsn import mask_dsn
 from dbprotect.core.errors import ConfigError, CredentialIsolationError
+from dbprotect.core.pg.dsn import mask_dsn
 
 RECIPIENT = generate_keypair()[1]
 SECRET = "s3cr3t-Pa55word"

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from dbprotect.core.catalog import list_backups, load_manifest
 from dbprotect.core.copy import copy_backup, plan_copy, verify_copy
 from dbprotect.core.errors import IntegrityError
-from dbprotect.core.manifest import dump_key, manifest_key
-from dbprotect.core.storage import FilesystemStorage, ObjectNotFound, S3Storage, Storage, WriterContext
+from dbprotect.core.store import FilesystemStorage, ObjectNotFound, S3Storage, Storage, WriterContext
+from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.store.manifest import dump_key, manifest_key
 from dbprotect_tests.test_cleanup import DB, NOW, write_backup
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbprotect.core.backup import run_backup
-from dbprotect.core.content import digest_table, pin_session
+from dbprotect.core.backup.content import digest_table, pin_session
+from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import ToolError
-from dbprotect.core.storage import FilesystemStorage
-from dbprotect.core.verify import verify_backup
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.verify.integrity import verify_backup
 from dbprotect_tests.conftest import FIXTURES, load_sql_file, pg_bin, table_counts
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -13,8 +13,8 @@ import dagster as dg
 import pytest
 
 from dbprotect.core import audit
-from dbprotect.core.catalog import list_backups
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups
 from dbprotect.defs import load_definitions
 from dbprotect.defs.backups.checks import integrity_check_key
 from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, RPO_CHECKS_JOB, snapshot_key

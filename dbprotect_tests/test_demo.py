@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dbprotect.core.catalog import list_backups, load_manifest
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect_tests.conftest import pg_bin, psql, table_counts
 
 DBPROTECT = Path(sys.executable).parent / "dbprotect"
@@ -140,7 +140,7 @@ def test_demo_data_is_the_fintech_schema_with_its_guards(workdir: Path) -> None:
 
 def _every_domain_is_configured(workdir: Path) -> None:
     """Development, scratch, warm copy, retention, sanitized copies on the one server (one demo run saved)."""
-    from dbprotect.core.config import check_credential_isolation, load_config
+    from dbprotect.core.config.model import check_credential_isolation, load_config
     from dbprotect.defs import build_definitions
 
     env = _env_file(workdir / "demo.env")
@@ -176,6 +176,6 @@ def _every_domain_is_configured(workdir: Path) -> None:
 
 def test_packaged_demo_rules_are_the_reviewed_ones() -> None:
     """The demo ships a copy of the rule file test_sanitize.py checks; the two must not drift apart."""
-    from dbprotect.core.demo import demo_rules_yaml
+    from dbprotect.demo.setup import demo_rules_yaml
 
     assert demo_rules_yaml() == (Path(__file__).parent / "rules" / "demo.yaml").read_text(encoding="utf-8")

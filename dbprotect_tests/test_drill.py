@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dbprotect.core.backup import run_backup
-from dbprotect.core.catalog import list_backups
+from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.crypto import parse_identity
-from dbprotect.core.drill import last_drill, run_drill
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.scratch import ScratchServer, leftover_scratch_databases
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.verify.drill import last_drill, run_drill
 
 
 @pytest.fixture
@@ -55,10 +55,10 @@ def test_drill_without_backups_says_so(tmp_path, age_keys, pg):
 
 
 def test_drill_from_configuration_uses_the_configured_scratch_server(chinook_dsn, pg, write_config, monkeypatch):
-    from dbprotect.core.config import load_config, parse_config
-    from dbprotect.core.drill import drill_database, restore_verify_database
+    from dbprotect.core.config.model import load_config, parse_config
     from dbprotect.core.errors import ConfigError
-    from dbprotect.core.operations import backup_database
+    from dbprotect.core.ops.operations import backup_database
+    from dbprotect.core.verify.drill import drill_database, restore_verify_database
 
     monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
     path = write_config(chinook_dsn, extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})
@@ -76,8 +76,8 @@ def test_scratch_databases_left_by_a_killed_run_are_swept_by_the_next(pg, write_
     """A scratch database older than 12 h (its run was SIGKILLed) is dropped; a young one is kept."""
     import psycopg
 
-    from dbprotect.core.config import load_config
-    from dbprotect.core.scratch import new_scratch_name, scratch_server_from_config
+    from dbprotect.core.config.model import load_config
+    from dbprotect.core.pg.scratch import new_scratch_name, scratch_server_from_config
 
     old = new_scratch_name(datetime.now(UTC) - timedelta(hours=13))
     young = new_scratch_name()

@@ -22,9 +22,8 @@ import psycopg
 import pytest
 import yaml
 
-from dbprotect.core.backup import run_backup
-from dbprotect.core.catalog import list_backups, load_manifest
-from dbprotect.core.config import check_credential_isolation, load_config
+from dbprotect.core.backup.stream import run_backup
+from dbprotect.core.config.model import check_credential_isolation, load_config
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import (
     ConfigError,
@@ -35,11 +34,12 @@ from dbprotect.core.errors import (
     StorageError,
     ToolError,
 )
-from dbprotect.core.manifest import dump_key
-from dbprotect.core.operations import backup_database, verify_database_backup
-from dbprotect.core.storage import FilesystemStorage, S3Storage, Storage
-from dbprotect.core.storage.filesystem import PARTIAL_MARK
-from dbprotect.core.verify import verify_backup
+from dbprotect.core.ops.operations import backup_database, verify_database_backup
+from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
+from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.store.filesystem import PARTIAL_MARK
+from dbprotect.core.store.manifest import dump_key
+from dbprotect.core.verify.integrity import verify_backup
 from dbprotect_tests.conftest import PgServer, psql
 
 DB = "shop"

@@ -6,16 +6,16 @@ import psycopg
 import pytest
 
 from dbprotect.core.audit import AuditLog, read
-from dbprotect.core.backup import run_backup
-from dbprotect.core.catalog import list_backups
-from dbprotect.core.content import DUMP_SESSION, digest_table, pin_session
+from dbprotect.core.backup.content import DUMP_SESSION, digest_table, pin_session
+from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.crypto import parse_identity
-from dbprotect.core.dsn import dbname_of
 from dbprotect.core.errors import RefusedError
-from dbprotect.core.markers import read_marker, set_marker
-from dbprotect.core.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
-from dbprotect.core.scratch import ScratchServer, leftover_scratch_databases
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import read_marker, set_marker
+from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups
 from dbprotect_tests.conftest import table_counts
 
 SOURCE_SQL = """
@@ -206,7 +206,7 @@ def test_failing_safety_backup_refuses_the_restore(tmp_path, store, backup, targ
         options["recipients"] = [other_age_keys[1]]
     goal = RestoreTarget(dsn, "production", existing=True)
     plan = restore(store, manifest, identity, goal, recipients=[age_keys[1]], dry_run=True)
-    from dbprotect.core.oncall import execute_restore
+    from dbprotect.core.restore.oncall import execute_restore
 
     with pytest.raises(RefusedError, match=f"the safety backup of '{_name(dsn)}' failed.*restore did not start"):
         execute_restore(store, plan, identity, confirmation=_name(dsn), **options)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dbprotect.cli import run
+from dbprotect.cli.app import run
 from dbprotect.core.schema.lint import lint_files, lint_text
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from dbprotect.core.dsn import dbname_of
 from dbprotect.core.errors import RefusedError
-from dbprotect.core.markers import read_marker, require_marker, set_marker
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import read_marker, require_marker, set_marker
 
 
 def test_marker_round_trip_and_visible_to_sessions(pg, make_db):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from dbprotect.core.backup import run_backup
-from dbprotect.core.catalog import list_backups, load_manifest
+from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import RefusedError
-from dbprotect.core.manifest import manifest_key
-from dbprotect.core.restore import verify_restore
-from dbprotect.core.scratch import ScratchServer, leftover_scratch_databases
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.restore.staged import verify_restore
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.store.manifest import manifest_key
 from dbprotect_tests.conftest import psql
 
 #: Every kind of object the issue names: partitions, a materialized view, an enum, a domain, a
@@ -168,7 +168,7 @@ INSERT INTO "has space" VALUES (1), (NULL);
 @pytest.mark.parametrize("path", ["psycopg", "psql", "psql in page ranges"])
 def test_every_digest_path_verifies_and_catches_a_changed_table(
         path, make_db, tmp_path, age_keys, identity, scratch, monkeypatch):
-    import dbprotect.core.restore as restore_module
+    import dbprotect.core.restore.staged as restore_module
 
     monkeypatch.setattr(restore_module, "PSQL_MIN_ROWS", 10**12 if path == "psycopg" else 0)
     monkeypatch.setattr(restore_module, "SPLIT_MIN_ROWS", 0 if path == "psql in page ranges" else 10**12)
@@ -193,7 +193,7 @@ def manifest_checksum(dsn: str) -> str:
     """The checksum of ``public.wide`` as COPY over psycopg gives it (the reference digest)."""
     import psycopg
 
-    from dbprotect.core.content import DUMP_SESSION, digest_table, pin_session
+    from dbprotect.core.backup.content import DUMP_SESSION, digest_table, pin_session
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         pin_session(conn, DUMP_SESSION)
@@ -201,7 +201,7 @@ def manifest_checksum(dsn: str) -> str:
 
 
 def test_tables_are_released_early_except_partitions_and_ambiguous_names(make_db, tmp_path, age_keys):
-    from dbprotect.core.restore import TableVerifier
+    from dbprotect.core.restore.staged import TableVerifier
 
     storage = FilesystemStorage(tmp_path / "store")
     manifest = _backup(make_db(FEATURES_SQL), storage, age_keys)
@@ -227,7 +227,7 @@ def test_feed_stream_equals_feed_for_any_pieces():
     buffer boundaries, with bare CR, other line-break bytes, empty rows, a ``\\.`` end and a partial row."""
     import random
 
-    from dbprotect.core.archive import TableDigest
+    from dbprotect.core.backup.archive import TableDigest
 
     rnd = random.Random(3)
     for _ in range(300):

@@ -15,13 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbprotect.cli import EXIT_OK, run
-from dbprotect.core.catalog import list_backups, load_manifest
-from dbprotect.core.dsn import dbname_of
+from dbprotect.cli.app import EXIT_OK, run
 from dbprotect.core.errors import RefusedError
-from dbprotect.core.markers import read_marker, set_marker
-from dbprotect.core.scratch import ScratchServer, leftover_scratch_databases
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import read_marker, set_marker
+from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect_tests.conftest import table_counts
 from dbprotect_tests.test_guards import content
 

@@ -14,11 +14,11 @@ import dagster as dg
 import psycopg
 import pytest
 
-from dbprotect.core.catalog import list_backups, load_manifest
-from dbprotect.core.dsn import dbname_of
-from dbprotect.core.markers import read_marker, set_marker
-from dbprotect.core.scratch import ScratchServer, leftover_scratch_databases
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import read_marker, set_marker
+from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import (
     DRILL_CHECK,

@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from dbprotect.core.catalog import BackupEntry, CheckRecord
-from dbprotect.core.retention import (
+from dbprotect.core.retention.policy import (
     INCOMPLETE_GRACE,
     RetentionPlan,
     RetentionPolicy,
@@ -28,6 +27,7 @@ from dbprotect.core.retention import (
     plan_retention,
     retention_compliance,
 )
+from dbprotect.core.store.catalog import BackupEntry, CheckRecord
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

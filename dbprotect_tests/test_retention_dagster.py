@@ -15,10 +15,10 @@ import dagster as dg
 import pytest
 
 from dbprotect.core.audit import read
-from dbprotect.core.catalog import list_backups
 from dbprotect.core.copy import copy_backup
-from dbprotect.core.manifest import dump_key
-from dbprotect.core.storage import FilesystemStorage, S3Storage
+from dbprotect.core.store import FilesystemStorage, S3Storage
+from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.store.manifest import dump_key
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import COPY_INTEGRITY_CHECK, RETENTION_CHECK
 from dbprotect_tests.test_cleanup import DB, write_backup

@@ -17,16 +17,16 @@ import psycopg
 import pytest
 import yaml
 
-from dbprotect.core.catalog import list_backups, load_manifest
-from dbprotect.core.config import check_credential_isolation, load_config
+from dbprotect.core.config.model import check_credential_isolation, load_config
 from dbprotect.core.crypto import parse_identity
-from dbprotect.core.dsn import dbname_of
 from dbprotect.core.errors import CredentialIsolationError, NotFoundError, RefusedError
-from dbprotect.core.markers import set_marker
-from dbprotect.core.operations import backup_database, verify_database_backup
-from dbprotect.core.restore import decrypted_archive, run_pg_restore
+from dbprotect.core.ops.operations import backup_database, verify_database_backup
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import set_marker
+from dbprotect.core.restore.staged import decrypted_archive, run_pg_restore
 from dbprotect.core.sanitize import CoverageError, build_sanitized_copy, promote_dev_copy, sanitized_name
-from dbprotect.core.storage import FilesystemStorage
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups, load_manifest
 
 RULES = Path(__file__).parent / "rules"
 KEY_ENV = "TEST_MASKING_KEY"
@@ -35,7 +35,7 @@ KEY_ENV = "TEST_MASKING_KEY"
 @pytest.fixture(scope="module")
 def demo_dsn(pg) -> str:  # type: ignore[no-untyped-def]
     """The demo fintech database (its loader names the database fintech_prod), 20,000 rows."""
-    from dbprotect.core.demo import PG_DATABASE, load_demo_data
+    from dbprotect.demo.setup import PG_DATABASE, load_demo_data
 
     with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
@@ -328,7 +328,7 @@ def test_cli_check_build_and_promote(protect, make_db, pg, tmp_path: Path, monke
                                      capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from dbprotect.cli import run
+    from dbprotect.cli.app import run
 
     source = make_db(SHARED_EMAIL_SQL)
     rules = tmp_path / "rules.yaml"

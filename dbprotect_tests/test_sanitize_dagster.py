@@ -14,9 +14,9 @@ import psycopg
 import pytest
 import yaml
 
-from dbprotect.core.dsn import dbname_of
-from dbprotect.core.markers import set_marker
-from dbprotect.core.operations import verify_database_backup
+from dbprotect.core.ops.operations import verify_database_backup
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import set_marker
 from dbprotect.defs import load_definitions
 from dbprotect_tests.test_sanitize import KEY_ENV, SHARED_EMAIL_RULES, SHARED_EMAIL_SQL
 
@@ -55,7 +55,7 @@ def crm(write_config, make_db, pg, monkeypatch, tmp_path: Path, other_age_keys):
 
 
 def _backup(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
-    from dbprotect.core.config import load_config
+    from dbprotect.core.config.model import load_config
 
     assert defs.resolve_job_def("crm_backup_job").execute_in_process(instance=instance).success
     verify_database_backup(load_config(), "crm")

@@ -10,11 +10,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbprotect.cli import run
-from dbprotect.core.config import load_config
-from dbprotect.core.dsn import dbname_of
+from dbprotect.cli.app import run
+from dbprotect.core.config.model import load_config
 from dbprotect.core.errors import RefusedError
-from dbprotect.core.markers import read_marker, set_marker
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import read_marker, set_marker
 from dbprotect.core.schema.drift import compare_schemas
 from dbprotect.core.schema.snapshot import take_snapshot
 from dbprotect.core.schema.sync import push_schema

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dbprotect.core.errors import StorageError
-from dbprotect.core.storage import FilesystemStorage, ObjectNotFound, S3Storage, Storage
-from dbprotect.core.storage.filesystem import PARTIAL_MARK
+from dbprotect.core.store import FilesystemStorage, ObjectNotFound, S3Storage, Storage
+from dbprotect.core.store.filesystem import PARTIAL_MARK
 
 SMALL_PART = 5 * 1024 * 1024  # S3's minimum part size: keeps the multipart test quick
 

@@ -16,21 +16,21 @@ import psycopg
 import pytest
 
 from dbprotect.core.audit import read
-from dbprotect.core.catalog import load_manifest
-from dbprotect.core.config import check_credential_isolation, load_config
-from dbprotect.core.dsn import dbname_of
+from dbprotect.core.config.model import check_credential_isolation, load_config
 from dbprotect.core.errors import CredentialIsolationError, RefusedError
-from dbprotect.core.guards import check_direction
-from dbprotect.core.markers import read_marker, set_marker
-from dbprotect.core.operations import backup_database, verify_database_backup
-from dbprotect.core.storage import FilesystemStorage
-from dbprotect.core.warm import (
+from dbprotect.core.ops.operations import backup_database, verify_database_backup
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import read_marker, set_marker
+from dbprotect.core.restore.guards import check_direction
+from dbprotect.core.restore.warm import (
     HOLDS_SETTING,
     compare_warm_copy,
     inspect_warm_copy,
     refresh_warm_copy,
     verify_warm_copy,
 )
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import load_manifest
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import WARM_COPY_CHECK
 from dbprotect_tests.conftest import psql, table_counts
@@ -207,7 +207,7 @@ def test_warm_copy_asset_materializes_with_numeric_metadata_and_its_check_passes
 def test_cli_refreshes_checks_and_exits_7_when_the_warm_copy_drifted(shop, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from dbprotect.cli import run
+    from dbprotect.cli.app import run
 
     backup_id = _verified_backup()
     assert run(["warm-copy", "shop", "--json"]) == 0

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dbprotect.core.storage import Storage
+from dbprotect.core.store import Storage
 
 AUDIT_PREFIX = "_audit/"
 GENESIS_HASH = "0" * 64

@@ -40,9 +40,10 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dbprotect.core.catalog import BackupEntry, list_backups, load_manifest, record_verification
 from dbprotect.core.errors import IntegrityError, NotFoundError, StorageError
-from dbprotect.core.manifest import (
+from dbprotect.core.store import ObjectNotFound, S3Storage, Storage
+from dbprotect.core.store.catalog import BackupEntry, list_backups, load_manifest, record_verification
+from dbprotect.core.store.manifest import (
     CHECKS_FOLDER,
     Manifest,
     Verification,
@@ -51,8 +52,7 @@ from dbprotect.core.manifest import (
     manifest_key,
     parse_check_key,
 )
-from dbprotect.core.storage import ObjectNotFound, S3Storage, Storage
-from dbprotect.core.verify import IntegrityReport, check_integrity
+from dbprotect.core.verify.integrity import IntegrityReport, check_integrity
 
 CHUNK = 1 << 20
 #: Rungs proven of the bytes themselves: they carry over to an identical copy. *stored* does not:

@@ -16,7 +16,7 @@ instances carry structured detail, not dozens of leaf classes::
 
 The CLI prints ``error[CODE]: message`` and ``hint: ...`` and exits with ``exit_code``; Dagster
 ops raise them so the run fails with the same sentence. Messages never contain secrets: DSNs are
-masked by :func:`dbprotect.core.dsn.mask_dsn` before they reach an error.
+masked by :func:`dbprotect.core.pg.dsn.mask_dsn` before they reach an error.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import re
 
 import dagster as dg
 
-from dbprotect.core.config import ALLOWED_ENVIRONMENTS, Config
+from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config
 
 SNAPSHOT_ASSET = "production_snapshot"
 INTEGRITY_CHECK = "backup_integrity_verified"

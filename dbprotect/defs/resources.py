@@ -13,9 +13,9 @@ from pathlib import Path
 import dagster as dg
 import pyrage
 
-from dbprotect.core.config import Config, check_credential_isolation, load_config
+from dbprotect.core.config.model import Config, check_credential_isolation, load_config
 from dbprotect.core.crypto import load_identity
-from dbprotect.core.dsn import mask_dsn
+from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.defs.names import postgres_resource_key, protected_databases
 
 #: Resource keys shared by every database's assets and checks.

@@ -26,10 +26,9 @@ from pathlib import Path
 
 from psycopg import sql
 
-from dbprotect.core.config import Config, SanitizeSpec
+from dbprotect.core.config.model import Config, SanitizeSpec
 from dbprotect.core.errors import ConfigError, CredentialIsolationError, ToolError
-from dbprotect.core.manifest import Manifest, manifest_key
-from dbprotect.core.pgtools import connect, require_tool_for_server, split_password, tool_env
+from dbprotect.core.pg.tools import connect, require_tool_for_server, split_password, tool_env
 from dbprotect.core.sanitize.checks import (
     CheckResult,
     constraints_hold,
@@ -41,7 +40,8 @@ from dbprotect.core.sanitize.rules import RuleSet, load_rules, qualify
 from dbprotect.core.sanitize.stream import TableStats, sanitize_table, stream_order
 from dbprotect.core.sanitize.subset import SubsetPlan, plan_subset
 from dbprotect.core.sanitize.transformers import Masker
-from dbprotect.core.storage import Storage
+from dbprotect.core.store import Storage
+from dbprotect.core.store.manifest import Manifest, manifest_key
 
 SANITIZED_SUFFIX = "-sanitized"
 LINEAGE_FIELD = "sanitized"
@@ -154,11 +154,11 @@ def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None
     The coverage gate runs first, from the backup's manifest, so an unclassified column stops the
     run before anything is decrypted or restored.
     """
-    from dbprotect.core.backup import run_backup
-    from dbprotect.core.catalog import load_manifest
-    from dbprotect.core.operations import newest_verified_backup, primary_store, raw_identity
-    from dbprotect.core.restore import decrypted_archive, run_pg_restore
-    from dbprotect.core.scratch import scratch_database, scratch_server_from_config
+    from dbprotect.core.backup.stream import run_backup
+    from dbprotect.core.ops.operations import newest_verified_backup, primary_store, raw_identity
+    from dbprotect.core.pg.scratch import scratch_database, scratch_server_from_config
+    from dbprotect.core.restore.staged import decrypted_archive, run_pg_restore
+    from dbprotect.core.store.catalog import load_manifest
 
     say = progress or (lambda phase: None)
     if config.keys.development is None:

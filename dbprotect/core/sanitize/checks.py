@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from dbprotect.core.manifest import Manifest
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.rules import RuleSet
 from dbprotect.core.sanitize.stream import TableStats
 from dbprotect.core.sanitize.transformers import DISJOINT_KINDS
+from dbprotect.core.store.manifest import Manifest
 
 NO_PII_LEAKED = "no_pii_leaked"
 CONSTRAINTS_HOLD = "constraints_hold"

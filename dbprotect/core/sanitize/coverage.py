@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import psycopg
 
 from dbprotect.core.errors import ConfigError
-from dbprotect.core.manifest import Manifest
 from dbprotect.core.sanitize.rules import RuleSet
+from dbprotect.core.store.manifest import Manifest
 
 
 class CoverageError(ConfigError):

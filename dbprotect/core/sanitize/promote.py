@@ -1,8 +1,8 @@
 """Promotion: the newest sanitized copy that passed every blocking check, restored into development.
 
 Runs on the development side with the development key (the raw-backup key and the production DSN
-are refused there by :func:`dbprotect.core.config.check_credential_isolation`). The restore is the
-guarded on-call restore of :mod:`dbprotect.core.oncall`: the development database's environment
+are refused there by :func:`dbprotect.core.config.model.check_credential_isolation`). The restore is the
+guarded on-call restore of :mod:`dbprotect.core.restore.oncall`: the development database's environment
 marker must say ``development``, a safety backup of it is taken first (encrypted to the
 development key), the copy is restored into a staging database, verified against its manifest and
 swapped in. A copy whose lineage lacks a passed result for any blocking check is never promoted.
@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.core.errors import ConfigError, NotFoundError, RefusedError
-from dbprotect.core.manifest import Manifest
 from dbprotect.core.sanitize.build import LINEAGE_FIELD, sanitize_spec, sanitized_name
 from dbprotect.core.sanitize.checks import BLOCKING_CHECKS
-from dbprotect.core.storage import Storage
+from dbprotect.core.store import Storage
+from dbprotect.core.store.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def failed_checks(manifest: Manifest) -> list[str]:
 
 def newest_promotable(storage: Storage, database: str) -> Promotable:
     """The newest sanitized copy of ``database`` whose every blocking check passed."""
-    from dbprotect.core.catalog import list_backups, load_manifest
+    from dbprotect.core.store.catalog import list_backups, load_manifest
 
     entries = list_backups(storage, sanitized_name(database))
     if not entries:
@@ -68,14 +68,14 @@ def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact
     """Restore the newest promotable sanitized copy into the development database of ``database``.
 
     ``confirmed``: the typed ``--confirm``, or the configuration's ``sanitize.promote: true`` for
-    the sensor. Returns :class:`dbprotect.core.oncall.RestoreResult`.
+    the sensor. Returns :class:`dbprotect.core.restore.oncall.RestoreResult`.
     """
     from dbprotect.core.audit import AuditLog
-    from dbprotect.core.catalog import load_manifest
-    from dbprotect.core.config import resolve_dsn
+    from dbprotect.core.config.model import resolve_dsn
     from dbprotect.core.crypto import load_identity
-    from dbprotect.core.oncall import RestoreTarget, restore
-    from dbprotect.core.operations import primary_store
+    from dbprotect.core.ops.operations import primary_store
+    from dbprotect.core.restore.oncall import RestoreTarget, restore
+    from dbprotect.core.store.catalog import load_manifest
 
     sanitize_spec(config, database)
     if config.keys.development is None:

@@ -10,7 +10,7 @@ Modules, one concept each::
     guard      run a destructive command only after a verified backup
     targets    mark a database's environment; check a DSN's marker (test isolation)
 
-No Dagster here: ``dbprotect.defs.schema`` and ``dbprotect.cli_schema`` call these.
+No Dagster here: ``dbprotect.defs.schema`` and ``dbprotect.cli.commands.schema`` call these.
 """
 
 from __future__ import annotations

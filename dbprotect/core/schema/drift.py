@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dbprotect.core.dsn import mask_dsn
 from dbprotect.core.errors import DatabaseError
+from dbprotect.core.pg.dsn import mask_dsn
 
 #: results' inspector categories, as the singular kind a person reads in a drift item.
 _KINDS: dict[str, str] = {

@@ -16,11 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dbprotect.core.audit import AuditLog
-from dbprotect.core.config import Config, resolve_dsn
-from dbprotect.core.dsn import mask_dsn
+from dbprotect.core.config.model import Config, resolve_dsn
 from dbprotect.core.errors import DbprotectError, RefusedError, ToolError
-from dbprotect.core.guards import check_confirmation
-from dbprotect.core.operations import primary_store
+from dbprotect.core.ops.operations import primary_store
+from dbprotect.core.pg.dsn import mask_dsn
+from dbprotect.core.restore.guards import check_confirmation
 from dbprotect.core.schema.protect import ProtectingBackup, take_verified_backup
 from dbprotect.core.schema.targets import check_target
 

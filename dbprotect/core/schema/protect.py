@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from dbprotect.core.audit import AuditLog
-from dbprotect.core.backup import run_backup
-from dbprotect.core.catalog import list_backups
-from dbprotect.core.config import Config, resolve_dsn
+from dbprotect.core.backup.stream import run_backup
+from dbprotect.core.config.model import Config, resolve_dsn
 from dbprotect.core.errors import DbprotectError, RefusedError
-from dbprotect.core.operations import (
+from dbprotect.core.ops.operations import (
     backup_database,
     primary_store,
     raw_identity,
     verify_database_backup,
 )
-from dbprotect.core.verify import verify_backup
+from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.verify.integrity import verify_backup
 
 #: How fresh a production backup must be for a schema push (the issue: "taken in the last hour").
 FRESH_BACKUP = timedelta(hours=1)

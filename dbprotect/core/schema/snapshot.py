@@ -19,9 +19,9 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from dbprotect.core.dsn import mask_dsn
 from dbprotect.core.errors import ToolError
-from dbprotect.core.pgtools import connect, require_tool_for_server, server_major
+from dbprotect.core.pg.dsn import mask_dsn
+from dbprotect.core.pg.tools import connect, require_tool_for_server, server_major
 
 #: Lines that carry no schema: session settings, psql meta-commands, search_path resets.
 _NOISE = re.compile(r"^(SET |SELECT pg_catalog\.set_config\(|\\(un)?restrict |\\connect )")

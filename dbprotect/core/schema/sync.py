@@ -29,13 +29,13 @@ from typing import Any
 import psycopg
 
 from dbprotect.core.audit import AuditLog
-from dbprotect.core.config import Config, resolve_dsn
-from dbprotect.core.dsn import dbname_of, mask_dsn
+from dbprotect.core.config.model import Config, resolve_dsn
 from dbprotect.core.errors import DatabaseError, DbprotectError, RefusedError
-from dbprotect.core.guards import check_confirmation
-from dbprotect.core.markers import require_marker
-from dbprotect.core.operations import primary_store
-from dbprotect.core.pgtools import connect, server_major
+from dbprotect.core.ops.operations import primary_store
+from dbprotect.core.pg.dsn import dbname_of, mask_dsn
+from dbprotect.core.pg.markers import require_marker
+from dbprotect.core.pg.tools import connect, server_major
+from dbprotect.core.restore.guards import check_confirmation
 from dbprotect.core.schema.drift import DriftReport, compare_schemas, migration
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, Finding, LintResult, lint_text, run_squawk
 from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, fresh_verified_backup, take_verified_backup

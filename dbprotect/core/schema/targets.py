@@ -3,16 +3,16 @@
 Seed 004 promises "tests NEVER touch the development database"; ``check_target(dsn, "test")``
 makes that checkable: a test suite calls ``dbprotect check-target "$TEST_DATABASE_URL" --expect
 test`` first and stops when the database is unmarked or marked development or production. The
-marker itself and its rules are :mod:`dbprotect.core.markers`'; this only resolves the database
+marker itself and its rules are :mod:`dbprotect.core.pg.markers`'; this only resolves the database
 name from a DSN.
 """
 
 from __future__ import annotations
 
-from dbprotect.core.dsn import dbname_of, mask_dsn
 from dbprotect.core.errors import RefusedError
-from dbprotect.core.markers import ENVIRONMENTS, read_marker, require_marker, set_marker
-from dbprotect.core.pgtools import connect
+from dbprotect.core.pg.dsn import dbname_of, mask_dsn
+from dbprotect.core.pg.markers import ENVIRONMENTS, read_marker, require_marker, set_marker
+from dbprotect.core.pg.tools import connect
 
 
 def _dbname(dsn: str) -> str:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from psycopg import sql
 
-from dbprotect.core.config import Config, resolve_dsn
+from dbprotect.core.config.model import Config, resolve_dsn
 from dbprotect.core.errors import ConfigError
-from dbprotect.core.pgtools import connect
+from dbprotect.core.pg.tools import connect
 
 ALEMBIC_TABLE = "alembic_version"
 #: Tag values stay readable in the UI's run list; the full list is in the skip/run log anyway.

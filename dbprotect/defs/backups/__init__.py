@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.defs.backups.assets import build_snapshot_asset
 from dbprotect.defs.backups.checks import build_snapshot_checks
 from dbprotect.defs.backups.schedules import (

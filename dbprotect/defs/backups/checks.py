@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.operations import database_status, verify_database_backup
-from dbprotect.core.verify import IntegrityReport
+from dbprotect.core.ops.operations import database_status, verify_database_backup
+from dbprotect.core.verify.integrity import IntegrityReport
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, dagster_name, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, IDENTITY_RESOURCE, AgeIdentityResource, DbprotectConfigResource

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.defs.backups.checks import integrity_check_key, rpo_check_key
 from dbprotect.defs.names import (
     DATABASE_TAG,

@@ -1,7 +1,7 @@
 """The warm copy asset ``[<db>, warm_copy]`` and its check ``warm_copy_verified``.
 
 Materializing refreshes the standby database on the backup server from the newest verified
-backup (:func:`dbprotect.core.warm.refresh_warm_copy`: staged restore, content verified against
+backup (:func:`dbprotect.core.restore.warm.refresh_warm_copy`: staged restore, content verified against
 the manifest, swapped in by renaming), or records why nothing was needed. The metadata is numeric
 where the UI should plot it: the age of the data the standby holds, tables and rows verified,
 and the seconds of each phase. The check compares the *live* warm copy with the manifest of the
@@ -11,11 +11,11 @@ backup it holds, so a standby that someone wrote to (or that rotted) turns red.
 # No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
 import dagster as dg
 
-from dbprotect.core.catalog import BackupEntry
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.operations import target_holdings
-from dbprotect.core.warm import WarmCopyOutcome, refresh_warm_copy, verify_warm_copy
+from dbprotect.core.ops.operations import target_holdings
+from dbprotect.core.restore.warm import WarmCopyOutcome, refresh_warm_copy, verify_warm_copy
+from dbprotect.core.store.catalog import BackupEntry
 from dbprotect.defs.copies.assets import holdings_markdown
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import (

@@ -1,6 +1,6 @@
 """The restores domain: rung 3 (``restore_verified``), rung 4 (drills) and the on-call ``restore`` job.
 
-Thin wiring over :mod:`dbprotect.core.drill` and :mod:`dbprotect.core.oncall`; see
+Thin wiring over :mod:`dbprotect.core.verify.drill` and :mod:`dbprotect.core.restore.oncall`; see
 ``checks.py`` (the two checks on each snapshot asset), ``schedules.py`` (when they run) and
 ``jobs.py`` (the launchpad form of the restore job).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.defs.names import protected_databases
 from dbprotect.defs.restores.checks import build_restore_checks
 from dbprotect.defs.restores.jobs import build_restore_job

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.defs.names import (
     DATABASE_TAG,
     drill_job_name,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.defs.names import cleanup_schedule_name, protected_databases
 from dbprotect.defs.retention.checks import build_retention_check
 from dbprotect.defs.retention.jobs import build_cleanup_job

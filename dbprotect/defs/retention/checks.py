@@ -1,7 +1,7 @@
 """``retention_compliant`` on the production snapshot: every target holds what its policy promises.
 
 Fails when a target holds fewer verified backups than ``min_verified``, or anything older than
-``max_age`` (:func:`dbprotect.core.retention.retention_compliance`, per target with its policy).
+``max_age`` (:func:`dbprotect.core.retention.policy.retention_compliance`, per target with its policy).
 It runs with each backup (the backup job selects every check of the snapshot asset) and after each
 cleanup (the cleanup job reports it). In a backup run it may be evaluated before that run's
 integrity check has recorded the new backup as verified: it then judges the store as it was
@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from dbprotect.core.catalog import list_backups
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.core.errors import DbprotectError
-from dbprotect.core.operations import target_store
-from dbprotect.core.retention import retention_compliance
+from dbprotect.core.ops.operations import target_store
+from dbprotect.core.retention.policy import retention_compliance
+from dbprotect.core.store.catalog import list_backups
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import RETENTION_CHECK, dagster_name, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource

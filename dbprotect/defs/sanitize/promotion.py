@@ -14,8 +14,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from dbprotect.core.config import Config
-from dbprotect.core.operations import primary_store
+from dbprotect.core.config.model import Config
+from dbprotect.core.ops.operations import primary_store
 from dbprotect.core.sanitize import newest_promotable, promote_dev_copy
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import dagster_name

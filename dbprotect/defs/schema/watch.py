@@ -20,7 +20,7 @@ backup nobody turned on is the backup that is missing when a migration goes wron
 # No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
 import dagster as dg
 
-from dbprotect.core.config import Config
+from dbprotect.core.config.model import Config
 from dbprotect.core.schema.watch import decide, observe
 from dbprotect.defs.names import PRE_MIGRATION_REASON_TAG, backup_job_name, pre_migration_sensor_name
 

@@ -1,0 +1,1 @@
+"""The ``dbprotect`` command line: ``app`` holds the group and entry point, ``commands`` one module per domain."""

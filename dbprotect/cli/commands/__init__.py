@@ -1,0 +1,1 @@
+"""dbprotect.cli.app.commands."""

@@ -1,0 +1,1 @@
+"""dbprotect.core.config.model."""

