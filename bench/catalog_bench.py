@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dbprotect.core.config.model import Config, parse_config  # noqa: E402
-from dbprotect.core.ops.operations import database_status, primary_store  # noqa: E402
+from dbprotect.core.ops import database_status, primary_store  # noqa: E402
 from dbprotect.core.retention.cleanup import plan_cleanup  # noqa: E402
 from dbprotect.core.retention.policy import RetentionPolicy  # noqa: E402
 from dbprotect.core.store.catalog import list_backups  # noqa: E402

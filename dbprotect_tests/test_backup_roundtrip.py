@@ -76,7 +76,7 @@ def test_configured_compression_level_is_used_and_recorded(chinook_dsn, write_co
     import yaml
 
     from dbprotect.core.config.model import load_config
-    from dbprotect.core.ops.operations import backup_database
+    from dbprotect.core.ops import backup_database
 
     path = write_config(chinook_dsn)
     document = yaml.safe_load(path.read_text())

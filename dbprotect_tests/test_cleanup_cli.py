@@ -22,7 +22,7 @@ from dbprotect.cli.app import run
 from dbprotect.core.audit import AUDIT_PREFIX, read
 from dbprotect.core.config.model import parse_config
 from dbprotect.core.errors import ConfigError
-from dbprotect.core.ops.operations import cli_actor
+from dbprotect.core.ops import cli_actor
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
 from dbprotect.core.store.manifest import dump_key

@@ -57,8 +57,7 @@ def test_drill_without_backups_says_so(tmp_path, age_keys, pg):
 def test_drill_from_configuration_uses_the_configured_scratch_server(chinook_dsn, pg, write_config, monkeypatch):
     from dbprotect.core.config.model import load_config, parse_config
     from dbprotect.core.errors import ConfigError
-    from dbprotect.core.ops.operations import backup_database
-    from dbprotect.core.verify.drill import drill_database, restore_verify_database
+    from dbprotect.core.ops import backup_database, drill_database, restore_verify_database
 
     monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
     path = write_config(chinook_dsn, extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})

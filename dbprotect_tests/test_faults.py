@@ -34,7 +34,7 @@ from dbprotect.core.errors import (
     StorageError,
     ToolError,
 )
-from dbprotect.core.ops.operations import backup_database, verify_database_backup
+from dbprotect.core.ops import backup_database, verify_database_backup
 from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.filesystem import PARTIAL_MARK

@@ -18,7 +18,7 @@ import pytest
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql, infer_job_selector
 
 from dbprotect.core.config.model import load_config
-from dbprotect.core.ops.operations import backup_database, verify_database_backup
+from dbprotect.core.ops import backup_database, verify_database_backup
 from dbprotect.core.pg.markers import read_marker
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest

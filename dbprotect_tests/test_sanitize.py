@@ -20,11 +20,12 @@ import yaml
 from dbprotect.core.config.model import check_credential_isolation, load_config
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import CredentialIsolationError, NotFoundError, RefusedError
-from dbprotect.core.ops.operations import backup_database, verify_database_backup
+from dbprotect.core.ops import backup_database, build_sanitized_copy, promote_dev_copy, verify_database_backup
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import set_marker
 from dbprotect.core.restore.staged import decrypted_archive, run_pg_restore
-from dbprotect.core.sanitize import CoverageError, build_sanitized_copy, promote_dev_copy, sanitized_name
+from dbprotect.core.sanitize.build import sanitized_name
+from dbprotect.core.sanitize.coverage import CoverageError
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import yaml
 
-from dbprotect.core.ops.operations import verify_database_backup
+from dbprotect.core.ops import verify_database_backup
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import set_marker
 from dbprotect.defs import load_definitions

@@ -13,11 +13,11 @@ import pytest
 from dbprotect.cli.app import run
 from dbprotect.core.config.model import load_config
 from dbprotect.core.errors import RefusedError
+from dbprotect.core.ops import push_schema
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import read_marker, set_marker
 from dbprotect.core.schema.drift import compare_schemas
 from dbprotect.core.schema.snapshot import take_snapshot
-from dbprotect.core.schema.sync import push_schema
 from dbprotect_tests.conftest import FIXTURES, load_sql_file, psql, table_counts
 
 CHANGES = """

@@ -18,7 +18,8 @@ from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from dbprotect.core.config.model import load_config
 from dbprotect.core.errors import ConfigError
-from dbprotect.core.schema.watch import WatchState, decide, migration_files, observe
+from dbprotect.core.ops import observe_migrations
+from dbprotect.core.schema.watch import WatchState, decide, migration_files
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import PRE_MIGRATION_REASON_TAG, backup_job_name, pre_migration_sensor_name
 from dbprotect_tests.conftest import psql
@@ -118,7 +119,7 @@ def test_observe_hashes_files_relative_to_the_config_folder_and_ignores_caches(s
     (migrations / ".DS_Store").write_bytes(b"\0")
     psql(dsn, f"{ALEMBIC_DDL}; INSERT INTO alembic_version VALUES ('b2'), ('a1')")  # two heads
 
-    state = observe(load_config(), "shop")
+    state = observe_migrations(load_config(), "shop")
     assert sorted(state.migrations) == ["0001_init.sql", "versions/3c4d_add_due.py"]
     assert state.migrations["versions/3c4d_add_due.py"] == hashlib.sha256(b"revision = '3c4d'\n").hexdigest()
     assert state.alembic == "a1,b2"

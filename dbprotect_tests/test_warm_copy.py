@@ -18,17 +18,11 @@ import pytest
 from dbprotect.core.audit import read
 from dbprotect.core.config.model import check_credential_isolation, load_config
 from dbprotect.core.errors import CredentialIsolationError, RefusedError
-from dbprotect.core.ops.operations import backup_database, verify_database_backup
+from dbprotect.core.ops import backup_database, refresh_warm_copy, verify_database_backup, verify_warm_copy
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import read_marker, set_marker
 from dbprotect.core.restore.guards import check_direction
-from dbprotect.core.restore.warm import (
-    HOLDS_SETTING,
-    compare_warm_copy,
-    inspect_warm_copy,
-    refresh_warm_copy,
-    verify_warm_copy,
-)
+from dbprotect.core.restore.warm import HOLDS_SETTING, compare_warm_copy, inspect_warm_copy
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import load_manifest
 from dbprotect.defs import load_definitions

@@ -227,7 +227,7 @@ def status(ui: Ui) -> int:
     or its store cannot be read, so an on-call script can run 'dbprotect status --json' and act
     on the exit code alone.
     """
-    from dbprotect.core.ops.operations import database_status
+    from dbprotect.core.ops import database_status
 
     config = ui.load()
     now = datetime.now(UTC)
@@ -318,7 +318,7 @@ def backup(ui: Ui, database: str) -> int:
     hashed on the way to the store, and the manifest (with per-table row counts and checksums)
     is written last. Prints the backup id, where it went, sizes, ratio, duration and rows.
     """
-    from dbprotect.core.ops.operations import backup_database, cli_actor
+    from dbprotect.core.ops import backup_database, cli_actor
 
     config = ui.load()
     with progress_bar(ui, f"backing up {database}") as progress:
@@ -362,7 +362,7 @@ def list_command(ui: Ui, database: str, include_incomplete: bool) -> int:
     'unverified', 'verified:<highest rung passed>', 'failed:<rungs>', or with --all
     'incomplete' (an upload that never got its manifest).
     """
-    from dbprotect.core.ops.operations import primary_store
+    from dbprotect.core.ops import primary_store
     from dbprotect.core.store.catalog import list_backups
 
     config = ui.load()
@@ -419,7 +419,7 @@ def verify(ui: Ui, backup_id: str, database: str | None, stored_only: bool) -> i
     Each rung's result is recorded in the store (so 'list' and the RPO check see it). Exits 7
     and names the failed rung when the backup fails verification.
     """
-    from dbprotect.core.ops.operations import cli_actor, locate_backup, verify_database_backup
+    from dbprotect.core.ops import cli_actor, locate_backup, verify_database_backup
 
     config = ui.load()
     if backup_id == "latest" and database is None:
@@ -522,7 +522,7 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
     never restored into production. Refusals exit 9 and change nothing. --dry-run prints the
     plan: what will be dropped, replaced and created, how big, how long the last drill took.
     """
-    from dbprotect.core.ops.operations import cli_actor, restore_database
+    from dbprotect.core.ops import cli_actor, restore_database
 
     existing, named_environment, name = _parse_target(target_spec)
     if existing and environment and environment != named_environment:
@@ -571,8 +571,7 @@ def drill(ui: Ui, database: str) -> int:
     does not verify, 12 when it verified but took longer than the RTO target.
     """
     from dbprotect.core.audit import AuditLog
-    from dbprotect.core.ops.operations import cli_actor, primary_store
-    from dbprotect.core.verify.drill import drill_database
+    from dbprotect.core.ops import cli_actor, drill_database, primary_store
 
     config = ui.load()
     actor = cli_actor()
@@ -727,7 +726,7 @@ def cleanup(ui: Ui, database: str, dry_run: bool, target: str | None) -> int:
     is deleted on that target) and 6 when a store fails half-way (every backup still listed is
     whole; run it again to finish).
     """
-    from dbprotect.core.ops.operations import cleanup_database, cli_actor, first_cleanup_error
+    from dbprotect.core.ops import cleanup_database, cli_actor, first_cleanup_error
 
     config = ui.load()
     cleanups = cleanup_database(config, database, target=target, dry_run=dry_run, actor=cli_actor())
@@ -776,7 +775,7 @@ def copy_command(ui: Ui, database: str, target: str | None, backup_id: str | Non
     server-side copy), read back and checked against the manifest's SHA-256 on the target, and
     only then committed there by writing the manifest. Exits 7 when the copy does not match.
     """
-    from dbprotect.core.ops.operations import cli_actor, copy_targets, copy_to_target
+    from dbprotect.core.ops import cli_actor, copy_targets, copy_to_target
 
     config = ui.load()
     targets = [target] if target else copy_targets(config, database)
@@ -812,8 +811,7 @@ def warm_copy_command(ui: Ui, database: str, force: bool, check_only: bool) -> i
     manifest, and swapped in by renaming; nothing happens when the warm copy already holds it.
     Refuses (exit 9) a target database marked production or development, or unmarked and not empty.
     """
-    from dbprotect.core.ops.operations import cli_actor
-    from dbprotect.core.restore.warm import refresh_warm_copy, verify_warm_copy
+    from dbprotect.core.ops import cli_actor, refresh_warm_copy, verify_warm_copy
 
     config = ui.load()
     if check_only:

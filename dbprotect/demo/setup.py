@@ -61,7 +61,7 @@ from dbprotect.core.backup.stream import BackupResult, ProgressCallback
 from dbprotect.core.config.model import check_credential_isolation, load_config
 from dbprotect.core.crypto import identity_recipient, parse_identity, write_key_file
 from dbprotect.core.errors import DatabaseError, DbprotectError, ToolError
-from dbprotect.core.ops.operations import backup_database, database_status, verify_database_backup
+from dbprotect.core.ops import backup_database, database_status, verify_database_backup
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.core.pg.embedded import embedded_bin_dir, embedded_postgres_module
 from dbprotect.core.pg.markers import read_marker, set_marker
@@ -257,9 +257,7 @@ def run_extras(config: Any, environ: dict[str, str], step: StepCallback) -> dict
     A failure of one is reported (its message only, never a value) and the next still runs, so
     the summary shows every domain's state at once. Imported here: the sanitize package is heavy.
     """
-    from dbprotect.core.restore.warm import refresh_warm_copy
-    from dbprotect.core.sanitize.build import build_sanitized_copy
-    from dbprotect.core.verify.drill import drill_database
+    from dbprotect.core.ops import build_sanitized_copy, drill_database, refresh_warm_copy
 
     outcomes: dict[str, tuple[bool, str]] = {}
     step("restore drill: newest backup -> scratch database on the same server -> verified")

@@ -35,8 +35,7 @@ def register(group: click.Group) -> None:
         Reads only the backup's manifest (its per-table column lists): no connection, nothing
         decrypted. Exits 2 listing every unclassified column; reports rules still marked review.
         """
-        from dbprotect.core.ops.operations import newest_verified_backup, primary_store
-        from dbprotect.core.sanitize.build import rules_for
+        from dbprotect.core.ops import newest_verified_backup, primary_store, rules_for
         from dbprotect.core.sanitize.coverage import columns_from_manifest, require_coverage
         from dbprotect.core.store.catalog import load_manifest
 
@@ -71,8 +70,8 @@ def register(group: click.Group) -> None:
         """
         from dbprotect.core.config.model import resolve_dsn
         from dbprotect.core.errors import ConfigError
+        from dbprotect.core.ops import rules_for
         from dbprotect.core.pg.tools import connect
-        from dbprotect.core.sanitize.build import rules_for
         from dbprotect.core.sanitize.starter import starter_rules
 
         config = ui.load()
@@ -106,8 +105,7 @@ def register(group: click.Group) -> None:
         otherwise nothing is stored and the command exits 7 naming the failed checks.
         """
         from dbprotect.core.errors import IntegrityError
-        from dbprotect.core.ops.operations import cli_actor
-        from dbprotect.core.sanitize import build_sanitized_copy
+        from dbprotect.core.ops import build_sanitized_copy, cli_actor
 
         result = build_sanitized_copy(ui.load(), database, backup_id=backup_id, by=cli_actor())
         if ui.json:
@@ -143,8 +141,7 @@ def register(group: click.Group) -> None:
         database must carry the environment marker 'development'; a copy whose checks did not all
         pass is never promoted (exit 9).
         """
-        from dbprotect.core.ops.operations import cli_actor
-        from dbprotect.core.sanitize import promote_dev_copy
+        from dbprotect.core.ops import cli_actor, promote_dev_copy
 
         result = promote_dev_copy(ui.load(), database, confirmed=confirm, artifact_id=artifact_id, by=cli_actor())
         document = {"database": database, "artifact_id": result.plan.backup_id,  # type: ignore[attr-defined]

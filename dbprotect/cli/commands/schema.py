@@ -93,7 +93,7 @@ def register(group: click.Group) -> None:
             exclude = tuple(config.database(database).schema_settings.lint_exclude)
         result = lint_files(files, pg_version=pg_version, exclude=exclude)
         if config is not None and database and result.waived:
-            from dbprotect.core.ops.operations import audit_log, cli_actor
+            from dbprotect.core.ops import audit_log, cli_actor
 
             audit = audit_log(config, database, actor=cli_actor())
             for finding, waiver in result.waived:
@@ -141,7 +141,7 @@ def register(group: click.Group) -> None:
     @click.pass_obj
     def diff(ui: Ui, source: str, target: str, database: str) -> int:
         """Print the DDL that takes TARGET's schema of DATABASE to SOURCE's (changes nothing)."""
-        from dbprotect.core.schema.sync import plan_sync
+        from dbprotect.core.ops import plan_sync
 
         plan = plan_sync(ui.load(), database, source, target)
         if ui.json:
@@ -165,8 +165,7 @@ def register(group: click.Group) -> None:
         lint, a backup of production from the last hour that passed integrity (taken now if
         there is none) and --confirm DATABASE. Refusals exit 9 and change nothing.
         """
-        from dbprotect.core.ops.operations import cli_actor
-        from dbprotect.core.schema.sync import push_schema
+        from dbprotect.core.ops import cli_actor, push_schema
 
         result = push_schema(ui.load(), database, source, target, confirmation=confirmation, dry_run=dry_run,
                              actor=cli_actor())
@@ -193,7 +192,7 @@ def register(group: click.Group) -> None:
         functions, triggers and policies; patterns under schema.pending are allowed.
         """
         from dbprotect.core.errors import RefusedError
-        from dbprotect.core.schema.sync import drift_between
+        from dbprotect.core.ops import drift_between
 
         report = drift_between(ui.load(), database)
         if ui.json:
@@ -227,8 +226,7 @@ def register(group: click.Group) -> None:
         If the backup or its integrity check fails, COMMAND never runs (exit 9). Production needs
         --confirm DB. The command sees $DBPROTECT_GUARD_BACKUP_ID; its exit status is returned.
         """
-        from dbprotect.core.ops.operations import cli_actor
-        from dbprotect.core.schema.guard import guard_command
+        from dbprotect.core.ops import cli_actor, guard_command
 
         config = ui.load()
         if database is None:

@@ -3,47 +3,72 @@
 Each takes the validated :class:`~dbprotect.core.config.model.Config` and a database name, finds the
 DSNs, stores and keys, calls the engine modules of :mod:`dbprotect.core` and audits the outcome.
 The CLI, the Dagster definitions and the demo call these and nothing below them that takes a
-``Config``, so a rule cannot drift apart between the three. One module per domain; this package
-re-exports them so callers write ``from dbprotect.core.ops import backup_database``.
+``Config``, so a rule cannot drift apart between the three. Nothing below ``ops`` imports it.
+
+One module per domain::
+
+    context.py   stores, keys, audit log and actor resolved from configuration
+    backups.py   backup, integrity verification, locating a backup by id
+    status.py    RPO and every storage target's holdings
+    restores.py  on-call restores, restore verification (rung 3), drills (rung 4)
+    copies.py    copies to further targets, the warm copy
+    cleanup.py   retention cleanup per target
+    sanitize.py  sanitized copies: coverage, build, promotion
+    schema.py    drift, sync plans and pushes, guarded commands, migration lint
+
+This package re-exports them, so callers write ``from dbprotect.core.ops import backup_database``.
 """
 
-from dbprotect.core.ops.operations import (
+from dbprotect.core.ops.backups import backup_database, locate_backup, verify_database_backup
+from dbprotect.core.ops.cleanup import TargetCleanup, cleanup_database, first_cleanup_error
+from dbprotect.core.ops.context import (
     DEFAULT_ACTOR,
-    CopyOutcome,
-    DatabaseStatus,
-    TargetCleanup,
-    TargetStatus,
     audit_log,
-    backup_database,
-    cleanup_database,
     cli_actor,
-    copy_targets,
-    copy_to_target,
-    database_status,
-    default_restore_name,
-    first_cleanup_error,
-    locate_backup,
-    newest_verified_backup,
     primary_store,
     raw_identity,
+    target_store,
+)
+from dbprotect.core.ops.copies import (
+    CopyOutcome,
+    copy_targets,
+    copy_to_target,
+    refresh_warm_copy,
+    target_holdings,
+    verify_target_copy,
+    verify_warm_copy,
+    warm_copy_dsn,
+)
+from dbprotect.core.ops.restores import (
+    default_restore_name,
+    drill_database,
     restore_database,
     restore_target,
-    target_holdings,
-    target_status,
-    target_store,
-    verify_database_backup,
-    verify_target_copy,
+    restore_verify_database,
 )
-from dbprotect.core.ops.sanitize import CoverageCheck, check_sanitize_coverage, starter_rules_for
-from dbprotect.core.ops.schema import lint_migrations
-from dbprotect.core.restore.warm import refresh_warm_copy, verify_warm_copy, warm_copy_dsn
-from dbprotect.core.sanitize.build import build_sanitized_copy, rules_for
-from dbprotect.core.sanitize.promote import promote_dev_copy
-from dbprotect.core.schema.guard import guard_command
-from dbprotect.core.schema.protect import fresh_verified_backup, take_verified_backup
-from dbprotect.core.schema.sync import drift_between, plan_sync, push_schema
-from dbprotect.core.schema.watch import observe as observe_migrations
-from dbprotect.core.verify.drill import drill_database, restore_verify_database
+from dbprotect.core.ops.sanitize import (
+    CoverageCheck,
+    build_sanitized_copy,
+    check_sanitize_coverage,
+    masking_key,
+    promote_dev_copy,
+    rules_for,
+    sanitize_spec,
+    starter_rules_for,
+)
+from dbprotect.core.ops.schema import (
+    drift_between,
+    fresh_verified_backup,
+    guard_command,
+    lint_migrations,
+    migrations_dir,
+    observe_migrations,
+    plan_sync,
+    push_schema,
+    take_verified_backup,
+)
+from dbprotect.core.ops.status import DatabaseStatus, TargetStatus, database_status, target_status
+from dbprotect.core.store.catalog import newest_verified_backup
 
 __all__ = [
     "DEFAULT_ACTOR",
@@ -69,6 +94,8 @@ __all__ = [
     "guard_command",
     "lint_migrations",
     "locate_backup",
+    "masking_key",
+    "migrations_dir",
     "newest_verified_backup",
     "observe_migrations",
     "plan_sync",
@@ -81,6 +108,7 @@ __all__ = [
     "restore_target",
     "restore_verify_database",
     "rules_for",
+    "sanitize_spec",
     "starter_rules_for",
     "take_verified_backup",
     "target_holdings",

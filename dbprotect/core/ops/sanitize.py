@@ -2,18 +2,125 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from dbprotect.core.config.model import Config, resolve_dsn
-from dbprotect.core.errors import ConfigError
-from dbprotect.core.ops.operations import newest_verified_backup, primary_store
+from dbprotect.core.audit import AuditLog
+from dbprotect.core.config.model import Config, SanitizeSpec, resolve_dsn
+from dbprotect.core.crypto import load_identity
+from dbprotect.core.errors import ConfigError, CredentialIsolationError, NotFoundError, RefusedError
+from dbprotect.core.ops.context import primary_store, raw_identity
+from dbprotect.core.pg.scratch import scratch_server_from_config
 from dbprotect.core.pg.tools import connect
-from dbprotect.core.sanitize.build import rules_for
+from dbprotect.core.restore.oncall import RestoreTarget, restore
+from dbprotect.core.sanitize.build import SanitizeResult, build_sanitized, sanitized_name
 from dbprotect.core.sanitize.coverage import Coverage, columns_from_manifest, require_coverage
-from dbprotect.core.sanitize.rules import RuleSet
+from dbprotect.core.sanitize.promote import newest_promotable, require_promotable
+from dbprotect.core.sanitize.rules import RuleSet, load_rules
 from dbprotect.core.sanitize.starter import starter_rules
-from dbprotect.core.store.catalog import load_manifest
+from dbprotect.core.store import Storage
+from dbprotect.core.store.catalog import load_manifest, newest_verified_backup
+
+
+def sanitize_spec(config: Config, database: str) -> SanitizeSpec:
+    spec = config.database(database).sanitize
+    if spec is None:
+        raise ConfigError(f"{config.source}: databases.{database} has no sanitize: section",
+                          hint="add sanitize: {rules: FILE, hmac_key_env: VAR} to make sanitized copies")
+    return spec
+
+
+def rules_for(config: Config, database: str) -> RuleSet:
+    path = Path(sanitize_spec(config, database).rules).expanduser()
+    return load_rules(path if path.is_absolute() else config.base_dir() / path)
+
+
+def masking_key(config: Config, database: str, environ: Mapping[str, str] | None = None) -> bytes:
+    """The masking key from its variable (production side only); its value never reaches a message."""
+    environ = os.environ if environ is None else environ
+    spec = sanitize_spec(config, database)
+    if config.deployment == "development":
+        raise CredentialIsolationError("a development deployment never holds the masking key",
+                                       hint="sanitized copies are built by the production deployment")
+    value = environ.get(spec.hmac_key_env)
+    if not value:
+        raise ConfigError(f"${spec.hmac_key_env} is not set (the masking key of database {database!r})",
+                          hint=f"export {spec.hmac_key_env}=<64 hex digits, e.g. from secrets.token_hex(32)>")
+    return value.encode()
+
+
+def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None = None,
+                         environ: Mapping[str, str] | None = None, by: str = "dbprotect",
+                         progress: Callable[[str], None] | None = None) -> SanitizeResult:
+    """Build, check and (if every check passed) store the sanitized copy of ``database``; audited.
+
+    The coverage gate runs first, from the backup's manifest, so an unclassified column stops the
+    run before anything is decrypted or restored. The build itself is
+    :func:`dbprotect.core.sanitize.build.build_sanitized`.
+    """
+    if config.keys.development is None:
+        raise ConfigError(f"{config.source}: keys.development is missing",
+                          hint="sanitized copies are encrypted to the development key, never the raw-backup key")
+    spec = sanitize_spec(config, database)
+    rules = rules_for(config, database)
+    key = masking_key(config, database, environ)
+    storage = primary_store(config, database)
+    backup_id = backup_id or newest_verified_backup(storage, database)
+    manifest = load_manifest(storage, database, backup_id)
+    require_coverage(rules, columns_from_manifest(manifest), database=database)
+    identity = raw_identity(config, environ)
+    with scratch_server_from_config(config, environ) as server:
+        result = build_sanitized(storage, manifest, identity, server, rules=rules, spec=spec, key=key,
+                                 development_recipients=config.keys.development.recipients,
+                                 pg_bin_dir=config.pg_bin_dir, work_dir=config.scratch.work_dir, by=by,
+                                 progress=progress)
+    _audit(storage, by, result)
+    return result
+
+
+def _audit(storage: Storage, by: str, result: SanitizeResult) -> None:
+    failed = [c for c in result.checks if not c.ok]
+    AuditLog(storage, actor=by).record(
+        "sanitize", database=result.database, outcome="failed" if failed else "ok",
+        target=result.artifact_id or result.source_backup_id,
+        detail="; ".join(f"{c.name}: {c.detail}" for c in failed) if failed
+        else f"sanitized copy {result.artifact_id} of backup {result.source_backup_id}",
+        data={"source_backup_id": result.source_backup_id, "rules_sha256": result.rules_sha256,
+              "masking_key_id": result.key_id, "metrics": result.metrics()})
+
+
+def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact_id: str | None = None,
+                     environ: Mapping[str, str] | None = None, by: str = "dbprotect",
+                     progress: Callable[[str], None] | None = None) -> object:
+    """Restore the newest promotable sanitized copy into the development database of ``database``.
+
+    ``confirmed``: the typed ``--confirm``, or the configuration's ``sanitize.promote: true`` for
+    the sensor. Returns :class:`dbprotect.core.restore.oncall.RestoreResult`.
+    """
+    sanitize_spec(config, database)
+    if config.keys.development is None:
+        raise ConfigError(f"{config.source}: keys.development is missing", hint="promotion decrypts with it")
+    storage = primary_store(config, database)
+    if artifact_id:
+        manifest = load_manifest(storage, sanitized_name(database), artifact_id)
+    else:
+        found = newest_promotable(storage, database)
+        if found.manifest is None:
+            raise NotFoundError(f"nothing to promote: {found.reason}",
+                                hint=f"build one on the production side: 'dbprotect sanitize build {database}'")
+        manifest = found.manifest
+    require_promotable(manifest)
+    target = RestoreTarget(resolve_dsn(config, database, "development", environ), "development", existing=True)
+    if not confirmed:
+        raise RefusedError(f"refused: promoting sanitized copy {manifest.backup_id} replaces the development "
+                           f"database {target.name!r}; it needs confirmation", hint="repeat with --confirm")
+    identity = load_identity(config.keys.development.identity_env, environ)
+    return restore(storage, manifest, identity, target, confirmation=target.name,
+                   recipients=config.keys.development.recipients, audit=AuditLog(storage, actor=by),
+                   safety_database=f"{database}-development-safety", pg_bin_dir=config.pg_bin_dir,
+                   work_dir=config.scratch.work_dir, by=by, progress=progress)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,43 @@
-"""Schema changes, resolved from configuration: migration lint with audited waivers."""
+"""Schema changes, resolved from configuration: drift, sync plans and pushes, guarded commands, lint.
+
+The rules live in :mod:`dbprotect.core.schema` (plans, lint, markers, the guard's order); this
+module resolves DSNs, stores and keys, takes the verified backup a destructive change stands on,
+and audits every outcome.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dbprotect.core.config.model import Config
-from dbprotect.core.ops.operations import audit_log
+from dbprotect.core.audit import AuditLog
+from dbprotect.core.backup.stream import run_backup
+from dbprotect.core.config.model import Config, resolve_dsn
+from dbprotect.core.errors import DatabaseError, DbprotectError, RefusedError, ToolError
+from dbprotect.core.ops.backups import backup_database, verify_database_backup
+from dbprotect.core.ops.context import audit_log, primary_store, raw_identity
+from dbprotect.core.pg.dsn import mask_dsn
+from dbprotect.core.pg.tools import connect, server_major
+from dbprotect.core.restore.guards import check_confirmation
+from dbprotect.core.schema.drift import DriftReport, compare_schemas, migration
+from dbprotect.core.schema.guard import BACKUP_ID_ENV, GuardResult, mask_arguments
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, LintResult, lint_files
+from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, store_name
+from dbprotect.core.schema.sync import (
+    PushResult,
+    SchemaPlan,
+    apply_plan,
+    check_sync_direction,
+    lint_plan,
+    require_target_marker,
+)
+from dbprotect.core.schema.targets import check_target
+from dbprotect.core.schema.watch import WatchState, alembic_revision, migration_files
+from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.verify.integrity import verify_backup
 
 
 def lint_migrations(files: Iterable[str | Path], *, pg_version: int, config: Config | None = None,
@@ -27,3 +57,164 @@ def lint_migrations(files: Iterable[str | Path], *, pg_version: int, config: Con
             audit.record("lint-waiver", database=database, outcome="ok", target=f"{finding.file}:{finding.line}",
                          detail=f"{finding.rule} waived because {waiver.reason}", data=waiver.to_dict())
     return result
+
+
+def fresh_verified_backup(config: Config, database: str, *, max_age: timedelta, now: datetime | None = None) -> \
+        ProtectingBackup | None:
+    """The newest production backup that passed integrity and started within ``max_age``, if any."""
+    now = now or datetime.now(UTC)
+    for entry in list_backups(primary_store(config, database), database):
+        if entry.integrity_ok and now - entry.started_at <= max_age:
+            return ProtectingBackup(database, database, entry.backup_id, entry.started_at, taken_now=False)
+    return None
+
+
+def take_verified_backup(config: Config, database: str, environment: str, *, why: str, actor: str,
+                         environ: Mapping[str, str] | None = None) -> ProtectingBackup:
+    """Back up the database behind ``environment`` now and check its integrity (rungs 1 and 2).
+
+    Any failure, of the backup or of its verification, becomes one :class:`RefusedError` saying
+    that ``why`` (the change it was to protect) does not happen.
+    """
+    try:
+        if environment == "production":
+            result = backup_database(config, database, environ=environ, actor=actor)
+            report = verify_database_backup(config, database, result.manifest.backup_id, by=actor,
+                                            environ=environ, actor=actor)
+        else:
+            storage = primary_store(config, database)
+            name = store_name(database, environment)
+            audit = AuditLog(storage, actor=actor)
+            result = run_backup(database=name, dsn=resolve_dsn(config, database, environment, environ),
+                                storage=storage, recipients=config.keys.raw.recipients, environment=environment,
+                                pg_bin_dir=config.pg_bin_dir)
+            report = verify_backup(storage, name, result.manifest.backup_id, raw_identity(config, environ), by=actor)
+            audit.record("backup", database=name, outcome="ok" if report.ok else "failed",
+                         target=result.manifest.backup_id, detail=f"before {why}; {report.summary()}")
+    except DbprotectError as exc:
+        raise RefusedError(f"refused: the backup before {why} failed ({exc.one_line()}); nothing was changed",
+                           hint=exc.hint or "fix the backup first: 'dbprotect backup' shows the same error") from None
+    if not report.ok:
+        raise RefusedError(f"refused: the backup before {why} failed integrity ({report.summary()}); "
+                           "nothing was changed", hint="check the store, then retry")
+    return ProtectingBackup(database, store_name(database, environment), result.manifest.backup_id,
+                            result.manifest.started_at, taken_now=True)
+
+
+def guard_command(config: Config, database: str, environment: str, command: Sequence[str], *,
+                  confirmation: str | None = None, actor: str = "dbprotect",
+                  environ: Mapping[str, str] | None = None) -> GuardResult:
+    """Back up (and verify) ``database``'s ``environment``, then run ``command``; see the module docstring."""
+    if not command:
+        raise RefusedError("no command to guard", hint="dbprotect guard -d DB -e ENV -- COMMAND ARGS...")
+    shown = mask_arguments(command)
+    audit = AuditLog(primary_store(config, database), actor=actor)
+    try:
+        check_target(resolve_dsn(config, database, environment, environ), environment)
+        if environment == "production":
+            check_confirmation(database, confirmation)
+        backup = take_verified_backup(config, database, environment, why=f"'{shown}'", actor=actor,
+                                      environ=environ)
+    except DbprotectError as exc:
+        audit.record("guard", database=database, outcome="refused", detail=f"{shown}: not run: {exc.one_line()}",
+                     data={"error": exc.code, "environment": environment})
+        raise
+    env = {**(os.environ if environ is None else environ), BACKUP_ID_ENV: backup.backup_id}
+    try:
+        done = subprocess.run(list(command), env=dict(env), check=False)
+    except OSError as exc:
+        audit.record("guard", database=database, outcome="failed", target=backup.backup_id,
+                     detail=f"{shown}: could not start: {exc.strerror}", data={"environment": environment})
+        raise ToolError(f"the guarded command could not start: {exc.strerror}",
+                        hint=f"the backup {backup.backup_id} was taken; check the command") from None
+    audit.record("guard", database=database, outcome="ok" if done.returncode == 0 else "failed",
+                 target=backup.backup_id, detail=f"{shown}: exit {done.returncode}",
+                 data={"environment": environment, "returncode": done.returncode})
+    return GuardResult(shown, done.returncode, backup)
+
+
+def plan_sync(config: Config, database: str, source: str, target: str, *,
+              environ: Mapping[str, str] | None = None) -> SchemaPlan:
+    """The plan taking ``target``'s schema to ``source``'s (linted when the target is production)."""
+    check_sync_direction(source, target)
+    source_dsn = resolve_dsn(config, database, source, environ)
+    target_dsn = resolve_dsn(config, database, target, environ)
+    sql = migration(target_dsn, source_dsn).sql
+    plan = SchemaPlan(database, source, target, mask_dsn(target_dsn), sql)
+    if target == "production" and not plan.empty:
+        with connect(target_dsn, autocommit=True) as conn:
+            major = server_major(conn)
+        exclude = tuple(config.database(database).schema_settings.lint_exclude)
+        plan = SchemaPlan(database, source, target, plan.target_dsn_masked, sql,
+                          lint_plan(plan.script(), database, pg_version=major, exclude=exclude))
+    return plan
+
+
+def push_schema(config: Config, database: str, source: str, target: str, *, confirmation: str | None = None,
+                dry_run: bool = False, actor: str = "dbprotect", environ: Mapping[str, str] | None = None,
+                now: datetime | None = None) -> PushResult:
+    """Make ``target``'s schema equal to ``source``'s, behind the rules in the module docstring.
+
+    Refusals raise :class:`RefusedError` before anything changes and are recorded in the audit log
+    (as is every applied push, with the backup it stands on).
+    """
+    audit = AuditLog(primary_store(config, database), actor=actor)
+    action = f"schema-push {source}->{target}"
+    try:
+        plan = plan_sync(config, database, source, target, environ=environ)
+        if dry_run or plan.empty:
+            return PushResult(plan, applied=False, notes=["dry run: nothing was changed"] if dry_run else
+                              [f"{target} already matches {source}: nothing to do"])
+        target_dsn = resolve_dsn(config, database, target, environ)
+        require_target_marker(target_dsn, target)
+        backup: ProtectingBackup | None = None
+        if target == "production":
+            if plan.lint is not None and not plan.lint.ok:
+                raise RefusedError(
+                    f"refused: the plan fails migration lint ({len(plan.lint.findings)} finding(s): "
+                    + "; ".join(plan.lint.lines()[:3]) + "); production was not changed",
+                    hint="change the development schema, or apply a reviewed migration with waivers "
+                    "through 'dbprotect guard'")
+            check_confirmation(database, confirmation)
+            backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
+                take_verified_backup(config, database, "production", why=f"the schema push to {database}",
+                                     actor=actor, environ=environ)
+        apply_plan(target_dsn, plan.script())
+        after = compare_schemas(resolve_dsn(config, database, source, environ), target_dsn, left=source,
+                                right=target)
+    except DbprotectError as exc:
+        outcome = "refused" if isinstance(exc, RefusedError) else "failed"
+        audit.record(action, database=database, outcome=outcome, detail=exc.one_line(), data={"error": exc.code})
+        raise
+    audit.record(action, database=database, outcome="ok" if after.ok else "failed",
+                 target=backup.backup_id if backup else "",
+                 detail=f"{len(plan.sql.splitlines())} plan lines applied; {after.summary()}",
+                 data={"backup": backup.describe() if backup else None, "drift_after": after.lines()})
+    if not after.ok:
+        raise DatabaseError(f"the plan was applied but {after.summary()}",
+                            hint="results could not express every difference; review them by hand")
+    return PushResult(plan, applied=True, backup=backup, drift_after=after)
+
+
+def drift_between(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> DriftReport:
+    """Development against production, with the configured allow-list of pending changes."""
+    settings = config.database(database).schema_settings
+    return compare_schemas(resolve_dsn(config, database, "development", environ),
+                           resolve_dsn(config, database, "production", environ),
+                           left="development", right="production", allowed=settings.pending)
+
+
+def migrations_dir(config: Config, database: str) -> Path | None:
+    """``schema.migrations_dir`` of ``database`` resolved against the configuration's folder."""
+    configured = config.database(database).schema_settings.migrations_dir
+    if not configured:
+        return None
+    path = Path(configured).expanduser()
+    return path if path.is_absolute() else config.base_dir() / path
+
+
+def observe_migrations(config: Config, database: str, environ: Mapping[str, str] | None = None) -> WatchState:
+    """The current state of both markers for ``database``'s production environment."""
+    directory = migrations_dir(config, database)
+    files = migration_files(directory) if directory is not None else {}
+    return WatchState(migrations=files, alembic=alembic_revision(resolve_dsn(config, database, "production", environ)))

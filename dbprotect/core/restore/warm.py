@@ -33,19 +33,16 @@ one): the previous warm copy is itself a restore of a backup that is still in th
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
+import pyrage
 from psycopg import sql
 
-from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config
 from dbprotect.core.errors import (
-    ConfigError,
-    CredentialIsolationError,
     DatabaseError,
     DbprotectError,
     NotFoundError,
@@ -55,7 +52,9 @@ from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
 from dbprotect.core.pg.markers import MARKER_SETTING, read_marker
 from dbprotect.core.pg.scratch import drop_database, new_scratch_name
 from dbprotect.core.pg.tools import connect
+from dbprotect.core.restore.oncall import RestoreResult, RestoreTarget, restore
 from dbprotect.core.restore.staged import compare_large_objects, compare_sequences, compare_tables
+from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import load_manifest
 from dbprotect.core.store.manifest import Manifest
 from dbprotect.core.verify.integrity import summarize_problems
@@ -145,27 +144,6 @@ class WarmCopyVerification:
 
 
 # -- where the warm copy is ----------------------------------------------------------------------
-
-def warm_copy_dsn(config: Config, database: str, environ: Mapping[str, str] | None = None) -> str:
-    """The DSN of ``database``'s warm copy (read from its variable now), naming the warm copy database."""
-    environ = os.environ if environ is None else environ
-    spec = config.database(database).warm_copy
-    if spec is None:
-        raise NotFoundError(f"database {database!r} has no warm copy configured in {config.source}",
-                            hint=f"add databases.{database}.warm_copy: {{dsn_env: VARIABLE}} naming the backup "
-                            "server's DSN")
-    if "production" not in ALLOWED_ENVIRONMENTS[config.deployment]:
-        raise CredentialIsolationError(f"a {config.deployment} deployment may not reach the warm copy of "
-                                       f"{database!r}: it holds production data")
-    dsn = environ.get(spec.dsn_env)
-    if not dsn:
-        raise ConfigError(f"${spec.dsn_env} is not set (the warm copy DSN of database {database!r})",
-                          hint=f"export {spec.dsn_env}=postgresql://user:password@backup-host:5432/{database}_warm")
-    name = spec.database or dbname_of(dsn)
-    if not name:
-        raise ConfigError(f"${spec.dsn_env} ({mask_dsn(dsn)}) names no database and warm_copy.database is unset",
-                          hint="add the warm copy's name to the DSN (…/dbname) or set warm_copy.database")
-    return with_dbname(dsn, name)
 
 
 def _read_setting(conn: psycopg.Connection, dbname: str, setting: str) -> str | None:
@@ -269,76 +247,6 @@ def _swap_in(dsn: str, incoming: str, backup_id: str, server: str) -> None:
     drop_database(admin_dsn, retired)
 
 
-def refresh_warm_copy(config: Config, database: str, *, force: bool = False, actor: str = "dbprotect",
-                      environ: Mapping[str, str] | None = None,
-                      progress: Callable[[str], None] | None = None) -> WarmCopyOutcome:
-    """Put the newest verified backup of ``database`` into its warm copy, unless it is there already.
-
-    ``force`` restores even when the warm copy already holds that backup (to repair one that
-    drifted). Raises :class:`RefusedError` for a target that is not a warm copy, and
-    :class:`IntegrityError` when the restored data does not match the manifest (the previous warm
-    copy is then untouched). The refresh, or its failure, is in the primary store's audit log.
-    """
-    from dbprotect.core.ops.operations import audit_log, newest_verified_backup, primary_store, raw_identity
-    from dbprotect.core.restore.oncall import RestoreResult, RestoreTarget, restore
-
-    storage = primary_store(config, database)
-    audit = audit_log(config, database, actor=actor)
-    backup_id = ""
-    try:
-        dsn = warm_copy_dsn(config, database, environ)
-        server = mask_dsn(with_dbname(dsn, MAINTENANCE_DB))
-        backup_id = newest_verified_backup(storage, database)
-        manifest = load_manifest(storage, database, backup_id)
-        state = inspect_warm_copy(dsn)
-        check_replaceable(state, server)
-        outcome = WarmCopyOutcome(database, state.name, server, backup_id, state.holds, refreshed=False,
-                                  reason="", backup_snapshot_at=manifest.snapshot_at,
-                                  tables=len(manifest.tables), rows=manifest.total_rows)
-        if state.exists and state.marker == WARM_ENVIRONMENT and state.holds == backup_id and not force:
-            outcome.reason = f"warm copy {state.name!r} already holds the newest verified backup {backup_id}"
-            return outcome
-        started = time.perf_counter()
-        incoming = _incoming_name(state.name)
-        _drop_leftover_incoming(dsn, incoming, server)
-        result = restore(storage, manifest, raw_identity(config, environ),
-                         RestoreTarget(with_dbname(dsn, incoming), WARM_ENVIRONMENT, existing=False),
-                         recipients=config.keys.raw.recipients, pg_bin_dir=config.pg_bin_dir,
-                         work_dir=config.scratch.work_dir, by=actor, progress=progress,
-                         analyze=True)  # a standby takes traffic the moment it is needed
-        assert isinstance(result, RestoreResult)  # not a dry run
-        swap_started = time.perf_counter()
-        try:
-            _swap_in(dsn, incoming, backup_id, server)
-        except BaseException as exc:
-            with contextlib.suppress(DbprotectError, psycopg.Error):
-                drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
-            if isinstance(exc, psycopg.Error):
-                reason = " ".join(str(exc).split())[:160]
-                raise DatabaseError(f"swapping the new warm copy into {state.name!r} on {server} failed: {reason}; "
-                                    "the previous warm copy is in place",
-                                    hint="the warm copy DSN's role needs CREATEDB and to own the warm copy") from None
-            raise
-        timings = dict(result.timings)
-        timings["warm_swap_seconds"] = round(time.perf_counter() - swap_started, 3)
-        timings["total_seconds"] = round(time.perf_counter() - started, 3)
-        outcome.refreshed, outcome.timings = True, timings
-        outcome.objects = result.objects
-        outcome.reason = (f"restored backup {backup_id} into warm copy {state.name!r}"
-                          + (f" (was {state.holds})" if state.holds else "") + "; verified against its manifest")
-    except DbprotectError as exc:
-        outcome_word = "refused" if isinstance(exc, RefusedError | CredentialIsolationError) else "failed"
-        with contextlib.suppress(DbprotectError):
-            audit.record("warm_copy", database=database, outcome=outcome_word, target=backup_id,
-                         detail=exc.one_line(), data={"error": exc.code})
-        raise
-    audit.record("warm_copy", database=database, outcome="ok", target=backup_id,
-                 detail=f"{outcome.reason} on {server}",
-                 data={"warm_database": state.name, "previous": state.holds, "tables": outcome.tables,
-                       "rows": outcome.rows, "metrics": timings})
-    return outcome
-
-
 # -- verification of the live warm copy ----------------------------------------------------------
 
 def compare_warm_copy(dsn: str, manifest: Manifest) -> list[str]:
@@ -350,18 +258,66 @@ def compare_warm_copy(dsn: str, manifest: Manifest) -> list[str]:
     return problems
 
 
-def verify_warm_copy(config: Config, database: str, *, actor: str = "dbprotect",
-                     environ: Mapping[str, str] | None = None) -> WarmCopyVerification:
-    """Compare the live warm copy with the manifest of the backup it holds; audited.
+
+
+# -- the refresh and the check, given a resolved store, key and DSN --------------------------------
+
+def refresh_into(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, dsn: str, *,
+                 recipients: list[str], pg_bin_dir: str | None, work_dir: str | None, actor: str,
+                 force: bool = False, progress: Callable[[str], None] | None = None) -> WarmCopyOutcome:
+    """Put the backup ``manifest`` describes into the warm copy ``dsn`` names, unless it is there already.
+
+    ``force`` restores even when the warm copy already holds that backup (to repair one that
+    drifted). Raises :class:`RefusedError` for a target that is not a warm copy, and
+    :class:`IntegrityError` when the restored data does not match the manifest (the previous warm
+    copy is then untouched): it is restored under a new name, verified, then swapped in.
+    """
+    backup_id = manifest.backup_id
+    server = mask_dsn(with_dbname(dsn, MAINTENANCE_DB))
+    state = inspect_warm_copy(dsn)
+    check_replaceable(state, server)
+    outcome = WarmCopyOutcome(manifest.database, state.name, server, backup_id, state.holds, refreshed=False,
+                              reason="", backup_snapshot_at=manifest.snapshot_at,
+                              tables=len(manifest.tables), rows=manifest.total_rows)
+    if state.exists and state.marker == WARM_ENVIRONMENT and state.holds == backup_id and not force:
+        outcome.reason = f"warm copy {state.name!r} already holds the newest verified backup {backup_id}"
+        return outcome
+    started = time.perf_counter()
+    incoming = _incoming_name(state.name)
+    _drop_leftover_incoming(dsn, incoming, server)
+    result = restore(storage, manifest, identity,
+                     RestoreTarget(with_dbname(dsn, incoming), WARM_ENVIRONMENT, existing=False),
+                     recipients=recipients, pg_bin_dir=pg_bin_dir, work_dir=work_dir, by=actor, progress=progress,
+                     analyze=True)  # a standby takes traffic the moment it is needed
+    assert isinstance(result, RestoreResult)  # not a dry run
+    swap_started = time.perf_counter()
+    try:
+        _swap_in(dsn, incoming, backup_id, server)
+    except BaseException as exc:
+        with contextlib.suppress(DbprotectError, psycopg.Error):
+            drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
+        if isinstance(exc, psycopg.Error):
+            reason = " ".join(str(exc).split())[:160]
+            raise DatabaseError(f"swapping the new warm copy into {state.name!r} on {server} failed: {reason}; "
+                                "the previous warm copy is in place",
+                                hint="the warm copy DSN's role needs CREATEDB and to own the warm copy") from None
+        raise
+    timings = dict(result.timings)
+    timings["warm_swap_seconds"] = round(time.perf_counter() - swap_started, 3)
+    timings["total_seconds"] = round(time.perf_counter() - started, 3)
+    outcome.refreshed, outcome.timings = True, timings
+    outcome.objects = result.objects
+    outcome.reason = (f"restored backup {backup_id} into warm copy {state.name!r}"
+                      + (f" (was {state.holds})" if state.holds else "") + "; verified against its manifest")
+    return outcome
+
+
+def verify_live_warm_copy(storage: Storage, database: str, dsn: str) -> WarmCopyVerification:
+    """Compare the live warm copy ``dsn`` names with the manifest of the backup it records holding.
 
     Raises :class:`NotFoundError` when there is no warm copy yet (or it records no backup), and
     :class:`RefusedError` when the database is not marked ``backup``: that is not a warm copy.
     """
-    from dbprotect.core.ops.operations import audit_log, primary_store
-
-    storage = primary_store(config, database)
-    audit = audit_log(config, database, actor=actor)
-    dsn = warm_copy_dsn(config, database, environ)
     server = mask_dsn(with_dbname(dsn, MAINTENANCE_DB))
     state = inspect_warm_copy(dsn)
     if not state.exists or state.holds is None:
@@ -375,24 +331,5 @@ def verify_warm_copy(config: Config, database: str, *, actor: str = "dbprotect",
     manifest = load_manifest(storage, database, state.holds)
     started = time.perf_counter()
     problems = compare_warm_copy(dsn, manifest)
-    report = WarmCopyVerification(database, state.name, state.holds, not problems, problems, len(manifest.tables),
-                                  manifest.total_rows, round(time.perf_counter() - started, 3), manifest.snapshot_at)
-    with contextlib.suppress(DbprotectError):
-        audit.record("verify", database=database, outcome="ok" if report.ok else "failed", target=state.holds,
-                     detail=report.detail, data={"warm_copy": state.name, "seconds": report.seconds})
-    return report
-
-
-__all__ = [
-    "HOLDS_SETTING",
-    "WARM_ENVIRONMENT",
-    "WarmCopyOutcome",
-    "WarmCopyState",
-    "WarmCopyVerification",
-    "check_replaceable",
-    "compare_warm_copy",
-    "inspect_warm_copy",
-    "refresh_warm_copy",
-    "verify_warm_copy",
-    "warm_copy_dsn",
-]
+    return WarmCopyVerification(database, state.name, state.holds, not problems, problems, len(manifest.tables),
+                                manifest.total_rows, round(time.perf_counter() - started, 3), manifest.snapshot_at)

@@ -11,17 +11,6 @@ Modules, in the order data flows through them::
     checks.py        no_pii_leaked, constraints_hold, row_counts_match
     build.py         newest verified backup -> scratch -> sanitized database -> artifact (dev key)
     promote.py       newest artifact that passed every check -> development database
+
+The config-level entry points (build, promote, coverage check) are in :mod:`dbprotect.core.ops.sanitize`.
 """
-
-from dbprotect.core.sanitize.build import SanitizeResult, build_sanitized_copy, sanitized_name
-from dbprotect.core.sanitize.checks import BLOCKING_CHECKS
-from dbprotect.core.sanitize.coverage import CoverageError, require_coverage
-from dbprotect.core.sanitize.promote import newest_promotable, promote_dev_copy
-from dbprotect.core.sanitize.rules import ColumnRule, RuleSet, load_rules, parse_rules
-from dbprotect.core.sanitize.transformers import Masker, SanitizeError
-
-__all__ = [
-    "BLOCKING_CHECKS", "ColumnRule", "CoverageError", "Masker", "RuleSet", "SanitizeError", "SanitizeResult",
-    "build_sanitized_copy", "load_rules", "newest_promotable", "parse_rules", "promote_dev_copy",
-    "require_coverage", "sanitized_name",
-]

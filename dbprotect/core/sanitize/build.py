@@ -19,24 +19,28 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyrage
 from psycopg import sql
 
-from dbprotect.core.config.model import Config, SanitizeSpec
-from dbprotect.core.errors import ConfigError, CredentialIsolationError, ToolError
+from dbprotect.core.backup.stream import run_backup
+from dbprotect.core.config.model import SanitizeSpec
+from dbprotect.core.errors import ToolError
+from dbprotect.core.pg.scratch import ScratchServer, scratch_database
 from dbprotect.core.pg.tools import connect, require_tool_for_server, split_password, tool_env
+from dbprotect.core.restore.staged import decrypted_archive, run_pg_restore
 from dbprotect.core.sanitize.checks import (
     CheckResult,
     constraints_hold,
     no_pii_leaked,
     row_counts_match,
 )
-from dbprotect.core.sanitize.coverage import columns_from_manifest, require_coverage, source_columns
-from dbprotect.core.sanitize.rules import RuleSet, load_rules, qualify
+from dbprotect.core.sanitize.coverage import require_coverage, source_columns
+from dbprotect.core.sanitize.rules import RuleSet, qualify
 from dbprotect.core.sanitize.stream import TableStats, sanitize_table, stream_order
 from dbprotect.core.sanitize.subset import SubsetPlan, plan_subset
 from dbprotect.core.sanitize.transformers import Masker
@@ -50,33 +54,6 @@ LINEAGE_FIELD = "sanitized"
 def sanitized_name(database: str) -> str:
     """The store folder of a database's sanitized copies (apart from its raw backups)."""
     return f"{database}{SANITIZED_SUFFIX}"
-
-
-def sanitize_spec(config: Config, database: str) -> SanitizeSpec:
-    spec = config.database(database).sanitize
-    if spec is None:
-        raise ConfigError(f"{config.source}: databases.{database} has no sanitize: section",
-                          hint="add sanitize: {rules: FILE, hmac_key_env: VAR} to make sanitized copies")
-    return spec
-
-
-def rules_for(config: Config, database: str) -> RuleSet:
-    path = Path(sanitize_spec(config, database).rules).expanduser()
-    return load_rules(path if path.is_absolute() else config.base_dir() / path)
-
-
-def masking_key(config: Config, database: str, environ: Mapping[str, str] | None = None) -> bytes:
-    """The masking key from its variable (production side only); its value never reaches a message."""
-    environ = os.environ if environ is None else environ
-    spec = sanitize_spec(config, database)
-    if config.deployment == "development":
-        raise CredentialIsolationError("a development deployment never holds the masking key",
-                                       hint="sanitized copies are built by the production deployment")
-    value = environ.get(spec.hmac_key_env)
-    if not value:
-        raise ConfigError(f"${spec.hmac_key_env} is not set (the masking key of database {database!r})",
-                          hint=f"export {spec.hmac_key_env}=<64 hex digits, e.g. from secrets.token_hex(32)>")
-    return value.encode()
 
 
 @dataclass
@@ -146,105 +123,6 @@ def copy_sequences(src_dsn: str, dst_dsn: str) -> int:
     return len(rows)
 
 
-def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None = None,
-                         environ: Mapping[str, str] | None = None, by: str = "dbprotect",
-                         progress: Callable[[str], None] | None = None) -> SanitizeResult:
-    """Build, check and (if every check passed) store the sanitized copy of ``database``.
-
-    The coverage gate runs first, from the backup's manifest, so an unclassified column stops the
-    run before anything is decrypted or restored.
-    """
-    from dbprotect.core.backup.stream import run_backup
-    from dbprotect.core.ops.operations import newest_verified_backup, primary_store, raw_identity
-    from dbprotect.core.pg.scratch import scratch_database, scratch_server_from_config
-    from dbprotect.core.restore.staged import decrypted_archive, run_pg_restore
-    from dbprotect.core.store.catalog import load_manifest
-
-    say = progress or (lambda phase: None)
-    if config.keys.development is None:
-        raise ConfigError(f"{config.source}: keys.development is missing",
-                          hint="sanitized copies are encrypted to the development key, never the raw-backup key")
-    spec = sanitize_spec(config, database)
-    rules = rules_for(config, database)
-    key = masking_key(config, database, environ)
-    masker = Masker(key)
-    storage = primary_store(config, database)
-    backup_id = backup_id or newest_verified_backup(storage, database)
-    manifest = load_manifest(storage, database, backup_id)
-    require_coverage(rules, columns_from_manifest(manifest), database=database)
-    identity = raw_identity(config, environ)
-    major = int(manifest.source["server_major"])
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[f"{name}_seconds"] = round(now - clock, 3)
-        clock = now
-
-    with scratch_server_from_config(config, environ) as server:
-        server.require_major(major)
-        encoding = manifest.source.get("encoding")
-        with decrypted_archive(storage, manifest, identity, config.scratch.work_dir) as archive, \
-                scratch_database(server, encoding=encoding) as source, \
-                scratch_database(server, encoding=encoding) as target:
-            say("restore_source")
-            run_pg_restore(archive, source.dsn, server_major=major, pg_bin_dir=config.pg_bin_dir)
-            restore_section(archive, target.dsn, "pre-data", server_major=major, pg_bin_dir=config.pg_bin_dir)
-            lap("restore")
-            say("stream")
-            with connect(source.dsn) as src, connect(target.dsn) as dst:
-                columns = source_columns(src)
-                coverage = require_coverage(rules, {t: [c.name for c in cs] for t, cs in columns.items()},
-                                            database=database)
-                plan = plan_subset(src, {qualify(t): s.model_dump(exclude_none=True) for t, s in spec.subset.items()},
-                                   sorted(columns)) if spec.subset else SubsetPlan()
-                stats = []
-                for table in stream_order(columns, rules):
-                    stats.append(sanitize_table(src, dst, table, columns[table], rules, masker, plan.where(table)))
-                dst.commit()
-            copy_sequences(source.dsn, target.dsn)
-            lap("stream")
-            say("post_data")
-            restore_section(archive, target.dsn, "post-data", server_major=major, pg_bin_dir=config.pg_bin_dir)
-            lap("post_data")
-            say("checks")
-            with connect(source.dsn, autocommit=True) as src, connect(target.dsn, autocommit=True) as dst:
-                checks = [no_pii_leaked(src, dst, columns, rules, stats, key),
-                          constraints_hold(src, dst),
-                          row_counts_match(dst, manifest, sorted(columns), plan.rows)]
-            lap("checks")
-            result = SanitizeResult(database, backup_id, rules.sha256, masker.key_id(), checks, stats,
-                                    timings, coverage.unreviewed)
-            if not result.ok:
-                _audit(storage, by, result)
-                return result
-            say("store")
-            backup = run_backup(database=sanitized_name(database), dsn=target.dsn, storage=storage,
-                                recipients=config.keys.development.recipients, environment="development",
-                                pg_bin_dir=config.pg_bin_dir)
-            lap("store")
-    stored = _with_lineage(backup.manifest, result, by)
-    storage.put_bytes(manifest_key(stored.database, stored.backup_id), stored.to_json())
-    result.artifact_id = stored.backup_id
-    _audit(storage, by, result)
-    return result
-
-
-def _audit(storage: Storage, by: str, result: SanitizeResult) -> None:
-    from dbprotect.core.audit import AuditLog
-
-    failed = [c for c in result.checks if not c.ok]
-    AuditLog(storage, actor=by).record(
-        "sanitize", database=result.database, outcome="failed" if failed else "ok",
-        target=result.artifact_id or result.source_backup_id,
-        detail="; ".join(f"{c.name}: {c.detail}" for c in failed) if failed
-        else f"sanitized copy {result.artifact_id} of backup {result.source_backup_id}",
-        data={"source_backup_id": result.source_backup_id, "rules_sha256": result.rules_sha256,
-              "masking_key_id": result.key_id, "metrics": result.metrics()})
-
-
 def _with_lineage(manifest: Manifest, result: SanitizeResult, by: str) -> Manifest:
     """The artifact's manifest with where it came from and what it passed (never the key itself)."""
     data = manifest.model_dump(mode="json")
@@ -261,3 +139,71 @@ def _with_lineage(manifest: Manifest, result: SanitizeResult, by: str) -> Manife
         "rows": result.rows,
     }
     return Manifest.model_validate(data)
+
+
+def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, server: ScratchServer, *,
+                    rules: RuleSet, spec: SanitizeSpec, key: bytes, development_recipients: list[str],
+                    pg_bin_dir: str | None, work_dir: str | None, by: str,
+                    progress: Callable[[str], None] | None = None) -> SanitizeResult:
+    """Build and check the sanitized copy of the backup ``manifest`` describes; store it if every check passed.
+
+    ``identity`` decrypts the raw backup; the artifact is encrypted to ``development_recipients``
+    only. The caller has run the coverage gate already (from the manifest, before decrypting).
+    """
+    database, backup_id = manifest.database, manifest.backup_id
+    say = progress or (lambda phase: None)
+    masker = Masker(key)
+    major = int(manifest.source["server_major"])
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[f"{name}_seconds"] = round(now - clock, 3)
+        clock = now
+
+    server.require_major(major)
+    encoding = manifest.source.get("encoding")
+    with decrypted_archive(storage, manifest, identity, work_dir) as archive, \
+            scratch_database(server, encoding=encoding) as source, \
+            scratch_database(server, encoding=encoding) as target:
+        say("restore_source")
+        run_pg_restore(archive, source.dsn, server_major=major, pg_bin_dir=pg_bin_dir)
+        restore_section(archive, target.dsn, "pre-data", server_major=major, pg_bin_dir=pg_bin_dir)
+        lap("restore")
+        say("stream")
+        with connect(source.dsn) as src, connect(target.dsn) as dst:
+            columns = source_columns(src)
+            coverage = require_coverage(rules, {t: [c.name for c in cs] for t, cs in columns.items()},
+                                        database=database)
+            plan = plan_subset(src, {qualify(t): s.model_dump(exclude_none=True) for t, s in spec.subset.items()},
+                               sorted(columns)) if spec.subset else SubsetPlan()
+            stats = []
+            for table in stream_order(columns, rules):
+                stats.append(sanitize_table(src, dst, table, columns[table], rules, masker, plan.where(table)))
+            dst.commit()
+        copy_sequences(source.dsn, target.dsn)
+        lap("stream")
+        say("post_data")
+        restore_section(archive, target.dsn, "post-data", server_major=major, pg_bin_dir=pg_bin_dir)
+        lap("post_data")
+        say("checks")
+        with connect(source.dsn, autocommit=True) as src, connect(target.dsn, autocommit=True) as dst:
+            checks = [no_pii_leaked(src, dst, columns, rules, stats, key),
+                      constraints_hold(src, dst),
+                      row_counts_match(dst, manifest, sorted(columns), plan.rows)]
+        lap("checks")
+        result = SanitizeResult(database, backup_id, rules.sha256, masker.key_id(), checks, stats,
+                                timings, coverage.unreviewed)
+        if not result.ok:
+            return result
+        say("store")
+        backup = run_backup(database=sanitized_name(database), dsn=target.dsn, storage=storage,
+                            recipients=development_recipients, environment="development",
+                            pg_bin_dir=pg_bin_dir)
+        lap("store")
+    stored = _with_lineage(backup.manifest, result, by)
+    storage.put_bytes(manifest_key(stored.database, stored.backup_id), stored.to_json())
+    result.artifact_id = stored.backup_id
+    return result

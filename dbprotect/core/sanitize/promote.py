@@ -10,14 +10,13 @@ swapped in. A copy whose lineage lacks a passed result for any blocking check is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from dbprotect.core.config.model import Config
-from dbprotect.core.errors import ConfigError, NotFoundError, RefusedError
-from dbprotect.core.sanitize.build import LINEAGE_FIELD, sanitize_spec, sanitized_name
+from dbprotect.core.errors import RefusedError
+from dbprotect.core.sanitize.build import LINEAGE_FIELD, sanitized_name
 from dbprotect.core.sanitize.checks import BLOCKING_CHECKS
 from dbprotect.core.store import Storage
+from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.manifest import Manifest
 
 
@@ -42,8 +41,6 @@ def failed_checks(manifest: Manifest) -> list[str]:
 
 def newest_promotable(storage: Storage, database: str) -> Promotable:
     """The newest sanitized copy of ``database`` whose every blocking check passed."""
-    from dbprotect.core.store.catalog import list_backups, load_manifest
-
     entries = list_backups(storage, sanitized_name(database))
     if not entries:
         return Promotable(None, f"no sanitized copy of {database!r} exists in {storage.uri}")
@@ -62,40 +59,3 @@ def require_promotable(manifest: Manifest) -> None:
                            "it is never promoted", hint="fix the masking rules and build a new sanitized copy")
 
 
-def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact_id: str | None = None,
-                     environ: Mapping[str, str] | None = None, by: str = "dbprotect",
-                     progress: Callable[[str], None] | None = None) -> object:
-    """Restore the newest promotable sanitized copy into the development database of ``database``.
-
-    ``confirmed``: the typed ``--confirm``, or the configuration's ``sanitize.promote: true`` for
-    the sensor. Returns :class:`dbprotect.core.restore.oncall.RestoreResult`.
-    """
-    from dbprotect.core.audit import AuditLog
-    from dbprotect.core.config.model import resolve_dsn
-    from dbprotect.core.crypto import load_identity
-    from dbprotect.core.ops.operations import primary_store
-    from dbprotect.core.restore.oncall import RestoreTarget, restore
-    from dbprotect.core.store.catalog import load_manifest
-
-    sanitize_spec(config, database)
-    if config.keys.development is None:
-        raise ConfigError(f"{config.source}: keys.development is missing", hint="promotion decrypts with it")
-    storage = primary_store(config, database)
-    if artifact_id:
-        manifest = load_manifest(storage, sanitized_name(database), artifact_id)
-    else:
-        found = newest_promotable(storage, database)
-        if found.manifest is None:
-            raise NotFoundError(f"nothing to promote: {found.reason}",
-                                hint=f"build one on the production side: 'dbprotect sanitize build {database}'")
-        manifest = found.manifest
-    require_promotable(manifest)
-    target = RestoreTarget(resolve_dsn(config, database, "development", environ), "development", existing=True)
-    if not confirmed:
-        raise RefusedError(f"refused: promoting sanitized copy {manifest.backup_id} replaces the development "
-                           f"database {target.name!r}; it needs confirmation", hint="repeat with --confirm")
-    identity = load_identity(config.keys.development.identity_env, environ)
-    return restore(storage, manifest, identity, target, confirmation=target.name,
-                   recipients=config.keys.development.recipients, audit=AuditLog(storage, actor=by),
-                   safety_database=f"{database}-development-safety", pg_bin_dir=config.pg_bin_dir,
-                   work_dir=config.scratch.work_dir, by=by, progress=progress)

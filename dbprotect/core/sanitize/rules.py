@@ -32,6 +32,9 @@ from dbprotect.core.errors import ConfigError
 
 RULES_VERSION = 1
 
+#: The transformer names a rule may use (``keep`` leaves the column as it is); :mod:`.transformers` implements each.
+KINDS = ("keep", "email", "phone", "name", "text", "ip", "date", "number", "json", "null", "fixed", "hash")
+
 
 @dataclass(frozen=True)
 class ColumnRule:
@@ -50,8 +53,6 @@ class ColumnRule:
 
     @classmethod
     def parse(cls, raw: Any, *, where: str) -> ColumnRule:
-        from dbprotect.core.sanitize.transformers import KINDS
-
         if isinstance(raw, str):
             raw = {"transformer": raw}
         if not isinstance(raw, dict) or not isinstance(raw.get("transformer"), str):

@@ -34,7 +34,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from dbprotect.core.errors import ConfigError, DbprotectError
-from dbprotect.core.sanitize.rules import ColumnRule
+from dbprotect.core.sanitize.rules import KINDS, ColumnRule
 
 #: A transformer: (value, attempt) -> masked value, or None for NULL.
 Transform = Callable[[bytes, int], bytes | None]
@@ -53,7 +53,6 @@ DISJOINT_KINDS = frozenset({"email", "name", "text", "ip", "hash"})
 #: Transformers whose outputs are plain ASCII without COPY's special characters.
 SAFE_OUTPUT_KINDS = frozenset({"email", "phone", "name", "ip", "date", "number", "hash", "null"})
 
-KINDS = ("keep", "email", "phone", "name", "text", "ip", "date", "number", "json", "null", "fixed", "hash")
 
 _SYLLABLES = (b"ka", b"lo", b"vi", b"ru", b"zen", b"to", b"qua", b"ne", b"zo", b"pel", b"ri", b"dax", b"fe",
               b"gu", b"hol", b"jin", b"lu", b"mor", b"ny", b"qui", b"sev", b"tar", b"vo", b"wy", b"xa", b"yel",

@@ -81,6 +81,8 @@ def _unquote(name: str) -> str:
 
 
 def _inspect(dsn: str) -> Any:
+    # results (SQLAlchemy underneath) is imported on first use: ~420 ms (python -X importtime) that
+    # every CLI command would otherwise pay; only drift and sync need it. Likewise below.
     import results
 
     try:

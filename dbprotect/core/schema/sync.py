@@ -20,25 +20,19 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from dbprotect.core.audit import AuditLog
-from dbprotect.core.config.model import Config, resolve_dsn
-from dbprotect.core.errors import DatabaseError, DbprotectError, RefusedError
-from dbprotect.core.ops.operations import primary_store
+from dbprotect.core.errors import DatabaseError, RefusedError
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn
 from dbprotect.core.pg.markers import require_marker
-from dbprotect.core.pg.tools import connect, server_major
-from dbprotect.core.restore.guards import check_confirmation
-from dbprotect.core.schema.drift import DriftReport, compare_schemas, migration
+from dbprotect.core.pg.tools import connect
+from dbprotect.core.schema.drift import DriftReport
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, Finding, LintResult, lint_text, run_squawk
-from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, fresh_verified_backup, take_verified_backup
+from dbprotect.core.schema.protect import ProtectingBackup
 
 ENVIRONMENTS = ("production", "development")
 #: Put before every plan: a push waits at most this long for a lock, then fails instead of queueing traffic.
@@ -85,7 +79,7 @@ class PushResult:
                 "drift_after": self.drift_after.to_dict() if self.drift_after else None}
 
 
-def _check_direction(source: str, target: str) -> None:
+def check_sync_direction(source: str, target: str) -> None:
     for name in (source, target):
         if name not in ENVIRONMENTS:
             raise RefusedError(f"unknown environment {name!r}", hint=f"name one of: {', '.join(ENVIRONMENTS)}")
@@ -113,24 +107,7 @@ def lint_plan(plan_sql: str, database: str, *, pg_version: int,
         Finding(path.name, f.line, f.rule, f.message, f.source) for f in squawk if not recreated(f)])
 
 
-def plan_sync(config: Config, database: str, source: str, target: str, *,
-              environ: Mapping[str, str] | None = None) -> SchemaPlan:
-    """The plan taking ``target``'s schema to ``source``'s (linted when the target is production)."""
-    _check_direction(source, target)
-    source_dsn = resolve_dsn(config, database, source, environ)
-    target_dsn = resolve_dsn(config, database, target, environ)
-    sql = migration(target_dsn, source_dsn).sql
-    plan = SchemaPlan(database, source, target, mask_dsn(target_dsn), sql)
-    if target == "production" and not plan.empty:
-        with connect(target_dsn, autocommit=True) as conn:
-            major = server_major(conn)
-        exclude = tuple(config.database(database).schema_settings.lint_exclude)
-        plan = SchemaPlan(database, source, target, plan.target_dsn_masked, sql,
-                          lint_plan(plan.script(), database, pg_version=major, exclude=exclude))
-    return plan
-
-
-def _require_target_marker(dsn: str, target: str) -> None:
+def require_target_marker(dsn: str, target: str) -> None:
     name = dbname_of(dsn)
     if not name:
         raise RefusedError(f"the {target} DSN {mask_dsn(dsn)} names no database; refusing to guess")
@@ -149,58 +126,4 @@ def apply_plan(dsn: str, script: str) -> None:
                             hint="run with --dry-run to see the plan; fix the source schema or the target") from None
 
 
-def push_schema(config: Config, database: str, source: str, target: str, *, confirmation: str | None = None,
-                dry_run: bool = False, actor: str = "dbprotect", environ: Mapping[str, str] | None = None,
-                now: datetime | None = None) -> PushResult:
-    """Make ``target``'s schema equal to ``source``'s, behind the rules in the module docstring.
-
-    Refusals raise :class:`RefusedError` before anything changes and are recorded in the audit log
-    (as is every applied push, with the backup it stands on).
-    """
-    audit = AuditLog(primary_store(config, database), actor=actor)
-    action = f"schema-push {source}->{target}"
-    try:
-        plan = plan_sync(config, database, source, target, environ=environ)
-        if dry_run or plan.empty:
-            return PushResult(plan, applied=False, notes=["dry run: nothing was changed"] if dry_run else
-                              [f"{target} already matches {source}: nothing to do"])
-        target_dsn = resolve_dsn(config, database, target, environ)
-        _require_target_marker(target_dsn, target)
-        backup: ProtectingBackup | None = None
-        if target == "production":
-            if plan.lint is not None and not plan.lint.ok:
-                raise RefusedError(
-                    f"refused: the plan fails migration lint ({len(plan.lint.findings)} finding(s): "
-                    + "; ".join(plan.lint.lines()[:3]) + "); production was not changed",
-                    hint="change the development schema, or apply a reviewed migration with waivers "
-                    "through 'dbprotect guard'")
-            check_confirmation(database, confirmation)
-            backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
-                take_verified_backup(config, database, "production", why=f"the schema push to {database}",
-                                     actor=actor, environ=environ)
-        apply_plan(target_dsn, plan.script())
-        after = compare_schemas(resolve_dsn(config, database, source, environ), target_dsn, left=source,
-                                right=target)
-    except DbprotectError as exc:
-        outcome = "refused" if isinstance(exc, RefusedError) else "failed"
-        audit.record(action, database=database, outcome=outcome, detail=exc.one_line(), data={"error": exc.code})
-        raise
-    audit.record(action, database=database, outcome="ok" if after.ok else "failed",
-                 target=backup.backup_id if backup else "",
-                 detail=f"{len(plan.sql.splitlines())} plan lines applied; {after.summary()}",
-                 data={"backup": backup.describe() if backup else None, "drift_after": after.lines()})
-    if not after.ok:
-        raise DatabaseError(f"the plan was applied but {after.summary()}",
-                            hint="results could not express every difference; review them by hand")
-    return PushResult(plan, applied=True, backup=backup, drift_after=after)
-
-
-def drift_between(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> DriftReport:
-    """Development against production, with the configured allow-list of pending changes."""
-    settings = config.database(database).schema_settings
-    return compare_schemas(resolve_dsn(config, database, "development", environ),
-                           resolve_dsn(config, database, "production", environ),
-                           left="development", right="production", allowed=settings.pending)
-
-
-__all__ = ["PushResult", "SchemaPlan", "apply_plan", "drift_between", "lint_plan", "plan_sync", "push_schema"]
+__all__ = ["PushResult", "SchemaPlan", "apply_plan", "check_sync_direction", "lint_plan", "require_target_marker"]

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from psycopg import sql
 
-from dbprotect.core.config.model import Config, resolve_dsn
 from dbprotect.core.errors import ConfigError
 from dbprotect.core.pg.tools import connect
 
@@ -120,15 +118,6 @@ def migration_files(directory: Path) -> dict[str, str]:
     return found
 
 
-def migrations_dir(config: Config, database: str) -> Path | None:
-    """``schema.migrations_dir`` of ``database`` resolved against the configuration's folder."""
-    configured = config.database(database).schema_settings.migrations_dir
-    if not configured:
-        return None
-    path = Path(configured).expanduser()
-    return path if path.is_absolute() else config.base_dir() / path
-
-
 def alembic_revision(dsn: str, table: str = ALEMBIC_TABLE) -> str | None:
     """``version_num`` of Alembic's table as found on the search path (several heads: sorted,
     comma-separated); ``None`` when there is no such table or it is empty (Alembic's *base*)."""
@@ -139,13 +128,6 @@ def alembic_revision(dsn: str, table: str = ALEMBIC_TABLE) -> str | None:
         query = sql.SQL("SELECT version_num::text FROM {}").format(sql.SQL(row[0]))  # to_regclass quoted it
         revisions = sorted(str(value) for (value,) in conn.execute(query).fetchall())
     return ",".join(revisions) or None
-
-
-def observe(config: Config, database: str, environ: Mapping[str, str] | None = None) -> WatchState:
-    """The current state of both markers for ``database``'s production environment."""
-    directory = migrations_dir(config, database)
-    files = migration_files(directory) if directory is not None else {}
-    return WatchState(migrations=files, alembic=alembic_revision(resolve_dsn(config, database, "production", environ)))
 
 
 def decide(previous_cursor: str | None, current: WatchState) -> WatchDecision:

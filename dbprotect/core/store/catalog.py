@@ -180,3 +180,16 @@ def databases_in_store(storage: Storage) -> list[str]:
         if rest.endswith("/" + MANIFEST_OBJECT):
             names[head] += 1
     return sorted(names)
+
+
+def newest_verified_backup(storage: Storage, database: str) -> str:
+    """The default backup to restore: the newest one whose every recorded rung passed (at least 1-2).
+
+    A backup that failed any rung (integrity, restore verification, a drill) is skipped, and so
+    is one never verified: an on-call restore should not be the first test of a backup.
+    """
+    entry = newest_backup(storage, database, integrity_ok=True)
+    if entry is None:
+        raise NotFoundError(f"database {database!r} has no backup that passed verification in {storage.uri}",
+                            hint=f"verify one ('dbprotect verify latest -d {database}') or name a BACKUP_ID")
+    return entry.backup_id

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pyrage
 
-from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.ops.operations import primary_store, raw_identity
-from dbprotect.core.pg.scratch import ScratchServer, scratch_server_from_config
+from dbprotect.core.pg.scratch import ScratchServer
 from dbprotect.core.restore.staged import Progress, RestoreVerification, verify_restore
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import list_backups, load_manifest, record_verification
@@ -62,7 +60,7 @@ def run_drill(storage: Storage, database: str, identity: pyrage.x25519.Identity,
               now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> DrillResult:
     """Drill the newest complete backup of ``database`` (or ``backup_id``) and record rung *drilled*."""
     started = time.perf_counter()
-    backup_id = backup_id or _newest_complete(storage, database)
+    backup_id = backup_id or newest_complete_backup(storage, database)
     manifest = load_manifest(storage, database, backup_id)
     rpo_seconds = round((now() - manifest.snapshot_at).total_seconds(), 3)
     verification = verify_restore(storage, manifest, identity, server, pg_bin_dir=pg_bin_dir, jobs=jobs,
@@ -89,7 +87,7 @@ def _minutes(value: float) -> str:
     return f"{value:g} min"
 
 
-def _newest_complete(storage: Storage, database: str) -> str:
+def newest_complete_backup(storage: Storage, database: str) -> str:
     for entry in list_backups(storage, database):
         if entry.complete:
             return entry.backup_id
@@ -125,23 +123,4 @@ def last_drill(storage: Storage, database: str) -> LastDrill | None:
 
 # -- resolved from configuration: what the CLI and Dagster call ---------------------------------
 
-def restore_verify_database(config: Config, database: str, backup_id: str | None = None, *,
-                            by: str = "dbprotect", environ: Mapping[str, str] | None = None,
-                            progress: Progress | None = None, audit: AuditLog | None = None) -> RestoreVerification:
-    """Rung 3 for one backup of a configured database (default: the newest complete one)."""
-    storage = primary_store(config, database)
-    manifest = load_manifest(storage, database, backup_id or _newest_complete(storage, database))
-    with scratch_server_from_config(config, environ) as server:
-        return verify_restore(storage, manifest, raw_identity(config, environ), server,
-                              pg_bin_dir=config.pg_bin_dir, work_dir=config.scratch.work_dir, by=by,
-                              progress=progress, audit=audit)
 
-
-def drill_database(config: Config, database: str, *, by: str = "drill", environ: Mapping[str, str] | None = None,
-                   progress: Progress | None = None, audit: AuditLog | None = None) -> DrillResult:
-    """A drill of a configured database against its ``rto_minutes``."""
-    storage = primary_store(config, database)
-    with scratch_server_from_config(config, environ) as server:
-        return run_drill(storage, database, raw_identity(config, environ), server,
-                         rto_minutes=config.database(database).rto_minutes, pg_bin_dir=config.pg_bin_dir,
-                         work_dir=config.scratch.work_dir, by=by, progress=progress, audit=audit)

@@ -7,7 +7,7 @@ import dagster as dg
 
 from dbprotect.core.backup.stream import BackupResult
 from dbprotect.core.config.model import Config
-from dbprotect.core.ops.operations import backup_database
+from dbprotect.core.ops import backup_database
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import dagster_actor, dagster_name, postgres_resource_key, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, PostgresResource

@@ -18,7 +18,7 @@ import dagster as dg
 
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.ops.operations import database_status, verify_database_backup
+from dbprotect.core.ops import database_status, verify_database_backup
 from dbprotect.core.verify.integrity import IntegrityReport
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, dagster_name, snapshot_key

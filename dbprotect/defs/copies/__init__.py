@@ -13,7 +13,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.ops.operations import copy_targets
+from dbprotect.core.ops import copy_targets
 from dbprotect.defs.copies.assets import build_copy_asset
 from dbprotect.defs.copies.checks import build_copy_check
 from dbprotect.defs.copies.warm import build_warm_copy_asset, build_warm_copy_check

@@ -1,7 +1,7 @@
 """Backup-copy assets: one per storage target beyond the primary, downstream of the snapshot.
 
 Materializing ``[<db>, backup_copy_<target>]`` copies the newest verified backup to ``<target>``
-unless it is already there (:func:`dbprotect.core.ops.operations.copy_to_target`): the encrypted
+unless it is already there (:func:`dbprotect.core.ops.copy_to_target`): the encrypted
 object as it is, verified on the target before its manifest commits it. The metadata says what
 was copied and how (bytes, seconds, server-side or streamed) and carries a table of which
 targets hold which backups, so the asset page answers "where are my backups?".
@@ -11,7 +11,7 @@ targets hold which backups, so the asset page answers "where are my backups?".
 import dagster as dg
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.ops.operations import CopyOutcome, copy_to_target, target_holdings
+from dbprotect.core.ops import CopyOutcome, copy_to_target, target_holdings
 from dbprotect.core.store.catalog import BackupEntry
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import copy_key, dagster_actor, dagster_name, snapshot_key

@@ -9,7 +9,7 @@ it stops counting as a verified backup there, and the next copy run copies it ag
 import dagster as dg
 
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.ops.operations import verify_target_copy
+from dbprotect.core.ops import verify_target_copy
 from dbprotect.defs.copies.assets import holdings_metadata
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import COPY_INTEGRITY_CHECK, copy_key, dagster_actor

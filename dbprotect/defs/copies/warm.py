@@ -13,8 +13,8 @@ import dagster as dg
 
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.ops.operations import target_holdings
-from dbprotect.core.restore.warm import WarmCopyOutcome, refresh_warm_copy, verify_warm_copy
+from dbprotect.core.ops import refresh_warm_copy, target_holdings, verify_warm_copy
+from dbprotect.core.restore.warm import WarmCopyOutcome
 from dbprotect.core.store.catalog import BackupEntry
 from dbprotect.defs.copies.assets import holdings_markdown
 from dbprotect.defs.failures import core_errors_as_failures

@@ -3,7 +3,7 @@
 The form (:class:`RestoreConfig`) asks what ``dbprotect restore`` asks: the database, the backup
 (default: the newest that passed verification), a new database (default) or an existing one of a
 named environment, the confirmation, and whether to only print the plan. The op calls
-:func:`dbprotect.core.ops.operations.restore_database`, so every guard is core's and refuses here
+:func:`dbprotect.core.ops.restore_database`, so every guard is core's and refuses here
 exactly as on the command line: the run fails with the same one-line ``error[DBP009]`` sentence
 and the target is untouched. A dry run succeeds and shows the plan (what will be dropped,
 created, how big, how long the last drill took) as the output's metadata.
@@ -22,7 +22,7 @@ import dagster as dg
 from pydantic import Field
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.ops.operations import restore_database
+from dbprotect.core.ops import restore_database
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult
 from dbprotect.defs.failures import core_errors_as_failures

@@ -15,7 +15,7 @@ import dagster as dg
 
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import DbprotectError
-from dbprotect.core.ops.operations import target_store
+from dbprotect.core.ops import target_store
 from dbprotect.core.retention.policy import retention_compliance
 from dbprotect.core.store.catalog import list_backups
 from dbprotect.defs.failures import core_errors_as_failures

@@ -1,7 +1,7 @@
 """``<db>_cleanup_job``: retention cleanup of every storage target of one database.
 
 One op: per target, plan (the mark) and sweep, manifest first, every deletion audited in the
-primary store (:func:`dbprotect.core.ops.operations.cleanup_database`). What it decided and did is
+primary store (:func:`dbprotect.core.ops.cleanup_database`). What it decided and did is
 recorded on the snapshot asset as an observation per target (numbers the UI plots: kept,
 deleted, bytes freed), and ``retention_compliant`` is evaluated on what the cleanup left. A plan
 that refuses, or a store that fails, fails the run with the same sentence the CLI prints, after
@@ -11,7 +11,7 @@ every other target was cleaned.
 # No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
 import dagster as dg
 
-from dbprotect.core.ops.operations import TargetCleanup, cleanup_database, first_cleanup_error
+from dbprotect.core.ops import TargetCleanup, cleanup_database, first_cleanup_error
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import DATABASE_TAG, cleanup_job_name, dagster_actor, dagster_name, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 import dagster as dg
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.sanitize import BLOCKING_CHECKS, SanitizeResult, build_sanitized_copy, sanitized_name
+from dbprotect.core.ops import build_sanitized_copy
+from dbprotect.core.sanitize.build import SanitizeResult, sanitized_name
+from dbprotect.core.sanitize.checks import BLOCKING_CHECKS
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, snapshot_key
 from dbprotect.defs.resources import (

@@ -15,8 +15,8 @@ import dagster as dg
 from pydantic import Field
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.ops.operations import primary_store
-from dbprotect.core.sanitize import newest_promotable, promote_dev_copy
+from dbprotect.core.ops import primary_store, promote_dev_copy
+from dbprotect.core.sanitize.promote import newest_promotable
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import dagster_name
 from dbprotect.defs.resources import CONFIG_RESOURCE, AgeIdentityResource, DbprotectConfigResource, run_environ

@@ -17,8 +17,8 @@ Thin wiring over :mod:`dbprotect.core.schema`:
 import dagster as dg
 
 from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config, resolve_dsn
+from dbprotect.core.ops import drift_between, push_schema
 from dbprotect.core.schema.snapshot import take_snapshot
-from dbprotect.core.schema.sync import drift_between, push_schema
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import dagster_actor, dagster_name, protected_databases
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource

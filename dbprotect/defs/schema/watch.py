@@ -21,7 +21,8 @@ backup nobody turned on is the backup that is missing when a migration goes wron
 import dagster as dg
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.schema.watch import decide, observe
+from dbprotect.core.ops import observe_migrations
+from dbprotect.core.schema.watch import decide
 from dbprotect.defs.names import PRE_MIGRATION_REASON_TAG, backup_job_name, pre_migration_sensor_name
 
 #: One poll a minute: short enough to catch a deploy's new files before someone runs them by
@@ -43,7 +44,7 @@ def build_pre_migration_sensor(config: Config, database: str) -> dg.SensorDefini
         "migration, run it under 'dbprotect guard -- alembic upgrade head'.",
     )
     def pre_migration_backup(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        decision = decide(context.cursor, observe(config, database))
+        decision = decide(context.cursor, observe_migrations(config, database))
         if not decision.triggered:
             return dg.SensorResult(skip_reason=decision.skip_reason(database), cursor=decision.cursor)
         context.log.info(f"{database}: {decision.reason}: requesting a backup")

@@ -1,0 +1,97 @@
+"""Backups and their integrity checks, resolved from configuration (the CLI's and Dagster's one path)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pyrage
+
+from dbprotect.core.audit import AuditLog
+from dbprotect.core.backup.stream import BackupResult, ProgressCallback, run_backup
+from dbprotect.core.config.model import Config, resolve_dsn
+from dbprotect.core.errors import (
+    DbprotectError,
+    NotFoundError,
+)
+from dbprotect.core.ops.context import (
+    DEFAULT_ACTOR,
+    audit_failure,
+    audit_report,
+    primary_store,
+    raw_identity,
+)
+from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups
+from dbprotect.core.verify.integrity import IntegrityReport, verify_backup
+
+
+def backup_database(config: Config, database: str, *, dsn: str | None = None,
+                    progress: ProgressCallback | None = None,
+                    environ: Mapping[str, str] | None = None, actor: str = DEFAULT_ACTOR) -> BackupResult:
+    """Back up the production environment of ``database`` to its primary store.
+
+    The outcome (the backup id and sizes, or the failure or refusal) goes to the primary store's
+    audit log as ``actor`` (``cli:<user>``, ``dagster:<job>``).
+    """
+    storage = primary_store(config, database)
+    audit = AuditLog(storage, actor=actor)
+    try:
+        dsn = dsn or resolve_dsn(config, database, "production", environ)
+        result = run_backup(
+            database=database, dsn=dsn, storage=storage,
+            recipients=config.keys.raw.recipients, environment="production", pg_bin_dir=config.pg_bin_dir,
+            progress=progress, exclude_table_data=config.database(database).exclude_table_data,
+            zstd_level=config.database(database).compression_level,
+        )
+    except DbprotectError as exc:
+        audit_failure(audit, "backup", database, exc)
+        raise
+    metrics = result.metrics()
+    audit.record("backup", database=database, outcome="ok", target=result.manifest.backup_id,
+                 detail=f"stored at {result.uri}",
+                 data={"stored_bytes": int(metrics["stored_bytes"]), "seconds": metrics["duration_seconds"]})
+    return result
+
+
+def verify_database_backup(config: Config, database: str, backup_id: str | None = None, *,
+                           identity: pyrage.x25519.Identity | None = None, stored_only: bool = False,
+                           by: str = "dbprotect", environ: Mapping[str, str] | None = None,
+                           actor: str | None = None) -> IntegrityReport:
+    """Integrity-check one backup (default: the newest); rung 2 needs the raw identity.
+
+    The result (or why there was none) goes to the primary store's audit log as ``actor``
+    (default: ``by``, the name recorded with each rung's result).
+    """
+    storage = primary_store(config, database)
+    audit = AuditLog(storage, actor=actor or by)
+    try:
+        if backup_id is None:
+            entries = list_backups(storage, database)
+            if not entries:
+                raise NotFoundError(f"database {database!r} has no backups in {storage.uri}",
+                                    hint=f"take one with 'dbprotect backup {database}'")
+            backup_id = entries[0].backup_id
+        else:
+            backup_id = find_backup(storage, [database], backup_id).backup_id
+        if identity is None and not stored_only:
+            identity = raw_identity(config, environ)
+        report = verify_backup(storage, database, backup_id, identity, by=by)
+    except DbprotectError as exc:
+        audit_failure(audit, "verify", database, exc, target=backup_id or "")
+        raise
+    audit_report(audit, database, report)
+    return report
+
+
+def locate_backup(config: Config, backup_id: str, database: str | None = None) -> BackupEntry:
+    """Find a backup by id across the configured databases' primary stores."""
+    names = [database] if database else sorted(config.databases)
+    for name in names:
+        storage = primary_store(config, name)
+        try:
+            return find_backup(storage, [name], backup_id)
+        except NotFoundError:
+            continue
+    raise NotFoundError(f"no backup {backup_id!r} in any configured database ({', '.join(names)})",
+                        hint="'dbprotect list DATABASE' shows the backups that exist")
+
+

@@ -1,0 +1,71 @@
+"""Retention cleanup on every storage target of a database, each with its own policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dbprotect.core.config.model import Config
+from dbprotect.core.errors import (
+    DbprotectError,
+    RefusedError,
+)
+from dbprotect.core.ops.context import (
+    DEFAULT_ACTOR,
+    audit_log,
+    retention_timezone,
+    target_store,
+)
+from dbprotect.core.retention.cleanup import CleanupResult, execute_cleanup, plan_cleanup
+from dbprotect.core.retention.policy import RetentionPlan
+
+
+@dataclass(frozen=True)
+class TargetCleanup:
+    """One target's cleanup: the plan, and what the sweep did or why it stopped."""
+
+    target: str
+    uri: str
+    plan: RetentionPlan
+    result: CleanupResult | None
+    error: DbprotectError | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"target": self.target, "uri": self.uri, "plan": self.plan.to_dict(),
+                "result": self.result.to_dict() if self.result else None,
+                "error": {"code": self.error.code, "exit_code": self.error.exit_code,
+                          "message": self.error.one_line(), "hint": self.error.hint} if self.error else None}
+
+
+def cleanup_database(config: Config, database: str, *, target: str | None = None, dry_run: bool = False,
+                     actor: str = DEFAULT_ACTOR, now: datetime | None = None) -> list[TargetCleanup]:
+    """Plan and sweep retention on one target or every target of ``database`` (each with its policy).
+
+    Every target is attempted even when one refuses or fails, so one broken bucket does not stop
+    the others' cleanup; the caller reports ``error`` per target (:func:`first_cleanup_error`).
+    Deletions, refusals and failures go to the primary store's audit log (not in a dry run).
+    """
+    now = now or datetime.now(UTC)
+    spec = config.database(database)
+    names = [target] if target else config.storage_names(database)
+    done: list[TargetCleanup] = []
+    for name in names:
+        storage = target_store(config, database, name)
+        plan = plan_cleanup(storage, database, spec.policy_for(name), now, tz=retention_timezone(config))
+        try:
+            result = execute_cleanup(storage, plan, dry_run=dry_run,
+                                     audit=audit_log(config, database, actor=actor, target=name))
+        except DbprotectError as exc:
+            done.append(TargetCleanup(name, storage.uri, plan, None, exc))
+            continue
+        done.append(TargetCleanup(name, storage.uri, plan, result, None))
+    return done
+
+
+def first_cleanup_error(cleanups: list[TargetCleanup]) -> DbprotectError | None:
+    """The error a cleanup run ends with: a store failure first (exit 6), else a refusal (exit 9)."""
+    errors = [c.error for c in cleanups if c.error is not None]
+    storage = [e for e in errors if not isinstance(e, RefusedError)]
+    return (storage or errors or [None])[0]
+
+

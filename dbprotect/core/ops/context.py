@@ -1,0 +1,100 @@
+"""What every operation resolves from configuration: stores, keys, the audit log and who acts.
+
+The other ``ops`` modules build on these; nothing below ``ops`` calls them, so the engine modules
+receive resolved stores and keys, never a ``Config`` to dig in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+from collections.abc import Mapping
+from datetime import UTC, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pyrage
+
+from dbprotect.core.audit import AuditLog, AuditRecord
+from dbprotect.core.config.model import Config
+from dbprotect.core.crypto import load_identity
+from dbprotect.core.errors import (
+    CredentialIsolationError,
+    DbprotectError,
+    NotFoundError,
+    RefusedError,
+)
+from dbprotect.core.store import Storage, open_storage
+from dbprotect.core.verify.integrity import IntegrityReport
+
+#: The audit actor when a caller names none; the CLI passes ``cli:<user>``, Dagster ``dagster:<job>``.
+DEFAULT_ACTOR = "dbprotect"
+
+
+def cli_actor() -> str:
+    """``cli:<login name>``: who ran a command, as the audit log records it."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container with an unknown uid)
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
+
+
+def audit_failure(audit: AuditLog, action: str, database: str, exc: DbprotectError, *, target: str = "") -> None:
+    """Record a refused or failed action; a store too broken to record it must not hide ``exc``."""
+    outcome = "refused" if isinstance(exc, RefusedError | CredentialIsolationError) else "failed"
+    with contextlib.suppress(DbprotectError):
+        audit.record(action, database=database, outcome=outcome, target=target, detail=exc.one_line(),
+                     data={"error": exc.code})
+
+
+def primary_store(config: Config, database: str) -> Storage:
+    return open_storage(config, config.primary_storage(database))
+
+
+def raw_identity(config: Config, environ: Mapping[str, str] | None = None) -> pyrage.x25519.Identity:
+    return load_identity(config.keys.raw.identity_env, environ)
+
+
+def audit_report(audit: AuditLog, database: str, report: IntegrityReport) -> None:
+    audit.record("verify", database=database, outcome="ok" if report.ok else "failed", target=report.backup_id,
+                 detail=report.summary(), data={r.rung: r.ok for r in report.results})
+
+
+def retention_timezone(config: Config) -> tzinfo:
+    """The zone whose days, weeks and months the retention period rules count in."""
+    try:
+        return ZoneInfo(config.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def target_store(config: Config, database: str, target: str) -> Storage:
+    """One of the database's storage targets; :class:`NotFoundError` names the ones it has."""
+    names = config.storage_names(database)
+    if target not in names:
+        raise NotFoundError(f"database {database!r} is not stored on target {target!r}",
+                            hint=f"its targets: {', '.join(names)}")
+    return open_storage(config, target)
+
+
+class _TargetAuditLog(AuditLog):
+    """The primary store's audit log, with the storage target each record is about in its data."""
+
+    def __init__(self, storage: Storage, *, actor: str, target: str) -> None:
+        super().__init__(storage, actor=actor)
+        self.target_name = target
+
+    def record(self, action: str, *, database: str, outcome: str, target: str = "", detail: str = "",
+               data: dict[str, Any] | None = None) -> AuditRecord:
+        return super().record(action, database=database, outcome=outcome, target=target, detail=detail,
+                              data={"store": self.target_name, **(data or {})})
+
+
+def audit_log(config: Config, database: str, *, actor: str, target: str | None = None) -> AuditLog:
+    """The audit log actions on ``database`` are recorded in: its primary store's, whatever the target."""
+    storage = primary_store(config, database)
+    return _TargetAuditLog(storage, actor=actor, target=target) if target else AuditLog(storage, actor=actor)
+
+

@@ -1,0 +1,99 @@
+"""Restores, restore verification (rung 3) and drills (rung 4) of a configured database.
+
+Every guard is :func:`dbprotect.core.restore.oncall.restore`'s and every comparison is core's; this
+module only resolves the store, keys, scratch server and targets from the configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from dbprotect.core.audit import AuditLog
+from dbprotect.core.config.model import Config, resolve_dsn
+from dbprotect.core.errors import (
+    RefusedError,
+)
+from dbprotect.core.ops.context import (
+    primary_store,
+    raw_identity,
+)
+from dbprotect.core.pg.dsn import with_dbname
+from dbprotect.core.pg.scratch import scratch_server_from_config
+from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
+from dbprotect.core.restore.staged import Progress, RestoreVerification, verify_restore
+from dbprotect.core.store.catalog import find_backup, load_manifest, newest_verified_backup
+from dbprotect.core.verify.drill import DrillResult, newest_complete_backup, run_drill
+
+
+def default_restore_name(database: str, backup_id: str) -> str:
+    """``<database>_restored_<backup id>``, lower case: a new database's name that says what it holds."""
+    return f"{database}_restored_{backup_id}".lower().replace("-", "_")[:63]
+
+
+def restore_target(config: Config, database: str, *, environment: str = "production", existing: bool = False,
+                   name: str | None = None, environ: Mapping[str, str] | None = None) -> RestoreTarget:
+    """Where a restore goes, from the configured DSN of ``environment`` (read from its variable now).
+
+    ``existing``: the database the environment's DSN names (or ``name`` on the same server) is
+    overwritten, behind core's guards. Otherwise a new database ``name`` is created on that
+    environment's server. Credential isolation applies: a deployment reaches only its own DSNs.
+    """
+    dsn = resolve_dsn(config, database, environment, environ)
+    if existing:
+        return RestoreTarget(with_dbname(dsn, name) if name else dsn, environment, existing=True)
+    if not name:
+        raise RefusedError("a restore to a new database needs the new database's name",
+                           hint=f"name it, e.g. {database}_restored")
+    return RestoreTarget(with_dbname(dsn, name), environment, existing=False)
+
+
+def restore_database(config: Config, database: str, backup_id: str | None = None, *, environment: str = "production",
+                     existing: bool = False, target_name: str | None = None, confirmation: str | None = None,
+                     dry_run: bool = False, by: str = "dbprotect", environ: Mapping[str, str] | None = None,
+                     progress: Callable[[str], None] | None = None,
+                     analyze: bool | None = None) -> RestorePlan | RestoreResult:
+    """The on-call restore of a configured database: what ``dbprotect restore`` and the ``restore`` job call.
+
+    ``backup_id`` defaults to the newest verified backup (:func:`newest_verified_backup`); a new
+    database's name defaults to :func:`default_restore_name`. Every guard is
+    :func:`dbprotect.core.restore.oncall.restore`'s; this resolves the store, keys, tools and work folder
+    from the configuration and audits the outcome (refusals included) in the store.
+    """
+    storage = primary_store(config, database)
+    if backup_id is None:
+        backup_id = newest_verified_backup(storage, database)
+    else:
+        backup_id = find_backup(storage, [database], backup_id).backup_id
+    if not existing and not target_name:
+        target_name = default_restore_name(database, backup_id)
+    target = restore_target(config, database, environment=environment, existing=existing, name=target_name,
+                            environ=environ)
+    manifest = load_manifest(storage, database, backup_id)
+    return restore(storage, manifest, raw_identity(config, environ), target, confirmation=confirmation,
+                   recipients=config.keys.raw.recipients, dry_run=dry_run,
+                   audit=AuditLog(storage, actor=by), pg_bin_dir=config.pg_bin_dir,
+                   work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze)
+
+
+def restore_verify_database(config: Config, database: str, backup_id: str | None = None, *,
+                            by: str = "dbprotect", environ: Mapping[str, str] | None = None,
+                            progress: Progress | None = None, audit: AuditLog | None = None) -> RestoreVerification:
+    """Rung 3 for one backup of a configured database (default: the newest complete one)."""
+    storage = primary_store(config, database)
+    manifest = load_manifest(storage, database, backup_id or newest_complete_backup(storage, database))
+    with scratch_server_from_config(config, environ) as server:
+        return verify_restore(storage, manifest, raw_identity(config, environ), server,
+                              pg_bin_dir=config.pg_bin_dir, work_dir=config.scratch.work_dir, by=by,
+                              progress=progress, audit=audit)
+
+
+def drill_database(config: Config, database: str, *, by: str = "drill", environ: Mapping[str, str] | None = None,
+                   progress: Progress | None = None, audit: AuditLog | None = None) -> DrillResult:
+    """A drill of a configured database against its ``rto_minutes``."""
+    storage = primary_store(config, database)
+    with scratch_server_from_config(config, environ) as server:
+        return run_drill(storage, database, raw_identity(config, environ), server,
+                         rto_minutes=config.database(database).rto_minutes, pg_bin_dir=config.pg_bin_dir,
+                         work_dir=config.scratch.work_dir, by=by, progress=progress, audit=audit)
+
+
