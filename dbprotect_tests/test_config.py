@@ -169,7 +169,9 @@ class TestInvalidConfiguration:
         doc = _mutated(lambda d: d["databases"]["shop"].update(backup_schedule=cron))
         assert load_config(_write(tmp_path, doc)).database("shop").backup_schedule == cron
 
-    @pytest.mark.parametrize("recipient", ["ssh-ed25519 AAAAC3Nza", "age1notarealkeyatall", RECIPIENT[:-1] + "x"])
+    # The last one differs from a real key in its final character (its bech32 checksum then fails).
+    @pytest.mark.parametrize("recipient", ["ssh-ed25519 AAAAC3Nza", "age1notarealkeyatall",
+                                           RECIPIENT[:-1] + ("y" if RECIPIENT.endswith("x") else "x")])
     def test_bad_age_recipient(self, tmp_path: Path, recipient: str) -> None:
         message = _refused(tmp_path, _mutated(lambda d: d["keys"]["raw"].update(recipients=[recipient])))
         assert "keys.raw.recipients: " in message and "is not an age X25519 recipient" in message

@@ -168,7 +168,7 @@ INSERT INTO "has space" VALUES (1), (NULL);
 @pytest.mark.parametrize("path", ["psycopg", "psql", "psql in page ranges"])
 def test_every_digest_path_verifies_and_catches_a_changed_table(
         path, make_db, tmp_path, age_keys, identity, scratch, monkeypatch):
-    import dbprotect.core.restore.staged as restore_module
+    import dbprotect.core.verify.tables as restore_module
 
     monkeypatch.setattr(restore_module, "PSQL_MIN_ROWS", 10**12 if path == "psycopg" else 0)
     monkeypatch.setattr(restore_module, "SPLIT_MIN_ROWS", 0 if path == "psql in page ranges" else 10**12)
@@ -201,7 +201,7 @@ def manifest_checksum(dsn: str) -> str:
 
 
 def test_tables_are_released_early_except_partitions_and_ambiguous_names(make_db, tmp_path, age_keys):
-    from dbprotect.core.restore.staged import TableVerifier
+    from dbprotect.core.verify.tables import TableVerifier
 
     storage = FilesystemStorage(tmp_path / "store")
     manifest = _backup(make_db(FEATURES_SQL), storage, age_keys)

@@ -23,7 +23,8 @@ from dbprotect.core.errors import CredentialIsolationError, NotFoundError, Refus
 from dbprotect.core.ops import backup_database, build_sanitized_copy, promote_dev_copy, verify_database_backup
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import set_marker
-from dbprotect.core.restore.staged import decrypted_archive, run_pg_restore
+from dbprotect.core.pg.pg_restore import run_pg_restore
+from dbprotect.core.restore.decrypt import decrypted_archive
 from dbprotect.core.sanitize.build import sanitized_name
 from dbprotect.core.sanitize.coverage import CoverageError
 from dbprotect.core.store import FilesystemStorage

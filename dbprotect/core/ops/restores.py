@@ -18,9 +18,10 @@ from dbprotect.core.ops.context import (
     raw_identity,
 )
 from dbprotect.core.pg.dsn import with_dbname
+from dbprotect.core.pg.pg_restore import Progress
 from dbprotect.core.pg.scratch import scratch_server_from_config
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
-from dbprotect.core.restore.staged import Progress, RestoreVerification, verify_restore
+from dbprotect.core.restore.staged import RestoreVerification, verify_restore
 from dbprotect.core.store.catalog import find_backup, load_manifest, newest_verified_backup
 from dbprotect.core.verify.drill import DrillResult, newest_complete_backup, run_drill
 

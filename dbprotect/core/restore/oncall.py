@@ -41,27 +41,24 @@ from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.errors import DbprotectError, IntegrityError, NotFoundError, RefusedError
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
 from dbprotect.core.pg.markers import read_marker, require_marker, set_marker
+from dbprotect.core.pg.pg_restore import Progress, list_archive, run_pg_restore
 from dbprotect.core.pg.scratch import drop_database, new_scratch_name
 from dbprotect.core.pg.tools import connect, server_major
+from dbprotect.core.restore.decrypt import decrypted_archive, read_archive_listing
 from dbprotect.core.restore.guards import check_confirmation, check_direction, check_target_server_version
-from dbprotect.core.restore.staged import (
-    CatalogObjects,
-    ObjectKey,
-    Progress,
-    TableVerifier,
-    catalog_objects,
-    decrypted_archive,
-    describe_object,
-    list_archive,
-    parse_toc_listing,
-    read_archive_listing,
-    run_pg_restore,
-    verify_restored_database,
-)
 from dbprotect.core.store import Storage
 from dbprotect.core.store.manifest import Manifest
+from dbprotect.core.verify.compare import (
+    CatalogObjects,
+    ObjectKey,
+    catalog_objects,
+    describe_object,
+    parse_toc_listing,
+    verify_restored_database,
+)
 from dbprotect.core.verify.drill import LastDrill, last_drill
 from dbprotect.core.verify.integrity import verify_backup
+from dbprotect.core.verify.tables import TableVerifier
 
 if TYPE_CHECKING:
     from dbprotect.core.audit import AuditLog

@@ -53,11 +53,12 @@ from dbprotect.core.pg.markers import MARKER_SETTING, read_marker
 from dbprotect.core.pg.scratch import drop_database, new_scratch_name
 from dbprotect.core.pg.tools import connect
 from dbprotect.core.restore.oncall import RestoreResult, RestoreTarget, restore
-from dbprotect.core.restore.staged import compare_large_objects, compare_sequences, compare_tables
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import load_manifest
 from dbprotect.core.store.manifest import Manifest
+from dbprotect.core.verify.compare import compare_large_objects, compare_sequences
 from dbprotect.core.verify.integrity import summarize_problems
+from dbprotect.core.verify.tables import compare_tables
 
 #: The environment marker of a warm copy (see :mod:`dbprotect.core.restore.guards`).
 WARM_ENVIRONMENT = "backup"

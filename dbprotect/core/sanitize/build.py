@@ -30,9 +30,10 @@ from psycopg import sql
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.config.model import SanitizeSpec
 from dbprotect.core.errors import ToolError
+from dbprotect.core.pg.pg_restore import run_pg_restore
 from dbprotect.core.pg.scratch import ScratchServer, scratch_database
 from dbprotect.core.pg.tools import connect, require_tool_for_server, split_password, tool_env
-from dbprotect.core.restore.staged import decrypted_archive, run_pg_restore
+from dbprotect.core.restore.decrypt import decrypted_archive
 from dbprotect.core.sanitize.checks import (
     CheckResult,
     constraints_hold,

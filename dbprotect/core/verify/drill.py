@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import pyrage
 
 from dbprotect.core.errors import NotFoundError
+from dbprotect.core.pg.pg_restore import Progress
 from dbprotect.core.pg.scratch import ScratchServer
-from dbprotect.core.restore.staged import Progress, RestoreVerification, verify_restore
+from dbprotect.core.restore.staged import RestoreVerification, verify_restore
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import list_backups, load_manifest, record_verification
 from dbprotect.core.store.manifest import Verification

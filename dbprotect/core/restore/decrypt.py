@@ -1,0 +1,124 @@
+"""How a stored backup becomes plaintext for ``pg_restore``: checked, decrypted, decompressed.
+
+``pg_restore -j`` needs a seekable file, so :func:`decrypted_archive` writes the archive into a
+private (0700) temporary folder that is removed when the block ends, also on failure and on
+``KeyboardInterrupt``. The SHA-256 of the stored object is checked on the way in, so a restore
+never runs from an object that differs from its manifest. :func:`read_archive_listing` needs only
+the table of contents, so it streams into ``pg_restore --list`` and stops early: no file at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import zstandard
+
+from dbprotect.core.errors import IntegrityError
+from dbprotect.core.pg.tools import require_tool_for_server
+from dbprotect.core.store import Storage
+from dbprotect.core.store.manifest import Manifest, dump_key
+from dbprotect.core.verify.integrity import HashingReader, check_identity_matches
+
+CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
+                      work_dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """The backup's plaintext archive as a file in a private folder, deleted when the block ends.
+
+    Raises :class:`IntegrityError` when the object does not decrypt, decompress, or match the
+    manifest's size and SHA-256; :class:`CryptoError` when the identity is not a recipient.
+    """
+    check_identity_matches(manifest, identity)
+    folder = Path(tempfile.mkdtemp(prefix="dbprotect-restore-", dir=work_dir))  # mode 0700
+    try:
+        path = folder / "dump.pgdump"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out, contextlib.closing(
+                storage.open_reader(dump_key(manifest.database, manifest.backup_id))) as stream:
+            reader = HashingReader(stream)
+            writer = zstandard.ZstdDecompressor().stream_writer(out, write_size=CHUNK, closefd=False)
+            try:
+                pyrage.decrypt_io(reader, writer, [identity])
+                writer.flush()
+            except (pyrage.DecryptError, zstandard.ZstdError) as exc:
+                raise IntegrityError(f"backup {manifest.backup_id} does not decrypt and decompress: "
+                                     f"{' '.join(str(exc).split())}") from None
+            while reader.read(CHUNK):
+                pass
+        if reader.bytes != manifest.stored_bytes or reader.hexdigest != manifest.sha256:
+            raise IntegrityError(f"backup {manifest.backup_id}: stored object differs from its manifest "
+                                 f"(size or SHA-256); not restored",
+                                 hint=f"run 'dbprotect verify {manifest.backup_id}'")
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _TocDone(Exception):
+    """pg_restore --list has read the table of contents and stopped reading: enough decrypted."""
+
+
+class _ListingPipe:
+    """Writes the decompressed archive into ``pg_restore --list`` until it stops reading."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._proc.stdin.write(data)  # type: ignore[union-attr]
+        except OSError:
+            raise _TocDone from None
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def read_archive_listing(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, *,
+                         pg_bin_dir: str | None = None) -> str:
+    """``pg_restore --list`` of a stored backup, decrypting only as far as its table of contents.
+
+    For restore plans (``--dry-run``): no file, no plaintext on disk, and on a large backup only
+    the first megabytes are fetched, because the TOC comes first in the archive.
+    """
+    check_identity_matches(manifest, identity)
+    tool = require_tool_for_server("pg_restore", int(manifest.source["server_major"]), pg_bin_dir)
+    proc = subprocess.Popen([str(tool.path), "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
+               threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)]  # type: ignore[union-attr]
+    for reader in readers:
+        reader.start()
+    try:
+        with contextlib.closing(storage.open_reader(dump_key(manifest.database, manifest.backup_id))) as stream:
+            writer = zstandard.ZstdDecompressor().stream_writer(_ListingPipe(proc), write_size=CHUNK, closefd=False)
+            with contextlib.suppress(_TocDone):
+                pyrage.decrypt_io(stream, writer, [identity])
+                writer.flush()
+    except (pyrage.DecryptError, zstandard.ZstdError) as exc:
+        raise IntegrityError(f"backup {manifest.backup_id} does not decrypt: {' '.join(str(exc).split())}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        code = proc.wait()
+        for reader in readers:
+            reader.join()
+    if code != 0:
+        reason = b"".join(err).decode("utf-8", errors="replace").strip().splitlines()[-1:]
+        raise IntegrityError(f"pg_restore --list cannot read backup {manifest.backup_id}: {' '.join(reason)}")
+    return b"".join(out).decode("utf-8", errors="replace")
+
+
