@@ -10,9 +10,9 @@ from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.restore.drill import last_drill, run_drill
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
-from dbprotect.core.verify.drill import last_drill, run_drill
 
 
 @pytest.fixture
@@ -76,7 +76,8 @@ def test_scratch_databases_left_by_a_killed_run_are_swept_by_the_next(pg, write_
     import psycopg
 
     from dbprotect.core.config.model import load_config
-    from dbprotect.core.pg.scratch import new_scratch_name, scratch_server_from_config
+    from dbprotect.core.ops.context import scratch_server_from_config
+    from dbprotect.core.pg.scratch import new_scratch_name
 
     old = new_scratch_name(datetime.now(UTC) - timedelta(hours=13))
     young = new_scratch_name()

@@ -852,7 +852,7 @@ def audit(ui: Ui, store_name: str | None, database: str | None, limit: int | Non
     the whole chain and names what is wrong.
     """
     import dbprotect.core.audit as core_audit
-    from dbprotect.core.store import open_storage
+    from dbprotect.core.ops import open_storage
 
     config = ui.load()
     if store_name is None:

@@ -9,23 +9,31 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, tzinfo
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyrage
 
 from dbprotect.core.audit import AuditLog, AuditRecord
-from dbprotect.core.config.model import Config
+from dbprotect.core.config.model import Config, FilesystemStorageSpec, S3StorageSpec
 from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import (
+    ConfigError,
     CredentialIsolationError,
     DbprotectError,
     NotFoundError,
     RefusedError,
 )
-from dbprotect.core.store import Storage, open_storage
+from dbprotect.core.pg.scratch import (
+    ScratchServer,
+    drop_leftover_scratch_databases,
+    embedded_scratch_server,
+)
+from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
+from dbprotect.core.store.s3 import s3_credentials_from_env
 from dbprotect.core.verify.integrity import IntegrityReport
 
 #: The audit actor when a caller names none; the CLI passes ``cli:<user>``, Dagster ``dagster:<job>``.
@@ -47,6 +55,23 @@ def audit_failure(audit: AuditLog, action: str, database: str, exc: DbprotectErr
     with contextlib.suppress(DbprotectError):
         audit.record(action, database=database, outcome=outcome, target=target, detail=exc.one_line(),
                      data={"error": exc.code})
+
+
+def open_storage(config: Config, name: str) -> Storage:
+    """The store a configuration names; relative filesystem paths resolve against the config file."""
+    try:
+        spec = config.storage[name]
+    except KeyError:
+        raise NotFoundError(f"no storage target {name!r} in {config.source}") from None
+    if isinstance(spec, FilesystemStorageSpec):
+        path = Path(spec.path).expanduser()
+        if not path.is_absolute():
+            path = config.base_dir() / path
+        return FilesystemStorage(path)
+    assert isinstance(spec, S3StorageSpec)
+    access, secret = s3_credentials_from_env(spec.access_key_env, spec.secret_key_env)
+    return S3Storage(spec.bucket, spec.prefix, region=spec.region, endpoint_url=spec.endpoint_url,
+                     access_key=access, secret_key=secret)
 
 
 def primary_store(config: Config, database: str) -> Storage:
@@ -98,3 +123,27 @@ def audit_log(config: Config, database: str, *, actor: str, target: str | None =
     return _TargetAuditLog(storage, actor=actor, target=target) if target else AuditLog(storage, actor=actor)
 
 
+@contextlib.contextmanager
+def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None = None) -> Iterator[ScratchServer]:
+    """The scratch server ``config.scratch`` describes (default: embedded, under the config's folder).
+
+    Every use first drops scratch databases older than 12 hours: a drill or verification killed
+    with SIGKILL cannot drop its own, so the next one sweeps them (young ones may be running).
+    """
+    environ = os.environ if environ is None else environ
+    admin_env = config.scratch.admin_dsn_env
+    if admin_env:
+        dsn = environ.get(admin_env)
+        if not dsn:
+            raise ConfigError(f"${admin_env} is not set (the admin DSN of the scratch server)",
+                              hint=f"export {admin_env}=postgresql://user:password@host:5432/postgres")
+        server = ScratchServer(dsn)
+        drop_leftover_scratch_databases(server)
+        yield server
+        return
+    data_dir = Path(config.scratch.data_dir).expanduser()
+    if not data_dir.is_absolute():
+        data_dir = config.base_dir() / data_dir
+    with embedded_scratch_server(data_dir) as server:
+        drop_leftover_scratch_databases(server)
+        yield server

@@ -16,14 +16,14 @@ from dbprotect.core.errors import (
 from dbprotect.core.ops.context import (
     primary_store,
     raw_identity,
+    scratch_server_from_config,
 )
 from dbprotect.core.pg.dsn import with_dbname
 from dbprotect.core.pg.pg_restore import Progress
-from dbprotect.core.pg.scratch import scratch_server_from_config
+from dbprotect.core.restore.drill import DrillResult, newest_complete_backup, run_drill
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
 from dbprotect.core.restore.staged import RestoreVerification, verify_restore
 from dbprotect.core.store.catalog import find_backup, load_manifest, newest_verified_backup
-from dbprotect.core.verify.drill import DrillResult, newest_complete_backup, run_drill
 
 
 def default_restore_name(database: str, backup_id: str) -> str:

@@ -11,8 +11,7 @@ from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.model import Config, SanitizeSpec, resolve_dsn
 from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import ConfigError, CredentialIsolationError, NotFoundError, RefusedError
-from dbprotect.core.ops.context import primary_store, raw_identity
-from dbprotect.core.pg.scratch import scratch_server_from_config
+from dbprotect.core.ops.context import primary_store, raw_identity, scratch_server_from_config
 from dbprotect.core.pg.tools import connect
 from dbprotect.core.restore.oncall import RestoreTarget, restore
 from dbprotect.core.sanitize.build import SanitizeResult, build_sanitized, sanitized_name

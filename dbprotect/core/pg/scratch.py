@@ -18,15 +18,14 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from psycopg import sql
 
-from dbprotect.core.config.model import Config
-from dbprotect.core.errors import ConfigError, RefusedError
+from dbprotect.core.errors import RefusedError
 from dbprotect.core.pg.dsn import mask_dsn, with_dbname
 from dbprotect.core.pg.embedded import embedded_postgres_module
 from dbprotect.core.pg.markers import set_marker
@@ -144,29 +143,3 @@ def embedded_scratch_server(data_dir: str | os.PathLike[str]) -> Iterator[Scratc
         yield ScratchServer(server.get_uri())
     finally:
         server.cleanup()
-
-
-@contextlib.contextmanager
-def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None = None) -> Iterator[ScratchServer]:
-    """The scratch server ``config.scratch`` describes (default: embedded, under the config's folder).
-
-    Every use first drops scratch databases older than 12 hours: a drill or verification killed
-    with SIGKILL cannot drop its own, so the next one sweeps them (young ones may be running).
-    """
-    environ = os.environ if environ is None else environ
-    admin_env = config.scratch.admin_dsn_env
-    if admin_env:
-        dsn = environ.get(admin_env)
-        if not dsn:
-            raise ConfigError(f"${admin_env} is not set (the admin DSN of the scratch server)",
-                              hint=f"export {admin_env}=postgresql://user:password@host:5432/postgres")
-        server = ScratchServer(dsn)
-        drop_leftover_scratch_databases(server)
-        yield server
-        return
-    data_dir = Path(config.scratch.data_dir).expanduser()
-    if not data_dir.is_absolute():
-        data_dir = config.base_dir() / data_dir
-    with embedded_scratch_server(data_dir) as server:
-        drop_leftover_scratch_databases(server)
-        yield server

@@ -45,6 +45,7 @@ from dbprotect.core.pg.pg_restore import Progress, list_archive, run_pg_restore
 from dbprotect.core.pg.scratch import drop_database, new_scratch_name
 from dbprotect.core.pg.tools import connect, server_major
 from dbprotect.core.restore.decrypt import decrypted_archive, read_archive_listing
+from dbprotect.core.restore.drill import LastDrill, last_drill
 from dbprotect.core.restore.guards import check_confirmation, check_direction, check_target_server_version
 from dbprotect.core.store import Storage
 from dbprotect.core.store.manifest import Manifest
@@ -56,7 +57,6 @@ from dbprotect.core.verify.compare import (
     parse_toc_listing,
     verify_restored_database,
 )
-from dbprotect.core.verify.drill import LastDrill, last_drill
 from dbprotect.core.verify.integrity import verify_backup
 from dbprotect.core.verify.tables import TableVerifier
 

@@ -1,32 +1,11 @@
-"""Backup stores: one small protocol, filesystem and S3 implementations, and a factory."""
+"""Backup stores: one small protocol, filesystem and S3 implementations (opened from configuration by
+:func:`dbprotect.core.ops.context.open_storage`), the store layout, manifests and the catalog."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from dbprotect.core.config.model import Config, FilesystemStorageSpec, S3StorageSpec
-from dbprotect.core.errors import NotFoundError
 from dbprotect.core.store.base import ObjectInfo, ObjectNotFound, ObjectWriter, Storage, WriterContext
 from dbprotect.core.store.filesystem import FilesystemStorage
-from dbprotect.core.store.s3 import S3Storage, s3_credentials_from_env
-
-
-def open_storage(config: Config, name: str) -> Storage:
-    """The store a configuration names; relative filesystem paths resolve against the config file."""
-    try:
-        spec = config.storage[name]
-    except KeyError:
-        raise NotFoundError(f"no storage target {name!r} in {config.source}") from None
-    if isinstance(spec, FilesystemStorageSpec):
-        path = Path(spec.path).expanduser()
-        if not path.is_absolute():
-            path = config.base_dir() / path
-        return FilesystemStorage(path)
-    assert isinstance(spec, S3StorageSpec)
-    access, secret = s3_credentials_from_env(spec.access_key_env, spec.secret_key_env)
-    return S3Storage(spec.bucket, spec.prefix, region=spec.region, endpoint_url=spec.endpoint_url,
-                     access_key=access, secret_key=secret)
-
+from dbprotect.core.store.s3 import S3Storage
 
 __all__ = [
     "FilesystemStorage",
@@ -36,5 +15,4 @@ __all__ = [
     "S3Storage",
     "Storage",
     "WriterContext",
-    "open_storage",
 ]

@@ -1,6 +1,6 @@
 """The restores domain: rung 3 (``restore_verified``), rung 4 (drills) and the on-call ``restore`` job.
 
-Thin wiring over :mod:`dbprotect.core.verify.drill` and :mod:`dbprotect.core.restore.oncall`; see
+Thin wiring over :mod:`dbprotect.core.restore.drill` and :mod:`dbprotect.core.restore.oncall`; see
 ``checks.py`` (the two checks on each snapshot asset), ``schedules.py`` (when they run) and
 ``jobs.py`` (the launchpad form of the restore job).
 """

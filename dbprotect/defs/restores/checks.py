@@ -21,8 +21,8 @@ from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import drill_database, primary_store, restore_verify_database
+from dbprotect.core.restore.drill import DrillResult
 from dbprotect.core.restore.staged import RestoreVerification
-from dbprotect.core.verify.drill import DrillResult
 from dbprotect.defs.failures import core_errors_as_failures
 from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, snapshot_key
 from dbprotect.defs.resources import (
