@@ -20,6 +20,7 @@ import pytest
 
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.demo import demo_rules_yaml
 from dbprotect_tests.conftest import pg_bin, psql, table_counts
 
 DBPROTECT = Path(sys.executable).parent / "dbprotect"
@@ -176,6 +177,4 @@ def _every_domain_is_configured(workdir: Path) -> None:
 
 def test_packaged_demo_rules_are_the_reviewed_ones() -> None:
     """The demo ships a copy of the rule file test_sanitize.py checks; the two must not drift apart."""
-    from dbprotect.demo.setup import demo_rules_yaml
-
     assert demo_rules_yaml() == (Path(__file__).parent / "rules" / "demo.yaml").read_text(encoding="utf-8")

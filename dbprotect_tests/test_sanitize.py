@@ -29,6 +29,7 @@ from dbprotect.core.sanitize.build import sanitized_name
 from dbprotect.core.sanitize.coverage import CoverageError
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.demo import PG_DATABASE, load_demo_data
 
 RULES = Path(__file__).parent / "rules"
 KEY_ENV = "TEST_MASKING_KEY"
@@ -37,8 +38,6 @@ KEY_ENV = "TEST_MASKING_KEY"
 @pytest.fixture(scope="module")
 def demo_dsn(pg) -> str:  # type: ignore[no-untyped-def]
     """The demo fintech database (its loader names the database fintech_prod), 20,000 rows."""
-    from dbprotect.demo.setup import PG_DATABASE, load_demo_data
-
     with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
