@@ -18,15 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from dbprotect.core.retention.policy import (
-    INCOMPLETE_GRACE,
-    RetentionPlan,
-    RetentionPolicy,
-    format_duration,
-    parse_duration,
-    plan_retention,
-    retention_compliance,
-)
+from dbprotect.core.retention.compliance import retention_compliance
+from dbprotect.core.retention.plan import INCOMPLETE_GRACE, RetentionPlan, plan_retention
+from dbprotect.core.retention.policy import RetentionPolicy, format_duration, parse_duration
 from dbprotect.core.store.catalog import BackupEntry, CheckRecord
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -26,7 +26,9 @@ import os
 
 import dagster as dg
 
-from dbprotect.core.config.model import Config, check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation
+from dbprotect.core.config.load import load_config
+from dbprotect.core.config.model import Config
 from dbprotect.defs.backups import build_backup_definitions
 from dbprotect.defs.copies import build_copy_definitions
 from dbprotect.defs.resources import build_resources

@@ -11,7 +11,8 @@ import re
 
 import dagster as dg
 
-from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config
+from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS
+from dbprotect.core.config.model import Config
 
 SNAPSHOT_ASSET = "production_snapshot"
 INTEGRITY_CHECK = "backup_integrity_verified"

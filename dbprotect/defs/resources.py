@@ -13,7 +13,9 @@ from pathlib import Path
 import dagster as dg
 import pyrage
 
-from dbprotect.core.config.model import Config, check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation
+from dbprotect.core.config.load import load_config
+from dbprotect.core.config.model import Config
 from dbprotect.core.crypto import load_identity
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.defs.names import postgres_resource_key, protected_databases

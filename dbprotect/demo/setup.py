@@ -58,7 +58,8 @@ import psycopg
 import yaml
 
 from dbprotect.core.backup.stream import BackupResult, ProgressCallback
-from dbprotect.core.config.model import check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation
+from dbprotect.core.config.load import load_config
 from dbprotect.core.crypto import identity_recipient, parse_identity, write_key_file
 from dbprotect.core.errors import DatabaseError, DbprotectError, ToolError
 from dbprotect.core.ops import backup_database, database_status, verify_database_backup

@@ -18,7 +18,8 @@ from typing import Any
 
 import dagster as dg
 
-from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config
+from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS
+from dbprotect.core.config.model import Config
 from dbprotect.defs.sanitize.assets import build_sanitize_job, build_sanitized_copy_asset, masking_key_resources
 from dbprotect.defs.sanitize.promotion import build_promote_job, build_promote_sensor
 

@@ -16,7 +16,8 @@ Thin wiring over :mod:`dbprotect.core.schema`:
 # No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
 import dagster as dg
 
-from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config, resolve_dsn
+from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS, resolve_dsn
+from dbprotect.core.config.model import Config
 from dbprotect.core.ops import drift_between, push_schema
 from dbprotect.core.schema.snapshot import take_snapshot
 from dbprotect.defs.failures import core_errors_as_failures
