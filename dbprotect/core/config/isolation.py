@@ -3,8 +3,9 @@
 Seed 000: "Production credentials NEVER in development environment; development credentials
 NEVER in production environment". A deployment that can see another's credentials refuses to
 load (:func:`check_credential_isolation`), a DSN is read only for an environment the deployment
-may reach (:func:`resolve_dsn`), and only a deployment that may hold production credentials
-protects (backs up) anything (:func:`protected_databases`). Only variable *names* reach a message;
+may reach (:func:`resolve_dsn`, :func:`reachable_environments`), only a deployment that may hold
+production credentials protects (backs up) anything (:func:`protected_databases`), and each side
+of sanitizing runs where its credentials may be (:func:`sanitized_databases`). Only variable *names* reach a message;
 a value never does.
 """
 
@@ -34,6 +35,24 @@ def protected_databases(config: Config) -> list[str]:
     if "production" not in ALLOWED_ENVIRONMENTS[config.deployment]:
         return []
     return sorted(name for name, spec in config.databases.items() if "production" in spec.environments)
+
+
+def reachable_environments(config: Config, database: str) -> list[str]:
+    """The environments of ``database`` this deployment may connect to, sorted."""
+    allowed = ALLOWED_ENVIRONMENTS[config.deployment]
+    return sorted(env for env in config.database(database).environments if env in allowed)
+
+
+def sanitized_databases(config: Config, environment: str) -> list[str]:
+    """Databases with a ``sanitize:`` section whose ``environment`` side this deployment runs, sorted.
+
+    The production side builds sanitized copies, the development side promotes them; a
+    deployment runs a side only if it may hold that environment's credentials.
+    """
+    if environment not in ALLOWED_ENVIRONMENTS[config.deployment]:
+        return []
+    return sorted(name for name, spec in config.databases.items()
+                  if spec.sanitize and environment in spec.environments)
 
 
 def check_credential_isolation(config: Config, environ: Mapping[str, str] | None = None) -> None:
@@ -104,4 +123,5 @@ def resolve_dsn(config: Config, database: str, environment: str = "production",
     return value
 
 
-__all__ = ["ALLOWED_ENVIRONMENTS", "check_credential_isolation", "protected_databases", "resolve_dsn"]
+__all__ = ["ALLOWED_ENVIRONMENTS", "check_credential_isolation", "protected_databases", "reachable_environments",
+           "resolve_dsn", "sanitized_databases"]

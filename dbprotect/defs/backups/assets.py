@@ -1,6 +1,6 @@
 """The production snapshot asset: one materialization is one new backup in the primary store."""
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 from datetime import timedelta
 
 import dagster as dg

@@ -11,7 +11,7 @@ as a whole, so that job also resolves the identity variable; the RPO check never
 A failed integrity check has ERROR severity and is blocking: the backup run fails with it.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 from collections.abc import Iterator
 
 import dagster as dg

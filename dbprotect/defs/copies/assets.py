@@ -7,7 +7,7 @@ was copied and how (bytes, seconds, server-side or streamed) and carries a table
 targets hold which backups, so the asset page answers "where are my backups?".
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.config.model import Config

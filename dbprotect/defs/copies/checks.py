@@ -5,7 +5,7 @@ result there, so a copy that rotted or was tampered with turns ``failed:stored``
 it stops counting as a verified backup there, and the next copy run copies it again.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.errors import NotFoundError

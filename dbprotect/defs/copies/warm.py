@@ -8,7 +8,7 @@ and the seconds of each phase. The check compares the *live* warm copy with the 
 backup it holds, so a standby that someone wrote to (or that rotted) turns red.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.config.model import Config

@@ -12,7 +12,7 @@ problems of a failed verification are text, one per line. Both checks record the
 the store and the audit log through core, exactly as ``dbprotect drill`` does.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.audit import AuditLog

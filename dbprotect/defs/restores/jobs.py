@@ -13,7 +13,7 @@ DSNs are read from their environment variables in the run's process, by core, as
 identity comes from its ``EnvVar`` resource.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import enum
 from typing import Any
 

@@ -9,7 +9,7 @@ judges the store as it was before the backup, which for the very first backup of
 until the next evaluation.
 """
 
-# No "from __future__ import annotations": Dagster inspects the resource annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.config.model import Config

@@ -8,7 +8,7 @@ that refuses, or a store that fails, fails the run with the same sentence the CL
 every other target was cleaned.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.ops import TargetCleanup, cleanup_database, first_cleanup_error

@@ -8,7 +8,7 @@ when one fails nothing is stored, the step fails with the reason, and the red ch
 the UI.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 from collections.abc import Iterator
 
 import dagster as dg

@@ -8,7 +8,7 @@ copy whose checks did not all pass, and a development database whose environment
 ``development``.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 from typing import Any
 
 import dagster as dg

@@ -13,10 +13,10 @@ Thin wiring over :mod:`dbprotect.core.schema`:
   migration file or Alembic revision appears (polling; ``dbprotect guard`` is the guarantee).
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
-from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS, protected_databases, resolve_dsn
+from dbprotect.core.config.isolation import protected_databases, reachable_environments, resolve_dsn
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import drift_between, push_schema
 from dbprotect.core.schema.snapshot import take_snapshot
@@ -32,11 +32,6 @@ SCHEMA_SYNC_JOB = "schema_sync"
 
 def schema_key(database: str, environment: str) -> dg.AssetKey:
     return dg.AssetKey([dagster_name(database), f"{SCHEMA_ASSET_PREFIX}{environment}"])
-
-
-def _environments(config: Config, database: str) -> list[str]:
-    allowed = ALLOWED_ENVIRONMENTS[config.deployment]
-    return sorted(env for env in config.database(database).environments if env in allowed)
 
 
 def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
@@ -117,7 +112,7 @@ def build_schema_definitions(config: Config) -> dg.Definitions:
     checks: list[dg.AssetChecksDefinition] = []
     both = False
     for database in sorted(config.databases):
-        environments = _environments(config, database)
+        environments = reachable_environments(config, database)
         assets += [build_schema_asset(database, env) for env in environments]
         if {"production", "development"} <= set(environments):
             checks.append(build_drift_check(database))
