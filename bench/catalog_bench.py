@@ -39,7 +39,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dbprotect.core.config.model import Config, parse_config  # noqa: E402
+from dbprotect.core.config.load import parse_config  # noqa: E402
+from dbprotect.core.config.model import Config  # noqa: E402
 from dbprotect.core.ops import database_status, primary_store  # noqa: E402
 from dbprotect.core.retention.cleanup import plan_cleanup  # noqa: E402
 from dbprotect.core.retention.policy import RetentionPolicy  # noqa: E402

@@ -75,7 +75,7 @@ def test_configured_compression_level_is_used_and_recorded(chinook_dsn, write_co
     """``compression_level`` reaches the stream; the manifest says which level a backup used."""
     import yaml
 
-    from dbprotect.core.config.model import load_config
+    from dbprotect.core.config.load import load_config
     from dbprotect.core.ops import backup_database
 
     path = write_config(chinook_dsn)

@@ -16,7 +16,8 @@ import pytest
 
 from dbprotect.core.audit import AUDIT_PREFIX, AuditLog, read, verify_chain
 from dbprotect.core.errors import RefusedError, StorageError
-from dbprotect.core.retention.cleanup import execute_cleanup, plan_cleanup, retention_compliance
+from dbprotect.core.retention.cleanup import execute_cleanup, plan_cleanup
+from dbprotect.core.retention.compliance import retention_compliance
 from dbprotect.core.retention.policy import RetentionPolicy
 from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
 from dbprotect.core.store.catalog import list_backups, load_manifest

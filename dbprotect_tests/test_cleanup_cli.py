@@ -20,7 +20,7 @@ import pytest
 
 from dbprotect.cli.app import run
 from dbprotect.core.audit import AUDIT_PREFIX, read
-from dbprotect.core.config.model import parse_config
+from dbprotect.core.config.load import parse_config
 from dbprotect.core.errors import ConfigError
 from dbprotect.core.ops import cli_actor
 from dbprotect.core.store import FilesystemStorage

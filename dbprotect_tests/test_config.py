@@ -10,15 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from dbprotect.core.config.model import (
-    CONFIG_ENV,
-    DEPLOYMENT_ENV,
-    FilesystemStorageSpec,
-    S3StorageSpec,
-    check_credential_isolation,
-    load_config,
-    resolve_dsn,
-)
+from dbprotect.core.config.isolation import check_credential_isolation, resolve_dsn
+from dbprotect.core.config.load import CONFIG_ENV, DEPLOYMENT_ENV, load_config
+from dbprotect.core.config.model import FilesystemStorageSpec, S3StorageSpec
 from dbprotect.core.crypto import generate_keypair
 from dbprotect.core.errors import ConfigError, CredentialIsolationError
 from dbprotect.core.pg.dsn import mask_dsn

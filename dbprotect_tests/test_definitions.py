@@ -17,7 +17,7 @@ import dagster as dg
 import pytest
 import yaml
 
-import dbprotect.core.config.model
+import dbprotect.core.config.load
 import dbprotect.defs
 from dbprotect.core.errors import ConfigError, CredentialIsolationError
 from dbprotect.defs import build_definitions, load_definitions
@@ -283,7 +283,7 @@ def test_missing_configuration_is_a_config_error(tmp_path: Path, monkeypatch: py
 
 def test_build_definitions_is_pure(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
     """Building reads no secret: with every variable unset it gives the same definitions."""
-    from dbprotect.core.config.model import load_config
+    from dbprotect.core.config.load import load_config
 
     config = load_config(write_config(SECRET_DSN, deployment="production"))
     with_env = snapshot(build_definitions(config))
@@ -345,7 +345,7 @@ def test_sanitize_domain_splits_between_production_and_development(write_config,
     write_config(None, deployment=deployment, extra={"databases": SANITIZED_SHOP, "keys": keys})
     if deployment == "development":
         os.environ.pop("TEST_RAW_IDENTITY", None)
-    shot = snapshot(build_definitions(dbprotect.core.config.model.load_config()))
+    shot = snapshot(build_definitions(dbprotect.core.config.load.load_config()))
     sanitize_checks = {name: value for name, value in shot["checks"].items() if name.startswith("shop/sanitized_copy")}
     if deployment == "production":
         assert shot["assets"]["shop/sanitized_copy"]["group"] == "shop"

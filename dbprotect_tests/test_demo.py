@@ -141,7 +141,8 @@ def test_demo_data_is_the_fintech_schema_with_its_guards(workdir: Path) -> None:
 
 def _every_domain_is_configured(workdir: Path) -> None:
     """Development, scratch, warm copy, retention, sanitized copies on the one server (one demo run saved)."""
-    from dbprotect.core.config.model import check_credential_isolation, load_config
+    from dbprotect.core.config.isolation import check_credential_isolation
+    from dbprotect.core.config.load import load_config
     from dbprotect.defs import build_definitions
 
     env = _env_file(workdir / "demo.env")

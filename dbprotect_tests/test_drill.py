@@ -55,7 +55,7 @@ def test_drill_without_backups_says_so(tmp_path, age_keys, pg):
 
 
 def test_drill_from_configuration_uses_the_configured_scratch_server(chinook_dsn, pg, write_config, monkeypatch):
-    from dbprotect.core.config.model import load_config, parse_config
+    from dbprotect.core.config.load import load_config, parse_config
     from dbprotect.core.errors import ConfigError
     from dbprotect.core.ops import backup_database, drill_database, restore_verify_database
 
@@ -75,7 +75,7 @@ def test_scratch_databases_left_by_a_killed_run_are_swept_by_the_next(pg, write_
     """A scratch database older than 12 h (its run was SIGKILLed) is dropped; a young one is kept."""
     import psycopg
 
-    from dbprotect.core.config.model import load_config
+    from dbprotect.core.config.load import load_config
     from dbprotect.core.ops.context import scratch_server_from_config
     from dbprotect.core.pg.scratch import new_scratch_name
 

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from dbprotect.core.backup.stream import run_backup
-from dbprotect.core.config.model import check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation
+from dbprotect.core.config.load import load_config
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import (
     ConfigError,

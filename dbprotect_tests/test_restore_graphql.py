@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql, infer_job_selector
 
-from dbprotect.core.config.model import load_config
+from dbprotect.core.config.load import load_config
 from dbprotect.core.ops import backup_database, verify_database_backup
 from dbprotect.core.pg.markers import read_marker
 from dbprotect.core.store import FilesystemStorage

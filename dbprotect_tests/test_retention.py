@@ -18,15 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from dbprotect.core.retention.policy import (
-    INCOMPLETE_GRACE,
-    RetentionPlan,
-    RetentionPolicy,
-    format_duration,
-    parse_duration,
-    plan_retention,
-    retention_compliance,
-)
+from dbprotect.core.errors import StorageError
+from dbprotect.core.retention.compliance import compliance_by_target, retention_compliance
+from dbprotect.core.retention.plan import INCOMPLETE_GRACE, RetentionPlan, plan_retention
+from dbprotect.core.retention.policy import RetentionPolicy, format_duration, parse_duration
 from dbprotect.core.store.catalog import BackupEntry, CheckRecord
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -381,3 +376,26 @@ def test_periods_count_in_the_configured_timezone() -> None:
 def test_the_clock_must_be_timezone_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         plan_retention([], RetentionPolicy(), datetime(2026, 1, 1))
+
+
+def test_compliance_by_target_judges_each_target_with_its_policy_and_names_an_unreadable_store() -> None:
+    """One broken store is a problem naming it; the other targets are still judged, each with its own policy."""
+    listings = {"local": daily_year(days=40), "offsite": daily_year(days=3)}
+
+    def list_target(target: str) -> list[BackupEntry]:
+        if target == "tape":
+            raise StorageError("tape: the drive is offline")
+        return listings[target]
+
+    policies = [("local", RetentionPolicy.parse("max_age=30d")), ("offsite", RetentionPolicy.parse("min_verified=3")),
+                ("tape", RetentionPolicy())]
+    result = compliance_by_target("shop", policies, list_target, NOW)
+    local, offsite, tape = result.targets
+    assert not result.ok and [t.target for t in result.targets] == ["local", "offsite", "tape"]
+    assert local.report is not None and len(local.report.too_old) == 10 and local.problems[0].startswith("local: ")
+    assert offsite.ok and offsite.report is not None and offsite.report.verified == 3 and not offsite.problems
+    assert tape.report is None and tape.problems == ("tape: store cannot be read: tape: the drive is offline",)
+    assert result.summary() == "; ".join(local.problems + tape.problems)
+    assert compliance_by_target("shop", policies[1:2], list_target, NOW).summary() == \
+        "every target holds what its retention policy asks"
+

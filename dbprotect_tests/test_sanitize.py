@@ -17,7 +17,8 @@ import psycopg
 import pytest
 import yaml
 
-from dbprotect.core.config.model import check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation
+from dbprotect.core.config.load import load_config
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import CredentialIsolationError, NotFoundError, RefusedError
 from dbprotect.core.ops import backup_database, build_sanitized_copy, promote_dev_copy, verify_database_backup

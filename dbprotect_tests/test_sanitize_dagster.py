@@ -55,7 +55,7 @@ def crm(write_config, make_db, pg, monkeypatch, tmp_path: Path, other_age_keys):
 
 
 def _backup(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
-    from dbprotect.core.config.model import load_config
+    from dbprotect.core.config.load import load_config
 
     assert defs.resolve_job_def("crm_backup_job").execute_in_process(instance=instance).success
     verify_database_backup(load_config(), "crm")

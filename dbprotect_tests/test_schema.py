@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from dbprotect.cli.app import run
-from dbprotect.core.config.model import load_config
+from dbprotect.core.config.load import load_config
 from dbprotect.core.errors import RefusedError
 from dbprotect.core.ops import push_schema
 from dbprotect.core.pg.dsn import dbname_of

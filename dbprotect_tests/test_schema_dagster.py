@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dbprotect.core.config.model import load_config
+from dbprotect.core.config.load import load_config
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
 from dbprotect.defs.schema import build_schema_definitions
 from dbprotect_tests.conftest import FIXTURES, load_sql_file, psql

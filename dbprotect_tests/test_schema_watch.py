@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
-from dbprotect.core.config.model import load_config
+from dbprotect.core.config.load import load_config
 from dbprotect.core.errors import ConfigError
 from dbprotect.core.ops import observe_migrations
 from dbprotect.core.schema.watch import WatchState, decide, migration_files

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from dbprotect.core.audit import read
-from dbprotect.core.config.model import check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation
+from dbprotect.core.config.load import load_config
 from dbprotect.core.errors import CredentialIsolationError, RefusedError
 from dbprotect.core.ops import backup_database, refresh_warm_copy, verify_database_backup, verify_warm_copy
 from dbprotect.core.pg.dsn import dbname_of

@@ -96,7 +96,8 @@ class Ui:
 
     def load(self) -> Any:
         """The validated configuration, refused if this deployment holds another's credentials."""
-        from dbprotect.core.config.model import check_credential_isolation, load_config
+        from dbprotect.core.config.isolation import check_credential_isolation
+        from dbprotect.core.config.load import load_config
 
         config = load_config(self.config_path)
         check_credential_isolation(config)

@@ -11,7 +11,7 @@ Layout (as in dagster-open-platform): one folder per domain, one file per kind::
     defs/
       names.py        every asset key, check, job and schedule name
       resources.py    config path, production DSNs (EnvVar), raw-backup identity (EnvVar)
-      failures.py     DbprotectError -> dagster.Failure with the same one-line message
+      helpers.py      core errors as Failures, numeric metadata, phase logging, per-database resources
       backups/        assets.py, checks.py, schedules.py
       copies/         a backup-copy asset per extra storage target, copy_integrity_verified, copy jobs
       retention/      retention_compliant, <db>_cleanup_job and its weekly schedule
@@ -26,7 +26,9 @@ import os
 
 import dagster as dg
 
-from dbprotect.core.config.model import Config, check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation
+from dbprotect.core.config.load import load_config
+from dbprotect.core.config.model import Config
 from dbprotect.defs.backups import build_backup_definitions
 from dbprotect.defs.copies import build_copy_definitions
 from dbprotect.defs.resources import build_resources

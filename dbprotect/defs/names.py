@@ -11,8 +11,6 @@ import re
 
 import dagster as dg
 
-from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config
-
 SNAPSHOT_ASSET = "production_snapshot"
 INTEGRITY_CHECK = "backup_integrity_verified"
 RPO_CHECK = "rpo_met"
@@ -74,17 +72,6 @@ def pre_migration_sensor_name(database: str) -> str:
 def postgres_resource_key(database: str, environment: str = "production") -> str:
     """The resource key of one database environment, e.g. ``shop_production_postgres``."""
     return f"{dagster_name(database)}_{environment}_postgres"
-
-
-def protected_databases(config: Config) -> list[str]:
-    """Databases whose production snapshot this deployment takes.
-
-    A deployment that may not hold production credentials (``development``) gets no snapshot
-    assets at all, rather than assets that would fail on every run.
-    """
-    if "production" not in ALLOWED_ENVIRONMENTS[config.deployment]:
-        return []
-    return sorted(name for name, spec in config.databases.items() if "production" in spec.environments)
 
 
 #: Copies and retention (issue 4): a copy asset per extra storage target, retention on the snapshot.

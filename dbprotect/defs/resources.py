@@ -8,17 +8,20 @@ value. Each resource hands plain values to :mod:`dbprotect.core`, which does the
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import dagster as dg
 import pyrage
 
-from dbprotect.core.config.model import Config, check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation, protected_databases
+from dbprotect.core.config.load import config_file, load_config
+from dbprotect.core.config.model import Config
 from dbprotect.core.crypto import load_identity
 from dbprotect.core.pg.dsn import mask_dsn
-from dbprotect.defs.names import postgres_resource_key, protected_databases
+from dbprotect.defs.names import postgres_resource_key
 
-#: Resource keys shared by every database's assets and checks.
+#: Resource keys shared by every database's assets and checks. Assets, checks and ops take these
+#: resources as typed parameters named exactly so (``dbprotect_config: DbprotectConfigResource``,
+#: ``raw_backup_identity: AgeIdentityResource``): Dagster binds a resource by parameter name.
 CONFIG_RESOURCE = "dbprotect_config"
 IDENTITY_RESOURCE = "raw_backup_identity"
 
@@ -37,6 +40,11 @@ class DbprotectConfigResource(dg.ConfigurableResource):
         config = load_config(self.path)
         check_credential_isolation(config)
         return config
+
+    @classmethod
+    def of(cls, config: Config) -> DbprotectConfigResource:
+        """The resource that re-reads the file ``config`` came from, by absolute path (runs may start elsewhere)."""
+        return cls(path=config_file(config))
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -67,7 +75,7 @@ class AgeIdentityResource(dg.ConfigurableResource):
 def build_resources(config: Config) -> dict[str, dg.ConfigurableResource]:
     """Every resource the definitions of ``config`` need, secrets as ``EnvVar`` references only."""
     resources: dict[str, dg.ConfigurableResource] = {
-        CONFIG_RESOURCE: DbprotectConfigResource(path=_config_file(config)),
+        CONFIG_RESOURCE: DbprotectConfigResource.of(config),
     }
     databases = protected_databases(config)
     if databases:  # only a deployment that backs up production may hold the raw-backup identity
@@ -78,11 +86,6 @@ def build_resources(config: Config) -> dict[str, dg.ConfigurableResource]:
         dsn_env = config.databases[database].environments["production"].dsn_env
         resources[postgres_resource_key(database)] = PostgresResource(dsn=dg.EnvVar(dsn_env))
     return resources
-
-
-def _config_file(config: Config) -> str:
-    """An absolute path, so runs find the file whatever their working directory."""
-    return str(Path(config.source).resolve()) if config.source != "<memory>" else config.source
 
 
 def run_environ(identity: AgeIdentityResource, **secrets: str) -> dict[str, str]:

@@ -44,7 +44,9 @@ from typing import Any
 import yaml
 
 from dbprotect.core.backup.stream import BackupResult, ProgressCallback
-from dbprotect.core.config.model import Config, check_credential_isolation, load_config
+from dbprotect.core.config.isolation import check_credential_isolation
+from dbprotect.core.config.load import load_config
+from dbprotect.core.config.model import Config
 from dbprotect.core.errors import DbprotectError
 from dbprotect.core.ops import (
     backup_database,

@@ -68,7 +68,7 @@ def register(group: click.Group) -> None:
         Every guess is marked 'review: true'; rules already in the configured rule file are kept
         as they are, so this also classifies new columns. Needs the production DSN (production side).
         """
-        from dbprotect.core.config.model import resolve_dsn
+        from dbprotect.core.config.isolation import resolve_dsn
         from dbprotect.core.errors import ConfigError
         from dbprotect.core.ops import rules_for
         from dbprotect.core.pg.tools import connect

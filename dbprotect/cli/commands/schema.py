@@ -30,7 +30,7 @@ def register(group: click.Group) -> None:
         The marker (ALTER DATABASE ... SET dbprotect.environment) is what every destructive step
         checks before it acts, so a mistyped DSN cannot turn a dev refresh into a prod overwrite.
         """
-        from dbprotect.core.config.model import resolve_dsn
+        from dbprotect.core.config.isolation import resolve_dsn
         from dbprotect.core.schema.targets import mark_database
 
         if dsn is None:

@@ -1,8 +1,13 @@
-"""``dbprotect.yaml``: the one configuration file, validated at load.
+"""The shape of ``dbprotect.yaml``: one pydantic model per section, validated as a whole.
 
-Where it is: ``$DBPROTECT_CONFIG`` if set, else ``./dbprotect.yaml``. Secrets are never in the
-file: it names the environment variables that hold them (``dsn_env``, ``identity_env``), and
-those are read only when something must connect or decrypt.
+:class:`Config` is the validated file: databases (:class:`DatabaseSpec`), storage targets, keys,
+the scratch server. Every rule that can be checked without the environment is checked here, so a
+typo fails at load naming its key instead of at 2 a.m. Reading the file and wording its errors is
+:mod:`dbprotect.core.config.load`; which credentials a deployment may hold, and reading a DSN, is
+:mod:`dbprotect.core.config.isolation`.
+
+Secrets are never in the file: it names the environment variables that hold them (``dsn_env``,
+``identity_env``), and those are read only when something must connect or decrypt.
 
 Example::
 
@@ -28,19 +33,14 @@ Example::
       raw:
         recipients: [age1...]       # public keys: safe in the file
         identity_env: DBPROTECT_RAW_IDENTITY
-
-Invalid configuration raises :class:`ConfigError` naming the file, the key and the reason.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyrage
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -51,26 +51,12 @@ from pydantic import (
     model_validator,
 )
 
-from dbprotect.core.errors import ConfigError, CredentialIsolationError
-
-if TYPE_CHECKING:
-    from dbprotect.core.retention.policy import RetentionPolicy
-
-CONFIG_ENV = "DBPROTECT_CONFIG"
-DEPLOYMENT_ENV = "DBPROTECT_DEPLOYMENT"
-DEFAULT_CONFIG_FILE = "dbprotect.yaml"
+from dbprotect.core.errors import NotFoundError
+from dbprotect.core.retention.policy import RetentionPolicy
+from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES
 
 Deployment = Literal["production", "development", "demo"]
 EnvironmentName = Literal["production", "development"]
-
-#: Which environments' credentials each deployment may hold. A deployment that sees the DSN
-#: variable of any other environment refuses to load (seed 000: "Production credentials NEVER in
-#: development environment; development credentials NEVER in production environment").
-ALLOWED_ENVIRONMENTS: dict[str, frozenset[str]] = {
-    "production": frozenset({"production"}),
-    "development": frozenset({"development"}),
-    "demo": frozenset({"production", "development"}),
-}
 
 
 _CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
@@ -228,13 +214,7 @@ class SchemaSpec(_Strict):
 
     pending: list[str] = Field(default_factory=list)
     migrations_dir: str | None = None
-    lint_exclude: list[str] = Field(default_factory=lambda: list(_default_lint_exclude()))
-
-
-def _default_lint_exclude() -> tuple[str, ...]:
-    from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES
-
-    return DEFAULT_EXCLUDED_SQUAWK_RULES
+    lint_exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDED_SQUAWK_RULES))
 
 
 #: Top-level folders of a store that belong to dbprotect itself (the audit log), so no database
@@ -245,11 +225,9 @@ RESERVED_NAME_PREFIX = "_"
 def _parse_policy(value: Any) -> Any:
     """A retention policy from its text form (``"keep_last=10, max_age=30d"``) or a mapping.
 
-    Imported here, not at the top: :mod:`retention` reaches :mod:`storage` through the catalog,
-    and :mod:`storage` imports this module, so a top-level import would be circular.
+    Parsed before pydantic sees it, so that a bad rule is reported as ``retention: <reason>``
+    (the policy's own wording) rather than as a failed union of text and mapping.
     """
-    from dbprotect.core.retention.policy import RetentionPolicy
-
     if value is None or isinstance(value, RetentionPolicy):
         return value
     try:
@@ -265,8 +243,8 @@ def _parse_policy(value: Any) -> Any:
     raise ValueError("a retention policy is text ('keep_last=10, max_age=30d') or a mapping of rules")
 
 
-#: A :class:`~dbprotect.core.retention.policy.RetentionPolicy` (typed ``Any`` for pydantic: see _parse_policy).
-PolicyField = Annotated[Any, BeforeValidator(_parse_policy)]
+#: A retention policy written as text or as a mapping (see :func:`_parse_policy`); unset keeps everything.
+PolicyField = Annotated[RetentionPolicy | None, BeforeValidator(_parse_policy)]
 
 
 class DatabaseSpec(_Strict):
@@ -307,8 +285,6 @@ class DatabaseSpec(_Strict):
 
     def policy_for(self, target: str) -> RetentionPolicy:
         """The retention policy of one storage target: its override, else ``retention``, else keep all."""
-        from dbprotect.core.retention.policy import RetentionPolicy
-
         policy = self.retention_by_target.get(target, self.retention)
         return policy if policy is not None else RetentionPolicy()
 
@@ -363,8 +339,6 @@ class Config(_Strict):
         return self
 
     def database(self, name: str) -> DatabaseSpec:
-        from dbprotect.core.errors import NotFoundError
-
         try:
             return self.databases[name]
         except KeyError:
@@ -382,135 +356,3 @@ class Config(_Strict):
 
     def base_dir(self) -> Path:
         return Path(self.source).resolve().parent if self.source != "<memory>" else Path.cwd()
-
-
-def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The configuration file to read: explicit argument, ``$DBPROTECT_CONFIG``, ./dbprotect.yaml."""
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
-
-
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate the configuration; raise :class:`ConfigError` naming file, key and reason."""
-    file = config_path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{file}: configuration file not found",
-            hint=f"create it, point {CONFIG_ENV} at it, or run 'dbprotect demo' for a working example",
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
-    return parse_config(text, source=str(file))
-
-
-def parse_config(text: str, *, source: str = "<memory>") -> Config:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys (deployment, databases, ...)")
-    override = os.environ.get(DEPLOYMENT_ENV)
-    if override:
-        raw = {**raw, "deployment": override}
-    try:
-        return Config.model_validate({**raw, "source": source})
-    except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(source, exc)) from None
-
-
-def _describe_validation_error(source: str, exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        loc = ".".join(str(part) for part in error["loc"] if not isinstance(part, int) or True)
-        loc = _drop_union_tags(loc)
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        problems.append(f"{loc}: {message}" if loc else message)  # model checks name their own keys
-    first = problems[0]
-    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-    return f"{source}: {first}{more}"
-
-
-def _drop_union_tags(loc: str) -> str:
-    """Pydantic names the union branch (``storage.x.filesystem.path``); users wrote ``storage.x.path``."""
-    for tag in (".filesystem", ".s3"):
-        loc = loc.replace(tag + ".", ".")
-    return loc
-
-
-def check_credential_isolation(config: Config, environ: Mapping[str, str] | None = None) -> None:
-    """Refuse to run when this deployment can see another deployment's credentials.
-
-    Only the variable *names* are inspected and reported; a value is never read into a message.
-    """
-    environ = os.environ if environ is None else environ
-    allowed = ALLOWED_ENVIRONMENTS[config.deployment]
-    for db_name, db in sorted(config.databases.items()):
-        for env_name, env in sorted(db.environments.items()):
-            if env_name not in allowed and environ.get(env.dsn_env):
-                raise CredentialIsolationError(
-                    f"{config.deployment} deployment refuses to load: ${env.dsn_env} "
-                    f"({env_name} DSN of database {db_name!r}) is set here",
-                    hint=f"a {config.deployment} deployment must never hold {env_name} credentials; "
-                    f"unset {env.dsn_env}",
-                )
-        if db.warm_copy and "production" not in allowed and environ.get(db.warm_copy.dsn_env):
-            raise CredentialIsolationError(
-                f"{config.deployment} deployment refuses to load: ${db.warm_copy.dsn_env} "
-                f"(the warm copy DSN of database {db_name!r}, which holds production data) is set here",
-                hint=f"only a deployment that holds production credentials may reach it; unset "
-                f"{db.warm_copy.dsn_env}",
-            )
-    if config.deployment == "development" and environ.get(config.keys.raw.identity_env):
-        raise CredentialIsolationError(
-            f"development deployment refuses to load: ${config.keys.raw.identity_env} "
-            "(the raw-backup identity) is set here",
-            hint="raw backups hold production data; only the production deployment may decrypt them",
-        )
-    development_key = config.keys.development
-    if config.deployment == "production" and development_key and environ.get(development_key.identity_env):
-        raise CredentialIsolationError(
-            f"production deployment refuses to load: ${development_key.identity_env} (the development identity, "
-            "which decrypts sanitized copies) is set here",
-            hint="development credentials never belong in production; production encrypts sanitized copies "
-            f"to the development recipients only; unset {development_key.identity_env}",
-        )
-    for db_name, db in sorted(config.databases.items()):
-        if config.deployment == "development" and db.sanitize and environ.get(db.sanitize.hmac_key_env):
-            raise CredentialIsolationError(
-                f"development deployment refuses to load: ${db.sanitize.hmac_key_env} (the masking key of "
-                f"database {db_name!r}) is set here",
-                hint="with the masking key, pseudonyms can be tested against guesses; only the production "
-                f"deployment may hold it; unset {db.sanitize.hmac_key_env}",
-            )
-
-
-def resolve_dsn(config: Config, database: str, environment: str = "production",
-                environ: Mapping[str, str] | None = None) -> str:
-    """The DSN of one environment of a database, read from its environment variable now."""
-    environ = os.environ if environ is None else environ
-    spec = config.database(database)
-    env = spec.environments.get(environment)  # type: ignore[call-overload]
-    if env is None:
-        raise ConfigError(f"{config.source}: databases.{database}.environments has no {environment!r}")
-    if environment not in ALLOWED_ENVIRONMENTS[config.deployment]:
-        raise CredentialIsolationError(
-            f"a {config.deployment} deployment may not connect to the {environment} database of {database!r}"
-        )
-    value = environ.get(env.dsn_env)
-    if not value:
-        raise ConfigError(
-            f"${env.dsn_env} is not set (the {environment} DSN of database {database!r})",
-            hint=f"export {env.dsn_env}=postgresql://user:password@host:5432/dbname",
-        )
-    return value

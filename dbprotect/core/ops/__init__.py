@@ -47,6 +47,7 @@ from dbprotect.core.ops.restores import (
     restore_target,
     restore_verify_database,
 )
+from dbprotect.core.ops.retention import retention_compliance_by_target
 from dbprotect.core.ops.sanitize import (
     CoverageCheck,
     build_sanitized_copy,
@@ -109,6 +110,7 @@ __all__ = [
     "restore_database",
     "restore_target",
     "restore_verify_database",
+    "retention_compliance_by_target",
     "rules_for",
     "sanitize_spec",
     "starter_rules_for",

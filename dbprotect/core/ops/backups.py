@@ -8,7 +8,8 @@ import pyrage
 
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.backup.stream import BackupResult, ProgressCallback, run_backup
-from dbprotect.core.config.model import Config, resolve_dsn
+from dbprotect.core.config.isolation import resolve_dsn
+from dbprotect.core.config.model import Config
 from dbprotect.core.errors import (
     DbprotectError,
     NotFoundError,

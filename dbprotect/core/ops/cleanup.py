@@ -17,7 +17,7 @@ from dbprotect.core.ops.context import (
     target_store,
 )
 from dbprotect.core.retention.cleanup import CleanupResult, execute_cleanup, plan_cleanup
-from dbprotect.core.retention.policy import RetentionPlan
+from dbprotect.core.retention.plan import RetentionPlan
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config
+from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS
+from dbprotect.core.config.model import Config
 from dbprotect.core.copy import CopyPlan, CopyResult, copy_backup, holdings, plan_copy, verify_copy
 from dbprotect.core.errors import (
     ConfigError,

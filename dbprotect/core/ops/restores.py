@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from dbprotect.core.audit import AuditLog
-from dbprotect.core.config.model import Config, resolve_dsn
+from dbprotect.core.config.isolation import resolve_dsn
+from dbprotect.core.config.model import Config
 from dbprotect.core.errors import (
     RefusedError,
 )

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbprotect.core.audit import AuditLog
-from dbprotect.core.config.model import Config, SanitizeSpec, resolve_dsn
+from dbprotect.core.config.isolation import resolve_dsn
+from dbprotect.core.config.model import Config, SanitizeSpec
 from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import ConfigError, CredentialIsolationError, NotFoundError, RefusedError
 from dbprotect.core.ops.context import primary_store, raw_identity, scratch_server_from_config

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.backup.stream import run_backup
-from dbprotect.core.config.model import Config, resolve_dsn
+from dbprotect.core.config.isolation import resolve_dsn
+from dbprotect.core.config.model import Config
 from dbprotect.core.errors import DatabaseError, DbprotectError, RefusedError, ToolError
 from dbprotect.core.ops.backups import backup_database, verify_database_backup
 from dbprotect.core.ops.context import audit_log, primary_store, raw_identity

@@ -17,7 +17,7 @@ from dbprotect.core.ops.context import (
     retention_timezone,
     target_store,
 )
-from dbprotect.core.retention.policy import RetentionPlan, plan_retention
+from dbprotect.core.retention.plan import RetentionPlan, plan_retention
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import BackupEntry, list_backups
 from dbprotect.core.verify.rpo import RpoStatus, evaluate_rpo

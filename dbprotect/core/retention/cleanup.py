@@ -32,14 +32,9 @@ from datetime import UTC, datetime, tzinfo
 
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.errors import DbprotectError, RefusedError, StorageError
-from dbprotect.core.retention.policy import (
-    ComplianceReport,
-    Decision,
-    RetentionPlan,
-    RetentionPolicy,
-    plan_retention,
-    retention_compliance,
-)
+from dbprotect.core.retention.compliance import ComplianceReport, retention_compliance
+from dbprotect.core.retention.plan import Decision, RetentionPlan, plan_retention
+from dbprotect.core.retention.policy import RetentionPolicy
 from dbprotect.core.store import ObjectInfo, Storage
 from dbprotect.core.store.catalog import list_backups
 from dbprotect.core.store.manifest import DUMP_OBJECT, MANIFEST_OBJECT

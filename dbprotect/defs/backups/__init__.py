@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dbprotect.core.config.isolation import protected_databases
 from dbprotect.core.config.model import Config
 from dbprotect.defs.backups.assets import build_snapshot_asset
 from dbprotect.defs.backups.checks import build_snapshot_checks
@@ -13,7 +14,6 @@ from dbprotect.defs.backups.schedules import (
     build_rpo_checks_job,
     build_rpo_checks_schedule,
 )
-from dbprotect.defs.names import protected_databases
 
 
 def build_backup_definitions(config: Config) -> dg.Definitions:

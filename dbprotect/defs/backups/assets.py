@@ -1,6 +1,6 @@
 """The production snapshot asset: one materialization is one new backup in the primary store."""
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 from datetime import timedelta
 
 import dagster as dg
@@ -8,7 +8,7 @@ import dagster as dg
 from dbprotect.core.backup.stream import BackupResult
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import backup_database
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures, keyed_resource, numeric_metadata
 from dbprotect.defs.names import dagster_actor, dagster_name, postgres_resource_key, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, PostgresResource
 
@@ -18,15 +18,12 @@ _INT_METRICS = frozenset({"dump_bytes", "compressed_bytes", "stored_bytes", "tab
 
 def snapshot_metadata(result: BackupResult, source: str) -> dict[str, dg.MetadataValue]:
     """Materialization metadata: identifiers as text, every measurement as a number the UI plots."""
-    metadata: dict[str, dg.MetadataValue] = {
+    return {
         "backup_id": dg.MetadataValue.text(result.manifest.backup_id),
         "stored_uri": dg.MetadataValue.url(result.uri),
         "source": dg.MetadataValue.text(source),
+        **numeric_metadata(result.metrics(), counts=_INT_METRICS),
     }
-    for name, value in result.metrics().items():
-        metadata[name] = dg.MetadataValue.int(int(value)) if name in _INT_METRICS else dg.MetadataValue.float(
-            float(value))
-    return metadata
 
 
 def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
@@ -47,8 +44,10 @@ def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
         metadata={"database": database, "storage": config.primary_storage(database), "rpo_hours": spec.rpo_hours},
     )
     def production_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
-        postgres: PostgresResource = getattr(context.resources, postgres_key)
+        # The DSN's resource key is computed per database, so this asset names its resources in the
+        # decorator and takes them through keyed_resource (see there).
+        settings = keyed_resource(context, CONFIG_RESOURCE, DbprotectConfigResource)
+        postgres = keyed_resource(context, postgres_key, PostgresResource)
         context.log.info(f"backing up {database!r} from {postgres.masked()}")
         with core_errors_as_failures():
             result = backup_database(settings.load(), database, dsn=postgres.dsn,

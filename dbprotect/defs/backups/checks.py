@@ -11,7 +11,7 @@ as a whole, so that job also resolves the identity variable; the RPO check never
 A failed integrity check has ERROR severity and is blocking: the backup run fails with it.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 from collections.abc import Iterator
 
 import dagster as dg
@@ -20,9 +20,9 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import database_status, verify_database_backup
 from dbprotect.core.verify.integrity import IntegrityReport
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, dagster_name, snapshot_key
-from dbprotect.defs.resources import CONFIG_RESOURCE, IDENTITY_RESOURCE, AgeIdentityResource, DbprotectConfigResource
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
 
 
 def integrity_check_key(database: str) -> dg.AssetCheckKey:
@@ -100,15 +100,14 @@ def build_snapshot_checks(config: Config, database: str) -> dg.AssetChecksDefini
             ),
         ],
         can_subset=True,
-        required_resource_keys={CONFIG_RESOURCE, IDENTITY_RESOURCE},
     )
-    def backup_checks(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def backup_checks(context: dg.AssetCheckExecutionContext, dbprotect_config: DbprotectConfigResource,
+                      raw_backup_identity: AgeIdentityResource) -> Iterator[dg.AssetCheckResult]:
         with core_errors_as_failures():
-            config = settings.load()
+            config = dbprotect_config.load()
         selected = context.selected_asset_check_keys
         if integrity_key in selected:  # first: the RPO check counts what it records
-            yield integrity_result(config, database, getattr(context.resources, IDENTITY_RESOURCE),
+            yield integrity_result(config, database, raw_backup_identity,
                                    dagster_actor(context.run.job_name, context.run.tags))
         if rpo_key in selected:
             yield rpo_result(config, database)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dbprotect.core.config.isolation import protected_databases
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import copy_targets
 from dbprotect.defs.copies.assets import build_copy_asset
@@ -22,7 +23,6 @@ from dbprotect.defs.names import (
     DATABASE_TAG,
     copy_job_name,
     copy_key,
-    protected_databases,
     warm_copy_job_name,
     warm_copy_key,
 )

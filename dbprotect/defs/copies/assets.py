@@ -7,15 +7,15 @@ was copied and how (bytes, seconds, server-side or streamed) and carries a table
 targets hold which backups, so the asset page answers "where are my backups?".
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import CopyOutcome, copy_to_target, target_holdings
 from dbprotect.core.store.catalog import BackupEntry
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import copy_key, dagster_actor, dagster_name, snapshot_key
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource
 
 #: Rows in the holdings table: the newest backups (older ones are in 'dbprotect list').
 HOLDINGS_ROWS = 20
@@ -89,14 +89,13 @@ def build_copy_asset(config: Config, database: str, target: str) -> dg.AssetsDef
             "if the target does not hold it yet."
         ),
         automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
-        required_resource_keys={CONFIG_RESOURCE},
         metadata={"database": database, "storage": target},
     )
-    def backup_copy(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def backup_copy(context: dg.AssetExecutionContext,
+                    dbprotect_config: DbprotectConfigResource) -> dg.MaterializeResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
-            loaded = settings.load()
+            loaded = dbprotect_config.load()
             outcome = copy_to_target(loaded, database, target, actor=actor)
             holdings = holdings_metadata(loaded, database)
         context.log.info(outcome.plan.reason)

@@ -5,15 +5,15 @@ result there, so a copy that rotted or was tampered with turns ``failed:stored``
 it stops counting as a verified backup there, and the next copy run copies it again.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import verify_target_copy
 from dbprotect.defs.copies.assets import holdings_metadata
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import COPY_INTEGRITY_CHECK, copy_key, dagster_actor
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource
 
 
 def copy_check_key(database: str, target: str) -> dg.AssetCheckKey:
@@ -28,13 +28,12 @@ def build_copy_check(database: str, target: str) -> dg.AssetChecksDefinition:
         name=COPY_INTEGRITY_CHECK,
         description=f"The newest copy on {target!r} exists and its SHA-256 matches the manifest; the result is "
         f"recorded on {target!r}.",
-        required_resource_keys={CONFIG_RESOURCE},
     )
-    def copy_integrity(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def copy_integrity(context: dg.AssetCheckExecutionContext,
+                       dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
-            config = settings.load()
+            config = dbprotect_config.load()
             try:
                 report = verify_target_copy(config, database, target, actor=actor)
             except NotFoundError as exc:  # nothing copied yet: red, visible, not a crashed run

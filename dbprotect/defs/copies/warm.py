@@ -8,7 +8,7 @@ and the seconds of each phase. The check compares the *live* warm copy with the 
 backup it holds, so a standby that someone wrote to (or that rotted) turns red.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.config.model import Config
@@ -17,7 +17,7 @@ from dbprotect.core.ops import refresh_warm_copy, target_holdings, verify_warm_c
 from dbprotect.core.restore.warm import WarmCopyOutcome
 from dbprotect.core.store.catalog import BackupEntry
 from dbprotect.defs.copies.assets import holdings_markdown
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures, phase_logger
 from dbprotect.defs.names import (
     WARM_COPY_CHECK,
     dagster_actor,
@@ -25,7 +25,7 @@ from dbprotect.defs.names import (
     snapshot_key,
     warm_copy_key,
 )
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource
 
 #: The holdings table's column for the warm copy (the store targets are named by their config names).
 WARM_COLUMN = "warm copy"
@@ -60,18 +60,6 @@ def warm_copy_metadata(outcome: WarmCopyOutcome) -> dict[str, dg.MetadataValue]:
     return metadata
 
 
-class _PhaseLog:
-    """Log each restore phase once (core's progress also ticks while pg_restore runs)."""
-
-    def __init__(self, log: dg.DagsterLogManager) -> None:
-        self._log, self._last = log, ""
-
-    def __call__(self, phase: str) -> None:
-        if phase != self._last:
-            self._log.info(f"warm copy: {phase}")
-        self._last = phase
-
-
 def build_warm_copy_asset(database: str) -> dg.AssetsDefinition:
     """``[<database>, warm_copy]``, refreshed after each snapshot whose blocking checks passed."""
 
@@ -86,15 +74,13 @@ def build_warm_copy_asset(database: str) -> dg.AssetsDefinition:
             "Materializing does nothing when it already holds the newest verified backup."
         ),
         automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
-        required_resource_keys={CONFIG_RESOURCE},
         metadata={"database": database},
     )
-    def warm_copy(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def warm_copy(context: dg.AssetExecutionContext, dbprotect_config: DbprotectConfigResource) -> dg.MaterializeResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
-            loaded = settings.load()
-            outcome = refresh_warm_copy(loaded, database, actor=actor, progress=_PhaseLog(context.log))
+            loaded = dbprotect_config.load()
+            outcome = refresh_warm_copy(loaded, database, actor=actor, progress=phase_logger(context.log, "warm copy"))
             holdings = warm_holdings_markdown(loaded, database, outcome.backup_id)
         context.log.info(outcome.reason)
         return dg.MaterializeResult(metadata={**warm_copy_metadata(outcome),
@@ -109,14 +95,13 @@ def build_warm_copy_check(database: str) -> dg.AssetChecksDefinition:
         name=WARM_COPY_CHECK,
         description=f"The live warm copy of {database!r}: every table's row count and content checksum, the "
         "sequences and large objects equal the manifest of the backup it holds.",
-        required_resource_keys={CONFIG_RESOURCE},
     )
-    def warm_copy_verified(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def warm_copy_verified(context: dg.AssetCheckExecutionContext,
+                           dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             try:
-                report = verify_warm_copy(settings.load(), database, actor=actor)
+                report = verify_warm_copy(dbprotect_config.load(), database, actor=actor)
             except NotFoundError as exc:  # no warm copy yet: red and visible, not a crashed run
                 return dg.AssetCheckResult(passed=False, description=exc.one_line())
         return dg.AssetCheckResult(

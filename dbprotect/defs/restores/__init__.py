@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dbprotect.core.config.isolation import protected_databases
 from dbprotect.core.config.model import Config
-from dbprotect.defs.names import protected_databases
 from dbprotect.defs.restores.checks import build_restore_checks
 from dbprotect.defs.restores.jobs import build_restore_job
 from dbprotect.defs.restores.schedules import (

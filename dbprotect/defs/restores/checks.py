@@ -12,9 +12,7 @@ problems of a failed verification are text, one per line. Both checks record the
 the store and the audit log through core, exactly as ``dbprotect drill`` does.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
-from collections.abc import Mapping
-
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.audit import AuditLog
@@ -23,15 +21,9 @@ from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import drill_database, primary_store, restore_verify_database
 from dbprotect.core.restore.drill import DrillResult
 from dbprotect.core.restore.staged import RestoreVerification
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata
 from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, snapshot_key
-from dbprotect.defs.resources import (
-    CONFIG_RESOURCE,
-    IDENTITY_RESOURCE,
-    AgeIdentityResource,
-    DbprotectConfigResource,
-    run_environ,
-)
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, run_environ
 
 #: Counts among the metrics; every other metric is a measured float (seconds).
 _INT_METRICS = frozenset({"tables", "rows", "objects", "problems"})
@@ -43,12 +35,6 @@ def restore_check_key(database: str) -> dg.AssetCheckKey:
 
 def drill_check_key(database: str) -> dg.AssetCheckKey:
     return dg.AssetCheckKey(snapshot_key(database), DRILL_CHECK)
-
-
-def numeric_metadata(metrics: Mapping[str, float]) -> dict[str, dg.MetadataValue]:
-    """Counts as ints, durations as floats: numbers the UI plots, never text."""
-    return {name: dg.MetadataValue.int(int(value)) if name in _INT_METRICS else dg.MetadataValue.float(float(value))
-            for name, value in metrics.items()}
 
 
 def restore_verified_result(config: Config, database: str, identity: AgeIdentityResource) -> dg.AssetCheckResult:
@@ -68,7 +54,7 @@ def restore_verified_result(config: Config, database: str, identity: AgeIdentity
 def verification_metadata(verification: RestoreVerification) -> dict[str, dg.MetadataValue]:
     return {
         "backup_id": dg.MetadataValue.text(verification.backup_id),
-        **numeric_metadata(verification.metrics()),
+        **numeric_metadata(verification.metrics(), counts=_INT_METRICS),
         "problems_text": dg.MetadataValue.text("\n".join(verification.problems) or "none"),
     }
 
@@ -89,7 +75,7 @@ def drill_result(config: Config, database: str, identity: AgeIdentityResource) -
 def drill_metadata(result: DrillResult) -> dict[str, dg.MetadataValue]:
     return {
         "backup_id": dg.MetadataValue.text(result.backup_id),
-        **numeric_metadata(result.metrics()),
+        **numeric_metadata(result.metrics(), counts=_INT_METRICS),
         "rto_minutes": dg.MetadataValue.float(round(result.rto_seconds / 60, 3)),
         "rpo_hours": dg.MetadataValue.float(round(result.rpo_seconds / 3600, 3)),
         "problems_text": dg.MetadataValue.text("\n".join(result.verification.problems) or "none"),
@@ -99,29 +85,28 @@ def drill_metadata(result: DrillResult) -> dict[str, dg.MetadataValue]:
 def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDefinition]:
     """``restore_verified`` and ``restore_drill_within_rto`` on ``[<database>, production_snapshot]``."""
     spec = config.database(database)
-    required = {CONFIG_RESOURCE, IDENTITY_RESOURCE}
 
     @dg.asset_check(
-        asset=snapshot_key(database), name=RESTORE_CHECK, required_resource_keys=required,
+        asset=snapshot_key(database), name=RESTORE_CHECK,
         description="The newest backup restores into a scratch database (same PostgreSQL major version) "
         "and every table's row count and checksum, the schema objects, sequences and large objects "
         "equal the manifest. The scratch database is always dropped; the result is recorded in the store.",
     )
-    def restore_verified(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def restore_verified(dbprotect_config: DbprotectConfigResource,
+                         raw_backup_identity: AgeIdentityResource) -> dg.AssetCheckResult:
         with core_errors_as_failures():
-            loaded = settings.load()
-        return restore_verified_result(loaded, database, getattr(context.resources, IDENTITY_RESOURCE))
+            loaded = dbprotect_config.load()
+        return restore_verified_result(loaded, database, raw_backup_identity)
 
     @dg.asset_check(
-        asset=snapshot_key(database), name=DRILL_CHECK, required_resource_keys=required,
+        asset=snapshot_key(database), name=DRILL_CHECK,
         description=f"A restore drill: the newest backup restored and verified as in restore_verified, "
         f"within the RTO target of {spec.rto_minutes:g} min. RTO and RPO at drill time are plotted.",
     )
-    def restore_drill_within_rto(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def restore_drill_within_rto(dbprotect_config: DbprotectConfigResource,
+                                 raw_backup_identity: AgeIdentityResource) -> dg.AssetCheckResult:
         with core_errors_as_failures():
-            loaded = settings.load()
-        return drill_result(loaded, database, getattr(context.resources, IDENTITY_RESOURCE))
+            loaded = dbprotect_config.load()
+        return drill_result(loaded, database, raw_backup_identity)
 
     return [restore_verified, restore_drill_within_rto]

@@ -13,27 +13,24 @@ DSNs are read from their environment variables in the run's process, by core, as
 identity comes from its ``EnvVar`` resource.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import enum
-from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from dbprotect.core.config.isolation import protected_databases
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import restore_database
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult
-from dbprotect.defs.failures import core_errors_as_failures
-from dbprotect.defs.names import RESTORE_JOB, protected_databases
-from dbprotect.defs.resources import (
-    CONFIG_RESOURCE,
-    IDENTITY_RESOURCE,
-    AgeIdentityResource,
-    DbprotectConfigResource,
-    run_environ,
-)
+from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, phase_logger
+from dbprotect.defs.names import RESTORE_JOB
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, run_environ
+
+#: Counts among a restore's metrics; the others are its phases' seconds.
+_INT_METRICS = frozenset({"objects", "tables", "rows", "tables_released_during_restore"})
 
 
 class TargetKind(enum.Enum):
@@ -77,18 +74,6 @@ def _blank(value: str | None) -> str | None:
     return value.strip() or None if value is not None else None
 
 
-def _phase_logger(context: dg.OpExecutionContext) -> Callable[[str], None]:
-    """Log each phase once (core's progress also ticks repeatedly while pg_restore runs)."""
-    seen: list[str] = []
-
-    def log(phase: str) -> None:
-        if not seen or seen[-1] != phase:
-            seen.append(phase)
-            context.log.info(f"restore phase: {phase}")
-
-    return log
-
-
 def plan_metadata(plan: RestorePlan) -> dict[str, dg.MetadataValue]:
     drill = plan.last_drill
     metadata: dict[str, dg.MetadataValue] = {
@@ -113,10 +98,7 @@ def result_metadata(result: RestoreResult) -> dict[str, dg.MetadataValue]:
     metadata["restored_database"] = dg.MetadataValue.text(result.target_database)
     if result.safety_backup_id:
         metadata["safety_backup_id"] = dg.MetadataValue.text(result.safety_backup_id)
-    for name, value in result.metrics().items():
-        metadata[name] = (dg.MetadataValue.float(float(value)) if name.endswith("_seconds")
-                          else dg.MetadataValue.int(int(value)))
-    return metadata
+    return {**metadata, **numeric_metadata(result.metrics(), counts=_INT_METRICS)}
 
 
 def build_restore_job(config: Config) -> dg.JobDefinition:
@@ -125,21 +107,19 @@ def build_restore_job(config: Config) -> dg.JobDefinition:
 
     @dg.op(
         name="restore_backup",
-        required_resource_keys={CONFIG_RESOURCE, IDENTITY_RESOURCE},
         out=dg.Out(dict, description="What was restored (or planned), as plain values."),
         description=f"Restore a backup ({databases}) through dbprotect's guarded on-call restore.",
     )
-    def restore_backup(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.Output:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
-        identity: AgeIdentityResource = getattr(context.resources, IDENTITY_RESOURCE)
+    def restore_backup(context: dg.OpExecutionContext, config: RestoreConfig, dbprotect_config: DbprotectConfigResource,
+                       raw_backup_identity: AgeIdentityResource) -> dg.Output:
         by = f"dagster:{RESTORE_JOB}:{context.run_id[:8]}"
         with core_errors_as_failures():
             outcome = restore_database(
-                settings.load(), config.database, _blank(config.backup_id),
+                dbprotect_config.load(), config.database, _blank(config.backup_id),
                 environment=config.environment.value, existing=config.target is TargetKind.existing_database,
                 target_name=_blank(config.target_database), confirmation=_blank(config.confirmation),
-                dry_run=config.dry_run, by=by, environ=run_environ(identity),
-                progress=_phase_logger(context), analyze=config.analyze,
+                dry_run=config.dry_run, by=by, environ=run_environ(raw_backup_identity),
+                progress=phase_logger(context.log, "restore phase"), analyze=config.analyze,
             )
         if isinstance(outcome, RestorePlan):
             context.log.info(f"dry run, nothing changed:\n{outcome.summary()}")

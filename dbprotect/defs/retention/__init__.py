@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dbprotect.core.config.isolation import protected_databases
 from dbprotect.core.config.model import Config
-from dbprotect.defs.names import cleanup_schedule_name, protected_databases
+from dbprotect.defs.names import cleanup_schedule_name
 from dbprotect.defs.retention.checks import build_retention_check
 from dbprotect.defs.retention.jobs import build_cleanup_job
 

@@ -1,56 +1,49 @@
 """``retention_compliant`` on the production snapshot: every target holds what its policy promises.
 
-Fails when a target holds fewer verified backups than ``min_verified``, or anything older than
-``max_age`` (:func:`dbprotect.core.retention.policy.retention_compliance`, per target with its policy).
-It runs with each backup (the backup job selects every check of the snapshot asset) and after each
-cleanup (the cleanup job reports it). In a backup run it may be evaluated before that run's
-integrity check has recorded the new backup as verified: it then judges the store as it was
-before the backup, which for the very first backup of a store is red until the next evaluation.
+Fails when a target holds fewer verified backups than ``min_verified``, anything older than
+``max_age``, or cannot be listed (:func:`dbprotect.core.ops.retention_compliance_by_target`, per
+target with its policy). It runs with each backup (the backup job selects every check of the
+snapshot asset) and after each cleanup (the cleanup job reports it). In a backup run it may be
+evaluated before that run's integrity check has recorded the new backup as verified: it then
+judges the store as it was before the backup, which for the very first backup of a store is red
+until the next evaluation.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
-from datetime import UTC, datetime
-
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.errors import DbprotectError
-from dbprotect.core.ops import target_store
-from dbprotect.core.retention.policy import retention_compliance
-from dbprotect.core.store.catalog import list_backups
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.core.ops import retention_compliance_by_target
+from dbprotect.core.retention.compliance import TargetsCompliance
+from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import RETENTION_CHECK, dagster_name, snapshot_key
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource
 
 
 def retention_check_key(database: str) -> dg.AssetCheckKey:
     return dg.AssetCheckKey(snapshot_key(database), RETENTION_CHECK)
 
 
-def compliance_evaluation(config: Config, database: str, now: datetime | None = None) -> dg.AssetCheckEvaluation:
-    """The check's verdict over every target; a store that cannot be listed fails it, naming the store."""
-    now = now or datetime.now(UTC)
-    spec = config.database(database)
-    problems: list[str] = []
+def compliance_metadata(compliance: TargetsCompliance) -> dict[str, dg.MetadataValue]:
+    """Per readable target: verified and required backups, how many are too old (plotted), and its policy."""
     metadata: dict[str, dg.MetadataValue] = {}
-    for target in config.storage_names(database):
-        policy = spec.policy_for(target)
-        label = dagster_name(target)
-        try:
-            entries = list_backups(target_store(config, database, target), database, include_incomplete=True)
-        except DbprotectError as exc:
-            problems.append(f"{target}: store cannot be read: {exc.one_line()}")
+    for judged in compliance.targets:
+        if judged.report is None:
             continue
-        report = retention_compliance(entries, policy, now, database=database)
-        problems += [f"{target}: {problem}" for problem in report.problems]
-        metadata[f"{label}_verified"] = dg.MetadataValue.int(report.verified)
-        metadata[f"{label}_required"] = dg.MetadataValue.int(report.required)
-        metadata[f"{label}_older_than_max_age"] = dg.MetadataValue.int(len(report.too_old))
-        metadata[f"{label}_policy"] = dg.MetadataValue.text(str(policy))
+        label = dagster_name(judged.target)
+        metadata[f"{label}_verified"] = dg.MetadataValue.int(judged.report.verified)
+        metadata[f"{label}_required"] = dg.MetadataValue.int(judged.report.required)
+        metadata[f"{label}_older_than_max_age"] = dg.MetadataValue.int(len(judged.report.too_old))
+        metadata[f"{label}_policy"] = dg.MetadataValue.text(str(judged.policy))
+    return metadata
+
+
+def compliance_evaluation(config: Config, database: str) -> dg.AssetCheckEvaluation:
+    """The check's verdict, as an event a job can log (the cleanup job reports it after sweeping)."""
+    compliance = retention_compliance_by_target(config, database)
     key = retention_check_key(database)
-    description = "; ".join(problems) if problems else "every target holds what its retention policy asks"
-    return dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=not problems,
-                                   metadata=metadata, description=description)
+    return dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=compliance.ok,
+                                   metadata=compliance_metadata(compliance), description=compliance.summary())
 
 
 def build_retention_check(database: str) -> dg.AssetChecksDefinition:
@@ -61,13 +54,11 @@ def build_retention_check(database: str) -> dg.AssetChecksDefinition:
         name=RETENTION_CHECK,
         description="Every storage target holds at least min_verified verified backups and nothing older than "
         "max_age (per target, with its retention policy).",
-        required_resource_keys={CONFIG_RESOURCE},
     )
-    def retention_compliant(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def retention_compliant(dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
         with core_errors_as_failures():
-            evaluation = compliance_evaluation(settings.load(), database)
-        return dg.AssetCheckResult(passed=evaluation.passed, description=evaluation.description,
-                                   metadata=evaluation.metadata)
+            compliance = retention_compliance_by_target(dbprotect_config.load(), database)
+        return dg.AssetCheckResult(passed=compliance.ok, description=compliance.summary(),
+                                   metadata=compliance_metadata(compliance))
 
     return retention_compliant

@@ -1,20 +1,20 @@
 """``<db>_cleanup_job``: retention cleanup of every storage target of one database.
 
 One op: per target, plan (the mark) and sweep, manifest first, every deletion audited in the
-primary store (:func:`dbprotect.core.ops.cleanup_database`). What it decided and did is
+primary store (:func:`dbprotect.core.ops.operations.cleanup_database`). What it decided and did is
 recorded on the snapshot asset as an observation per target (numbers the UI plots: kept,
 deleted, bytes freed), and ``retention_compliant`` is evaluated on what the cleanup left. A plan
 that refuses, or a store that fails, fails the run with the same sentence the CLI prints, after
 every other target was cleaned.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.ops import TargetCleanup, cleanup_database, first_cleanup_error
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import DATABASE_TAG, cleanup_job_name, dagster_actor, dagster_name, snapshot_key
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource
 from dbprotect.defs.retention.checks import compliance_evaluation
 
 #: Metadata text is shown in full in the UI; a year of daily backups renders in ~30 kB.
@@ -52,13 +52,13 @@ class CleanupConfig(dg.Config):
 def build_cleanup_job(database: str) -> dg.JobDefinition:
     name = dagster_name(database)
 
-    @dg.op(name=f"{name}_retention_cleanup", required_resource_keys={CONFIG_RESOURCE},
+    @dg.op(name=f"{name}_retention_cleanup",
            description=f"Apply {database!r}'s retention policy on every storage target (mark, then sweep).")
-    def retention_cleanup(context: dg.OpExecutionContext, config: CleanupConfig) -> None:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def retention_cleanup(context: dg.OpExecutionContext, config: CleanupConfig,
+                          dbprotect_config: DbprotectConfigResource) -> None:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
-            loaded = settings.load()
+            loaded = dbprotect_config.load()
             cleanups = cleanup_database(loaded, database, dry_run=config.dry_run, actor=actor)
         for done in cleanups:
             context.log.info(f"{done.target}: {len(done.plan.deletions)} backup(s) to delete, "

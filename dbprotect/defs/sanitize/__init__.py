@@ -18,17 +18,10 @@ from typing import Any
 
 import dagster as dg
 
-from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config
+from dbprotect.core.config.isolation import sanitized_databases
+from dbprotect.core.config.model import Config
 from dbprotect.defs.sanitize.assets import build_sanitize_job, build_sanitized_copy_asset, masking_key_resources
 from dbprotect.defs.sanitize.promotion import build_promote_job, build_promote_sensor
-
-
-def sanitized_databases(config: Config, environment: str) -> list[str]:
-    """Databases with a ``sanitize:`` section whose ``environment`` side this deployment runs."""
-    if environment not in ALLOWED_ENVIRONMENTS[config.deployment]:
-        return []
-    return sorted(name for name, spec in config.databases.items()
-                  if spec.sanitize and environment in spec.environments)
 
 
 def build_sanitize_definitions(config: Config) -> dg.Definitions:
@@ -48,4 +41,4 @@ def build_sanitize_definitions(config: Config) -> dg.Definitions:
     return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources=resources)
 
 
-__all__ = ["build_sanitize_definitions", "sanitized_databases"]
+__all__ = ["build_sanitize_definitions"]

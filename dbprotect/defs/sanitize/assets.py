@@ -8,7 +8,7 @@ when one fails nothing is stored, the step fails with the reason, and the red ch
 the UI.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 from collections.abc import Iterator
 
 import dagster as dg
@@ -17,7 +17,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.ops import build_sanitized_copy
 from dbprotect.core.sanitize.build import SanitizeResult, sanitized_name
 from dbprotect.core.sanitize.checks import BLOCKING_CHECKS
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures, keyed_resource, numeric_metadata, phase_logger
 from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, snapshot_key
 from dbprotect.defs.resources import (
     CONFIG_RESOURCE,
@@ -70,10 +70,7 @@ def _metadata(result: SanitizeResult) -> dict[str, dg.MetadataValue]:
         metadata["artifact_id"] = dg.MetadataValue.text(result.artifact_id)
     if result.unreviewed:
         metadata["unreviewed_rules"] = dg.MetadataValue.int(len(result.unreviewed))
-    for name, value in result.metrics().items():
-        metadata[name] = dg.MetadataValue.int(int(value)) if name in _INT_METRICS else dg.MetadataValue.float(
-            float(value))
-    return metadata
+    return {**metadata, **numeric_metadata(result.metrics(), counts=_INT_METRICS)}
 
 
 def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefinition:
@@ -94,17 +91,19 @@ def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefini
         metadata={"database": database, "store_folder": sanitized_name(database)},
     )
     def sanitized_copy(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
-        identity: AgeIdentityResource = getattr(context.resources, IDENTITY_RESOURCE)
-        masking: MaskingKeyResource = getattr(context.resources, key_resource)
+        # The masking key's resource key is computed per database, so this asset names its resources in
+        # the decorator and takes them through keyed_resource (see there).
+        settings = keyed_resource(context, CONFIG_RESOURCE, DbprotectConfigResource)
+        identity = keyed_resource(context, IDENTITY_RESOURCE, AgeIdentityResource)
+        masking = keyed_resource(context, key_resource, MaskingKeyResource)
         environ = run_environ(identity, **{masking.key_env: masking.key})
         with core_errors_as_failures():
             result = build_sanitized_copy(settings.load(), database, environ=environ,
                                           by=dagster_actor(context.run.job_name, context.run.tags),
-                                          progress=lambda phase: context.log.info(f"sanitize phase: {phase}"))
+                                          progress=phase_logger(context.log, "sanitize phase"))
         checks = [dg.AssetCheckResult(check_name=c.name, passed=c.ok, description=c.detail,
                                       severity=dg.AssetCheckSeverity.ERROR,
-                                      metadata={k: float(v) for k, v in c.metrics.items()})
+                                      metadata=numeric_metadata(c.metrics))
                   for c in result.checks]
         if not result.ok:
             yield from checks

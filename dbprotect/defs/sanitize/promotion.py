@@ -8,7 +8,7 @@ copy whose checks did not all pass, and a development database whose environment
 ``development``.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 from typing import Any
 
 import dagster as dg
@@ -17,11 +17,12 @@ from pydantic import Field
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import primary_store, promote_dev_copy
 from dbprotect.core.sanitize.promote import newest_promotable
-from dbprotect.defs.failures import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata
 from dbprotect.defs.names import dagster_name
 from dbprotect.defs.resources import CONFIG_RESOURCE, AgeIdentityResource, DbprotectConfigResource, run_environ
 
 PROMOTE_JOB = "promote_dev_copy"
+#: The op takes this resource as its ``development_identity`` parameter (Dagster binds by name).
 DEV_IDENTITY_RESOURCE = "development_identity"
 
 
@@ -47,23 +48,22 @@ class PromoteConfig(dg.Config):
 def build_promote_job(config: Config, databases: list[str]) -> dg.JobDefinition:
     @dg.op(
         name="promote_sanitized_copy",
-        required_resource_keys={CONFIG_RESOURCE, DEV_IDENTITY_RESOURCE},
         out=dg.Out(dict, description="What was promoted, as plain values."),
         description=f"Restore a sanitized copy ({', '.join(databases)}) into its development database.",
     )
-    def promote_sanitized_copy(context: dg.OpExecutionContext, config: PromoteConfig) -> dg.Output:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
-        identity: AgeIdentityResource = getattr(context.resources, DEV_IDENTITY_RESOURCE)
-        environ = run_environ(identity)
+    def promote_sanitized_copy(context: dg.OpExecutionContext, config: PromoteConfig,
+                               dbprotect_config: DbprotectConfigResource,
+                               development_identity: AgeIdentityResource) -> dg.Output:
+        environ = run_environ(development_identity)
         with core_errors_as_failures():
-            result: Any = promote_dev_copy(settings.load(), config.database, confirmed=config.confirm,
+            result: Any = promote_dev_copy(dbprotect_config.load(), config.database, confirmed=config.confirm,
                                            artifact_id=(config.artifact_id or "").strip() or None, environ=environ,
                                            by=f"dagster:{PROMOTE_JOB}:{context.run_id[:8]}")
         value = {"database": config.database, "artifact_id": result.plan.backup_id,
                  "development_database": result.target_database, "safety_backup_id": result.safety_backup_id}
         return dg.Output(value, metadata={"artifact_id": dg.MetadataValue.text(result.plan.backup_id),
                                           "development_database": dg.MetadataValue.text(result.target_database),
-                                          **{k: dg.MetadataValue.float(float(v)) for k, v in result.metrics().items()}})
+                                          **numeric_metadata(result.metrics())})
 
     # Resources bound on the job itself: the sensor then targets a complete job, which Dagster need
     # not rebuild when it attaches the code location's resources.
@@ -76,10 +76,7 @@ def build_promote_job(config: Config, databases: list[str]) -> dg.JobDefinition:
 
 
 def _job_resources(config: Config) -> dict[str, Any]:
-    from pathlib import Path
-
-    path = str(Path(config.source).resolve()) if config.source != "<memory>" else config.source
-    return {CONFIG_RESOURCE: DbprotectConfigResource(path=path), **development_identity_resources(config)}
+    return {CONFIG_RESOURCE: DbprotectConfigResource.of(config), **development_identity_resources(config)}
 
 
 def build_promote_sensor(config: Config, database: str, job: dg.JobDefinition) -> dg.SensorDefinition:

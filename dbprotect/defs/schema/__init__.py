@@ -13,15 +13,16 @@ Thin wiring over :mod:`dbprotect.core.schema`:
   migration file or Alembic revision appears (polling; ``dbprotect guard`` is the guarantee).
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
-from dbprotect.core.config.model import ALLOWED_ENVIRONMENTS, Config, resolve_dsn
+from dbprotect.core.config.isolation import protected_databases, reachable_environments, resolve_dsn
+from dbprotect.core.config.model import Config
 from dbprotect.core.ops import drift_between, push_schema
 from dbprotect.core.schema.snapshot import take_snapshot
-from dbprotect.defs.failures import core_errors_as_failures
-from dbprotect.defs.names import dagster_actor, dagster_name, protected_databases
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.helpers import core_errors_as_failures
+from dbprotect.defs.names import dagster_actor, dagster_name
+from dbprotect.defs.resources import DbprotectConfigResource
 from dbprotect.defs.schema.watch import build_pre_migration_sensor
 
 SCHEMA_ASSET_PREFIX = "schema_"
@@ -33,22 +34,15 @@ def schema_key(database: str, environment: str) -> dg.AssetKey:
     return dg.AssetKey([dagster_name(database), f"{SCHEMA_ASSET_PREFIX}{environment}"])
 
 
-def _environments(config: Config, database: str) -> list[str]:
-    allowed = ALLOWED_ENVIRONMENTS[config.deployment]
-    return sorted(env for env in config.database(database).environments if env in allowed)
-
-
 def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=schema_key(database, environment), group_name=dagster_name(database), kinds={"postgres"},
-        required_resource_keys={CONFIG_RESOURCE},
         description=f"The normalized schema (pg_dump --schema-only, noise removed, objects sorted) of the "
         f"{environment} database of {database!r}; its SHA-256 is the data version.",
     )
-    def schema_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def schema_snapshot(dbprotect_config: DbprotectConfigResource) -> dg.MaterializeResult:
         with core_errors_as_failures():
-            config = settings.load()
+            config = dbprotect_config.load()
             snapshot = take_snapshot(resolve_dsn(config, database, environment), pg_bin_dir=config.pg_bin_dir)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(snapshot.sha256),
@@ -61,14 +55,13 @@ def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
 
 def build_drift_check(database: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=schema_key(database, "production"), name=DRIFT_CHECK, required_resource_keys={CONFIG_RESOURCE},
+        asset=schema_key(database, "production"), name=DRIFT_CHECK,
         description="Development and production schemas are equal (results compares the live databases); "
         "object order is not drift; patterns under schema.pending are allowed.",
     )
-    def schema_matches_development(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    def schema_matches_development(dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
         with core_errors_as_failures():
-            report = drift_between(settings.load(), database)
+            report = drift_between(dbprotect_config.load(), database)
         return dg.AssetCheckResult(
             passed=report.ok, description=report.summary()[:1000],
             metadata={"differences": dg.MetadataValue.int(len(report.items)),
@@ -90,11 +83,11 @@ class SchemaSyncConfig(dg.Config):
 
 
 def build_schema_sync_job() -> dg.JobDefinition:
-    @dg.op(required_resource_keys={CONFIG_RESOURCE})
-    def push_schema_op(context: dg.OpExecutionContext, config: SchemaSyncConfig) -> None:
-        settings: DbprotectConfigResource = getattr(context.resources, CONFIG_RESOURCE)
+    @dg.op
+    def push_schema_op(context: dg.OpExecutionContext, config: SchemaSyncConfig,
+                       dbprotect_config: DbprotectConfigResource) -> None:
         with core_errors_as_failures():
-            result = push_schema(settings.load(), config.database, config.source, config.target,
+            result = push_schema(dbprotect_config.load(), config.database, config.source, config.target,
                                  confirmation=config.confirmation or None, dry_run=config.dry_run,
                                  actor=dagster_actor(context.run.job_name, context.run.tags))
         context.log.info("plan:\n" + (result.plan.script() or "(no changes)"))
@@ -119,7 +112,7 @@ def build_schema_definitions(config: Config) -> dg.Definitions:
     checks: list[dg.AssetChecksDefinition] = []
     both = False
     for database in sorted(config.databases):
-        environments = _environments(config, database)
+        environments = reachable_environments(config, database)
         assets += [build_schema_asset(database, env) for env in environments]
         if {"production", "development"} <= set(environments):
             checks.append(build_drift_check(database))

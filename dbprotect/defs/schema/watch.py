@@ -17,7 +17,7 @@ tag queues one at a time), a poll is a directory hash and one ``SELECT`` on prod
 backup nobody turned on is the backup that is missing when a migration goes wrong.
 """
 
-# No "from __future__ import annotations": Dagster inspects the context annotation at runtime.
+# No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
 import dagster as dg
 
 from dbprotect.core.config.model import Config
