@@ -12,7 +12,7 @@ One module per domain::
     status.py    RPO and every storage target's holdings
     restores.py  on-call restores, restore verification (rung 3), drills (rung 4)
     copies.py    copies to further targets, the warm copy
-    cleanup.py   retention cleanup per target
+    retention.py retention cleanup and compliance per target
     sanitize.py  sanitized copies: coverage, build, promotion
     schema.py    drift, sync plans and pushes, guarded commands, migration lint
 
@@ -20,7 +20,6 @@ This package re-exports them, so callers write ``from dbprotect.core.ops import 
 """
 
 from dbprotect.core.ops.backups import backup_database, locate_backup, verify_database_backup
-from dbprotect.core.ops.cleanup import TargetCleanup, cleanup_database, first_cleanup_error
 from dbprotect.core.ops.context import (
     DEFAULT_ACTOR,
     audit_log,
@@ -47,7 +46,12 @@ from dbprotect.core.ops.restores import (
     restore_target,
     restore_verify_database,
 )
-from dbprotect.core.ops.retention import retention_compliance_by_target
+from dbprotect.core.ops.retention import (
+    TargetCleanup,
+    cleanup_database,
+    first_cleanup_error,
+    retention_compliance_by_target,
+)
 from dbprotect.core.ops.sanitize import (
     CoverageCheck,
     build_sanitized_copy,

@@ -1,19 +1,82 @@
-"""Retention compliance of a configured database: every storage target against its own policy.
+"""Retention of a configured database: cleanup and compliance on every storage target, each with its own policy.
 
-The config-level side of :mod:`dbprotect.core.retention.compliance`: it opens each target's store,
-lists its backups (incomplete uploads included: they hold data too) and lets
-:func:`~dbprotect.core.retention.compliance.compliance_by_target` judge them. The Dagster check
-``retention_compliant`` and the cleanup job report exactly this.
+The config-level side of :mod:`dbprotect.core.retention`: it opens each target's store and lets
+:func:`~dbprotect.core.retention.cleanup.plan_cleanup` / :func:`~dbprotect.core.retention.cleanup.execute_cleanup`
+mark and sweep, and :func:`~dbprotect.core.retention.compliance.compliance_by_target` judge what is
+held (incomplete uploads included: they hold data too). ``dbprotect cleanup``, the cleanup job and
+the ``retention_compliant`` check report exactly this.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.ops.context import target_store
+from dbprotect.core.errors import (
+    DbprotectError,
+    RefusedError,
+)
+from dbprotect.core.ops.context import (
+    DEFAULT_ACTOR,
+    audit_log,
+    retention_timezone,
+    target_store,
+)
+from dbprotect.core.retention.cleanup import CleanupResult, execute_cleanup, plan_cleanup
 from dbprotect.core.retention.compliance import TargetsCompliance, compliance_by_target
+from dbprotect.core.retention.plan import RetentionPlan
 from dbprotect.core.store.catalog import BackupEntry, list_backups
+
+
+@dataclass(frozen=True)
+class TargetCleanup:
+    """One target's cleanup: the plan, and what the sweep did or why it stopped."""
+
+    target: str
+    uri: str
+    plan: RetentionPlan
+    result: CleanupResult | None
+    error: DbprotectError | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"target": self.target, "uri": self.uri, "plan": self.plan.to_dict(),
+                "result": self.result.to_dict() if self.result else None,
+                "error": {"code": self.error.code, "exit_code": self.error.exit_code,
+                          "message": self.error.one_line(), "hint": self.error.hint} if self.error else None}
+
+
+def cleanup_database(config: Config, database: str, *, target: str | None = None, dry_run: bool = False,
+                     actor: str = DEFAULT_ACTOR, now: datetime | None = None) -> list[TargetCleanup]:
+    """Plan and sweep retention on one target or every target of ``database`` (each with its policy).
+
+    Every target is attempted even when one refuses or fails, so one broken bucket does not stop
+    the others' cleanup; the caller reports ``error`` per target (:func:`first_cleanup_error`).
+    Deletions, refusals and failures go to the primary store's audit log (not in a dry run).
+    """
+    now = now or datetime.now(UTC)
+    spec = config.database(database)
+    names = [target] if target else config.storage_names(database)
+    done: list[TargetCleanup] = []
+    for name in names:
+        storage = target_store(config, database, name)
+        plan = plan_cleanup(storage, database, spec.policy_for(name), now, tz=retention_timezone(config))
+        try:
+            result = execute_cleanup(storage, plan, dry_run=dry_run,
+                                     audit=audit_log(config, database, actor=actor, target=name))
+        except DbprotectError as exc:
+            done.append(TargetCleanup(name, storage.uri, plan, None, exc))
+            continue
+        done.append(TargetCleanup(name, storage.uri, plan, result, None))
+    return done
+
+
+def first_cleanup_error(cleanups: list[TargetCleanup]) -> DbprotectError | None:
+    """The error a cleanup run ends with: a store failure first (exit 6), else a refusal (exit 9)."""
+    errors = [c.error for c in cleanups if c.error is not None]
+    storage = [e for e in errors if not isinstance(e, RefusedError)]
+    return (storage or errors or [None])[0]
+
 
 
 def retention_compliance_by_target(config: Config, database: str, now: datetime | None = None) -> TargetsCompliance:
@@ -28,6 +91,3 @@ def retention_compliance_by_target(config: Config, database: str, now: datetime 
 
     policies = [(target, spec.policy_for(target)) for target in config.storage_names(database)]
     return compliance_by_target(database, policies, listing, now or datetime.now(UTC))
-
-
-__all__ = ["retention_compliance_by_target"]

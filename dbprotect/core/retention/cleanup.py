@@ -1,6 +1,6 @@
 """Cleanup: mark, then sweep — the only place that deletes backups.
 
-:func:`plan_cleanup` lists the store and asks :func:`~dbprotect.core.retention.policy.plan_retention` what
+:func:`plan_cleanup` lists the store and asks :func:`~dbprotect.core.retention.plan.plan_retention` what
 to delete (the mark); :func:`execute_cleanup` deletes exactly that (the sweep). Between the two a
 person or a Dagster run can look at the plan; the CLI's ``--dry-run`` prints it.
 
@@ -32,7 +32,6 @@ from datetime import UTC, datetime, tzinfo
 
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.errors import DbprotectError, RefusedError, StorageError
-from dbprotect.core.retention.compliance import ComplianceReport, retention_compliance
 from dbprotect.core.retention.plan import Decision, RetentionPlan, plan_retention
 from dbprotect.core.retention.policy import RetentionPolicy
 from dbprotect.core.store import ObjectInfo, Storage
@@ -122,8 +121,6 @@ def execute_cleanup(storage: Storage, plan: RetentionPlan, *, dry_run: bool = Fa
 
 __all__ = [
     "CleanupResult",
-    "ComplianceReport",
     "execute_cleanup",
     "plan_cleanup",
-    "retention_compliance",
 ]

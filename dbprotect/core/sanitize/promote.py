@@ -1,7 +1,7 @@
 """Promotion: the newest sanitized copy that passed every blocking check, restored into development.
 
 Runs on the development side with the development key (the raw-backup key and the production DSN
-are refused there by :func:`dbprotect.core.config.model.check_credential_isolation`). The restore is the
+are refused there by :func:`dbprotect.core.config.isolation.check_credential_isolation`). The restore is the
 guarded on-call restore of :mod:`dbprotect.core.restore.oncall`: the development database's environment
 marker must say ``development``, a safety backup of it is taken first (encrypted to the
 development key), the copy is restored into a staging database, verified against its manifest and
