@@ -20,6 +20,14 @@ This package re-exports them, so callers write ``from dbprotect.core.ops import 
 """
 
 from dbprotect.core.ops.backups import backup_database, locate_backup, verify_database_backup
+from dbprotect.core.ops.catalog import (
+    AuditReading,
+    BackupListing,
+    list_database_backups,
+    mark_configured_database,
+    primary_store_names,
+    read_audit_log,
+)
 from dbprotect.core.ops.cleanup import TargetCleanup, cleanup_database, first_cleanup_error
 from dbprotect.core.ops.context import (
     DEFAULT_ACTOR,
@@ -73,6 +81,8 @@ from dbprotect.core.store.catalog import newest_verified_backup
 
 __all__ = [
     "DEFAULT_ACTOR",
+    "AuditReading",
+    "BackupListing",
     "CopyOutcome",
     "CoverageCheck",
     "DatabaseStatus",
@@ -94,7 +104,9 @@ __all__ = [
     "fresh_verified_backup",
     "guard_command",
     "lint_migrations",
+    "list_database_backups",
     "locate_backup",
+    "mark_configured_database",
     "masking_key",
     "migrations_dir",
     "newest_verified_backup",
@@ -102,9 +114,11 @@ __all__ = [
     "open_storage",
     "plan_sync",
     "primary_store",
+    "primary_store_names",
     "promote_dev_copy",
     "push_schema",
     "raw_identity",
+    "read_audit_log",
     "refresh_warm_copy",
     "restore_database",
     "restore_target",
