@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from dbprotect.cli.ui.render import Ui, common_options, print_backup_lines, progress_bar
 from dbprotect.core.errors import EXIT_OK, EXIT_RPO_VIOLATED, IntegrityError
-from dbprotect.demo.setup import NEXT_COMMANDS, DemoResult, display_path, executable, run_demo, stop_demo_server
+from dbprotect.demo import NEXT_COMMANDS, DemoResult, display_path, executable, run_demo, stop_demo_server
 
 
 @click.command()
