@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dbprotect.cli.app import EXIT_RPO_VIOLATED, EXIT_USAGE, run, scrub
+from dbprotect.cli.app import run
+from dbprotect.cli.ui.render import scrub
+from dbprotect.core.errors import EXIT_RPO_VIOLATED, EXIT_USAGE
 
 DBPROTECT = Path(sys.executable).parent / "dbprotect"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dbprotect.cli.app import EXIT_OK, run
-from dbprotect.core.errors import RefusedError
+from dbprotect.cli.app import run
+from dbprotect.core.errors import EXIT_OK, RefusedError
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import read_marker, set_marker
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases

@@ -1,242 +1,230 @@
-"""The `dbprotect` commands of the schema domain, registered onto the main group by :mod:`dbprotect.cli.app`.
+"""The schema commands: ``lint``, ``schema diff|push|drift``, ``guard``, ``mark`` and ``check-target``.
 
-Kept in their own module so each domain's commands read in one place; they are thin calls into
-:mod:`dbprotect.core.schema`, like every command. Helpers of :mod:`dbprotect.cli.app` are imported
-inside :func:`register` because that module imports this one.
+Thin calls into :mod:`dbprotect.core.ops` (configured databases) and
+:mod:`dbprotect.core.schema.targets` (a database named by a DSN on the command line).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
+
+from dbprotect.cli.ui.render import Ui, common_options, scrub
+from dbprotect.core.errors import EXIT_OK, RefusedError
+from dbprotect.core.ops import (
+    cli_actor,
+    drift_between,
+    guard_command,
+    lint_migrations,
+    mark_configured_database,
+    plan_sync,
+    push_schema,
+)
+from dbprotect.core.schema.sync import SchemaPlan
+from dbprotect.core.schema.targets import check_target, mark_database
 
 ENVIRONMENT_CHOICE = click.Choice(["production", "development"])
 
 
-def register(group: click.Group) -> None:
-    """Add mark, check-target, lint, schema (diff, push, drift) and guard to ``group``."""
-    from dbprotect.cli.app import EXIT_OK, Ui, common_options, scrub
+@click.command()
+@click.argument("database")
+@click.argument("environment", type=click.Choice(["production", "development", "scratch", "test"]))
+@click.option("--dsn", help="Mark the database this DSN names instead of the configured one of ENVIRONMENT.")
+@common_options
+@click.pass_obj
+def mark(ui: Ui, database: str, environment: str, dsn: str | None) -> int:
+    """Set the environment marker of DATABASE's ENVIRONMENT database (or of --dsn's database).
 
-    @group.command()
-    @click.argument("database")
-    @click.argument("environment", type=click.Choice(["production", "development", "scratch", "test"]))
-    @click.option("--dsn", help="Mark the database this DSN names instead of the configured one of ENVIRONMENT.")
-    @common_options
-    @click.pass_obj
-    def mark(ui: Ui, database: str, environment: str, dsn: str | None) -> int:
-        """Set the environment marker of DATABASE's ENVIRONMENT database (or of --dsn's database).
-
-        The marker (ALTER DATABASE ... SET dbprotect.environment) is what every destructive step
-        checks before it acts, so a mistyped DSN cannot turn a dev refresh into a prod overwrite.
-        """
-        from dbprotect.core.config.isolation import resolve_dsn
-        from dbprotect.core.schema.targets import mark_database
-
-        if dsn is None:
-            if environment not in ("production", "development"):
-                raise click.UsageError(f"marking a {environment} database needs --dsn")
-            dsn = resolve_dsn(ui.load(), database, environment)
+    The marker (ALTER DATABASE ... SET dbprotect.environment) is what every destructive step
+    checks before it acts, so a mistyped DSN cannot turn a dev refresh into a prod overwrite.
+    """
+    if dsn is not None:
         name, previous = mark_database(dsn, environment)
-        if ui.json:
-            ui.emit({"database": name, "environment": environment, "previous": previous})
-        else:
-            click.echo(f"database {name} marked {environment} (was {previous or 'unmarked'})")
+    elif environment in ("production", "development"):
+        name, previous = mark_configured_database(ui.load(), database, environment)
+    else:
+        raise click.UsageError(f"marking a {environment} database needs --dsn")
+    if ui.json:
+        ui.emit({"database": name, "environment": environment, "previous": previous})
+    else:
+        click.echo(f"database {name} marked {environment} (was {previous or 'unmarked'})")
+    return EXIT_OK
+
+
+@click.command("check-target")
+@click.argument("dsn")
+@click.option("--expect", required=True, metavar="ENV",
+              help="The environment the database must be marked as (e.g. test).")
+@common_options
+@click.pass_obj
+def check_target_command(ui: Ui, dsn: str, expect: str) -> int:
+    """Exit 0 only when the database DSN names is marked --expect (exit 9 otherwise, unmarked too).
+
+    Run it first in a test suite ('dbprotect check-target "$TEST_DATABASE_URL" --expect test')
+    so tests refuse to run against development or production.
+    """
+    name = check_target(dsn, expect)
+    if ui.json:
+        ui.emit({"database": name, "environment": expect, "ok": True})
+    else:
+        click.echo(f"database {name} is marked {expect}")
+    return EXIT_OK
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--pg-version", type=int, default=18, show_default=True,
+              help="The target's PostgreSQL major version.")
+@click.option("--database", "-d", metavar="DB",
+              help="Record used waivers in DB's audit log (needs the configuration).")
+@common_options
+@click.pass_obj
+def lint(ui: Ui, files: tuple[str, ...], pg_version: int, database: str | None) -> int:
+    """Lint migration FILES: squawk (for --pg-version) and dbprotect's data-loss rules.
+
+    \b
+    Findings print as 'file:line: rule: message'. Data-loss rules: drop-table, drop-column,
+    drop-schema, truncate, delete-without-where, update-without-where, type-change, rename.
+    Waive one only inline, above the statement, with a reason:
+      -- dbprotect: allow drop-column because the column is unused since 4.2
+    Exits 9 when any finding is left.
+    """
+    config = ui.load() if database else None
+    result = lint_migrations(files, pg_version=pg_version, config=config, database=database, actor=cli_actor())
+    if ui.json:
+        ui.error_context["lint"] = result.to_dict()
+    else:
+        for line in result.lines():
+            click.echo(line)
+        for finding, waiver in result.waived:
+            click.echo(f"{finding.file}:{finding.line}: {finding.rule}: waived because {waiver.reason}")
+    if not result.ok:
+        raise RefusedError(f"{len(result.findings)} lint finding(s) in {len(files)} file(s)",
+                           hint="fix them, or waive one inline: -- dbprotect: allow RULE because REASON")
+    if ui.json:
+        ui.emit(ui.error_context["lint"])
+    else:
+        click.echo(f"lint passed ({len(files)} file(s), {len(result.waived)} waived finding(s))")
+    return EXIT_OK
+
+
+@click.group()
+def schema() -> None:
+    """Schema drift and sync between the environments of a database (DDL from 'results').
+
+    Only schema moves, never data: development data never reaches production.
+    """
+
+
+def _print_plan(plan: SchemaPlan) -> None:
+    """The DDL of a plan, with its lint verdict as SQL comments (so the output stays runnable)."""
+    if plan.empty:
+        click.echo(f"{plan.target} already matches {plan.source}: no changes")
+        return
+    click.echo(f"-- plan taking {plan.target} ({plan.target_dsn_masked}) to {plan.source}")
+    click.echo(scrub(plan.script()))
+    if plan.lint is not None:
+        click.echo("-- lint: " + ("passed" if plan.lint.ok else "FAILED"))
+        for line in plan.lint.lines():
+            click.echo(f"--   {line}")
+
+
+@schema.command()
+@click.argument("source", type=ENVIRONMENT_CHOICE)
+@click.argument("target", type=ENVIRONMENT_CHOICE)
+@click.argument("database")
+@common_options
+@click.pass_obj
+def diff(ui: Ui, source: str, target: str, database: str) -> int:
+    """Print the DDL that takes TARGET's schema of DATABASE to SOURCE's (changes nothing)."""
+    plan = plan_sync(ui.load(), database, source, target)
+    if ui.json:
+        ui.emit(plan.to_dict())
+    else:
+        _print_plan(plan)
+    return EXIT_OK
+
+
+@schema.command()
+@click.argument("source", type=ENVIRONMENT_CHOICE)
+@click.argument("target", type=ENVIRONMENT_CHOICE)
+@click.argument("database")
+@click.option("--confirm", "confirmation", metavar="NAME", help="Pushing to production needs DATABASE's name here.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (and its lint) and change nothing.")
+@common_options
+@click.pass_obj
+def push(ui: Ui, source: str, target: str, database: str, confirmation: str | None, dry_run: bool) -> int:
+    """Make TARGET's schema of DATABASE equal to SOURCE's.
+
+    production -> development is allowed. development -> production needs the plan to pass
+    lint, a backup of production from the last hour that passed integrity (taken now if
+    there is none) and --confirm DATABASE. Refusals exit 9 and change nothing.
+    """
+    result = push_schema(ui.load(), database, source, target, confirmation=confirmation, dry_run=dry_run,
+                         actor=cli_actor())
+    if ui.json:
+        ui.emit(result.to_dict())
         return EXIT_OK
+    _print_plan(result.plan)
+    for note in result.notes:
+        click.echo(note)
+    if result.applied:
+        if result.backup:
+            click.echo(f"protected by {result.backup.describe()}")
+        click.echo(f"applied: {result.drift_after.summary() if result.drift_after else 'done'}")
+    return EXIT_OK
 
-    @group.command("check-target")
-    @click.argument("dsn")
-    @click.option("--expect", required=True, metavar="ENV",
-                  help="The environment the database must be marked as (e.g. test).")
-    @common_options
-    @click.pass_obj
-    def check_target_command(ui: Ui, dsn: str, expect: str) -> int:
-        """Exit 0 only when the database DSN names is marked --expect (exit 9 otherwise, unmarked too).
 
-        Run it first in a test suite ('dbprotect check-target "$TEST_DATABASE_URL" --expect test')
-        so tests refuse to run against development or production.
-        """
-        from dbprotect.core.schema.targets import check_target
+@schema.command()
+@click.argument("database")
+@common_options
+@click.pass_obj
+def drift(ui: Ui, database: str) -> int:
+    """List the schema differences between development and production (exit 9 on drift).
 
-        name = check_target(dsn, expect)
-        if ui.json:
-            ui.emit({"database": name, "environment": expect, "ok": True})
-        else:
-            click.echo(f"database {name} is marked {expect}")
-        return EXIT_OK
+    Objects only on one side and changed columns, types, defaults, constraints, indexes,
+    functions, triggers and policies; patterns under schema.pending are allowed.
+    """
+    report = drift_between(ui.load(), database)
+    if ui.json:
+        ui.error_context["drift"] = report.to_dict()
+    else:
+        for line in report.lines():
+            click.echo(line)
+        for item in report.allowed:
+            click.echo(f"{item} (allowed: pending)")
+    if not report.ok:
+        raise RefusedError(report.summary(), hint="push the schema, or list expected changes under schema.pending")
+    if ui.json:
+        ui.emit(ui.error_context["drift"])
+    else:
+        click.echo(report.summary())
+    return EXIT_OK
 
-    @group.command()
-    @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-    @click.option("--pg-version", type=int, default=18, show_default=True,
-                  help="The target's PostgreSQL major version.")
-    @click.option("--database", "-d", metavar="DB",
-                  help="Record used waivers in DB's audit log (needs the configuration).")
-    @common_options
-    @click.pass_obj
-    def lint(ui: Ui, files: tuple[str, ...], pg_version: int, database: str | None) -> int:
-        """Lint migration FILES: squawk (for --pg-version) and dbprotect's data-loss rules.
 
-        \b
-        Findings print as 'file:line: rule: message'. Data-loss rules: drop-table, drop-column,
-        drop-schema, truncate, delete-without-where, update-without-where, type-change, rename.
-        Waive one only inline, above the statement, with a reason:
-          -- dbprotect: allow drop-column because the column is unused since 4.2
-        Exits 9 when any finding is left.
-        """
-        from dbprotect.core.errors import RefusedError
-        from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, lint_files
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--database", "-d", metavar="DB", help="Configured database [default: the only one].")
+@click.option("--environment", "-e", type=ENVIRONMENT_CHOICE, default="development", show_default=True)
+@click.option("--confirm", "confirmation", metavar="NAME", help="Production needs DB's name here.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@common_options
+@click.pass_obj
+def guard(ui: Ui, database: str | None, environment: str, confirmation: str | None, command: tuple[str, ...]) -> int:
+    """Back up DB's ENVIRONMENT database, verify the backup, then run COMMAND (after '--').
 
-        exclude: tuple[str, ...] = DEFAULT_EXCLUDED_SQUAWK_RULES
-        config = None
-        if database:
-            config = ui.load()
-            exclude = tuple(config.database(database).schema_settings.lint_exclude)
-        result = lint_files(files, pg_version=pg_version, exclude=exclude)
-        if config is not None and database and result.waived:
-            from dbprotect.core.ops import audit_log, cli_actor
-
-            audit = audit_log(config, database, actor=cli_actor())
-            for finding, waiver in result.waived:
-                audit.record("lint-waiver", database=database, outcome="ok", target=f"{finding.file}:{finding.line}",
-                             detail=f"{finding.rule} waived because {waiver.reason}", data=waiver.to_dict())
-        if ui.json:
-            ui.error_context["lint"] = result.to_dict()
-        else:
-            for line in result.lines():
-                click.echo(line)
-            for finding, waiver in result.waived:
-                click.echo(f"{finding.file}:{finding.line}: {finding.rule}: waived because {waiver.reason}")
-        if not result.ok:
-            raise RefusedError(f"{len(result.findings)} lint finding(s) in {len(files)} file(s)",
-                               hint="fix them, or waive one inline: -- dbprotect: allow RULE because REASON")
-        if ui.json:
-            ui.emit(ui.error_context["lint"])
-        else:
-            click.echo(f"lint passed ({len(files)} file(s), {len(result.waived)} waived finding(s))")
-        return EXIT_OK
-
-    @group.group()
-    def schema() -> None:
-        """Schema drift and sync between the environments of a database (DDL from 'results').
-
-        Only schema moves, never data: development data never reaches production.
-        """
-
-    def _print_plan(plan: Any) -> None:
-        if plan.empty:
-            click.echo(f"{plan.target} already matches {plan.source}: no changes")
-            return
-        click.echo(f"-- plan taking {plan.target} ({plan.target_dsn_masked}) to {plan.source}")
-        click.echo(scrub(plan.script()))
-        if plan.lint is not None:
-            click.echo("-- lint: " + ("passed" if plan.lint.ok else "FAILED"))
-            for line in plan.lint.lines():
-                click.echo(f"--   {line}")
-
-    @schema.command()
-    @click.argument("source", type=ENVIRONMENT_CHOICE)
-    @click.argument("target", type=ENVIRONMENT_CHOICE)
-    @click.argument("database")
-    @common_options
-    @click.pass_obj
-    def diff(ui: Ui, source: str, target: str, database: str) -> int:
-        """Print the DDL that takes TARGET's schema of DATABASE to SOURCE's (changes nothing)."""
-        from dbprotect.core.ops import plan_sync
-
-        plan = plan_sync(ui.load(), database, source, target)
-        if ui.json:
-            ui.emit(plan.to_dict())
-        else:
-            _print_plan(plan)
-        return EXIT_OK
-
-    @schema.command()
-    @click.argument("source", type=ENVIRONMENT_CHOICE)
-    @click.argument("target", type=ENVIRONMENT_CHOICE)
-    @click.argument("database")
-    @click.option("--confirm", "confirmation", metavar="NAME", help="Pushing to production needs DATABASE's name here.")
-    @click.option("--dry-run", is_flag=True, help="Print the plan (and its lint) and change nothing.")
-    @common_options
-    @click.pass_obj
-    def push(ui: Ui, source: str, target: str, database: str, confirmation: str | None, dry_run: bool) -> int:
-        """Make TARGET's schema of DATABASE equal to SOURCE's.
-
-        production -> development is allowed. development -> production needs the plan to pass
-        lint, a backup of production from the last hour that passed integrity (taken now if
-        there is none) and --confirm DATABASE. Refusals exit 9 and change nothing.
-        """
-        from dbprotect.core.ops import cli_actor, push_schema
-
-        result = push_schema(ui.load(), database, source, target, confirmation=confirmation, dry_run=dry_run,
-                             actor=cli_actor())
-        if ui.json:
-            ui.emit(result.to_dict())
-            return EXIT_OK
-        _print_plan(result.plan)
-        for note in result.notes:
-            click.echo(note)
-        if result.applied:
-            if result.backup:
-                click.echo(f"protected by {result.backup.describe()}")
-            click.echo(f"applied: {result.drift_after.summary() if result.drift_after else 'done'}")
-        return EXIT_OK
-
-    @schema.command()
-    @click.argument("database")
-    @common_options
-    @click.pass_obj
-    def drift(ui: Ui, database: str) -> int:
-        """List the schema differences between development and production (exit 9 on drift).
-
-        Objects only on one side and changed columns, types, defaults, constraints, indexes,
-        functions, triggers and policies; patterns under schema.pending are allowed.
-        """
-        from dbprotect.core.errors import RefusedError
-        from dbprotect.core.ops import drift_between
-
-        report = drift_between(ui.load(), database)
-        if ui.json:
-            ui.error_context["drift"] = report.to_dict()
-        else:
-            for line in report.lines():
-                click.echo(line)
-            for item in report.allowed:
-                click.echo(f"{item} (allowed: pending)")
-        if not report.ok:
-            raise RefusedError(report.summary(), hint="push the schema, or list expected changes under schema.pending")
-        if ui.json:
-            ui.emit(ui.error_context["drift"])
-        else:
-            click.echo(report.summary())
-        return EXIT_OK
-
-    @group.command(context_settings={"ignore_unknown_options": True})
-    @click.option("--database", "-d", metavar="DB", help="Configured database [default: the only one].")
-    @click.option("--environment", "-e", type=ENVIRONMENT_CHOICE, default="development", show_default=True)
-    @click.option("--confirm", "confirmation", metavar="NAME", help="Production needs DB's name here.")
-    @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-    @common_options
-    @click.pass_obj
-    def guard(ui: Ui, database: str | None, environment: str, confirmation: str | None,
-              command: tuple[str, ...]) -> int:
-        """Back up DB's ENVIRONMENT database, verify the backup, then run COMMAND (after '--').
-
-        \b
-        dbprotect guard -d shop -e development -- alembic downgrade -1
-        If the backup or its integrity check fails, COMMAND never runs (exit 9). Production needs
-        --confirm DB. The command sees $DBPROTECT_GUARD_BACKUP_ID; its exit status is returned.
-        """
-        from dbprotect.core.ops import cli_actor, guard_command
-
-        config = ui.load()
-        if database is None:
-            if len(config.databases) != 1:
-                raise click.UsageError("--database is needed when several databases are configured")
-            database = next(iter(config.databases))
-        result = guard_command(config, database, environment, list(command), confirmation=confirmation,
-                               actor=cli_actor())
-        if ui.json:
-            ui.emit(result.to_dict())
-        else:
-            click.echo(f"guard: {result.backup.describe()}; '{result.command}' exited {result.returncode}", err=True)
-        return result.returncode
+    \b
+    dbprotect guard -d shop -e development -- alembic downgrade -1
+    If the backup or its integrity check fails, COMMAND never runs (exit 9). Production needs
+    --confirm DB. The command sees $DBPROTECT_GUARD_BACKUP_ID; its exit status is returned.
+    """
+    config = ui.load()
+    if database is None:
+        if len(config.databases) != 1:
+            raise click.UsageError("--database is needed when several databases are configured")
+        database = next(iter(config.databases))
+    result = guard_command(config, database, environment, list(command), confirmation=confirmation,
+                           actor=cli_actor())
+    if ui.json:
+        ui.emit(result.to_dict())
+    else:
+        click.echo(f"guard: {result.backup.describe()}; '{result.command}' exited {result.returncode}", err=True)
+    return result.returncode

@@ -9,6 +9,7 @@ One module per domain::
 
     context.py   stores, keys, audit log and actor resolved from configuration
     backups.py   backup, integrity verification, locating a backup by id
+    catalog.py   what the stores hold: listings, the audit log, marking a configured database
     status.py    RPO and every storage target's holdings
     restores.py  on-call restores, restore verification (rung 3), drills (rung 4)
     copies.py    copies to further targets, the warm copy
@@ -20,6 +21,14 @@ This package re-exports them, so callers write ``from dbprotect.core.ops import 
 """
 
 from dbprotect.core.ops.backups import backup_database, locate_backup, verify_database_backup
+from dbprotect.core.ops.catalog import (
+    AuditReading,
+    BackupListing,
+    list_database_backups,
+    mark_configured_database,
+    primary_store_names,
+    read_audit_log,
+)
 from dbprotect.core.ops.context import (
     DEFAULT_ACTOR,
     audit_log,
@@ -78,6 +87,8 @@ from dbprotect.core.store.catalog import newest_verified_backup
 
 __all__ = [
     "DEFAULT_ACTOR",
+    "AuditReading",
+    "BackupListing",
     "CopyOutcome",
     "CoverageCheck",
     "DatabaseStatus",
@@ -99,7 +110,9 @@ __all__ = [
     "fresh_verified_backup",
     "guard_command",
     "lint_migrations",
+    "list_database_backups",
     "locate_backup",
+    "mark_configured_database",
     "masking_key",
     "migrations_dir",
     "newest_verified_backup",
@@ -107,9 +120,11 @@ __all__ = [
     "open_storage",
     "plan_sync",
     "primary_store",
+    "primary_store_names",
     "promote_dev_copy",
     "push_schema",
     "raw_identity",
+    "read_audit_log",
     "refresh_warm_copy",
     "restore_database",
     "restore_target",

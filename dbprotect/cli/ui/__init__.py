@@ -1,0 +1,1 @@
+"""What every command shares to talk to a person or a script: :mod:`.render`."""

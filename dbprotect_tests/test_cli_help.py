@@ -1,0 +1,73 @@
+"""Every command's --help works, and every copy of the exit-code table is the one in ``core.errors``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from dbprotect.cli.app import EXIT_CODES_HELP, cli, run
+from dbprotect.core import errors
+from dbprotect.core.errors import EXIT_STATUSES, DbprotectError, exit_status_markdown, exit_status_plain
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand of ``group`` as its argv prefix, found by walking the group."""
+    paths = []
+    for name, command in sorted(group.commands.items()):
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths.extend(_command_paths(command, (*prefix, name)))
+    return paths
+
+
+COMMANDS = [(), *_command_paths(cli)]
+
+
+def test_the_walk_finds_the_subcommands() -> None:
+    assert {("schema", "drift"), ("sanitize", "build"), ("warm-copy",), ("check-target",)} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda path: " ".join(path) or "dbprotect")
+def test_help_exits_0_for_every_command(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Usage: dbprotect {' '.join(command)}".rstrip())
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {cls} | {sub for direct in cls.__subclasses__() for sub in _subclasses(direct)}
+
+
+def test_the_table_covers_every_error_class_with_its_own_code() -> None:
+    rows = {row.code: row.exit_status for row in EXIT_STATUSES}
+    for error in _subclasses(DbprotectError):
+        assert rows.get(error.code) == error.exit_code, error.__name__
+    statuses = [row.exit_status for row in EXIT_STATUSES]
+    assert statuses == sorted(set(statuses)), "one row per exit status, in order"
+    assert {"OK", "RPO_VIOLATED", "RTO_EXCEEDED", "USAGE", "INTERNAL", "INTERRUPTED"} <= set(rows)
+
+
+def test_readme_holds_exactly_the_generated_table() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("| exit | code | meaning |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    assert "\n".join(lines[start:end]) == exit_status_markdown()
+    assert sum(line.startswith("| exit |") for line in lines) == 1, "one exit-code table in the README"
+
+
+def test_cli_help_shows_the_generated_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert EXIT_CODES_HELP.endswith(exit_status_plain())
+    assert run(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert " ".join(exit_status_plain().split()) in out
+
+
+def test_the_module_prints_the_table_for_pasting() -> None:
+    printed = subprocess.run([sys.executable, "-m", errors.__name__], capture_output=True, text=True, check=True)
+    assert printed.stdout == exit_status_markdown() + "\n"
