@@ -129,10 +129,10 @@ def test_a_refused_plan_exits_9_deletes_nothing_and_is_audited(tmp_path: Path, w
     ids = [write_backup(store, NOW - timedelta(days=d), n=d) for d in (3, 4)]
     before = keys(store)
     code, doc, err = _run(capsys, "cleanup", DB)
-    assert code == 9 and doc["error"]["code"] == "DBP009"
+    assert code == 9 and doc["error"]["code"] == "DBP917"
     assert "would delete every verified backup" in doc["error"]["message"] and ids[0] in doc["error"]["message"]
     assert doc["targets"][0]["plan"]["refused"] is True and doc["targets"][0]["result"] is None
-    assert err.startswith("error[DBP009]: cleanup of shop: max_age=2d would delete every verified backup")
+    assert err.startswith("error[DBP917]: cleanup of shop: max_age=2d would delete every verified backup")
     assert [k for k in keys(store) if not k.startswith(AUDIT_PREFIX)] == before
     assert [(r.action, r.outcome) for r in read(store)] == [("refused", "refused")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,44 @@ def test_cli_help_shows_the_generated_table(capsys: pytest.CaptureFixture[str]) 
 def test_the_module_prints_the_table_for_pasting() -> None:
     printed = subprocess.run([sys.executable, "-m", errors.__name__], capture_output=True, text=True, check=True)
     assert printed.stdout == exit_status_markdown() + "\n"
+
+
+def test_every_refusal_has_its_own_code_and_the_readme_lists_them() -> None:
+    refusals = errors.Refusals.all()
+    codes = [refusal.code for refusal in refusals]
+    assert len(set(codes)) == len(codes) and all(code.startswith("DBP9") and len(code) == 6 for code in codes)
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("| refusal | refused because |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    assert "\n".join(lines[start:end]) == errors.refusal_markdown()
+    printed = subprocess.run([sys.executable, "-m", errors.__name__, "--refusals"], capture_output=True, text=True,
+                             check=True)
+    assert printed.stdout == errors.refusal_markdown() + "\n"
+
+
+def test_a_refusal_names_its_rule() -> None:
+    with pytest.raises(TypeError):
+        errors.RefusedError("refused without a rule")  # type: ignore[call-arg]
+    refused = errors.RefusedError("refused: typed the wrong name", refusal=errors.Refusals.CONFIRMATION)
+    assert (refused.code, refused.exit_code, refused.refusal) == ("DBP906", 9, errors.Refusals.CONFIRMATION)
+
+
+def _refusal_calls() -> list[tuple[str, int, str | None]]:
+    """Every ``RefusedError(...)`` in the package, with the ``Refusals`` member it names (None if none)."""
+    found = []
+    for path in sorted(Path(errors.__file__).parents[1].rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "RefusedError":
+                named = next((k.value for k in node.keywords if k.arg == "refusal"), None)
+                member = named.attr if isinstance(named, ast.Attribute) and \
+                    getattr(named.value, "id", None) == "Refusals" else None
+                found.append((path.name, node.lineno, member))
+    return found
+
+
+def test_every_refusal_site_names_a_known_rule() -> None:
+    calls = _refusal_calls()
+    assert len(calls) >= 30
+    known = {name for name, value in vars(errors.Refusals).items() if isinstance(value, errors.Refusal)}
+    assert [call for call in calls if call[2] not in known] == []
+    assert known == {call[2] for call in calls}, "a refusal nobody raises"

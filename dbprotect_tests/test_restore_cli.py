@@ -112,14 +112,14 @@ def test_wrong_confirmation_exits_9_and_leaves_the_target_untouched(backed_up, d
     code = run(["restore", "chinook", "--target", "production", "--confirm", "chinook"])
     err = capsys.readouterr().err
     assert code == RefusedError.exit_code == 9
-    assert err.splitlines()[0] == (f"error[DBP009]: refused: overwriting database '{name}' needs its name as "
+    assert err.splitlines()[0] == (f"error[DBP906]: refused: overwriting database '{name}' needs its name as "
                                    "confirmation (you typed 'chinook'); nothing was changed")
     assert f"hint: repeat with --confirm {name}" in err
     assert content(dsn) == before
     assert list_backups(store, "chinook-safety") == []  # refused before the safety backup
 
     code, doc, _ = _json(capsys, "restore", "chinook", "--target", "production")  # no confirmation at all
-    assert code == 9 and doc["error"]["code"] == "DBP009" and "you typed nothing" in doc["error"]["message"]
+    assert code == 9 and doc["error"]["code"] == "DBP906" and "you typed nothing" in doc["error"]["message"]
     assert content(dsn) == before
 
 

@@ -99,7 +99,7 @@ def test_restore_job_refuses_exactly_as_core_and_leaves_the_target_untouched(chi
     assert not result.success
     [failure] = result.get_step_failure_events()
     description = failure.step_failure_data.user_failure_data.description
-    assert description == (f"error[DBP009]: refused: overwriting database '{name}' needs its name as "
+    assert description == (f"error[DBP906]: refused: overwriting database '{name}' needs its name as "
                            "confirmation (you typed 'chinook'); nothing was changed")
     assert content(dsn) == before
     assert list_backups(store, "chinook-safety") == []

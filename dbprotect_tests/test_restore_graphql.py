@@ -114,7 +114,7 @@ def test_restore_job_launched_through_graphql_restores_chinook(write_config, chi
             events = execute_dagster_graphql(context, FAILURE_MESSAGES, {"runId": run_id}).data
             messages = [e["error"]["message"] for e in events["logsForRun"]["events"]
                         if e["__typename"] == "ExecutionStepFailureEvent"]
-            assert any(f"error[DBP009]: refused: overwriting database '{target}' needs its name" in m
+            assert any(f"error[DBP906]: refused: overwriting database '{target}' needs its name" in m
                        for m in messages), messages
             assert list_backups(FilesystemStorage(tmp_path / "store"), "chinook-safety") == []
         finally:

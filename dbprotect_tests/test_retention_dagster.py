@@ -134,6 +134,6 @@ def test_a_refused_cleanup_fails_the_run_with_the_cli_sentence(
         instance=instance, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
-    assert "error[DBP009]: cleanup of shop: max_age=10d would delete every verified backup" in \
+    assert "error[DBP917]: cleanup of shop: max_age=10d would delete every verified backup" in \
         failure.step_failure_data.error.message
     assert len(list_backups(local, DB)) == 1

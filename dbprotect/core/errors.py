@@ -11,7 +11,7 @@ instances carry structured detail, not dozens of leaf classes::
     ├── StorageError               the backup store failed to save, list or load
     ├── IntegrityError             a backup is corrupt, truncated or does not match its manifest
     ├── CryptoError                a key is missing, malformed or not the right one
-    ├── RefusedError               a guard refused an action (policy, confirmation)
+    ├── RefusedError               a guard refused an action; ``refusal`` (one of :class:`Refusals`) names the rule
     └── NotFoundError              no such database, backup or object
 
 Each class carries its ``code`` and ``exit_code``. :data:`EXIT_STATUSES` is the one table of every
@@ -85,9 +85,64 @@ class CryptoError(DbprotectError):
     code = "DBP008"
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """One kind of refusal: its own stable code (``DBP9nn``, exit status 9) and what it means.
+
+    Every guard names the rule it applies, so a script (or an alert) can tell "the typed
+    confirmation was wrong" from "development data into production" without parsing messages.
+    """
+
+    code: str
+    meaning: str
+
+
+class Refusals:
+    """Every refusal dbprotect has, one per rule; the README's refusal table is rendered from this."""
+
+    UNKNOWN_ENVIRONMENT = Refusal("DBP901", "an environment name dbprotect does not know")
+    DEVELOPMENT_INTO_PRODUCTION = Refusal("DBP902", "development data is never restored into production")
+    RAW_INTO_DEVELOPMENT = Refusal("DBP903", "a raw production backup is never restored into development")
+    UNKNOWN_BACKUP_ENVIRONMENT = Refusal("DBP904", "the backup comes from an environment dbprotect does not know")
+    NOT_PRODUCTION_INTO_STANDBY = Refusal("DBP905", "a standby (`backup`) database receives production backups only")
+    CONFIRMATION = Refusal("DBP906", "overwriting a database needs its exact name typed as confirmation")
+    OLDER_TARGET_SERVER = Refusal("DBP907", "a dump never restores into an older PostgreSQL major version")
+    UNMARKED_DATABASE = Refusal("DBP908", "the target database carries no environment marker")
+    MARKER_MISMATCH = Refusal("DBP909", "the target database's environment marker differs from the one named")
+    SCRATCH_VERSION = Refusal("DBP910", "the scratch server runs another PostgreSQL major version than the backup's")
+    DSN_WITHOUT_DATABASE = Refusal("DBP911", "a DSN names no database; dbprotect does not guess one")
+    TARGET_EXISTS = Refusal("DBP912", "a restore to a new database never overwrites an existing one")
+    SAFETY_BACKUP_FAILED = Refusal("DBP913", "the safety backup before an overwrite failed or did not verify")
+    TARGET_NAME_MISSING = Refusal("DBP914", "a restore to a new database needs the new database's name")
+    NOT_A_WARM_COPY = Refusal("DBP915", "the warm copy target is not a warm copy dbprotect owns")
+    STAGING_NAME_TAKEN = Refusal("DBP916", "the staging name a refresh needs is taken by a database that is not ours")
+    RETENTION_REFUSED = Refusal("DBP917", "the retention plan would break a rule (e.g. delete every verified backup)")
+    COPY_TO_PRIMARY = Refusal("DBP918", "backups are written to the primary store, never copied into it")
+    SANITIZED_COPY_FAILED_CHECKS = Refusal("DBP919", "a sanitized copy that failed a blocking check is never promoted")
+    PROMOTION_UNCONFIRMED = Refusal("DBP920", "promoting a sanitized copy replaces development and needs --confirm")
+    SYNC_SAME_ENVIRONMENT = Refusal("DBP921", "schema sync needs two different environments")
+    PROTECTING_BACKUP_FAILED = Refusal("DBP922", "the verified backup before a destructive change failed")
+    NO_COMMAND = Refusal("DBP923", "`guard` was given no command to run")
+    LINT_FINDINGS = Refusal("DBP924", "migration lint found problems that are not waived")
+    SCHEMA_DRIFT = Refusal("DBP925", "development's schema differs from production's beyond the allowed changes")
+
+    @classmethod
+    def all(cls) -> tuple[Refusal, ...]:
+        """Every refusal, in code order."""
+        return tuple(sorted((value for value in vars(cls).values() if isinstance(value, Refusal)),
+                            key=lambda refusal: refusal.code))
+
+
 class RefusedError(DbprotectError):
+    """A guard refused and nothing was changed; ``refusal`` names the rule, and its code is this error's code."""
+
     exit_code = 9
-    code = "DBP009"
+    code = "DBP9nn"  # the family; each instance carries its rule's own code
+
+    def __init__(self, message: str, *, refusal: Refusal, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.refusal = refusal
+        self.code = refusal.code
 
 
 class NotFoundError(DbprotectError):
@@ -140,7 +195,8 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
     _status_of(IntegrityError, "a backup or copy failed verification (corrupt, truncated, does not match its "
                "manifest), or `audit --verify` found the chain broken"),
     _status_of(CryptoError, "key problem (missing, malformed, not a recipient of this backup)"),
-    _status_of(RefusedError, "refused by a guard"),
+    _status_of(RefusedError, "refused by a guard, nothing changed; each rule has its own code (the refusal "
+               "table)"),
     _status_of(NotFoundError, "no such database or backup"),
     ExitStatus("RPO_VIOLATED", EXIT_RPO_VIOLATED, "`status`: a database violates its RPO (so a cron line or "
                "monitor can alert on it)"),
@@ -156,6 +212,12 @@ def exit_status_markdown() -> str:
     """The table as the README shows it (Markdown, one row per exit status)."""
     rows = [f"| {row.exit_status} | {row.code} | {row.meaning} |" for row in EXIT_STATUSES]
     return "\n".join(["| exit | code | meaning |", "|---|---|---|", *rows])
+
+
+def refusal_markdown() -> str:
+    """The refusal codes as the README shows them (Markdown, one row per rule; each exits with status 9)."""
+    rows = [f"| {refusal.code} | {refusal.meaning} |" for refusal in Refusals.all()]
+    return "\n".join(["| refusal | refused because |", "|---|---|", *rows])
 
 
 def exit_status_plain(width: int = 78) -> str:
@@ -184,13 +246,19 @@ __all__ = [
     "ExitStatus",
     "IntegrityError",
     "NotFoundError",
+    "Refusal",
+    "Refusals",
     "RefusedError",
     "StorageError",
     "ToolError",
     "exit_status_markdown",
     "exit_status_plain",
+    "refusal_markdown",
 ]
 
 
 if __name__ == "__main__":  # python -m dbprotect.core.errors [--plain]: the table, for pasting
-    print(exit_status_plain() if "--plain" in sys.argv[1:] else exit_status_markdown())
+    if "--refusals" in sys.argv[1:]:
+        print(refusal_markdown())
+    else:
+        print(exit_status_plain() if "--plain" in sys.argv[1:] else exit_status_markdown())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from dbprotect.cli.ui.render import Ui, common_options, scrub
-from dbprotect.core.errors import EXIT_OK, RefusedError
+from dbprotect.core.errors import EXIT_OK, Refusals, RefusedError
 from dbprotect.core.ops import (
     cli_actor,
     drift_between,
@@ -99,7 +99,8 @@ def lint(ui: Ui, files: tuple[str, ...], pg_version: int, database: str | None) 
             click.echo(f"{finding.file}:{finding.line}: {finding.rule}: waived because {waiver.reason}")
     if not result.ok:
         raise RefusedError(f"{len(result.findings)} lint finding(s) in {len(files)} file(s)",
-                           hint="fix them, or waive one inline: -- dbprotect: allow RULE because REASON")
+                           hint="fix them, or waive one inline: -- dbprotect: allow RULE because REASON",
+                           refusal=Refusals.LINT_FINDINGS)
     if ui.json:
         ui.emit(ui.error_context["lint"])
     else:
@@ -193,7 +194,8 @@ def drift(ui: Ui, database: str) -> int:
         for item in report.allowed:
             click.echo(f"{item} (allowed: pending)")
     if not report.ok:
-        raise RefusedError(report.summary(), hint="push the schema, or list expected changes under schema.pending")
+        raise RefusedError(report.summary(), hint="push the schema, or list expected changes under schema.pending",
+                           refusal=Refusals.SCHEMA_DRIFT)
     if ui.json:
         ui.emit(ui.error_context["drift"])
     else:

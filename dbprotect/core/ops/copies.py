@@ -15,6 +15,7 @@ from dbprotect.core.errors import (
     CredentialIsolationError,
     DbprotectError,
     NotFoundError,
+    Refusals,
     RefusedError,
 )
 from dbprotect.core.ops.context import (
@@ -64,7 +65,8 @@ def copy_to_target(config: Config, database: str, target: str, *, backup_id: str
     """
     if target == config.primary_storage(database):
         raise RefusedError(f"{target!r} is the primary store of {database!r}: backups are written there, not copied",
-                           hint=f"copy targets: {', '.join(copy_targets(config, database)) or 'none configured'}")
+                           hint=f"copy targets: {', '.join(copy_targets(config, database)) or 'none configured'}",
+                           refusal=Refusals.COPY_TO_PRIMARY)
     src, dst = primary_store(config, database), target_store(config, database, target)
     audit = audit_log(config, database, actor=actor, target=target)
     try:

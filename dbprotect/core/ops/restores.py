@@ -12,6 +12,7 @@ from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import (
+    Refusals,
     RefusedError,
 )
 from dbprotect.core.ops.context import (
@@ -45,7 +46,8 @@ def restore_target(config: Config, database: str, *, environment: str = "product
         return RestoreTarget(with_dbname(dsn, name) if name else dsn, environment, existing=True)
     if not name:
         raise RefusedError("a restore to a new database needs the new database's name",
-                           hint=f"name it, e.g. {database}_restored")
+                           hint=f"name it, e.g. {database}_restored",
+                           refusal=Refusals.TARGET_NAME_MISSING)
     return RestoreTarget(with_dbname(dsn, name), environment, existing=False)
 
 

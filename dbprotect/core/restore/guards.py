@@ -24,7 +24,7 @@ before it changes anything, so there is no path around them.
 
 from __future__ import annotations
 
-from dbprotect.core.errors import RefusedError
+from dbprotect.core.errors import Refusals, RefusedError
 
 TARGET_ENVIRONMENTS = ("production", "development", "backup")
 #: Environments a backup can come from (``backup`` databases are restored into, never backed up).
@@ -35,23 +35,28 @@ def check_direction(backup_environment: str, target_environment: str) -> None:
     """Refuse data flows the design forbids (see the table in the module docstring)."""
     if target_environment not in TARGET_ENVIRONMENTS:
         raise RefusedError(f"unknown target environment {target_environment!r}",
-                           hint=f"name one of: {', '.join(TARGET_ENVIRONMENTS)}")
+                           hint=f"name one of: {', '.join(TARGET_ENVIRONMENTS)}",
+                           refusal=Refusals.UNKNOWN_ENVIRONMENT)
     if backup_environment == "development" and target_environment == "production":
         raise RefusedError(
             "refused: development data is never restored into production (no override exists)",
             hint="restore a production backup instead: 'dbprotect list DATABASE' shows them",
+            refusal=Refusals.DEVELOPMENT_INTO_PRODUCTION,
         )
     if backup_environment == "production" and target_environment == "development":
         raise RefusedError(
             "refused: a raw production backup is never restored into development",
             hint="development receives sanitized copies only",
+            refusal=Refusals.RAW_INTO_DEVELOPMENT,
         )
     if backup_environment not in SOURCE_ENVIRONMENTS:
-        raise RefusedError(f"backup is from an unknown environment {backup_environment!r}; not restored")
+        raise RefusedError(f"backup is from an unknown environment {backup_environment!r}; not restored",
+                           refusal=Refusals.UNKNOWN_BACKUP_ENVIRONMENT)
     if target_environment == "backup" and backup_environment != "production":
         raise RefusedError(
             f"refused: a backup database is a standby of production; a {backup_environment} backup is never "
             "restored into it", hint="restore a production backup instead",
+            refusal=Refusals.NOT_PRODUCTION_INTO_STANDBY,
         )
 
 
@@ -63,6 +68,7 @@ def check_confirmation(target_database: str, confirmation: str | None) -> None:
             f"refused: overwriting database {target_database!r} needs its name as confirmation "
             f"(you typed {typed}); nothing was changed",
             hint=f"repeat with --confirm {target_database}",
+            refusal=Refusals.CONFIRMATION,
         )
 
 
@@ -73,4 +79,5 @@ def check_target_server_version(source_major: int, target_major: int) -> None:
             f"refused: the target server runs PostgreSQL {target_major}, older than the backup's "
             f"source (PostgreSQL {source_major})",
             hint=f"restore onto a PostgreSQL {source_major} (or newer) server",
+            refusal=Refusals.OLDER_TARGET_SERVER,
         )

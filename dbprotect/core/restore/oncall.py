@@ -38,7 +38,7 @@ import pyrage
 from psycopg import sql
 
 from dbprotect.core.backup.stream import run_backup
-from dbprotect.core.errors import DbprotectError, IntegrityError, NotFoundError, RefusedError
+from dbprotect.core.errors import DbprotectError, IntegrityError, NotFoundError, Refusals, RefusedError
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
 from dbprotect.core.pg.markers import read_marker, require_marker, set_marker
 from dbprotect.core.pg.pg_restore import Progress, list_archive, run_pg_restore
@@ -80,7 +80,8 @@ class RestoreTarget:
         name = dbname_of(self.dsn)
         if not name:
             raise RefusedError(f"the target DSN {mask_dsn(self.dsn)} names no database",
-                               hint="add the database name to the DSN (…/dbname)")
+                               hint="add the database name to the DSN (…/dbname)",
+                               refusal=Refusals.DSN_WITHOUT_DATABASE)
         return name
 
     @property
@@ -174,7 +175,8 @@ def _target_state(target: RestoreTarget, manifest: Manifest) -> tuple[bool, str 
                             hint="restore into a new database instead (the default)")
     if not target.existing and exists:
         raise RefusedError(f"refused: database {target.name!r} already exists; a restore to a new database "
-                           "never overwrites one", hint="pick another name, or target it as an existing database")
+                           "never overwrites one", hint="pick another name, or target it as an existing database",
+                           refusal=Refusals.TARGET_EXISTS)
     if not exists:
         return False, None, CatalogObjects(set(), set())
     with connect(target.dsn, autocommit=True, application_name="dbprotect-restore") as conn:
@@ -295,10 +297,12 @@ def _safety_backup(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.
     except DbprotectError as exc:
         raise RefusedError(f"refused: the safety backup of {target.name!r} failed ({exc.one_line()}); "
                            "the restore did not start and nothing was changed",
-                           hint=exc.hint or "fix the cause and run the restore again") from None
+                           hint=exc.hint or "fix the cause and run the restore again",
+                           refusal=Refusals.SAFETY_BACKUP_FAILED) from None
     if not report.ok:
         raise RefusedError(f"refused: the safety backup of {target.name!r} did not pass integrity "
-                           f"({report.summary()}); the restore did not start and nothing was changed")
+                           f"({report.summary()}); the restore did not start and nothing was changed",
+                           refusal=Refusals.SAFETY_BACKUP_FAILED)
     return backup.manifest.backup_id
 
 

@@ -46,6 +46,7 @@ from dbprotect.core.errors import (
     DatabaseError,
     DbprotectError,
     NotFoundError,
+    Refusals,
     RefusedError,
 )
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
@@ -183,11 +184,13 @@ def check_replaceable(state: WarmCopyState, server: str) -> None:
             f"refused: database {state.name!r} on {server} is not empty ({state.user_objects} objects) and carries "
             f"no environment marker, so it is not a warm copy; nothing was changed",
             hint=f"point the warm copy at another database, or if {state.name!r} really is the warm copy, mark it: "
-            f"ALTER DATABASE \"{state.name}\" SET {MARKER_SETTING} = '{WARM_ENVIRONMENT}'")
+            f"ALTER DATABASE \"{state.name}\" SET {MARKER_SETTING} = '{WARM_ENVIRONMENT}'",
+            refusal=Refusals.NOT_A_WARM_COPY)
     raise RefusedError(
         f"refused: database {state.name!r} on {server} is marked {state.marker!r}, not {WARM_ENVIRONMENT!r}: a warm "
         "copy never overwrites it; nothing was changed",
-        hint="check the warm copy DSN: it must name the backup server's warm copy database")
+        hint="check the warm copy DSN: it must name the backup server's warm copy database",
+        refusal=Refusals.NOT_A_WARM_COPY)
 
 
 # -- refresh -------------------------------------------------------------------------------------
@@ -204,7 +207,8 @@ def _drop_leftover_incoming(dsn: str, incoming: str, server: str) -> None:
         return
     if state.marker != WARM_ENVIRONMENT:
         raise RefusedError(f"refused: {incoming!r} on {server} exists and is not a leftover warm copy (marker "
-                           f"{state.marker!r}); nothing was changed", hint=f"drop or rename {incoming!r} by hand")
+                           f"{state.marker!r}); nothing was changed", hint=f"drop or rename {incoming!r} by hand",
+                           refusal=Refusals.STAGING_NAME_TAKEN)
     drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
 
 
@@ -328,7 +332,8 @@ def verify_live_warm_copy(storage: Storage, database: str, dsn: str) -> WarmCopy
     if state.marker != WARM_ENVIRONMENT:
         check_replaceable(state, server)
         raise RefusedError(f"database {state.name!r} on {server} is not marked {WARM_ENVIRONMENT!r}; not a warm copy",
-                           hint=f"refresh it: 'dbprotect warm-copy {database}'")
+                           hint=f"refresh it: 'dbprotect warm-copy {database}'",
+                           refusal=Refusals.NOT_A_WARM_COPY)
     manifest = load_manifest(storage, database, state.holds)
     started = time.perf_counter()
     problems = compare_warm_copy(dsn, manifest)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 from dbprotect.core.audit import AuditLog
-from dbprotect.core.errors import DbprotectError, RefusedError, StorageError
+from dbprotect.core.errors import DbprotectError, Refusals, RefusedError, StorageError
 from dbprotect.core.retention.plan import Decision, RetentionPlan, plan_retention
 from dbprotect.core.retention.policy import RetentionPolicy
 from dbprotect.core.store import ObjectInfo, Storage
@@ -97,7 +97,8 @@ def execute_cleanup(storage: Storage, plan: RetentionPlan, *, dry_run: bool = Fa
             audit.record("refused", database=plan.database, outcome="refused", detail=plan.refusal or "",
                          data={"policy": str(plan.policy)})
         raise RefusedError(f"cleanup of {plan.database}: {plan.refusal}",
-                           hint="nothing was deleted; 'dbprotect cleanup --dry-run' shows the plan")
+                           hint="nothing was deleted; 'dbprotect cleanup --dry-run' shows the plan",
+                           refusal=Refusals.RETENTION_REFUSED)
     work = [("delete", d, result.deleted_backups) for d in plan.deletions]
     work += [("delete-incomplete", d, result.removed_incomplete) for d in plan.garbage]
     for kind, decision, done in work:

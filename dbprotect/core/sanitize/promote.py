@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dbprotect.core.errors import RefusedError
+from dbprotect.core.errors import Refusals, RefusedError
 from dbprotect.core.sanitize.build import LINEAGE_FIELD, sanitized_name
 from dbprotect.core.sanitize.checks import BLOCKING_CHECKS
 from dbprotect.core.store import Storage
@@ -56,6 +56,7 @@ def require_promotable(manifest: Manifest) -> None:
     failed = failed_checks(manifest)
     if failed:
         raise RefusedError(f"refused: sanitized copy {manifest.backup_id} did not pass {', '.join(failed)}; "
-                           "it is never promoted", hint="fix the masking rules and build a new sanitized copy")
+                           "it is never promoted", hint="fix the masking rules and build a new sanitized copy",
+                           refusal=Refusals.SANITIZED_COPY_FAILED_CHECKS)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from dbprotect.core.errors import DatabaseError, RefusedError
+from dbprotect.core.errors import DatabaseError, Refusals, RefusedError
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn
 from dbprotect.core.pg.markers import require_marker
 from dbprotect.core.pg.tools import connect
@@ -82,9 +82,11 @@ class PushResult:
 def check_sync_direction(source: str, target: str) -> None:
     for name in (source, target):
         if name not in ENVIRONMENTS:
-            raise RefusedError(f"unknown environment {name!r}", hint=f"name one of: {', '.join(ENVIRONMENTS)}")
+            raise RefusedError(f"unknown environment {name!r}", hint=f"name one of: {', '.join(ENVIRONMENTS)}",
+                               refusal=Refusals.UNKNOWN_ENVIRONMENT)
     if source == target:
-        raise RefusedError(f"refused: source and target are both {source}; nothing to sync")
+        raise RefusedError(f"refused: source and target are both {source}; nothing to sync",
+                           refusal=Refusals.SYNC_SAME_ENVIRONMENT)
 
 
 def lint_plan(plan_sql: str, database: str, *, pg_version: int,
@@ -110,7 +112,8 @@ def lint_plan(plan_sql: str, database: str, *, pg_version: int,
 def require_target_marker(dsn: str, target: str) -> None:
     name = dbname_of(dsn)
     if not name:
-        raise RefusedError(f"the {target} DSN {mask_dsn(dsn)} names no database; refusing to guess")
+        raise RefusedError(f"the {target} DSN {mask_dsn(dsn)} names no database; refusing to guess",
+                           refusal=Refusals.DSN_WITHOUT_DATABASE)
     with connect(dsn, autocommit=True) as conn:
         require_marker(conn, name, target)
 

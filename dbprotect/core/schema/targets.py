@@ -9,7 +9,7 @@ name from a DSN.
 
 from __future__ import annotations
 
-from dbprotect.core.errors import RefusedError
+from dbprotect.core.errors import Refusals, RefusedError
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn
 from dbprotect.core.pg.markers import ENVIRONMENTS, read_marker, require_marker, set_marker
 from dbprotect.core.pg.tools import connect
@@ -19,14 +19,16 @@ def _dbname(dsn: str) -> str:
     name = dbname_of(dsn)
     if not name:
         raise RefusedError(f"{mask_dsn(dsn)} names no database; refusing to guess which one is meant",
-                           hint="put the database name in the DSN (postgresql://host/DBNAME)")
+                           hint="put the database name in the DSN (postgresql://host/DBNAME)",
+                           refusal=Refusals.DSN_WITHOUT_DATABASE)
     return name
 
 
 def mark_database(dsn: str, environment: str) -> tuple[str, str | None]:
     """Set the marker of the database ``dsn`` names; returns (database name, previous marker)."""
     if environment not in ENVIRONMENTS:
-        raise RefusedError(f"unknown environment {environment!r}", hint=f"name one of: {', '.join(ENVIRONMENTS)}")
+        raise RefusedError(f"unknown environment {environment!r}", hint=f"name one of: {', '.join(ENVIRONMENTS)}",
+                           refusal=Refusals.UNKNOWN_ENVIRONMENT)
     name = _dbname(dsn)
     with connect(dsn, autocommit=True) as conn:
         previous = read_marker(conn, name)

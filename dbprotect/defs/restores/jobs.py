@@ -4,7 +4,7 @@ The form (:class:`RestoreConfig`) asks what ``dbprotect restore`` asks: the data
 (default: the newest that passed verification), a new database (default) or an existing one of a
 named environment, the confirmation, and whether to only print the plan. The op calls
 :func:`dbprotect.core.ops.restore_database`, so every guard is core's and refuses here
-exactly as on the command line: the run fails with the same one-line ``error[DBP009]`` sentence
+exactly as on the command line: the run fails with the same one-line ``error[DBP9nn]`` sentence
 and the target is untouched. A dry run succeeds and shows the plan (what will be dropped,
 created, how big, how long the last drill took) as the output's metadata.
 
