@@ -22,7 +22,7 @@ What it does:
    with the manifest, and renaming into place (a new database is left to autovacuum for its
    statistics, as plain pg_restore leaves it; ``--analyze`` would add an ANALYZE alongside the
    verification). Tables are read back while pg_restore still runs (each as soon as its data is
-   committed), so those phases overlap (see ``dbprotect/core/restore.py``, ``TableVerifier``).
+   committed), so those phases overlap (see ``dbprotect/core/verify/tables.py``, ``TableVerifier``).
 4. Prints both times, the ratios (best runs, and the median of same-round ratios) against the
    target (<= 1.5x), the ratio against pg_restore + ANALYZE for comparison, and dbprotect's phase
    breakdown, then one JSON line.

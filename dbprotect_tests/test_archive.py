@@ -1,8 +1,8 @@
 """The in-stream table digests equal what COPY gives on a restored copy, for awkward data.
 
 The manifest's per-table checksums are computed by reading pg_dump's archive as it streams past
-(``core/archive.py``). Restore verification will recompute them over COPY on a restored
-database (``core/content.py``). These tests prove the two agree on types whose text form is easy
+(``core/backup/archive.py``). Restore verification will recompute them over COPY on a restored
+database (``core/backup/content.py``). These tests prove the two agree on types whose text form is easy
 to get wrong, that physical row order does not matter, that one changed value does, and that the
 archive reader gives the same answer whatever chunk sizes the pipe delivers.
 """

