@@ -15,7 +15,7 @@ import pytest
 
 from dbprotect.core.backup.stream import BackupResult, run_backup
 from dbprotect.core.store import FilesystemStorage
-from dbprotect_tests.conftest import pg_bin, table_counts
+from dbprotect_tests.fixtures.fix_pg import pg_bin, table_counts
 
 AGE = shutil.which("age")
 ZSTD = shutil.which("zstd")

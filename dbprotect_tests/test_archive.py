@@ -27,7 +27,7 @@ from dbprotect.core.crypto import parse_identity
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import load_manifest
 from dbprotect.core.store.manifest import Manifest
-from dbprotect_tests.conftest import PgServer, pg_bin, psql
+from dbprotect_tests.fixtures.fix_pg import PgServer, pg_bin, psql
 
 TRICKY_SCHEMA = r"""
 CREATE EXTENSION citext;

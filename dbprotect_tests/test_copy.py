@@ -20,7 +20,8 @@ from dbprotect.core.errors import IntegrityError
 from dbprotect.core.store import FilesystemStorage, ObjectNotFound, S3Storage, Storage, WriterContext
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.manifest import dump_key, manifest_key
-from dbprotect_tests.test_cleanup import DB, NOW, write_backup
+from dbprotect_tests.fixtures.backups import DB, NOW, write_backup
+from dbprotect_tests.fixtures.fix_storage import create_bucket
 
 
 def s3_store(endpoint: str, bucket: str) -> S3Storage:
@@ -29,13 +30,7 @@ def s3_store(endpoint: str, bucket: str) -> S3Storage:
 
 @pytest.fixture
 def second_bucket(s3_endpoint: str) -> str:
-    import secrets
-
-    import boto3
-
-    name = f"dbp-copy-{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-    return name
+    return create_bucket(s3_endpoint, prefix="dbp-copy")
 
 
 class RequestLog:

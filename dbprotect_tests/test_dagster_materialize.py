@@ -6,7 +6,6 @@ folder, never dagster.yaml), the embedded PostgreSQL and a filesystem store in t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -28,13 +27,6 @@ NUMERIC_METRICS = {
     "compression_ratio": dg.FloatMetadataValue, "duration_seconds": dg.FloatMetadataValue,
     "throughput_mb_per_s": dg.FloatMetadataValue,
 }
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    """One test instance for the module: creating one costs about a second."""
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 @pytest.fixture

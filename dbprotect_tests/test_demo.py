@@ -21,7 +21,7 @@ import pytest
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.demo import demo_rules_yaml
-from dbprotect_tests.conftest import pg_bin, psql, table_counts
+from dbprotect_tests.fixtures.fix_pg import pg_bin, psql, table_counts
 
 DBPROTECT = Path(sys.executable).parent / "dbprotect"
 ROWS = 3000

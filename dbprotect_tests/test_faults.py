@@ -41,7 +41,7 @@ from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.filesystem import PARTIAL_MARK
 from dbprotect.core.store.manifest import dump_key
 from dbprotect.core.verify.integrity import verify_backup
-from dbprotect_tests.conftest import PgServer, psql
+from dbprotect_tests.fixtures.fix_pg import PgServer, psql
 
 DB = "shop"
 SMALL_SQL = """

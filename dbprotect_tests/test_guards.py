@@ -6,7 +6,6 @@ import psycopg
 import pytest
 
 from dbprotect.core.audit import AuditLog, read
-from dbprotect.core.backup.content import DUMP_SESSION, digest_table, pin_session
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import RefusedError
@@ -16,7 +15,7 @@ from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
-from dbprotect_tests.conftest import table_counts
+from dbprotect_tests.fixtures.fix_pg import content, table_counts
 
 SOURCE_SQL = """
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
@@ -30,14 +29,6 @@ CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
 INSERT INTO customers (name) VALUES ('damaged row');
 CREATE TABLE only_in_target (x int);
 """
-
-
-def content(dsn: str) -> dict[str, tuple[int, str]]:
-    """Every table's row count and content checksum: 'untouched' means this is unchanged."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        pin_session(conn, DUMP_SESSION)
-        tables = conn.execute("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
-        return {f"{s}.{t}": (d.rows, d.checksum) for s, t in tables if (d := digest_table(conn, s, t, None))}
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from dbprotect.core.restore.staged import verify_restore
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.manifest import manifest_key
-from dbprotect_tests.conftest import psql
+from dbprotect_tests.fixtures.fix_pg import psql
 
 #: Every kind of object the issue names: partitions, a materialized view, an enum, a domain, a
 #: generated column, a large object, row-level security policies and sequences.
