@@ -12,6 +12,9 @@ from conftest, which pytest imports under another module name.
 
 Nothing is mocked: tests talk to a PostgreSQL server over its socket, run the real pg_dump and
 pg_restore, and reach S3 over HTTP.
+
+Tests marked ``slow`` (end-to-end runs of several seconds) are left out of the fast lane,
+``python -m pytest -m "not slow"``; the plain ``python -m pytest`` runs everything.
 """
 
 from __future__ import annotations

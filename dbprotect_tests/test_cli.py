@@ -83,6 +83,7 @@ def test_backup_list_verify_status(chinook_config: Path, capsys: pytest.CaptureF
     assert backup_id in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_flipped_byte_fails_verify_with_exit_7(chinook_config: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["backup", "chinook"]) == 0
@@ -134,6 +135,7 @@ def test_missing_config_is_one_line_exit_2(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_unreachable_database_exit_4_never_shows_password(write_config) -> None:
     write_config("postgresql://u:secretpw@127.0.0.1:1/x", database="shop")
     human = _console_script("backup", "shop")

@@ -59,6 +59,7 @@ def assert_copy_is_valid(dst: Storage, backup_id: str, src: Storage) -> None:
     assert "copy from" in manifest.verifications[-1].detail
 
 
+@pytest.mark.slow
 def test_filesystem_to_s3_streams_and_verifies(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
     src, dst = FilesystemStorage(tmp_path / "store"), s3_store(s3_endpoint, s3_bucket)
     older = write_backup(src, NOW - timedelta(days=2), n=1)
@@ -94,6 +95,7 @@ def test_s3_to_s3_on_one_endpoint_is_a_server_side_copy(s3_endpoint: str, s3_buc
     assert writes[-1][2].endswith(manifest_key(DB, backup_id)), writes
 
 
+@pytest.mark.slow
 def test_s3_to_s3_across_endpoints_would_stream(s3_endpoint: str, s3_bucket: str, second_bucket: str) -> None:
     """With server-side copy off (as for two endpoints), the same copy streams and is still verified."""
     src, dst = s3_store(s3_endpoint, s3_bucket), s3_store(s3_endpoint, second_bucket)
@@ -106,6 +108,7 @@ def test_s3_to_s3_across_endpoints_would_stream(s3_endpoint: str, s3_bucket: str
     assert_copy_is_valid(dst, backup_id, src)
 
 
+@pytest.mark.slow
 def test_a_copy_corrupted_on_the_target_fails_its_check_and_stops_counting(
         tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
     src, dst = FilesystemStorage(tmp_path / "store"), s3_store(s3_endpoint, s3_bucket)

@@ -30,7 +30,11 @@ from dbprotect_tests.fixtures.fix_pg import FIXTURES, load_sql_file, pg_bin, tab
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 
-pytestmark = pytest.mark.skipif(not (PG15_BIN / "initdb").is_file(), reason="PostgreSQL 15 is not installed")
+# Slow, so not in the fast lane: starts a PostgreSQL 15 server beside the session's 18 (~3 s).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (PG15_BIN / "initdb").is_file(), reason="PostgreSQL 15 is not installed"),
+]
 
 
 def _as_postgres_user() -> tuple[list[str], tuple[int, int] | None]:

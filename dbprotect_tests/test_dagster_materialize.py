@@ -18,6 +18,9 @@ from dbprotect.defs import load_definitions
 from dbprotect.defs.backups.checks import integrity_check_key
 from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, RPO_CHECKS_JOB, snapshot_key
 
+# Slow, so not in the fast lane: Dagster runs of the backup job and its asset checks (1-1.5 s each).
+pytestmark = pytest.mark.slow
+
 #: Rows in the Chinook fixture, summed over its 11 tables.
 CHINOOK_ROWS = 15607
 CHINOOK_TABLES = 11

@@ -195,6 +195,7 @@ def _pg_dump_children() -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_pg_dump_killed_mid_stream(big_dsn: str, store: FilesystemStorage, previous: str,
                                    age_keys: tuple[str, str]) -> None:
     killed: list[int] = []
@@ -214,6 +215,7 @@ def test_pg_dump_killed_mid_stream(big_dsn: str, store: FilesystemStorage, previ
     assert _pg_dump_children() == []  # no orphan left behind
 
 
+@pytest.mark.slow
 def test_pg_dump_killed_while_uploading_to_s3(big_dsn: str, small_dsn: str, s3_endpoint: str, s3_bucket: str,
                                               age_keys: tuple[str, str]) -> None:
     """A failure that is not S3's own still aborts the multipart upload already under way.
@@ -257,6 +259,7 @@ def test_pg_dump_killed_while_uploading_to_s3(big_dsn: str, small_dsn: str, s3_e
 
 # -- the store ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zstd_threads", [0, 2], ids=["while-pg_dump-streams", "after-pg_dump-ended"])
 def test_s3_fails_in_the_middle_of_an_upload(big_dsn: str, small_dsn: str, s3_endpoint: str, s3_bucket: str,
                                              age_keys: tuple[str, str], zstd_threads: int) -> None:

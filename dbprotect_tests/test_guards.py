@@ -17,6 +17,9 @@ from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
 from dbprotect_tests.fixtures.fix_pg import content, table_counts
 
+# Slow, so not in the fast lane: each test backs up and restores a database through the on-call guards (0.5-1.5 s).
+pytestmark = pytest.mark.slow
+
 SOURCE_SQL = """
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
 CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customers, amount numeric(10,2));

@@ -14,6 +14,9 @@ from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.manifest import manifest_key
 from dbprotect_tests.fixtures.fix_pg import psql
 
+# Slow, so not in the fast lane: each test restores a real backup into a scratch database and verifies it (0.5-2 s).
+pytestmark = pytest.mark.slow
+
 #: Every kind of object the issue names: partitions, a materialized view, an enum, a domain, a
 #: generated column, a large object, row-level security policies and sequences.
 FEATURES_SQL = r"""

@@ -24,6 +24,9 @@ from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect_tests.fixtures.cli import run_json
 from dbprotect_tests.fixtures.fix_pg import content, table_counts
 
+# Slow, so not in the fast lane: each test backs up Chinook and restores or drills it through the CLI (0.5-1.7 s).
+pytestmark = pytest.mark.slow
+
 DAMAGED_SQL = """
 CREATE TABLE artist (artist_id int PRIMARY KEY, name text);
 INSERT INTO artist VALUES (1, 'only one artist left');

@@ -29,6 +29,9 @@ from dbprotect.defs.names import (
 )
 from dbprotect_tests.fixtures.fix_pg import content, table_counts
 
+# Slow, so not in the fast lane: Dagster runs that back up and restore Chinook (1-2.5 s).
+pytestmark = pytest.mark.slow
+
 PHASES = ("decrypt_seconds", "restore_seconds", "verify_seconds", "total_seconds")
 
 

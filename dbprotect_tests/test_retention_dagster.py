@@ -22,6 +22,9 @@ from dbprotect.defs import load_definitions
 from dbprotect.defs.names import COPY_INTEGRITY_CHECK, RETENTION_CHECK
 from dbprotect_tests.fixtures.backups import DB, write_backup
 
+# Slow, so not in the fast lane: Dagster runs of copy assets and the cleanup job (2-7 s).
+pytestmark = pytest.mark.slow
+
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 

@@ -34,6 +34,9 @@ from dbprotect.demo import PG_DATABASE, load_demo_data
 from dbprotect_tests.fixtures.crm import KEY_ENV, SHARED_EMAIL_RULES, SHARED_EMAIL_SQL
 from dbprotect_tests.fixtures.fix_pg import table_counts
 
+# Slow, so not in the fast lane: each test builds, checks and restores a sanitized copy (2-7 s).
+pytestmark = pytest.mark.slow
+
 RULES = Path(__file__).parent / "rules"
 
 

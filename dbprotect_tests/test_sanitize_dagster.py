@@ -19,6 +19,9 @@ from dbprotect.core.pg.markers import set_marker
 from dbprotect.defs import load_definitions
 from dbprotect_tests.fixtures.crm import KEY_ENV, SHARED_EMAIL_RULES, SHARED_EMAIL_SQL
 
+# Slow, so not in the fast lane: Dagster runs that back up, sanitize and promote (5-8 s).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def crm(write_config, make_db, pg, monkeypatch, tmp_path: Path, other_age_keys):  # type: ignore[no-untyped-def]

@@ -20,6 +20,9 @@ from dbprotect.core.schema.drift import compare_schemas
 from dbprotect.core.schema.snapshot import take_snapshot
 from dbprotect_tests.fixtures.fix_pg import FIXTURES, load_sql_file, mark_environment, psql, table_counts
 
+# Slow, so not in the fast lane: each test loads Chinook twice and diffs or syncs whole schemas (2-6 s).
+pytestmark = pytest.mark.slow
+
 CHANGES = """
 ALTER TABLE album ADD COLUMN release_year integer DEFAULT 1970;
 ALTER TABLE artist ALTER COLUMN name TYPE varchar(200);

@@ -13,6 +13,9 @@ from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
 from dbprotect.defs.schema import build_schema_definitions
 from dbprotect_tests.fixtures.fix_pg import FIXTURES, load_sql_file, mark_environment, psql
 
+# Slow, so not in the fast lane: Dagster runs of snapshots, drift checks and the sync job (~4 s).
+pytestmark = pytest.mark.slow
+
 
 def test_snapshots_drift_check_and_sync_job(make_db: Callable[..., str], write_config: Callable[..., Path],
                                             monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,9 @@ from dbprotect.defs import load_definitions
 from dbprotect.defs.names import PRE_MIGRATION_REASON_TAG, backup_job_name, pre_migration_sensor_name
 from dbprotect_tests.fixtures.fix_pg import psql
 
+# Slow, so not in the fast lane: a Dagster instance per module and sensor evaluations that back up (~2.5 s).
+pytestmark = pytest.mark.slow
+
 ALEMBIC_DDL = "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)"
 
 

@@ -30,6 +30,9 @@ from dbprotect.defs import load_definitions
 from dbprotect.defs.names import WARM_COPY_CHECK
 from dbprotect_tests.fixtures.fix_pg import content, psql, table_counts
 
+# Slow, so not in the fast lane: each test backs up and restores into a warm copy (1-4 s).
+pytestmark = pytest.mark.slow
+
 SOURCE_SQL = """
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, balance numeric(12,2));
 INSERT INTO customers (name, balance) SELECT 'customer ' || g, g * 1.5 FROM generate_series(1, 500) g;
