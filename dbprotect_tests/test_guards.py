@@ -7,7 +7,6 @@ import pytest
 
 from dbprotect.core.audit import AuditLog, read
 from dbprotect.core.backup.stream import run_backup
-from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import RefusedError
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import read_marker, set_marker
@@ -37,11 +36,6 @@ CREATE TABLE only_in_target (x int);
 @pytest.fixture
 def store(tmp_path):
     return FilesystemStorage(tmp_path / "store")
-
-
-@pytest.fixture
-def identity(age_keys):
-    return parse_identity(age_keys[0], source="test")
 
 
 @pytest.fixture

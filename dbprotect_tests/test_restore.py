@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from dbprotect.core.backup.stream import run_backup
-from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import RefusedError
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
 from dbprotect.core.restore.staged import verify_restore
@@ -58,11 +57,6 @@ INSERT INTO "Odd Schema"."Mixed Case" VALUES (1), (2);
 @pytest.fixture
 def scratch(pg) -> ScratchServer:
     return ScratchServer(pg.admin_dsn)
-
-
-@pytest.fixture
-def identity(age_keys):
-    return parse_identity(age_keys[0], source="test")
 
 
 def _backup(dsn: str, storage, age_keys, database: str = "shop"):
