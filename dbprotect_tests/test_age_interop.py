@@ -15,12 +15,16 @@ import pytest
 
 from dbprotect.core.backup.stream import BackupResult, run_backup
 from dbprotect.core.store import FilesystemStorage
-from dbprotect_tests.conftest import pg_bin, table_counts
+from dbprotect_tests.fixtures.fix_pg import pg_bin, table_counts
 
 AGE = shutil.which("age")
 ZSTD = shutil.which("zstd")
 
-pytestmark = pytest.mark.skipif(AGE is None or ZSTD is None, reason="the stock 'age' and 'zstd' CLIs are not on PATH")
+# Slow, so not in the fast lane: backs up Chinook once for the stock age, zstd and pg_restore CLIs (~2.5 s).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(AGE is None or ZSTD is None, reason="the stock 'age' and 'zstd' CLIs are not on PATH"),
+]
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from dbprotect.core.crypto import parse_identity
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import load_manifest
 from dbprotect.core.store.manifest import Manifest
-from dbprotect_tests.conftest import PgServer, pg_bin, psql
+from dbprotect_tests.fixtures.fix_pg import PgServer, pg_bin, psql
 
 TRICKY_SCHEMA = r"""
 CREATE EXTENSION citext;
@@ -278,6 +278,7 @@ class TestArchiveInspector:
         assert plain["large_objects"] == (2, LARGE_OBJECT_BYTES)
         assert set(plain["tables"]) == set(ours["tables"])
 
+    @pytest.mark.slow
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(sizes=st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=12))
     def test_chunk_sizes_do_not_matter(self, raw_archive: bytes, whole: dict[str, Any], sizes: list[int]) -> None:

@@ -25,18 +25,9 @@ from dbprotect.core.audit import (
     verify_chain,
 )
 from dbprotect.core.errors import StorageError
-from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
+from dbprotect.core.store import FilesystemStorage, Storage
 
 T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["filesystem", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "filesystem":
-        return FilesystemStorage(tmp_path / "store")
-    endpoint = request.getfixturevalue("s3_endpoint")
-    bucket = request.getfixturevalue("s3_bucket")
-    return S3Storage(bucket, "backups", endpoint_url=endpoint, region="us-east-1")
 
 
 def event(i: int, action: str = "backup", outcome: str = "ok") -> AuditEvent:

@@ -12,7 +12,7 @@ from dbprotect.core.crypto import parse_identity
 from dbprotect.core.store import FilesystemStorage, S3Storage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.verify.integrity import verify_backup
-from dbprotect_tests.conftest import pg_bin, table_counts
+from dbprotect_tests.fixtures.fix_pg import pg_bin, table_counts
 
 
 def _restore_plain(storage, manifest, identity: str, target_dsn: str) -> None:

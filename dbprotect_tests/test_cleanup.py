@@ -7,8 +7,7 @@ Storage failures are injected by wrapping our own Storage interface, not by mock
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +18,10 @@ from dbprotect.core.errors import RefusedError, StorageError
 from dbprotect.core.retention.cleanup import execute_cleanup, plan_cleanup
 from dbprotect.core.retention.compliance import retention_compliance
 from dbprotect.core.retention.policy import RetentionPolicy
-from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
-from dbprotect.core.store.catalog import list_backups, load_manifest
-from dbprotect.core.store.manifest import Manifest, check_key, dump_key, manifest_key
-
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-DB = "shop"
-
-
-@pytest.fixture(params=["filesystem", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "filesystem":
-        return FilesystemStorage(tmp_path / "store")
-    return S3Storage(request.getfixturevalue("s3_bucket"), "backups",
-                     endpoint_url=request.getfixturevalue("s3_endpoint"), region="us-east-1")
-
-
-def write_backup(store: Storage, started: datetime, *, verified: bool = True, manifest: bool = True,
-                 n: int = 0) -> str:
-    """One backup in the real layout: dump object, check objects, manifest written last."""
-    backup_id = f"{started:%Y%m%dT%H%M%SZ}-{n:06x}"
-    dump = f"not really a dump {backup_id}".encode() * 20
-    store.put_bytes(dump_key(DB, backup_id), dump)
-    if not manifest:
-        return backup_id
-    at = started + timedelta(minutes=5)
-    if verified:
-        for rung in ("stored", "readable"):
-            store.put_bytes(check_key(DB, backup_id, at, rung, True), b"{}")
-    doc = Manifest(tool_version="0.1.0", database=DB, backup_id=backup_id, source={"dbname": DB},
-                   pg_dump={"major": 18}, started_at=started, snapshot_at=started, finished_at=at,
-                   duration_seconds=300.0, bytes={"dump": len(dump), "compressed": len(dump), "stored": len(dump)},
-                   object={"key": "dump.zst.age", "size": len(dump), "sha256": hashlib.sha256(dump).hexdigest()},
-                   compression={"algorithm": "zstd"}, encryption={"format": "age-v1"}, checksum={}, tables={})
-    store.put_bytes(manifest_key(DB, backup_id), doc.to_json())
-    return backup_id
+from dbprotect.core.store import FilesystemStorage, Storage
+from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.store.manifest import manifest_key
+from dbprotect_tests.fixtures.backups import DB, NOW, assert_listed_and_valid, write_backup
 
 
 def seed(store: Storage) -> dict[str, list[str]]:
@@ -66,16 +34,6 @@ def seed(store: Storage) -> dict[str, list[str]]:
 
 def all_keys(store: Storage) -> list[str]:
     return [info.key for info in store.list("")]
-
-
-def assert_listed_and_valid(store: Storage) -> list[str]:
-    """Every listed backup has its manifest and a dump whose SHA-256 matches it."""
-    listed = list_backups(store, DB)
-    for entry in listed:
-        manifest = load_manifest(store, DB, entry.backup_id)
-        assert hashlib.sha256(store.get_bytes(dump_key(DB, entry.backup_id))).hexdigest() == manifest.sha256
-        assert entry.integrity_ok, entry
-    return [entry.backup_id for entry in listed]
 
 
 POLICY = RetentionPolicy.parse("keep_last=3")

@@ -9,7 +9,6 @@ records, and the exit codes (9 refused, 6 store failed half-way, 7 audit chain b
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,15 +25,10 @@ from dbprotect.core.ops import cli_actor
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
 from dbprotect.core.store.manifest import dump_key
-from dbprotect_tests.test_cleanup import DB, assert_listed_and_valid, write_backup
+from dbprotect_tests.fixtures.backups import DB, assert_listed_and_valid, write_backup
+from dbprotect_tests.fixtures.cli import run_json
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
-    code = run([*args, "--json"])
-    captured = capsys.readouterr()
-    return code, json.loads(captured.out), captured.err
 
 
 @pytest.fixture
@@ -65,7 +59,7 @@ def keys(store: FilesystemStorage) -> list[str]:
 
 def test_dry_run_prints_the_plan_and_deletes_nothing(stores, seeded, capsys: pytest.CaptureFixture[str]) -> None:
     before = {name: keys(store) for name, store in stores.items()}
-    code, doc, _ = _run(capsys, "cleanup", DB, "--dry-run")
+    code, doc, _ = run_json(capsys, "cleanup", DB, "--dry-run")
     assert code == 0 and doc["dry_run"] is True
     local, offsite = doc["targets"]
     assert local["target"] == "local" and offsite["target"] == "offsite"
@@ -89,7 +83,7 @@ def test_dry_run_prints_the_plan_and_deletes_nothing(stores, seeded, capsys: pyt
 
 def test_cleanup_deletes_exactly_the_plan_and_audits_each_deletion(stores, seeded,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    code, status, _ = _run(capsys, "status")
+    code, status, _ = run_json(capsys, "status")
     targets = {t["target"]: t for t in status["databases"][0]["targets"]}
     assert targets["local"]["next_cleanup"]["deletes"] == sorted(seeded["daily"][3:])
     assert targets["local"]["backups"] == 6 and targets["local"]["verified"] == 6 and targets["local"]["primary"]
@@ -113,9 +107,9 @@ def test_cleanup_deletes_exactly_the_plan_and_audits_each_deletion(stores, seede
     assert {r.actor for r in records} == {cli_actor()} and {r.outcome for r in records} == {"deleted"}
     assert not any(k.startswith(AUDIT_PREFIX) for k in keys(stores["offsite"]))
 
-    code, audit, _ = _run(capsys, "audit", "--verify")
+    code, audit, _ = run_json(capsys, "audit", "--verify")
     assert code == 0 and audit["chain"]["ok"] and audit["chain"]["records"] == 5
-    code, status, _ = _run(capsys, "status")
+    code, status, _ = run_json(capsys, "status")
     assert all(t["next_cleanup"]["deletes"] == [] for t in status["databases"][0]["targets"])
     assert run(["cleanup", DB]) == 0  # idempotent: the second run deletes nothing
     assert "deleted 0 backup(s) and 0 incomplete upload(s)" in capsys.readouterr().out
@@ -128,7 +122,7 @@ def test_a_refused_plan_exits_9_deletes_nothing_and_is_audited(tmp_path: Path, w
     store = FilesystemStorage(tmp_path / "store")
     ids = [write_backup(store, NOW - timedelta(days=d), n=d) for d in (3, 4)]
     before = keys(store)
-    code, doc, err = _run(capsys, "cleanup", DB)
+    code, doc, err = run_json(capsys, "cleanup", DB)
     assert code == 9 and doc["error"]["code"] == "DBP917"
     assert "would delete every verified backup" in doc["error"]["message"] and ids[0] in doc["error"]["message"]
     assert doc["targets"][0]["plan"]["refused"] is True and doc["targets"][0]["result"] is None
@@ -157,7 +151,7 @@ def test_a_store_failing_mid_cleanup_exits_6_and_every_listed_backup_stays_valid
         tmp_path: Path, stores, seeded, immutable, capsys: pytest.CaptureFixture[str]) -> None:
     victim = sorted(seeded["daily"][3:])[1]  # the second backup the sweep deletes (oldest first)
     immutable(tmp_path / "local" / dump_key(DB, victim))
-    code, doc, err = _run(capsys, "cleanup", DB, "--target", "local")
+    code, doc, err = run_json(capsys, "cleanup", DB, "--target", "local")
     assert code == 6 and doc["error"]["code"] == "DBP006"
     assert f"cleanup of shop stopped at {victim}" in err and "run the cleanup again" in err
     listed = assert_listed_and_valid(stores["local"])  # manifests first: nothing listed is broken
@@ -179,7 +173,7 @@ def test_audit_verify_exits_7_when_a_record_was_edited(stores, seeded, capsys: p
     path.write_text(path.read_text().replace('"outcome": "deleted"', '"outcome": "kept"'), encoding="utf-8")
     assert run(["audit"]) == 0  # printing does not verify
     assert "kept" in capsys.readouterr().out
-    code, doc, err = _run(capsys, "audit", "--verify")
+    code, doc, err = run_json(capsys, "audit", "--verify")
     assert code == 7 and doc["chain"]["ok"] is False
     assert err.startswith("error[DBP007]: the audit log in file://") and "was edited" in err
 

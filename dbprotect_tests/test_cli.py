@@ -18,14 +18,9 @@ import pytest
 from dbprotect.cli.app import run
 from dbprotect.cli.ui.render import scrub
 from dbprotect.core.errors import EXIT_RPO_VIOLATED, EXIT_USAGE
+from dbprotect_tests.fixtures.cli import run_json
 
 DBPROTECT = Path(sys.executable).parent / "dbprotect"
-
-
-def _run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict, str]:
-    code = run([*args, "--json"])
-    captured = capsys.readouterr()
-    return code, json.loads(captured.out), captured.err
 
 
 def _console_script(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,19 +50,19 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 
 
 def test_backup_list_verify_status(chinook_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, backup, _ = _run_json(capsys, "backup", "chinook")
+    code, backup, _ = run_json(capsys, "backup", "chinook")
     assert code == 0
     backup_id = backup["backup_id"]
     assert backup["rows"]["public.track"] == 3503 and backup["total_rows"] > 15000
     assert backup["stored_bytes"] < backup["dump_bytes"] and backup["compression_ratio"] > 1
     assert backup["uri"].endswith(f"/chinook/{backup_id}/dump.zst.age")
 
-    code, listing, _ = _run_json(capsys, "list", "chinook")
+    code, listing, _ = run_json(capsys, "list", "chinook")
     assert code == 0
     assert [(b["backup_id"], b["status"]) for b in listing["backups"]] == [(backup_id, "unverified")]
 
     # Not yet verified: no recovery point, so the RPO is violated and status says so by exit code.
-    code, status, _ = _run_json(capsys, "status")
+    code, status, _ = run_json(capsys, "status")
     assert code == EXIT_RPO_VIOLATED
     assert status["ok"] is False and status["rpo_violations"] == ["chinook"]
 
@@ -76,9 +71,9 @@ def test_backup_list_verify_status(chinook_config: Path, capsys: pytest.CaptureF
     assert f"backup {backup_id} of chinook: ok" in out
     assert "stored" in out and "readable" in out and "tables match the manifest" in out
 
-    code, listing, _ = _run_json(capsys, "list", "chinook")
+    code, listing, _ = run_json(capsys, "list", "chinook")
     assert listing["backups"][0]["status"] == "verified:readable"
-    code, status, _ = _run_json(capsys, "status")
+    code, status, _ = run_json(capsys, "status")
     assert code == 0
     (row,) = status["databases"]
     assert row["rpo"]["ok"] is True and row["rpo"]["newest_verified_backup"] == backup_id
@@ -88,6 +83,7 @@ def test_backup_list_verify_status(chinook_config: Path, capsys: pytest.CaptureF
     assert backup_id in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_flipped_byte_fails_verify_with_exit_7(chinook_config: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["backup", "chinook"]) == 0
@@ -106,12 +102,12 @@ def test_flipped_byte_fails_verify_with_exit_7(chinook_config: Path, tmp_path: P
     assert "Traceback" not in result.stdout + result.stderr
     assert "FAILED" in result.stdout  # the per-rung report is still printed
 
-    code, document, _ = _run_json(capsys, "verify", "latest")
+    code, document, _ = run_json(capsys, "verify", "latest")
     assert code == 7
     assert document["error"]["code"] == "DBP007"
     assert document["verification"]["ok"] is False
     assert [r["ok"] for r in document["verification"]["results"]] == [False, False]
-    code, listing, _ = _run_json(capsys, "list", "chinook")
+    code, listing, _ = run_json(capsys, "list", "chinook")
     assert listing["backups"][0]["status"] == "failed:stored,readable"
 
 
@@ -120,7 +116,7 @@ def test_stored_only_needs_no_private_key(chinook_config: Path, monkeypatch: pyt
     assert run(["backup", "chinook"]) == 0
     capsys.readouterr()
     monkeypatch.delenv("TEST_RAW_IDENTITY")
-    code, document, _ = _run_json(capsys, "verify", "latest", "--database", "chinook", "--stored-only")
+    code, document, _ = run_json(capsys, "verify", "latest", "--database", "chinook", "--stored-only")
     assert code == 0
     assert [(r["rung"], r["ok"]) for r in document["results"]] == [("stored", True)]
     code = run(["verify", "latest"])
@@ -139,6 +135,7 @@ def test_missing_config_is_one_line_exit_2(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_unreachable_database_exit_4_never_shows_password(write_config) -> None:
     write_config("postgresql://u:secretpw@127.0.0.1:1/x", database="shop")
     human = _console_script("backup", "shop")
@@ -158,7 +155,7 @@ def test_unknown_names_and_bad_usage(chinook_config: Path, capsys: pytest.Captur
     assert capsys.readouterr().err.startswith("error[DBP010]: no database 'nope'")
     assert run(["frobnicate"]) == EXIT_USAGE
     assert capsys.readouterr().err.startswith("error[USAGE]: No such command 'frobnicate'")
-    code, document, _ = _run_json(capsys, "verify")
+    code, document, _ = run_json(capsys, "verify")
     assert code == EXIT_USAGE and document["error"]["code"] == "USAGE"
 
 

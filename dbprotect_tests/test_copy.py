@@ -20,7 +20,8 @@ from dbprotect.core.errors import IntegrityError
 from dbprotect.core.store import FilesystemStorage, ObjectNotFound, S3Storage, Storage, WriterContext
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.manifest import dump_key, manifest_key
-from dbprotect_tests.test_cleanup import DB, NOW, write_backup
+from dbprotect_tests.fixtures.backups import DB, NOW, write_backup
+from dbprotect_tests.fixtures.fix_storage import create_bucket
 
 
 def s3_store(endpoint: str, bucket: str) -> S3Storage:
@@ -29,13 +30,7 @@ def s3_store(endpoint: str, bucket: str) -> S3Storage:
 
 @pytest.fixture
 def second_bucket(s3_endpoint: str) -> str:
-    import secrets
-
-    import boto3
-
-    name = f"dbp-copy-{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-    return name
+    return create_bucket(s3_endpoint, prefix="dbp-copy")
 
 
 class RequestLog:
@@ -64,6 +59,7 @@ def assert_copy_is_valid(dst: Storage, backup_id: str, src: Storage) -> None:
     assert "copy from" in manifest.verifications[-1].detail
 
 
+@pytest.mark.slow
 def test_filesystem_to_s3_streams_and_verifies(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
     src, dst = FilesystemStorage(tmp_path / "store"), s3_store(s3_endpoint, s3_bucket)
     older = write_backup(src, NOW - timedelta(days=2), n=1)
@@ -99,6 +95,7 @@ def test_s3_to_s3_on_one_endpoint_is_a_server_side_copy(s3_endpoint: str, s3_buc
     assert writes[-1][2].endswith(manifest_key(DB, backup_id)), writes
 
 
+@pytest.mark.slow
 def test_s3_to_s3_across_endpoints_would_stream(s3_endpoint: str, s3_bucket: str, second_bucket: str) -> None:
     """With server-side copy off (as for two endpoints), the same copy streams and is still verified."""
     src, dst = s3_store(s3_endpoint, s3_bucket), s3_store(s3_endpoint, second_bucket)
@@ -111,6 +108,7 @@ def test_s3_to_s3_across_endpoints_would_stream(s3_endpoint: str, s3_bucket: str
     assert_copy_is_valid(dst, backup_id, src)
 
 
+@pytest.mark.slow
 def test_a_copy_corrupted_on_the_target_fails_its_check_and_stops_counting(
         tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> None:
     src, dst = FilesystemStorage(tmp_path / "store"), s3_store(s3_endpoint, s3_bucket)

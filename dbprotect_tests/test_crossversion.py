@@ -26,11 +26,15 @@ from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import ToolError
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.verify.integrity import verify_backup
-from dbprotect_tests.conftest import FIXTURES, load_sql_file, pg_bin, table_counts
+from dbprotect_tests.fixtures.fix_pg import FIXTURES, load_sql_file, pg_bin, table_counts
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 
-pytestmark = pytest.mark.skipif(not (PG15_BIN / "initdb").is_file(), reason="PostgreSQL 15 is not installed")
+# Slow, so not in the fast lane: starts a PostgreSQL 15 server beside the session's 18 (~3 s).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (PG15_BIN / "initdb").is_file(), reason="PostgreSQL 15 is not installed"),
+]
 
 
 def _as_postgres_user() -> tuple[list[str], tuple[int, int] | None]:

@@ -6,7 +6,6 @@ folder, never dagster.yaml), the embedded PostgreSQL and a filesystem store in t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +18,9 @@ from dbprotect.defs import load_definitions
 from dbprotect.defs.backups.checks import integrity_check_key
 from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, RPO_CHECKS_JOB, snapshot_key
 
+# Slow, so not in the fast lane: Dagster runs of the backup job and its asset checks (1-1.5 s each).
+pytestmark = pytest.mark.slow
+
 #: Rows in the Chinook fixture, summed over its 11 tables.
 CHINOOK_ROWS = 15607
 CHINOOK_TABLES = 11
@@ -28,13 +30,6 @@ NUMERIC_METRICS = {
     "compression_ratio": dg.FloatMetadataValue, "duration_seconds": dg.FloatMetadataValue,
     "throughput_mb_per_s": dg.FloatMetadataValue,
 }
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    """One test instance for the module: creating one costs about a second."""
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 @pytest.fixture

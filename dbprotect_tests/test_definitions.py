@@ -292,6 +292,7 @@ def test_build_definitions_is_pure(write_config, monkeypatch: pytest.MonkeyPatch
     assert snapshot(build_definitions(config)) == with_env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deployment", ["production", "development"])
 def test_dagster_loads_the_code_location_from_workspace_yaml(write_config, tmp_path: Path, deployment: str) -> None:
     """What `dagster dev -w workspace.yaml` does first, through Dagster's own CLI and loader.

@@ -21,7 +21,10 @@ import pytest
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.demo import demo_rules_yaml
-from dbprotect_tests.conftest import pg_bin, psql, table_counts
+from dbprotect_tests.fixtures.fix_pg import pg_bin, psql, table_counts
+
+# Slow, so not in the fast lane: the demo starts its own PostgreSQL and loads the fintech data (3-5 s).
+pytestmark = pytest.mark.slow
 
 DBPROTECT = Path(sys.executable).parent / "dbprotect"
 ROWS = 3000

@@ -14,6 +14,9 @@ from dbprotect.core.restore.drill import last_drill, run_drill
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
 
+# Slow, so not in the fast lane: each drill restores a backup into a scratch database (0.4-0.7 s).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def drilled(chinook_dsn, tmp_path, age_keys, pg):

@@ -41,7 +41,7 @@ from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.filesystem import PARTIAL_MARK
 from dbprotect.core.store.manifest import dump_key
 from dbprotect.core.verify.integrity import verify_backup
-from dbprotect_tests.conftest import PgServer, psql
+from dbprotect_tests.fixtures.fix_pg import PgServer, psql
 
 DB = "shop"
 SMALL_SQL = """
@@ -195,6 +195,7 @@ def _pg_dump_children() -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_pg_dump_killed_mid_stream(big_dsn: str, store: FilesystemStorage, previous: str,
                                    age_keys: tuple[str, str]) -> None:
     killed: list[int] = []
@@ -214,6 +215,7 @@ def test_pg_dump_killed_mid_stream(big_dsn: str, store: FilesystemStorage, previ
     assert _pg_dump_children() == []  # no orphan left behind
 
 
+@pytest.mark.slow
 def test_pg_dump_killed_while_uploading_to_s3(big_dsn: str, small_dsn: str, s3_endpoint: str, s3_bucket: str,
                                               age_keys: tuple[str, str]) -> None:
     """A failure that is not S3's own still aborts the multipart upload already under way.
@@ -257,6 +259,7 @@ def test_pg_dump_killed_while_uploading_to_s3(big_dsn: str, small_dsn: str, s3_e
 
 # -- the store ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zstd_threads", [0, 2], ids=["while-pg_dump-streams", "after-pg_dump-ended"])
 def test_s3_fails_in_the_middle_of_an_upload(big_dsn: str, small_dsn: str, s3_endpoint: str, s3_bucket: str,
                                              age_keys: tuple[str, str], zstd_threads: int) -> None:

@@ -6,9 +6,7 @@ import psycopg
 import pytest
 
 from dbprotect.core.audit import AuditLog, read
-from dbprotect.core.backup.content import DUMP_SESSION, digest_table, pin_session
 from dbprotect.core.backup.stream import run_backup
-from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import RefusedError
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import read_marker, set_marker
@@ -16,7 +14,10 @@ from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
-from dbprotect_tests.conftest import table_counts
+from dbprotect_tests.fixtures.fix_pg import content, table_counts
+
+# Slow, so not in the fast lane: each test backs up and restores a database through the on-call guards (0.5-1.5 s).
+pytestmark = pytest.mark.slow
 
 SOURCE_SQL = """
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL);
@@ -32,22 +33,9 @@ CREATE TABLE only_in_target (x int);
 """
 
 
-def content(dsn: str) -> dict[str, tuple[int, str]]:
-    """Every table's row count and content checksum: 'untouched' means this is unchanged."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        pin_session(conn, DUMP_SESSION)
-        tables = conn.execute("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
-        return {f"{s}.{t}": (d.rows, d.checksum) for s, t in tables if (d := digest_table(conn, s, t, None))}
-
-
 @pytest.fixture
 def store(tmp_path):
     return FilesystemStorage(tmp_path / "store")
-
-
-@pytest.fixture
-def identity(age_keys):
-    return parse_identity(age_keys[0], source="test")
 
 
 @pytest.fixture

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from dbprotect.core.backup.stream import run_backup
-from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import RefusedError
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
 from dbprotect.core.restore.staged import verify_restore
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.manifest import manifest_key
-from dbprotect_tests.conftest import psql
+from dbprotect_tests.fixtures.fix_pg import psql
+
+# Slow, so not in the fast lane: each test restores a real backup into a scratch database and verifies it (0.5-2 s).
+pytestmark = pytest.mark.slow
 
 #: Every kind of object the issue names: partitions, a materialized view, an enum, a domain, a
 #: generated column, a large object, row-level security policies and sequences.
@@ -55,11 +57,6 @@ INSERT INTO "Odd Schema"."Mixed Case" VALUES (1), (2);
 @pytest.fixture
 def scratch(pg) -> ScratchServer:
     return ScratchServer(pg.admin_dsn)
-
-
-@pytest.fixture
-def identity(age_keys):
-    return parse_identity(age_keys[0], source="test")
 
 
 def _backup(dsn: str, storage, age_keys, database: str = "shop"):

@@ -8,7 +8,6 @@ of a database that a restore would have created.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,8 +21,11 @@ from dbprotect.core.pg.markers import read_marker, set_marker
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
-from dbprotect_tests.conftest import table_counts
-from dbprotect_tests.test_guards import content
+from dbprotect_tests.fixtures.cli import run_json
+from dbprotect_tests.fixtures.fix_pg import content, table_counts
+
+# Slow, so not in the fast lane: each test backs up Chinook and restores or drills it through the CLI (0.5-1.7 s).
+pytestmark = pytest.mark.slow
 
 DAMAGED_SQL = """
 CREATE TABLE artist (artist_id int PRIMARY KEY, name text);
@@ -32,23 +34,12 @@ CREATE TABLE scratch_notes (note text);
 """
 
 
-def _exists(pg, name: str) -> bool:
-    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
-        return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
-
-
-def _json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict, str]:
-    code = run([*args, "--json"])
-    captured = capsys.readouterr()
-    return code, json.loads(captured.out), captured.err
-
-
 @pytest.fixture
 def backed_up(chinook_dsn, pg, write_config, monkeypatch, capsys, tmp_path):
     """Chinook configured as ``chinook`` (scratch server: the test server), one verified backup."""
     monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
     write_config(chinook_dsn, database="chinook", extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})
-    code, backup, _ = _json(capsys, "backup", "chinook")
+    code, backup, _ = run_json(capsys, "backup", "chinook")
     assert code == 0
     assert run(["verify", "latest"]) == 0
     capsys.readouterr()
@@ -94,13 +85,13 @@ def test_dry_run_prints_the_plan_and_changes_nothing(backed_up, damaged_producti
     assert "dry run: nothing was changed" in out
 
     # As JSON, for a new database: planned, named by default after the backup, not created.
-    code, doc, _ = _json(capsys, "restore", "chinook", manifest.backup_id, "--dry-run")
+    code, doc, _ = run_json(capsys, "restore", "chinook", manifest.backup_id, "--dry-run")
     assert code == EXIT_OK and doc["dry_run"] is True
     new_name = f"chinook_restored_{manifest.backup_id}".lower().replace("-", "_")
     assert doc["plan"]["target"] == {"database": new_name, "environment": "production", "existing": False,
                                      "server": doc["plan"]["target"]["server"], "marker": None}
     assert doc["plan"]["will_drop"] == [] and doc["plan"]["rows"] == manifest.total_rows
-    assert not _exists(pg, new_name)
+    assert not pg.has_database(new_name)
     assert content(dsn) == before
     assert list_backups(store, "chinook-safety") == []
 
@@ -118,7 +109,7 @@ def test_wrong_confirmation_exits_9_and_leaves_the_target_untouched(backed_up, d
     assert content(dsn) == before
     assert list_backups(store, "chinook-safety") == []  # refused before the safety backup
 
-    code, doc, _ = _json(capsys, "restore", "chinook", "--target", "production")  # no confirmation at all
+    code, doc, _ = run_json(capsys, "restore", "chinook", "--target", "production")  # no confirmation at all
     assert code == 9 and doc["error"]["code"] == "DBP906" and "you typed nothing" in doc["error"]["message"]
     assert content(dsn) == before
 
@@ -129,7 +120,7 @@ def test_restore_to_new_database_and_over_production_with_confirmation(backed_up
     expected = {name: table.rows for name, table in manifest.tables.items()}
     target = "chinook_restored_by_cli"
     try:
-        code, doc, _ = _json(capsys, "restore", "chinook", "--target", f"new:{target}")
+        code, doc, _ = run_json(capsys, "restore", "chinook", "--target", f"new:{target}")
         assert code == EXIT_OK, doc
         assert doc["restored_database"] == target and doc["safety_backup_id"] is None
         assert table_counts(pg.dsn(target)) == expected
@@ -152,7 +143,7 @@ def test_restore_to_new_database_and_over_production_with_confirmation(backed_up
 
 def test_drill_passes_on_chinook_and_is_recorded(backed_up, pg, capsys) -> None:
     store, manifest = backed_up
-    code, doc, _ = _json(capsys, "drill", "chinook")
+    code, doc, _ = run_json(capsys, "drill", "chinook")
     assert code == EXIT_OK, doc
     assert doc["ok"] is True and doc["backup_id"] == manifest.backup_id and doc["problems"] == []
     metrics = doc["metrics"]

@@ -7,7 +7,6 @@ filesystem store in tmp_path. Chinook is backed up by the real backup job first.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -28,16 +27,12 @@ from dbprotect.defs.names import (
     restore_verification_job_name,
     restore_verification_sensor_name,
 )
-from dbprotect_tests.conftest import table_counts
-from dbprotect_tests.test_guards import content
+from dbprotect_tests.fixtures.fix_pg import content, table_counts
+
+# Slow, so not in the fast lane: Dagster runs that back up and restore Chinook (1-2.5 s).
+pytestmark = pytest.mark.slow
 
 PHASES = ("decrypt_seconds", "restore_seconds", "verify_seconds", "total_seconds")
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 @pytest.fixture

@@ -23,7 +23,10 @@ from dbprotect.core.pg.markers import read_marker
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.defs.names import RESTORE_JOB
-from dbprotect_tests.conftest import table_counts
+from dbprotect_tests.fixtures.fix_pg import table_counts
+
+# Slow, so not in the fast lane: a Dagster webserver launches a restore run through GraphQL (~25 s).
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_SECONDS = 120

@@ -145,6 +145,7 @@ def too_old(e: BackupEntry, policy: RetentionPolicy, now: datetime) -> bool:
     return policy.max_age is not None and now - e.started_at > policy.max_age
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(catalogs(), policies)
 def test_unbreakable_rules_hold(catalog: tuple[list[BackupEntry], datetime, frozenset[str]],
@@ -228,6 +229,7 @@ def test_period_rules_keep_the_newest_of_each_recent_period(
     assert by_rule == {"keep_last": expected_last, "keep_daily": expected_daily}
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(catalogs(), policies)
 def test_compliance_matches_the_catalog(catalog: tuple[list[BackupEntry], datetime, frozenset[str]],

@@ -6,7 +6,6 @@ synthetic (test_cleanup's writer) because neither a copy nor a cleanup reads the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,12 @@ from dbprotect.core.store.catalog import list_backups
 from dbprotect.core.store.manifest import dump_key
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import COPY_INTEGRITY_CHECK, RETENTION_CHECK
-from dbprotect_tests.test_cleanup import DB, write_backup
+from dbprotect_tests.fixtures.backups import DB, write_backup
+
+# Slow, so not in the fast lane: Dagster runs of copy assets and the cleanup job (2-7 s).
+pytestmark = pytest.mark.slow
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 @pytest.fixture

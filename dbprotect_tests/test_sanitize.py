@@ -31,9 +31,13 @@ from dbprotect.core.sanitize.coverage import CoverageError
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.demo import PG_DATABASE, load_demo_data
+from dbprotect_tests.fixtures.crm import KEY_ENV, SHARED_EMAIL_RULES, SHARED_EMAIL_SQL
+from dbprotect_tests.fixtures.fix_pg import table_counts
+
+# Slow, so not in the fast lane: each test builds, checks and restores a sanitized copy (2-7 s).
+pytestmark = pytest.mark.slow
 
 RULES = Path(__file__).parent / "rules"
-KEY_ENV = "TEST_MASKING_KEY"
 
 
 @pytest.fixture(scope="module")
@@ -137,21 +141,6 @@ def test_demo_copy_masks_every_value_and_keeps_constraints(protect, demo_dsn: st
     import os
     assert os.environ[KEY_ENV] not in manifest.to_json().decode()
     assert manifest.encryption["recipients"][0]["recipient"] == other_age_keys[1]
-
-
-SHARED_EMAIL_SQL = """
-CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL UNIQUE, name text);
-CREATE TABLE newsletter (id serial PRIMARY KEY, email text NOT NULL REFERENCES customers (email), note text);
-INSERT INTO customers SELECT i, 'person' || i || '@corp.example.org', 'Person ' || i FROM generate_series(1, 500) i;
-INSERT INTO newsletter (email, note) SELECT 'person' || (i % 500 + 1) || '@corp.example.org', 'weekly'
-FROM generate_series(1, 800) i;
-"""
-SHARED_EMAIL_RULES = """
-version: 1
-tables:
-  customers: {id: keep, email: email, name: name}
-  newsletter: {id: keep, email: email, note: keep}
-"""
 
 
 def test_same_email_masks_the_same_in_every_table(protect, make_db, other_age_keys, tmp_path: Path) -> None:
@@ -279,7 +268,6 @@ def test_fixture_databases_with_their_rule_files(request, protect, make_db, othe
     copy = restored_artifact(config, database, make_db, other_age_keys[0])
     for table, (key, columns) in checks.items():
         assert assert_masked_differ(source, copy, table, key, columns) > 0
-    from dbprotect_tests.conftest import table_counts
     assert table_counts(source) == table_counts(copy)
     if database == "chinook":  # the same e-mail masks the same wherever it appears
         with psycopg.connect(copy) as conn:
@@ -373,8 +361,6 @@ def test_subset_keeps_referential_integrity(protect, demo_dsn: str, make_db, oth
     result = build_sanitized_copy(load_config(path), "fintech")
     assert result.ok, [c.detail for c in result.checks if not c.ok]
     copy = restored_artifact(config, "fintech", make_db, other_age_keys[0])
-    from dbprotect_tests.conftest import table_counts
-
     before, after = table_counts(demo_dsn), table_counts(copy)
     assert 0.05 * before["public.users"] < after["public.users"] < 0.3 * before["public.users"]
     assert 0 < after["public.transactions"] < before["public.transactions"]

@@ -6,7 +6,6 @@ Runs execute in process against a test instance, the embedded PostgreSQL and a f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -18,13 +17,10 @@ from dbprotect.core.ops import verify_database_backup
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import set_marker
 from dbprotect.defs import load_definitions
-from dbprotect_tests.test_sanitize import KEY_ENV, SHARED_EMAIL_RULES, SHARED_EMAIL_SQL
+from dbprotect_tests.fixtures.crm import KEY_ENV, SHARED_EMAIL_RULES, SHARED_EMAIL_SQL
 
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
+# Slow, so not in the fast lane: Dagster runs that back up, sanitize and promote (5-8 s).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -15,10 +15,13 @@ from dbprotect.core.config.load import load_config
 from dbprotect.core.errors import RefusedError
 from dbprotect.core.ops import push_schema
 from dbprotect.core.pg.dsn import dbname_of
-from dbprotect.core.pg.markers import read_marker, set_marker
+from dbprotect.core.pg.markers import read_marker
 from dbprotect.core.schema.drift import compare_schemas
 from dbprotect.core.schema.snapshot import take_snapshot
-from dbprotect_tests.conftest import FIXTURES, load_sql_file, psql, table_counts
+from dbprotect_tests.fixtures.fix_pg import FIXTURES, load_sql_file, mark_environment, psql, table_counts
+
+# Slow, so not in the fast lane: each test loads Chinook twice and diffs or syncs whole schemas (2-6 s).
+pytestmark = pytest.mark.slow
 
 CHANGES = """
 ALTER TABLE album ADD COLUMN release_year integer DEFAULT 1970;
@@ -38,18 +41,13 @@ def _chinook(make_db: Callable[..., str], prefix: str) -> str:
     return dsn
 
 
-def _mark(dsn: str, environment: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        set_marker(conn, dbname_of(dsn) or "", environment)
-
-
 @pytest.fixture
 def chinook_pair(make_db: Callable[..., str], write_config: Callable[..., Path],
                  monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     """(development DSN, production DSN): two Chinook databases, marked and configured."""
     prod, dev = _chinook(make_db, "prod"), _chinook(make_db, "dev")
-    _mark(prod, "production")
-    _mark(dev, "development")
+    mark_environment(prod, "production")
+    mark_environment(dev, "development")
     write_config(prod, database="shop")
     monkeypatch.setenv("TEST_SHOP_DEV_DSN", dev)
     return dev, prod
@@ -165,7 +163,7 @@ def test_dev_to_prod_push_with_everything_in_place(chinook_pair: tuple[str, str]
 
 def test_data_never_flows_and_wrong_marker_refused(chinook_pair: tuple[str, str]) -> None:
     dev, prod = chinook_pair
-    _mark(prod, "development")  # a production DSN that points at something not marked production
+    mark_environment(prod, "development")  # a production DSN that points at something not marked production
     psql(dev, "ALTER TABLE album ADD COLUMN release_year integer")
     with pytest.raises(RefusedError, match="marked 'development', not 'production'"):
         push_schema(load_config(), "shop", "development", "production", confirmation="shop")

@@ -9,7 +9,7 @@ test_dagster_materialize.py, so no run executes here (fast).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -22,15 +22,12 @@ from dbprotect.core.ops import observe_migrations
 from dbprotect.core.schema.watch import WatchState, decide, migration_files
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import PRE_MIGRATION_REASON_TAG, backup_job_name, pre_migration_sensor_name
-from dbprotect_tests.conftest import psql
+from dbprotect_tests.fixtures.fix_pg import psql
+
+# Slow, so not in the fast lane: a Dagster instance per module and sensor evaluations that back up (~2.5 s).
+pytestmark = pytest.mark.slow
 
 ALEMBIC_DDL = "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)"
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from dbprotect.core.errors import StorageError
 from dbprotect.core.store import FilesystemStorage, ObjectNotFound, S3Storage, Storage
 from dbprotect.core.store.filesystem import PARTIAL_MARK
+from dbprotect_tests.fixtures.fix_storage import STORE_KINDS
 
 SMALL_PART = 5 * 1024 * 1024  # S3's minimum part size: keeps the multipart test quick
 
@@ -24,7 +25,7 @@ class Boom(Exception):
     """Raised inside a writer to simulate a failure in the middle of a backup."""
 
 
-@pytest.fixture(params=["filesystem", "s3"])
+@pytest.fixture(params=STORE_KINDS)
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "filesystem":
         yield FilesystemStorage(tmp_path / "store")

@@ -28,8 +28,10 @@ from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import load_manifest
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import WARM_COPY_CHECK
-from dbprotect_tests.conftest import psql, table_counts
-from dbprotect_tests.test_guards import content
+from dbprotect_tests.fixtures.fix_pg import content, psql, table_counts
+
+# Slow, so not in the fast lane: each test backs up and restores into a warm copy (1-4 s).
+pytestmark = pytest.mark.slow
 
 SOURCE_SQL = """
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, balance numeric(12,2));
@@ -40,11 +42,6 @@ CREATE VIEW big_customers AS SELECT * FROM customers WHERE balance > 500;
 """
 WARM_VAR = "TEST_SHOP_WARM_DSN"
 WARM_PASSWORD = "warm-s3cret"
-
-
-def _exists(pg, name: str) -> bool:
-    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
-        return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
 def _databases(pg) -> set[str]:
@@ -146,7 +143,7 @@ def test_a_database_that_is_not_a_warm_copy_is_never_overwritten(shop, pg, marke
     assert (repr(marker) if marker else "no environment marker") in str(refused.value)
     assert WARM_PASSWORD not in str(refused.value) + (refused.value.hint or "")
     assert content(shop["warm"]) == before and table_counts(shop["warm"]) == {"public.precious": 42}
-    assert not _exists(pg, f"{shop['warm_name']}__incoming")
+    assert not pg.has_database(f"{shop['warm_name']}__incoming")
     [record] = [r for r in read(shop["store"]) if r.action == "warm_copy"]
     assert record.outcome == "refused"
 
