@@ -26,7 +26,7 @@ from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import ToolError
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.verify.integrity import verify_backup
-from dbprotect_tests.fixtures.fix_pg import FIXTURES, load_sql_file, pg_bin, table_counts
+from dbprotect_tests.fixtures.fix_pg import fixture_sql, load_sql_file, pg_bin, table_counts
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -80,7 +80,7 @@ def northwind15(pg15: str) -> str:
     with psycopg.connect(pg15, autocommit=True) as conn:
         conn.execute("CREATE DATABASE northwind")
     dsn = pg15.replace("/postgres?", "/northwind?")
-    load_sql_file(dsn, FIXTURES / "northwind.sql")
+    load_sql_file(dsn, fixture_sql("northwind"))
     return dsn
 
 

@@ -18,7 +18,7 @@ from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import read_marker
 from dbprotect.core.schema.drift import compare_schemas
 from dbprotect.core.schema.snapshot import take_snapshot
-from dbprotect_tests.fixtures.fix_pg import FIXTURES, load_sql_file, mark_environment, psql, table_counts
+from dbprotect_tests.fixtures.fix_pg import fixture_sql, load_sql_file, mark_environment, psql, table_counts
 
 # Slow, so not in the fast lane: each test loads Chinook twice and diffs or syncs whole schemas (2-6 s).
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ CREATE POLICY review_visible ON review USING (id > 0);
 
 def _chinook(make_db: Callable[..., str], prefix: str) -> str:
     dsn = make_db(prefix=prefix)
-    load_sql_file(dsn, FIXTURES / "chinook.sql")
+    load_sql_file(dsn, fixture_sql("chinook"))
     return dsn
 
 
@@ -83,7 +83,7 @@ def test_drift_is_reported_exactly(chinook_pair: tuple[str, str]) -> None:
 
 def test_northwind_drift_column_default_and_nullability(northwind_dsn: str, make_db: Callable[..., str]) -> None:
     other = make_db(prefix="nw")
-    load_sql_file(other, FIXTURES / "northwind.sql")
+    load_sql_file(other, fixture_sql("northwind"))
     psql(other, "ALTER TABLE products ALTER COLUMN discontinued DROP NOT NULL; "
                 "ALTER TABLE products ALTER COLUMN unit_price SET DEFAULT 1")
     report = compare_schemas(other, northwind_dsn, left="development", right="production")

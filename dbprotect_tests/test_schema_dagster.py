@@ -11,7 +11,7 @@ import pytest
 from dbprotect.core.config.load import load_config
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
 from dbprotect.defs.schema import build_schema_definitions
-from dbprotect_tests.fixtures.fix_pg import FIXTURES, load_sql_file, mark_environment, psql
+from dbprotect_tests.fixtures.fix_pg import fixture_sql, load_sql_file, mark_environment, psql
 
 # Slow, so not in the fast lane: Dagster runs of snapshots, drift checks and the sync job (~4 s).
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ def test_snapshots_drift_check_and_sync_job(make_db: Callable[..., str], write_c
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     prod, dev = make_db(prefix="prod"), make_db(prefix="dev")
     for dsn, env in ((prod, "production"), (dev, "development")):
-        load_sql_file(dsn, FIXTURES / "chinook.sql")
+        load_sql_file(dsn, fixture_sql("chinook"))
         mark_environment(dsn, env)
     path = write_config(prod, database="shop")
     monkeypatch.setenv("TEST_SHOP_DEV_DSN", dev)
