@@ -19,7 +19,7 @@ import traceback
 import click
 
 from dbprotect.cli.commands import audit, backups, copies, demo, restores, retention, sanitize, schema
-from dbprotect.cli.ui.render import Ui, common_options, scrub
+from dbprotect.cli.ui.render import Ui, common_options, redacted_output, scrub
 from dbprotect.core.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -80,8 +80,17 @@ def _report(ui: Ui, code: str, exit_code: int, message: str, hint: str | None) -
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run one command and return its exit code; every failure is turned into one line here."""
+    """Run one command and return its exit code; every failure is turned into one line here.
+
+    Whatever the command writes to stdout or stderr has every registered secret removed
+    (:func:`~dbprotect.cli.ui.render.redacted_output`); failures are scrubbed again by :func:`_report`.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    with redacted_output():
+        return _run(args)
+
+
+def _run(args: list[str]) -> int:
     ui = Ui(json=_json_requested(args))
     try:
         result = cli.main(args, prog_name="dbprotect", standalone_mode=False, obj=ui)
@@ -100,7 +109,7 @@ def run(argv: list[str] | None = None) -> int:
         return err.exit_code
     except Exception as exc:
         if os.environ.get(DEBUG_ENV) == "1":
-            traceback.print_exc()
+            sys.stderr.write(scrub("".join(traceback.format_exc())))
         return _report(ui, "INTERNAL", EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
                        None if os.environ.get(DEBUG_ENV) == "1" else f"set {DEBUG_ENV}=1 for the traceback")
 

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dbprotect.core.pg.dsn import scrub_text, scrub_value
 from dbprotect.core.store import Storage
 
 AUDIT_PREFIX = "_audit/"
@@ -320,6 +321,10 @@ class AuditLog:
 
     def record(self, action: str, *, database: str, outcome: str, target: str = "", detail: str = "",
                data: dict[str, Any] | None = None) -> AuditRecord:
+        # The log is immutable: no secret may enter it (removed by value), and a DSN is named by
+        # its database and host, never shown.
+        target, detail = scrub_text(target, name_servers=True), scrub_text(detail, name_servers=True)
+        data = scrub_value(data or {}, name_servers=True)
         event = AuditEvent(at=self.clock(), actor=self.actor, action=action, database=database,
                            outcome=outcome, target=target, detail=detail, data=data or {})
         return append(self.storage, event)

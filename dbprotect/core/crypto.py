@@ -16,6 +16,7 @@ from pathlib import Path
 import pyrage
 
 from dbprotect.core.errors import ConfigError, CryptoError
+from dbprotect.core.redact import register
 
 
 def fingerprint(recipient: str) -> str:
@@ -39,6 +40,7 @@ def parse_recipients(recipients: list[str]) -> list[pyrage.x25519.Recipient]:
 def parse_identity(text: str, *, source: str) -> pyrage.x25519.Identity:
     """Parse an identity; ``source`` names where it came from (a variable name, never the value)."""
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    register(*lines)  # the secret key line(s): redacted from all output
     if not lines:
         raise CryptoError(f"{source} holds no age identity")
     try:
@@ -54,6 +56,7 @@ def load_identity(env_var: str, environ: Mapping[str, str] | None = None) -> pyr
     """The identity named by ``env_var``: the key itself, or ``@path`` to a key file."""
     environ = os.environ if environ is None else environ
     value = environ.get(env_var)
+    register(value)
     if not value:
         raise ConfigError(
             f"${env_var} is not set: the age identity is needed to decrypt backups",

@@ -21,7 +21,8 @@ internal error and interrupted); the CLI's help text and the README's table are 
 
 The CLI prints ``error[CODE]: message`` and ``hint: ...`` and exits with ``exit_code``; Dagster
 ops raise them so the run fails with the same sentence. Messages never contain secrets: DSNs are
-masked by :func:`dbprotect.core.pg.dsn.mask_dsn` before they reach an error.
+masked by :func:`dbprotect.core.pg.dsn.mask_dsn` before they reach an error, and every registered
+secret is removed by value (:mod:`dbprotect.core.redact`) when the error is made.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from __future__ import annotations
 import sys
 import textwrap
 from dataclasses import dataclass
+
+from dbprotect.core.redact import redact
 
 
 class DbprotectError(Exception):
@@ -38,9 +41,10 @@ class DbprotectError(Exception):
     code: str = "DBP001"
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = redact(hint) if hint else hint
 
     def __str__(self) -> str:
         return self.message

@@ -1,7 +1,10 @@
 """What every Dagster definition of dbprotect does the same way.
 
 - :func:`core_errors_as_failures`: a :class:`~dbprotect.core.errors.DbprotectError` fails the
-  run with the one-line sentence the CLI prints, its code and hint beside it in the UI.
+  run with the one-line sentence the CLI prints, its code and hint beside it in the UI; and the
+  step's log drops every registered secret (:func:`redact_logs`).
+- :func:`safe_text`: what a log line, a description or a metadata text says: no secret (removed
+  by value, :mod:`dbprotect.core.redact`), and a DSN named by its database and host, never shown.
 - :func:`numeric_metadata`: core's measurements as numbers the UI plots (counts as ints,
   everything else as floats), never as text.
 - :func:`phase_logger`: a progress callback for core's long operations that logs each phase once.
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
@@ -19,24 +23,68 @@ from typing import TypeVar
 import dagster as dg
 
 from dbprotect.core.errors import DbprotectError
+from dbprotect.core.pg.dsn import scrub_text
+from dbprotect.core.redact import contains_secret
 
 ResourceT = TypeVar("ResourceT", bound=dg.ConfigurableResource)
+
+
+def safe_text(text: str) -> str:
+    """``text`` as Dagster may keep it: registered secrets removed, DSNs named by database and host."""
+    return scrub_text(text, name_servers=True)
+
+
+class _RedactingFilter(logging.Filter):
+    """Rewrites each log record's message through :func:`safe_text` before Dagster stores it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            message = safe_text(record.getMessage())
+            if message != record.getMessage():
+                record.msg, record.args = message, ()
+        return True
+
+
+_REDACTING_FILTER = _RedactingFilter()
+
+
+def redact_logs(log: logging.Logger) -> None:
+    """Make ``log`` (a step's ``context.log``) drop every registered secret from what it records."""
+    if _REDACTING_FILTER not in log.filters:
+        log.addFilter(_REDACTING_FILTER)
+
+
+def _current_step_log() -> logging.Logger | None:
+    try:
+        return dg.OpExecutionContext.get().log
+    except dg.DagsterInvariantViolationError:
+        return None  # not inside a step (a sensor, a test calling the body directly)
 
 
 @contextmanager
 def core_errors_as_failures() -> Iterator[None]:
     """Re-raise a :class:`DbprotectError` as ``dagster.Failure`` with its code and hint as metadata.
 
-    The run fails with the same sentence ``dbprotect`` prints (already free of secrets: core
-    masks DSNs before they reach a message); the hint appears beside it in the UI.
+    The run fails with the same sentence ``dbprotect`` prints, without secrets and with DSNs
+    named by database and host (:func:`safe_text`); the hint appears beside it in the UI. Any
+    other exception whose text holds a registered secret (a library echoing a connection string)
+    becomes a Failure with that text redacted, since Dagster stores an exception's text and its
+    causes in the event log. The current step's log is redacted from here on (:func:`redact_logs`).
     """
+    log = _current_step_log()
+    if log is not None:
+        redact_logs(log)
     try:
         yield
     except DbprotectError as exc:
         metadata = {"error_code": dg.MetadataValue.text(exc.code)}
         if exc.hint:
-            metadata["hint"] = dg.MetadataValue.text(exc.hint)
-        raise dg.Failure(description=f"error[{exc.code}]: {exc.one_line()}", metadata=metadata) from None
+            metadata["hint"] = dg.MetadataValue.text(safe_text(exc.hint))
+        raise dg.Failure(description=safe_text(f"error[{exc.code}]: {exc.one_line()}"), metadata=metadata) from None
+    except Exception as exc:
+        if not contains_secret(f"{exc!r} {exc}"):
+            raise
+        raise dg.Failure(description=safe_text(f"internal error: {type(exc).__name__}: {exc}")) from None
 
 
 def numeric_metadata(metrics: Mapping[str, float], counts: Container[str] = ()) -> dict[str, dg.MetadataValue]:
@@ -55,7 +103,7 @@ def phase_logger(log: dg.DagsterLogManager, label: str) -> Callable[[str], None]
 
     def log_phase(phase: str) -> None:
         if last != [phase]:
-            log.info(f"{label}: {phase}")
+            log.info(safe_text(f"{label}: {phase}"))
         last[:] = [phase]
 
     return log_phase
@@ -75,4 +123,4 @@ def keyed_resource(context: dg.AssetExecutionContext, key: str, kind: type[Resou
     return resource
 
 
-__all__ = ["core_errors_as_failures", "keyed_resource", "numeric_metadata", "phase_logger"]
+__all__ = ["core_errors_as_failures", "keyed_resource", "numeric_metadata", "phase_logger", "redact_logs", "safe_text"]

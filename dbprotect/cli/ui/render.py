@@ -1,20 +1,21 @@
 """How every command talks to a person or a script: the :class:`Ui`, its options, and shared printers.
 
 A command renders its result for a person (rich tables, a progress bar on a terminal) or for a
-script (``--json``: one JSON document on stdout, nothing else, errors included). Text that reaches
-the terminal passes through :func:`scrub`, so a DSN's password is never printed.
+script (``--json``: one JSON document on stdout, nothing else, errors included). Errors and the
+JSON document pass through :func:`scrub` (every registered secret removed by value, then DSN
+passwords masked by pattern), and everything else a command writes to stdout or stderr passes
+through :func:`redacted_output` (registered secrets removed), so a password is never printed.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -33,16 +34,43 @@ from dbprotect.core.config.isolation import check_credential_isolation
 from dbprotect.core.config.load import load_config
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import DbprotectError
-from dbprotect.core.pg.dsn import mask_dsn
-
-_URI = re.compile(r"postgres(?:ql)?://[^\s'\"<>]+")
-_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+from dbprotect.core.pg.dsn import scrub_text, scrub_value
+from dbprotect.core.redact import redact
 
 
 def scrub(text: str) -> str:
-    """Mask every DSN password in ``text`` (both URI and keyword forms): last line of defence."""
-    text = _URI.sub(lambda match: mask_dsn(match.group(0)), text)
-    return _KEYWORD_PASSWORD.sub(lambda match: match.group(1) + "****", text)
+    """``text`` without any registered secret (by value) or DSN password (by pattern, both
+    URI and keyword forms): the last step before an error or a JSON document is printed."""
+    return scrub_text(text)
+
+
+class _RedactingStream:
+    """A text stream that removes every registered secret from what is written to it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def redacted_output() -> Iterator[None]:
+    """While a command runs, stdout and stderr drop every registered secret, whoever writes.
+
+    Value redaction only: the text a command prints on purpose (``--help``'s example DSNs) is
+    left as it is unless it holds a secret.
+    """
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 @dataclass
@@ -68,7 +96,8 @@ class Ui:
 
     def emit(self, document: dict[str, Any]) -> None:
         """Print ``document`` as the one JSON document of ``--json`` (scrubbed like any other output)."""
-        click.echo(scrub(json.dumps(document, indent=2, default=str)))
+        document = scrub_value(json.loads(json.dumps(document, default=str)))
+        click.echo(scrub(json.dumps(document, indent=2)))
 
     def load(self) -> Config:
         """The validated configuration, refused if this deployment holds another's credentials."""

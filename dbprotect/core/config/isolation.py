@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import ConfigError, CredentialIsolationError
+from dbprotect.core.pg.dsn import register_dsn
 
 #: Which environments' credentials each deployment may hold. A deployment that sees the DSN
 #: variable of any other environment refuses to load.
@@ -120,7 +121,7 @@ def resolve_dsn(config: Config, database: str, environment: str = "production",
             f"${env.dsn_env} is not set (the {environment} DSN of database {database!r})",
             hint=f"export {env.dsn_env}=postgresql://user:password@host:5432/dbname",
         )
-    return value
+    return register_dsn(value)  # its password (and $PGPASSWORD) are redacted from all output
 
 
 __all__ = ["ALLOWED_ENVIRONMENTS", "check_credential_isolation", "protected_databases", "reachable_environments",

@@ -21,6 +21,7 @@ from dbprotect.core.ops.context import (
     primary_store,
     raw_identity,
 )
+from dbprotect.core.pg.dsn import register_dsn
 from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups
 from dbprotect.core.verify.integrity import IntegrityReport, verify_backup
 
@@ -36,7 +37,7 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
     storage = primary_store(config, database)
     audit = AuditLog(storage, actor=actor)
     try:
-        dsn = dsn or resolve_dsn(config, database, "production", environ)
+        dsn = register_dsn(dsn or resolve_dsn(config, database, "production", environ))
         result = run_backup(
             database=database, dsn=dsn, storage=storage,
             recipients=config.keys.raw.recipients, environment="production", pg_bin_dir=config.pg_bin_dir,

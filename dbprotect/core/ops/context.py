@@ -27,6 +27,7 @@ from dbprotect.core.errors import (
     NotFoundError,
     RefusedError,
 )
+from dbprotect.core.pg.dsn import register_dsn
 from dbprotect.core.pg.scratch import (
     ScratchServer,
     drop_leftover_scratch_databases,
@@ -137,7 +138,7 @@ def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None
         if not dsn:
             raise ConfigError(f"${admin_env} is not set (the admin DSN of the scratch server)",
                               hint=f"export {admin_env}=postgresql://user:password@host:5432/postgres")
-        server = ScratchServer(dsn)
+        server = ScratchServer(register_dsn(dsn))
         drop_leftover_scratch_databases(server)
         yield server
         return

@@ -27,7 +27,7 @@ from dbprotect.core.ops.context import (
     raw_identity,
     target_store,
 )
-from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
+from dbprotect.core.pg.dsn import dbname_of, mask_dsn, register_dsn, with_dbname
 from dbprotect.core.restore.warm import (
     WarmCopyOutcome,
     WarmCopyVerification,
@@ -127,6 +127,7 @@ def warm_copy_dsn(config: Config, database: str, environ: Mapping[str, str] | No
         raise CredentialIsolationError(f"a {config.deployment} deployment may not reach the warm copy of "
                                        f"{database!r}: it holds production data")
     dsn = environ.get(spec.dsn_env)
+    register_dsn(dsn or "")  # its password is redacted from all output
     if not dsn:
         raise ConfigError(f"${spec.dsn_env} is not set (the warm copy DSN of database {database!r})",
                           hint=f"export {spec.dsn_env}=postgresql://user:password@backup-host:5432/{database}_warm")

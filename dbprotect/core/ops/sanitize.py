@@ -14,6 +14,7 @@ from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import ConfigError, CredentialIsolationError, NotFoundError, Refusals, RefusedError
 from dbprotect.core.ops.context import primary_store, raw_identity, scratch_server_from_config
 from dbprotect.core.pg.tools import connect
+from dbprotect.core.redact import register
 from dbprotect.core.restore.oncall import RestoreTarget, restore
 from dbprotect.core.sanitize.build import SanitizeResult, build_sanitized, sanitized_name
 from dbprotect.core.sanitize.coverage import Coverage, columns_from_manifest, require_coverage
@@ -48,6 +49,7 @@ def masking_key(config: Config, database: str, environ: Mapping[str, str] | None
     if not value:
         raise ConfigError(f"${spec.hmac_key_env} is not set (the masking key of database {database!r})",
                           hint=f"export {spec.hmac_key_env}=<64 hex digits, e.g. from secrets.token_hex(32)>")
+    register(value)  # redacted from all output
     return value.encode()
 
 

@@ -18,8 +18,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbprotect.core.errors import DatabaseError, ToolError
-from dbprotect.core.pg.dsn import connection_failure_reason, mask_dsn
+from dbprotect.core.pg.dsn import connection_failure_reason, mask_dsn, register_dsn
 from dbprotect.core.pg.embedded import embedded_bin_dir
+from dbprotect.core.redact import register
 
 PG_BIN_ENV = "DBPROTECT_PG_BIN"
 CONNECT_TIMEOUT_SECONDS = 10
@@ -80,23 +81,39 @@ def require_tool_for_server(name: str, server_major: int, bin_dir: str | None = 
 
 def split_password(dsn: str) -> tuple[str, str | None]:
     """The DSN without its password, and the password: tools get the first on their command line
-    and the second in ``PGPASSWORD`` (a command line is readable by every user of the machine)."""
-    params = conninfo_to_dict(dsn)
+    and the second in ``PGPASSWORD`` (a command line is readable by every user of the machine).
+
+    A DSN libpq cannot parse is a one-line :class:`DatabaseError` naming no part of it: libpq's
+    own message may echo the password (``invalid percent-encoded token: "..."``).
+    """
+    register_dsn(dsn)
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseError(f"invalid DSN {mask_dsn(dsn)}: {connection_failure_reason(exc)}") from None
     password = params.pop("password", None)
     return make_conninfo(**params), (str(password) if password is not None else None)  # type: ignore[arg-type]
 
 
 def tool_env(password: str | None, **extra: str) -> dict[str, str]:
-    """The environment for a libpq tool: ours, with exactly this password (or none) and ``extra``."""
-    env = {name: value for name, value in os.environ.items() if name != "PGPASSWORD"}
+    """The environment for a libpq tool: ours and ``extra``, with the DSN's password in ``PGPASSWORD``.
+
+    A DSN without a password leaves our own ``PGPASSWORD`` in place: libpq in this process uses
+    it for the same DSN (:func:`connect`), so the tools must too, or a password supplied only
+    through ``PGPASSWORD`` would pass every check and fail every pg_dump. Both are registered
+    as secrets.
+    """
+    env = dict(os.environ)
     env.update(extra)
     if password is not None:
         env["PGPASSWORD"] = password
+    register(password, env.get("PGPASSWORD"))
     return env
 
 
 def connect(dsn: str, *, autocommit: bool = False, application_name: str = "dbprotect") -> psycopg.Connection:
     """Connect, turning libpq failures into a one-line :class:`DatabaseError` with the DSN masked."""
+    register_dsn(dsn)
     try:
         return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS,
                                application_name=application_name)

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dbprotect.core.errors import StorageError
+from dbprotect.core.redact import register
 from dbprotect.core.store.base import ObjectInfo, ObjectNotFound, WriterContext
 
 PART_SIZE = 8 * 1024 * 1024
@@ -244,4 +245,5 @@ def s3_credentials_from_env(access_key_env: str | None, secret_key_env: str | No
     """Explicit credentials when the config names their variables; else boto3's default chain."""
     access = os.environ.get(access_key_env) if access_key_env else None
     secret = os.environ.get(secret_key_env) if secret_key_env else None
+    register(secret)  # redacted from all output
     return access, secret

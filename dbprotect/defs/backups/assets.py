@@ -8,6 +8,7 @@ import dagster as dg
 from dbprotect.core.backup.stream import BackupResult
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import backup_database
+from dbprotect.core.pg.dsn import register_dsn, server_label
 from dbprotect.defs.helpers import core_errors_as_failures, keyed_resource, numeric_metadata
 from dbprotect.defs.names import dagster_actor, dagster_name, postgres_resource_key, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, PostgresResource
@@ -48,11 +49,12 @@ def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
         # decorator and takes them through keyed_resource (see there).
         settings = keyed_resource(context, CONFIG_RESOURCE, DbprotectConfigResource)
         postgres = keyed_resource(context, postgres_key, PostgresResource)
-        context.log.info(f"backing up {database!r} from {postgres.masked()}")
+        source = server_label(register_dsn(postgres.dsn))  # database and host: never a DSN in the log
         with core_errors_as_failures():
+            context.log.info(f"backing up {database!r} from {source}")
             result = backup_database(settings.load(), database, dsn=postgres.dsn,
                                      actor=dagster_actor(context.run.job_name, context.run.tags))
-        context.log.info(f"stored backup {result.manifest.backup_id} at {result.uri}")
-        return dg.MaterializeResult(metadata=snapshot_metadata(result, postgres.masked()))
+            context.log.info(f"stored backup {result.manifest.backup_id} at {result.uri}")
+        return dg.MaterializeResult(metadata=snapshot_metadata(result, source))
 
     return production_snapshot

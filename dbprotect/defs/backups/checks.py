@@ -20,7 +20,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import database_status, verify_database_backup
 from dbprotect.core.verify.integrity import IntegrityReport
-from dbprotect.defs.helpers import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures, safe_text
 from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, dagster_name, snapshot_key
 from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
 
@@ -44,7 +44,7 @@ def integrity_result(config: Config, database: str, identity: AgeIdentityResourc
         except NotFoundError as exc:
             # No backup to verify is a failed check (visible, red), not a crashed run.
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
-                                       description=exc.one_line())
+                                       description=safe_text(exc.one_line()))
     return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=report.ok,
                                description=report.summary(), metadata=integrity_metadata(report))
 

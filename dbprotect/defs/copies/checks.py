@@ -11,7 +11,7 @@ import dagster as dg
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import verify_target_copy
 from dbprotect.defs.copies.assets import holdings_metadata
-from dbprotect.defs.helpers import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures, safe_text
 from dbprotect.defs.names import COPY_INTEGRITY_CHECK, copy_key, dagster_actor
 from dbprotect.defs.resources import DbprotectConfigResource
 
@@ -37,7 +37,7 @@ def build_copy_check(database: str, target: str) -> dg.AssetChecksDefinition:
             try:
                 report = verify_target_copy(config, database, target, actor=actor)
             except NotFoundError as exc:  # nothing copied yet: red, visible, not a crashed run
-                return dg.AssetCheckResult(passed=False, description=exc.one_line())
+                return dg.AssetCheckResult(passed=False, description=safe_text(exc.one_line()))
             holdings = holdings_metadata(config, database)
         stored = report.results[0]
         return dg.AssetCheckResult(

@@ -17,7 +17,7 @@ from dbprotect.core.ops import refresh_warm_copy, target_holdings, verify_warm_c
 from dbprotect.core.restore.warm import WarmCopyOutcome
 from dbprotect.core.store.catalog import BackupEntry
 from dbprotect.defs.copies.assets import holdings_markdown
-from dbprotect.defs.helpers import core_errors_as_failures, phase_logger
+from dbprotect.defs.helpers import core_errors_as_failures, phase_logger, safe_text
 from dbprotect.defs.names import (
     WARM_COPY_CHECK,
     dagster_actor,
@@ -103,7 +103,7 @@ def build_warm_copy_check(database: str) -> dg.AssetChecksDefinition:
             try:
                 report = verify_warm_copy(dbprotect_config.load(), database, actor=actor)
             except NotFoundError as exc:  # no warm copy yet: red and visible, not a crashed run
-                return dg.AssetCheckResult(passed=False, description=exc.one_line())
+                return dg.AssetCheckResult(passed=False, description=safe_text(exc.one_line()))
         return dg.AssetCheckResult(
             passed=report.ok, description=report.detail,
             metadata={"backup_id": dg.MetadataValue.text(report.backup_id),

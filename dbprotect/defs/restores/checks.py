@@ -21,7 +21,7 @@ from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import drill_database, primary_store, restore_verify_database
 from dbprotect.core.restore.drill import DrillResult
 from dbprotect.core.restore.staged import RestoreVerification
-from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata
+from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, safe_text
 from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, snapshot_key
 from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, run_environ
 
@@ -46,7 +46,7 @@ def restore_verified_result(config: Config, database: str, identity: AgeIdentity
                                                    audit=audit)
         except NotFoundError as exc:  # nothing to restore: a red check, not a crashed run
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
-                                       description=exc.one_line())
+                                       description=safe_text(exc.one_line()))
     return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=verification.ok,
                                description=verification.detail, metadata=verification_metadata(verification))
 
@@ -67,7 +67,7 @@ def drill_result(config: Config, database: str, identity: AgeIdentityResource) -
             result = drill_database(config, database, by="dagster:drill", environ=run_environ(identity), audit=audit)
         except NotFoundError as exc:
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
-                                       description=exc.one_line())
+                                       description=safe_text(exc.one_line()))
     return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=result.ok,
                                description=result.reason, metadata=drill_metadata(result))
 

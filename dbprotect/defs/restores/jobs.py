@@ -23,7 +23,7 @@ from pydantic import Field
 from dbprotect.core.config.isolation import protected_databases
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import restore_database
-from dbprotect.core.pg.dsn import mask_dsn
+from dbprotect.core.pg.dsn import server_label
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, phase_logger
 from dbprotect.defs.names import RESTORE_JOB
@@ -80,7 +80,7 @@ def plan_metadata(plan: RestorePlan) -> dict[str, dg.MetadataValue]:
         "plan": dg.MetadataValue.md(f"```\n{plan.summary()}\n```"),
         "backup_id": dg.MetadataValue.text(plan.backup_id),
         "target_database": dg.MetadataValue.text(plan.target.name),
-        "target_server": dg.MetadataValue.text(mask_dsn(plan.target.admin_dsn)),
+        "target_server": dg.MetadataValue.text(server_label(plan.target.admin_dsn)),
         "will_drop": dg.MetadataValue.int(len(plan.will_drop)),
         "will_create": dg.MetadataValue.int(len(plan.will_create)),
         "will_replace": dg.MetadataValue.int(len(plan.will_replace)),

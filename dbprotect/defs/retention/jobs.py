@@ -12,7 +12,7 @@ every other target was cleaned.
 import dagster as dg
 
 from dbprotect.core.ops import TargetCleanup, cleanup_database, first_cleanup_error
-from dbprotect.defs.helpers import core_errors_as_failures
+from dbprotect.defs.helpers import core_errors_as_failures, safe_text
 from dbprotect.defs.names import DATABASE_TAG, cleanup_job_name, dagster_actor, dagster_name, snapshot_key
 from dbprotect.defs.resources import DbprotectConfigResource
 from dbprotect.defs.retention.checks import compliance_evaluation
@@ -39,7 +39,7 @@ def cleanup_metadata(done: TargetCleanup, dry_run: bool) -> dict[str, dg.Metadat
     if plan.refusal:
         metadata["refused"] = dg.MetadataValue.text(plan.refusal)
     if done.error is not None:
-        metadata["error"] = dg.MetadataValue.text(f"error[{done.error.code}]: {done.error.one_line()}")
+        metadata["error"] = dg.MetadataValue.text(safe_text(f"error[{done.error.code}]: {done.error.one_line()}"))
     return metadata
 
 
