@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
-from typing import Any
 from urllib.parse import quote
 
 REDACTED = "****"

@@ -133,7 +133,13 @@ def scrub_text(text: str, *, name_servers: bool = False) -> str:
     """
     text = redact(text)
     show = server_label if name_servers else mask_dsn
-    text = _URI_IN_TEXT.sub(lambda match: show(match.group(0)), text)
+
+    def replace(match: re.Match[str]) -> str:
+        uri = match.group(0)
+        dsn = uri.rstrip(".,;:)]")  # the sentence's punctuation, not the DSN's
+        return show(dsn) + uri[len(dsn):]
+
+    text = _URI_IN_TEXT.sub(replace, text)
     text = _KEYWORD_PASSWORD.sub(lambda match: match.group(1) + MASK, text)
     return _AGE_SECRET.sub(MASK, text)
 
