@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 
 from dbprotect.core.errors import DbprotectError
-from dbprotect.core.pg.dsn import scrub_text
+from dbprotect.core.pg.dsn import scrub_text, scrub_value
 from dbprotect.core.redact import contains_secret
 
 ResourceT = TypeVar("ResourceT", bound=dg.ConfigurableResource)
@@ -32,6 +32,11 @@ ResourceT = TypeVar("ResourceT", bound=dg.ConfigurableResource)
 def safe_text(text: str) -> str:
     """``text`` as Dagster may keep it: registered secrets removed, DSNs named by database and host."""
     return scrub_text(text, name_servers=True)
+
+
+def safe_value(value: Any) -> Any:
+    """A JSON-like value (an op's output, kept by the IO manager) with :func:`safe_text` on every string."""
+    return scrub_value(value, name_servers=True)
 
 
 class _RedactingFilter(logging.Filter):
@@ -123,4 +128,5 @@ def keyed_resource(context: dg.AssetExecutionContext, key: str, kind: type[Resou
     return resource
 
 
-__all__ = ["core_errors_as_failures", "keyed_resource", "numeric_metadata", "phase_logger", "redact_logs", "safe_text"]
+__all__ = ["core_errors_as_failures", "keyed_resource", "numeric_metadata", "phase_logger", "redact_logs", "safe_text",
+           "safe_value"]

@@ -25,7 +25,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.ops import restore_database
 from dbprotect.core.pg.dsn import server_label
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult
-from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, phase_logger
+from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, phase_logger, safe_text, safe_value
 from dbprotect.defs.names import RESTORE_JOB
 from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, run_environ
 
@@ -77,7 +77,7 @@ def _blank(value: str | None) -> str | None:
 def plan_metadata(plan: RestorePlan) -> dict[str, dg.MetadataValue]:
     drill = plan.last_drill
     metadata: dict[str, dg.MetadataValue] = {
-        "plan": dg.MetadataValue.md(f"```\n{plan.summary()}\n```"),
+        "plan": dg.MetadataValue.md(f"```\n{safe_text(plan.summary())}\n```"),
         "backup_id": dg.MetadataValue.text(plan.backup_id),
         "target_database": dg.MetadataValue.text(plan.target.name),
         "target_server": dg.MetadataValue.text(server_label(plan.target.admin_dsn)),
@@ -123,12 +123,12 @@ def build_restore_job(config: Config) -> dg.JobDefinition:
             )
         if isinstance(outcome, RestorePlan):
             context.log.info(f"dry run, nothing changed:\n{outcome.summary()}")
-            return dg.Output(outcome.to_dict(), metadata=plan_metadata(outcome))
+            return dg.Output(safe_value(outcome.to_dict()), metadata=plan_metadata(outcome))
         value: dict[str, Any] = {**outcome.plan.to_dict(), "restored_database": outcome.target_database,
                                  "safety_backup_id": outcome.safety_backup_id, "metrics": outcome.metrics()}
         context.log.info(f"restored {config.database} backup {outcome.plan.backup_id} into "
                          f"{outcome.plan.target.environment} database {outcome.target_database!r}")
-        return dg.Output(value, metadata=result_metadata(outcome))
+        return dg.Output(safe_value(value), metadata=result_metadata(outcome))
 
     @dg.job(name=RESTORE_JOB, description="On-call restore of a backup into a new database (default) or, with "
             "a typed confirmation and after a safety backup, over an existing one. Guards are core's.")
