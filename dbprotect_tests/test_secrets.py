@@ -35,6 +35,7 @@ from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, load_manifest
 from dbprotect.core.store.s3 import s3_credentials_from_env
 from dbprotect.defs import load_definitions
+from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect_tests.fixtures.fix_pg import PgServer, psql
 
 
@@ -274,3 +275,34 @@ def test_backup_with_the_password_only_in_pgpassword(role: Role, write_config, t
     [backup] = list_backups(storage, "shop")
     assert load_manifest(storage, "shop", backup.backup_id).tables["public.customers"].rows == 50
     _assert_tree_clean(tmp_path / "store", role, "the store")
+
+
+@pytest.mark.slow
+def test_dagster_step_log_and_unexpected_errors_are_redacted() -> None:
+    """Inside ``core_errors_as_failures`` a step's log lines lose every registered secret and show
+    DSNs as database and host; an unexpected exception holding a secret fails the run redacted."""
+    secret = f"Step-{secrets.token_hex(8)}"
+    register(secret)
+
+    @dg.op
+    def leaky(context) -> None:  # type: ignore[no-untyped-def]  # Dagster reads the annotation at runtime
+        with core_errors_as_failures():
+            context.log.info(f"connecting to postgresql://app:{secret}@db.example.com:5432/shop")
+            context.log.info("echo %s", secret)
+            raise RuntimeError(f"library echo: password={secret}")
+
+    @dg.job
+    def leaky_job() -> None:
+        leaky()
+
+    with dg.instance_for_test() as instance:
+        result = leaky_job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success
+        logs = instance.all_logs(result.run_id)
+        messages = [entry.user_message for entry in logs]
+        assert "connecting to database 'shop' on db.example.com:5432" in messages
+        assert "echo ****" in messages
+        for entry in logs:
+            assert secret not in dg.serialize_value(entry), entry.user_message
+        for path in Path(instance.root_directory).rglob("*"):
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), path
