@@ -9,7 +9,8 @@ Layers, top to bottom (tested by ``dbprotect_tests/test_layers.py``):
   :mod:`~dbprotect.core.schema`, with :mod:`~dbprotect.core.copy` and :mod:`~dbprotect.core.audit`.
   They receive resolved stores, keys and DSNs, never a configuration to dig in.
 * the foundations: :mod:`~dbprotect.core.store`, :mod:`~dbprotect.core.pg`, :mod:`~dbprotect.core.config`,
-  :mod:`~dbprotect.core.crypto`, :mod:`~dbprotect.core.errors`.
+  :mod:`~dbprotect.core.crypto`, :mod:`~dbprotect.core.errors`, :mod:`~dbprotect.core.redact` (which imports
+  nothing from dbprotect).
 
 Package ``__init__`` modules re-export nothing (except ``ops``, the top): importing a submodule
 runs its package's ``__init__``, so re-exports there are how import cycles start.
