@@ -153,7 +153,7 @@ def test_a_manifest_moved_to_another_backup_id_is_refused(tmp_path: Path) -> Non
     (lambda d: d["object"].update(size=-5), "object"),
     (lambda d: d.update(backup_id="../../etc"), "backup_id"),
     (lambda d: d.update(database="a/b"), "database"),
-    (lambda d: d.update(environment="staging"), "environment"),
+    (lambda d: d.update(environment="production; DROP"), "environment"),
     (lambda d: d["verifications"].append({"rung": "bogus", "ok": True, "at": "2026-01-01T00:00:00Z"}),
      "verifications"),
 ])

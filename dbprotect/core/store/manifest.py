@@ -205,8 +205,8 @@ class Verification(BaseModel):
 ALLOWED_EXTRA_FIELDS = frozenset({"sanitized"})
 
 #: A database folder name as a manifest may state it (a configured name, or a derived folder such
-#: as ``shop-safety`` or ``shop.development``).
-_FOLDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
+#: as ``shop-safety`` or ``shop.development``): one path segment, never ``.`` or ``..``.
+_FOLDER_NAME = r"^[^/\\\x00-\x1f]{1,255}$"
 
 
 class Manifest(BaseModel):
@@ -223,7 +223,8 @@ class Manifest(BaseModel):
     tool_version: str = Field(max_length=100)
     database: str = Field(pattern=_FOLDER_NAME)
     backup_id: str = Field(pattern=BACKUP_ID_PATTERN.pattern)
-    environment: Literal["production", "development"] = "production"
+    #: Which environment the data came from; guards refuse ones they do not know (a short word here).
+    environment: str = Field(default="production", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     source: dict[str, Any]
     pg_dump: dict[str, Any]
     started_at: datetime
@@ -239,6 +240,13 @@ class Manifest(BaseModel):
     sequences: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=MAX_TABLES)
     large_objects: dict[str, int] = Field(default_factory=dict, max_length=10)
     verifications: list[Verification] = Field(default_factory=list, max_length=100_000)
+
+    @field_validator("database")
+    @classmethod
+    def _one_segment(cls, value: str) -> str:
+        if value in (".", ".."):
+            raise ValueError("a database folder is not '.' or '..'")
+        return value
 
     @field_validator("tables", "sequences")
     @classmethod
