@@ -22,7 +22,7 @@ from dbprotect.core.errors import StorageError
 from dbprotect.core.retention.compliance import compliance_by_target, retention_compliance
 from dbprotect.core.retention.plan import INCOMPLETE_GRACE, RetentionPlan, plan_retention
 from dbprotect.core.retention.policy import RetentionPolicy, format_duration, parse_duration
-from dbprotect.core.store.catalog import BackupEntry, CheckRecord
+from dbprotect.core.store.catalog import BackupEntry, CheckRecord, is_clock_skewed
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -145,6 +145,11 @@ def too_old(e: BackupEntry, policy: RetentionPolicy, now: datetime) -> bool:
     return policy.max_age is not None and now - e.started_at > policy.max_age
 
 
+def trusted(entries: list[BackupEntry], now: datetime) -> list[BackupEntry]:
+    """The entries not dated in the future beyond the tolerance (issue 10: clock-skewed ones take no part)."""
+    return [e for e in entries if not is_clock_skewed(e.started_at, now)]
+
+
 @pytest.mark.slow
 @PROPERTY
 @given(catalogs(), policies)
@@ -154,6 +159,11 @@ def test_unbreakable_rules_hold(catalog: tuple[list[BackupEntry], datetime, froz
     plan = plan_retention(entries, policy, now, locked=locked)
     assert sorted(d.backup_id for d in plan.decisions) == sorted(e.backup_id for e in entries)
     assert all(d.reasons for d in plan.decisions)
+    for e in entries:  # dated in the future: kept, and counted by no rule (issue 10)
+        if is_clock_skewed(e.started_at, now):
+            assert plan.decision(e.backup_id).action == "keep"
+            assert plan.decision(e.backup_id).reasons[0].startswith("clock-skew")
+    entries = trusted(entries, now)
     verified = verified_newest_first(entries)
     if verified:  # the newest verified backup is never deleted
         assert plan.decision(verified[0].backup_id).action == "keep"
@@ -174,8 +184,9 @@ def test_unbreakable_rules_hold(catalog: tuple[list[BackupEntry], datetime, froz
         assert plan.deletions == [] and plan.garbage == []
     else:  # max_age is obeyed: only protected backups outlive it
         for d in plan.kept:
-            if too_old(next(e for e in entries if e.backup_id == d.backup_id), policy, now):
-                assert any(r.startswith(("locked", "in progress")) for r in d.reasons), d
+            kept = next((e for e in entries if e.backup_id == d.backup_id), None)
+            if kept is not None and too_old(kept, policy, now):
+                assert any(r.startswith(("locked", "in progress", "no verified backup exists")) for r in d.reasons), d
 
 
 @PROPERTY
@@ -217,7 +228,7 @@ def test_period_rules_keep_the_newest_of_each_recent_period(
     """An independent oracle for keep_last and keep_daily: group by hand, compare ids."""
     entries, now, _locked = catalog
     plan = plan_retention(entries, RetentionPolicy(keep_last=last, keep_daily=days), now)
-    counted = sorted((e for e in entries if e.complete and not e.failed_rungs),
+    counted = sorted((e for e in trusted(entries, now) if e.complete and not e.failed_rungs),
                      key=lambda e: (e.started_at, e.backup_id), reverse=True)
     expected_last = {e.backup_id for e in counted[:last]}
     newest_per_day: dict[date, BackupEntry] = {}
@@ -236,7 +247,7 @@ def test_compliance_matches_the_catalog(catalog: tuple[list[BackupEntry], dateti
                                         policy: RetentionPolicy) -> None:
     entries, now, _locked = catalog
     report = retention_compliance(entries, policy, now)
-    verified = sum(1 for e in entries if e.integrity_ok)
+    verified = sum(1 for e in trusted(entries, now) if e.integrity_ok)
     old = {e.backup_id for e in entries if too_old(e, policy, now)}
     assert report.verified == verified
     assert set(report.too_old) == old

@@ -80,6 +80,13 @@ def _print_status(ui: Ui, rows: list[dict[str, Any]], now: datetime) -> None:
         table.add_row(escape(row["database"]), str(row.get("backups", "-")), escape(newest.get("backup_id", "-")),
                       human_age(age), escape(newest.get("status", "-")), verdict, escape(scrub(rpo["reason"])))
     ui.console().print(table)
+    for row in rows:
+        for reason in row.get("skipped_folders", []):
+            ui.console().print(f"[yellow]skipped, not a backup:[/] {escape(reason)}", soft_wrap=True)
+        if row.get("clock_skew"):
+            ui.console().print(f"[yellow]clock-skew:[/] {escape(row['database'])}: {len(row['clock_skew'])} backup(s) "
+                               f"dated in the future, ignored for latest, RPO and retention: "
+                               f"{escape(', '.join(row['clock_skew'][:3]))}", soft_wrap=True)
 
 
 def _print_targets(ui: Ui, rows: list[dict[str, Any]], now: datetime) -> None:
@@ -169,9 +176,11 @@ def list_command(ui: Ui, database: str, include_incomplete: bool) -> int:
         ui.emit({"database": database, "storage": listing.storage_uri, "backups": [
             {**entry.to_dict(), "age_seconds": round((now - entry.started_at).total_seconds())}
             for entry in listing.entries
-        ]})
+        ], "skipped_folders": list(listing.skipped)})
         return EXIT_OK
     _print_list(ui, database, listing.storage_uri, listing.entries, now)
+    for reason in listing.skipped:
+        ui.console().print(f"[yellow]skipped, not a backup:[/] {escape(reason)}", soft_wrap=True)
     return EXIT_OK
 
 

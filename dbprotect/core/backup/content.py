@@ -10,7 +10,7 @@ every connection that digests content applies the same :data:`DUMP_SESSION` sett
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psycopg
@@ -18,6 +18,10 @@ from psycopg import sql
 
 from dbprotect.core.backup.archive import TableDigest
 from dbprotect.core.pg.tools import tool_env
+from dbprotect.core.store.manifest import parse_column_list
+
+#: A table's copied columns: pg_dump's column-list text (parsed strictly) or the names themselves.
+Columns = str | Sequence[str] | None
 
 #: Session settings that change how values render as text; applied to pg_dump and to digests.
 DUMP_SESSION: dict[str, str] = {
@@ -45,7 +49,7 @@ def pin_session(conn: psycopg.Connection, settings: dict[str, str]) -> None:
             cur.execute("SELECT set_config(%s, %s, false)", (name, value))
 
 
-def digest_table(conn: psycopg.Connection, schema: str, table: str, columns: str | None) -> TableDigest:
+def digest_table(conn: psycopg.Connection, schema: str, table: str, columns: Columns) -> TableDigest:
     """Row count and checksum of a table as COPY text, the same digest the archive reader computes."""
     digest = TableDigest()
     with conn.cursor() as cur, cur.copy(_copy_query(schema, table, columns)) as copy:
@@ -54,15 +58,26 @@ def digest_table(conn: psycopg.Connection, schema: str, table: str, columns: str
     return digest
 
 
-def _copy_query(schema: str, table: str, columns: str | None) -> sql.Composed:
+def column_identifiers(columns: str | Sequence[str]) -> sql.Composed:
+    """``a, "B"`` as SQL built from identifiers only: a column list never reaches SQL as text.
+
+    A text list comes from a manifest or an archive's TOC, both read from the store; it is parsed
+    into names (:func:`~dbprotect.core.store.manifest.parse_column_list`, ValueError when it is not
+    a list of names) and each name is quoted by ``sql.Identifier``.
+    """
+    names = parse_column_list(columns) if isinstance(columns, str) else tuple(columns)
+    return sql.SQL(", ").join(sql.Identifier(name) for name in names)
+
+
+def _copy_query(schema: str, table: str, columns: Columns) -> sql.Composed:
     target = sql.Identifier(schema, table)
     if columns:
-        return sql.SQL("COPY {} ({}) TO STDOUT").format(target, sql.SQL(columns))
+        return sql.SQL("COPY {} ({}) TO STDOUT").format(target, column_identifiers(columns))
     return sql.SQL("COPY {} TO STDOUT").format(target)
 
 
 def digest_table_psql(psql: Path, target: str, password: str | None, settings: dict[str, str], schema: str,
-                      table: str, columns: str | None, *,
+                      table: str, columns: Columns, *,
                       started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> TableDigest:
     """The same digest as :func:`digest_table`, reading ``psql``'s COPY output in large buffers.
 

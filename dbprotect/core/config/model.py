@@ -37,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -221,6 +222,16 @@ class SchemaSpec(_Strict):
 #: may be named like them: its backups would be listed together with the audit records.
 RESERVED_NAME_PREFIX = "_"
 
+#: Store folders dbprotect derives from a database's name (``oncall`` safety backups, sanitized
+#: copies, the development side's safety backups). ``<name>.development`` (schema guard backups)
+#: needs no entry: a configured name cannot hold a dot.
+DERIVED_FOLDER_SUFFIXES = ("-safety", "-sanitized", "-development-safety")
+
+
+def derived_folders(name: str) -> list[str]:
+    """The store folders dbprotect writes for database ``name`` besides ``name`` itself."""
+    return [name + suffix for suffix in DERIVED_FOLDER_SUFFIXES] + [f"{name}.development"]
+
 
 def _parse_policy(value: Any) -> Any:
     """A retention policy from its text form (``"keep_last=10, max_age=30d"``) or a mapping.
@@ -297,6 +308,9 @@ class Config(_Strict):
     pg_bin_dir: str | None = None
     timezone: str = "UTC"
     scratch: ScratchSpec = Field(default_factory=ScratchSpec)
+    #: A backup or check dated more than this many minutes in the future is flagged ``clock-skew``
+    #: and ignored by latest, RPO and retention (core.store.catalog.CLOCK_SKEW_TOLERANCE's default).
+    clock_skew_tolerance_minutes: float = Field(default=5.0, ge=0, le=24 * 60)
 
     #: Where the file was read from; relative storage paths resolve against its folder.
     source: str = Field(default="<memory>", exclude=True)
@@ -310,6 +324,16 @@ class Config(_Strict):
             if name.startswith(RESERVED_NAME_PREFIX):
                 raise ValueError(f"database name {name!r} is reserved: names starting with "
                                  f"{RESERVED_NAME_PREFIX!r} are dbprotect's own folders in the store (_audit/)")
+        owner: dict[str, str] = {}
+        for name in sorted(value):
+            for folder in [name, *derived_folders(name)]:
+                other = owner.setdefault(folder, name)
+                if other != name:
+                    raise ValueError(
+                        f"databases {other!r} and {name!r} would share the store folder {folder!r} (dbprotect keeps "
+                        "a database's safety backups and sanitized copies in "
+                        f"<name>{', <name>'.join(DERIVED_FOLDER_SUFFIXES)}): "
+                        "their backups would be listed, kept and restored as one; rename one of them")
         return value
 
     @model_validator(mode="after")
@@ -353,6 +377,10 @@ class Config(_Strict):
 
     def primary_storage(self, database: str) -> str:
         return self.storage_names(database)[0]
+
+    @property
+    def clock_skew_tolerance(self) -> timedelta:
+        return timedelta(minutes=self.clock_skew_tolerance_minutes)
 
     def base_dir(self) -> Path:
         return Path(self.source).resolve().parent if self.source != "<memory>" else Path.cwd()

@@ -67,7 +67,8 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
     audit = AuditLog(storage, actor=actor or by)
     try:
         if backup_id is None:
-            entries = list_backups(storage, database)
+            entries = [entry for entry in list_backups(storage, database, tolerance=config.clock_skew_tolerance)
+                       if not entry.clock_skew]  # a backup dated in the future is never "the newest"
             if not entries:
                 raise NotFoundError(f"database {database!r} has no backups in {storage.uri}",
                                     hint=f"take one with 'dbprotect backup {database}'")

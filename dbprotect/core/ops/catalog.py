@@ -25,6 +25,8 @@ class BackupListing:
     database: str
     storage_uri: str
     entries: list[BackupEntry]
+    #: Folders that are not readable backups (an impossible date in the name), with the reason.
+    skipped: tuple[str, ...] = ()
 
 
 def list_database_backups(config: Config, database: str, *, include_incomplete: bool = False) -> BackupListing:
@@ -35,7 +37,10 @@ def list_database_backups(config: Config, database: str, *, include_incomplete: 
     """
     config.database(database)
     storage = primary_store(config, database)
-    return BackupListing(database, storage.uri, list_backups(storage, database, include_incomplete=include_incomplete))
+    skipped: list[str] = []
+    entries = list_backups(storage, database, include_incomplete=include_incomplete,
+                           tolerance=config.clock_skew_tolerance, skipped=skipped)
+    return BackupListing(database, storage.uri, entries, tuple(skipped))
 
 
 def primary_store_names(config: Config) -> list[str]:

@@ -60,7 +60,8 @@ def cleanup_database(config: Config, database: str, *, target: str | None = None
     done: list[TargetCleanup] = []
     for name in names:
         storage = target_store(config, database, name)
-        plan = plan_cleanup(storage, database, spec.policy_for(name), now, tz=retention_timezone(config))
+        plan = plan_cleanup(storage, database, spec.policy_for(name), now, tz=retention_timezone(config),
+                            tolerance=config.clock_skew_tolerance)
         try:
             result = execute_cleanup(storage, plan, dry_run=dry_run,
                                      audit=audit_log(config, database, actor=actor, target=name))

@@ -32,12 +32,17 @@ class DatabaseStatus:
     rpo: RpoStatus
     #: Per storage target, primary first: what it holds and what its next cleanup would delete.
     targets: tuple[TargetStatus, ...] = ()
+    #: Folders of the primary store that are not backups dbprotect can read (an impossible date).
+    skipped: tuple[str, ...] = ()
+    #: Backups of the primary store dated in the future beyond the tolerance (``clock-skew``).
+    clock_skew: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
             "database": self.database, "storage": self.storage_uri, "backups": self.backups,
             "newest_backup": self.newest.to_dict() if self.newest else None, "rpo": self.rpo.to_dict(),
             "targets": [target.to_dict() for target in self.targets],
+            "skipped_folders": list(self.skipped), "clock_skew": list(self.clock_skew),
         }
 
 
@@ -52,14 +57,18 @@ def database_status(config: Config, database: str, now: datetime | None = None, 
     spec = config.database(database)
     names = config.storage_names(database)
     storage = primary_store(config, database)
-    listed = list_backups(storage, database, include_incomplete=True)
+    skipped: list[str] = []
+    listed = list_backups(storage, database, include_incomplete=True, now=now,
+                          tolerance=config.clock_skew_tolerance, skipped=skipped)
     entries = [entry for entry in listed if entry.has_manifest]
-    rpo = evaluate_rpo(database, entries, timedelta(hours=spec.rpo_hours), now)
+    rpo = evaluate_rpo(database, entries, timedelta(hours=spec.rpo_hours), now, tolerance=config.clock_skew_tolerance)
     found: list[TargetStatus] = []
     if targets:
         found.append(target_status(config, database, names[0], now, storage=storage, listed=listed))
         found += [target_status(config, database, name, now) for name in names[1:]]
-    return DatabaseStatus(database, storage.uri, entries[0] if entries else None, len(entries), rpo, tuple(found))
+    trusted = [entry for entry in entries if not entry.clock_skew]
+    return DatabaseStatus(database, storage.uri, trusted[0] if trusted else None, len(entries), rpo, tuple(found),
+                          skipped=tuple(skipped), clock_skew=tuple(e.backup_id for e in entries if e.clock_skew))
 
 
 @dataclass(frozen=True)
@@ -105,16 +114,18 @@ def target_status(config: Config, database: str, target: str, now: datetime, *, 
     try:
         storage = storage or target_store(config, database, target)
         if listed is None:
-            listed = list_backups(storage, database, include_incomplete=True)
+            listed = list_backups(storage, database, include_incomplete=True, now=now,
+                                  tolerance=config.clock_skew_tolerance)
     except DbprotectError as exc:
         return TargetStatus(database, target, config.storage[target].type, primary, error=exc)
     complete = [entry for entry in listed if entry.has_manifest]
+    trusted = [entry for entry in complete if not entry.clock_skew]
     plan = plan_retention(listed, config.database(database).policy_for(target), now, database=database,
-                          tz=retention_timezone(config))
+                          tz=retention_timezone(config), tolerance=config.clock_skew_tolerance)
     return TargetStatus(
         database, target, storage.uri, primary, backups=len(complete),
-        verified=sum(1 for entry in complete if entry.integrity_ok),
+        verified=sum(1 for entry in trusted if entry.integrity_ok),
         total_bytes=sum(entry.dump_bytes or 0 for entry in complete),
-        oldest=complete[-1] if complete else None, newest=complete[0] if complete else None, plan=plan)
+        oldest=trusted[-1] if trusted else None, newest=trusted[0] if trusted else None, plan=plan)
 
 

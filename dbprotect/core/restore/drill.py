@@ -90,7 +90,7 @@ def _minutes(value: float) -> str:
 
 def newest_complete_backup(storage: Storage, database: str) -> str:
     for entry in list_backups(storage, database):
-        if entry.complete:
+        if entry.complete and not entry.clock_skew:
             return entry.backup_id
     raise NotFoundError(f"database {database!r} has no complete backup in {storage.uri} to drill",
                         hint=f"take one with 'dbprotect backup {database}'")

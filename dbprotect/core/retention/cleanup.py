@@ -27,23 +27,32 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.errors import DbprotectError, Refusals, RefusedError, StorageError
 from dbprotect.core.retention.plan import Decision, RetentionPlan, plan_retention
 from dbprotect.core.retention.policy import RetentionPolicy
 from dbprotect.core.store import ObjectInfo, Storage
-from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.store.catalog import CLOCK_SKEW_TOLERANCE, list_backups
 from dbprotect.core.store.manifest import DUMP_OBJECT, MANIFEST_OBJECT
 
 
 def plan_cleanup(storage: Storage, database: str, policy: RetentionPolicy, now: datetime, *,
-                 locked: Collection[str] = (), tz: tzinfo = UTC) -> RetentionPlan:
-    """The mark: what a cleanup of ``database`` in ``storage`` would delete, and why. Deletes nothing."""
-    entries = list_backups(storage, database, include_incomplete=True)
-    return plan_retention(entries, policy, now, database=database, locked=locked, tz=tz)
+                 locked: Collection[str] = (), tz: tzinfo = UTC,
+                 tolerance: timedelta = CLOCK_SKEW_TOLERANCE) -> RetentionPlan:
+    """The mark: what a cleanup of ``database`` in ``storage`` would delete, and why. Deletes nothing.
+
+    Folders whose names are not readable backup ids are never touched; each is named in the
+    plan's warnings (an operator looks at them by hand).
+    """
+    skipped: list[str] = []
+    entries = list_backups(storage, database, include_incomplete=True, now=now, tolerance=tolerance, skipped=skipped)
+    plan = plan_retention(entries, policy, now, database=database, locked=locked, tz=tz, tolerance=tolerance)
+    if skipped:
+        plan = replace(plan, warnings=(*plan.warnings, *(f"skipped, not a backup: {reason}" for reason in skipped)))
+    return plan
 
 
 @dataclass

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from dbprotect.core.errors import DbprotectError
 from dbprotect.core.retention.policy import RetentionPolicy, format_duration
-from dbprotect.core.store.catalog import BackupEntry
+from dbprotect.core.store.catalog import CLOCK_SKEW_TOLERANCE, BackupEntry, is_clock_skewed
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,18 @@ class ComplianceReport:
 
 
 def retention_compliance(entries: Iterable[BackupEntry], policy: RetentionPolicy, now: datetime, *,
-                         database: str | None = None) -> ComplianceReport:
+                         database: str | None = None,
+                         tolerance: timedelta = CLOCK_SKEW_TOLERANCE) -> ComplianceReport:
     """Fails when fewer than ``min_verified`` backups are verified, or anything is older than max_age.
 
     "Anything" includes incomplete uploads: they hold data too, and max_age is about data that
     must be gone. keep_last and the period rules are caps, not floors, so they are not checked.
+    A verified backup dated more than ``tolerance`` in the future (clock-skew) is not counted.
     """
     entries = sorted(entries, key=lambda e: (e.started_at, e.backup_id), reverse=True)  # newest first
     database = database or (entries[0].database if entries else "?")
-    verified = sum(1 for e in entries if e.integrity_ok)
+    verified = sum(1 for e in entries if e.integrity_ok and not e.clock_skew
+                   and not is_clock_skewed(e.started_at, now, tolerance))
     problems: list[str] = []
     if verified < policy.min_verified:
         problems.append(f"{verified} verified backup(s), the policy asks for at least {policy.min_verified}")

@@ -25,6 +25,19 @@ Rules, strongest first (pgBackRest's "protect, then expire"; restic's bucket rul
 5. Everything else is deleted. With no keep rule set, every backup younger than max_age is kept
    (``max_age=30d`` alone means "keep 30 days"); an empty policy keeps everything.
 
+Floors that no policy lowers (retention never empties a store):
+
+- with no verified backup at all, the newest ``max(keep_last, 1)`` backups that have not failed
+  are kept, even past max_age (with a warning): unverified is not the same as bad, and deleting
+  every copy because none was verified yet loses everything;
+- the newest verified backup is always kept (rule 1).
+
+**Clock skew**: a backup dated more than ``tolerance`` (default
+:data:`~dbprotect.core.store.catalog.CLOCK_SKEW_TOLERANCE`) after ``now`` was named by a wrong
+clock. It is kept, flagged ``clock-skew``, and takes no part in any decision: it is not the
+newest verified backup, it fills no keep_last slot, and it never makes another backup "older".
+An operator moves or deletes it by hand once the clock is fixed.
+
 Special states: a backup whose verification failed (or whose dump object is missing) is never
 counted by a keep rule; it is kept until a newer verified backup exists, then deleted. Incomplete
 uploads older than a day are garbage (never restorable) and are deleted.
@@ -47,7 +60,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Literal
 
 from dbprotect.core.retention.policy import RetentionPolicy, format_duration
-from dbprotect.core.store.catalog import BackupEntry
+from dbprotect.core.store.catalog import CLOCK_SKEW_TOLERANCE, BackupEntry, is_clock_skewed
 
 #: How long a backup without a manifest counts as "being written" before it is garbage.
 INCOMPLETE_GRACE = timedelta(days=1)
@@ -222,20 +235,28 @@ def _refusal(verified: list[BackupEntry], policy: RetentionPolicy, now: datetime
 
 
 def plan_retention(entries: Iterable[BackupEntry], policy: RetentionPolicy, now: datetime, *,
-                   database: str | None = None, locked: Collection[str] = (), tz: tzinfo = UTC) -> RetentionPlan:
+                   database: str | None = None, locked: Collection[str] = (), tz: tzinfo = UTC,
+                   tolerance: timedelta = CLOCK_SKEW_TOLERANCE) -> RetentionPlan:
     """Decide, for every entry of a catalog listing, keep or delete, with the reasons.
 
     ``entries`` should come from ``list_backups(..., include_incomplete=True)`` so that uploads in
     progress and stale incomplete uploads are seen. ``locked`` names backups in use (being
     verified, restored or copied); ``tz`` is the zone whose days, weeks, months and years the
-    period rules count in. Pure: no storage access, no clock reading.
+    period rules count in; a backup dated more than ``tolerance`` after ``now`` is clock-skewed
+    (kept, and counted by no rule). Pure: no storage access, no clock reading.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    entries = _newest_first(entries)
-    database = database or (entries[0].database if entries else "?")
+    everything = _newest_first(entries)
+    database = database or (everything[0].database if everything else "?")
     locked = frozenset(locked)
     work = _Work()
+    skewed = [e for e in everything if e.clock_skew or is_clock_skewed(e.started_at, now, tolerance)]
+    for entry in skewed:
+        work.add_keep(entry.backup_id, f"clock-skew: dated {_age_text(entry.started_at - now)} in the future; "
+                                       "counted by no rule and never deleted by one")
+    skewed_ids = {e.backup_id for e in skewed}
+    entries = [e for e in everything if e.backup_id not in skewed_ids]
     complete = [e for e in entries if e.has_manifest]
     verified = [e for e in complete if e.integrity_ok]
 
@@ -248,6 +269,12 @@ def plan_retention(entries: Iterable[BackupEntry], policy: RetentionPolicy, now:
     candidates = [e for e in complete if not _failed(e) and not too_old(e)]
     _apply_keep_rules(candidates, policy, tz, work)
     _apply_failed_rule([e for e in complete if not too_old(e)], verified, work)
+    if not verified:
+        floor = max(policy.keep_last, 1)
+        usable = [e for e in complete if not _failed(e)]
+        for i, entry in enumerate(usable[:floor], 1):
+            work.add_keep(entry.backup_id, f"no verified backup exists: one of the {floor} newest kept ({i} of "
+                                           f"{floor}) whatever the policy")
     for entry in entries:
         if too_old(entry):
             assert policy.max_age is not None
@@ -256,7 +283,8 @@ def plan_retention(entries: Iterable[BackupEntry], policy: RetentionPolicy, now:
                 work.warnings.append(f"{entry.backup_id} is {reason} but protected: "
                                      f"{'; '.join(work.keep[entry.backup_id])}")
             work.add_delete(entry.backup_id, reason)
-    decisions = tuple(_decide(entry, policy, now, work) for entry in entries)
+    decisions = tuple(_decide(entry, policy, work, "clock-skew" if entry.backup_id in skewed_ids else entry.status)
+                      for entry in everything)
     return RetentionPlan(database, policy, now, decisions, _refusal(verified, policy, now), tuple(work.warnings))
 
 
@@ -309,13 +337,13 @@ def _apply_failed_rule(complete: list[BackupEntry], verified: list[BackupEntry],
             work.add_delete(entry.backup_id, f"{what}; a newer verified backup exists")
 
 
-def _decide(entry: BackupEntry, policy: RetentionPolicy, now: datetime, work: _Work) -> Decision:
+def _decide(entry: BackupEntry, policy: RetentionPolicy, work: _Work, status: str) -> Decision:
     """Keep wins: any keep reason keeps the backup; otherwise it goes with its delete reasons."""
     keep = work.keep.get(entry.backup_id)
     if keep:
-        return Decision(entry.backup_id, entry.started_at, entry.status, "keep", tuple(keep))
+        return Decision(entry.backup_id, entry.started_at, status, "keep", tuple(keep))
     reasons = work.delete.get(entry.backup_id) or [f"not kept by any rule of {policy}"]
-    return Decision(entry.backup_id, entry.started_at, entry.status, "delete", tuple(reasons))
+    return Decision(entry.backup_id, entry.started_at, status, "delete", tuple(reasons))
 
 
 __all__ = ["INCOMPLETE_GRACE", "Action", "Decision", "RetentionPlan", "plan_retention"]

@@ -6,13 +6,23 @@ LIST request per 1,000 keys on S3), never one GET per backup; manifests are read
 
 A backup without ``manifest.json`` is an incomplete upload: it is never listed as a backup and
 never counted for RPO (``include_incomplete=True`` shows them, for cleanup and diagnosis).
+
+The store is untrusted input, and so are the clocks that named its objects:
+
+* a folder whose name is not a backup id that parses (``20251399T...``, an impossible date) is
+  reported in ``skipped`` and left out, never a crash of every listing;
+* a backup dated more than :data:`CLOCK_SKEW_TOLERANCE` after ``now`` is flagged ``clock_skew``
+  (status ``clock-skew``): it is never ``latest``, never counts for RPO and retention never
+  counts or deletes it (:mod:`dbprotect.core.retention.plan`);
+* the order of a backup's checks is their sequence number, not their timestamps: a check
+  recorded by a clock 30 days ahead is not "newest" once a later check exists.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.store import Storage
@@ -26,9 +36,20 @@ from dbprotect.core.store.manifest import (
     Verification,
     backup_time,
     check_key,
+    check_manifest_location,
     manifest_key,
     parse_check_key,
 )
+
+#: How far in the future a backup may be dated before it is flagged ``clock-skew`` (hosts' clocks
+#: differ by seconds; a backup an hour or a year ahead was taken by a wrong clock).
+#: Configurable as ``clock_skew_tolerance_minutes`` in dbprotect.yaml.
+CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
+
+
+def is_clock_skewed(started_at: datetime, now: datetime, tolerance: timedelta = CLOCK_SKEW_TOLERANCE) -> bool:
+    """Dated further in the future than ``tolerance``: a wrong clock named it; its age means nothing."""
+    return started_at - now > tolerance
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +57,13 @@ class CheckRecord:
     at: datetime
     rung: str
     ok: bool
+    #: Place in the backup's order of checks (0: written before sequences existed).
+    seq: int = 0
+
+    @property
+    def order(self) -> tuple[int, datetime]:
+        """How checks are ordered: by sequence, and only among unsequenced ones by time."""
+        return self.seq, self.at
 
 
 @dataclass(slots=True)
@@ -48,6 +76,8 @@ class BackupEntry:
     has_manifest: bool = False
     dump_bytes: int | None = None
     checks: list[CheckRecord] = field(default_factory=list)
+    #: Dated further in the future than the listing's tolerance (see :func:`is_clock_skewed`).
+    clock_skew: bool = False
     #: (number of checks it was computed from, latest check per rung): listings ask thousands of times
     _latest: tuple[int, dict[str, CheckRecord], list[str]] | None = field(default=None, repr=False,
                                                                           compare=False)
@@ -65,7 +95,7 @@ class BackupEntry:
             latest: dict[str, CheckRecord] = {}
             for check in self.checks:
                 current = latest.get(check.rung)
-                if current is None or check.at >= current.at:
+                if current is None or check.order >= current.order:
                     latest[check.rung] = check
             failed = [rung for rung in RUNGS if rung in latest and not latest[rung].ok]
             self._latest = (len(self.checks), latest, failed)
@@ -92,6 +122,8 @@ class BackupEntry:
     def status(self) -> str:
         if not self.has_manifest:
             return "incomplete"
+        if self.clock_skew:
+            return "clock-skew"
         if self.dump_bytes is None:
             return "missing-object"
         if self.failed_rungs:
@@ -107,22 +139,43 @@ class BackupEntry:
             "status": self.status,
             "dump_bytes": self.dump_bytes,
             "integrity_ok": self.integrity_ok,
-            "checks": [{"at": c.at.isoformat(), "rung": c.rung, "ok": c.ok}
-                       for c in sorted(self.checks, key=lambda c: c.at)],
+            "clock_skew": self.clock_skew,
+            "checks": [{"at": c.at.isoformat(), "rung": c.rung, "ok": c.ok, "seq": c.seq}
+                       for c in sorted(self.checks, key=lambda c: c.order)],
         }
 
 
-def list_backups(storage: Storage, database: str, *, include_incomplete: bool = False) -> list[BackupEntry]:
-    """The backups of ``database`` in ``storage``, newest first."""
+def list_backups(storage: Storage, database: str, *, include_incomplete: bool = False,
+                 now: datetime | None = None, tolerance: timedelta = CLOCK_SKEW_TOLERANCE,
+                 skipped: list[str] | None = None) -> list[BackupEntry]:
+    """The backups of ``database`` in ``storage``, newest first.
+
+    Entries dated more than ``tolerance`` after ``now`` (default: this host's clock) are flagged
+    ``clock_skew``. A folder whose name does not parse as a backup id is left out and, when
+    ``skipped`` is given, named there with the reason (once per folder).
+    """
+    now = now or datetime.now(UTC)
     entries: dict[str, BackupEntry] = {}
+    bad: dict[str, str] = {}
     for info in storage.list(f"{database}/"):
         parts = info.key.split("/")
-        if len(parts) < 3 or parts[0] != database or not BACKUP_ID_PATTERN.match(parts[1]):
+        if len(parts) < 3 or parts[0] != database:
             continue
         backup_id = parts[1]
         entry = entries.get(backup_id)
         if entry is None:
-            entry = entries[backup_id] = BackupEntry(database, backup_id, backup_time(backup_id))
+            if backup_id in bad:
+                continue
+            try:
+                started_at = backup_time(backup_id)
+            except ValueError:
+                if parts[2:] == [MANIFEST_OBJECT] or BACKUP_ID_PATTERN.match(backup_id):
+                    bad[backup_id] = f"{database}/{backup_id}/: folder name is not a backup id with a real date"
+                else:
+                    bad[backup_id] = ""  # not a backup folder at all: ignored as before, unreported
+                continue
+            entry = entries[backup_id] = BackupEntry(database, backup_id, started_at,
+                                                     clock_skew=is_clock_skewed(started_at, now, tolerance))
         rest = parts[2:]
         if rest == [MANIFEST_OBJECT]:
             entry.has_manifest = True
@@ -132,13 +185,17 @@ def list_backups(storage: Storage, database: str, *, include_incomplete: bool = 
             parsed = parse_check_key(rest[1])
             if parsed:
                 entry.add_check(CheckRecord(*parsed))
+    if skipped is not None:
+        skipped.extend(reason for reason in bad.values() if reason)
     found = [entry for entry in entries.values() if include_incomplete or entry.has_manifest]
     return sorted(found, key=lambda entry: entry.backup_id, reverse=True)
 
 
-def newest_backup(storage: Storage, database: str, *, integrity_ok: bool = False) -> BackupEntry | None:
-    for entry in list_backups(storage, database):
-        if not integrity_ok or entry.integrity_ok:
+def newest_backup(storage: Storage, database: str, *, integrity_ok: bool = False,
+                  now: datetime | None = None) -> BackupEntry | None:
+    """The newest backup (that passed integrity, with ``integrity_ok``); never one dated in the future."""
+    for entry in list_backups(storage, database, now=now):
+        if not entry.clock_skew and (not integrity_ok or entry.integrity_ok):
             return entry
     return None
 
@@ -160,8 +217,25 @@ def find_backup(storage: Storage, databases: list[str], backup_id: str) -> Backu
 
 
 def load_manifest(storage: Storage, database: str, backup_id: str) -> Manifest:
+    """The manifest of ``<database>/<backup_id>/``, validated, and refused if it names another folder."""
     key = manifest_key(database, backup_id)
-    return Manifest.from_json(storage.get_bytes(key), where=storage.object_uri(key))
+    where = storage.object_uri(key)
+    return check_manifest_location(Manifest.from_json(storage.get_bytes(key), where=where), database, backup_id,
+                                   where=where)
+
+
+def next_check_sequence(storage: Storage, database: str, backup_id: str) -> int:
+    """The sequence number the next check object of a backup gets: one more than the highest listed.
+
+    Checks are ordered by this number when read back (never by their timestamps, which come from
+    whatever clock the recording host had). Writers serialise on the database's lock.
+    """
+    highest = 0
+    for info in storage.list(f"{database}/{backup_id}/{CHECKS_FOLDER}/"):
+        parsed = parse_check_key(info.key.rsplit("/", 1)[-1])
+        if parsed:
+            highest = max(highest, parsed[3])
+    return highest + 1
 
 
 def record_verification(storage: Storage, manifest: Manifest, verification: Verification) -> None:

@@ -4,12 +4,21 @@ Layout (documented for humans in ``docs/store-format.md``)::
 
     <database>/<backup-id>/dump.zst.age          pg_dump -Fc -Z0 | zstd | age
     <database>/<backup-id>/manifest.json         written last: its presence makes the backup exist
-    <database>/<backup-id>/checks/<when>-<rung>-<ok|failed>.json   one object per verification
+    <database>/<backup-id>/checks/[<seq>-]<when>-<rung>-<ok|failed>.json   one object per verification
 
 A ``backup-id`` is ``YYYYMMDDTHHMMSSZ-xxxxxx`` (UTC start time, random suffix), so ids sort by
 time. Verification results are written as their own small objects, named so that a listing of
 keys alone tells each backup's state (no GET per backup), and are also appended to the
-manifest's ``verifications`` list for whoever reads the manifest by hand.
+manifest's ``verifications`` list for whoever reads the manifest by hand. ``<seq>`` (ten digits,
+increasing per backup) is the order of the checks: a clock can be wrong, a sequence cannot be
+skewed. Check keys without one (written before it existed) come before every sequenced check.
+
+Everything read back from a store is untrusted input: someone with write access to the bucket
+is not thereby allowed to run SQL as the restore role or to pass one database's backup off as
+another's. So a manifest is validated against a strict schema (sizes and counts bounded), a
+table's column list must parse as a list of identifiers (it reaches SQL only as
+``sql.Identifier``), and :func:`check_manifest_location` refuses a manifest that names another
+folder than the one it was read from.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dbprotect.core.errors import IntegrityError
 
@@ -33,7 +42,40 @@ Rung = Literal["stored", "readable", "restored", "drilled"]
 RUNGS: tuple[str, ...] = ("stored", "readable", "restored", "drilled")
 
 BACKUP_ID_PATTERN = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$")
-_CHECK_KEY = re.compile(r"^(\d{8}T\d{6}(?:\d{6})?Z)-(stored|readable|restored|drilled)-(ok|failed)\.json$")
+_CHECK_KEY = re.compile(
+    r"^(?:(\d{10})-)?(\d{8}T\d{6}(?:\d{6})?Z)-(stored|readable|restored|drilled)-(ok|failed)\.json$")
+
+#: Bounds on what a manifest may hold: far above any real database, low enough that an edited
+#: manifest cannot make a reader allocate without limit.
+MAX_TABLES = 100_000
+MAX_COLUMNS = 1_600  # PostgreSQL's own limit of columns per table
+MAX_NAME_LENGTH = 255  # PostgreSQL truncates identifiers at 63 bytes; a manifest name is never longer in UTF-8
+MAX_TEXT_LENGTH = 100_000
+
+#: One entry of pg_dump's COPY column list: an identifier pg_dump left unquoted (its ``fmtId``
+#: quotes anything but lower-case letters, digits and ``_``) or a double-quoted one (``""`` for a
+#: quote inside). Nothing else: no spaces inside, no parentheses, no semicolons.
+_COLUMN = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"\x00]|"")+")'
+_COLUMN_LIST = re.compile(rf"{_COLUMN}(?:\s*,\s*{_COLUMN})*")
+_COLUMN_ITEM = re.compile(_COLUMN)
+
+
+def parse_column_list(text: str) -> tuple[str, ...]:
+    """``id, "Order Date"`` (pg_dump's COPY column list) → ``('id', 'Order Date')``; ValueError otherwise.
+
+    Why strict: the list comes from a manifest, which anyone with write access to the store can
+    edit. Parsed into names, each name reaches SQL only through ``sql.Identifier``; a list that
+    does not parse (``id); DROP TABLE x; --``) is refused as a damaged manifest, never run.
+    """
+    if not _COLUMN_LIST.fullmatch(text):
+        raise ValueError(f"column list {text[:60]!r} is not a list of column names")
+    names = tuple(item[1:-1].replace('""', '"') if item.startswith('"') else item
+                  for item in _COLUMN_ITEM.findall(text))
+    if len(names) > MAX_COLUMNS:
+        raise ValueError(f"column list names {len(names)} columns (at most {MAX_COLUMNS})")
+    if any(len(name.encode()) > MAX_NAME_LENGTH for name in names):
+        raise ValueError("column list holds a name longer than any PostgreSQL identifier")
+    return names
 
 
 def new_backup_id(now: datetime) -> str:
@@ -64,47 +106,125 @@ def manifest_key(database: str, backup_id: str) -> str:
     return f"{database}/{backup_id}/{MANIFEST_OBJECT}"
 
 
-def check_key(database: str, backup_id: str, at: datetime, rung: str, ok: bool) -> str:
+#: The largest check sequence number (ten digits in the key).
+MAX_CHECK_SEQUENCE = 10**10 - 1
+
+
+def check_key(database: str, backup_id: str, at: datetime, rung: str, ok: bool, seq: int | None = None) -> str:
+    """The key of one check object; ``seq`` (from :func:`~dbprotect.core.store.catalog.next_check_sequence`)
+    is its place in the backup's order of checks, which the reader trusts over ``at``."""
     stamp = f"{at.astimezone(UTC):%Y%m%dT%H%M%S%fZ}"
-    return f"{database}/{backup_id}/{CHECKS_FOLDER}/{stamp}-{rung}-{'ok' if ok else 'failed'}.json"
+    prefix = ""
+    if seq is not None:
+        if not 0 < seq <= MAX_CHECK_SEQUENCE:
+            raise ValueError(f"check sequence {seq} out of range")
+        prefix = f"{seq:010d}-"
+    return f"{database}/{backup_id}/{CHECKS_FOLDER}/{prefix}{stamp}-{rung}-{'ok' if ok else 'failed'}.json"
 
 
-def parse_check_key(name: str) -> tuple[datetime, str, bool] | None:
-    """``(when, rung, ok)`` from a check object's file name, or None if it is not one."""
+def parse_check_key(name: str) -> tuple[datetime, str, bool, int] | None:
+    """``(when, rung, ok, seq)`` from a check object's file name, or None if it is not one.
+
+    ``seq`` is 0 for a check written before sequences existed; an impossible date is not a check.
+    """
     match = _CHECK_KEY.match(name)
     if not match:
         return None
-    return _parse_stamp(match.group(1)), match.group(2), match.group(3) == "ok"
+    try:
+        at = _parse_stamp(match.group(2))
+    except ValueError:
+        return None
+    return at, match.group(3), match.group(4) == "ok", int(match.group(1) or 0)
 
 
 class TableRecord(BaseModel):
+    """One table's row count and checksum, and where it lives (``schema`` and ``name`` extras, ``columns``).
+
+    ``schema`` and ``name`` are kept as extra fields (as manifests have always stored them), but
+    only those two: every field here can reach SQL (as identifiers) or a verdict, so any other
+    field is a manifest this reader does not understand.
+    """
+
     model_config = ConfigDict(extra="allow")
-    rows: int
-    checksum: str
-    columns: str | None = None
+    rows: int = Field(ge=0, le=2**63 - 1)
+    checksum: str = Field(pattern=r"^[0-9a-f]{16}$")
+    columns: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_column_list(value)
+        return value
+
+    @model_validator(mode="after")
+    def _known_extras(self) -> TableRecord:
+        for key, value in (self.model_extra or {}).items():
+            if key not in ("schema", "name"):
+                raise ValueError(f"unknown table field {key[:40]!r}")
+            if not isinstance(value, str) or not 0 < len(value.encode()) <= MAX_NAME_LENGTH or "\x00" in value:
+                raise ValueError(f"table {key} is not a name")
+        return self
+
+    @property
+    def column_names(self) -> tuple[str, ...] | None:
+        """The copied columns as names (for ``sql.Identifier``); None when the backup recorded none.
+
+        Raises :class:`IntegrityError` for a list that does not parse (only reachable for a record
+        built without validation: :meth:`Manifest.from_json` refuses such a manifest first).
+        """
+        if not self.columns:
+            return None
+        try:
+            return parse_column_list(self.columns)
+        except ValueError as exc:
+            raise IntegrityError(f"manifest is malformed: {exc}") from None
+
+    def location(self, qualified: str) -> tuple[str, str]:
+        """(schema, table): the recorded ones, else split from the ``schema.table`` key."""
+        extra = self.model_extra or {}
+        schema, name = extra.get("schema"), extra.get("name")
+        if schema and name:
+            return schema, name
+        schema, _, name = qualified.partition(".")
+        return schema, name
 
 
 class Verification(BaseModel):
     model_config = ConfigDict(extra="allow")
-    rung: str
+    rung: Rung
     ok: bool
     at: datetime
-    detail: str = ""
-    by: str = ""
-    metrics: dict[str, float] = Field(default_factory=dict)
+    detail: str = Field(default="", max_length=MAX_TEXT_LENGTH)
+    by: str = Field(default="", max_length=MAX_TEXT_LENGTH)
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=100)
+
+
+#: Fields a manifest may carry beyond the schema: ``sanitized`` (a sanitized copy's lineage,
+#: :mod:`dbprotect.core.sanitize.build`). Any other unknown field makes the manifest malformed.
+ALLOWED_EXTRA_FIELDS = frozenset({"sanitized"})
+
+#: A database folder name as a manifest may state it (a configured name, or a derived folder such
+#: as ``shop-safety`` or ``shop.development``): one path segment, never ``.`` or ``..``.
+_FOLDER_NAME = r"^[^/\\\x00-\x1f]{1,255}$"
 
 
 class Manifest(BaseModel):
-    """Everything needed to trust, find and restore one backup. Readers refuse unknown versions."""
+    """Everything needed to trust, find and restore one backup. Readers refuse unknown versions.
+
+    ``extra="allow"`` only so that a sanitized copy's lineage (:data:`ALLOWED_EXTRA_FIELDS`) stays
+    readable; every other unknown field is refused by :meth:`_known_extras`.
+    """
 
     model_config = ConfigDict(extra="allow")
 
     format_version: int = FORMAT_VERSION
-    tool: str = "dbprotect"
-    tool_version: str
-    database: str
-    backup_id: str
-    environment: str = "production"
+    tool: Literal["dbprotect"] = "dbprotect"
+    tool_version: str = Field(max_length=100)
+    database: str = Field(pattern=_FOLDER_NAME)
+    backup_id: str = Field(pattern=BACKUP_ID_PATTERN.pattern)
+    #: Which environment the data came from; guards refuse ones they do not know (a short word here).
+    environment: str = Field(default="production", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     source: dict[str, Any]
     pg_dump: dict[str, Any]
     started_at: datetime
@@ -116,10 +236,51 @@ class Manifest(BaseModel):
     compression: dict[str, Any]
     encryption: dict[str, Any]
     checksum: dict[str, Any]
-    tables: dict[str, TableRecord]
-    sequences: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    large_objects: dict[str, int] = Field(default_factory=dict)
-    verifications: list[Verification] = Field(default_factory=list)
+    tables: dict[str, TableRecord] = Field(max_length=MAX_TABLES)
+    sequences: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=MAX_TABLES)
+    large_objects: dict[str, int] = Field(default_factory=dict, max_length=10)
+    verifications: list[Verification] = Field(default_factory=list, max_length=100_000)
+
+    @field_validator("database")
+    @classmethod
+    def _one_segment(cls, value: str) -> str:
+        if value in (".", ".."):
+            raise ValueError("a database folder is not '.' or '..'")
+        return value
+
+    @field_validator("tables", "sequences")
+    @classmethod
+    def _names_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not 0 < len(name) <= 2 * MAX_NAME_LENGTH + 1 or "\x00" in name:
+                raise ValueError(f"table or sequence name {name[:60]!r} is empty, too long or holds a NUL")
+        return value
+
+    @field_validator("sequences")
+    @classmethod
+    def _sequence_records(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, record in value.items():
+            if (set(record) != {"value", "is_called"} or type(record["value"]) is not int
+                    or type(record["is_called"]) is not bool):
+                raise ValueError(f"sequence {name[:60]!r}: a record is exactly {{value: integer, is_called: boolean}}")
+        return value
+
+    @field_validator("object")
+    @classmethod
+    def _object_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not re.fullmatch(r"[0-9a-f]{64}", str(value.get("sha256", ""))):
+            raise ValueError("object.sha256 is not a SHA-256 hex digest")
+        size = value.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("object.size is not a byte count")
+        return value
+
+    @model_validator(mode="after")
+    def _known_extras(self) -> Manifest:
+        unknown = sorted(set(self.model_extra or {}) - ALLOWED_EXTRA_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(repr(name[:40]) for name in unknown[:5])}")
+        return self
 
     @property
     def sha256(self) -> str:
@@ -149,7 +310,39 @@ class Manifest(BaseModel):
                 f"{FORMAT_VERSION})",
                 hint="upgrade dbprotect",
             )
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"{where}: manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} a "
+                                 "manifest may have")
         try:
             return cls.model_validate(raw)
         except Exception as exc:
-            raise IntegrityError(f"{where}: manifest is malformed: {str(exc).splitlines()[0]}") from None
+            raise IntegrityError(f"{where}: manifest is malformed: {_first_error(exc)}") from None
+
+
+#: A manifest larger than this is refused unread (a real one with 100,000 tables is about 30 MB).
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+
+
+def _first_error(exc: Exception) -> str:
+    """The first problem pydantic found, as ``field.path: message`` on one line (never the value)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg'].removeprefix('Value error, ')}" if where else first["msg"]
+    return str(exc).splitlines()[0]
+
+
+def check_manifest_location(manifest: Manifest, database: str, backup_id: str, *, where: str) -> Manifest:
+    """Refuse a manifest that names another folder than ``<database>/<backup_id>/``, where it was read.
+
+    Why: a manifest describes its own backup. Copied into another database's folder (with or
+    without its dump), it would pass its own SHA-256 and checksums and restore the other
+    database's rows under this database's name. It is refused as an integrity failure.
+    """
+    if manifest.database != database or manifest.backup_id != backup_id:
+        raise IntegrityError(
+            f"{where}: manifest names backup {manifest.backup_id!r} of database {manifest.database!r}, not "
+            f"{backup_id!r} of {database!r}: it was copied or moved into this folder; refusing it",
+            hint="a manifest is only valid in its own folder; restore the backup from the folder it names")
+    return manifest

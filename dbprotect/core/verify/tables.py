@@ -26,6 +26,7 @@ from psycopg import sql
 from dbprotect.core.backup.archive import TableDigest
 from dbprotect.core.backup.content import (
     DUMP_SESSION,
+    column_identifiers,
     digest_copy_psql,
     digest_table,
     digest_table_psql,
@@ -42,12 +43,9 @@ def compare_tables(conn: psycopg.Connection, manifest: Manifest) -> list[str]:
     pin_session(conn, {**DUMP_SESSION, **manifest.checksum.get("session", {})})
     problems = []
     for qualified, record in sorted(manifest.tables.items()):
-        extra = record.model_extra or {}
-        schema, name = extra.get("schema"), extra.get("name")
-        if not schema or not name:
-            schema, _, name = qualified.partition(".")
+        schema, name = record.location(qualified)
         try:
-            digest = digest_table(conn, schema, name, record.columns)
+            digest = digest_table(conn, schema, name, record.column_names)
         except psycopg.Error as exc:
             conn.rollback()
             problems.append(f"{qualified}: cannot be read after restore ({' '.join(str(exc).split())[:120]})")
@@ -73,7 +71,7 @@ SPLIT_MIN_ROWS = 200_000
 # Pages of a table, and the columns ``COPY table TO`` gives (not dropped, not generated).
 _TABLE_PAGES = """
 SELECT pg_relation_size(c.oid) / current_setting('block_size')::int,
-       (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+       (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'
@@ -101,7 +99,8 @@ class _TableJob:
     qualified: str
     schema: str = field(compare=False)
     name: str = field(compare=False)
-    columns: str | None = field(compare=False)
+    #: The copied columns as names, from the manifest (None: the table's own columns).
+    columns: tuple[str, ...] | None = field(compare=False)
     rows: int = field(compare=False)
     checksum: str = field(compare=False)
 
@@ -130,11 +129,8 @@ class TableVerifier:
             self._psql = require_tool_for_server("psql", server_major or 0, pg_bin_dir).path
         self._jobs: dict[str, _TableJob] = {}
         for qualified, record in manifest.tables.items():
-            extra = record.model_extra or {}
-            schema, name = extra.get("schema"), extra.get("name")
-            if not schema or not name:
-                schema, _, name = qualified.partition(".")
-            self._jobs[qualified] = _TableJob(-record.rows, qualified, schema, name, record.columns,
+            schema, name = record.location(qualified)
+            self._jobs[qualified] = _TableJob(-record.rows, qualified, schema, name, record.column_names,
                                               record.rows, record.checksum)
         self._workers = max(1, min(workers or default_jobs(), len(self._jobs) or 1))
         self._by_dump_id: dict[int, str] = {}
@@ -292,7 +288,7 @@ class TableVerifier:
             return []
         if row is None or not (job.columns or row[1]) or int(row[0]) < 2 * self._workers:
             return []
-        pages, columns = int(row[0]), job.columns or row[1]
+        pages, columns = int(row[0]), job.columns or tuple(row[1])
         split = _Split(self._workers)
         bounds = [pages * i // self._workers for i in range(self._workers)] + [None]
         target = sql.Identifier(job.schema, job.name)
@@ -301,7 +297,8 @@ class TableVerifier:
             where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({lo},0)"))
             if hi is not None:
                 where = sql.SQL("{} AND ctid < {}::tid").format(where, sql.Literal(f"({hi},0)"))
-            copy = sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT").format(sql.SQL(columns), target, where)
+            copy = sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT").format(
+                column_identifiers(columns), target, where)
             parts.append(_Part(copy, split))
         return parts
 
