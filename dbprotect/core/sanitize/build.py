@@ -37,10 +37,13 @@ from dbprotect.core.restore.decrypt import decrypted_archive
 from dbprotect.core.sanitize.checks import (
     CheckResult,
     constraints_hold,
+    fingerprint_capacity,
     no_pii_leaked,
+    production_fingerprints,
     row_counts_match,
 )
 from dbprotect.core.sanitize.coverage import require_coverage, source_columns
+from dbprotect.core.sanitize.fingerprints import Fingerprinter
 from dbprotect.core.sanitize.rules import RuleSet, qualify
 from dbprotect.core.sanitize.stream import TableStats, sanitize_table, stream_order
 from dbprotect.core.sanitize.subset import SubsetPlan, plan_subset
@@ -173,16 +176,29 @@ def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x2551
         run_pg_restore(archive, source.dsn, server_major=major, pg_bin_dir=pg_bin_dir)
         restore_section(archive, target.dsn, "pre-data", server_major=major, pg_bin_dir=pg_bin_dir)
         lap("restore")
-        say("stream")
+        say("plan")
         with connect(source.dsn) as src, connect(target.dsn) as dst:
             columns = source_columns(src)
             coverage = require_coverage(rules, {t: [c.name for c in cs] for t, cs in columns.items()},
                                         database=database)
             plan = plan_subset(src, {qualify(t): s.model_dump(exclude_none=True) for t, s in spec.subset.items()},
                                sorted(columns)) if spec.subset else SubsetPlan()
+            lap("plan")
+            say("fingerprints")
+            fingerprinter = Fingerprinter(key)
+            rows = {table: record.rows for table, record in manifest.tables.items()}
+            production = production_fingerprints(src, columns, rules, fingerprinter,
+                                                 fingerprint_capacity(columns, rules, rows))
+            lap("fingerprint")
+            say("stream")
+
+            def known(output: bytes) -> bool:
+                return production.any_of(fingerprinter.all(output.decode("utf-8", "replace")))
+
             stats = []
             for table in stream_order(columns, rules):
-                stats.append(sanitize_table(src, dst, table, columns[table], rules, masker, plan.where(table)))
+                stats.append(sanitize_table(src, dst, table, columns[table], rules, masker, plan.where(table),
+                                            avoid=known))
             dst.commit()
         copy_sequences(source.dsn, target.dsn)
         lap("stream")
@@ -191,7 +207,7 @@ def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x2551
         lap("post_data")
         say("checks")
         with connect(source.dsn, autocommit=True) as src, connect(target.dsn, autocommit=True) as dst:
-            checks = [no_pii_leaked(src, dst, columns, rules, stats, key),
+            checks = [no_pii_leaked(dst, columns, rules, stats, fingerprinter, production),
                       constraints_hold(src, dst),
                       row_counts_match(dst, manifest, sorted(columns), plan.rows)]
         lap("checks")

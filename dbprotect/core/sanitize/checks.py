@@ -2,13 +2,17 @@
 
 ``no_pii_leaked``
     1. Row by row (in the stream): no masked value equals its own source value.
-    2. Column by column, for transformers with disjoint output spaces (e-mail, name, text, IP,
-       hash): no value in the copy equals ANY production value of that column. Both sides are
-       compared through HMAC-SHA256 digests under the masking key, computed here on the production
-       side, so raw values are never collected or shipped anywhere.
-    3. Detectors in columns marked ``keep``: e-mail addresses, E.164 phone numbers and payment
-       card numbers (Luhn-valid) are findings, because ``keep`` on such a column is the classic
-       mistake.
+    2. Value by value (:func:`production_fingerprints` before the stream, :func:`copy_findings`
+       after it): keyed fingerprints of every normalized form of every value of every personal
+       column of production (a rule other than ``keep``, ``date`` and ``number``; inside JSON
+       documents the masked paths' leaves) are collected in a Bloom filter; then every text-like
+       value of every column of the copy, masked or ``keep``, resolved by base type (domains,
+       arrays at any depth, composites, ``hstore``, JSON leaves, :mod:`.leaves`), is fingerprinted
+       the same way. A hit names table, column and count. Only personal source columns feed the
+       filter, so a postal code or a status word shared by chance with another table is no finding.
+    3. Detectors in ``keep`` columns (same type-aware reading): e-mail addresses, phone numbers as
+       people write them (separators, brackets) and payment card numbers (13-19 digits, Luhn;
+       a ``+`` makes it a phone, never a card).
 ``constraints_hold``
     Every primary key, unique and foreign key constraint (and unique index) of the source exists,
     validated, in the copy: they were created after the data was loaded, so their presence means
@@ -22,29 +26,34 @@ readable by exactly the people it must not reach.
 
 from __future__ import annotations
 
-import hmac
-import re
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from dbprotect.core.sanitize.coverage import ColumnInfo
-from dbprotect.core.sanitize.rules import RuleSet
+from dbprotect.core.sanitize.fingerprints import (
+    NAME_PART_MIN,
+    NAME_PART_SHARE,
+    Fingerprinter,
+    FingerprintFilter,
+    looks_like_card,
+    looks_like_email,
+    looks_like_phone,
+)
+from dbprotect.core.sanitize.leaves import TypeCatalog, leaf_query
+from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 from dbprotect.core.sanitize.stream import TableStats
-from dbprotect.core.sanitize.transformers import DISJOINT_KINDS
+from dbprotect.core.sanitize.transformers import copy_unescape
 from dbprotect.core.store.manifest import Manifest
 
 NO_PII_LEAKED = "no_pii_leaked"
 CONSTRAINTS_HOLD = "constraints_hold"
 ROW_COUNTS_MATCH = "row_counts_match"
 BLOCKING_CHECKS = (NO_PII_LEAKED, CONSTRAINTS_HOLD, ROW_COUNTS_MATCH)
-
-_EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
-_PHONE = r"\+[1-9][0-9]{7,14}"
-_CARD = r"(^|[^0-9])([0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{1,7})([^0-9]|$)"
-_TEXTUAL = re.compile(r"^(text|character|citext|json|jsonb)")
-
 
 @dataclass
 class CheckResult:
@@ -57,77 +66,201 @@ class CheckResult:
         return {"name": self.name, "ok": self.ok, "detail": self.detail, "metrics": self.metrics}
 
 
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        n = int(ch)
-        if i % 2:
-            n = n * 2 - 9 if n > 4 else n * 2
-        total += n
-    return total % 10 == 0
+#: Rules whose source values are not fingerprinted: ``keep`` (declared not personal) and the noise
+#: transformers (dates and amounts collide by chance with every other date and amount).
+NOT_FINGERPRINTED = frozenset({"keep", "date", "number"})
 
 
-def _distinct_digests(conn: psycopg.Connection, table: str, column: str, key: bytes) -> set[bytes]:
-    schema, _, name = table.partition(".")
-    query = sql.SQL("COPY (SELECT DISTINCT {}::text FROM {} WHERE {} IS NOT NULL) TO STDOUT").format(
-        sql.Identifier(column), sql.Identifier(schema, name), sql.Identifier(column))
-    found: set[bytes] = set()
-    with conn.cursor().copy(query) as copy:
+def _free_text(kind: str) -> bool:
+    return kind == "text"
+
+
+def _counted(conn: psycopg.Connection, query: sql.Composable) -> Iterator[tuple[str, int]]:
+    """(leaf, occurrences) from a ``counted`` :func:`~.leaves.leaf_query`."""
+    with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as copy:
         for chunk in copy:
-            found.add(hmac.digest(key, b"leak\0" + bytes(chunk), "sha256")[:16])
+            raw, _, count = bytes(chunk)[:-1].rpartition(b"\t")
+            yield copy_unescape(raw).decode("utf-8", "replace"), int(count)
+
+
+def _lines(conn: psycopg.Connection, query: sql.Composable) -> Iterator[str]:
+    """The single text column of ``query``'s rows, unescaped from COPY's text format (NULLs skipped)."""
+    with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as copy:
+        for chunk in copy:
+            raw = bytes(chunk)[:-1]
+            if raw != b"\\N":
+                yield copy_unescape(raw).decode("utf-8", "replace")
+
+
+def _json_leaves(node: Any, parts: list[str]) -> Iterator[str]:
+    """The scalar leaves under a dotted path of a JSON document (``*`` any key or item), as the json transformer
+    walks it."""
+    if not parts:
+        if isinstance(node, dict):
+            for child in node.values():
+                yield from _json_leaves(child, [])
+        elif isinstance(node, list):
+            for child in node:
+                yield from _json_leaves(child, [])
+        elif isinstance(node, str):
+            yield node
+        elif node is not None and not isinstance(node, bool):
+            yield json.dumps(node)
+        return
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, dict):
+        for key in (list(node) if head == "*" else [head] if head in node else []):
+            yield from _json_leaves(node[key], rest)
+    elif isinstance(node, list) and (head == "*" or head.isdigit()):
+        for i in (range(len(node)) if head == "*" else [int(head)] if int(head) < len(node) else []):
+            yield from _json_leaves(node[i], rest)
+
+
+def _json_paths(rule: ColumnRule) -> list[tuple[list[str], str]]:
+    """(path parts, transformer) of a json rule's masked paths."""
+    paths = rule.options().get("paths") or {}
+    found = []
+    for path, spec in paths.items():
+        kind = spec if isinstance(spec, str) else (spec or {}).get("transformer", "text")
+        if kind not in NOT_FINGERPRINTED:
+            found.append((str(path).split("."), str(kind)))
     return found
 
 
-def keep_column_findings(conn: psycopg.Connection, columns: dict[str, list[ColumnInfo]], rules: RuleSet) -> list[str]:
-    """Personal data detected in ``keep`` columns of the copy: one finding per column and kind."""
-    findings = []
+def fingerprint_capacity(columns: dict[str, list[ColumnInfo]], rules: RuleSet, rows: dict[str, int]) -> int:
+    """How many fingerprints the filter is sized for: 4 forms per value of a personal column, 16 per JSON document."""
+    total = 0
+    for table, infos in columns.items():
+        for info in infos:
+            rule = rules.rule(table, info.name)
+            if rule is not None and rule.transformer not in NOT_FINGERPRINTED:
+                total += rows.get(table, 1000) * (16 if rule.transformer == "json" else 4)
+    return total
+
+
+def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[ColumnInfo]], rules: RuleSet,
+                            fingerprinter: Fingerprinter, capacity: int) -> FingerprintFilter:
+    """The fingerprints of every normalized form of every distinct value of every personal column of ``src``.
+
+    Personal: a rule other than those in :data:`NOT_FINGERPRINTED`; for ``json`` rules, the leaves
+    under the masked paths. Values are read by base type (:mod:`.leaves`): array elements, composite
+    fields, hstore keys and values, JSON leaves one by one.
+    """
+    catalog = TypeCatalog(src)
+    found = FingerprintFilter(capacity)
     for table, infos in sorted(columns.items()):
         schema, _, name = table.partition(".")
         for info in infos:
             rule = rules.rule(table, info.name)
-            if rule is None or rule.transformer != "keep" or not _TEXTUAL.match(info.type):
+            if rule is None or rule.transformer in NOT_FINGERPRINTED:
                 continue
-            col = sql.SQL("{}::text").format(sql.Identifier(info.name))
-            emails, phones, cards = conn.execute(sql.SQL(
-                "SELECT count(*) FILTER (WHERE {c} ~ %s), count(*) FILTER (WHERE {c} ~ %s), "
-                "(array_agg(substring({c} from %s)) FILTER (WHERE {c} ~ %s))[1:1000] FROM {t}").format(
-                c=col, t=sql.Identifier(schema, name)), (_EMAIL, _PHONE, _CARD, _CARD)).fetchone()  # type: ignore[misc]
-            luhn = sum(1 for text in cards or [] if text and luhn_ok(re.sub(r"[^0-9]", "", text)))
-            where = f"{table}.{info.name} (keep)"
-            if emails:
-                findings.append(f"{where}: {emails} value(s) hold an e-mail address")
-            if phones:
-                findings.append(f"{where}: {phones} value(s) hold a phone number")
-            if luhn:
-                findings.append(f"{where}: {luhn} value(s) hold a payment card number")
-    return findings
+            if rule.transformer == "json":
+                paths = _json_paths(rule)
+                query = sql.SQL("SELECT DISTINCT {}::text FROM {}").format(sql.Identifier(info.name),
+                                                                          sql.Identifier(schema, name))
+                for text in _lines(src, query):
+                    try:
+                        doc = json.loads(text)
+                    except ValueError:
+                        continue
+                    for parts, kind in paths:
+                        for leaf in _json_leaves(doc, parts):
+                            found.add(fingerprinter.all(leaf, free_text=_free_text(kind)))
+                continue
+            query = leaf_query(catalog, table, info.name) or sql.SQL(
+                "SELECT DISTINCT format('%s', {c}) FROM {t} WHERE {c} IS NOT NULL").format(
+                c=sql.Identifier(info.name), t=sql.Identifier(schema, name))
+            free_text = _free_text(rule.transformer)
+            if rule.transformer == "name" and rule.options().get("part") in ("first", "last"):
+                for leaf in _lines(src, query):  # one word alone: its own, weaker tier (fingerprints.name_part)
+                    part = fingerprinter.part(leaf)
+                    found.add([part] if part is not None else fingerprinter.all(leaf))
+                continue
+            for leaf in _lines(src, query):
+                found.add(fingerprinter.all(leaf, free_text=free_text))
+    found.flush()
+    return found
 
 
-def no_pii_leaked(src: psycopg.Connection, dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
-                  rules: RuleSet, stats: list[TableStats], key: bytes) -> CheckResult:
-    """See the module docstring; ``key`` is the masking key (digests never leave this function)."""
-    problems = [f"{s.table}.{column}: {count} masked value(s) equal their source value"
-                for s in stats for column, count in s.unchanged.items() if count]
-    compared = 0
+def _fixed_fingerprints(rules: RuleSet, fingerprinter: Fingerprinter) -> set[int]:
+    """The rule file's own constants (``fixed`` values): public by declaration, never a finding."""
+    found: set[int] = set()
+    for columns in rules.tables.values():
+        for rule in columns.values():
+            value = rule.options().get("value")
+            if rule.transformer == "fixed" and value is not None:
+                found.update(fingerprinter.all(str(value)))
+    return found
+
+
+def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]], rules: RuleSet,
+                  fingerprinter: Fingerprinter, production: FingerprintFilter) -> tuple[list[str], dict[str, float]]:
+    """Every text-like value of every column of the copy against the production fingerprints and the detectors.
+
+    Returns the findings (table, column, count; never a value) and the metrics.
+    """
+    catalog = TypeCatalog(dst)
+    fixed = _fixed_fingerprints(rules, fingerprinter)
+    bloom = production.bloom
+    findings: list[str] = []
+    scanned = columns_scanned = detector_findings = 0
     for table, infos in sorted(columns.items()):
         for info in infos:
-            rule = rules.rule(table, info.name)
-            if rule is None or rule.transformer not in DISJOINT_KINDS:
+            query = leaf_query(catalog, table, info.name, counted=True)
+            if query is None:
                 continue
-            production = _distinct_digests(src, table, info.name, key)
-            copy = _distinct_digests(dst, table, info.name, key)
-            compared += len(copy)
-            shared = len(production & copy)
-            if shared:
-                problems.append(f"{table}.{info.name}: {shared} value(s) of the copy occur in production")
-    findings = keep_column_findings(dst, columns, rules)
+            rule = rules.rule(table, info.name)
+            keep = rule is None or rule.transformer == "keep"
+            columns_scanned += 1
+            hits = emails = phones = cards = distinct = parts = part_rows = 0
+            for leaf, count in _counted(dst, query):
+                distinct += 1
+                if any(f in bloom and f not in fixed for f in fingerprinter.all(leaf)):
+                    hits += count
+                else:
+                    part = fingerprinter.part(leaf)
+                    if part is not None and part in bloom:
+                        parts += 1
+                        part_rows += count
+                if keep:
+                    if looks_like_email(leaf):
+                        emails += count
+                    elif looks_like_card(leaf):
+                        cards += count
+                    elif looks_like_phone(leaf):
+                        phones += count
+            scanned += distinct
+            where = f"{table}.{info.name}" + (" (keep)" if keep else "")
+            if hits:
+                findings.append(f"{where}: {hits} value(s) equal personal values of production")
+            if parts >= max(NAME_PART_MIN, NAME_PART_SHARE * distinct):
+                findings.append(f"{where}: {part_rows} value(s) equal first or last names of production "
+                                f"({parts} of {distinct} distinct values)")
+            for count, what in ((emails, "an e-mail address"), (phones, "a phone number"),
+                                (cards, "a payment card number")):
+                if count:
+                    detector_findings += 1
+                    findings.append(f"{where}: {count} value(s) hold {what}")
+    return findings, {"scanned_values": scanned, "scanned_columns": columns_scanned,
+                      "keep_column_findings": detector_findings}
+
+
+def no_pii_leaked(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]], rules: RuleSet,
+                  stats: list[TableStats], fingerprinter: Fingerprinter, production: FingerprintFilter) -> CheckResult:
+    """See the module docstring; ``production`` holds the fingerprints :func:`production_fingerprints` collected."""
+    problems = [f"{s.table}.{column}: {count} masked value(s) equal their source value"
+                for s in stats for column, count in s.unchanged.items() if count]
+    findings, metrics = copy_findings(dst, columns, rules, fingerprinter, production)
     problems += findings
+    rate = production.false_positive_rate()
     detail = "; ".join(problems) if problems else (
-        f"no masked value equals its source; {compared} distinct masked values share none with production; "
+        f"no masked value equals its source; {metrics['scanned_values']:,} distinct text values in "
+        f"{metrics['scanned_columns']} columns of the copy share no fingerprint with "
+        f"{production.entries:,} production fingerprints (Bloom filter, false-positive rate {rate:.1e}); "
         "no e-mail, phone or card number in keep columns")
     return CheckResult(NO_PII_LEAKED, not problems, detail,
-                       {"problems": len(problems), "keep_column_findings": len(findings), "compared_values": compared})
-
+                       {"problems": len(problems), **metrics, "production_fingerprints": production.entries,
+                        "filter_false_positive_rate": rate, "filter_bytes": production.bytes})
 
 _CONSTRAINTS = """
     SELECT format('%s %s (%s)', conrelid::regclass, conname, contype), convalidated FROM pg_constraint

@@ -10,11 +10,17 @@ Unique columns: each output is remembered (per column) and a collision is resolv
 transformer again with the next attempt number, which is deterministic; the chosen output is
 remembered on the (shared) transformer, so the same source value in a table streamed later gets
 the same output. Tables with unique masked columns are streamed first for that reason.
+
+Outputs that can be real data: a masked phone number is a random number with the source's
+prefix, so among millions one equals another person's real number. ``avoid`` (the production
+fingerprints, collected before the stream) is asked for every output of those transformers
+(:data:`AVOIDING_KINDS`), and an output it knows is retried like a unique collision.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -33,6 +39,8 @@ from dbprotect.core.sanitize.transformers import (
 
 BATCH_BYTES = 1 << 19
 MAX_ATTEMPTS = 1000
+#: Transformers whose outputs are checked against production values (``avoid``) and retried on a hit.
+AVOIDING_KINDS = frozenset({"phone"})
 #: Per transformer: how many first-attempt outputs are remembered (bounded memory, ~100 B each).
 CACHE_ENTRIES = 1 << 16
 
@@ -56,9 +64,11 @@ class _Plan:
     fn: MaskFunction
     unique: bool
     check_unchanged: bool
+    avoid: Callable[[bytes], bool] | None = None
 
 
-def table_plan(table: str, columns: list[ColumnInfo], rules: RuleSet, masker: Masker) -> list[_Plan]:
+def table_plan(table: str, columns: list[ColumnInfo], rules: RuleSet, masker: Masker,
+               avoid: Callable[[bytes], bool] | None = None) -> list[_Plan]:
     """The masked columns of one table (``keep`` columns pass through untouched)."""
     plans = []
     for index, column in enumerate(columns):
@@ -68,7 +78,8 @@ def table_plan(table: str, columns: list[ColumnInfo], rules: RuleSet, masker: Ma
         if rule.transformer == "keep":
             continue
         plans.append(_Plan(index, column.name, masker.transformer(rule), column.unique,
-                           rule.transformer not in UNCHANGED_EXEMPT))
+                           rule.transformer not in UNCHANGED_EXEMPT,
+                           avoid if rule.transformer in AVOIDING_KINDS else None))
     return plans
 
 
@@ -81,15 +92,17 @@ def stream_order(columns: dict[str, list[ColumnInfo]], rules: RuleSet) -> list[s
 
 
 def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str, columns: list[ColumnInfo],
-                   rules: RuleSet, masker: Masker, where: sql.Composable | None = None) -> TableStats:
+                   rules: RuleSet, masker: Masker, where: sql.Composable | None = None,
+                   avoid: Callable[[bytes], bool] | None = None) -> TableStats:
     """Stream one table from ``src`` into the same (empty) table in ``dst`` through its rules.
 
-    ``where`` restricts the rows read (subsetting, :mod:`.subset`).
+    ``where`` restricts the rows read (subsetting, :mod:`.subset`); ``avoid`` says whether an
+    output equals a production value (see the module docstring).
     """
     schema, _, name = table.partition(".")
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     target = sql.Identifier(schema, name)
-    plans = table_plan(table, columns, rules, masker)
+    plans = table_plan(table, columns, rules, masker, avoid)
     stats = TableStats(table, masked_columns=len(plans), unchanged={p.column: 0 for p in plans if p.check_unchanged})
     started = time.perf_counter()
     out_sql = (sql.SQL("COPY {} ({}) TO STDOUT").format(target, names) if where is None else
@@ -111,7 +124,7 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
 def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats) -> int:
     """The hot loop: kept as flat as Python allows (locals, no per-field function for kept columns)."""
     steps = [(p.index, p.fn.fn, p.fn.remaps, p.fn.cache, p.fn.safe, set() if p.unique else None,
-              p.column if p.check_unchanged else None) for p in plans]
+              p.column if p.check_unchanged else None, p.avoid) for p in plans]
     unchanged = stats.unchanged
     null = b"\\N"
     batch: list[bytes] = []
@@ -119,7 +132,7 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     rows = 0
     for chunk in reader:
         fields = bytes(chunk)[:-1].split(b"\t")
-        for index, fn, remaps, cache, safe, seen, column in steps:
+        for index, fn, remaps, cache, safe, seen, column, avoid in steps:
             raw = fields[index]
             if raw == null:
                 continue
@@ -131,9 +144,10 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
                     out = fn(value, 0)
                     if len(cache) < CACHE_ENTRIES:
                         cache[value] = out
-                if seen is not None:
+                if seen is not None or avoid is not None:
                     attempt = 0
-                    while out in seen:
+                    while out is not None and ((seen is not None and out in seen) or
+                                               (avoid is not None and avoid(out))):
                         attempt += 1
                         if attempt > MAX_ATTEMPTS:
                             raise SanitizeError(f"{stats.table}: could not find a unique masked value for a "

@@ -118,8 +118,9 @@ def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefini
 
 
 _CHECK_TEXT = {
-    "no_pii_leaked": "No masked value equals its source or any production value of its column (keyed hashes); "
-                     "no e-mail, phone or card number in keep columns.",
+    "no_pii_leaked": "No masked value equals its source; no text-like value of the copy (by base type: domains, "
+                     "arrays, composites, hstore, JSON leaves) equals a personal production value in any normalized "
+                     "form (keyed fingerprints); no e-mail, phone or card number in keep columns.",
     "constraints_hold": "Primary keys, unique and foreign key constraints of the source hold in the copy.",
     "row_counts_match": "Every table holds the rows of the source backup.",
 }

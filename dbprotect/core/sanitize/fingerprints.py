@@ -1,0 +1,227 @@
+"""Keyed fingerprints of personal values in normalized forms, and the detectors for ``keep`` columns.
+
+A leak is rarely byte-identical: production writes ``+44 20 7946 0018``, a kept column holds
+``+44-20-7946-0018``; production ``Jane Doe``, the copy ``JANE DOE``. So a value is compared in
+every *normalized form* it has (:func:`forms`):
+
+folded
+    NFKD, combining marks removed, case-folded, whitespace collapsed and trimmed (e-mails
+    lower-cased and trimmed, names case- and accent-folded).
+compact
+    the folded form without separators (space, ``-``, ``.``, ``/``, ``(``, ``)``) when it holds a
+    letter: IBANs without their grouping, ``Jane-Doe`` as ``Jane Doe``.
+digits
+    for phone-like values and card numbers (not decimals): the digits alone, and without a country
+    prefix (1 to 3 digits after ``+`` or ``00``) or a national trunk ``0``, so that ``+1 555 010 2000`` meets ``(555) 010-2000``.
+
+Each form is fingerprinted as HMAC-SHA256 under the masking key, truncated to 64 bits, and kept
+in a Bloom filter (:class:`FingerprintFilter`, `rbloom`_: a Rust Bloom filter, bounded memory for
+tens of millions of fingerprints). Raw values are never kept. A Bloom filter answers "maybe" for
+values never added with a known false-positive rate, which the check prints: a false positive can
+only make the check fail, never pass.
+
+Short forms are not fingerprinted (:data:`MIN_FORM`): a 5-character word collides by chance with
+unrelated data (a city, a product code); the detectors cover short e-mail-like and phone-like values.
+
+.. _rbloom: https://github.com/KenanHanke/rbloom
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import unicodedata
+from collections.abc import Iterable
+
+from rbloom import Bloom
+
+#: Shortest folded form fingerprinted (characters); shorter values collide by chance.
+MIN_FORM = 6
+#: Shortest digit form fingerprinted: 9 digits (a national number without its trunk 0). Shorter digit
+#: strings (coordinates, amounts, local numbers) collide by chance with the tails of real phone numbers.
+MIN_DIGITS = 9
+#: Free text (the ``text`` transformer's columns: addresses, cities, notes) is fingerprinted when it is
+#: this long and holds a digit (a street address), or is :data:`MIN_PROSE` long (a note, a bio): city and
+#: company names are shared with other tables by chance ("San Francisco" is a customer's city and a territory).
+MIN_FREE_TEXT = 12
+MIN_PROSE = 32
+#: The Bloom filter's design false-positive rate (per lookup, at its capacity).
+FALSE_POSITIVE_RATE = 1e-9
+
+_SEPARATORS = re.compile(r"[\s\-./()]+")
+_SPACES = re.compile(r"\s+")
+_PHONE_SHAPE = re.compile(r"^(\+|00)?[0-9\s\-./()]+$")
+_DECIMAL = re.compile(r"^[+-]?[0-9]*\.[0-9]+$")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_PHONE_PATTERNS = (
+    re.compile(r"^\+[1-9][0-9]{0,3}(?:[\s.\-/]?\(?[0-9]{1,5}\)?){1,6}$"),  # +44 20 7946 0018, +44-20-..., +4420...
+    re.compile(r"^00[1-9][0-9]{0,3}(?:[\s.\-/]?\(?[0-9]{1,5}\)?){1,6}$"),   # 0044 20 7946 0018
+    re.compile(r"^\(?[0-9]{3}\)?[\s.\-][0-9]{3}[\s.\-][0-9]{4}$"),           # (555) 010-2000, 555.010.2000
+    re.compile(r"^\([0-9]{2,5}\)\s?[0-9]{3,4}[\s.\-]?[0-9]{3,4}$"),          # (030) 1234 5678
+)
+_CARD = re.compile(r"^[2-6][0-9]{3}(?:[\s-]?[0-9]{2,7}){2,4}$")
+
+
+def fold(text: str) -> str:
+    """Case- and accent-folded, whitespace collapsed and trimmed."""
+    if not text.isascii():
+        text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return _SPACES.sub(" ", text.casefold()).strip()
+
+
+def digit_forms(text: str) -> list[str]:
+    """A phone-like value's digits: as written, without a country prefix, without a trunk 0."""
+    stripped = text.strip()
+    if not _PHONE_SHAPE.match(stripped) or _DECIMAL.match(stripped):
+        return []
+    digits = "".join(ch for ch in stripped if ch.isdigit())
+    if len(digits) < MIN_DIGITS or len(digits) > 19:
+        return []
+    found = [digits]
+    international = stripped.startswith("+") or digits.startswith("00")
+    if digits.startswith("00"):
+        digits = digits[2:]
+        found.append(digits)
+    if international:
+        found += [digits[cc:] for cc in (1, 2, 3) if len(digits) - cc >= MIN_DIGITS]
+    elif digits.startswith("0") and len(digits) - 1 >= MIN_DIGITS:
+        found.append(digits[1:])
+    return found
+
+
+def forms(text: str, *, free_text: bool = False) -> set[str]:
+    """Every normalized form of one value that is long enough to be fingerprinted (``free_text``: see
+    :data:`MIN_FREE_TEXT`; digit forms of phone numbers and cards count whatever the column)."""
+    folded = fold(text)
+    minimum = MIN_FORM
+    if free_text and not (len(folded) >= MIN_PROSE or any(ch.isdigit() for ch in folded)):
+        minimum = MIN_PROSE
+    elif free_text:
+        minimum = MIN_FREE_TEXT
+    found = {folded} if len(folded) >= minimum else set()
+    compact = _SEPARATORS.sub("", folded)
+    if compact != folded and len(compact) >= minimum and not compact.isdigit():
+        found.add(compact)  # IBANs, hyphenated names; digit strings are digit_forms' (phones, cards)
+    found.update(digit_forms(text))
+    return found
+
+
+_WORD = re.compile(r"^[^\W\d_]+(?:['\-][^\W\d_]+)*$")
+
+
+def name_part(text: str) -> str | None:
+    """A single word (a first or last name on its own), folded; None for anything else.
+
+    Name parts are fingerprinted apart from the other forms (:meth:`Fingerprinter.part`): "Madalena"
+    is a customer's first name and a song's title, so one shared word is chance, and only a column
+    whose values are mostly production's name parts is a finding (:data:`NAME_PART_SHARE`).
+    """
+    folded = fold(text)
+    return folded if 2 <= len(folded) <= 40 and _WORD.match(folded) else None
+
+
+#: A column is reported for name parts when at least this share of its distinct values (and at least
+#: :data:`NAME_PART_MIN` of them) are first or last names of production's people.
+NAME_PART_SHARE = 0.5
+NAME_PART_MIN = 3
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch)
+        if i % 2:
+            n = n * 2 - 9 if n > 4 else n * 2
+        total += n
+    return total % 10 == 0
+
+
+def looks_like_email(text: str) -> bool:
+    return "@" in text and _EMAIL.search(text) is not None
+
+
+def looks_like_phone(text: str) -> bool:
+    """A phone number as people write it (international, NANP, with a bracketed area code); 8-15 digits."""
+    stripped = text.strip()
+    if not any(p.match(stripped) for p in _PHONE_PATTERNS):
+        return False
+    return 8 <= sum(ch.isdigit() for ch in stripped) <= 15 or stripped.startswith("(")
+
+
+def looks_like_card(text: str) -> bool:
+    """A payment card number: 13-19 digits (spaces or dashes between groups), issuer digit 2-6, Luhn-valid.
+
+    A leading ``+`` or ``00`` makes it a phone number, never a card.
+    """
+    stripped = text.strip()
+    if not _CARD.match(stripped):
+        return False
+    digits = "".join(ch for ch in stripped if ch.isdigit())
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+class Fingerprinter:
+    """HMAC-SHA256 of normalized forms under the masking key, as 64-bit integers."""
+
+    def __init__(self, key: bytes) -> None:
+        base = hmac.new(key, b"dbprotect-fingerprint\0", digestmod=hashlib.sha256)
+        self._base = getattr(base, "_hmac", None) or base
+
+    def of(self, form: str) -> int:
+        mac = self._base.copy()
+        mac.update(form.encode("utf-8", "surrogatepass"))
+        return int.from_bytes(mac.digest()[:8], "big")
+
+    def part(self, text: str) -> int | None:
+        """The fingerprint of a value as a name part (its own domain), or None when it is not one word."""
+        word = name_part(text)
+        return None if word is None else self.of("\0part\0" + word)
+
+    def all(self, text: str, *, free_text: bool = False) -> list[int]:
+        return [self.of(form) for form in forms(text, free_text=free_text)]
+
+
+class FingerprintFilter:
+    """A Bloom filter of production fingerprints sized for ``capacity`` entries at :data:`FALSE_POSITIVE_RATE`."""
+
+    def __init__(self, capacity: int, rate: float = FALSE_POSITIVE_RATE) -> None:
+        self.capacity = max(1000, capacity)
+        self.rate = rate
+        self.bloom = Bloom(self.capacity, rate)
+        self.added = 0
+        self._pending: list[int] = []
+
+    def add(self, fingerprints: Iterable[int]) -> None:
+        self._pending.extend(fingerprints)
+        if len(self._pending) >= 65536:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.added += len(self._pending)
+            self.bloom.update(self._pending)
+            self._pending.clear()
+
+    def __contains__(self, fingerprint: int) -> bool:
+        return fingerprint in self.bloom
+
+    def any_of(self, fingerprints: Iterable[int]) -> bool:
+        bloom = self.bloom
+        return any(f in bloom for f in fingerprints)
+
+    @property
+    def entries(self) -> int:
+        """Distinct fingerprints in the filter (the filter's own estimate)."""
+        return round(self.bloom.approx_items)
+
+    def false_positive_rate(self) -> float:
+        """The rate at the entries actually held (above the design rate when the capacity was exceeded)."""
+        m = self.bloom.size_in_bits
+        k = max(1, round(m / self.capacity * math.log(2)))
+        return (1 - math.exp(-k * max(self.entries, 1) / m)) ** k
+
+    @property
+    def bytes(self) -> int:
+        return self.bloom.size_in_bits // 8

@@ -1,0 +1,131 @@
+"""Type-aware reading of a column's text: every text-like value it holds, by *base* type.
+
+The leak check must not trust a column's type name: ``contact_email`` may be a domain over
+``text``, ``text[][]`` holds text two levels down, a composite type holds text in its fields,
+``hstore`` in its keys and values, ``json``/``jsonb`` in its leaves. :func:`column_leaves` resolves
+a column's type through the catalog (domains to their base type, arrays to their element type at
+any depth, composite types to their fields, recursively) and returns one SQL query whose rows are
+the column's distinct text-like leaves. PostgreSQL does the flattening (``unnest`` flattens every
+dimension, ``jsonb_path_query`` walks every level), so Python only sees leaves.
+
+Text-like: the string category (``text``, ``varchar``, ``bpchar``, ``name``, ``citext``...),
+``xml``, ``json``/``jsonb`` string and number leaves, ``hstore`` keys and values, and ``bytea``
+(its escaped form: text stored as bytes stays readable). Not text-like: numbers, dates, booleans,
+``uuid``, ``inet``, enums (their labels are schema, not data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+#: Composite types nested deeper than this are not followed (PostgreSQL forbids self-containment,
+#: so this only bounds pathological schemas).
+MAX_DEPTH = 12
+
+
+@dataclass(frozen=True)
+class PgType:
+    oid: int
+    name: str
+    schema: str
+    kind: str        # typtype: b base, c composite, d domain, e enum, r range, m multirange, p pseudo
+    category: str    # typcategory: S string, A array, U user-defined...
+    base: int        # typbasetype (domains)
+    element: int     # typelem (arrays)
+    relation: int    # typrelid (composite types)
+
+
+class TypeCatalog:
+    """The types of one database, read once; attributes of composite types on demand."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+        self._types = {row[0]: PgType(*row) for row in conn.execute(
+            "SELECT t.oid::int, t.typname::text, n.nspname::text, t.typtype::text, t.typcategory::text, "
+            "t.typbasetype::int, t.typelem::int, t.typrelid::int "
+            "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace").fetchall()}
+        self._fields: dict[int, list[tuple[str, int]]] = {}
+
+    def type(self, oid: int) -> PgType | None:
+        return self._types.get(oid)
+
+    def fields(self, relation: int) -> list[tuple[str, int]]:
+        found = self._fields.get(relation)
+        if found is None:
+            found = self._fields[relation] = [(str(name), int(oid)) for name, oid in self._conn.execute(
+                "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY attnum", (relation,)).fetchall()]
+        return found
+
+    def column_type(self, table: str, column: str) -> int:
+        schema, _, name = table.partition(".")
+        row = self._conn.execute(
+            "SELECT a.atttypid FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+            "AND a.attname = %s AND NOT a.attisdropped", (schema, name, column)).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _leaf_paths(catalog: TypeCatalog, expr: sql.Composable, oid: int, joins: list[sql.Composable],
+                depth: int, counter: list[int]) -> list[tuple[list[sql.Composable], sql.Composable]]:
+    """(lateral joins, leaf expression) for every text-like place inside a value of type ``oid``."""
+    t = catalog.type(oid)
+    if t is None or depth > MAX_DEPTH:
+        return []
+    if t.kind == "d":
+        return _leaf_paths(catalog, expr, t.base, joins, depth + 1, counter)
+    if t.category == "A" and t.element:
+        counter[0] += 1
+        alias = sql.Identifier(f"dbp_a{counter[0]}")
+        join = sql.SQL("CROSS JOIN LATERAL unnest({}) AS {}(e)").format(expr, alias)
+        return _leaf_paths(catalog, sql.SQL("{}.e").format(alias), t.element, [*joins, join], depth + 1, counter)
+    if t.kind == "c" and t.relation:
+        found = []
+        for field, field_type in catalog.fields(t.relation):
+            found += _leaf_paths(catalog, sql.SQL("({}).{}").format(expr, sql.Identifier(field)), field_type,
+                                 joins, depth + 1, counter)
+        return found
+    if t.name in ("json", "jsonb") and t.schema == "pg_catalog":
+        counter[0] += 1
+        alias = sql.Identifier(f"dbp_j{counter[0]}")
+        join = sql.SQL("CROSS JOIN LATERAL jsonb_path_query({}::jsonb, 'strict $.**') AS {}(x)").format(expr, alias)
+        leaf = sql.SQL("CASE WHEN jsonb_typeof({a}.x) IN ('string', 'number') THEN {a}.x #>> '{{}}' END").format(
+            a=alias)
+        return [([*joins, join], leaf)]
+    if t.name == "hstore" and t.kind == "b":
+        counter[0] += 1
+        alias = sql.Identifier(f"dbp_h{counter[0]}")
+        join = sql.SQL("CROSS JOIN LATERAL unnest({s}.akeys({e}) || {s}.avals({e})) AS {a}(v)").format(
+            s=sql.Identifier(t.schema), e=expr, a=alias)
+        return [([*joins, join], sql.SQL("{}.v").format(alias))]
+    if t.name == "bytea" and t.schema == "pg_catalog":
+        return [(joins, sql.SQL("encode({}, 'escape')").format(expr))]
+    if t.category == "S" or (t.name == "xml" and t.schema == "pg_catalog"):
+        return [(joins, sql.SQL("{}::text").format(expr))]
+    return []
+
+
+def leaf_query(catalog: TypeCatalog, table: str, column: str, *, counted: bool = False) -> sql.Composable | None:
+    """One query listing the distinct non-null text-like leaves of ``table.column``; None when it has none.
+
+    ``counted``: a second column says how many times each leaf occurs (findings count rows, not
+    distinct values, while Python sees each distinct value once).
+    """
+    schema, _, name = table.partition(".")
+    paths = _leaf_paths(catalog, sql.SQL("t.{}").format(sql.Identifier(column)),
+                        catalog.column_type(table, column), [], 0, [0])
+    if not paths:
+        return None
+    parts = [sql.SQL("SELECT {} AS v FROM {} t {}").format(leaf, sql.Identifier(schema, name), sql.SQL(" ").join(joins))
+             for joins, leaf in paths]
+    union = sql.SQL(" UNION ALL ").join(parts)
+    if counted:
+        return sql.SQL("SELECT v, count(*) FROM ({}) leaves WHERE v IS NOT NULL GROUP BY v").format(union)
+    return sql.SQL("SELECT DISTINCT v FROM ({}) leaves WHERE v IS NOT NULL").format(union)
+
+
+def is_text_like(catalog: TypeCatalog, table: str, column: str) -> bool:
+    return leaf_query(catalog, table, column) is not None

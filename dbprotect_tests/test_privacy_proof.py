@@ -1,0 +1,225 @@
+"""Issue 12: ``no_pii_leaked`` fails whenever real personal data reaches the copy, on real PostgreSQL.
+
+Each leak case builds a real sanitized copy (backup, verify, restore, stream, check) of a small
+schema where one column carries production's personal values in a form the old check missed, and
+asserts that the build stores nothing and the check names that column. The passing cases (demo,
+Chinook, Northwind with their reviewed rules) are in ``test_sanitize.py``; E.164 phones versus
+cards and the normalization property are pure and fast here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbprotect.core.config.load import load_config
+from dbprotect.core.ops import backup_database, build_sanitized_copy, verify_database_backup
+from dbprotect.core.sanitize.fingerprints import (
+    Fingerprinter,
+    FingerprintFilter,
+    forms,
+    looks_like_card,
+    looks_like_phone,
+)
+from dbprotect.core.store import FilesystemStorage
+from dbprotect.core.store.catalog import list_backups
+from dbprotect_tests.fixtures.crm import KEY_ENV
+
+PEOPLE = """
+CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL, phone text, full_name text, last_name text);
+INSERT INTO people SELECT i, 'Person.' || i || '@Corp.example.org', '+4420794' || lpad(i::text, 5, '0'),
+       'Jöhn Smíth' || chr(65 + i % 26) || chr(65 + i / 26 % 26), 'Nakamura' || chr(97 + i % 26)
+FROM generate_series(1, 300) i;
+"""
+PEOPLE_RULES = {"id": "keep", "email": "email", "phone": "phone", "full_name": "name",
+                "last_name": {"transformer": "name", "part": "last"}}
+
+
+@pytest.fixture
+def build(write_config, pg, monkeypatch, make_db, tmp_path: Path, other_age_keys) -> Callable[..., Any]:
+    """Factory: a database from SQL with rules (people's rules added), one verified backup, one sanitize build."""
+
+    def factory(extra_sql: str, extra_rules: dict[str, dict[str, Any]]) -> Any:
+        source = make_db(PEOPLE + extra_sql)
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(yaml.safe_dump({"version": 1, "tables": {"people": PEOPLE_RULES, **extra_rules}}))
+        monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
+        monkeypatch.setenv(KEY_ENV, "k" * 8 + secrets.token_hex(16))
+        path = write_config(source, database="crm", deployment="production",
+                            extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})
+        doc = yaml.safe_load(path.read_text())
+        doc["databases"]["crm"]["sanitize"] = {"rules": str(rules), "hmac_key_env": KEY_ENV}
+        doc["keys"]["development"] = {"recipients": [other_age_keys[1]], "identity_env": "TEST_DEV_IDENTITY"}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        config = load_config(path)
+        backup_database(config, "crm")
+        verify_database_backup(config, "crm")
+        return build_sanitized_copy(config, "crm")
+
+    return factory
+
+
+def leak_detail(result: Any, tmp_path: Path) -> str:
+    check = {c.name: c for c in result.checks}["no_pii_leaked"]
+    assert not check.ok and not result.ok and result.artifact_id is None
+    assert not list_backups(FilesystemStorage(tmp_path / "store"), "crm-sanitized")
+    return str(check.detail)
+
+
+LEAKS = {
+    "domain_over_text": (
+        "CREATE DOMAIN contact_email AS text CHECK (VALUE LIKE '%@%');"
+        "CREATE TABLE contacts (id int PRIMARY KEY, address contact_email);"
+        "INSERT INTO contacts SELECT id, email FROM people;",
+        {"contacts": {"id": "keep", "address": "keep"}}, "public.contacts.address (keep): 300 value(s)"),
+    "varchar_domain_array_of_emails": (
+        "CREATE DOMAIN short_text AS varchar(200);"
+        "CREATE TABLE lists (id int PRIMARY KEY, members short_text[]);"
+        "INSERT INTO lists SELECT g, array_agg(upper(email)) FROM people, generate_series(1, 3) g "
+        "WHERE id % 3 = g - 1 GROUP BY g;",
+        {"lists": {"id": "keep", "members": "keep"}}, "public.lists.members (keep): 300 value(s)"),
+    "text_array_two_dimensions": (
+        "CREATE TABLE grid (id int PRIMARY KEY, cells text[]);"
+        "INSERT INTO grid VALUES (1, ARRAY[['Person.1@corp.example.org', 'x'], ['y', 'person.2@CORP.example.org']]);",
+        {"grid": {"id": "keep", "cells": "keep"}}, "public.grid.cells (keep): 2 value(s) equal personal"),
+    "hstore_of_phones": (
+        "CREATE EXTENSION IF NOT EXISTS hstore;"
+        "CREATE TABLE prefs (id int PRIMARY KEY, extra hstore);"
+        "INSERT INTO prefs SELECT id, hstore('mobile', regexp_replace(phone, '^\\+44(..)(...)(.*)$', '0\\1 \\2 \\3')) "
+        "FROM people;",
+        {"prefs": {"id": "keep", "extra": "keep"}}, "public.prefs.extra (keep): 300 value(s) equal personal"),
+    "jsonb_three_levels_deep": (
+        "CREATE TABLE events (id int PRIMARY KEY, payload jsonb);"
+        "INSERT INTO events SELECT id, jsonb_build_object('a', jsonb_build_object('b', "
+        "jsonb_build_object('c', ' ' || email || ' ')), 'n', 1) FROM people;",
+        {"events": {"id": "keep", "payload": "keep"}}, "public.events.payload (keep): 300 value(s) equal personal"),
+    "composite_field": (
+        "CREATE TYPE contact AS (label text, email varchar(100));"
+        "CREATE TABLE cards (id int PRIMARY KEY, who contact);"
+        "INSERT INTO cards SELECT id, ROW('work', email)::contact FROM people;",
+        {"cards": {"id": "keep", "who": "keep"}}, "public.cards.who (keep): 300 value(s) equal personal"),
+    "names_differing_in_case": (
+        "CREATE TABLE badges (id int PRIMARY KEY, printed text);"
+        "INSERT INTO badges SELECT id, upper(full_name) FROM people;",
+        {"badges": {"id": "keep", "printed": "keep"}}, "public.badges.printed (keep): 300 value(s) equal personal"),
+    "names_without_accents": (
+        "CREATE TABLE badges (id int PRIMARY KEY, printed text);"
+        "INSERT INTO badges SELECT id, replace(replace(full_name, 'ö', 'o'), 'í', 'i') FROM people;",
+        {"badges": {"id": "keep", "printed": "keep"}}, "public.badges.printed (keep): 300 value(s) equal personal"),
+    "last_names_alone": (
+        "CREATE TABLE authors (id int PRIMARY KEY, surname text);"
+        "INSERT INTO authors SELECT id, upper(last_name) FROM people;",
+        {"authors": {"id": "keep", "surname": "keep"}},
+        "public.authors.surname (keep): 300 value(s) equal first or last names of production (26 of 26"),
+    "bytea_holding_text": (
+        "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
+        "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",
+        {"blobs": {"id": "keep", "body": "keep"}}, "public.blobs.body (keep): 300 value(s) equal personal"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(LEAKS))
+def test_leak_fails_the_check_naming_the_column(build, tmp_path: Path, case: str) -> None:
+    extra_sql, extra_rules, expected = LEAKS[case]
+    detail = leak_detail(build(extra_sql, extra_rules), tmp_path)
+    assert expected in detail, detail
+    assert "Corp.example.org" not in detail and "@" not in detail.replace("an e-mail", "")  # never a value
+
+
+PHONE_LAYOUTS = {"dashes": "+44-20-794-{n}", "spaces": "+44 20 794 {n}", "dots": "020.794.{n}",
+                 "parentheses": "(020) 794-{n}"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", sorted(PHONE_LAYOUTS))
+def test_phones_written_with_separators_fail_the_check(build, tmp_path: Path, layout: str) -> None:
+    pattern = PHONE_LAYOUTS[layout].replace("{n}", "' || lpad(id::text, 5, '0') || '")
+    detail = leak_detail(build(
+        "CREATE TABLE callers (id int PRIMARY KEY, number text);"
+        f"INSERT INTO callers SELECT id, '{pattern}' FROM people;",
+        {"callers": {"id": "keep", "number": "keep"}}), tmp_path)
+    assert "public.callers.number (keep): 300 value(s) equal personal values of production" in detail, detail
+
+
+@pytest.mark.slow
+def test_masked_people_with_unrelated_keep_columns_pass(build) -> None:
+    """Postal codes, statuses and e-mail-free JSON in keep columns are not findings; masked columns pass."""
+    result = build(
+        "CREATE TABLE shops (id int PRIMARY KEY, postal text, status text, opts jsonb, tags text[], owner text);"
+        "INSERT INTO shops SELECT i, lpad(i::text, 5, '0'), 'active', '{\"theme\": \"dark\", \"n\": 42}', "
+        "ARRAY['retail', 'eu'], CASE WHEN i = 1 THEN 'Nakamurab' ELSE 'Shop ' || i END "
+        "FROM generate_series(1, 300) i;",
+        {"shops": {"id": "keep", "postal": "keep", "status": "keep", "opts": "keep", "tags": "keep", "owner": "keep"}})
+    check = {c.name: c for c in result.checks}["no_pii_leaked"]
+    assert result.ok and check.ok, check.detail
+    assert check.metrics["production_fingerprints"] > 900 and "false-positive rate" in check.detail
+
+
+def test_e164_phones_are_not_cards() -> None:
+    for phone in ("+4915112345678", "+14155550100", "+447946001800", "+3361234567890", "+4420794600180"):
+        assert not looks_like_card(phone)
+        assert looks_like_phone(phone)
+    assert looks_like_card("4111 1111 1111 1111") and looks_like_card("4111-1111-1111-1111")
+    assert not looks_like_card("4111 1111 1111 1112")  # Luhn
+    assert not looks_like_card("1234567890123452")  # no issuer starts with 1
+    for phone in ("+44-20-7946-0018", "(555) 010-2000", "555.010.2000", "+44 20 7946 0018"):
+        assert looks_like_phone(phone)
+    for other in ("2024-01-05", "10.1.2.3", "12345", "v1.2.3"):
+        assert not looks_like_phone(other)
+
+
+_SEPARATOR = st.sampled_from([" ", "-", ".", "", "  "])
+
+
+@settings(max_examples=300, deadline=None)
+@given(digits=st.from_regex(r"[1-9][0-9]{9,11}", fullmatch=True), country=st.sampled_from(["1", "44", "49", "353"]),
+       sep=_SEPARATOR, national=st.booleans())
+def test_phone_fingerprints_survive_reformatting(digits: str, country: str, sep: str, national: bool) -> None:
+    fingerprint = Fingerprinter(b"k" * 32)
+    original = "+" + country + digits
+    written = ("0" if national else "+" + country + sep) + sep.join(
+        digits[i:i + 3] for i in range(0, len(digits), 3))
+    assert set(fingerprint.all(original)) & set(fingerprint.all(written))
+
+
+@settings(max_examples=300, deadline=None)
+@given(local=st.text("abcdefghijklmnopqrstuvwxyz0123456789._", min_size=1, max_size=20),
+       domain=st.sampled_from(["corp.example.org", "mail.example.net"]),
+       first=st.text("abcdefghijklmnopqrstuvwxyzéöüñ", min_size=2, max_size=10),
+       last=st.text("abcdefghijklmnopqrstuvwxyzéöüñ", min_size=2, max_size=12),
+       upper=st.booleans(), pad=st.sampled_from(["", " ", "  "]))
+def test_email_and_name_fingerprints_survive_case_and_spacing(local: str, domain: str, first: str, last: str,
+                                                              upper: bool, pad: str) -> None:
+    fingerprint = Fingerprinter(b"k" * 32)
+    email = f"{local}@{domain}"
+    assert set(fingerprint.all(email)) == set(fingerprint.all(pad + (email.upper() if upper else email) + pad))
+    name = f"{first.capitalize()} {last.capitalize()}"
+    changed = (name.upper() if upper else name.lower()).replace(" ", " " + pad)
+    assert set(fingerprint.all(name)) == set(fingerprint.all(changed))
+    plain = "".join(c for c in changed.translate(str.maketrans("éöüñÉÖÜÑ", "eounEOUN")))
+    assert set(fingerprint.all(name)) == set(fingerprint.all(plain))
+
+
+def test_cards_and_ibans_match_without_separators() -> None:
+    fingerprint = Fingerprinter(b"k" * 32)
+    assert set(fingerprint.all("4111111111111111")) & set(fingerprint.all("4111 1111-1111 1111"))
+    assert set(fingerprint.all("DE89370400440532013000")) & set(fingerprint.all("de89 3704 0044 0532 0130 00"))
+    assert not forms("12345") and not forms("Bob")  # too short to fingerprint: chance collisions
+
+
+def test_filter_reports_its_false_positive_rate() -> None:
+    found = FingerprintFilter(10_000)
+    fingerprint = Fingerprinter(b"k" * 32)
+    found.add(f for i in range(5000) for f in fingerprint.all(f"person{i}@corp.example.org"))
+    found.flush()
+    assert all(found.any_of(fingerprint.all(f"PERSON{i}@corp.example.org ")) for i in range(5000))
+    assert not any(found.any_of(fingerprint.all(f"other{i}@corp.example.org")) for i in range(5000))
+    assert 0 < found.false_positive_rate() < 1e-6 and 9900 < found.entries < 10100  # two forms each: folded, compact
