@@ -12,7 +12,8 @@ compact
     letter: IBANs without their grouping, ``Jane-Doe`` as ``Jane Doe``.
 digits
     for phone-like values and card numbers (not decimals): the digits alone, and without a country
-    prefix (1 to 3 digits after ``+`` or ``00``) or a national trunk ``0``, so that ``+1 555 010 2000`` meets ``(555) 010-2000``.
+    prefix (1 to 3 digits after ``+`` or ``00``) or a national trunk ``0``, so that ``+1 555 010 2000``
+    meets ``(555) 010-2000``.
 
 Each form is fingerprinted as HMAC-SHA256 under the masking key, truncated to 64 bits, and kept
 in a Bloom filter (:class:`FingerprintFilter`, `rbloom`_: a Rust Bloom filter, bounded memory for
