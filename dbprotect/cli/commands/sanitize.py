@@ -38,18 +38,21 @@ def check_command(ui: Ui, database: str) -> int:
     """Check that the rule file of DATABASE classifies every column of its newest backup.
 
     Reads only the backup's manifest (its per-table column lists): no connection, nothing
-    decrypted. Exits 2 listing every unclassified column; reports rules still marked review.
+    decrypted. Exits 2 listing every unclassified column; reports rules still marked review and
+    every keep with a waiver (personal data copied by decision).
     """
     checked = check_sanitize_coverage(ui.load(), database)
     found = checked.coverage
     if ui.json:
         ui.emit({"database": database, "backup_id": checked.backup_id, "missing": [],
-                 "stale": found.stale, "unreviewed": found.unreviewed})
+                 "stale": found.stale, "unreviewed": found.unreviewed, "waivers": checked.rules.waivers()})
         return EXIT_OK
     click.echo(f"{database}: every column of backup {checked.backup_id} has a rule in {checked.rules.source}")
     if found.unreviewed:
         click.echo(f"  {len(found.unreviewed)} rule(s) still marked review: true: "
                    f"{', '.join(found.unreviewed[:10])}{' ...' if len(found.unreviewed) > 10 else ''}")
+    for column, reason in checked.rules.waivers().items():
+        click.echo(f"  waiver: {column} is copied as it is (keep): {reason}")
     if found.stale:
         click.echo(f"  {len(found.stale)} rule(s) name columns that no longer exist: {', '.join(found.stale[:10])}")
     return EXIT_OK

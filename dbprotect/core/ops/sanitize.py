@@ -88,9 +88,11 @@ def _audit(storage: Storage, by: str, result: SanitizeResult) -> None:
         "sanitize", database=result.database, outcome="failed" if failed else "ok",
         target=result.artifact_id or result.source_backup_id,
         detail="; ".join(f"{c.name}: {c.detail}" for c in failed) if failed
-        else f"sanitized copy {result.artifact_id} of backup {result.source_backup_id}",
+        else f"sanitized copy {result.artifact_id} of backup {result.source_backup_id}"
+        + (f"; {len(result.waivers)} keep waiver(s): "
+           + ", ".join(f"{column} ({reason})" for column, reason in result.waivers.items()) if result.waivers else ""),
         data={"source_backup_id": result.source_backup_id, "rules_sha256": result.rules_sha256,
-              "masking_key_id": result.key_id, "metrics": result.metrics()})
+              "masking_key_id": result.key_id, "metrics": result.metrics(), "waivers": result.waivers})
 
 
 def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact_id: str | None = None,

@@ -73,6 +73,8 @@ class SanitizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     unreviewed: list[str] = field(default_factory=list)
     artifact_id: str | None = None
+    #: ``keep`` rules with a ``waiver:`` (column -> reason): decisions to copy personal data, audited.
+    waivers: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -94,7 +96,7 @@ class SanitizeResult:
         return {"database": self.database, "source_backup_id": self.source_backup_id,
                 "artifact_id": self.artifact_id, "ok": self.ok, "rules_sha256": self.rules_sha256,
                 "key_id": self.key_id, "checks": [c.to_dict() for c in self.checks],
-                "unreviewed": self.unreviewed, "metrics": self.metrics()}
+                "unreviewed": self.unreviewed, "waivers": self.waivers, "metrics": self.metrics()}
 
 
 def restore_section(archive: Path, dsn: str, section: str, *, server_major: int, pg_bin_dir: str | None) -> None:
@@ -138,6 +140,7 @@ def _with_lineage(manifest: Manifest, result: SanitizeResult, by: str) -> Manife
         "checks": {check.name: {"ok": check.ok, "detail": check.detail, "metrics": check.metrics}
                    for check in result.checks},
         "unreviewed_rules": result.unreviewed,
+        "waivers": result.waivers,
         "built_at": datetime.now(UTC).isoformat(),
         "built_by": by,
         "rows": result.rows,
@@ -212,7 +215,7 @@ def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x2551
                       row_counts_match(dst, manifest, sorted(columns), plan.rows)]
         lap("checks")
         result = SanitizeResult(database, backup_id, rules.sha256, masker.key_id(), checks, stats,
-                                timings, coverage.unreviewed)
+                                timings, coverage.unreviewed, waivers=rules.waivers())
         if not result.ok:
             return result
         say("store")

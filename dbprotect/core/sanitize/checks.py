@@ -194,10 +194,12 @@ def _fixed_fingerprints(rules: RuleSet, fingerprinter: Fingerprinter) -> set[int
 
 
 def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]], rules: RuleSet,
-                  fingerprinter: Fingerprinter, production: FingerprintFilter) -> tuple[list[str], dict[str, float]]:
+                  fingerprinter: Fingerprinter, production: FingerprintFilter,
+                  waived: list[str] | None = None) -> tuple[list[str], dict[str, float]]:
     """Every text-like value of every column of the copy against the production fingerprints and the detectors.
 
-    Returns the findings (table, column, count; never a value) and the metrics.
+    Returns the findings (table, column, count; never a value) and the metrics. Findings on a
+    ``keep`` column with a ``waiver:`` go to ``waived`` (when given) instead.
     """
     catalog = TypeCatalog(dst)
     fixed = _fixed_fingerprints(rules, fingerprinter)
@@ -231,16 +233,19 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                         phones += count
             scanned += distinct
             where = f"{table}.{info.name}" + (" (keep)" if keep else "")
+            target = findings
+            if keep and rule is not None and rule.waiver and waived is not None:
+                where, target = f"{table}.{info.name} (keep, waived: {rule.waiver})", waived
             if hits:
-                findings.append(f"{where}: {hits} value(s) equal personal values of production")
+                target.append(f"{where}: {hits} value(s) equal personal values of production")
             if parts >= max(NAME_PART_MIN, NAME_PART_SHARE * distinct):
-                findings.append(f"{where}: {part_rows} value(s) equal first or last names of production "
+                target.append(f"{where}: {part_rows} value(s) equal first or last names of production "
                                 f"({parts} of {distinct} distinct values)")
             for count, what in ((emails, "an e-mail address"), (phones, "a phone number"),
                                 (cards, "a payment card number")):
                 if count:
                     detector_findings += 1
-                    findings.append(f"{where}: {count} value(s) hold {what}")
+                    target.append(f"{where}: {count} value(s) hold {what}")
     return findings, {"scanned_values": scanned, "scanned_columns": columns_scanned,
                       "keep_column_findings": detector_findings}
 
@@ -250,16 +255,18 @@ def no_pii_leaked(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
     """See the module docstring; ``production`` holds the fingerprints :func:`production_fingerprints` collected."""
     problems = [f"{s.table}.{column}: {count} masked value(s) equal their source value"
                 for s in stats for column, count in s.unchanged.items() if count]
-    findings, metrics = copy_findings(dst, columns, rules, fingerprinter, production)
+    waived: list[str] = []
+    findings, metrics = copy_findings(dst, columns, rules, fingerprinter, production, waived)
     problems += findings
     rate = production.false_positive_rate()
-    detail = "; ".join(problems) if problems else (
+    detail = "; ".join(problems + waived) if problems else (
         f"no masked value equals its source; {metrics['scanned_values']:,} distinct text values in "
         f"{metrics['scanned_columns']} columns of the copy share no fingerprint with "
         f"{production.entries:,} production fingerprints (Bloom filter, false-positive rate {rate:.1e}); "
-        "no e-mail, phone or card number in keep columns")
+        "no e-mail, phone or card number in keep columns" + "".join(f"; {w}" for w in waived))
     return CheckResult(NO_PII_LEAKED, not problems, detail,
-                       {"problems": len(problems), **metrics, "production_fingerprints": production.entries,
+                       {"problems": len(problems), "waived_findings": len(waived), **metrics,
+                        "production_fingerprints": production.entries,
                         "filter_false_positive_rate": rate, "filter_bytes": production.bytes})
 
 _CONSTRAINTS = """

@@ -8,14 +8,14 @@ folded
     NFKD, combining marks removed, case-folded, whitespace collapsed and trimmed (e-mails
     lower-cased and trimmed, names case- and accent-folded).
 compact
-    the folded form without separators (space, ``-``, ``.``, ``/``, ``(``, ``)``) when it holds a
-    letter: IBANs without their grouping, ``Jane-Doe`` as ``Jane Doe``.
+    the folded form without separators (space, ``-``, ``.``, ``/``, ``(``, ``)``) when it holds
+    letters and digits: IBANs and document numbers without their grouping.
 digits
     for phone-like values and card numbers (not decimals): the digits alone, and without a country
     prefix (1 to 3 digits after ``+`` or ``00``) or a national trunk ``0``, so that ``+1 555 010 2000``
     meets ``(555) 010-2000``.
 
-Each form is fingerprinted as HMAC-SHA256 under the masking key, truncated to 64 bits, and kept
+Each form is fingerprinted under a key derived from the masking key (:class:`Fingerprinter`), 64 bits, kept
 in a Bloom filter (:class:`FingerprintFilter`, `rbloom`_: a Rust Bloom filter, bounded memory for
 tens of millions of fingerprints). Raw values are never kept. A Bloom filter answers "maybe" for
 values never added with a known false-positive rate, which the check prints: a false positive can
@@ -51,8 +51,8 @@ MIN_PROSE = 32
 #: The Bloom filter's design false-positive rate (per lookup, at its capacity).
 FALSE_POSITIVE_RATE = 1e-9
 
-_SEPARATORS = re.compile(r"[\s\-./()]+")
-_SPACES = re.compile(r"\s+")
+_SEPARATOR_TABLE = {ord(ch): None for ch in " \t\n\r\f\v-./()"}
+_NON_DIGIT_BYTES = bytes(i for i in range(256) if not 48 <= i <= 57)
 _PHONE_SHAPE = re.compile(r"^(\+|00)?[0-9\s\-./()]+$")
 _DECIMAL = re.compile(r"^[+-]?[0-9]*\.[0-9]+$")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
@@ -67,18 +67,25 @@ _CARD = re.compile(r"^[2-6][0-9]{3}(?:[\s-]?[0-9]{2,7}){2,4}$")
 
 def fold(text: str) -> str:
     """Case- and accent-folded, whitespace collapsed and trimmed."""
-    if not text.isascii():
-        text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
-    return _SPACES.sub(" ", text.casefold()).strip()
+    if text.isascii():
+        return " ".join(text.lower().split())
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return " ".join(text.casefold().split())
 
 
-def digit_forms(text: str) -> list[str]:
+def _digits(text: str) -> str:
+    if text.isascii():
+        return text.encode().translate(None, _NON_DIGIT_BYTES).decode()
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def digit_forms(text: str, digits: str | None = None) -> list[str]:
     """A phone-like value's digits: as written, without a country prefix, without a trunk 0."""
+    digits = _digits(text) if digits is None else digits
+    if len(digits) < MIN_DIGITS or len(digits) > 19:
+        return []
     stripped = text.strip()
     if not _PHONE_SHAPE.match(stripped) or _DECIMAL.match(stripped):
-        return []
-    digits = "".join(ch for ch in stripped if ch.isdigit())
-    if len(digits) < MIN_DIGITS or len(digits) > 19:
         return []
     found = [digits]
     international = stripped.startswith("+") or digits.startswith("00")
@@ -96,16 +103,17 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
     """Every normalized form of one value that is long enough to be fingerprinted (``free_text``: see
     :data:`MIN_FREE_TEXT`; digit forms of phone numbers and cards count whatever the column)."""
     folded = fold(text)
+    digits = _digits(text)
     minimum = MIN_FORM
-    if free_text and not (len(folded) >= MIN_PROSE or any(ch.isdigit() for ch in folded)):
-        minimum = MIN_PROSE
-    elif free_text:
-        minimum = MIN_FREE_TEXT
+    if free_text:
+        minimum = MIN_FREE_TEXT if digits or len(folded) >= MIN_PROSE else MIN_PROSE
     found = {folded} if len(folded) >= minimum else set()
-    compact = _SEPARATORS.sub("", folded)
-    if compact != folded and len(compact) >= minimum and not compact.isdigit():
-        found.add(compact)  # IBANs, hyphenated names; digit strings are digit_forms' (phones, cards)
-    found.update(digit_forms(text))
+    if digits and len(digits) < len(folded) and "@" not in folded:  # IBANs, IDs: letters and digits, grouped
+        compact = folded.translate(_SEPARATOR_TABLE)
+        if compact != folded and len(compact) >= minimum and compact != digits:
+            found.add(compact)
+    if len(digits) >= MIN_DIGITS:
+        found.update(digit_forms(text, digits))
     return found
 
 
@@ -164,16 +172,22 @@ def looks_like_card(text: str) -> bool:
 
 
 class Fingerprinter:
-    """HMAC-SHA256 of normalized forms under the masking key, as 64-bit integers."""
+    """Keyed 64-bit fingerprints of normalized forms.
+
+    The fingerprint key is HMAC-SHA256(masking key, "dbprotect-fingerprint"); each form is then
+    MACed with keyed BLAKE2b (RFC 7693's MAC mode, as strong a PRF as HMAC and three times faster
+    here: tens of millions of values go through it). Without the masking key nobody can compute a
+    fingerprint, so a dictionary of known e-mails or phone numbers reveals nothing.
+    """
 
     def __init__(self, key: bytes) -> None:
-        base = hmac.new(key, b"dbprotect-fingerprint\0", digestmod=hashlib.sha256)
-        self._base = getattr(base, "_hmac", None) or base
+        subkey = hmac.digest(key, b"dbprotect-fingerprint", "sha256")
+        self._base = hashlib.blake2b(key=subkey, digest_size=8)
 
     def of(self, form: str) -> int:
         mac = self._base.copy()
         mac.update(form.encode("utf-8", "surrogatepass"))
-        return int.from_bytes(mac.digest()[:8], "big")
+        return int.from_bytes(mac.digest(), "big")
 
     def part(self, text: str) -> int | None:
         """The fingerprint of a value as a name part (its own domain), or None when it is not one word."""

@@ -129,3 +129,12 @@ def leaf_query(catalog: TypeCatalog, table: str, column: str, *, counted: bool =
 
 def is_text_like(catalog: TypeCatalog, table: str, column: str) -> bool:
     return leaf_query(catalog, table, column) is not None
+
+
+def base_type(catalog: TypeCatalog, table: str, column: str) -> PgType | None:
+    """The column's type with domains resolved (an array of a domain stays an array)."""
+    t = catalog.type(catalog.column_type(table, column))
+    depth = 0
+    while t is not None and t.kind == "d" and depth < MAX_DEPTH:
+        t, depth = catalog.type(t.base), depth + 1
+    return t

@@ -14,6 +14,11 @@ Format (YAML)::
         date_of_birth: {transformer: date, max_days: 180}
         last_login_ip: {transformer: ip, review: true}   # generated guess, not yet reviewed
         preferences: {transformer: json, paths: {contact.email: email, "tags.*": {transformer: fixed, value: x}}}
+        support_email: {transformer: keep, waiver: "the shared support mailbox, published on the website"}
+
+``waiver:`` (with ``keep`` only) is the explicit decision to copy a column that holds personal data
+as it is: the ``no_pii_leaked`` findings on that column are reported as waived instead of failing
+the build, the reason is recorded in the audit log and shown by ``sanitize check``.
 
 Transformers: keep, email, phone, name (part: full|first|last), text, ip, date (max_days),
 number (pct, min), json (paths), null, fixed (value), hash (format: hex|uuid, length).
@@ -62,7 +67,20 @@ class ColumnRule:
         if kind not in KINDS:
             raise ConfigError(f"{where}: unknown transformer {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
         review = bool(raw.pop("review", False))
+        if "waiver" in raw:
+            waiver = raw["waiver"]
+            if kind != "keep":
+                raise ConfigError(f"{where}: a waiver only goes with keep (a masked column needs none)")
+            if not isinstance(waiver, str) or len(waiver.strip()) < 10:
+                raise ConfigError(f"{where}: waiver: needs the reason in words (at least 10 characters)",
+                                  hint="say why copying this personal data to development is acceptable")
         return cls(kind, review, tuple(sorted(raw.items(), key=lambda item: item[0])))
+
+    @property
+    def waiver(self) -> str | None:
+        """The reason a ``keep`` of personal data was accepted, when the rule gives one."""
+        value = self.options().get("waiver")
+        return str(value).strip() if value else None
 
     def to_yaml(self) -> Any:
         if not self.params and not self.review:
@@ -86,6 +104,11 @@ class RuleSet:
         """Columns whose rule is still a generated guess (``review: true``)."""
         return [f"{table}.{column}" for table, columns in sorted(self.tables.items())
                 for column, rule in sorted(columns.items()) if rule.review]
+
+    def waivers(self) -> dict[str, str]:
+        """``schema.table.column`` -> reason, for every ``keep`` with a ``waiver:``."""
+        return {f"{table}.{column}": rule.waiver for table, columns in sorted(self.tables.items())
+                for column, rule in sorted(columns.items()) if rule.waiver}
 
     def to_yaml(self) -> str:
         doc = {"version": RULES_VERSION,

@@ -4,6 +4,12 @@ Every generated rule carries ``review: true``: a guess is not a classification, 
 reports unreviewed rules until a person removes the flag. Guesses err toward masking: a text
 column that matches nothing is ``text`` (masked), not ``keep``; identifiers, booleans,
 foreign keys, amounts and enums are ``keep`` because masking them breaks joins or meaning.
+
+``keep`` is never proposed for a column whose sampled values look personal (an e-mail address, a
+phone number, a card number) or whose name does: it gets a transformer of the right type instead.
+Types are read by their base type (a domain over ``text`` is text); ``json``/``jsonb`` columns get
+a JSON-valid rule (every top-level member masked as text), arrays and ``hstore`` an empty value or
+NULL: a suggestion always loads into its column.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import psycopg
 from psycopg import sql
 
 from dbprotect.core.sanitize.coverage import ColumnInfo, source_columns
+from dbprotect.core.sanitize.fingerprints import looks_like_card, looks_like_email, looks_like_phone
+from dbprotect.core.sanitize.leaves import TypeCatalog, base_type, leaf_query
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
@@ -37,10 +45,68 @@ _PICTURE = re.compile(r"photo|picture|image|avatar|signature")
 _TEXT_TYPES = re.compile(r"^(text|character|varchar|citext|json|jsonb)")
 
 
-def guess(column: ColumnInfo, samples: list[str]) -> ColumnRule:
-    """A reviewed-later guess for one column (see the module docstring for the bias)."""
+_PERSONAL_NAME = re.compile("|".join(p.pattern for p, _ in _BY_NAME[:6]) + "|" + _SENSITIVE_ID.pattern + "|"
+                            + _BIRTH.pattern)
+
+
+def personal_kind(samples: list[str]) -> str | None:
+    """The transformer sampled leaf values call for, when any looks personal (e-mail, card, phone)."""
+    if any(looks_like_email(v) for v in samples):
+        return "email"
+    if any(looks_like_card(v) for v in samples):
+        return "hash"
+    if any(looks_like_phone(v) for v in samples):
+        return "phone"
+    return None
+
+
+def _structured(column: ColumnInfo, shape: str, samples: list[str]) -> ColumnRule:
+    """JSON documents, arrays, hstore and composites: a rule that loads into the column's type."""
+    personal = personal_kind(samples) is not None or bool(_PERSONAL_NAME.search(column.name.lower()))
+    if not personal:
+        return ColumnRule("keep", True)
+    if shape == "json":
+        return ColumnRule("json", True, (("paths", {"*": "text"}),))
+    if not column.not_null:
+        return ColumnRule("null", True)
+    empty = {"array": "{}", "hstore": ""}.get(shape)
+    return ColumnRule("fixed", True, (("value", empty),)) if empty is not None else ColumnRule("null", True)
+
+
+def guess(column: ColumnInfo, samples: list[str], shape: str = "") -> ColumnRule:
+    """A reviewed-later guess for one column (see the module docstring for the bias).
+
+    ``shape``: ``json``, ``array``, ``hstore`` or ``composite`` for structured base types, ``text``
+    for the string types behind any domain; ``samples`` are text leaves (JSON leaves, elements).
+    """
+    if shape in ("json", "array", "hstore", "composite"):
+        return _structured(column, shape, samples)
+    rule = _guess_scalar(column, samples, shape)
+    if rule.transformer == "keep":
+        kind = personal_kind([s for s in samples if s]) if shape == "text" or _TEXT_TYPES.search(column.type) else None
+        rule = ColumnRule(kind, True) if kind else rule
+    return _fitted(column, rule)
+
+
+_LENGTH = re.compile(r"^(?:character varying|character|varchar|bpchar)\((\d+)\)")
+
+
+def _fitted(column: ColumnInfo, rule: ColumnRule) -> ColumnRule:
+    """A hash or e-mail output that fits ``varchar(n)``/``char(n)`` (a 32-digit hash does not fit 20)."""
+    limit = _LENGTH.match(column.type)
+    if limit is None:
+        return rule
+    n = int(limit.group(1))
+    if rule.transformer == "hash" and int(rule.options().get("length", 32)) > n:
+        return ColumnRule("hash", rule.review, tuple(sorted({**rule.options(), "length": n}.items())))
+    if rule.transformer == "email" and n < 33:  # u + 20 hex digits + @example.com
+        return ColumnRule("hash", rule.review, (("length", n),))
+    return rule
+
+
+def _guess_scalar(column: ColumnInfo, samples: list[str], shape: str) -> ColumnRule:
     name = column.name.lower()
-    textual = bool(_TEXT_TYPES.search(column.type))
+    textual = shape == "text" or bool(_TEXT_TYPES.search(column.type))
     if textual and _SENSITIVE_ID.search(name):
         return ColumnRule("hash", True)
     if name == "id" or name.endswith("_id"):
@@ -69,6 +135,7 @@ def guess(column: ColumnInfo, samples: list[str]) -> ColumnRule:
 def starter_rules(conn: psycopg.Connection, *, sample: int = 200, existing: RuleSet | None = None) -> RuleSet:
     """Rules for every column of the database ``conn`` reads; existing rules are kept as they are."""
     tables: dict[str, dict[str, ColumnRule]] = {}
+    catalog = TypeCatalog(conn)
     for table, columns in source_columns(conn).items():
         schema, _, name = table.partition(".")
         ruled = tables[table] = {}
@@ -82,5 +149,27 @@ def starter_rules(conn: psycopg.Connection, *, sample: int = 200, existing: Rule
             if not rows:
                 rows = conn.execute(sql.SQL("SELECT {}::text FROM {} LIMIT %s").format(
                     sql.Identifier(column.name), sql.Identifier(schema, name)), (sample,)).fetchall()
-            ruled[column.name] = guess(column, [row[0] for row in rows])
+            shape = _shape(catalog, table, column.name)
+            samples = [row[0] for row in rows if row[0] is not None]
+            if shape in ("json", "array", "hstore", "composite"):
+                query = leaf_query(catalog, table, column.name)
+                samples = [row[0] for row in conn.execute(sql.SQL("SELECT v FROM ({}) s LIMIT %s").format(query),
+                                                          (sample * 5,)).fetchall()] if query is not None else []
+            ruled[column.name] = guess(column, samples, shape)
     return RuleSet(tables, source="<generated>")
+
+
+def _shape(catalog: TypeCatalog, table: str, column: str) -> str:
+    t = base_type(catalog, table, column)
+    if t is None:
+        return ""
+    if t.name in ("json", "jsonb") and t.schema == "pg_catalog":
+        return "json"
+    if t.category == "A" and t.element:
+        return "array"
+    if t.name == "hstore":
+        return "hstore"
+    if t.kind == "c":
+        return "composite"
+    return "text" if t.category == "S" else ""
+
