@@ -323,3 +323,28 @@ def test_waiver_needs_keep_and_a_reason() -> None:
         parse_rules("tables: {t: {a: {transformer: keep, waiver: ok}}}")
     rules = parse_rules("tables: {t: {a: {transformer: keep, waiver: 'public shared mailbox'}}}")
     assert rules.waivers() == {"public.t.a": "public shared mailbox"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("extra_sql", "rule", "expected"), [
+    ("CREATE TABLE devices (id int PRIMARY KEY, name varchar(8)); INSERT INTO devices VALUES (1, 'pixel-7');",
+     {"transformer": "hash"}, "public.devices.name (transformer hash): the masked value could not be loaded: "
+                              "value too long for type character varying(8)"),
+    ("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'not json at all');",
+     {"transformer": "json", "paths": {"a": "email"}},
+     "public.docs.body (transformer json): a value could not be masked: JSONDecodeError"),
+    ("CREATE TABLE docs (id int PRIMARY KEY, body jsonb); INSERT INTO docs VALUES (1, '{\"a\": 1}');",
+     "text", "public.docs.body (transformer text): the masked value could not be loaded: "
+             "invalid input syntax for type json"),
+])
+def test_transformer_and_load_failures_are_one_line(build, tmp_path: Path, extra_sql: str, rule: Any,
+                                                     expected: str) -> None:
+    from dbprotect.core.errors import SanitizeError
+
+    table = extra_sql.split()[2]
+    with pytest.raises(SanitizeError) as caught:
+        build(extra_sql, {table: {"id": "keep", "name" if "devices" in table else "body": rule}})
+    message = caught.value.one_line()
+    assert expected in message and "nothing was stored" in message, message
+    assert caught.value.exit_code == 13 and "pixel" not in message and "not json" not in message
+    assert not list_backups(FilesystemStorage(tmp_path / "store"), "crm-sanitized")

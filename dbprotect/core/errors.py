@@ -154,6 +154,13 @@ class NotFoundError(DbprotectError):
     code = "DBP010"
 
 
+class SanitizeError(DbprotectError):
+    """A sanitized copy could not be built: a transformer or the load failed on a named column."""
+
+    exit_code = 13
+    code = "DBP013"
+
+
 #: Success.
 EXIT_OK = 0
 #: ``status`` found a database whose newest verified backup is older than its RPO (or none).
@@ -206,6 +213,8 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
                "monitor can alert on it)"),
     ExitStatus("RTO_EXCEEDED", EXIT_RTO_EXCEEDED, "`drill`: the backup restored and verified, but slower than the "
                "database's RTO target"),
+    _status_of(SanitizeError, "`sanitize build`: a transformer or the load failed on the named table and column; "
+               "nothing stored, the previous sanitized copy stays the newest"),
     ExitStatus("USAGE", EXIT_USAGE, "wrong command line"),
     ExitStatus("INTERNAL", EXIT_INTERNAL, "internal error (set `DBPROTECT_DEBUG=1` for the traceback)"),
     ExitStatus("INTERRUPTED", EXIT_INTERRUPTED, "interrupted"),
@@ -253,6 +262,7 @@ __all__ = [
     "Refusal",
     "Refusals",
     "RefusedError",
+    "SanitizeError",
     "StorageError",
     "ToolError",
     "exit_status_markdown",

@@ -19,6 +19,7 @@ fingerprints, collected before the stream) is asked for every output of those tr
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,20 +110,57 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
                sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(names, target, where))
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)
     rows = 0
-    with src.cursor().copy(out_sql) as reader, dst.cursor().copy(in_sql) as writer:
-        if not plans:  # nothing masked: pass the bytes through
-            for chunk in reader:
-                writer.write(chunk)
-                rows += 1
-        else:
-            rows = _masked_rows(reader, writer, plans, stats)
+    try:
+        with src.cursor().copy(out_sql) as reader, dst.cursor().copy(in_sql) as writer:
+            if not plans:  # nothing masked: pass the bytes through
+                for chunk in reader:
+                    writer.write(chunk)
+                    rows += 1
+            else:
+                rows = _masked_rows(reader, writer, plans, stats)
+    except psycopg.Error as exc:
+        raise load_failure(table, columns, rules, exc) from None
     stats.rows = rows
     stats.seconds = time.perf_counter() - started
     return stats
 
 
+_QUOTED = re.compile(r'"[^"]*"')
+_CONTEXT_COLUMN = re.compile(r"column ([^:\s]+):")
+
+
+def load_failure(table: str, columns: list[ColumnInfo], rules: RuleSet, exc: psycopg.Error) -> SanitizeError:
+    """One line for a COPY that PostgreSQL rejected: table, column and its rule; quoted values blanked."""
+    diag = exc.diag
+    reason = _QUOTED.sub('"…"', (diag.message_primary or type(exc).__name__).splitlines()[0])
+    found = _CONTEXT_COLUMN.search(diag.context or "")
+    column = found.group(1) if found else None
+    if column is None or column not in {c.name for c in columns}:
+        return SanitizeError(f"{table}: the sanitized rows could not be loaded: {reason}; nothing was stored",
+                             hint="check the rules of this table against its column types")
+    rule = rules.rule(table, column)
+    kind = rule.transformer if rule is not None else "keep"
+    return SanitizeError(f"{table}.{column} (transformer {kind}): the masked value could not be loaded: {reason}; "
+                         "nothing was stored", hint=f"choose a transformer whose output fits the type of {column}")
+
+
+def _transform_failure(table: str, column: str, kind: str, exc: Exception) -> SanitizeError:
+    """One line for a transformer that raised: never the exception's text (it may quote the value)."""
+    reason = exc.message if isinstance(exc, SanitizeError) else type(exc).__name__
+    return SanitizeError(f"{table}.{column} (transformer {kind}): a value could not be masked: {reason}; "
+                         "nothing was stored", hint=getattr(exc, "hint", None)
+                         or f"check that the values of {column} are what the {kind} transformer expects")
+
+
+_TRANSFORM_ERRORS = (SanitizeError, ValueError, TypeError, ArithmeticError, KeyError, IndexError, RecursionError)
+
+
 def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats) -> int:
-    """The hot loop: kept as flat as Python allows (locals, no per-field function for kept columns)."""
+    """The hot loop: kept as flat as Python allows (locals, no per-field function for kept columns).
+
+    A transformer that raises becomes one line naming table, column and transformer (never the
+    value): ``step`` is the column being masked when it raised.
+    """
     steps = [(p.index, p.fn.fn, p.fn.remaps, p.fn.cache, p.fn.safe, set() if p.unique else None,
               p.column if p.check_unchanged else None, p.avoid) for p in plans]
     unchanged = stats.unchanged
@@ -130,49 +168,54 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     batch: list[bytes] = []
     size = 0
     rows = 0
-    for chunk in reader:
-        fields = bytes(chunk)[:-1].split(b"\t")
-        for index, fn, remaps, cache, safe, seen, column, avoid in steps:
-            raw = fields[index]
-            if raw == null:
-                continue
-            value = copy_unescape(raw) if b"\\" in raw else raw
-            out = remaps.get(value, null) if remaps else null
-            if out is null:
-                out = cache.get(value, null)
+    step = 0
+    try:
+        for chunk in reader:
+            fields = bytes(chunk)[:-1].split(b"\t")
+            for step, (index, fn, remaps, cache, safe, seen, column, avoid) in enumerate(steps):  # noqa: B007
+                raw = fields[index]
+                if raw == null:
+                    continue
+                value = copy_unescape(raw) if b"\\" in raw else raw
+                out = remaps.get(value, null) if remaps else null
                 if out is null:
-                    out = fn(value, 0)
-                    if len(cache) < CACHE_ENTRIES:
-                        cache[value] = out
-                if seen is not None or avoid is not None:
-                    attempt = 0
-                    while out is not None and ((seen is not None and out in seen) or
-                                               (avoid is not None and avoid(out))):
-                        attempt += 1
-                        if attempt > MAX_ATTEMPTS:
-                            raise SanitizeError(f"{stats.table}: could not find a unique masked value for a "
-                                                f"value of a unique column after {MAX_ATTEMPTS} attempts",
-                                                hint="use a transformer with a larger output space (hash, email)")
-                        out = fn(value, attempt)
-                    if attempt:
-                        remaps[value] = out
-                        stats.retries += attempt
-            if seen is not None and out is not None:
-                seen.add(out)
-            if out is None:
-                fields[index] = null
-            else:
-                if column is not None and out == value:
-                    unchanged[column] += 1
-                fields[index] = out if safe else copy_escape(out)
-        line = b"\t".join(fields) + b"\n"
-        batch.append(line)
-        size += len(line)
-        rows += 1
-        if size >= BATCH_BYTES:
+                    out = cache.get(value, null)
+                    if out is null:
+                        out = fn(value, 0)
+                        if len(cache) < CACHE_ENTRIES:
+                            cache[value] = out
+                    if seen is not None or avoid is not None:
+                        attempt = 0
+                        while out is not None and ((seen is not None and out in seen) or
+                                                   (avoid is not None and avoid(out))):
+                            attempt += 1
+                            if attempt > MAX_ATTEMPTS:
+                                raise SanitizeError(f"no unique masked value for a value of a unique column after "
+                                                    f"{MAX_ATTEMPTS} attempts",
+                                                    hint="use a transformer with a larger output space (hash, email)")
+                            out = fn(value, attempt)
+                        if attempt:
+                            remaps[value] = out
+                            stats.retries += attempt
+                if seen is not None and out is not None:
+                    seen.add(out)
+                if out is None:
+                    fields[index] = null
+                else:
+                    if column is not None and out == value:
+                        unchanged[column] += 1
+                    fields[index] = out if safe else copy_escape(out)
+            line = b"\t".join(fields) + b"\n"
+            batch.append(line)
+            size += len(line)
+            rows += 1
+            if size >= BATCH_BYTES:
+                writer.write(b"".join(batch))
+                batch.clear()
+                size = 0
+        if batch:
             writer.write(b"".join(batch))
-            batch.clear()
-            size = 0
-    if batch:
-        writer.write(b"".join(batch))
-    return rows
+        return rows
+    except _TRANSFORM_ERRORS as exc:
+        plan = plans[step]
+        raise _transform_failure(stats.table, plan.column, plan.fn.kind, exc) from None

@@ -33,7 +33,8 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
-from dbprotect.core.errors import ConfigError, DbprotectError
+from dbprotect.core.errors import ConfigError
+from dbprotect.core.errors import SanitizeError as _SanitizeFamily
 from dbprotect.core.sanitize.rules import KINDS, ColumnRule
 
 #: A transformer: (value, attempt) -> masked value, or None for NULL.
@@ -63,7 +64,7 @@ _WORDS = (b"lorem", b"ipsum", b"dolor", b"sit", b"amet", b"consectetur", b"adipi
           b"aliquip", b"ex", b"ea")
 
 
-class SanitizeError(DbprotectError):
+class SanitizeError(_SanitizeFamily):
     """A value or rule the sanitizer cannot handle; the message names the column, never the value."""
 
 
