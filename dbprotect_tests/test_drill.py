@@ -82,17 +82,24 @@ def test_scratch_databases_left_by_a_killed_run_are_swept_by_the_next(pg, write_
     from dbprotect.core.ops.context import scratch_server_from_config
     from dbprotect.core.pg.scratch import new_scratch_name
 
+    from dbprotect.core.pg.markers import set_marker
+
     old = new_scratch_name(datetime.now(UTC) - timedelta(hours=13))
     young = new_scratch_name()
+    # Named like scratch, old, but not marked scratch: a sweep never drops by name alone (issue 10).
+    unmarked = new_scratch_name(datetime.now(UTC) - timedelta(hours=14))
     with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
-        for name in (old, young):
+        for name in (old, young, unmarked):
             conn.execute(f'CREATE DATABASE "{name}"')
+        for name in (old, young):
+            set_marker(conn, name, "scratch")
+        set_marker(conn, unmarked, "production")
     monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
     write_config(chinook_dsn, extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})
     try:
         with scratch_server_from_config(load_config()) as server:
             left = leftover_scratch_databases(server)
-        assert old not in left and young in left
+        assert old not in left and young in left and unmarked in left
     finally:
-        pg.drop_database(young)
-        pg.drop_database(old)
+        for name in (young, old, unmarked):
+            pg.drop_database(name)

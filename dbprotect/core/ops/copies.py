@@ -154,7 +154,8 @@ def refresh_warm_copy(config: Config, database: str, *, force: bool = False, act
         backup_id = newest_verified_backup(storage, database)
         outcome = refresh_into(storage, load_manifest(storage, database, backup_id), raw_identity(config, environ),
                                dsn, recipients=config.keys.raw.recipients, pg_bin_dir=config.pg_bin_dir,
-                               work_dir=config.scratch.work_dir, actor=actor, force=force, progress=progress)
+                               work_dir=config.scratch.work_dir, actor=actor, force=force, progress=progress,
+                               audit=audit)
     except DbprotectError as exc:
         audit_failure(audit, "warm_copy", database, exc, target=backup_id)
         raise

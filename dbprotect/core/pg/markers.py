@@ -31,18 +31,35 @@ MARKER_SETTING = "dbprotect.environment"
 ENVIRONMENTS: tuple[str, ...] = ("production", "development", "scratch", "backup", "test")
 
 
+def database_settings(conn: psycopg.Connection, dbname: str | None = None) -> dict[str, dict[str, str]]:
+    """The database-level settings (``ALTER DATABASE ... SET``) of every database, or of ``dbname``.
+
+    The one reader of markers, of the warm copy's and the swap's records and of the scratch holder:
+    all are settings in ``pg_db_role_setting`` (``setrole = 0``), read from any database on the
+    server without connecting to the one they describe. Databases without settings map to ``{}``.
+    """
+    rows = conn.execute(
+        "SELECT d.datname, s.setconfig FROM pg_database d LEFT JOIN pg_db_role_setting s "
+        "ON s.setdatabase = d.oid AND s.setrole = 0 WHERE %s::text IS NULL OR d.datname = %s",
+        (dbname, dbname),
+    ).fetchall()
+    found: dict[str, dict[str, str]] = {}
+    for name, config in rows:
+        settings = found.setdefault(name, {})
+        for item in config or []:
+            key, _, value = item.partition("=")
+            settings[key] = value
+    return found
+
+
+def read_setting(conn: psycopg.Connection, dbname: str, setting: str) -> str | None:
+    """One database-level setting of ``dbname`` (see :func:`database_settings`), or None."""
+    return database_settings(conn, dbname).get(dbname, {}).get(setting)
+
+
 def read_marker(conn: psycopg.Connection, dbname: str) -> str | None:
     """The environment marker of ``dbname`` on the server ``conn`` is connected to, or None."""
-    row = conn.execute(
-        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-        "WHERE d.datname = %s AND s.setrole = 0",
-        (dbname,),
-    ).fetchone()
-    for item in (row[0] if row and row[0] else []):
-        name, _, value = item.partition("=")
-        if name == MARKER_SETTING:
-            return value
-    return None
+    return read_setting(conn, dbname, MARKER_SETTING)
 
 
 def set_marker(conn: psycopg.Connection, dbname: str, environment: str) -> None:

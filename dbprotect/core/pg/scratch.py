@@ -18,23 +18,33 @@ import logging
 import os
 import re
 import secrets
+import socket
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 from psycopg import sql
 
 from dbprotect.core.errors import Refusals, RefusedError
 from dbprotect.core.pg.dsn import mask_dsn, with_dbname
 from dbprotect.core.pg.embedded import embedded_postgres_module
-from dbprotect.core.pg.markers import set_marker
+from dbprotect.core.pg.markers import MARKER_SETTING, database_settings, set_marker
 from dbprotect.core.pg.tools import connect, server_major
 
 log = logging.getLogger(__name__)
 
 SCRATCH_PREFIX = "dbprotect_scratch_"
 _NAME = re.compile(rf"^{SCRATCH_PREFIX}(\d{{14}})_[0-9a-f]{{6}}$")
+#: The database-level setting naming the process that holds a scratch database (informative; the
+#: advisory lock is the proof it is alive).
+HOLDER_SETTING = "dbprotect.scratch_holder"
+#: First key of the advisory lock a scratch database's creator holds ('dbps').
+HOLDER_LOCK_CLASS = 0x64627073
+#: The setting an unfinished swap leaves on its databases (:mod:`dbprotect.core.pg.swap` writes it).
+SWAP_SETTING = "dbprotect.swap"
 
 
 @dataclass(frozen=True)
@@ -73,17 +83,47 @@ def new_scratch_name(now: datetime | None = None) -> str:
 @contextlib.contextmanager
 def scratch_database(server: ScratchServer, *, encoding: str | None = None) -> Iterator[ScratchDatabase]:
     """Create a marked scratch database, yield it, and drop it however the block ends."""
+    with staging_database(server.admin_dsn, encoding=encoding) as scratch:
+        yield scratch
+
+
+def holder_key(name: str) -> int:
+    """The advisory-lock key (second half; the first is :data:`HOLDER_LOCK_CLASS`) of a scratch database."""
+    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+
+
+def is_held(conn: psycopg.Connection, lock_class: int, key: int) -> bool:
+    """Whether any session, in any database of the server, holds advisory lock (``lock_class``, ``key``)."""
+    row = conn.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+                       "AND classid = %s::bigint::oid AND objid = %s::bigint::oid", (lock_class, key)).fetchone()
+    return row is not None
+
+
+@contextlib.contextmanager
+def staging_database(admin_dsn: str, *, encoding: str | None = None,
+                     application_name: str = "dbprotect-scratch") -> Iterator[ScratchDatabase]:
+    """A new scratch database on the server ``admin_dsn`` names, held for the block, then dropped.
+
+    Held means: a session of ours holds an advisory lock keyed by its name from before it is
+    created until after it is dropped, and the database records that (:data:`HOLDER_SETTING`).
+    A sweep (:func:`drop_leftover_scratch_databases`) therefore drops it at once when its holder
+    died (SIGKILL), whatever its age, and never while its holder lives. A database the block
+    renamed away (the swap put it in place) is not dropped: ``DROP ... IF EXISTS`` of a free name.
+    """
     name = new_scratch_name()
     create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
     if encoding:
         create = sql.SQL("{} ENCODING {}").format(create, sql.Literal(encoding))
-    try:
-        with connect(server.admin_dsn, autocommit=True, application_name="dbprotect-scratch") as conn:
-            conn.execute(create)
-            set_marker(conn, name, "scratch")
-        yield ScratchDatabase(name, with_dbname(server.admin_dsn, name))
-    finally:
-        drop_database(server.admin_dsn, name)
+    with connect(admin_dsn, autocommit=True, application_name=application_name) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (HOLDER_LOCK_CLASS, holder_key(name)))
+        try:
+            holder.execute(create)
+            set_marker(holder, name, "scratch")
+            holder.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                sql.Identifier(name), sql.SQL(HOLDER_SETTING), sql.Literal(f"{os.getpid()}@{socket.gethostname()}")))
+            yield ScratchDatabase(name, with_dbname(admin_dsn, name))
+        finally:
+            drop_database(admin_dsn, name)
 
 
 def drop_database(admin_dsn: str, name: str) -> None:
@@ -108,27 +148,55 @@ def drop_database(admin_dsn: str, name: str) -> None:
         raise pending
 
 
+def _created_at(name: str) -> datetime | None:
+    match = _NAME.match(name)
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+
+
 def leftover_scratch_databases(server: ScratchServer, older_than: timedelta = timedelta(0),
                                now: datetime | None = None) -> list[str]:
-    """Scratch databases on the server created more than ``older_than`` ago (e.g. after kill -9)."""
+    """Databases named like scratch databases created more than ``older_than`` ago, whatever their marker.
+
+    What is there (tests assert nothing is left); what a sweep may drop is :func:`sweepable_scratch_databases`.
+    """
     now = now or datetime.now(UTC)
     with connect(server.admin_dsn, autocommit=True, application_name="dbprotect-scratch") as conn:
         names = [row[0] for row in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (SCRATCH_PREFIX + "%",))]
+    return sorted(name for name in names if (created := _created_at(name)) and now - created >= older_than)
+
+
+def sweepable_scratch_databases(admin_dsn: str, older_than: timedelta = timedelta(hours=12),
+                                now: datetime | None = None) -> list[str]:
+    """The scratch databases a sweep may drop: by marker and holder, never by name alone.
+
+    A database qualifies only when its environment marker says ``scratch``, it belongs to no
+    swap (no :data:`SWAP_SETTING`: a retired or incoming database of an interrupted swap is the
+    swap recovery's, and may hold the only copy of production), no live session holds it, and
+    either it records a holder (so a free lock proves its creator died) or it is older than
+    ``older_than`` (a database from a version that took no lock may still be in use when young).
+    """
+    now = now or datetime.now(UTC)
     found = []
-    for name in names:
-        match = _NAME.match(name)
-        if match:
-            created = datetime.strptime(match.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
-            if now - created >= older_than:
+    with connect(admin_dsn, autocommit=True, application_name="dbprotect-scratch") as conn:
+        for name, settings in database_settings(conn).items():
+            created = _created_at(name)
+            if created is None or settings.get(MARKER_SETTING) != "scratch" or SWAP_SETTING in settings:
+                continue
+            if is_held(conn, HOLDER_LOCK_CLASS, holder_key(name)):
+                continue
+            if HOLDER_SETTING in settings or now - created >= older_than:
                 found.append(name)
     return sorted(found)
 
 
 def drop_leftover_scratch_databases(server: ScratchServer, older_than: timedelta = timedelta(hours=12)) -> list[str]:
-    """Drop scratch databases older than ``older_than`` (young ones may belong to a running drill)."""
-    names = leftover_scratch_databases(server, older_than)
+    """Drop the scratch databases a killed run left (see :func:`sweepable_scratch_databases`)."""
+    names = sweepable_scratch_databases(server.admin_dsn, older_than)
     for name in names:
+        log.warning("dropping scratch database %s left by a killed run", name)
         drop_database(server.admin_dsn, name)
     return names
 

@@ -2,9 +2,11 @@
 
 ``pg_restore -j`` needs a seekable file, so :func:`decrypted_archive` writes the archive into a
 private (0700) temporary folder that is removed when the block ends, also on failure and on
-``KeyboardInterrupt``. The SHA-256 of the stored object is checked on the way in, so a restore
-never runs from an object that differs from its manifest. :func:`read_archive_listing` needs only
-the table of contents, so it streams into ``pg_restore --list`` and stops early: no file at all.
+``KeyboardInterrupt`` (and SIGTERM, which the commands turn into one), and that the next restore
+sweeps when its process was killed outright (:func:`sweep_restore_folders`). The SHA-256 of the
+stored object is checked on the way in, so a restore never runs from an object that differs from
+its manifest. :func:`read_archive_listing` needs only the table of contents, so it streams into
+``pg_restore --list`` and stops early: no file at all.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyrage
@@ -28,6 +33,59 @@ from dbprotect.core.store.manifest import Manifest, dump_key
 from dbprotect.core.verify.integrity import HashingReader, check_identity_matches
 
 CHUNK = 1 << 20
+FOLDER_PREFIX = "dbprotect-restore-"
+#: Inside each private folder: "<pid> <host>" of the process that made it, so a sweep knows it died.
+HOLDER_FILE = "holder"
+#: A private folder without a readable holder is swept only after this long (it may be being set up).
+UNHELD_FOLDER_AGE = timedelta(hours=1)
+
+
+def _holder_alive(folder: Path) -> bool | None:
+    """Whether the process that made ``folder`` still runs (None: unknown, e.g. another host or no holder)."""
+    try:
+        pid_text, host = (folder / HOLDER_FILE).read_text(encoding="utf-8").split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_restore_folders(work_dir: str | os.PathLike[str] | None = None, *,
+                          now: datetime | None = None) -> list[Path]:
+    """Remove the private plaintext folders that killed restores (SIGKILL) left in ``work_dir``.
+
+    Only folders named ``dbprotect-restore-*``, owned by this user, and either made by a process
+    on this host that no longer runs, or (holder unknown) older than :data:`UNHELD_FOLDER_AGE`.
+    A folder of a live restore is never touched. Returns what was removed.
+    """
+    base = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    now = now or datetime.now(UTC)
+    removed = []
+    try:
+        candidates = list(base.glob(f"{FOLDER_PREFIX}*"))
+    except OSError:
+        return []
+    for folder in candidates:
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        alive = _holder_alive(folder)
+        age = now - datetime.fromtimestamp(info.st_mtime, UTC)
+        if alive is False or (alive is None and age >= UNHELD_FOLDER_AGE):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 @contextlib.contextmanager
@@ -39,8 +97,9 @@ def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25
     manifest's size and SHA-256; :class:`CryptoError` when the identity is not a recipient.
     """
     check_identity_matches(manifest, identity)
-    folder = Path(tempfile.mkdtemp(prefix="dbprotect-restore-", dir=work_dir))  # mode 0700
+    folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=work_dir))  # mode 0700
     try:
+        (folder / HOLDER_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
         path = folder / "dump.pgdump"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out, contextlib.closing(

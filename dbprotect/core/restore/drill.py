@@ -24,7 +24,7 @@ import pyrage
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.pg.pg_restore import Progress
 from dbprotect.core.pg.scratch import ScratchServer
-from dbprotect.core.restore.staged import RestoreVerification, verify_restore
+from dbprotect.core.restore.staged import RestoreVerification, prepare_server, verify_restore
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import list_backups, load_manifest, record_verification
 from dbprotect.core.store.manifest import Verification
@@ -63,9 +63,10 @@ def run_drill(storage: Storage, database: str, identity: pyrage.x25519.Identity,
     started = time.perf_counter()
     backup_id = backup_id or newest_complete_backup(storage, database)
     manifest = load_manifest(storage, database, backup_id)
+    prepare_server(server.admin_dsn, audit=audit, database=database, work_dir=work_dir)
     rpo_seconds = round((now() - manifest.snapshot_at).total_seconds(), 3)
     verification = verify_restore(storage, manifest, identity, server, pg_bin_dir=pg_bin_dir, jobs=jobs,
-                                  work_dir=work_dir, by=by, record=record, progress=progress)
+                                  work_dir=work_dir, by=by, record=record, progress=progress, prepare=False)
     rto = round(time.perf_counter() - started, 3)
     target = rto_minutes * 60
     if not verification.ok:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,18 +34,18 @@ from typing import TYPE_CHECKING
 
 import psycopg
 import pyrage
-from psycopg import sql
 
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.errors import DbprotectError, IntegrityError, NotFoundError, Refusals, RefusedError
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
-from dbprotect.core.pg.markers import read_marker, require_marker, set_marker
-from dbprotect.core.pg.pg_restore import Progress, list_archive, run_pg_restore
-from dbprotect.core.pg.scratch import drop_database, new_scratch_name
+from dbprotect.core.pg.markers import read_marker, require_marker
+from dbprotect.core.pg.pg_restore import Progress
+from dbprotect.core.pg.swap import SwapHook, swap_in
 from dbprotect.core.pg.tools import connect, server_major
-from dbprotect.core.restore.decrypt import decrypted_archive, read_archive_listing
+from dbprotect.core.restore.decrypt import read_archive_listing
 from dbprotect.core.restore.drill import LastDrill, last_drill
 from dbprotect.core.restore.guards import check_confirmation, check_direction, check_target_server_version
+from dbprotect.core.restore.staged import PhaseClock, prepare_server, staged_restore, swap_intent_recorder
 from dbprotect.core.store import Storage
 from dbprotect.core.store.manifest import Manifest
 from dbprotect.core.verify.compare import (
@@ -55,10 +54,8 @@ from dbprotect.core.verify.compare import (
     catalog_objects,
     describe_object,
     parse_toc_listing,
-    verify_restored_database,
 )
 from dbprotect.core.verify.integrity import verify_backup
-from dbprotect.core.verify.tables import TableVerifier
 
 if TYPE_CHECKING:
     from dbprotect.core.audit import AuditLog
@@ -232,13 +229,14 @@ def execute_restore(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
                     pg_bin_dir: str | None = None, jobs: int | None = None,
                     work_dir: str | os.PathLike[str] | None = None, by: str = "dbprotect",
                     progress: Progress | None = None, audit: AuditLog | None = None,
-                    analyze: bool | None = None) -> RestoreResult:
+                    analyze: bool | None = None, swap_hooks: SwapHook | None = None) -> RestoreResult:
     """Carry out a plan. Every guard is checked again here, immediately before acting.
 
     ``analyze``: ANALYZE before the database is put in place. Default: only when it replaces an
     existing database, whose traffic lands on it the moment it is renamed in; a new database is
     analyzed by autovacuum within a minute or so, before anyone relies on its plans, and skipping
-    it spares the restore a pass over every table.
+    it spares the restore a pass over every table. ``swap_hooks``: see :func:`dbprotect.core.pg.swap.swap_in`
+    (fault injection in tests).
     """
     target, manifest = plan.target, plan.manifest
     timings: dict[str, float] = {}
@@ -258,7 +256,8 @@ def execute_restore(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
             timings["safety_backup_seconds"] = round(time.perf_counter() - started, 3)
         objects = _restore_staged(storage, plan, identity, timings, pg_bin_dir=pg_bin_dir, jobs=jobs,
                                   work_dir=work_dir, progress=progress,
-                                  analyze=target.existing if analyze is None else analyze)
+                                  analyze=target.existing if analyze is None else analyze, audit=audit,
+                                  swap_hooks=swap_hooks)
     result = RestoreResult(plan, target.name, safety_id, timings, objects)
     if audit:
         audit.record("restore", database=plan.database, outcome="ok", target=plan.backup_id,
@@ -275,9 +274,14 @@ def restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identi
     """Plan, and unless ``dry_run``, execute: the one entry point the CLI and the Dagster job call.
 
     ``options`` are those of :func:`execute_restore` (``pg_bin_dir``, ``jobs``, ``work_dir``, ``by``,
-    ``progress``, ``safety_database``, ``analyze``).
+    ``progress``, ``safety_database``, ``analyze``, ``swap_hooks``). Unless ``dry_run`` (which changes
+    nothing), the target's server is first put in order (:func:`prepare_server`): an interrupted swap
+    of a killed restore is finished or rolled back before the target is looked at.
     """
     with _audited(audit, manifest, target):
+        if not dry_run:
+            prepare_server(target.admin_dsn, audit=audit, database=manifest.database,
+                           work_dir=options.get("work_dir"))  # type: ignore[arg-type]
         plan = plan_restore(storage, manifest, identity, target, pg_bin_dir=options.get("pg_bin_dir"))  # type: ignore[arg-type]
     if dry_run:
         return plan
@@ -309,142 +313,31 @@ def _safety_backup(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.
 def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.Identity,
                     timings: dict[str, float], *, pg_bin_dir: str | None, jobs: int | None,
                     work_dir: str | os.PathLike[str] | None, progress: Progress | None,
-                    analyze: bool) -> int:
-    """Restore into a staging database, verify it, then put it in place; the staging db never outlives a failure."""
+                    analyze: bool, audit: AuditLog | None, swap_hooks: SwapHook | None) -> int:
+    """Restore into a staging database (the one staged pipeline), then swap it in; it never outlives a failure."""
     target, manifest = plan.target, plan.manifest
-    major = int(manifest.source["server_major"])
-    staging = new_scratch_name()
-    staging_dsn = with_dbname(target.dsn, staging)
-
-    @contextlib.contextmanager
-    def phase(name: str):  # type: ignore[no-untyped-def]
-        if progress:
-            progress(name)
-        started = time.perf_counter()
-        yield
-        timings[f"{name}_seconds"] = round(time.perf_counter() - started, 3)
-
-    placed = False
-    try:
-        with connect(target.admin_dsn, autocommit=True, application_name="dbprotect-restore") as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(staging)))
-            set_marker(admin, staging, "scratch")
-        with TableVerifier(staging_dsn, manifest, workers=jobs, server_major=major,
-                           pg_bin_dir=pg_bin_dir) as tables:
-            with contextlib.ExitStack() as plaintext:
-                with phase("decrypt"):
-                    archive = plaintext.enter_context(decrypted_archive(storage, manifest, identity, work_dir))
-                    tables.expect(list_archive(archive, server_major=major, pg_bin_dir=pg_bin_dir))
-                with phase("restore"):
-                    run_pg_restore(archive, staging_dsn, server_major=major, jobs=jobs, keep_owners=True,
-                                   pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release)
-            timings["tables_released_during_restore"] = tables.released_early
-            with _analyze_alongside(staging_dsn, timings, enabled=analyze) as analyzed, phase("verify"):
-                problems, objects = verify_restored_database(staging_dsn, manifest, plan.incoming, tables=tables)
-                if problems and analyzed is not None:
-                    analyzed.cancel()
-        if problems:
+    clock = PhaseClock(progress, timings)
+    with staged_restore(storage, manifest, identity, target.admin_dsn, clock, pg_bin_dir=pg_bin_dir, jobs=jobs,
+                        work_dir=work_dir, progress=progress, keep_owners=True, analyze=analyze) as staged:
+        if staged.problems:
             raise IntegrityError(f"restored data does not match backup {manifest.backup_id}: "
-                                 + "; ".join(problems[:5]) + f"; {target.name!r} was not changed")
-        with phase("swap"):
-            _put_in_place(target, staging)
-        placed = True
-        return objects
-    finally:
-        if not placed:
-            drop_database(target.admin_dsn, staging)
+                                 + "; ".join(staged.problems[:5]) + f"; {target.name!r} was not changed")
+        with clock("swap"):
+            _put_in_place(target, staged.database.name, manifest.database, audit, swap_hooks)
+        return staged.objects
 
 
-class _Analyze:
-    """ANALYZE of the staging database on its own connection and thread."""
+def _put_in_place(target: RestoreTarget, staging: str, database: str, audit: AuditLog | None,
+                  hooks: SwapHook | None) -> None:
+    """The one swap (:func:`dbprotect.core.pg.swap.swap_in`), its guards re-checked immediately before acting."""
 
-    def __init__(self, dsn: str) -> None:
-        self._conn = connect(dsn, autocommit=True, application_name="dbprotect-restore")
-        self._failure: BaseException | None = None
-        self._cancelled = False
-        self.seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name="dbprotect-analyze", daemon=True)
-        self._thread.start()
+    def still_guarded(admin: psycopg.Connection) -> None:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.name,)).fetchone()
+        if target.existing:
+            require_marker(admin, target.name, target.environment)
+        elif exists:
+            raise RefusedError(f"refused: database {target.name!r} appeared while restoring; a restore to a new "
+                               "database never overwrites one", refusal=Refusals.TARGET_EXISTS)
 
-    def _run(self) -> None:
-        started = time.perf_counter()
-        try:
-            self._conn.execute("ANALYZE")
-        except BaseException as exc:  # handed to the thread that waits for it
-            self._failure = exc
-        self.seconds = round(time.perf_counter() - started, 3)
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        with contextlib.suppress(Exception):
-            self._conn.cancel_safe(timeout=5)
-
-    def wait(self) -> None:
-        self._thread.join()
-        self._conn.close()
-        if self._failure is not None and not self._cancelled:
-            raise self._failure
-
-
-@contextlib.contextmanager
-def _analyze_alongside(dsn: str, timings: dict[str, float], *, enabled: bool = True) -> Iterator[_Analyze | None]:
-    """ANALYZE the restored database while the block (verification) runs; wait for it after.
-
-    Why: the restored database needs planner statistics before it is put in use, and ANALYZE
-    only samples each table, so it fits beside the verification's full reads on the other
-    connections instead of after them. ``analyze_seconds`` is ANALYZE's own duration, which
-    overlaps ``verify_seconds``; ``analyze_wait_seconds`` is how long it ran on after verification.
-    If the block fails, ANALYZE is cancelled; the staging database is dropped anyway.
-    """
-    if not enabled:
-        yield None
-        return
-    analyze = _Analyze(dsn)
-    try:
-        yield analyze
-    except BaseException:
-        analyze.cancel()
-        with contextlib.suppress(Exception):
-            analyze.wait()
-        raise
-    started = time.perf_counter()
-    analyze.wait()
-    timings["analyze_wait_seconds"] = round(time.perf_counter() - started, 3)
-    timings["analyze_seconds"] = analyze.seconds
-
-
-def _put_in_place(target: RestoreTarget, staging: str) -> None:
-    """Rename the verified staging database to the target's name (replacing an existing target)."""
-    with connect(target.admin_dsn, autocommit=True, application_name="dbprotect-restore") as admin:
-        if not target.existing:
-            _rename(admin, staging, target.name)
-            set_marker(admin, target.name, target.environment)
-            return
-        owner = admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                              (target.name,)).fetchone()
-        retired = new_scratch_name()
-        admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(target.name)))
-        try:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                          "AND pid <> pg_backend_pid()", (target.name,))
-            _rename(admin, target.name, retired)
-        except BaseException:
-            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                sql.Identifier(target.name)))
-            raise
-        try:
-            _rename(admin, staging, target.name)
-        except BaseException:
-            _rename(admin, retired, target.name)
-            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                sql.Identifier(target.name)))
-            raise
-        set_marker(admin, target.name, target.environment)
-        if owner and owner[0]:
-            admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                sql.Identifier(target.name), sql.Identifier(owner[0])))
-    drop_database(target.admin_dsn, retired)
-
-
-def _rename(admin: psycopg.Connection, old: str, new: str) -> None:
-    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+    swap_in(target.admin_dsn, staging, target.name, environment=target.environment, replace=target.existing,
+            before_acting=still_guarded, on_intent=swap_intent_recorder(audit, database), hooks=hooks)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -21,8 +22,10 @@ import pyrage
 
 from dbprotect.core.errors import CryptoError, DbprotectError
 from dbprotect.core.pg.pg_restore import Progress, list_archive, run_pg_restore
-from dbprotect.core.pg.scratch import ScratchServer, scratch_database
-from dbprotect.core.restore.decrypt import decrypted_archive
+from dbprotect.core.pg.scratch import ScratchDatabase, ScratchServer, staging_database
+from dbprotect.core.pg.swap import SwapIntent, SwapRecovery, recover_and_sweep
+from dbprotect.core.pg.tools import connect
+from dbprotect.core.restore.decrypt import decrypted_archive, sweep_restore_folders
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import record_verification
 from dbprotect.core.store.manifest import Manifest, Verification
@@ -34,18 +37,6 @@ if TYPE_CHECKING:
     from dbprotect.core.audit import AuditLog
 
 CHUNK = 1 << 20
-
-
-# -- decrypting into a private, always-deleted file ------------------------------------------
-
-
-# -- pg_restore --------------------------------------------------------------------------------
-
-
-# -- the table of contents and the catalog, as comparable sets -------------------------------
-
-
-# -- comparing a restored database with the manifest and the archive ---------------------------
 
 
 # -- rung 3 ------------------------------------------------------------------------------------
@@ -80,11 +71,11 @@ class RestoreVerification:
                 "problems": self.problems, "metrics": self.metrics(), "scratch_database": self.scratch_database}
 
 
-class _Clock:
-    """Per-phase wall-clock timings: ``with clock('restore'): ...`` adds ``restore_seconds``."""
+class PhaseClock:
+    """Per-phase wall-clock timings: ``with clock('restore'): ...`` adds ``restore_seconds`` to ``timings``."""
 
-    def __init__(self, progress: Progress | None) -> None:
-        self.timings: dict[str, float] = {}
+    def __init__(self, progress: Progress | None, timings: dict[str, float] | None = None) -> None:
+        self.timings: dict[str, float] = {} if timings is None else timings
         self._progress = progress
         self._start = time.perf_counter()
 
@@ -106,16 +97,19 @@ def verify_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
                    server: ScratchServer, *, pg_bin_dir: str | None = None, jobs: int | None = None,
                    work_dir: str | os.PathLike[str] | None = None, by: str = "dbprotect",
                    record: bool = True, progress: Progress | None = None,
-                   audit: AuditLog | None = None) -> RestoreVerification:
+                   audit: AuditLog | None = None, prepare: bool = True) -> RestoreVerification:
     """Restore ``manifest``'s backup into a new scratch database, compare it, drop it, record the result.
 
     Refuses (:class:`RefusedError`) a scratch server of another major version, and raises
     :class:`CryptoError` for a wrong identity; neither is recorded, since the backup may be fine.
     A backup that does not decrypt, restore or compare is a failed ``restored`` rung.
+    ``prepare``: first put the scratch server in order (:func:`prepare_server`); a drill does it itself.
     """
     server.require_major(int(manifest.source["server_major"]))
+    if prepare:
+        prepare_server(server.admin_dsn, audit=audit, database=manifest.database, work_dir=work_dir)
     result = RestoreVerification(manifest.database, manifest.backup_id, ok=False)
-    clock = _Clock(progress)
+    clock = PhaseClock(progress)
     try:
         _restore_and_compare(storage, manifest, identity, server, clock, result,
                              pg_bin_dir=pg_bin_dir, jobs=jobs, work_dir=work_dir, progress=progress)
@@ -136,14 +130,32 @@ def verify_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
     return result
 
 
-def _restore_and_compare(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
-                         server: ScratchServer, clock: _Clock, result: RestoreVerification, *,
-                         pg_bin_dir: str | None, jobs: int | None, work_dir: str | os.PathLike[str] | None,
-                         progress: Progress | None) -> None:
+@dataclass
+class StagedRestore:
+    """A backup restored into a staging database and compared: ``problems`` empty means it matches."""
+
+    database: ScratchDatabase
+    problems: list[str]
+    objects: int
+
+
+@contextlib.contextmanager
+def staged_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, admin_dsn: str,
+                   clock: PhaseClock, *, pg_bin_dir: str | None = None, jobs: int | None = None,
+                   work_dir: str | os.PathLike[str] | None = None, progress: Progress | None = None,
+                   encoding: str | None = None, keep_owners: bool = False,
+                   analyze: bool = False) -> Iterator[StagedRestore]:
+    """The one staged pipeline: restore into a new staging database on ``admin_dsn``'s server and compare.
+
+    Rung 3 (:func:`verify_restore`, drills) and the on-call restore
+    (:mod:`dbprotect.core.restore.oncall`, the warm copy) both use it. The staging database is
+    held by this process and dropped when the block ends, however it ends (unless the block
+    renamed it into place); the plaintext archive is deleted before the comparison starts.
+    ``analyze`` runs ANALYZE beside the comparison (for a database about to take traffic).
+    """
     major = int(manifest.source["server_major"])
-    with scratch_database(server, encoding=manifest.source.get("encoding")) as scratch:
-        result.scratch_database = scratch.name
-        with TableVerifier(scratch.dsn, manifest, workers=jobs, server_major=major, pg_bin_dir=pg_bin_dir) as tables:
+    with staging_database(admin_dsn, encoding=encoding, application_name="dbprotect-restore") as staging:
+        with TableVerifier(staging.dsn, manifest, workers=jobs, server_major=major, pg_bin_dir=pg_bin_dir) as tables:
             with contextlib.ExitStack() as plaintext:
                 with clock("decrypt"):
                     archive = plaintext.enter_context(decrypted_archive(storage, manifest, identity, work_dir))
@@ -151,11 +163,120 @@ def _restore_and_compare(storage: Storage, manifest: Manifest, identity: pyrage.
                     expected = parse_toc_listing(listing)
                     tables.expect(listing)
                 with clock("restore"):
-                    run_pg_restore(archive, scratch.dsn, server_major=major, jobs=jobs, pg_bin_dir=pg_bin_dir,
-                                   progress=progress, on_table_data=tables.release)
+                    run_pg_restore(archive, staging.dsn, server_major=major, jobs=jobs, keep_owners=keep_owners,
+                                   pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release)
             clock.timings["tables_released_during_restore"] = tables.released_early
-            with clock("verify"):
-                problems, result.objects = verify_restored_database(scratch.dsn, manifest, expected, tables=tables)
-        result.problems.extend(problems)
+            with _analyze_alongside(staging.dsn, clock.timings, enabled=analyze) as analyzed, clock("verify"):
+                problems, objects = verify_restored_database(staging.dsn, manifest, expected, tables=tables)
+                if problems and analyzed is not None:
+                    analyzed.cancel()
+        yield StagedRestore(staging, problems, objects)
+
+
+def _restore_and_compare(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
+                         server: ScratchServer, clock: PhaseClock, result: RestoreVerification, *,
+                         pg_bin_dir: str | None, jobs: int | None, work_dir: str | os.PathLike[str] | None,
+                         progress: Progress | None) -> None:
+    with staged_restore(storage, manifest, identity, server.admin_dsn, clock, pg_bin_dir=pg_bin_dir, jobs=jobs,
+                        work_dir=work_dir, progress=progress, encoding=manifest.source.get("encoding")) as staged:
+        result.scratch_database = staged.database.name
+        result.problems.extend(staged.problems)
+        result.objects = staged.objects
         result.tables = len(manifest.tables)
         result.rows = manifest.total_rows
+
+
+class _Analyze:
+    """ANALYZE of the staging database on its own connection and thread."""
+
+    def __init__(self, dsn: str) -> None:
+        self._conn = connect(dsn, autocommit=True, application_name="dbprotect-restore")
+        self._failure: BaseException | None = None
+        self._cancelled = False
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="dbprotect-analyze", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._conn.execute("ANALYZE")
+        except BaseException as exc:  # handed to the thread that waits for it
+            self._failure = exc
+        self.seconds = round(time.perf_counter() - started, 3)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        with contextlib.suppress(Exception):
+            self._conn.cancel_safe(timeout=5)
+
+    def wait(self) -> None:
+        self._thread.join()
+        self._conn.close()
+        if self._failure is not None and not self._cancelled:
+            raise self._failure
+
+
+@contextlib.contextmanager
+def _analyze_alongside(dsn: str, timings: dict[str, float], *, enabled: bool = True) -> Iterator[_Analyze | None]:
+    """ANALYZE the restored database while the block (verification) runs; wait for it after.
+
+    Why: the restored database needs planner statistics before it is put in use, and ANALYZE
+    only samples each table, so it fits beside the verification's full reads on the other
+    connections instead of after them. ``analyze_seconds`` is ANALYZE's own duration, which
+    overlaps ``verify_seconds``; ``analyze_wait_seconds`` is how long it ran on after verification.
+    If the block fails, ANALYZE is cancelled; the staging database is dropped anyway.
+    """
+    if not enabled:
+        yield None
+        return
+    analyze = _Analyze(dsn)
+    try:
+        yield analyze
+    except BaseException:
+        analyze.cancel()
+        with contextlib.suppress(Exception):
+            analyze.wait()
+        raise
+    started = time.perf_counter()
+    analyze.wait()
+    timings["analyze_wait_seconds"] = round(time.perf_counter() - started, 3)
+    timings["analyze_seconds"] = analyze.seconds
+
+
+# -- what killed runs left: swaps, staging databases, plaintext folders ------------------------
+
+def swap_intent_recorder(audit: AuditLog | None, database: str) -> Callable[[SwapIntent], None] | None:
+    """The ``on_intent`` of a swap: the intent in the store's audit log before the first rename."""
+    if audit is None:
+        return None
+
+    def record(intent: SwapIntent) -> None:
+        audit.record("swap", database=database, outcome="started", target=intent.swap_id, detail=intent.describe(),
+                     data={"swap_target": intent.target, "incoming": intent.incoming, "retired": intent.retired,
+                           "environment": intent.environment})
+    return record
+
+
+def swap_recovery_recorder(audit: AuditLog | None, database: str) -> Callable[[SwapRecovery], None] | None:
+    """The ``on_recovered`` of a swap recovery: what was finished or rolled back, in the audit log."""
+    if audit is None:
+        return None
+
+    def record(outcome: SwapRecovery) -> None:
+        audit.record("swap", database=database, outcome=outcome.action.replace(" ", "_"),
+                     target=outcome.intent.swap_id, detail=outcome.detail,
+                     data={"swap_target": outcome.intent.target, "incoming": outcome.intent.incoming,
+                           "retired": outcome.intent.retired})
+    return record
+
+
+def prepare_server(admin_dsn: str, *, audit: AuditLog | None, database: str,
+                   work_dir: str | os.PathLike[str] | None) -> list[SwapRecovery]:
+    """What a restore does first on a server: finish or roll back interrupted swaps, sweep what killed runs left.
+
+    Swaps are recovered (and audited), staging databases whose holder died are dropped by marker,
+    and private plaintext folders a SIGKILLed restore left in the work folder are removed.
+    """
+    sweep_restore_folders(work_dir)
+    return recover_and_sweep(admin_dsn, on_recovered=swap_recovery_recorder(audit, database))

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 import pyrage
@@ -50,16 +51,26 @@ from dbprotect.core.errors import (
     RefusedError,
 )
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
-from dbprotect.core.pg.markers import MARKER_SETTING, read_marker
-from dbprotect.core.pg.scratch import drop_database, new_scratch_name
+from dbprotect.core.pg.markers import MARKER_SETTING, read_marker, read_setting
+from dbprotect.core.pg.scratch import drop_database
+from dbprotect.core.pg.swap import SwapHook, swap_in
 from dbprotect.core.pg.tools import connect
-from dbprotect.core.restore.oncall import RestoreResult, RestoreTarget, restore
+from dbprotect.core.restore.oncall import (
+    RestoreResult,
+    RestoreTarget,
+    prepare_server,
+    restore,
+    swap_intent_recorder,
+)
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import load_manifest
 from dbprotect.core.store.manifest import Manifest
 from dbprotect.core.verify.compare import compare_large_objects, compare_sequences
 from dbprotect.core.verify.integrity import summarize_problems
 from dbprotect.core.verify.tables import compare_tables
+
+if TYPE_CHECKING:
+    from dbprotect.core.audit import AuditLog
 
 #: The environment marker of a warm copy (see :mod:`dbprotect.core.restore.guards`).
 WARM_ENVIRONMENT = "backup"
@@ -148,17 +159,6 @@ class WarmCopyVerification:
 # -- where the warm copy is ----------------------------------------------------------------------
 
 
-def _read_setting(conn: psycopg.Connection, dbname: str, setting: str) -> str | None:
-    row = conn.execute(
-        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-        "WHERE d.datname = %s AND s.setrole = 0", (dbname,)).fetchone()
-    for item in (row[0] if row and row[0] else []):
-        name, _, value = item.partition("=")
-        if name == setting:
-            return value
-    return None
-
-
 def inspect_warm_copy(dsn: str) -> WarmCopyState:
     """Whether the warm copy exists, its marker, the backup it holds, and (unmarked) how much is in it."""
     name = dbname_of(dsn) or ""
@@ -166,7 +166,7 @@ def inspect_warm_copy(dsn: str) -> WarmCopyState:
         if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
             return WarmCopyState(name, exists=False)
         marker = read_marker(admin, name)
-        holds = _read_setting(admin, name, HOLDS_SETTING)
+        holds = read_setting(admin, name, HOLDS_SETTING)
     objects = 0
     if marker is None:
         with connect(dsn, autocommit=True, application_name=APPLICATION) as conn:
@@ -212,44 +212,29 @@ def _drop_leftover_incoming(dsn: str, incoming: str, server: str) -> None:
     drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
 
 
-def _rename(admin: psycopg.Connection, old: str, new: str) -> None:
-    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+def _swap_in(dsn: str, incoming: str, backup_id: str, server: str, *, audit: AuditLog | None, database: str,
+             hooks: SwapHook | None = None) -> None:
+    """Record what ``incoming`` holds, then the one swap (:func:`dbprotect.core.pg.swap.swap_in`).
 
-
-def _swap_in(dsn: str, incoming: str, backup_id: str, server: str) -> None:
-    """Record what ``incoming`` holds, re-check the warm copy's marker, and rename ``incoming`` into its place."""
+    The warm copy's marker is re-checked on the swap's own connection immediately before acting.
+    """
     name = dbname_of(dsn) or ""
     admin_dsn = with_dbname(dsn, MAINTENANCE_DB)
     with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
         admin.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
             sql.Identifier(incoming), sql.SQL(HOLDS_SETTING), sql.Literal(backup_id)))
+    exists = inspect_warm_copy(dsn).exists
+
+    def still_replaceable(_admin: psycopg.Connection) -> None:
         state = inspect_warm_copy(dsn)  # immediately before acting: nothing replaced it meanwhile
         check_replaceable(state, server)
-        if not state.exists:
-            _rename(admin, incoming, name)
-            return
-        owner = admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                              (name,)).fetchone()
-        retired = new_scratch_name()
-        allow = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}")
-        admin.execute(allow.format(sql.Identifier(name), sql.SQL("false")))
-        try:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                          "AND pid <> pg_backend_pid()", (name,))
-            _rename(admin, name, retired)
-        except BaseException:
-            admin.execute(allow.format(sql.Identifier(name), sql.SQL("true")))
-            raise
-        try:
-            _rename(admin, incoming, name)
-        except BaseException:
-            _rename(admin, retired, name)
-            admin.execute(allow.format(sql.Identifier(name), sql.SQL("true")))
-            raise
-        if owner and owner[0]:
-            admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name),
-                                                                           sql.Identifier(owner[0])))
-    drop_database(admin_dsn, retired)
+        if state.exists != exists:
+            raise RefusedError(f"refused: warm copy {name!r} on {server} appeared or vanished during the refresh; "
+                               "nothing was changed", hint="run the refresh again",
+                               refusal=Refusals.NOT_A_WARM_COPY)
+
+    swap_in(admin_dsn, incoming, name, environment=WARM_ENVIRONMENT, replace=exists, before_acting=still_replaceable,
+            on_intent=swap_intent_recorder(audit, database), hooks=hooks)
 
 
 # -- verification of the live warm copy ----------------------------------------------------------
@@ -269,7 +254,8 @@ def compare_warm_copy(dsn: str, manifest: Manifest) -> list[str]:
 
 def refresh_into(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, dsn: str, *,
                  recipients: list[str], pg_bin_dir: str | None, work_dir: str | None, actor: str,
-                 force: bool = False, progress: Callable[[str], None] | None = None) -> WarmCopyOutcome:
+                 force: bool = False, progress: Callable[[str], None] | None = None,
+                 audit: AuditLog | None = None) -> WarmCopyOutcome:
     """Put the backup ``manifest`` describes into the warm copy ``dsn`` names, unless it is there already.
 
     ``force`` restores even when the warm copy already holds that backup (to repair one that
@@ -279,6 +265,7 @@ def refresh_into(storage: Storage, manifest: Manifest, identity: pyrage.x25519.I
     """
     backup_id = manifest.backup_id
     server = mask_dsn(with_dbname(dsn, MAINTENANCE_DB))
+    prepare_server(with_dbname(dsn, MAINTENANCE_DB), audit=audit, database=manifest.database, work_dir=work_dir)
     state = inspect_warm_copy(dsn)
     check_replaceable(state, server)
     outcome = WarmCopyOutcome(manifest.database, state.name, server, backup_id, state.holds, refreshed=False,
@@ -297,7 +284,7 @@ def refresh_into(storage: Storage, manifest: Manifest, identity: pyrage.x25519.I
     assert isinstance(result, RestoreResult)  # not a dry run
     swap_started = time.perf_counter()
     try:
-        _swap_in(dsn, incoming, backup_id, server)
+        _swap_in(dsn, incoming, backup_id, server, audit=audit, database=manifest.database)
     except BaseException as exc:
         with contextlib.suppress(DbprotectError, psycopg.Error):
             drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
