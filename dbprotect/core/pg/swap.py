@@ -145,9 +145,10 @@ def swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, rep
     ``environment`` is the marker the target carries afterwards. ``before_acting`` re-checks the
     target (its guards) on the admin connection immediately before the intent is recorded;
     ``on_intent`` records the intent elsewhere (the store's audit log) and must return before the
-    first rename. A failure before the commit point rolls back here; one after it is rolled back
-    here if possible, otherwise left for :func:`recover_interrupted_swaps`: production is never
-    left without a name that the recovery knows.
+    first rename. An exception (SIGTERM, Ctrl-C, a failed statement) before the incoming database
+    has the target's name rolls back here; one after it leaves the rest (owner, dropping the retired
+    database) to :func:`recover_interrupted_swaps`. Only SIGKILL leaves a swap between the renames,
+    and the recovery finishes it: production always has a name the recovery knows.
     """
     step = hooks or (lambda _name: None)
     swap_id = new_swap_id()
@@ -185,10 +186,10 @@ def swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, rep
             with contextlib.suppress(Exception):
                 _roll_back_before_commit(admin, intent)
             raise
-        step("target_retired")
         try:
+            step("target_retired")
             _rename(admin, incoming, target)
-        except BaseException:
+        except BaseException:  # interrupted in-process between the renames: put the target back now
             with contextlib.suppress(Exception):
                 if intent.retired:
                     _rename(admin, intent.retired, target)
