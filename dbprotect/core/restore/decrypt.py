@@ -26,7 +26,7 @@ from pathlib import Path
 import pyrage
 import zstandard
 
-from dbprotect.core.errors import IntegrityError
+from dbprotect.core.errors import DbprotectError, IntegrityError, StorageError
 from dbprotect.core.pg.tools import require_tool_for_server
 from dbprotect.core.store import Storage
 from dbprotect.core.store.manifest import Manifest, dump_key
@@ -104,12 +104,14 @@ def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out, contextlib.closing(
                 storage.open_reader(dump_key(manifest.database, manifest.backup_id))) as stream:
-            reader = HashingReader(stream)
-            writer = zstandard.ZstdDecompressor().stream_writer(out, write_size=CHUNK, closefd=False)
+            source, sink = _Watched(stream), _Watched(out)
+            reader = HashingReader(source)
+            writer = zstandard.ZstdDecompressor().stream_writer(sink, write_size=CHUNK, closefd=False)
             try:
                 pyrage.decrypt_io(reader, writer, [identity])
                 writer.flush()
-            except (pyrage.DecryptError, zstandard.ZstdError) as exc:
+            except (pyrage.DecryptError, zstandard.ZstdError, OSError) as exc:
+                _raise_io_failure(source, sink, folder)
                 raise IntegrityError(f"backup {manifest.backup_id} does not decrypt and decompress: "
                                      f"{' '.join(str(exc).split())}") from None
             while reader.read(CHUNK):
@@ -121,6 +123,53 @@ def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Watched:
+    """A reader or writer that remembers the exception its own I/O raised.
+
+    pyrage reports every failure inside ``decrypt_io`` as ``OSError("decryption error")``, whether
+    the ciphertext is damaged (the backup's fault: :class:`IntegrityError`, recorded against it) or
+    the store or the local disk failed underneath (the environment's: never recorded against the
+    backup). What the wrapped stream itself raised tells the two apart.
+    """
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.failure: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._inner.read(size)  # type: ignore[attr-defined, no-any-return]
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._inner.write(data)  # type: ignore[attr-defined, no-any-return]
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def flush(self) -> None:
+        flush = getattr(self._inner, "flush", None)
+        if flush:
+            flush()
+
+
+def _raise_io_failure(source: _Watched, sink: _Watched | None, folder: Path | None) -> None:
+    """Re-raise what the store or the disk raised under pyrage, if anything did (see :class:`_Watched`)."""
+    if source.failure is not None:
+        if isinstance(source.failure, DbprotectError | KeyboardInterrupt):
+            raise source.failure
+        raise StorageError(f"reading the backup from the store failed: {' '.join(str(source.failure).split())}")
+    if sink is not None and sink.failure is not None:
+        if isinstance(sink.failure, DbprotectError | KeyboardInterrupt):
+            raise sink.failure
+        raise DbprotectError(f"writing the plaintext archive into {folder} failed: "
+                             f"{' '.join(str(sink.failure).split())}",
+                             hint="free space in the work folder (scratch.work_dir) or point it elsewhere")
 
 
 class _TocDone(Exception):
@@ -161,13 +210,17 @@ def read_archive_listing(storage: Storage, manifest: Manifest, identity: pyrage.
                threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)]  # type: ignore[union-attr]
     for reader in readers:
         reader.start()
+    source = None
     try:
         with contextlib.closing(storage.open_reader(dump_key(manifest.database, manifest.backup_id))) as stream:
+            source = _Watched(stream)
             writer = zstandard.ZstdDecompressor().stream_writer(_ListingPipe(proc), write_size=CHUNK, closefd=False)
             with contextlib.suppress(_TocDone):
-                pyrage.decrypt_io(stream, writer, [identity])
+                pyrage.decrypt_io(source, writer, [identity])
                 writer.flush()
-    except (pyrage.DecryptError, zstandard.ZstdError) as exc:
+    except (pyrage.DecryptError, zstandard.ZstdError, OSError) as exc:
+        if source is not None:
+            _raise_io_failure(source, None, None)
         raise IntegrityError(f"backup {manifest.backup_id} does not decrypt: {' '.join(str(exc).split())}") from None
     finally:
         with contextlib.suppress(OSError):

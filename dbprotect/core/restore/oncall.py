@@ -26,10 +26,12 @@ database-level settings (``ALTER DATABASE ... SET``) and database ACLs are not.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -47,7 +49,8 @@ from dbprotect.core.restore.drill import LastDrill, last_drill
 from dbprotect.core.restore.guards import check_confirmation, check_direction, check_target_server_version
 from dbprotect.core.restore.staged import PhaseClock, prepare_server, staged_restore, swap_intent_recorder
 from dbprotect.core.store import Storage
-from dbprotect.core.store.manifest import Manifest
+from dbprotect.core.store.catalog import record_verification
+from dbprotect.core.store.manifest import Manifest, Verification
 from dbprotect.core.verify.compare import (
     CatalogObjects,
     ObjectKey,
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from dbprotect.core.audit import AuditLog
 
 MAINTENANCE_DB = "postgres"
+log = logging.getLogger(__name__)
 
 
 
@@ -278,15 +282,41 @@ def restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identi
     nothing), the target's server is first put in order (:func:`prepare_server`): an interrupted swap
     of a killed restore is finished or rolled back before the target is looked at.
     """
-    with _audited(audit, manifest, target):
+    try:
+        with _audited(audit, manifest, target):
+            if not dry_run:
+                prepare_server(target.admin_dsn, audit=audit, database=manifest.database,
+                               work_dir=options.get("work_dir"))  # type: ignore[arg-type]
+            plan = plan_restore(storage, manifest, identity, target,
+                                pg_bin_dir=options.get("pg_bin_dir"))  # type: ignore[arg-type]
+        if dry_run:
+            return plan
+        return execute_restore(storage, plan, identity, confirmation=confirmation, recipients=recipients,
+                               audit=audit, **options)  # type: ignore[arg-type]
+    except IntegrityError as exc:
         if not dry_run:
-            prepare_server(target.admin_dsn, audit=audit, database=manifest.database,
-                           work_dir=options.get("work_dir"))  # type: ignore[arg-type]
-        plan = plan_restore(storage, manifest, identity, target, pg_bin_dir=options.get("pg_bin_dir"))  # type: ignore[arg-type]
-    if dry_run:
-        return plan
-    return execute_restore(storage, plan, identity, confirmation=confirmation, recipients=recipients,
-                           audit=audit, **options)  # type: ignore[arg-type]
+            record_failed_restore(storage, manifest, exc, by=str(options.get("by") or "dbprotect"))
+        raise
+
+
+def record_failed_restore(storage: Storage, manifest: Manifest, exc: IntegrityError, *, by: str) -> None:
+    """A backup that does not restore as recorded is a failed ``restored`` rung: RPO turns red, and the
+    default restore skips it from now on (:func:`dbprotect.core.store.catalog.newest_verified_backup`).
+
+    Only :class:`IntegrityError` is the backup's fault; a wrong key (:class:`CryptoError`), an
+    unreachable server or store are the environment's and are never recorded against it. If the
+    store cannot take the record, the restore's own error still reaches the user (the failure is logged).
+    """
+    try:
+        record_verification(storage, manifest, Verification(
+            rung="restored", ok=False, at=datetime.now(UTC), by=by,
+            detail=f"restore failed: {exc.one_line()}", metrics={}))
+    except DbprotectError as failure:
+        log.error("could not record the failed restore of backup %s: %s", manifest.backup_id, failure.one_line())
+        return
+    if not exc.hint:
+        exc.hint = (f"backup {manifest.backup_id} is now recorded as failed; without a BACKUP_ID, restore takes "
+                    "the newest backup that passed verification")
 
 
 def _safety_backup(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.Identity, recipients: list[str],

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pyrage
 
-from dbprotect.core.errors import CryptoError, DbprotectError
+from dbprotect.core.errors import CryptoError, DatabaseError, DbprotectError, StorageError
 from dbprotect.core.pg.pg_restore import Progress, list_archive, run_pg_restore
 from dbprotect.core.pg.scratch import ScratchDatabase, ScratchServer, staging_database
 from dbprotect.core.pg.swap import SwapIntent, SwapRecovery, recover_and_sweep
@@ -101,7 +101,8 @@ def verify_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
     """Restore ``manifest``'s backup into a new scratch database, compare it, drop it, record the result.
 
     Refuses (:class:`RefusedError`) a scratch server of another major version, and raises
-    :class:`CryptoError` for a wrong identity; neither is recorded, since the backup may be fine.
+    :class:`CryptoError` for a wrong identity, :class:`DatabaseError` / :class:`StorageError` when
+    the scratch server or the store fails; none is recorded, since the backup may be fine.
     A backup that does not decrypt, restore or compare is a failed ``restored`` rung.
     ``prepare``: first put the scratch server in order (:func:`prepare_server`); a drill does it itself.
     """
@@ -113,8 +114,8 @@ def verify_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
     try:
         _restore_and_compare(storage, manifest, identity, server, clock, result,
                              pg_bin_dir=pg_bin_dir, jobs=jobs, work_dir=work_dir, progress=progress)
-    except CryptoError:
-        raise
+    except (CryptoError, DatabaseError, StorageError):
+        raise  # the key, the server or the store failed, not the backup: never recorded against it
     except DbprotectError as exc:
         result.problems.append(exc.one_line())
     result.ok = not result.problems
