@@ -80,9 +80,8 @@ def test_scratch_databases_left_by_a_killed_run_are_swept_by_the_next(pg, write_
 
     from dbprotect.core.config.load import load_config
     from dbprotect.core.ops.context import scratch_server_from_config
-    from dbprotect.core.pg.scratch import new_scratch_name
-
     from dbprotect.core.pg.markers import set_marker
+    from dbprotect.core.pg.scratch import new_scratch_name
 
     old = new_scratch_name(datetime.now(UTC) - timedelta(hours=13))
     young = new_scratch_name()

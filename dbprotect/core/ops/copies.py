@@ -28,6 +28,7 @@ from dbprotect.core.ops.context import (
     target_store,
 )
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, register_dsn, with_dbname
+from dbprotect.core.restore.interrupts import terminate_as_interrupt
 from dbprotect.core.restore.warm import (
     WarmCopyOutcome,
     WarmCopyVerification,
@@ -152,10 +153,11 @@ def refresh_warm_copy(config: Config, database: str, *, force: bool = False, act
     try:
         dsn = warm_copy_dsn(config, database, environ)
         backup_id = newest_verified_backup(storage, database)
-        outcome = refresh_into(storage, load_manifest(storage, database, backup_id), raw_identity(config, environ),
-                               dsn, recipients=config.keys.raw.recipients, pg_bin_dir=config.pg_bin_dir,
-                               work_dir=config.scratch.work_dir, actor=actor, force=force, progress=progress,
-                               audit=audit)
+        with terminate_as_interrupt():
+            outcome = refresh_into(storage, load_manifest(storage, database, backup_id), raw_identity(config, environ),
+                                   dsn, recipients=config.keys.raw.recipients, pg_bin_dir=config.pg_bin_dir,
+                                   work_dir=config.scratch.work_dir, actor=actor, force=force,
+                                   progress=progress, audit=audit)
     except DbprotectError as exc:
         audit_failure(audit, "warm_copy", database, exc, target=backup_id)
         raise

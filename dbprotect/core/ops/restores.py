@@ -23,6 +23,7 @@ from dbprotect.core.ops.context import (
 from dbprotect.core.pg.dsn import with_dbname
 from dbprotect.core.pg.pg_restore import Progress
 from dbprotect.core.restore.drill import DrillResult, newest_complete_backup, run_drill
+from dbprotect.core.restore.interrupts import terminate_as_interrupt
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
 from dbprotect.core.restore.staged import RestoreVerification, verify_restore
 from dbprotect.core.store.catalog import find_backup, load_manifest, newest_verified_backup
@@ -73,10 +74,11 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
     target = restore_target(config, database, environment=environment, existing=existing, name=target_name,
                             environ=environ)
     manifest = load_manifest(storage, database, backup_id)
-    return restore(storage, manifest, raw_identity(config, environ), target, confirmation=confirmation,
-                   recipients=config.keys.raw.recipients, dry_run=dry_run,
-                   audit=AuditLog(storage, actor=by), pg_bin_dir=config.pg_bin_dir,
-                   work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze)
+    with terminate_as_interrupt():
+        return restore(storage, manifest, raw_identity(config, environ), target, confirmation=confirmation,
+                       recipients=config.keys.raw.recipients, dry_run=dry_run,
+                       audit=AuditLog(storage, actor=by), pg_bin_dir=config.pg_bin_dir,
+                       work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze)
 
 
 def restore_verify_database(config: Config, database: str, backup_id: str | None = None, *,
@@ -85,7 +87,7 @@ def restore_verify_database(config: Config, database: str, backup_id: str | None
     """Rung 3 for one backup of a configured database (default: the newest complete one)."""
     storage = primary_store(config, database)
     manifest = load_manifest(storage, database, backup_id or newest_complete_backup(storage, database))
-    with scratch_server_from_config(config, environ) as server:
+    with terminate_as_interrupt(), scratch_server_from_config(config, environ) as server:
         return verify_restore(storage, manifest, raw_identity(config, environ), server,
                               pg_bin_dir=config.pg_bin_dir, work_dir=config.scratch.work_dir, by=by,
                               progress=progress, audit=audit)
@@ -95,7 +97,7 @@ def drill_database(config: Config, database: str, *, by: str = "drill", environ:
                    progress: Progress | None = None, audit: AuditLog | None = None) -> DrillResult:
     """A drill of a configured database against its ``rto_minutes``."""
     storage = primary_store(config, database)
-    with scratch_server_from_config(config, environ) as server:
+    with terminate_as_interrupt(), scratch_server_from_config(config, environ) as server:
         return run_drill(storage, database, raw_identity(config, environ), server,
                          rto_minutes=config.database(database).rto_minutes, pg_bin_dir=config.pg_bin_dir,
                          work_dir=config.scratch.work_dir, by=by, progress=progress, audit=audit)

@@ -161,11 +161,11 @@ class _Watched:
 def _raise_io_failure(source: _Watched, sink: _Watched | None, folder: Path | None) -> None:
     """Re-raise what the store or the disk raised under pyrage, if anything did (see :class:`_Watched`)."""
     if source.failure is not None:
-        if isinstance(source.failure, DbprotectError | KeyboardInterrupt):
-            raise source.failure
+        if isinstance(source.failure, DbprotectError) or not isinstance(source.failure, Exception):
+            raise source.failure  # ours, or an interrupt (Ctrl-C, SIGTERM, Dagster's): as it came
         raise StorageError(f"reading the backup from the store failed: {' '.join(str(source.failure).split())}")
     if sink is not None and sink.failure is not None:
-        if isinstance(sink.failure, DbprotectError | KeyboardInterrupt):
+        if isinstance(sink.failure, DbprotectError) or not isinstance(sink.failure, Exception):
             raise sink.failure
         raise DbprotectError(f"writing the plaintext archive into {folder} failed: "
                              f"{' '.join(str(sink.failure).split())}",

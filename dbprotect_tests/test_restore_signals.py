@@ -1,0 +1,114 @@
+"""A restore told to stop (issue 10, point 8): SIGTERM cleans up like Ctrl-C; SIGKILL's leftovers are swept next.
+
+A real ``dbprotect restore`` subprocess overwriting a marked production database is signalled
+while its plaintext archive sits in the work folder. After SIGTERM: no plaintext folder, no
+staging database, the target unchanged. After SIGKILL: the folder and the staging database are
+left, and the next restore on that server removes both before it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dbprotect.cli.app import run
+from dbprotect.core.errors import EXIT_INTERRUPTED
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import set_marker
+from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
+from dbprotect.core.restore.decrypt import FOLDER_PREFIX
+from dbprotect_tests.fixtures.fix_pg import content
+
+# Slow, so not in the fast lane: each test backs up a 30 MB database and restores it in a subprocess (5-10 s).
+pytestmark = pytest.mark.slow
+
+BIG_SQL = ("CREATE TABLE events AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS payload "
+           "FROM generate_series(1, 300000) g")
+
+
+@pytest.fixture
+def overwrite_setup(make_db, pg, write_config, monkeypatch, tmp_path):
+    """A verified backup of a 30 MB database, a marked production target, a private work folder."""
+    source = make_db(BIG_SQL, prefix="big")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
+    write_config(source, database="shop", extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN",
+                                                             "work_dir": str(work)}})
+    assert run(["backup", "shop"]) == 0
+    assert run(["verify", "latest"]) == 0
+    target = make_db("CREATE TABLE kept (x int); INSERT INTO kept SELECT g FROM generate_series(1, 77) g",
+                     prefix="prod")
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        set_marker(admin, str(dbname_of(target)), "production")
+    return work, target, str(dbname_of(target))
+
+
+def _start_restore(name: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "dbprotect.cli.app", "restore", "shop", "--target",
+                             f"production:{name}", "--confirm", name], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _wait_for_plaintext(work: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the decrypted archive is being written (the restore is mid-way), or fail."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any((folder / "dump.pgdump").exists() for folder in work.glob(f"{FOLDER_PREFIX}*")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"restore ended before the plaintext existed: {proc.communicate()}")
+        time.sleep(0.01)
+    raise AssertionError("no plaintext archive appeared")
+
+
+def _staging(pg) -> list[str]:
+    return leftover_scratch_databases(ScratchServer(pg.admin_dsn))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_restore_removes_its_plaintext_and_staging_and_leaves_the_target(overwrite_setup, pg, sig):
+    work, target, name = overwrite_setup
+    before = content(target)
+    proc = _start_restore(name)
+    _wait_for_plaintext(work, proc)
+    assert _staging(pg)  # mid-restore: the staging database exists
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err
+    assert list(work.iterdir()) == []
+    assert _staging(pg) == []
+    assert content(target) == before
+
+
+def test_a_killed_restore_leaves_what_the_next_restore_sweeps_first(overwrite_setup, pg):
+    work, target, name = overwrite_setup
+    before = content(target)
+    proc = _start_restore(name)
+    _wait_for_plaintext(work, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert [p.name for p in work.iterdir()] and _staging(pg)  # SIGKILL cannot clean up
+    assert content(target) == before
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # until the server has seen the killed client go
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
+            if conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,):
+                break
+        time.sleep(0.05)
+    new_name = "after_kill_restore"
+    try:
+        assert run(["restore", "shop", "--target", f"new:{new_name}"]) == 0
+        assert list(work.iterdir()) == []
+        assert _staging(pg) == []
+    finally:
+        pg.drop_database(new_name)
+    assert content(target) == before
