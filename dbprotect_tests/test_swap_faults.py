@@ -22,6 +22,8 @@ import pytest
 
 from dbprotect.core.audit import AuditLog, read
 from dbprotect.core.backup.stream import run_backup
+from dbprotect.core.config.load import load_config
+from dbprotect.core.ops import backup_database, refresh_warm_copy, verify_database_backup, verify_warm_copy
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import MARKER_SETTING, database_settings, set_marker
 from dbprotect.core.pg.scratch import (
@@ -36,6 +38,7 @@ from dbprotect.core.pg.scratch import (
 from dbprotect.core.pg.swap import RETIRED_PREFIX, SWAP_LOCK_CLASS, SWAP_STEPS, recover_and_sweep
 from dbprotect.core.restore.oncall import RestoreTarget, restore
 from dbprotect.core.store import FilesystemStorage
+from dbprotect_tests.fixtures.fix_pg import psql
 
 OLD_ROWS, NEW_ROWS = 100, 250
 #: Steps after which the swap has committed: recovery finishes it (the target holds the new data).
@@ -254,3 +257,74 @@ def test_an_on_call_restore_killed_in_its_swap_is_completed_by_the_next_restore_
     [recovered] = [r for r in swaps[1:] if r.target == killed.target]
     assert recovered.outcome == ("finished" if committed else "rolled_back")
     assert old_target in recovered.detail
+
+
+WARM_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from dbprotect.core.audit import AuditLog
+    from dbprotect.core.config.load import load_config
+    from dbprotect.core.ops.context import primary_store, raw_identity
+    from dbprotect.core.ops.copies import warm_copy_dsn
+    from dbprotect.core.restore.warm import refresh_into
+    from dbprotect.core.store.catalog import load_manifest, newest_verified_backup
+
+    kill_at = sys.argv[1]
+    config = load_config()
+    storage = primary_store(config, "shop")
+    manifest = load_manifest(storage, "shop", newest_verified_backup(storage, "shop"))
+
+    def hook(step):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    refresh_into(storage, manifest, raw_identity(config), warm_copy_dsn(config, "shop"),
+                 recipients=config.keys.raw.recipients, pg_bin_dir=None, work_dir=None, actor="test",
+                 audit=AuditLog(storage, actor="test"), swap_hooks=hook)
+""")
+
+
+@pytest.mark.parametrize("step", ["intent_on_target", "target_retired", "incoming_renamed"])
+def test_a_warm_copy_refresh_killed_in_its_swap_is_completed_by_the_next_refresh(pg, make_db, write_config,
+                                                                                 monkeypatch, tmp_path, step):
+    source = make_db("CREATE TABLE t (v text NOT NULL); "
+                     f"INSERT INTO t SELECT 'old' FROM generate_series(1, {OLD_ROWS})", prefix="wsrc")
+    warm = f"{dbname_of(source)}_warm"
+    monkeypatch.setenv("TEST_SHOP_WARM_DSN", pg.dsn(warm))
+    write_config(source, extra={"databases": {"shop": {
+        "environments": {"production": {"dsn_env": "TEST_SHOP_PROD_DSN"}},
+        "warm_copy": {"dsn_env": "TEST_SHOP_WARM_DSN"}}}})
+    config = load_config()
+    storage = FilesystemStorage(tmp_path / "store")
+
+    def verified_backup() -> str:
+        backup_id = backup_database(config, "shop").manifest.backup_id
+        assert verify_database_backup(config, "shop", backup_id).ok
+        return backup_id
+
+    try:
+        first = verified_backup()
+        assert refresh_warm_copy(config, "shop", actor="test").backup_id == first
+        psql(source, f"TRUNCATE t; INSERT INTO t SELECT 'new' FROM generate_series(1, {NEW_ROWS})")
+        second = verified_backup()
+        done = subprocess.run([sys.executable, "-c", WARM_CHILD, step], capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+        _wait_for_locks_released(pg.admin_dsn)
+        outcome = refresh_warm_copy(config, "shop", actor="test")  # recovers first, then refreshes if needed
+        assert outcome.backup_id == second
+        assert outcome.refreshed == (step not in COMMITTED)  # rolled back: this refresh does the work again
+        assert _rows(pg, warm) == [("new", NEW_ROWS)]
+        assert verify_warm_copy(config, "shop", actor="test").ok
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+            settings = database_settings(admin, warm)[warm]
+        assert settings[MARKER_SETTING] == "backup" and SWAP_SETTING not in settings
+        assert _strays(pg.admin_dsn) == [] and not pg.has_database(f"{warm}__incoming")
+        swaps = [r for r in read(storage) if r.action == "swap"]
+        # The first swap that replaced the warm copy is the killed one (the first refresh created it).
+        killed = next(r for r in swaps
+                      if r.outcome == "started" and r.data["swap_target"] == warm and r.data["retired"])
+        [recovered] = [r for r in swaps if r.target == killed.target and r.outcome != "started"]
+        assert recovered.outcome == ("finished" if step in COMMITTED else "rolled_back")
+    finally:
+        for name in (warm, f"{warm}__incoming"):
+            pg.drop_database(name)

@@ -255,13 +255,15 @@ def compare_warm_copy(dsn: str, manifest: Manifest) -> list[str]:
 def refresh_into(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, dsn: str, *,
                  recipients: list[str], pg_bin_dir: str | None, work_dir: str | None, actor: str,
                  force: bool = False, progress: Callable[[str], None] | None = None,
-                 audit: AuditLog | None = None) -> WarmCopyOutcome:
+                 audit: AuditLog | None = None, swap_hooks: SwapHook | None = None) -> WarmCopyOutcome:
     """Put the backup ``manifest`` describes into the warm copy ``dsn`` names, unless it is there already.
 
     ``force`` restores even when the warm copy already holds that backup (to repair one that
     drifted). Raises :class:`RefusedError` for a target that is not a warm copy, and
     :class:`IntegrityError` when the restored data does not match the manifest (the previous warm
-    copy is then untouched): it is restored under a new name, verified, then swapped in.
+    copy is then untouched): it is restored under a new name, verified, then swapped in by the one
+    crash-safe swap (``swap_hooks``: fault injection in tests), after an interrupted swap of a killed
+    refresh on that server was finished or rolled back (audited in ``audit``).
     """
     backup_id = manifest.backup_id
     server = mask_dsn(with_dbname(dsn, MAINTENANCE_DB))
@@ -284,7 +286,7 @@ def refresh_into(storage: Storage, manifest: Manifest, identity: pyrage.x25519.I
     assert isinstance(result, RestoreResult)  # not a dry run
     swap_started = time.perf_counter()
     try:
-        _swap_in(dsn, incoming, backup_id, server, audit=audit, database=manifest.database)
+        _swap_in(dsn, incoming, backup_id, server, audit=audit, database=manifest.database, hooks=swap_hooks)
     except BaseException as exc:
         with contextlib.suppress(DbprotectError, psycopg.Error):
             drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
