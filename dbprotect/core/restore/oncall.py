@@ -3,8 +3,10 @@
 A restore goes to a **new database** (the default; created with the environment marker the user
 named) or over an **existing database** of a named environment. Either way the backup is first
 restored into a staging database (a scratch database on the target's server), verified against the
-manifest exactly as rung 3 does, and only then put in place by renaming, so a restore that fails or
-is interrupted never leaves a half-restored target: the target is untouched until the final swap.
+manifest exactly as rung 3 does (the one staged pipeline, :func:`dbprotect.core.restore.staged.staged_restore`),
+and only then put in place by the one crash-safe swap (:mod:`dbprotect.core.pg.swap`), so a restore
+that fails or is interrupted never leaves a half-restored target: the target is untouched until the
+swap, and a swap killed half-way is finished or rolled back by the next restore on that server.
 
 Before an existing database is replaced, in this order, each refusing with a one-line error and
 without changing anything:
