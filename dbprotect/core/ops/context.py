@@ -30,9 +30,9 @@ from dbprotect.core.errors import (
 from dbprotect.core.pg.dsn import register_dsn
 from dbprotect.core.pg.scratch import (
     ScratchServer,
-    drop_leftover_scratch_databases,
     embedded_scratch_server,
 )
+from dbprotect.core.pg.swap import recover_and_sweep
 from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
 from dbprotect.core.store.s3 import s3_credentials_from_env
 from dbprotect.core.verify.integrity import IntegrityReport
@@ -128,8 +128,9 @@ def audit_log(config: Config, database: str, *, actor: str, target: str | None =
 def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None = None) -> Iterator[ScratchServer]:
     """The scratch server ``config.scratch`` describes (default: embedded, under the config's folder).
 
-    Every use first drops scratch databases older than 12 hours: a drill or verification killed
-    with SIGKILL cannot drop its own, so the next one sweeps them (young ones may be running).
+    Every use first finishes or rolls back interrupted swaps and drops the scratch databases a
+    killed run left (:func:`dbprotect.core.pg.swap.recover_and_sweep`: by marker, never by name):
+    a drill or verification killed with SIGKILL cannot drop its own, so the next one sweeps them.
     """
     environ = os.environ if environ is None else environ
     admin_env = config.scratch.admin_dsn_env
@@ -139,12 +140,12 @@ def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None
             raise ConfigError(f"${admin_env} is not set (the admin DSN of the scratch server)",
                               hint=f"export {admin_env}=postgresql://user:password@host:5432/postgres")
         server = ScratchServer(register_dsn(dsn))
-        drop_leftover_scratch_databases(server)
+        recover_and_sweep(server.admin_dsn)
         yield server
         return
     data_dir = Path(config.scratch.data_dir).expanduser()
     if not data_dir.is_absolute():
         data_dir = config.base_dir() / data_dir
     with embedded_scratch_server(data_dir) as server:
-        drop_leftover_scratch_databases(server)
+        recover_and_sweep(server.admin_dsn)
         yield server
