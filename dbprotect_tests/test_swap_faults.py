@@ -9,6 +9,7 @@ staging, incoming or retired database is left; and a scratch sweep never dropped
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -328,3 +329,20 @@ def test_a_warm_copy_refresh_killed_in_its_swap_is_completed_by_the_next_refresh
     finally:
         for name in (warm, f"{warm}__incoming"):
             pg.drop_database(name)
+
+
+def test_a_swap_the_recovery_cannot_complete_is_reported_failed_and_its_databases_kept(pg, make_db):
+    """Say the old owner's role was dropped: the recovery reports it, keeps everything, and does not block others."""
+    name = str(dbname_of(make_db("CREATE TABLE t (v text)", prefix="stuck")))
+    record = json.dumps({"swap_id": "stuck-1", "role": "incoming", "target": name, "incoming": "gone",
+                         "retired": None, "environment": "production", "owner": "no_such_role_anywhere"})
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{name}\" SET {SWAP_SETTING} = '{record}'")
+    try:
+        [outcome] = recover_and_sweep(pg.admin_dsn)
+        assert outcome.action == "failed" and "no_such_role_anywhere" in outcome.detail
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+            assert SWAP_SETTING in database_settings(admin, name)[name]
+    finally:
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" RESET {SWAP_SETTING}')

@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
-from dbprotect.core.errors import DbprotectError
+from dbprotect.core.errors import DatabaseError, DbprotectError
 from dbprotect.core.pg.markers import database_settings, set_marker
 from dbprotect.core.pg.scratch import (
     HOLDER_SETTING,
@@ -99,7 +99,7 @@ class SwapIntent:
 
 @dataclass(frozen=True)
 class SwapRecovery:
-    """What the recovery did with one interrupted swap: ``action`` is finished, rolled back or left alone."""
+    """What the recovery did with one interrupted swap: ``action`` is finished, rolled back, left alone or failed."""
 
     intent: SwapIntent
     action: str
@@ -150,7 +150,19 @@ def swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, rep
     database) to :func:`recover_interrupted_swaps`. Only SIGKILL leaves a swap between the renames,
     and the recovery finishes it: production always has a name the recovery knows.
     """
-    step = hooks or (lambda _name: None)
+    try:
+        return _swap_in(admin_dsn, incoming, target, environment=environment, replace=replace, on_intent=on_intent,
+                        before_acting=before_acting, step=hooks or (lambda _name: None))
+    except psycopg.Error as exc:
+        raise DatabaseError(f"putting {incoming!r} in place as {target!r} failed: {' '.join(str(exc).split())[:200]}; "
+                            f"{target!r} holds either its previous data or the new, whole (the next restore on "
+                            "this server completes an unfinished swap)",
+                            hint="the DSN's role needs CREATEDB and to own the target database") from None
+
+
+def _swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, replace: bool,
+             on_intent: Callable[[SwapIntent], None] | None,
+             before_acting: Callable[[psycopg.Connection], None] | None, step: SwapHook) -> SwapIntent:
     swap_id = new_swap_id()
     with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
         admin.execute("SELECT pg_advisory_lock(%s, %s)", (SWAP_LOCK_CLASS, _lock_key(swap_id)))
@@ -258,7 +270,9 @@ def recover_interrupted_swaps(admin_dsn: str, *,
     """Finish or roll back every swap on the server whose process died (see the module docstring).
 
     ``on_recovered`` is called for each (the caller audits it); each is also logged. A swap whose
-    process still holds its lock is reported ``left alone``, not touched.
+    process still holds its lock is reported ``left alone``, not touched; one the recovery cannot
+    complete (say, another role's databases) is reported ``failed`` and its databases are kept, so
+    an unrelated restore on the server still runs.
     """
     done: list[SwapRecovery] = []
     with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
@@ -273,6 +287,10 @@ def recover_interrupted_swaps(admin_dsn: str, *,
             else:
                 try:
                     outcome = _recover(admin, admin_dsn, intent, holders)
+                except (psycopg.Error, DbprotectError) as exc:  # e.g. another role's databases: not ours to fix
+                    reason = exc.one_line() if isinstance(exc, DbprotectError) else " ".join(str(exc).split())
+                    outcome = SwapRecovery(intent, "failed", f"interrupted {intent.describe()} could not be "
+                                                             f"recovered ({reason[:200]}); its databases are kept")
                 finally:
                     admin.execute("SELECT pg_advisory_unlock(%s, %s)", (SWAP_LOCK_CLASS, _lock_key(swap_id)))
             log.warning("%s", outcome.detail)
