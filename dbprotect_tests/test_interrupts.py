@@ -17,18 +17,21 @@ from dbprotect.core.restore.interrupts import Terminated, terminate_as_interrupt
 
 
 def test_sigterm_raises_an_interrupt_in_the_block_and_later_ones_wait_for_the_cleanup():
-    previous = signal.getsignal(signal.SIGTERM)
-    assert previous == signal.SIG_DFL
+    outer = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh CLI process (Dagster tests map it)
     cleaned = False
-    with pytest.raises(Terminated), terminate_as_interrupt():
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # interrupted before this ends
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM does not cut the cleanup short
-            cleaned = True
-    assert cleaned
-    assert signal.getsignal(signal.SIGTERM) == previous
+    try:
+        with pytest.raises(Terminated):
+            with terminate_as_interrupt():
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)  # interrupted before this ends
+                finally:
+                    os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM does not cut the cleanup short
+                    cleaned = True
+        assert cleaned
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, outer)
 
 
 def test_a_handler_someone_else_installed_is_left_alone():
