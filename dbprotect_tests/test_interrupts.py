@@ -20,14 +20,13 @@ def test_sigterm_raises_an_interrupt_in_the_block_and_later_ones_wait_for_the_cl
     outer = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh CLI process (Dagster tests map it)
     cleaned = False
     try:
-        with pytest.raises(Terminated):
-            with terminate_as_interrupt():
-                try:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    time.sleep(5)  # interrupted before this ends
-                finally:
-                    os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM does not cut the cleanup short
-                    cleaned = True
+        with pytest.raises(Terminated), terminate_as_interrupt():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # interrupted before this ends
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM does not cut the cleanup short
+                cleaned = True
         assert cleaned
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
