@@ -138,6 +138,82 @@ class TestStorageConformance:
         assert uri.endswith("db/b1/manifest.json")
         assert "testing" not in uri  # moto's fake secret key
 
+    def test_put_if_absent_creates_once_and_never_replaces(self, storage: Storage) -> None:
+        assert storage.put_if_absent("_locks/db/000000000001.json", b"first") is True
+        assert storage.put_if_absent("_locks/db/000000000001.json", b"second") is False
+        assert storage.get_bytes("_locks/db/000000000001.json") == b"first"
+        assert _keys(storage) == ["_locks/db/000000000001.json"]
+        _no_leftovers(storage)
+
+    def test_put_if_absent_does_not_replace_an_object_written_by_put_bytes(self, storage: Storage) -> None:
+        storage.put_bytes("db/b1/manifest.json", b"{}")
+        assert storage.put_if_absent("db/b1/manifest.json", b"other") is False
+        assert storage.get_bytes("db/b1/manifest.json") == b"{}"
+
+    def test_racing_put_if_absent_has_exactly_one_winner(self, storage: Storage) -> None:
+        import threading
+
+        results: dict[int, bool] = {}
+        barrier = threading.Barrier(6)
+
+        def race(n: int) -> None:
+            barrier.wait()
+            results[n] = storage.put_if_absent("_locks/db/000000000007.json", f"writer {n}".encode())
+
+        threads = [threading.Thread(target=race, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [n for n, won in results.items() if won]
+        assert len(winners) == 1
+        assert storage.get_bytes("_locks/db/000000000007.json") == f"writer {winners[0]}".encode()
+        _no_leftovers(storage)
+
+
+def _old_partial(storage: FilesystemStorage, key: str, *, age_seconds: float) -> Path:
+    path = storage.root / f"{key}{PARTIAL_MARK}{secrets.token_hex(4)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"half a dump")
+    stamp = path.stat().st_mtime - age_seconds
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+class TestSweepPartialWrites:
+    def test_filesystem_sweep_removes_dead_partials_under_the_prefix_only(self, tmp_path: Path) -> None:
+        from dbprotect.core.store.filesystem import PARTIAL_GRACE_SECONDS
+
+        storage = FilesystemStorage(tmp_path / "store")
+        storage.put_bytes("shop/b0/dump.zst.age", b"committed")
+        dead = _old_partial(storage, "shop/b1/dump.zst.age", age_seconds=PARTIAL_GRACE_SECONDS + 60)
+        live = _old_partial(storage, "shop/b2/dump.zst.age", age_seconds=5)
+        other = _old_partial(storage, "crm/b1/dump.zst.age", age_seconds=PARTIAL_GRACE_SECONDS + 60)
+        removed = storage.sweep_partial_writes("shop/")
+        assert removed == [dead.relative_to(storage.root).as_posix()]
+        assert not dead.exists() and live.exists() and other.exists()
+        assert storage.get_bytes("shop/b0/dump.zst.age") == b"committed"
+        assert storage.sweep_partial_writes("nothing-here/") == []
+
+    @pytest.mark.slow
+    def test_s3_sweep_aborts_only_multipart_uploads_older_than_the_grace(
+            self, s3_endpoint: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        from datetime import timedelta
+
+        from dbprotect.core.store import s3 as s3_module
+
+        storage = S3Storage(s3_bucket, "pfx", endpoint_url=s3_endpoint, region="us-east-1")
+        storage.client.create_multipart_upload(Bucket=s3_bucket, Key="pfx/shop/b1/dump.zst.age")
+        storage.client.create_multipart_upload(Bucket=s3_bucket, Key="pfx/crm/b1/dump.zst.age")
+        # moto reports every upload as initiated in November 2010: a grace reaching back before
+        # that keeps them (a young upload may still be alive), the real one-day grace does not.
+        monkeypatch.setattr(s3_module, "MULTIPART_GRACE", timedelta(days=365 * 30))
+        assert storage.sweep_partial_writes("shop/") == []
+        assert len(storage.open_multipart_uploads()) == 2
+        monkeypatch.setattr(s3_module, "MULTIPART_GRACE", timedelta(days=1))
+        assert storage.sweep_partial_writes("shop/") == ["shop/b1/dump.zst.age"]
+        assert storage.open_multipart_uploads() == ["pfx/crm/b1/dump.zst.age"]
+
 
 class TestFilesystemWriter:
     def test_partial_file_exists_while_writing_but_is_never_listed(self, tmp_path: Path) -> None:

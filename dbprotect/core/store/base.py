@@ -14,6 +14,14 @@ Contract:
 - ``open_reader``/``get_bytes``/``stat`` raise :class:`ObjectNotFound` for a missing key.
 - ``delete`` of a missing key is not an error (deletion is idempotent, so a cleanup that died
   half-way can simply run again).
+- ``put_if_absent(key, data)`` creates ``key`` only if no object has that key, atomically (two
+  writers racing: exactly one gets True); it never replaces an object. Locks and write-once
+  objects (check records, lock generations) rely on it: ``O_EXCL``/``link`` on a filesystem,
+  ``PutObject`` with ``If-None-Match: *`` on S3.
+- ``sweep_partial_writes(prefix)`` removes what killed writers left under ``prefix`` (a
+  filesystem's ``.partial-`` files, S3's unfinished multipart uploads) once older than the
+  backend's grace period, and returns what it removed. Only a caller holding the lock of the
+  database under ``prefix`` calls it (:mod:`dbprotect.core.store.lock`).
 """
 
 from __future__ import annotations
@@ -77,6 +85,10 @@ class Storage(Protocol):
     def open_writer(self, key: str) -> WriterContext: ...
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
+
+    def sweep_partial_writes(self, prefix: str) -> list[str]: ...
 
     def get_bytes(self, key: str) -> bytes: ...
 

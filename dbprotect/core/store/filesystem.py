@@ -1,8 +1,13 @@
-"""A backup store in a local (or mounted) folder.
+r"""A backup store in a local (or mounted) folder.
 
 Writes go to ``<key>.partial-<random>`` in the destination folder, are fsynced, renamed into
 place and the folder is fsynced, so a crash at any point leaves either the old state or the new
-object, never a truncated file under the real name. Partial files are not listed.
+object, never a truncated file under the real name. Partial files are not listed; a writer killed
+with SIGKILL leaves its partial file behind, and the next writer on that database (holding its
+lock) removes it with :meth:`FilesystemStorage.sweep_partial_writes`.
+
+``put_if_absent`` writes the partial file the same way and then ``link()``\ s it to the final name:
+``link`` fails when the name exists, so the object appears whole or not at all, and never replaces one.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import errno
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +26,9 @@ from dbprotect.core.errors import StorageError
 from dbprotect.core.store.base import ObjectInfo, ObjectNotFound, WriterContext
 
 PARTIAL_MARK = ".partial-"
+#: A partial file untouched this long belongs to a dead writer: a live one writes every second or so
+#: (a backup streams continuously), and sweeps run only under the database's lock anyway.
+PARTIAL_GRACE_SECONDS = 10 * 60
 
 
 def _storage_error(action: str, path: Path, exc: OSError) -> StorageError:
@@ -104,6 +113,47 @@ class FilesystemStorage:
     def put_bytes(self, key: str, data: bytes) -> None:
         with self.open_writer(key) as writer:
             writer.write(data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        final = self._path(key)
+        writer = _FileWriter(final)
+        try:
+            writer.write(data)
+            writer._file.flush()
+            os.fsync(writer._file.fileno())
+            writer._file.close()
+            try:
+                os.link(writer._tmp, final)
+            except FileExistsError:
+                return False
+            _fsync_dir(final.parent)
+            return True
+        except OSError as exc:
+            raise _storage_error("create", final, exc) from None
+        finally:
+            writer.abort()  # removes the temporary name; the linked object stays
+
+    def sweep_partial_writes(self, prefix: str) -> list[str]:
+        start = self._path(prefix) if prefix else self.root
+        if not start.is_dir():
+            return []
+        cutoff = time.time() - PARTIAL_GRACE_SECONDS
+        removed: list[str] = []
+        for folder, _dirs, files in os.walk(start):
+            for name in files:
+                if PARTIAL_MARK not in name:
+                    continue
+                path = Path(folder) / name
+                try:
+                    if path.stat().st_mtime >= cutoff:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise _storage_error("remove", path, exc) from None
+                removed.append(path.relative_to(self.root).as_posix())
+        return sorted(removed)
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)

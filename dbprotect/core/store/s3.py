@@ -6,6 +6,13 @@ transfer manager from a background thread: memory stays at about ``3 * part_size
 backup's size. When the backup fails, the pipe raises inside the transfer manager, which aborts
 the multipart upload: no object and no dangling upload remain. An object appears in the bucket
 only when ``CompleteMultipartUpload`` succeeds, which is S3's own atomic commit.
+
+A process killed with SIGKILL cannot abort its upload: the next writer on that database (holding
+its lock) aborts multipart uploads older than :data:`MULTIPART_GRACE` under the database's prefix
+(:meth:`S3Storage.sweep_partial_writes`). ``put_if_absent`` is a ``PutObject`` with
+``If-None-Match: *`` (AWS S3 since August 2024, MinIO, moto): the endpoint refuses with
+``PreconditionFailed`` (412) when the key exists. An endpoint that ignores the header would turn
+it into a plain overwrite, so lock acquisition re-reads what it wrote (:mod:`.lock`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -24,6 +32,9 @@ from dbprotect.core.redact import register
 from dbprotect.core.store.base import ObjectInfo, ObjectNotFound, WriterContext
 
 PART_SIZE = 8 * 1024 * 1024
+#: An unfinished multipart upload older than this belongs to a killed writer (a backup of a day is
+#: far beyond any configured RTO), so the next writer on that database aborts it.
+MULTIPART_GRACE = timedelta(days=1)
 _EOF = object()
 
 
@@ -189,6 +200,37 @@ class S3Storage:
             self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data)
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("save", key, exc) from None
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return False
+            raise self._fail("create", key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("create", key, exc) from None
+        return True
+
+    def sweep_partial_writes(self, prefix: str) -> list[str]:
+        cutoff = datetime.now(UTC) - MULTIPART_GRACE
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        aborted: list[str] = []
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
+                for upload in page.get("Uploads", []):
+                    initiated = upload.get("Initiated")
+                    if initiated is None or initiated >= cutoff:
+                        continue
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    aborted.append(upload["Key"][strip:])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("abort old uploads under", prefix or "/", exc) from None
+        return sorted(aborted)
 
     def get_bytes(self, key: str) -> bytes:
         with self.open_reader(key) as body:
