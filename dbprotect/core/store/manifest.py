@@ -8,8 +8,8 @@ Layout (documented for humans in ``docs/store-format.md``)::
 
 A ``backup-id`` is ``YYYYMMDDTHHMMSSZ-xxxxxx`` (UTC start time, random suffix), so ids sort by
 time. Verification results are written as their own small objects, named so that a listing of
-keys alone tells each backup's state (no GET per backup), and are also appended to the
-manifest's ``verifications`` list for whoever reads the manifest by hand. ``<seq>`` (ten digits,
+keys alone tells each backup's state (no GET per backup). Format 2 writes them once and never
+rewrites the manifest; format-1 manifests also carry them in ``verifications`` (both are read). ``<seq>`` (ten digits,
 increasing per backup) is the order of the checks: a clock can be wrong, a sequence cannot be
 skewed. Check keys without one (written before it existed) come before every sequenced check.
 
@@ -33,7 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dbprotect.core.errors import IntegrityError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this dbprotect reads: 1 (results also appended to the manifest) and 2 (manifest write-once).
+READABLE_FORMAT_VERSIONS = (1, 2)
 DUMP_OBJECT = "dump.zst.age"
 MANIFEST_OBJECT = "manifest.json"
 CHECKS_FOLDER = "checks"
@@ -239,7 +241,11 @@ class Manifest(BaseModel):
     tables: dict[str, TableRecord] = Field(max_length=MAX_TABLES)
     sequences: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=MAX_TABLES)
     large_objects: dict[str, int] = Field(default_factory=dict, max_length=10)
+    #: Format 1 only: results appended here. Format 2 keeps them in ``checks/`` and never rewrites this.
     verifications: list[Verification] = Field(default_factory=list, max_length=100_000)
+    #: The audit log's head (``seq``, ``hash``) when this backup was committed: an anchor that makes
+    #: removal or rewriting of the log's tail detectable (``audit --verify``). None in format 1.
+    audit_head: dict[str, Any] | None = Field(default=None, max_length=2)
 
     @field_validator("database")
     @classmethod
@@ -304,10 +310,10 @@ class Manifest(BaseModel):
         except ValueError:
             raise IntegrityError(f"{where}: manifest is not valid JSON") from None
         version = raw.get("format_version") if isinstance(raw, dict) else None
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise IntegrityError(
                 f"{where}: manifest format_version {version!r} is not supported (this dbprotect reads "
-                f"{FORMAT_VERSION})",
+                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))})",
                 hint="upgrade dbprotect",
             )
         if len(data) > MAX_MANIFEST_BYTES:
