@@ -18,7 +18,7 @@ import pytest
 from dbprotect.core.copy import copy_backup, plan_copy, verify_copy
 from dbprotect.core.errors import IntegrityError
 from dbprotect.core.store import FilesystemStorage, ObjectNotFound, S3Storage, Storage, WriterContext
-from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.store.catalog import list_backups, load_manifest, recorded_verifications
 from dbprotect.core.store.manifest import dump_key, manifest_key
 from dbprotect_tests.fixtures.backups import DB, NOW, write_backup
 from dbprotect_tests.fixtures.fix_storage import create_bucket
@@ -38,11 +38,16 @@ class RequestLog:
 
     def __init__(self, *stores: S3Storage) -> None:
         self.calls: list[tuple[str, str, str]] = []
+        #: (source bucket, source key) of each CopyObject / UploadPartCopy
+        self.copy_sources: list[tuple[str, str]] = []
         for store in stores:
             store.client.meta.events.register("before-parameter-build.s3.*", self._record)
 
     def _record(self, model: Any, params: dict[str, Any], **_: Any) -> None:
         self.calls.append((model.name, str(params.get("Bucket", "")), str(params.get("Key", ""))))
+        source = params.get("CopySource")
+        if isinstance(source, dict):
+            self.copy_sources.append((str(source.get("Bucket", "")), str(source.get("Key", ""))))
 
     def ops(self, name: str) -> list[tuple[str, str, str]]:
         return [call for call in self.calls if call[0] == name]
@@ -55,8 +60,11 @@ def assert_copy_is_valid(dst: Storage, backup_id: str, src: Storage) -> None:
     assert dst.get_bytes(dump_key(DB, backup_id)) == src.get_bytes(dump_key(DB, backup_id))
     manifest = load_manifest(dst, DB, backup_id)
     assert manifest.sha256 == hashlib.sha256(dst.get_bytes(dump_key(DB, backup_id))).hexdigest()
-    assert manifest.verifications[-1].rung == "stored" and manifest.verifications[-1].ok
-    assert "copy from" in manifest.verifications[-1].detail
+    # format 2: the manifest is write-once (the source's, byte for byte); results are check objects
+    assert dst.get_bytes(manifest_key(DB, backup_id)) == src.get_bytes(manifest_key(DB, backup_id))
+    recorded = recorded_verifications(dst, DB, backup_id)
+    assert recorded[-1].rung == "stored" and recorded[-1].ok
+    assert "copy from" in recorded[-1].detail
 
 
 @pytest.mark.slow
@@ -83,9 +91,11 @@ def test_s3_to_s3_on_one_endpoint_is_a_server_side_copy(s3_endpoint: str, s3_buc
     assert result.server_side is True
     dump = dump_key(DB, backup_id)
     gets = log.ops("GetObject")
-    # The dump's bytes are never fetched from the source; the destination's copy is read once, to verify it.
-    assert not [call for call in gets if call[1] == s3_bucket and call[2].endswith(dump)], gets
-    assert len([call for call in gets if call[1] == second_bucket and call[2].endswith(dump)]) == 1, gets
+    # The dump's bytes are never fetched from the source; the destination's copy is read once, to verify
+    # it (under its temporary name, before it is committed to the real one).
+    assert not [call for call in gets if call[1] == s3_bucket and dump in call[2]], gets
+    assert len([call for call in gets if call[1] == second_bucket and dump in call[2]]) == 1, gets
+    assert [source for source in log.copy_sources if source[0] == s3_bucket and source[1].endswith(dump)]
     copies = log.ops("CopyObject") + log.ops("UploadPartCopy")
     assert copies and all(call[1] == second_bucket for call in copies)
     assert not log.ops("PutObject") or all(not call[2].endswith(dump) for call in log.ops("PutObject"))
@@ -103,7 +113,11 @@ def test_s3_to_s3_across_endpoints_would_stream(s3_endpoint: str, s3_bucket: str
     log = RequestLog(src, dst)
     result = copy_backup(src, dst, DB, backup_id, allow_server_side=False)
     assert result.server_side is False
-    assert not log.ops("CopyObject")
+    # no copy from the source bucket; the one copy inside the target commits the verified temporary object
+    assert not [source for source in log.copy_sources if source[0] == s3_bucket]
+    assert [source[1] for source in log.copy_sources] == [
+        call[2] for call in log.ops("PutObject") + log.ops("CreateMultipartUpload")
+        if call[1] == second_bucket and ".copying-" in call[2]]
     assert [c for c in log.ops("GetObject") if c[1] == s3_bucket and c[2].endswith(dump_key(DB, backup_id))]
     assert_copy_is_valid(dst, backup_id, src)
 

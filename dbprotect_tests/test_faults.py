@@ -37,7 +37,7 @@ from dbprotect.core.errors import (
 )
 from dbprotect.core.ops import backup_database, verify_database_backup
 from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
-from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.store.catalog import list_backups, recorded_verifications
 from dbprotect.core.store.filesystem import PARTIAL_MARK
 from dbprotect.core.store.manifest import dump_key
 from dbprotect.core.verify.integrity import verify_backup
@@ -332,7 +332,7 @@ def test_one_flipped_byte(store: FilesystemStorage, previous: str, age_keys: tup
     assert all("\n" not in r.detail for r in report.results)
     assert list_backups(store, DB)[0].status == "failed:stored,readable"
     assert not list_backups(store, DB)[0].integrity_ok
-    recorded = load_manifest(store, DB, previous).verifications
+    recorded = recorded_verifications(store, DB, previous)
     assert [(v.rung, v.ok) for v in recorded] == [("stored", False), ("readable", False)]
 
 
@@ -370,7 +370,7 @@ def test_wrong_age_identity(store: FilesystemStorage, previous: str, other_age_k
     assert_clear(err.value, "is not a recipient of backup", previous, secret=other_age_keys[0])
     assert "keys.raw.recipients" in (err.value.hint or "")
     assert_nothing_lost(store, previous, "unverified")  # nothing recorded: the backup is not blamed
-    assert load_manifest(store, DB, previous).verifications == []
+    assert recorded_verifications(store, DB, previous) == []
 
 
 def test_wrong_identity_through_the_configuration(write_config: Callable[..., Path], small_dsn: str,

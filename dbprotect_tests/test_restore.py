@@ -9,7 +9,7 @@ from dbprotect.core.errors import RefusedError
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
 from dbprotect.core.restore.staged import verify_restore
 from dbprotect.core.store import FilesystemStorage
-from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.store.catalog import list_backups, load_manifest, recorded_verifications
 from dbprotect.core.store.manifest import manifest_key
 from dbprotect_tests.fixtures.fix_pg import psql
 
@@ -79,7 +79,7 @@ def test_real_databases_restore_and_verify(fixture, request, tmp_path, age_keys,
     assert result.objects > 20 and result.tables == len(manifest.tables) >= 8
     assert {"decrypt_seconds", "restore_seconds", "verify_seconds", "total_seconds"} <= set(result.timings)
     assert list_backups(storage, "shop")[0].passed("restored")
-    recorded = load_manifest(storage, "shop", manifest.backup_id).verifications[-1]
+    recorded = recorded_verifications(storage, "shop", manifest.backup_id)[-1]
     assert recorded.rung == "restored" and recorded.ok and recorded.metrics["restore_seconds"] >= 0
     _assert_clean(scratch, work)
 

@@ -19,8 +19,8 @@ restore, drill, delete, refused, ...), ``database``, ``target`` (usually a backu
   of its canonical JSON; ``seq`` is that record's ``seq`` + 1;
 - ``merged`` = hashes of other records that were also at the end of the log (normally empty).
 
-Concurrency. The Storage protocol has no create-if-absent, so two writers that append at the same
-moment both read the same end of the log and both write ``seq`` N. Instead of forking the chain
+Concurrency. Two writers that append at the same moment both read the same end of the log and
+both write ``seq`` N (each under its own random key, so neither replaces the other). Instead of forking the chain
 silently (or one writer overwriting the other), both records are kept as *siblings*, and the next
 append links to every record nobody links to yet (the first in ``prev_hash``, the others in
 ``merged``), joining the branches as a git merge does. So a race costs nothing and hides nothing:
@@ -31,12 +31,24 @@ matches its hash; a *missing* record leaves a gap in the sequence or a link to n
 rewritten with a fresh hash leaves a *broken link* in the record after it; a record moved to
 another key carries a ``seq`` that disagrees with its key (*reordered*).
 
+Anchors. Removing the *newest* records (truncation), or rewriting the tail with freshly computed
+hashes, leaves a log that is valid in itself. So every backup's manifest (``audit_head``) records
+the head of the log (seq, hash) when it was written: :func:`collect_anchors` reads the newest few
+manifests of each database, and
+:func:`verify_chain` requires each anchored record to still be there with that hash (else
+*truncated*, or *rewritten*). ``audit --verify --expect-head SEQ:HASH`` checks a head kept
+outside the store the same way.
+
+A damaged record (empty, not JSON, missing fields) never stops an append: the end of the log is
+found among the readable records, the new record is still written, and :func:`verify_chain` names
+the damaged one (*unreadable*).
+
 Limits, stated plainly:
 
-- Removing the *newest* records (truncation) leaves a shorter log that is still valid. Keep the
-  head that :func:`verify_chain` reports (``head_seq``, ``head_hash``, e.g. as Dagster metadata)
-  and pass it back as ``known_head`` to detect it. Someone who can write the store can rewrite the
-  whole log; only an outside copy of the head (or object lock on the bucket) stops that.
+- Records newer than the newest anchor can be removed unnoticed unless a head kept elsewhere is
+  passed (``known_head`` / ``--expect-head``). Someone who can write the store can rewrite the log
+  *and* every manifest and check record; only an outside copy of the head (or object lock on the
+  bucket) stops that.
 - An append looks at the newest :data:`MERGE_WINDOW` sequence numbers for records to link; a
   sibling that lands later than that (a writer stalled for several appends) stays unlinked: it
   is still read and verified, but its removal would look like a truncation.
@@ -55,6 +67,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dbprotect.core.errors import DbprotectError
 from dbprotect.core.pg.dsn import scrub_text, scrub_value
 from dbprotect.core.store import Storage
 
@@ -130,6 +143,10 @@ def _keys(storage: Storage) -> list[str]:
     return [info.key for info in storage.list(AUDIT_PREFIX) if info.key.endswith(".json")]
 
 
+#: What a damaged record raises while being read (empty, not UTF-8, not JSON, wrong field types).
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)
+
+
 def _load(storage: Storage, key: str) -> tuple[AuditRecord, dict[str, Any]]:
     raw = json.loads(storage.get_bytes(key))
     if not isinstance(raw, dict):
@@ -148,7 +165,21 @@ def _open_ends(storage: Storage) -> tuple[int, list[AuditRecord]]:
     if not keyed:
         return 0, []
     newest = max(seq for seq, _ in keyed)
-    window = [_load(storage, key) for seq, key in keyed if seq > newest - MERGE_WINDOW]
+    window = []
+    for seq, key in keyed:
+        if seq > newest - MERGE_WINDOW:
+            try:
+                window.append(_load(storage, key))
+            except _UNREADABLE:
+                continue  # damaged: verify_chain names it; the log goes on from the readable records
+    if not window:
+        # the newest records are all damaged: link to the newest readable record before them
+        for _seq, key in sorted(keyed, reverse=True):
+            try:
+                window = [_load(storage, key)]
+                break
+            except _UNREADABLE:
+                continue
     linked = {h for record, _raw in window for h in record.links}
     # an edited record (content no longer matches its hash) is never linked to: verify names it
     ends = [r for r, raw in window if r.hash not in linked and record_hash(raw) == r.hash]
@@ -175,6 +206,22 @@ def append(storage: Storage, event: AuditEvent) -> AuditRecord:
     return _load_body(key, body)
 
 
+def audit_head(storage: Storage) -> dict[str, Any] | None:
+    """The log's current head as an anchor (``{"seq": N, "hash": ...}``), None for an empty log.
+
+    What manifests and check records store: whoever later finds the log without that record knows
+    its tail was removed or rewritten. A store too broken to list gives None (the backup or check
+    being written matters more than its anchor; the write itself will report the store).
+    """
+    try:
+        _newest, ends = _open_ends(storage)
+    except DbprotectError:
+        return None
+    if not ends:
+        return None
+    return {"seq": ends[0].seq, "hash": ends[0].hash}
+
+
 def _load_body(key: str, body: dict[str, Any]) -> AuditRecord:
     return AuditRecord(key=key, seq=body["seq"], at=body["at"], actor=body["actor"], action=body["action"],
                        database=body["database"], target=body["target"], outcome=body["outcome"],
@@ -187,7 +234,7 @@ def read(storage: Storage) -> Iterator[AuditRecord]:
     for key in _keys(storage):
         try:
             yield _load(storage, key)[0]
-        except (ValueError, KeyError, TypeError):
+        except _UNREADABLE:
             continue
 
 
@@ -195,7 +242,7 @@ def read(storage: Storage) -> Iterator[AuditRecord]:
 class ChainProblem:
     seq: int | None
     key: str | None
-    kind: str  # missing | edited | broken-link | reordered | unreadable | truncated
+    kind: str  # missing | edited | broken-link | reordered | unreadable | truncated | rewritten
     message: str
 
 
@@ -212,7 +259,8 @@ class ChainReport:
 
     def render(self) -> str:
         if self.ok:
-            return f"audit chain intact: {self.records} record(s), head seq {self.head_seq} {self.head_hash[:16]}"
+            return (f"audit chain intact: {self.records} record(s), head seq {self.head_seq} {self.head_hash[:16]} "
+                    f"(keep it: --expect-head {self.head_seq}:{self.head_hash})")
         return "\n".join([f"audit chain BROKEN ({len(self.problems)} problem(s)):"]
                          + [f"  {p.kind}: {p.message}" for p in self.problems])
 
@@ -253,18 +301,23 @@ def _check_links(record: AuditRecord, by_hash: dict[str, AuditRecord], seqs: set
     return problems
 
 
-def verify_chain(storage: Storage, *, known_head: tuple[int, str] | None = None) -> ChainReport:
+def verify_chain(storage: Storage, *, known_head: tuple[int, str] | None = None,
+                 anchors: list[Anchor] | None = None) -> ChainReport:
     """Recompute every hash and link; name each deleted, edited, rewritten or moved record.
 
-    ``known_head`` — a ``(seq, hash)`` seen earlier — also catches removal of the newest records.
+    ``known_head`` — a ``(seq, hash)`` seen earlier — also catches removal of the newest records;
+    ``anchors`` (:func:`collect_anchors`) do the same with the heads the store's own manifests and
+    check records recorded.
     """
     problems: list[ChainProblem] = []
     records: list[AuditRecord] = []
     for key in _keys(storage):
         try:
             record, raw = _load(storage, key)
-        except (ValueError, KeyError, TypeError) as exc:
-            problems.append(ChainProblem(None, key, "unreadable", f"{key} is not a readable audit record ({exc})"))
+        except _UNREADABLE as exc:
+            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            problems.append(ChainProblem(_key_seq(key), key, "unreadable",
+                                         f"{key} is not a readable audit record ({reason})"))
             continue
         records.append(record)
         if _key_seq(key) != record.seq:
@@ -296,7 +349,85 @@ def verify_chain(storage: Storage, *, known_head: tuple[int, str] | None = None)
         elif digest not in by_hash:
             problems.append(ChainProblem(seq, None, "edited",
                                          f"record seq {seq} seen before (hash {digest[:16]}) is gone or changed"))
+    problems += _check_anchors(anchors or [], by_hash, head_seq)
     return ChainReport(not problems, len(records), head_seq, head.hash if head else GENESIS_HASH, tuple(problems))
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A head of the log recorded elsewhere in the store: ``where`` says which object recorded it."""
+
+    seq: int
+    hash: str
+    where: str
+
+
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_anchor(value: object, where: str) -> Anchor | None:
+    """An ``audit_head`` value read from the store (untrusted): None unless it is well formed."""
+    if not isinstance(value, dict):
+        return None
+    seq, digest = value.get("seq"), value.get("hash")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or not isinstance(digest, str) \
+            or not _HASH.match(digest):
+        return None
+    return Anchor(seq, digest, where)
+
+
+def parse_expected_head(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` (as ``audit --verify`` prints the head) → ``(seq, hash)``; ValueError otherwise."""
+    seq, _, digest = text.strip().partition(":")
+    if not seq.isdigit() or int(seq) < 1 or not _HASH.match(digest.lower()):
+        raise ValueError(f"{text!r} is not SEQ:HASH (a sequence number and a 64-digit SHA-256)")
+    return int(seq), digest.lower()
+
+
+def collect_anchors(storage: Storage, *, per_database: int = 3) -> list[Anchor]:
+    """The audit heads recorded by the newest ``per_database`` manifests of each database in the store.
+
+    Reads raw JSON (a manifest that fails its schema still tells where the log was); anything
+    unreadable is skipped: the catalog reports broken manifests, this only looks for anchors.
+    """
+    manifests: dict[str, list[str]] = {}
+    for info in storage.list(""):
+        parts = info.key.split("/")
+        if len(parts) == 3 and parts[2] == "manifest.json" and not parts[0].startswith("_"):
+            manifests.setdefault(parts[0], []).append(info.key)
+    anchors: list[Anchor] = []
+    for keys in manifests.values():
+        for key in sorted(keys, reverse=True)[:per_database]:  # backup ids sort by time
+            try:
+                raw = json.loads(storage.get_bytes(key))
+            except (DbprotectError, ValueError):
+                continue
+            anchor = parse_anchor(raw.get("audit_head") if isinstance(raw, dict) else None, key)
+            if anchor is not None:
+                anchors.append(anchor)
+    return anchors
+
+
+def _check_anchors(anchors: list[Anchor], by_hash: dict[str, AuditRecord], head_seq: int) -> list[ChainProblem]:
+    """Each anchored record must still be in the log with the hash and seq the anchor recorded."""
+    problems: list[ChainProblem] = []
+    seen: set[tuple[int, str]] = set()
+    for anchor in sorted(anchors, key=lambda a: -a.seq):
+        if (anchor.seq, anchor.hash) in seen:
+            continue
+        seen.add((anchor.seq, anchor.hash))
+        record = by_hash.get(anchor.hash)
+        if record is not None and record.seq == anchor.seq:
+            continue
+        if anchor.seq > head_seq:
+            problems.append(ChainProblem(anchor.seq, None, "truncated",
+                                         f"the log ends at seq {head_seq}, but {anchor.where} recorded its head at "
+                                         f"seq {anchor.seq}: the newest records were deleted"))
+        else:
+            problems.append(ChainProblem(anchor.seq, None, "rewritten",
+                                         f"{anchor.where} recorded record seq {anchor.seq} with hash "
+                                         f"{anchor.hash[:16]}, which the log no longer holds: its tail was rewritten"))
+    return problems
 
 
 def _runs(numbers: list[int]) -> list[tuple[int, int]]:
@@ -333,13 +464,18 @@ class AuditLog:
 __all__ = [
     "AUDIT_PREFIX",
     "GENESIS_HASH",
+    "Anchor",
     "AuditEvent",
     "AuditLog",
     "AuditRecord",
     "ChainProblem",
     "ChainReport",
     "append",
+    "audit_head",
     "canonical_json",
+    "collect_anchors",
+    "parse_anchor",
+    "parse_expected_head",
     "read",
     "record_hash",
     "verify_chain",

@@ -129,6 +129,7 @@ class Refusals:
     NO_COMMAND = Refusal("DBP923", "`guard` was given no command to run")
     LINT_FINDINGS = Refusal("DBP924", "migration lint found problems that are not waived")
     SCHEMA_DRIFT = Refusal("DBP925", "development's schema differs from production's beyond the allowed changes")
+    DATABASE_LOCKED = Refusal("DBP930", "another dbprotect writer holds the database's lock in the store")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:

@@ -8,6 +8,7 @@ import click
 from rich.markup import escape
 
 from dbprotect.cli.ui.render import Ui, common_options, scrub
+from dbprotect.core.audit import parse_expected_head
 from dbprotect.core.errors import EXIT_OK, IntegrityError
 from dbprotect.core.ops import primary_store_names, read_audit_log
 
@@ -19,14 +20,25 @@ from dbprotect.core.ops import primary_store_names, read_audit_log
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the newest N records.")
 @click.option("--verify", "verify_chain", is_flag=True,
               help="Recompute every hash and link; exit 7 when a record was edited, removed or moved.")
+@click.option("--expect-head", "expect_head", metavar="SEQ:HASH",
+              help="A head printed by an earlier --verify and kept outside the store: the log must still hold it "
+              "(catches removal of the newest records). Implies --verify.")
 @common_options
 @click.pass_obj
-def audit(ui: Ui, store_name: str | None, database: str | None, limit: int | None, verify_chain: bool) -> int:
+def audit(ui: Ui, store_name: str | None, database: str | None, limit: int | None, verify_chain: bool,
+          expect_head: str | None) -> int:
     """Print the audit log kept in a backup store: who backed up, verified, copied, deleted or was refused.
 
     Each record is linked to the one before by its SHA-256 (a hash chain); --verify checks
-    the whole chain and names what is wrong.
+    the whole chain and names what is wrong, including records removed from or rewritten at
+    the end of the log, against the heads the newest backups' manifests recorded.
     """
+    expected = None
+    if expect_head is not None:
+        try:
+            expected = parse_expected_head(expect_head)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--expect-head") from None
     config = ui.load()
     if store_name is None:
         primaries = primary_store_names(config)
@@ -34,7 +46,8 @@ def audit(ui: Ui, store_name: str | None, database: str | None, limit: int | Non
             raise click.UsageError(f"the databases use several primary stores ({', '.join(primaries)}): name one "
                                    "with --store")
         store_name = primaries[0]
-    reading = read_audit_log(config, store_name, database=database, limit=limit, verify_chain=verify_chain)
+    reading = read_audit_log(config, store_name, database=database, limit=limit, verify_chain=verify_chain,
+                             expect_head=expected)
     report = reading.chain
     document: dict[str, Any] = {"store": reading.store, "uri": reading.uri, "records": [
         {"seq": r.seq, "at": r.at, "actor": r.actor, "action": r.action, "database": r.database,

@@ -11,7 +11,14 @@ Order of operations, and why:
    is constant and no plaintext touches disk.
 3. The stored object is committed only if pg_dump exited 0 *and* the archive ended where a
    complete archive ends. Otherwise the write is aborted: no object, no manifest.
-4. The manifest is written last. A backup without a manifest does not exist for the catalog.
+4. The manifest is written last, write-once (``put_if_absent``): a backup without a manifest does
+   not exist for the catalog, and a manifest is never replaced. It records the audit log's head
+   at that moment (``audit_head``), an anchor that makes a truncated log detectable.
+
+The whole backup holds the database's writer lock in the store (:mod:`dbprotect.core.store.lock`),
+whoever calls it (a backup, a restore's safety backup, a sanitized copy, a schema guard): a second
+writer of the same database waits briefly, then fails naming the holder. Taking the lock first
+sweeps what killed backups of that database left (``.partial-`` files, old multipart uploads).
 
 The password is passed to pg_dump through ``PGPASSWORD``, never on its command line (where any
 user of the machine could read it in the process list).
@@ -37,6 +44,7 @@ import pyrage
 import zstandard
 
 import dbprotect
+from dbprotect.core.audit import audit_head
 from dbprotect.core.backup.archive import (
     CHECKSUM_ALGORITHM,
     ArchiveInspector,
@@ -57,6 +65,7 @@ from dbprotect.core.pg.tools import (
     tool_env,
 )
 from dbprotect.core.store import ObjectWriter, Storage
+from dbprotect.core.store.lock import database_lock
 from dbprotect.core.store.manifest import Manifest, TableRecord, dump_key, manifest_key, new_backup_id
 
 READ_SIZE = 1 << 20
@@ -216,12 +225,24 @@ def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[st
                zstd_level: int = DEFAULT_ZSTD_LEVEL, zstd_threads: int = 2,
                progress: ProgressCallback | None = None,
                exclude_table_data: Sequence[str] = (),
-               now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> BackupResult:
+               now: Callable[[], datetime] = lambda: datetime.now(UTC),
+               owner: str = "dbprotect backup") -> BackupResult:
     """Take one backup of ``dsn`` into ``storage``; see the module docstring for the guarantees.
 
     ``exclude_table_data``: pg_dump table patterns whose rows are left out (their definitions are
     kept), for caches and logs nobody restores; they are absent from the manifest's tables.
+    ``owner`` names the writer in the database's lock while the backup runs.
     """
+    with database_lock(storage, database, owner=owner):
+        return _take_backup(database=database, dsn=dsn, storage=storage, recipients=recipients,
+                            environment=environment, pg_bin_dir=pg_bin_dir, zstd_level=zstd_level,
+                            zstd_threads=zstd_threads, progress=progress, exclude_table_data=exclude_table_data,
+                            now=now)
+
+
+def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[str], environment: str,
+                 pg_bin_dir: str | None, zstd_level: int, zstd_threads: int, progress: ProgressCallback | None,
+                 exclude_table_data: Sequence[str], now: Callable[[], datetime]) -> BackupResult:
     age_recipients = parse_recipients(recipients)
     started_at = now()
     clock_start = time.perf_counter()
@@ -300,8 +321,11 @@ def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[st
             },
             sequences=summary.sequences(),
             large_objects={"count": summary.large_objects, "bytes": summary.large_object_bytes},
+            audit_head=audit_head(storage),
         )
-        storage.put_bytes(manifest_key(database, backup_id), manifest.to_json())
+        if not storage.put_if_absent(manifest_key(database, backup_id), manifest.to_json()):
+            raise StorageError(f"{storage.uri}: backup {backup_id} of {database} already has a manifest: nothing "
+                               "was replaced", hint="two writers chose one backup id; take the backup again")
         return BackupResult(manifest, storage.object_uri(key))
     finally:
         with contextlib.suppress(Exception):

@@ -42,7 +42,7 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
             database=database, dsn=dsn, storage=storage,
             recipients=config.keys.raw.recipients, environment="production", pg_bin_dir=config.pg_bin_dir,
             progress=progress, exclude_table_data=config.database(database).exclude_table_data,
-            zstd_level=config.database(database).compression_level,
+            zstd_level=config.database(database).compression_level, owner=actor,
         )
     except DbprotectError as exc:
         audit_failure(audit, "backup", database, exc)

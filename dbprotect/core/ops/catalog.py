@@ -59,18 +59,20 @@ class AuditReading:
 
 
 def read_audit_log(config: Config, store_name: str, *, database: str | None = None, limit: int | None = None,
-                   verify_chain: bool = False) -> AuditReading:
+                   verify_chain: bool = False, expect_head: tuple[int, str] | None = None) -> AuditReading:
     """The audit log of the storage target ``store_name``, oldest record first.
 
     ``database`` keeps only records about it; ``limit`` keeps the newest N. With ``verify_chain``
     every hash and link of the whole log is recomputed (whatever the filters), so an edited,
-    removed or reordered record is named in :attr:`AuditReading.chain`.
+    removed or reordered record is named in :attr:`AuditReading.chain`, and the chain must still
+    hold the heads the newest manifests recorded (anchors) and ``expect_head`` (``(seq, hash)``).
     """
     storage = open_storage(config, store_name)
     records = [r for r in audit.read(storage) if database is None or r.database == database]
     if limit:
         records = records[-limit:]
-    chain = audit.verify_chain(storage) if verify_chain else None
+    chain = (audit.verify_chain(storage, known_head=expect_head, anchors=audit.collect_anchors(storage))
+             if verify_chain or expect_head else None)
     return AuditReading(store_name, storage.uri, records, chain)
 
 

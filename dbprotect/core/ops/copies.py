@@ -36,6 +36,7 @@ from dbprotect.core.restore.warm import (
     verify_live_warm_copy,
 )
 from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups, load_manifest, newest_verified_backup
+from dbprotect.core.store.lock import database_lock
 from dbprotect.core.verify.integrity import IntegrityReport
 
 
@@ -78,7 +79,8 @@ def copy_to_target(config: Config, database: str, target: str, *, backup_id: str
             plan = CopyPlan(database, entry.backup_id, f"backup {entry.backup_id} requested")
         if plan.backup_id is None:
             return CopyOutcome(target, plan, None)
-        result = copy_backup(src, dst, database, plan.backup_id, by=actor)
+        with database_lock(dst, database, owner=actor):  # the target's copy of the database is written
+            result = copy_backup(src, dst, database, plan.backup_id, by=actor)
     except DbprotectError as exc:
         audit_failure(audit, "copy", database, exc, target=backup_id or "")
         raise

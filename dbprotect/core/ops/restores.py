@@ -6,6 +6,7 @@ module only resolves the store, keys, scratch server and targets from the config
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 from dbprotect.core.audit import AuditLog
@@ -27,6 +28,7 @@ from dbprotect.core.restore.interrupts import terminate_as_interrupt
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
 from dbprotect.core.restore.staged import RestoreVerification, verify_restore
 from dbprotect.core.store.catalog import find_backup, load_manifest, newest_verified_backup
+from dbprotect.core.store.lock import database_lock
 
 
 def default_restore_name(database: str, backup_id: str) -> str:
@@ -74,7 +76,12 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
     target = restore_target(config, database, environment=environment, existing=existing, name=target_name,
                             environ=environ)
     manifest = load_manifest(storage, database, backup_id)
-    with terminate_as_interrupt():
+    # A restore writes the store too (its safety backup, its records): it holds the database's lock,
+    # so a cleanup cannot delete the backup being restored; a dry run writes nothing and takes none.
+    # SIGTERM arrives as an exception, so the lock is released like any other exit.
+    with terminate_as_interrupt(), contextlib.ExitStack() as held:
+        if not dry_run:
+            held.enter_context(database_lock(storage, database, owner=by))
         return restore(storage, manifest, raw_identity(config, environ), target, confirmation=confirmation,
                        recipients=config.keys.raw.recipients, dry_run=dry_run,
                        audit=AuditLog(storage, actor=by), pg_bin_dir=config.pg_bin_dir,

@@ -9,6 +9,7 @@ the ``retention_compliant`` check report exactly this.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,6 +28,7 @@ from dbprotect.core.retention.cleanup import CleanupResult, execute_cleanup, pla
 from dbprotect.core.retention.compliance import TargetsCompliance, compliance_by_target
 from dbprotect.core.retention.plan import RetentionPlan
 from dbprotect.core.store.catalog import BackupEntry, list_backups
+from dbprotect.core.store.lock import database_lock
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,26 @@ def cleanup_database(config: Config, database: str, *, target: str | None = None
     done: list[TargetCleanup] = []
     for name in names:
         storage = target_store(config, database, name)
-        plan = plan_cleanup(storage, database, spec.policy_for(name), now, tz=retention_timezone(config),
-                            tolerance=config.clock_skew_tolerance)
-        try:
-            result = execute_cleanup(storage, plan, dry_run=dry_run,
-                                     audit=audit_log(config, database, actor=actor, target=name))
-        except DbprotectError as exc:
-            done.append(TargetCleanup(name, storage.uri, plan, None, exc))
-            continue
-        done.append(TargetCleanup(name, storage.uri, plan, result, None))
+        # mark and sweep under the database's lock (a dry run changes nothing and takes none): no
+        # backup, copy or verification of this database writes into the target meanwhile
+        with contextlib.ExitStack() as held:
+            try:
+                if not dry_run:
+                    held.enter_context(database_lock(storage, database, owner=actor))
+            except DbprotectError as exc:
+                plan = plan_cleanup(storage, database, spec.policy_for(name), now, tz=retention_timezone(config),
+                                    tolerance=config.clock_skew_tolerance)
+                done.append(TargetCleanup(name, storage.uri, plan, None, exc))
+                continue
+            plan = plan_cleanup(storage, database, spec.policy_for(name), now, tz=retention_timezone(config),
+                                tolerance=config.clock_skew_tolerance)
+            try:
+                result = execute_cleanup(storage, plan, dry_run=dry_run,
+                                         audit=audit_log(config, database, actor=actor, target=name))
+            except DbprotectError as exc:
+                done.append(TargetCleanup(name, storage.uri, plan, None, exc))
+                continue
+            done.append(TargetCleanup(name, storage.uri, plan, result, None))
     return done
 
 

@@ -18,6 +18,10 @@ Contract:
   writers racing: exactly one gets True); it never replaces an object. Locks and write-once
   objects (check records, lock generations) rely on it: ``O_EXCL``/``link`` on a filesystem,
   ``PutObject`` with ``If-None-Match: *`` on S3.
+- ``rename(src_key, dst_key)`` makes the object at ``src_key`` appear whole under ``dst_key``
+  (replacing what was there) and removes ``src_key``: ``os.replace`` on a filesystem; on S3 a
+  server-side copy (atomic: the new object appears only when it completes) then a delete. A copy
+  commits a verified temporary object this way.
 - ``sweep_partial_writes(prefix)`` removes what killed writers left under ``prefix`` (a
   filesystem's ``.partial-`` files, S3's unfinished multipart uploads) once older than the
   backend's grace period, and returns what it removed. Only a caller holding the lock of the
@@ -87,6 +91,8 @@ class Storage(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
     def put_if_absent(self, key: str, data: bytes) -> bool: ...
+
+    def rename(self, src_key: str, dst_key: str) -> None: ...
 
     def sweep_partial_writes(self, prefix: str) -> list[str]: ...
 

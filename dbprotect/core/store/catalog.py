@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.store import Storage
+from dbprotect.core.store import ObjectNotFound, Storage
+from dbprotect.core.store.lock import database_lock
 from dbprotect.core.store.manifest import (
     BACKUP_ID_PATTERN,
     CHECKS_FOLDER,
@@ -50,6 +51,11 @@ CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
 def is_clock_skewed(started_at: datetime, now: datetime, tolerance: timedelta = CLOCK_SKEW_TOLERANCE) -> bool:
     """Dated further in the future than ``tolerance``: a wrong clock named it; its age means nothing."""
     return started_at - now > tolerance
+
+
+#: How long a verification waits to record its result while another writer (a backup, a cleanup)
+#: holds the database's lock: longer than a command's wait, since the work is already done.
+RECORD_WAIT_SECONDS = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +244,64 @@ def next_check_sequence(storage: Storage, database: str, backup_id: str) -> int:
     return highest + 1
 
 
+def write_check(storage: Storage, database: str, backup_id: str, verification: Verification) -> str:
+    """Store one verification result as a new write-once object with the next sequence number.
+
+    The caller holds the database's lock (so the sequence cannot be taken twice); ``put_if_absent``
+    makes sure of it anyway and never replaces an earlier result. Returns the key written.
+    """
+    seq = next_check_sequence(storage, database, backup_id)
+    body = verification.model_dump_json(indent=2).encode() + b"\n"
+    while True:
+        key = check_key(database, backup_id, verification.at, verification.rung, verification.ok, seq)
+        if storage.put_if_absent(key, body):
+            return key
+        seq += 1
+
+
 def record_verification(storage: Storage, manifest: Manifest, verification: Verification) -> None:
-    """Store a verification result: its own key (for listings) and appended to the manifest."""
-    key = check_key(manifest.database, manifest.backup_id, verification.at, verification.rung, verification.ok)
-    storage.put_bytes(key, verification.model_dump_json(indent=2).encode() + b"\n")
-    manifest.verifications.append(verification)
-    storage.put_bytes(manifest_key(manifest.database, manifest.backup_id), manifest.to_json())
+    """Store a verification result as its own write-once check object; the manifest is never rewritten.
+
+    Held under the database's lock, and only while the backup's manifest exists: a verification
+    that raced a cleanup never writes into a folder whose backup was deleted (it would reappear in
+    listings with its object missing). Raises :class:`NotFoundError` then.
+    """
+    with database_lock(storage, manifest.database, owner=verification.by or "dbprotect verify",
+                       wait_seconds=RECORD_WAIT_SECONDS):
+        try:
+            storage.stat(manifest_key(manifest.database, manifest.backup_id))
+        except ObjectNotFound:
+            raise NotFoundError(
+                f"backup {manifest.backup_id} of {manifest.database} was deleted from {storage.uri} while it was "
+                f"being verified: its {verification.rung} result was not recorded",
+                hint="retention removed it; verify a backup that exists ('dbprotect list "
+                f"{manifest.database}')") from None
+        write_check(storage, manifest.database, manifest.backup_id, verification)
+
+
+def recorded_verifications(storage: Storage, database: str, backup_id: str) -> list[Verification]:
+    """Every verification result recorded for one backup, in the order it was written.
+
+    Format 2: the check objects, by their sequence number. A format-1 manifest also carries the
+    results appended to it (its check objects duplicate them); those come first, then any check
+    object written since with a sequence number. A check object whose body is unreadable is given
+    from its key alone (rung, result, time), which is what listings trust anyway.
+    """
+    manifest = load_manifest(storage, database, backup_id)
+    prefix = f"{database}/{backup_id}/{CHECKS_FOLDER}/"
+    numbered: list[tuple[int, str, Verification]] = []
+    for info in storage.list(prefix):
+        name = info.key[len(prefix):]
+        parsed = parse_check_key(name)
+        if parsed is None or (manifest.verifications and parsed[3] == 0):
+            continue
+        seq = parsed[3]
+        try:
+            check = Verification.model_validate_json(storage.get_bytes(info.key))
+        except (ValueError, ObjectNotFound):
+            check = Verification(rung=parsed[1], ok=parsed[2], at=parsed[0], detail="(unreadable check record)")
+        numbered.append((seq, name, check))
+    return list(manifest.verifications) + [check for _seq, _name, check in sorted(numbered, key=lambda c: c[:2])]
 
 
 def databases_in_store(storage: Storage) -> list[str]:

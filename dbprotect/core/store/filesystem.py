@@ -133,6 +133,17 @@ class FilesystemStorage:
         finally:
             writer.abort()  # removes the temporary name; the linked object stays
 
+    def rename(self, src_key: str, dst_key: str) -> None:
+        src, dst = self._path(src_key), self._path(dst_key)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            _fsync_dir(dst.parent)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"file store: {src_key} not found in {self.uri}") from None
+        except OSError as exc:
+            raise _storage_error("rename", src, exc) from None
+
     def sweep_partial_writes(self, prefix: str) -> list[str]:
         start = self._path(prefix) if prefix else self.root
         if not start.is_dir():

@@ -214,6 +214,19 @@ class S3Storage:
             raise self._fail("create", key, exc) from None
         return True
 
+    def rename(self, src_key: str, dst_key: str) -> None:
+        source = {"Bucket": self.bucket, "Key": self.full_key(src_key)}
+        try:
+            # the managed copy: CopyObject, or UploadPartCopy parts past 5 GB; atomic either way
+            self.client.copy(source, self.bucket, self.full_key(dst_key), Config=self.transfer_config)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise ObjectNotFound(f"{self.uri}: {src_key} not found") from None
+            raise self._fail("rename", src_key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("rename", src_key, exc) from None
+        self.delete(src_key)
+
     def sweep_partial_writes(self, prefix: str) -> list[str]:
         cutoff = datetime.now(UTC) - MULTIPART_GRACE
         strip = len(self.prefix) + 1 if self.prefix else 0
