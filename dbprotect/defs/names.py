@@ -27,6 +27,16 @@ def dagster_name(database: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", database)
 
 
+def database_pool(database: str) -> str:
+    """The Dagster concurrency pool of every asset, check and op that works on ``database``.
+
+    With a pool limit of 1 (``concurrency: pools: default_limit`` in dagster.yaml), Dagster runs one
+    of them at a time per database across all runs; the store's own lock
+    (:mod:`dbprotect.core.store.lock`) also covers writers outside Dagster (the CLI).
+    """
+    return f"dbprotect/{database}"
+
+
 def snapshot_key(database: str) -> dg.AssetKey:
     return dg.AssetKey([dagster_name(database), SNAPSHOT_ASSET])
 

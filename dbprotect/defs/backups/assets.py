@@ -10,7 +10,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.ops import backup_database
 from dbprotect.core.pg.dsn import register_dsn, server_label
 from dbprotect.defs.helpers import core_errors_as_failures, keyed_resource, numeric_metadata
-from dbprotect.defs.names import dagster_actor, dagster_name, postgres_resource_key, snapshot_key
+from dbprotect.defs.names import dagster_actor, dagster_name, database_pool, postgres_resource_key, snapshot_key
 from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, PostgresResource
 
 #: Metrics that are counts; the rest of ``BackupResult.metrics()`` are measured floats.
@@ -33,6 +33,7 @@ def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
     postgres_key = postgres_resource_key(database)
 
     @dg.asset(
+        pool=database_pool(database),
         key=snapshot_key(database),
         group_name=dagster_name(database),
         kinds={"postgres"},

@@ -21,7 +21,7 @@ from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import database_status, verify_database_backup
 from dbprotect.core.verify.integrity import IntegrityReport
 from dbprotect.defs.helpers import core_errors_as_failures, safe_text
-from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, dagster_name, snapshot_key
+from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, dagster_name, database_pool, snapshot_key
 from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
 
 
@@ -86,6 +86,7 @@ def build_snapshot_checks(config: Config, database: str) -> dg.AssetChecksDefini
     integrity_key, rpo_key = integrity_check_key(database), rpo_check_key(database)
 
     @dg.multi_asset_check(
+        pool=database_pool(database),
         name=f"{dagster_name(database)}_backup_checks",
         specs=[
             dg.AssetCheckSpec(

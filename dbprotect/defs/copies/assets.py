@@ -14,7 +14,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.ops import CopyOutcome, copy_to_target, target_holdings
 from dbprotect.core.store.catalog import BackupEntry
 from dbprotect.defs.helpers import core_errors_as_failures
-from dbprotect.defs.names import copy_key, dagster_actor, dagster_name, snapshot_key
+from dbprotect.defs.names import copy_key, dagster_actor, dagster_name, database_pool, snapshot_key
 from dbprotect.defs.resources import DbprotectConfigResource
 
 #: Rows in the holdings table: the newest backups (older ones are in 'dbprotect list').
@@ -79,6 +79,7 @@ def build_copy_asset(config: Config, database: str, target: str) -> dg.AssetsDef
     spec = config.storage[target]
 
     @dg.asset(
+        pool=database_pool(database),
         key=copy_key(database, target),
         deps=[snapshot_key(database)],
         group_name=dagster_name(database),

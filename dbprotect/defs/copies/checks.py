@@ -12,7 +12,7 @@ from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import verify_target_copy
 from dbprotect.defs.copies.assets import holdings_metadata
 from dbprotect.defs.helpers import core_errors_as_failures, safe_text
-from dbprotect.defs.names import COPY_INTEGRITY_CHECK, copy_key, dagster_actor
+from dbprotect.defs.names import COPY_INTEGRITY_CHECK, copy_key, dagster_actor, database_pool
 from dbprotect.defs.resources import DbprotectConfigResource
 
 
@@ -24,6 +24,7 @@ def build_copy_check(database: str, target: str) -> dg.AssetChecksDefinition:
     key = copy_check_key(database, target)
 
     @dg.asset_check(
+        pool=database_pool(database),
         asset=key.asset_key,
         name=COPY_INTEGRITY_CHECK,
         description=f"The newest copy on {target!r} exists and its SHA-256 matches the manifest; the result is "

@@ -22,6 +22,7 @@ from dbprotect.defs.names import (
     WARM_COPY_CHECK,
     dagster_actor,
     dagster_name,
+    database_pool,
     snapshot_key,
     warm_copy_key,
 )
@@ -64,6 +65,7 @@ def build_warm_copy_asset(database: str) -> dg.AssetsDefinition:
     """``[<database>, warm_copy]``, refreshed after each snapshot whose blocking checks passed."""
 
     @dg.asset(
+        pool=database_pool(database),
         key=warm_copy_key(database),
         deps=[snapshot_key(database)],
         group_name=dagster_name(database),
@@ -91,6 +93,7 @@ def build_warm_copy_asset(database: str) -> dg.AssetsDefinition:
 
 def build_warm_copy_check(database: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
+        pool=database_pool(database),
         asset=warm_copy_key(database),
         name=WARM_COPY_CHECK,
         description=f"The live warm copy of {database!r}: every table's row count and content checksum, the "

@@ -22,7 +22,7 @@ from dbprotect.core.ops import drill_database, primary_store, restore_verify_dat
 from dbprotect.core.restore.drill import DrillResult
 from dbprotect.core.restore.staged import RestoreVerification
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, safe_text
-from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, snapshot_key
+from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, database_pool, snapshot_key
 from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, run_environ
 
 #: Counts among the metrics; every other metric is a measured float (seconds).
@@ -87,6 +87,7 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
     spec = config.database(database)
 
     @dg.asset_check(
+        pool=database_pool(database),
         asset=snapshot_key(database), name=RESTORE_CHECK,
         description="The newest backup restores into a scratch database (same PostgreSQL major version) "
         "and every table's row count and checksum, the schema objects, sequences and large objects "
@@ -99,6 +100,7 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
         return restore_verified_result(loaded, database, raw_backup_identity)
 
     @dg.asset_check(
+        pool=database_pool(database),
         asset=snapshot_key(database), name=DRILL_CHECK,
         description=f"A restore drill: the newest backup restored and verified as in restore_verified, "
         f"within the RTO target of {spec.rto_minutes:g} min. RTO and RPO at drill time are plotted.",

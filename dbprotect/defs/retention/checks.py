@@ -16,7 +16,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.ops import retention_compliance_by_target
 from dbprotect.core.retention.compliance import TargetsCompliance
 from dbprotect.defs.helpers import core_errors_as_failures
-from dbprotect.defs.names import RETENTION_CHECK, dagster_name, snapshot_key
+from dbprotect.defs.names import RETENTION_CHECK, dagster_name, database_pool, snapshot_key
 from dbprotect.defs.resources import DbprotectConfigResource
 
 
@@ -50,6 +50,7 @@ def build_retention_check(database: str) -> dg.AssetChecksDefinition:
     key = retention_check_key(database)
 
     @dg.asset_check(
+        pool=database_pool(database),
         asset=key.asset_key,
         name=RETENTION_CHECK,
         description="Every storage target holds at least min_verified verified backups and nothing older than "

@@ -13,7 +13,14 @@ import dagster as dg
 
 from dbprotect.core.ops import TargetCleanup, cleanup_database, first_cleanup_error
 from dbprotect.defs.helpers import core_errors_as_failures, safe_text
-from dbprotect.defs.names import DATABASE_TAG, cleanup_job_name, dagster_actor, dagster_name, snapshot_key
+from dbprotect.defs.names import (
+    DATABASE_TAG,
+    cleanup_job_name,
+    dagster_actor,
+    dagster_name,
+    database_pool,
+    snapshot_key,
+)
 from dbprotect.defs.resources import DbprotectConfigResource
 from dbprotect.defs.retention.checks import compliance_evaluation
 
@@ -52,7 +59,7 @@ class CleanupConfig(dg.Config):
 def build_cleanup_job(database: str) -> dg.JobDefinition:
     name = dagster_name(database)
 
-    @dg.op(name=f"{name}_retention_cleanup",
+    @dg.op(name=f"{name}_retention_cleanup", pool=database_pool(database),
            description=f"Apply {database!r}'s retention policy on every storage target (mark, then sweep).")
     def retention_cleanup(context: dg.OpExecutionContext, config: CleanupConfig,
                           dbprotect_config: DbprotectConfigResource) -> None:

@@ -18,7 +18,7 @@ from dbprotect.core.ops import build_sanitized_copy
 from dbprotect.core.sanitize.build import SanitizeResult, sanitized_name
 from dbprotect.core.sanitize.checks import BLOCKING_CHECKS
 from dbprotect.defs.helpers import core_errors_as_failures, keyed_resource, numeric_metadata, phase_logger
-from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, snapshot_key
+from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, database_pool, snapshot_key
 from dbprotect.defs.resources import (
     CONFIG_RESOURCE,
     IDENTITY_RESOURCE,
@@ -78,6 +78,7 @@ def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefini
     key_resource = masking_key_resource_key(database)
 
     @dg.asset(
+        pool=database_pool(database),
         key=key,
         deps=[snapshot_key(database)],
         group_name=dagster_name(database),

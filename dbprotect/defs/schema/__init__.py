@@ -21,7 +21,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.ops import drift_between, push_schema
 from dbprotect.core.schema.snapshot import take_snapshot
 from dbprotect.defs.helpers import core_errors_as_failures
-from dbprotect.defs.names import dagster_actor, dagster_name
+from dbprotect.defs.names import dagster_actor, dagster_name, database_pool
 from dbprotect.defs.resources import DbprotectConfigResource
 from dbprotect.defs.schema.watch import build_pre_migration_sensor
 
@@ -36,6 +36,7 @@ def schema_key(database: str, environment: str) -> dg.AssetKey:
 
 def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
     @dg.asset(
+        pool=database_pool(database),
         key=schema_key(database, environment), group_name=dagster_name(database), kinds={"postgres"},
         description=f"The normalized schema (pg_dump --schema-only, noise removed, objects sorted) of the "
         f"{environment} database of {database!r}; its SHA-256 is the data version.",
@@ -55,6 +56,7 @@ def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
 
 def build_drift_check(database: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
+        pool=database_pool(database),
         asset=schema_key(database, "production"), name=DRIFT_CHECK,
         description="Development and production schemas are equal (results compares the live databases); "
         "object order is not drift; patterns under schema.pending are allowed.",
