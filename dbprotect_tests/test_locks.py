@@ -24,7 +24,7 @@ from dbprotect.core.store import FilesystemStorage, Storage
 from dbprotect.core.store.catalog import list_backups, load_manifest, record_verification, recorded_verifications
 from dbprotect.core.store.filesystem import PARTIAL_GRACE_SECONDS, PARTIAL_MARK
 from dbprotect.core.store.lock import DatabaseLock, current_holder, database_lock, lock_key, lock_prefix
-from dbprotect.core.store.manifest import CHECKS_FOLDER, Verification, check_sequence, manifest_key
+from dbprotect.core.store.manifest import CHECKS_FOLDER, Verification, manifest_key, parse_check_key
 from dbprotect_tests.fixtures.backups import DB, NOW, write_backup
 from dbprotect_tests.fixtures.cli import run_json
 
@@ -194,7 +194,7 @@ def test_verification_results_are_numbered_write_once_objects_and_the_manifest_i
     assert store.get_bytes(manifest_key(DB, backup_id)) == manifest_bytes
     prefix = f"{DB}/{backup_id}/{CHECKS_FOLDER}/"
     names = [info.key[len(prefix):] for info in store.list(prefix)]
-    assert sorted(check_sequence(name) for name in names) == [1, 2]
+    assert sorted(parse_check_key(name)[3] for name in names) == [1, 2]
     assert [(v.by, v.ok) for v in recorded_verifications(store, DB, backup_id)] == [("skewed", True), ("now", False)]
     assert _lock_objects(store) == []  # recording held the lock and released it
 

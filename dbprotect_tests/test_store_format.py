@@ -15,7 +15,7 @@ import pytest
 from dbprotect.core.errors import IntegrityError
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import list_backups, load_manifest, record_verification, recorded_verifications
-from dbprotect.core.store.manifest import FORMAT_VERSION, Verification, check_sequence, dump_key, manifest_key
+from dbprotect.core.store.manifest import FORMAT_VERSION, Verification, dump_key, manifest_key, parse_check_key
 
 DB = "shop"
 BACKUP = "20251001T020000Z-0a0b0c"
@@ -63,7 +63,7 @@ def test_a_new_result_on_a_format_1_backup_is_a_numbered_check_and_the_manifest_
                                                       detail="SHA-256 mismatch", by="test"))
     assert store.get_bytes(manifest_key(DB, BACKUP)) == before
     names = [info.key.rsplit("/", 1)[-1] for info in store.list(f"{DB}/{BACKUP}/checks/")]
-    assert sorted(check_sequence(name) for name in names) == [0, 0, 1]
+    assert sorted(parse_check_key(name)[3] for name in names) == [0, 0, 1]
     assert list_backups(store, DB)[0].status == "failed:stored"
     assert [(v.rung, v.ok) for v in recorded_verifications(store, DB, BACKUP)] == [
         ("stored", True), ("readable", True), ("stored", False)]

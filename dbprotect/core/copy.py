@@ -185,7 +185,7 @@ def _source_checks(src: Storage, manifest: Manifest) -> list[Verification]:
 
 def _held_checks(dst: Storage, database: str, backup_id: str) -> set[tuple[datetime, str, bool]]:
     prefix = f"{database}/{backup_id}/{CHECKS_FOLDER}/"
-    return {parsed for info in dst.list(prefix) if (parsed := parse_check_key(info.key.rsplit("/", 1)[-1]))}
+    return {parsed[:3] for info in dst.list(prefix) if (parsed := parse_check_key(info.key.rsplit("/", 1)[-1]))}
 
 
 def _sweep_dead_temporaries(dst: Storage, database: str) -> None:
