@@ -226,23 +226,27 @@ def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[st
                progress: ProgressCallback | None = None,
                exclude_table_data: Sequence[str] = (),
                now: Callable[[], datetime] = lambda: datetime.now(UTC),
-               owner: str = "dbprotect backup") -> BackupResult:
+               owner: str = "dbprotect backup",
+               finish: Callable[[Manifest], Manifest] | None = None) -> BackupResult:
     """Take one backup of ``dsn`` into ``storage``; see the module docstring for the guarantees.
 
     ``exclude_table_data``: pg_dump table patterns whose rows are left out (their definitions are
     kept), for caches and logs nobody restores; they are absent from the manifest's tables.
-    ``owner`` names the writer in the database's lock while the backup runs.
+    ``owner`` names the writer in the database's lock while the backup runs. ``finish`` may add
+    to the manifest before it is written (a sanitized copy's lineage): it is written once, never
+    rewritten afterwards.
     """
     with database_lock(storage, database, owner=owner):
         return _take_backup(database=database, dsn=dsn, storage=storage, recipients=recipients,
                             environment=environment, pg_bin_dir=pg_bin_dir, zstd_level=zstd_level,
                             zstd_threads=zstd_threads, progress=progress, exclude_table_data=exclude_table_data,
-                            now=now)
+                            now=now, finish=finish)
 
 
 def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[str], environment: str,
                  pg_bin_dir: str | None, zstd_level: int, zstd_threads: int, progress: ProgressCallback | None,
-                 exclude_table_data: Sequence[str], now: Callable[[], datetime]) -> BackupResult:
+                 exclude_table_data: Sequence[str], now: Callable[[], datetime],
+                 finish: Callable[[Manifest], Manifest] | None = None) -> BackupResult:
     age_recipients = parse_recipients(recipients)
     started_at = now()
     clock_start = time.perf_counter()
@@ -323,6 +327,8 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
             large_objects={"count": summary.large_objects, "bytes": summary.large_object_bytes},
             audit_head=audit_head(storage),
         )
+        if finish is not None:
+            manifest = finish(manifest)
         if not storage.put_if_absent(manifest_key(database, backup_id), manifest.to_json()):
             raise StorageError(f"{storage.uri}: backup {backup_id} of {database} already has a manifest: nothing "
                                "was replaced", hint="two writers chose one backup id; take the backup again")

@@ -26,7 +26,7 @@ from dbprotect.core.pg.pg_restore import Progress
 from dbprotect.core.pg.scratch import ScratchServer
 from dbprotect.core.restore.staged import RestoreVerification, prepare_server, verify_restore
 from dbprotect.core.store import Storage
-from dbprotect.core.store.catalog import list_backups, load_manifest, record_verification
+from dbprotect.core.store.catalog import list_backups, load_manifest, record_verification, recorded_verifications
 from dbprotect.core.store.manifest import Verification
 
 if TYPE_CHECKING:
@@ -116,10 +116,10 @@ def last_drill(storage: Storage, database: str) -> LastDrill | None:
     if newest is None:
         return None
     entry, check = newest
-    drills = [v for v in load_manifest(storage, database, entry.backup_id).verifications if v.rung == "drilled"]
+    drills = [v for v in recorded_verifications(storage, database, entry.backup_id) if v.rung == "drilled"]
     if not drills:
         return LastDrill(entry.backup_id, check.at, check.ok, None, "")
-    latest = max(drills, key=lambda v: v.at)
+    latest = drills[-1]  # recorded in write order: the sequence, not a clock, says which is newest
     return LastDrill(entry.backup_id, latest.at, latest.ok, latest.metrics.get("rto_seconds"), latest.detail)
 
 

@@ -49,7 +49,7 @@ from dbprotect.core.sanitize.stream import TableStats, sanitize_table, stream_or
 from dbprotect.core.sanitize.subset import SubsetPlan, plan_subset
 from dbprotect.core.sanitize.transformers import Masker
 from dbprotect.core.store import Storage
-from dbprotect.core.store.manifest import Manifest, manifest_key
+from dbprotect.core.store.manifest import Manifest
 
 SANITIZED_SUFFIX = "-sanitized"
 LINEAGE_FIELD = "sanitized"
@@ -221,9 +221,7 @@ def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x2551
         say("store")
         backup = run_backup(database=sanitized_name(database), dsn=target.dsn, storage=storage,
                             recipients=development_recipients, environment="development",
-                            pg_bin_dir=pg_bin_dir)
+                            pg_bin_dir=pg_bin_dir, finish=lambda manifest: _with_lineage(manifest, result, by))
         lap("store")
-    stored = _with_lineage(backup.manifest, result, by)
-    storage.put_bytes(manifest_key(stored.database, stored.backup_id), stored.to_json())
-    result.artifact_id = stored.backup_id
+    result.artifact_id = backup.manifest.backup_id
     return result
