@@ -135,6 +135,26 @@ def test_a_dead_holders_lock_is_not_broken_before_its_lease_runs_out(store: Stor
     assert isinstance(error, RefusedError) and "killed-backup" in error.one_line()
 
 
+def test_a_holder_whose_process_is_gone_from_this_host_is_dead_at_once(tmp_path: Path) -> None:
+    """Proof instead of time: a SIGKILLed command's lock does not block the next command on its host."""
+    import subprocess
+    import sys
+
+    store = FilesystemStorage(tmp_path / "store")
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    dead_pid = int(child.stdout)
+    body = json.loads(DatabaseLock(store, DB, owner="x")._body())
+    store.put_bytes(lock_key(DB, 3), json.dumps({**body, "owner": "killed-restore", "pid": dead_pid}).encode())
+    with database_lock(store, DB, owner="next", wait_seconds=0.5) as lock:
+        assert lock.generation == 4
+    # the same object naming another host is not judged by our process table: it waits out its lease
+    store.put_bytes(lock_key(DB, 5), json.dumps({**body, "owner": "elsewhere", "pid": dead_pid,
+                                                  "host": "another-host"}).encode())
+    error = _in_thread(lambda: DatabaseLock(store, DB, owner="next", wait_seconds=0.3).acquire())
+    assert isinstance(error, RefusedError) and "elsewhere on another-host" in error.one_line()
+
+
 def test_a_dead_holders_lock_is_broken_after_its_lease(store: Storage) -> None:
     dead = DatabaseLock(store, DB, owner="killed-backup", lease=timedelta(seconds=1))
     dead.acquire()

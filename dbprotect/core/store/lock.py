@@ -20,7 +20,10 @@ Rules:
 - **lease**: a holder rewrites its object every third of the lease (a daemon thread), so a live
   lock never looks stale. A lock whose holder was SIGKILLed is broken only after its lease has
   run out (default :data:`DEFAULT_LEASE`), never earlier; the holder's own clock is not trusted
-  for this (its ``renewed_at`` is shown, not used), the store's ``modified`` time is.
+  for this (its ``renewed_at`` is shown, not used), the store's ``modified`` time is. One
+  exception, with proof instead of time: a holder on *this* host whose process no longer exists
+  (``kill(pid, 0)`` fails with ESRCH) is dead now, so the next command on the host (a restore
+  after a killed restore) need not wait out the lease. A reused pid only makes us wait.
 - **release**: the holder deletes its generation (on exit, on error, on SIGTERM turned into an
   exception by the caller).
 - **wait**: a second writer waits up to ``wait_seconds`` (default :data:`DEFAULT_WAIT_SECONDS`)
@@ -121,8 +124,24 @@ def _read_holder(storage: Storage, generation: int, info: ObjectInfo) -> tuple[L
                 DEFAULT_LEASE.total_seconds())
 
 
-def _is_live(info: ObjectInfo, lease_seconds: float, now: datetime) -> bool:
-    """Live until a whole lease has passed since the holder last wrote it, by the store's clock."""
+def _process_gone(holder: LockHolder) -> bool:
+    """The holder ran on this host and its process no longer exists (proof it died, not a guess)."""
+    if holder.pid is None or holder.host != socket.gethostname() or holder.pid == os.getpid():
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError, OverflowError):
+        return False
+    return False
+
+
+def _is_live(info: ObjectInfo, lease_seconds: float, now: datetime, holder: LockHolder | None = None) -> bool:
+    """Live until a whole lease has passed since the holder last wrote it, by the store's clock
+    (or until its process is provably gone from this host)."""
+    if holder is not None and _process_gone(holder):
+        return False
     if info.modified is None:
         return True  # no time to judge by: never break it
     return now - info.modified < timedelta(seconds=lease_seconds)
@@ -183,7 +202,7 @@ class DatabaseLock:
                 holder, _token, lease = _read_holder(self.storage, generation, info)
             except ObjectNotFound:
                 continue  # released while we looked
-            if _is_live(info, lease, now):
+            if _is_live(info, lease, now, holder):
                 return holder
         mine = (generations[-1][0] if generations else 0) + 1
         self.acquired_at = now
@@ -199,7 +218,7 @@ class DatabaseLock:
                 holder, token, lease = _read_holder(self.storage, generation, info)
             except ObjectNotFound:
                 continue
-            if generation > mine or _is_live(info, lease, datetime.now(UTC)):
+            if generation > mine or _is_live(info, lease, datetime.now(UTC), holder):
                 rival = holder
                 break
         try:
@@ -277,7 +296,7 @@ def current_holder(storage: Storage, database: str) -> LockHolder | None:
             holder, _token, lease = _read_holder(storage, generation, info)
         except ObjectNotFound:
             continue
-        if _is_live(info, lease, now):
+        if _is_live(info, lease, now, holder):
             return holder
     return None
 
