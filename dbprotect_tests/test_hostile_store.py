@@ -25,7 +25,7 @@ from dbprotect.core.restore.staged import verify_restore
 from dbprotect.core.retention.cleanup import execute_cleanup, plan_cleanup
 from dbprotect.core.retention.policy import RetentionPolicy
 from dbprotect.core.store import FilesystemStorage, Storage
-from dbprotect.core.store.catalog import list_backups, load_manifest
+from dbprotect.core.store.catalog import list_backups, load_manifest, newest_verified_backup
 from dbprotect.core.store.manifest import Manifest, dump_key, manifest_key, parse_column_list
 from dbprotect.core.verify.integrity import verify_backup
 from dbprotect_tests.fixtures.backups import DB, write_backup
@@ -248,3 +248,28 @@ def test_a_database_named_like_another_databases_folder_is_refused(tmp_path, age
 def test_names_that_only_look_alike_load(tmp_path, age_keys) -> None:
     config = load_config(_config_with(tmp_path, age_keys, ["shop", "shop-safe", "safety", "shop_sanitized"]))
     assert sorted(config.databases) == ["safety", "shop", "shop-safe", "shop_sanitized"]
+
+
+def test_a_garbage_manifest_on_the_newest_verified_backup_is_recorded_as_failed(tmp_path: Path) -> None:
+    """Issue 10, point 9: the newest verified backup's manifest overwritten with garbage. Verifying it
+    records a failed *stored* check, so the listing, the RPO and the default restore pass it over."""
+    storage = FilesystemStorage(tmp_path / "store")
+    older = write_backup(storage, NOW - timedelta(hours=5), n=1)
+    newest = write_backup(storage, NOW - timedelta(hours=1), n=2)
+    assert newest_verified_backup(storage, DB) == newest
+    storage.put_bytes(manifest_key(DB, newest), b"\x00not json at all")
+    with pytest.raises(IntegrityError):
+        verify_backup(storage, DB, newest, None)
+    entry = next(e for e in list_backups(storage, DB) if e.backup_id == newest)
+    assert not entry.integrity_ok
+    assert newest_verified_backup(storage, DB) == older
+    verify_backup(storage, DB, older, None, record=False)  # the other backup is untouched by it
+
+
+def test_a_garbage_manifest_is_not_recorded_when_recording_is_off(tmp_path: Path) -> None:
+    storage = FilesystemStorage(tmp_path / "store")
+    backup_id = write_backup(storage, NOW - timedelta(hours=1))
+    storage.put_bytes(manifest_key(DB, backup_id), b"{}")
+    with pytest.raises(IntegrityError):
+        verify_backup(storage, DB, backup_id, None, record=False)
+    assert next(e for e in list_backups(storage, DB) if e.backup_id == backup_id).integrity_ok

@@ -266,17 +266,26 @@ def record_verification(storage: Storage, manifest: Manifest, verification: Veri
     that raced a cleanup never writes into a folder whose backup was deleted (it would reappear in
     listings with its object missing). Raises :class:`NotFoundError` then.
     """
-    with database_lock(storage, manifest.database, owner=verification.by or "dbprotect verify",
+    record_check(storage, manifest.database, manifest.backup_id, verification)
+
+
+def record_check(storage: Storage, database: str, backup_id: str, verification: Verification) -> None:
+    """:func:`record_verification` by folder: also for a backup whose manifest exists but cannot be read.
+
+    A garbage or tampered manifest is a failure of that backup, and recording it (a failed
+    ``stored`` check) is what turns the RPO red and makes the default restore pass it over.
+    """
+    with database_lock(storage, database, owner=verification.by or "dbprotect verify",
                        wait_seconds=RECORD_WAIT_SECONDS):
         try:
-            storage.stat(manifest_key(manifest.database, manifest.backup_id))
+            storage.stat(manifest_key(database, backup_id))
         except ObjectNotFound:
             raise NotFoundError(
-                f"backup {manifest.backup_id} of {manifest.database} was deleted from {storage.uri} while it was "
+                f"backup {backup_id} of {database} was deleted from {storage.uri} while it was "
                 f"being verified: its {verification.rung} result was not recorded",
                 hint="retention removed it; verify a backup that exists ('dbprotect list "
-                f"{manifest.database}')") from None
-        write_check(storage, manifest.database, manifest.backup_id, verification)
+                f"{database}')") from None
+        write_check(storage, database, backup_id, verification)
 
 
 def recorded_verifications(storage: Storage, database: str, backup_id: str) -> list[Verification]:

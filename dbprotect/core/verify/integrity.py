@@ -25,10 +25,10 @@ import zstandard
 
 from dbprotect.core.backup.archive import ArchiveInspector, TruncatedArchive, UnsupportedArchive
 from dbprotect.core.crypto import fingerprint, identity_recipient
-from dbprotect.core.errors import CryptoError
+from dbprotect.core.errors import CryptoError, IntegrityError
 from dbprotect.core.pg.tools import find_tool
 from dbprotect.core.store import ObjectNotFound, Storage
-from dbprotect.core.store.catalog import load_manifest, record_verification
+from dbprotect.core.store.catalog import load_manifest, record_check, record_verification
 from dbprotect.core.store.manifest import Manifest, Verification, dump_key
 
 CHUNK = 1 << 20
@@ -248,8 +248,18 @@ def _compare_tables(manifest: Manifest, found: dict[str, tuple[int, str]]) -> li
 
 def verify_backup(storage: Storage, database: str, backup_id: str, identity: pyrage.x25519.Identity | None,
                   *, by: str = "dbprotect", record: bool = True) -> IntegrityReport:
-    """Check a stored backup and (by default) record each rung's result in the store."""
-    manifest = load_manifest(storage, database, backup_id)
+    """Check a stored backup and (by default) record each rung's result in the store.
+
+    A manifest that exists but cannot be trusted (not valid JSON, fields out of bounds, naming
+    another folder) fails rung *stored* and is recorded as such: it is this backup's failure.
+    """
+    try:
+        manifest = load_manifest(storage, database, backup_id)
+    except IntegrityError as exc:
+        if record:
+            record_check(storage, database, backup_id, Verification(
+                rung="stored", ok=False, at=datetime.now(UTC), detail=f"manifest unreadable: {exc.one_line()}", by=by))
+        raise
     report = check_integrity(storage, manifest, identity)
     if record:
         at = datetime.now(UTC)
