@@ -18,6 +18,7 @@ import yaml
 from dbprotect.core.backup.content import _copy_query, digest_table
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.config.load import load_config
+from dbprotect.core.copy import copy_backup
 from dbprotect.core.errors import ConfigError, IntegrityError
 from dbprotect.core.ops import database_status
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
@@ -273,3 +274,34 @@ def test_a_garbage_manifest_is_not_recorded_when_recording_is_off(tmp_path: Path
     with pytest.raises(IntegrityError):
         verify_backup(storage, DB, backup_id, None, record=False)
     assert next(e for e in list_backups(storage, DB) if e.backup_id == backup_id).integrity_ok
+
+
+@pytest.mark.parametrize("session", [
+    {"role": "postgres"}, {"search_path": "evil"}, {"TimeZone": "UTC'; DROP TABLE x; --"}, "ISO", {"DateStyle": 1},
+])
+def test_a_manifests_session_settings_are_only_the_recorded_rendering_settings(tmp_path: Path, session) -> None:
+    """checksum.session is applied to connections on restore: an edited one never sets e.g. role."""
+    storage = FilesystemStorage(tmp_path / "store")
+    backup_id = write_backup(storage, NOW - timedelta(hours=1))
+    _edit_manifest(storage, DB, backup_id, lambda d: d["checksum"].update(session=session))
+    with pytest.raises(IntegrityError, match="checksum"):
+        load_manifest(storage, DB, backup_id)
+
+
+def test_the_recorded_session_settings_still_load(tmp_path: Path) -> None:
+    storage = FilesystemStorage(tmp_path / "store")
+    backup_id = write_backup(storage, NOW - timedelta(hours=1))
+    session = {"DateStyle": "ISO", "TimeZone": "UTC", "client_encoding": "UTF8", "lc_monetary": "en_US.UTF-8"}
+    _edit_manifest(storage, DB, backup_id, lambda d: d["checksum"].update(session=session))
+    assert load_manifest(storage, DB, backup_id).checksum["session"] == session
+
+
+def test_a_copy_refuses_a_source_manifest_that_names_another_folder(tmp_path: Path) -> None:
+    src, dst = FilesystemStorage(tmp_path / "src"), FilesystemStorage(tmp_path / "dst")
+    backup_id = write_backup(src, NOW - timedelta(hours=2))
+    for key in (manifest_key(DB, backup_id), dump_key(DB, backup_id)):
+        src.put_bytes(key.replace(f"{DB}/", "crm/", 1), src.get_bytes(key))
+    with pytest.raises(IntegrityError, match="refusing"):
+        copy_backup(src, dst, "crm", backup_id)
+    assert list_backups(dst, "crm") == []
+    assert not [info.key for info in dst.list("crm/") if info.key.endswith(("dump.zst.age", "manifest.json"))]

@@ -346,3 +346,25 @@ def test_a_swap_the_recovery_cannot_complete_is_reported_failed_and_its_database
     finally:
         with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" RESET {SWAP_SETTING}')
+
+
+@pytest.mark.parametrize("forged", [
+    # a record naming itself "incoming" of a swap whose incoming database is another one
+    lambda name: {"swap_id": "forged-1", "target": "elsewhere", "incoming": "other_incoming", "retired": None,
+                  "role": "incoming"},
+    # a record whose retired name is not one a swap makes
+    lambda name: {"swap_id": "forged-2", "target": "elsewhere", "incoming": name, "retired": "payroll",
+                  "role": "incoming"},
+])
+def test_recovery_never_drops_a_database_on_a_forged_or_inconsistent_swap_record(pg, old_target, forged):
+    """Swap records are settings any database owner can write: recovery refuses to act on one that
+    does not hang together, reports it failed and keeps every database."""
+    admin_dsn = pg.dsn("postgres")
+    record = json.dumps(forged(old_target)).replace("'", "''")
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{old_target}\" SET {SWAP_SETTING} = '{record}'")
+    before = _rows(pg, old_target)
+    outcomes = recover_and_sweep(admin_dsn)
+    assert [o.action for o in outcomes] == ["failed"]
+    assert "cannot be trusted" in outcomes[0].detail
+    assert _rows(pg, old_target) == before  # still there, data intact

@@ -58,6 +58,7 @@ from dbprotect.core.store.manifest import (
     CHECKS_FOLDER,
     Manifest,
     Verification,
+    check_manifest_location,
     dump_key,
     manifest_key,
     parse_check_key,
@@ -233,7 +234,11 @@ def copy_backup(src: Storage, dst: Storage, database: str, backup_id: str, *, by
 def _copy_locked(src: Storage, dst: Storage, database: str, backup_id: str, *, by: str,
                  allow_server_side: bool) -> CopyResult:
     manifest_bytes = src.get_bytes(manifest_key(database, backup_id))
-    manifest = Manifest.from_json(manifest_bytes, where=src.object_uri(manifest_key(database, backup_id)))
+    where = src.object_uri(manifest_key(database, backup_id))
+    # Validated and refused unless it names the folder it was read from (as catalog.load_manifest does):
+    # its database and backup id decide which checks are read and which target manifest is compared.
+    manifest = check_manifest_location(Manifest.from_json(manifest_bytes, where=where), database, backup_id,
+                                       where=where)
     _refuse_other_backup(dst, manifest)
     _sweep_dead_temporaries(dst, database)
     key = dump_key(database, backup_id)
@@ -272,7 +277,10 @@ def _copy_locked(src: Storage, dst: Storage, database: str, backup_id: str, *, b
     write_check(dst, database, backup_id, Verification(
         rung="stored", ok=True, at=at, detail=f"{how}: {stored.detail}", by=by,
         metrics={"seconds": round(stored.seconds, 3)}))
-    dst.put_if_absent(manifest_key(database, backup_id), manifest_bytes)  # the commit, last; never replaced
+    committed = dst.put_if_absent(manifest_key(database, backup_id), manifest_bytes)  # the commit, last; never replaced
+    if not committed and dst.get_bytes(manifest_key(database, backup_id)) != manifest_bytes:
+        raise IntegrityError(f"backup {backup_id} of {database} on {dst.uri} already has another manifest; "
+                             "the copy was not committed", hint="compare the two stores' manifests by hand")
     return CopyResult(database, backup_id, src.uri, dst.uri, manifest.stored_bytes, copied - started, server_side,
                       stored.seconds, already_held)
 

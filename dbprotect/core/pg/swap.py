@@ -300,8 +300,36 @@ def recover_interrupted_swaps(admin_dsn: str, *,
     return done
 
 
+def _require_consistent(intent: SwapIntent, holders: dict[str, dict[str, str]]) -> None:
+    """Refuse to act on swap records that disagree or name databases the swap never had.
+
+    The records are database settings any owner of those databases can write: before recovery
+    renames or drops anything, every record must name the same target, incoming and retired
+    databases, the retired name must be one a swap makes, and each database must carry the role
+    its name allows (incoming: the incoming or, after the commit point, the target's name;
+    outgoing: the target's or the retired name). Otherwise the recovery fails and keeps everything.
+    """
+    problem = None
+    if not intent.target or not intent.incoming or intent.target == intent.incoming:
+        problem = "it names no target or incoming database"
+    elif intent.retired is not None and not intent.retired.startswith(RETIRED_PREFIX):
+        problem = f"its retired name {intent.retired[:80]!r} is not one a swap makes"
+    for name, record in holders.items():
+        if problem:
+            break
+        same = (str(record.get("target", "")), str(record.get("incoming", "")), record.get("retired") or None)
+        allowed = {"incoming": {intent.incoming, intent.target}, "outgoing": {intent.target, intent.retired}}
+        if same != (intent.target, intent.incoming, intent.retired):
+            problem = f"the records on {name!r} and the other databases disagree"
+        elif name not in allowed.get(str(record.get("role")), set()):
+            problem = f"{name!r} carries the role {str(record.get('role'))[:20]!r}, which its name does not allow"
+    if problem:
+        raise DbprotectError(f"the records of {intent.describe()} cannot be trusted: {problem}")
+
+
 def _recover(admin: psycopg.Connection, admin_dsn: str, intent: SwapIntent,
              holders: dict[str, dict[str, str]]) -> SwapRecovery:
+    _require_consistent(intent, holders)
     roles = {record.get("role"): name for name, record in holders.items()}
     incoming_at, outgoing_at = roles.get("incoming"), roles.get("outgoing")
     never = lambda _name: None  # noqa: E731
@@ -324,7 +352,7 @@ def _recover(admin: psycopg.Connection, admin_dsn: str, intent: SwapIntent,
     if outgoing_at == intent.target:
         _reset(admin, intent.target, SWAP_SETTING)
         _allow_connections(admin, intent.target, True)
-    if incoming_at is not None:
+    if incoming_at is not None and incoming_at == intent.incoming:  # only the recorded incoming database
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(incoming_at)))
     return SwapRecovery(intent, "rolled back", f"interrupted {intent.describe()} was rolled back: "
                                                f"{intent.target!r} is unchanged")

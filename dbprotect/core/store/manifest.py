@@ -139,6 +139,12 @@ def parse_check_key(name: str) -> tuple[datetime, str, bool, int] | None:
     return at, match.group(3), match.group(4) == "ok", int(match.group(1) or 0)
 
 
+#: The session settings a backup records under ``checksum.session`` (see
+#: :data:`dbprotect.core.backup.content.DUMP_SESSION`, plus the source's encoding and monetary locale).
+DIGEST_SESSION_SETTINGS = frozenset({"DateStyle", "IntervalStyle", "extra_float_digits", "TimeZone", "bytea_output",
+                                     "client_encoding", "lc_monetary"})
+_SETTING_VALUE = re.compile(r"[A-Za-z0-9_.,@+/\- ]{1,64}")
+
 class TableRecord(BaseModel):
     """One table's row count and checksum, and where it lives (``schema`` and ``name`` extras, ``columns``).
 
@@ -252,6 +258,22 @@ class Manifest(BaseModel):
     def _one_segment(cls, value: str) -> str:
         if value in (".", ".."):
             raise ValueError("a database folder is not '.' or '..'")
+        return value
+
+    @field_validator("checksum")
+    @classmethod
+    def _session_settings_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The session settings a digest is computed under are applied to connections on restore:
+        only the text-rendering settings dbprotect records, each a short plain value, never e.g.
+        ``role`` or ``search_path`` from an edited manifest."""
+        session = value.get("session", {})
+        if not isinstance(session, dict):
+            raise ValueError("checksum.session is a mapping of setting names to values")
+        for name, setting in session.items():
+            if name not in DIGEST_SESSION_SETTINGS:
+                raise ValueError(f"checksum.session: {str(name)[:40]!r} is not a setting dbprotect records")
+            if not isinstance(setting, str) or not _SETTING_VALUE.fullmatch(setting):
+                raise ValueError(f"checksum.session.{name}: not a plain setting value")
         return value
 
     @field_validator("tables", "sequences")
