@@ -151,6 +151,10 @@ LEAKS = {
         "INSERT INTO authors SELECT id, upper(last_name) FROM people;",
         {"authors": {"id": "keep", "surname": "keep"}},
         "public.authors.surname (keep): 300 value(s) equal first or last names of production (26 of 26"),
+    "bigint_holding_phone_digits": (  # not a text type: read as its text form, like production's
+        "CREATE TABLE calls (id int PRIMARY KEY, dialled bigint);"
+        "INSERT INTO calls SELECT id, regexp_replace(phone, '[^0-9]', '', 'g')::bigint FROM people;",
+        {"calls": {"id": "keep", "dialled": "keep"}}, "public.calls.dialled (keep): 300 value(s)"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",

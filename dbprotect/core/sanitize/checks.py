@@ -210,7 +210,13 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
         for info in infos:
             query = leaf_query(catalog, table, info.name, counted=True)
             if query is None:
-                continue
+                # Not text-like (inet, bigint, uuid, numeric, …): production fingerprints such columns
+                # as their text form (production_fingerprints), so the copy is read the same way; a
+                # keep inet column holding the real addresses of a masked one must not pass.
+                schema, _, name = table.partition(".")
+                query = sql.SQL("SELECT v, count(*) FROM (SELECT format('%s', {c}) AS v FROM {t}) leaves "
+                                "WHERE v IS NOT NULL GROUP BY v").format(c=sql.Identifier(info.name),
+                                                                        t=sql.Identifier(schema, name))
             rule = rules.rule(table, info.name)
             keep = rule is None or rule.transformer == "keep"
             columns_scanned += 1
