@@ -324,13 +324,32 @@ def test_dagster_yaml_keeps_dagster_storage_in_postgres_from_environment() -> No
         "username": {"env": "DAGSTER_PG_USERNAME"}, "password": {"env": "DAGSTER_PG_PASSWORD"},
         "hostname": {"env": "DAGSTER_PG_HOST"}, "db_name": {"env": "DAGSTER_PG_DB"}, "port": 5432,
     }
-    limits = doc["run_coordinator"]["config"]["tag_concurrency_limits"]
+    limits = doc["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "dbprotect/database", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
     # Dagster's own instance schema accepts the file (validation only: nothing connects).
     from dagster._core.instance.config import dagster_instance_config
 
     config, _ = dagster_instance_config(str(REPO), "dagster.yaml")
-    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert "run_coordinator" not in config  # its limits beside `concurrency:` are refused by Dagster
+    assert config["concurrency"]["pools"] == {"default_limit": 1}
+
+
+def test_dagster_yaml_gives_each_database_pool_a_limit_of_one_and_queues_runs_per_database(tmp_path: Path) -> None:
+    """The deployment's instance, built by Dagster from dagster.yaml (storage swapped for a local one)."""
+    from dagster._core.instance import InstanceRef
+
+    doc = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
+    doc.pop("storage")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path))) as instance:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.default_pool_limit == 1
+        assert concurrency.run_queue_config.max_concurrent_runs == 4
+        assert {"key": "dbprotect/database", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} \
+            in concurrency.run_queue_config.tag_concurrency_limits
+        info = instance.event_log_storage.get_concurrency_info("dbprotect/shop")
+        assert info.limit == 1
 
 
 SANITIZED_SHOP = {"shop": {**TWO_DATABASES["shop"],
