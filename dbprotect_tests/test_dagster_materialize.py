@@ -77,8 +77,10 @@ def test_backup_job_materializes_snapshot_and_both_checks_pass(chinook_config: P
     rpo = checks[RPO_CHECK]
     assert rpo.passed, rpo.description  # it saw the verification recorded moments before
     assert _value(rpo.metadata, "newest_verified_backup") == backup_id
-    assert 0 <= _value(rpo.metadata, "age_hours") < 1
-    assert _value(rpo.metadata, "rpo_hours") == 24.0
+    assert 0 <= _value(rpo.metadata, "rpo_measured_hours") < 1
+    assert _value(rpo.metadata, "rpo_target_hours") == 24.0
+    assert "rpo_hours" not in rpo.metadata and "age_hours" not in rpo.metadata  # one meaning per name
+    assert _value(metadata, "dump_mb") == pytest.approx(dump / 1e6, abs=1e-3)
 
     # The store, not Dagster, holds the truth: the verification was recorded there.
     [entry] = list_backups(FilesystemStorage(tmp_path / "store"), "chinook")
@@ -102,7 +104,7 @@ def test_rpo_job_on_an_empty_store_fails_the_check_without_taking_a_backup(
     assert not checks[RPO_CHECK].passed
     assert checks[RPO_CHECK].description == "no backup has passed integrity yet"
     assert _value(checks[RPO_CHECK].metadata, "backups") == 0
-    assert "age_hours" not in checks[RPO_CHECK].metadata
+    assert "rpo_measured_hours" not in checks[RPO_CHECK].metadata
     assert list_backups(FilesystemStorage(tmp_path / "store"), "chinook") == []
 
 

@@ -2,8 +2,9 @@
 
 A deliberate, visible part of the definitions (issue 10, point 6): with a pool limit of 1, Dagster
 runs one of them at a time per database across all runs. The store's lock covers the CLI beside
-them (test_locks). The ``restore`` job is the one exception, and this test says so: its single op
-serves every database (the database is run config), and a pool is fixed when the op is defined.
+them (test_locks). The ``restore`` job's database is run config and a pool is fixed when an op is
+defined, so the job routes the form (``restore_backup``, no pool: it touches nothing) to one op per
+database in that database's pool.
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ def test_every_per_database_asset_check_and_op_is_in_its_databases_pool(write_co
         if database is None:
             continue  # an op of several assets is named by Dagster; its assets were checked above
         assert pool == database_pool(database), (name, pool)
-    assert {"shop_backup_checks", "ledger_db_backup_checks", "shop_retention_cleanup"} <= set(checks_and_ops)
-    # the documented exception: one restore op for every database, its database chosen at launch
+    assert {"shop_retention_cleanup", "shop_restore", "ledger_db_restore"} <= set(checks_and_ops)
+    for check in ("backup_integrity_verified", "rpo_met"):
+        assert any(name.startswith("shop") and name.endswith(check) for name in checks_and_ops), check
+    assert checks_and_ops["ledger_db_restore"] == database_pool("ledger-db")
+    # the router op only reads the form and tags the run; the work is in the per-database ops
     assert pools_seen.get("restore_backup") is None
     assert database_pool("ledger-db") == "dbprotect/ledger-db"
     dg.Definitions.validate_loadable(defs)

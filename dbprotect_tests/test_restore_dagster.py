@@ -67,9 +67,12 @@ def test_restore_job_restores_chinook_into_a_new_database(chinook, pg, instance)
         assert table_counts(pg.dsn(target)) == {name: table.rows for name, table in manifest.tables.items()}
         with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
             assert read_marker(admin, target) == "production"
-        output = result.output_for_node("restore_backup")
+        output = result.output_for_node("chinook_restore")
         assert output["restored_database"] == target and output["backup_id"] == manifest.backup_id
-        [materialized] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        [materialized] = [e for e in result.all_events
+                          if e.event_type_value == "STEP_OUTPUT" and e.step_key == "chinook_restore"]
+        # The run carries its database, chosen in the form: the router op tagged it.
+        assert instance.get_run_by_id(result.run_id).tags["dbprotect/database"] == "chinook"
         metadata = materialized.event_specific_data.metadata
         assert isinstance(metadata["restore_seconds"], dg.FloatMetadataValue)
         assert metadata["rows"].value == manifest.total_rows
@@ -103,7 +106,7 @@ def test_restore_job_refuses_exactly_as_core_and_leaves_the_target_untouched(chi
     planned = defs.resolve_job_def(RESTORE_JOB).execute_in_process(
         instance=instance, run_config=_restore_config(target="existing_database", dry_run=True))
     assert planned.success
-    plan = planned.output_for_node("restore_backup")
+    plan = planned.output_for_node("chinook_restore")
     assert plan["will_drop"] == ["table public.keep_me"] and plan["confirmation_required"] == name
     assert content(dsn) == before
 
@@ -127,10 +130,10 @@ def test_restore_verified_and_drill_checks_carry_numeric_metadata(chinook, pg, i
     assert result.success
     drill = _check(result, DRILL_CHECK)
     assert drill.passed, drill.description
-    for name in ("rto_seconds", "rpo_seconds", "rto_target_seconds", "rto_minutes", "rpo_hours", *PHASES):
+    for name in ("rto_seconds", "rpo_seconds", "rto_target_seconds", "rto_minutes", "rpo_measured_hours", *PHASES):
         assert isinstance(drill.metadata[name], dg.FloatMetadataValue), name
     assert 0 < drill.metadata["rto_seconds"].value < drill.metadata["rto_target_seconds"].value == 1800.0
-    assert 0 <= drill.metadata["rpo_hours"].value < 1
+    assert 0 <= drill.metadata["rpo_measured_hours"].value < 1
     assert list_backups(store, "chinook")[0].status == "verified:drilled"  # recorded in the store too
     assert leftover_scratch_databases(ScratchServer(pg.admin_dsn)) == []
 

@@ -23,7 +23,7 @@ def build_backup_definitions(config: Config) -> dg.Definitions:
     for database in databases:
         job = build_backup_job(database)
         assets.append(build_snapshot_asset(config, database))
-        checks.append(build_snapshot_checks(config, database))
+        checks += build_snapshot_checks(config, database)
         jobs.append(job)
         schedules.append(build_backup_schedule(config, database, job))
     if databases:

@@ -24,6 +24,9 @@ def snapshot_metadata(result: BackupResult, source: str) -> dict[str, dg.Metadat
         "stored_uri": dg.MetadataValue.url(result.uri),
         "source": dg.MetadataValue.text(source),
         **numeric_metadata(result.metrics(), counts=_INT_METRICS),
+        # Byte counts stay exact ints (``*_bytes``); these plot on a readable scale.
+        **{name.removesuffix("_bytes") + "_mb": dg.MetadataValue.float(round(value / 1e6, 3))
+           for name, value in result.metrics().items() if name.endswith("_bytes")},
     }
 
 
@@ -43,7 +46,8 @@ def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
         ),
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=spec.rpo_hours)),
         required_resource_keys={CONFIG_RESOURCE, postgres_key},
-        metadata={"database": database, "storage": config.primary_storage(database), "rpo_hours": spec.rpo_hours},
+        metadata={"database": database, "storage": config.primary_storage(database),
+                  "rpo_target_hours": spec.rpo_hours},
     )
     def production_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         # The DSN's resource key is computed per database, so this asset names its resources in the

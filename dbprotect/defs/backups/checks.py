@@ -1,19 +1,18 @@
 """Asset checks on a production snapshot: the backup is intact, and the RPO is met.
 
-Both checks live in one ``multi_asset_check`` on purpose. In a backup run, the RPO check must
-see the verification the integrity check has just recorded; two separate checks would run
-concurrently (the multiprocess executor starts them together), and the RPO check of a first
-backup would fail for a race, not for a missing recovery point. One op evaluates integrity
-first, then RPO. ``can_subset=True`` lets the hourly RPO job run the RPO check alone, so a
-backup that never happened is noticed without taking one. (The op's resources are initialized
-as a whole, so that job also resolves the identity variable; the RPO check never uses it.)
+Two checks, two privileges. ``backup_integrity_verified`` (blocking, ERROR severity) decrypts the
+newest backup, so it is the only one that takes the raw-backup identity. ``rpo_met`` reads
+manifests and verification records only: its definition takes no identity at all, so the hourly
+``rpo_checks_job`` runs where no private key is held.
 
-A failed integrity check has ERROR severity and is blocking: the backup run fails with it.
+In a backup run the RPO must judge the verification the integrity check has just recorded (two
+checks of one asset start together under the multiprocess executor, and the RPO of a first
+backup would fail for a race). So the backup job selects only the integrity check, and the
+integrity op, after recording, logs the ``rpo_met`` evaluation computed by the same
+manifest-only function the standalone check uses.
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
-from collections.abc import Iterator
-
 import dagster as dg
 
 from dbprotect.core.config.model import Config
@@ -21,7 +20,7 @@ from dbprotect.core.errors import NotFoundError
 from dbprotect.core.ops import database_status, verify_database_backup
 from dbprotect.core.verify.integrity import IntegrityReport
 from dbprotect.defs.helpers import core_errors_as_failures, safe_text
-from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, dagster_name, database_pool, snapshot_key
+from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, database_pool, snapshot_key
 from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
 
 
@@ -50,67 +49,82 @@ def integrity_result(config: Config, database: str, identity: AgeIdentityResourc
 
 
 def integrity_metadata(report: IntegrityReport) -> dict[str, dg.MetadataValue]:
-    """The backup id, then per rung: ok, detail, and seconds as a number (plotted over history)."""
+    """The backup id, per rung ok and detail, and the seconds of the one pass (plotted over history).
+
+    Both rungs are computed in one streaming pass over the object, and each reports that pass's
+    time: the verification took it once, so it is reported once (their maximum), never summed.
+    """
     metadata: dict[str, dg.MetadataValue] = {"backup_id": dg.MetadataValue.text(report.backup_id)}
     for result in report.results:
         metadata[f"{result.rung}_ok"] = dg.MetadataValue.bool(result.ok)
         metadata[f"{result.rung}_detail"] = dg.MetadataValue.text(result.detail)
-        metadata[f"{result.rung}_seconds"] = dg.MetadataValue.float(round(result.seconds, 3))
-    metadata["seconds"] = dg.MetadataValue.float(round(sum(result.seconds for result in report.results), 3))
+    metadata["seconds"] = dg.MetadataValue.float(round(max((result.seconds for result in report.results),
+                                                           default=0.0), 3))
     return metadata
 
 
-def rpo_result(config: Config, database: str) -> dg.AssetCheckResult:
-    """Whether the newest backup that passed integrity is younger than the database's RPO."""
+def rpo_evaluation(config: Config, database: str) -> dg.AssetCheckEvaluation:
+    """Whether the newest backup that passed integrity is younger than the database's RPO.
+
+    Reads the store's manifests and verification records only; never a key.
+    """
     key = rpo_check_key(database)
     with core_errors_as_failures():
         status = database_status(config, database)
     rpo = status.rpo
     metadata: dict[str, dg.MetadataValue] = {
-        "rpo_hours": dg.MetadataValue.float(rpo.rpo.total_seconds() / 3600),
+        "rpo_target_hours": dg.MetadataValue.float(rpo.rpo.total_seconds() / 3600),
         "backups": dg.MetadataValue.int(status.backups),
         "reason": dg.MetadataValue.text(rpo.reason),
     }
     if rpo.age_hours is not None:
-        metadata["age_hours"] = dg.MetadataValue.float(rpo.age_hours)
+        metadata["rpo_measured_hours"] = dg.MetadataValue.float(rpo.age_hours)
     if rpo.newest_backup_id:
         metadata["newest_verified_backup"] = dg.MetadataValue.text(rpo.newest_backup_id)
-    return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=rpo.ok,
-                               description=rpo.reason, metadata=metadata)
+    return dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=rpo.ok,
+                                   description=rpo.reason, metadata=metadata)
 
 
-def build_snapshot_checks(config: Config, database: str) -> dg.AssetChecksDefinition:
-    """``backup_integrity_verified`` (blocking) and ``rpo_met`` on ``[<database>, production_snapshot]``."""
+def rpo_result(config: Config, database: str) -> dg.AssetCheckResult:
+    """:func:`rpo_evaluation` as the result of the ``rpo_met`` check itself."""
+    evaluation = rpo_evaluation(config, database)
+    return dg.AssetCheckResult(asset_key=evaluation.asset_key, check_name=evaluation.check_name,
+                               passed=evaluation.passed, description=evaluation.description,
+                               metadata=evaluation.metadata)
+
+
+def build_snapshot_checks(config: Config, database: str) -> list[dg.AssetChecksDefinition]:
+    """``backup_integrity_verified`` (blocking; holds the identity) and ``rpo_met`` (no key)."""
     asset = snapshot_key(database)
     rpo_hours = config.database(database).rpo_hours
-    integrity_key, rpo_key = integrity_check_key(database), rpo_check_key(database)
 
-    @dg.multi_asset_check(
+    @dg.asset_check(
         pool=database_pool(database),
-        name=f"{dagster_name(database)}_backup_checks",
-        specs=[
-            dg.AssetCheckSpec(
-                INTEGRITY_CHECK, asset=asset, blocking=True,
-                description="The newest backup's SHA-256 matches its manifest; it decrypts, decompresses, "
-                "pg_restore --list parses it, and its tables match the manifest. The result is recorded "
-                "in the store.",
-            ),
-            dg.AssetCheckSpec(
-                RPO_CHECK, asset=asset,
-                description=f"The newest backup that passed integrity is at most {rpo_hours:g} h old.",
-            ),
-        ],
-        can_subset=True,
+        asset=asset, name=INTEGRITY_CHECK, blocking=True,
+        description="The newest backup's SHA-256 matches its manifest; it decrypts, decompresses, "
+        "`pg_restore --list` parses it, and its tables match the manifest. The result is recorded "
+        "in the store; in a backup run, `rpo_met` is evaluated right after it.",
     )
-    def backup_checks(context: dg.AssetCheckExecutionContext, dbprotect_config: DbprotectConfigResource,
-                      raw_backup_identity: AgeIdentityResource) -> Iterator[dg.AssetCheckResult]:
+    def backup_integrity_verified(context: dg.AssetCheckExecutionContext,
+                                  dbprotect_config: DbprotectConfigResource,
+                                  raw_backup_identity: AgeIdentityResource) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             config = dbprotect_config.load()
-        selected = context.selected_asset_check_keys
-        if integrity_key in selected:  # first: the RPO check counts what it records
-            yield integrity_result(config, database, raw_backup_identity,
-                                   dagster_actor(context.run.job_name, context.run.tags))
-        if rpo_key in selected:
-            yield rpo_result(config, database)
+        result = integrity_result(config, database, raw_backup_identity,
+                                  dagster_actor(context.run.job_name, context.run.tags))
+        # The RPO as it stands now that this verification is recorded (manifests only).
+        context.op_execution_context.log_event(rpo_evaluation(config, database))
+        return result
 
-    return backup_checks
+    @dg.asset_check(
+        pool=database_pool(database),
+        asset=asset, name=RPO_CHECK,
+        description=f"The newest backup that passed integrity is at most {rpo_hours:g} h old. Reads "
+        "manifests and verification records only: it runs without any private key.",
+    )
+    def rpo_met(dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
+        with core_errors_as_failures():
+            config = dbprotect_config.load()
+        return rpo_result(config, database)
+
+    return [backup_integrity_verified, rpo_met]

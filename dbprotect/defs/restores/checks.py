@@ -77,7 +77,7 @@ def drill_metadata(result: DrillResult) -> dict[str, dg.MetadataValue]:
         "backup_id": dg.MetadataValue.text(result.backup_id),
         **numeric_metadata(result.metrics(), counts=_INT_METRICS),
         "rto_minutes": dg.MetadataValue.float(round(result.rto_seconds / 60, 3)),
-        "rpo_hours": dg.MetadataValue.float(round(result.rpo_seconds / 3600, 3)),
+        "rpo_measured_hours": dg.MetadataValue.float(round(result.rpo_seconds / 3600, 3)),
         "problems_text": dg.MetadataValue.text("\n".join(result.verification.problems) or "none"),
     }
 
