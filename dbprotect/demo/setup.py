@@ -188,6 +188,11 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, *, rows: int | None 
     integrity = verify_database_backup(config, DEMO_DATABASE, backup.manifest.backup_id,
                                        by="dbprotect demo", environ=full_environ)
     extras = run_extras(config, full_environ, step) if run_all and integrity.ok else {}
+    step("recording the backup, its checks and the schema snapshots in the demo's Dagster instance")
+    # Dagster costs ~1.5 s to import; the CLI (which imports this module for every command) pays it here only.
+    from dbprotect.demo.record import record_in_dagster
+
+    record_in_dagster(paths.dagster_home, config, DEMO_DATABASE, backup, integrity, dsn, full_environ)
     status = database_status(config, DEMO_DATABASE)
     return DemoResult(
         paths=paths, dsn=dsn, loaded_now=loaded_now, load_seconds=load_seconds, table_rows=table_rows,
@@ -274,6 +279,28 @@ def write_demo_files(paths: DemoPaths, dsn: str, recipient: str, *, admin_dsn: s
     return environ
 
 
+#: The demo instance's dagster.yaml: default local storage in its folder, no telemetry, no
+#: "Join the community" pop-up over the UI, and the deployment's run queue and pool limits
+#: (one run and one step per database at a time, as in the repository's dagster.yaml).
+DEMO_INSTANCE_YAML = """\
+# Dagster instance of 'dbprotect demo' (rewritten on every run): default local storage in this folder.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: dbprotect/database
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+  pools:
+    default_limit: 1
+"""
+
+
 def _write_dagster_home(folder: Path) -> None:
     """A Dagster instance of the demo's own, with Dagster's default local storage.
 
@@ -282,10 +309,7 @@ def _write_dagster_home(folder: Path) -> None:
     its variables; with it, the demo's run history also survives restarts of the UI.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    instance = folder / "dagster.yaml"
-    if not instance.exists():
-        instance.write_text("# Dagster instance of 'dbprotect demo': default local storage in this folder.\n"
-                            "telemetry:\n  enabled: false\n", encoding="utf-8")
+    (folder / "dagster.yaml").write_text(DEMO_INSTANCE_YAML, encoding="utf-8")
 
 
 def ui_command(paths: DemoPaths) -> str:

@@ -19,7 +19,8 @@ import dagster as dg
 from dbprotect.core.config.isolation import protected_databases, reachable_environments, resolve_dsn
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import drift_between, push_schema
-from dbprotect.core.schema.snapshot import take_snapshot
+from dbprotect.core.schema.drift import DriftReport
+from dbprotect.core.schema.snapshot import SchemaSnapshot, take_snapshot
 from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import dagster_actor, dagster_name, database_pool
 from dbprotect.defs.resources import DbprotectConfigResource
@@ -34,6 +35,21 @@ def schema_key(database: str, environment: str) -> dg.AssetKey:
     return dg.AssetKey([dagster_name(database), f"{SCHEMA_ASSET_PREFIX}{environment}"])
 
 
+def schema_metadata(snapshot: SchemaSnapshot) -> dict[str, dg.MetadataValue]:
+    return {"sha256": dg.MetadataValue.text(snapshot.sha256), "objects": dg.MetadataValue.int(snapshot.objects),
+            "schema": dg.MetadataValue.md(f"```sql\n{snapshot.text}```")}
+
+
+def drift_evaluation(report: DriftReport, database: str) -> dg.AssetCheckEvaluation:
+    """``schema_matches_development``'s verdict (the check's result, or an event the demo reports)."""
+    return dg.AssetCheckEvaluation(
+        asset_key=schema_key(database, "production"), check_name=DRIFT_CHECK,
+        passed=report.ok, description=report.summary()[:1000],
+        metadata={"differences": dg.MetadataValue.int(len(report.items)),
+                  "allowed_pending": dg.MetadataValue.int(len(report.allowed)),
+                  "drift": dg.MetadataValue.text("\n".join(report.lines()) or "none")})
+
+
 def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
     @dg.asset(
         pool=database_pool(database),
@@ -45,11 +61,7 @@ def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
         with core_errors_as_failures():
             config = dbprotect_config.load()
             snapshot = take_snapshot(resolve_dsn(config, database, environment), pg_bin_dir=config.pg_bin_dir)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(snapshot.sha256),
-            metadata={"sha256": dg.MetadataValue.text(snapshot.sha256),
-                      "objects": dg.MetadataValue.int(snapshot.objects),
-                      "schema": dg.MetadataValue.md(f"```sql\n{snapshot.text}```")})
+        return dg.MaterializeResult(data_version=dg.DataVersion(snapshot.sha256), metadata=schema_metadata(snapshot))
 
     return schema_snapshot
 
@@ -64,11 +76,9 @@ def build_drift_check(database: str) -> dg.AssetChecksDefinition:
     def schema_matches_development(dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             report = drift_between(dbprotect_config.load(), database)
-        return dg.AssetCheckResult(
-            passed=report.ok, description=report.summary()[:1000],
-            metadata={"differences": dg.MetadataValue.int(len(report.items)),
-                      "allowed_pending": dg.MetadataValue.int(len(report.allowed)),
-                      "drift": dg.MetadataValue.text("\n".join(report.lines()) or "none")})
+        evaluation = drift_evaluation(report, database)
+        return dg.AssetCheckResult(passed=evaluation.passed, description=evaluation.description,
+                                   metadata=evaluation.metadata)
 
     return schema_matches_development
 
