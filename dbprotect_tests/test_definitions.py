@@ -16,12 +16,14 @@ from typing import Any
 import dagster as dg
 import pytest
 import yaml
+from dagster._config import process_config
 
 import dbprotect.core.config.load
 import dbprotect.defs
 from dbprotect.core.errors import ConfigError, CredentialIsolationError
 from dbprotect.defs import build_definitions, load_definitions
 from dbprotect.defs.resources import AgeIdentityResource, PostgresResource
+from dbprotect.defs.restores.jobs import restore_config_class
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET_DSN = "postgresql://app:s3cret-prod-password@prod.example.internal:5432/shop"
@@ -378,3 +380,25 @@ def test_sanitize_domain_splits_between_production_and_development(write_config,
         assert not sanitize_checks and "shop_sanitize_job" not in shot["jobs"]
         assert shot["sensors"]["shop_promote_dev_copy_sensor"] == {"jobs": ["promote_dev_copy"], "status": "STOPPED"}
         assert "shop_masking_key" not in shot["resources"]
+
+
+def test_launchpad_texts_are_plain_markdown_and_the_restore_form_is_valid_as_it_opens(write_config,
+                                                                                    monkeypatch) -> None:
+    """What the restore launchpad shows: resource and field descriptions without reStructuredText
+    markup (the UI renders Markdown), and with one database a form that is valid without edits."""
+    monkeypatch.setenv("TEST_SHOP_PROD_DSN", SECRET_DSN)
+    write_config(None, deployment="production")
+    defs = load_definitions()
+    for key, resource in (defs.resources or {}).items():
+        assert "``" not in (type(resource).__doc__ or ""), key
+    job = defs.resolve_job_def("restore")
+    # The form's defaults alone make a valid run config: Launch is enabled as the launchpad opens.
+    assert job.run_config_schema.config_type is not None
+    assert process_config(job.run_config_schema.config_type, {}).success
+    form = restore_config_class(["shop"])
+    for name, field in form.model_fields.items():
+        assert "``" not in (field.description or ""), name
+    # Several databases: an enum of them, no default (the person chooses).
+    many = restore_config_class(["shop", "ledger-db"]).model_json_schema()
+    assert "default" not in many["properties"]["database"]
+    assert set(many["$defs"]["ConfiguredDatabase"]["enum"]) == {"shop", "ledger-db"}

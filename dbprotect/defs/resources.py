@@ -27,10 +27,10 @@ IDENTITY_RESOURCE = "raw_backup_identity"
 
 
 class DbprotectConfigResource(dg.ConfigurableResource):
-    """The ``dbprotect.yaml`` a run works from.
+    """The `dbprotect.yaml` a run works from.
 
     Runs re-read the file (as the CLI does) instead of receiving a pickled copy, so a run launched
-    from the UI and ``dbprotect status`` on a laptop see the same configuration, and the
+    from the UI and `dbprotect status` on a laptop see the same configuration, and the
     credential-isolation rule is enforced again in the process that touches the data.
     """
 
@@ -43,12 +43,12 @@ class DbprotectConfigResource(dg.ConfigurableResource):
 
     @classmethod
     def of(cls, config: Config) -> DbprotectConfigResource:
-        """The resource that re-reads the file ``config`` came from, by absolute path (runs may start elsewhere)."""
+        """The resource that re-reads the file `config` came from, by absolute path (runs may start elsewhere)."""
         return cls(path=config_file(config))
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """One environment of one database; ``dsn`` is an ``EnvVar`` naming the variable that holds it."""
+    """One environment of one database; `dsn` is an `EnvVar` naming the variable that holds it."""
 
     dsn: str
 
@@ -60,7 +60,7 @@ class PostgresResource(dg.ConfigurableResource):
 class AgeIdentityResource(dg.ConfigurableResource):
     """The raw-backup age identity, needed only by checks that decrypt (rung *readable*).
 
-    ``identity`` holds the key itself or ``@/path/to/key.txt``; ``identity_env`` is the name of
+    `identity` holds the key itself or `@/path/to/key.txt`; `identity_env` is the name of
     the variable it came from, used in error messages instead of the value.
     """
 

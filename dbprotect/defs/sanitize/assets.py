@@ -44,7 +44,7 @@ def masking_key_resource_key(database: str) -> str:
 
 
 class MaskingKeyResource(dg.ConfigurableResource):
-    """The masking (HMAC) key of one database, as an ``EnvVar``: the UI shows its name, never its value."""
+    """The masking (HMAC) key of one database, as an `EnvVar`: the UI shows its name, never its value."""
 
     key: str
     key_env: str
