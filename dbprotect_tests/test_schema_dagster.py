@@ -47,10 +47,13 @@ def test_snapshots_drift_check_and_sync_job(make_db: Callable[..., str], write_c
         "database": "shop", "source": "development", "target": "production", "dry_run": False}}}},
         raise_on_error=False)
     assert not refused.success
+    sync_instance = dg.DagsterInstance.ephemeral()
     synced = job.execute_in_process(run_config={"ops": {"push_schema_op": {"config": {
         "database": "shop", "source": "development", "target": "production", "dry_run": False,
-        "confirmation": "shop"}}}})
+        "confirmation": "shop"}}}}, instance=sync_instance)
     assert synced.success
+    # The run names the database chosen in the form.
+    assert sync_instance.get_run_by_id(synced.run_id).tags["dbprotect/database"] == "shop"
     second = run_assets()
     [evaluation] = second.get_asset_check_evaluations()
     assert evaluation.passed

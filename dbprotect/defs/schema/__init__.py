@@ -22,7 +22,7 @@ from dbprotect.core.ops import drift_between, push_schema
 from dbprotect.core.schema.drift import DriftReport
 from dbprotect.core.schema.snapshot import SchemaSnapshot, take_snapshot
 from dbprotect.defs.helpers import core_errors_as_failures
-from dbprotect.defs.names import dagster_actor, dagster_name, database_pool
+from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, database_pool
 from dbprotect.defs.resources import DbprotectConfigResource
 from dbprotect.defs.schema.watch import build_pre_migration_sensor
 
@@ -98,6 +98,8 @@ def build_schema_sync_job() -> dg.JobDefinition:
     @dg.op
     def push_schema_op(context: dg.OpExecutionContext, config: SchemaSyncConfig,
                        dbprotect_config: DbprotectConfigResource) -> None:
+        # The database is chosen in the form, so the run is tagged with it here (every run names its database).
+        context.instance.add_run_tags(context.run_id, {DATABASE_TAG: config.database})
         with core_errors_as_failures():
             result = push_schema(dbprotect_config.load(), config.database, config.source, config.target,
                                  confirmation=config.confirmation or None, dry_run=config.dry_run,
