@@ -57,6 +57,7 @@ from dbprotect.core.crypto import fingerprint, parse_recipients
 from dbprotect.core.errors import DbprotectError, StorageError, ToolError
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.core.pg.tools import (
+    ToolPlace,
     connect,
     require_tool_for_server,
     server_major,
@@ -221,7 +222,7 @@ def _export_snapshot(conn: psycopg.Connection) -> _Snapshot:
 
 
 def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[str],
-               environment: str = "production", pg_bin_dir: str | None = None,
+               environment: str = "production", pg_bin_dir: ToolPlace = None,
                zstd_level: int = DEFAULT_ZSTD_LEVEL, zstd_threads: int = 2,
                progress: ProgressCallback | None = None,
                exclude_table_data: Sequence[str] = (),
@@ -244,7 +245,7 @@ def run_backup(*, database: str, dsn: str, storage: Storage, recipients: list[st
 
 
 def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[str], environment: str,
-                 pg_bin_dir: str | None, zstd_level: int, zstd_threads: int, progress: ProgressCallback | None,
+                 pg_bin_dir: ToolPlace, zstd_level: int, zstd_threads: int, progress: ProgressCallback | None,
                  exclude_table_data: Sequence[str], now: Callable[[], datetime],
                  finish: Callable[[Manifest], Manifest] | None = None) -> BackupResult:
     age_recipients = parse_recipients(recipients)
@@ -254,7 +255,7 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
     control = connect(dsn, autocommit=True, application_name="dbprotect-backup")
     try:
         snapshot = _export_snapshot(control)
-        pg_dump = require_tool_for_server("pg_dump", snapshot.server_major, pg_bin_dir)
+        pg_dump = require_tool_for_server("pg_dump", snapshot.server_major, pg_bin_dir, dsn=dsn)
         dsn_without_password, password = split_password(dsn)
         excluded = [f"--exclude-table-data={pattern}" for pattern in exclude_table_data]
         args = [str(pg_dump.path), "--format=custom", "--compress=0", f"--snapshot={snapshot.name}",

@@ -53,6 +53,7 @@ from pydantic import (
 )
 
 from dbprotect.core.errors import NotFoundError
+from dbprotect.core.pg.tools import ToolDirs
 from dbprotect.core.retention.policy import RetentionPolicy
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES
 
@@ -283,6 +284,9 @@ class DatabaseSpec(_Strict):
     cleanup_schedule: str = "0 4 * * 0"
     #: A standby restored from the newest verified backup (:mod:`dbprotect.core.restore.warm`); off when unset.
     warm_copy: WarmCopySpec | None = None
+    #: A production deployment refuses this database's production DSN unless its ``sslmode`` is
+    #: require, verify-ca or verify-full (DBP940); ``true`` accepts plaintext (a trusted network).
+    allow_plaintext: bool = False
 
     @field_validator("backup_schedule", "drill_schedule", "cleanup_schedule")
     @classmethod
@@ -306,6 +310,9 @@ class Config(_Strict):
     storage: dict[str, StorageSpec] = Field(min_length=1)
     keys: KeysSpec
     pg_bin_dir: str | None = None
+    #: Client tools per PostgreSQL major (``{15: /usr/lib/postgresql/15/bin}``): a restore into a
+    #: server of that major uses them, a dump of it prefers them (core.pg.tools says the order).
+    pg_bin_dirs: dict[int, str] = Field(default_factory=dict)
     timezone: str = "UTC"
     scratch: ScratchSpec = Field(default_factory=ScratchSpec)
     #: A backup or check dated more than this many minutes in the future is flagged ``clock-skew``
@@ -334,6 +341,15 @@ class Config(_Strict):
                         "a database's safety backups and sanitized copies in "
                         f"<name>{', <name>'.join(DERIVED_FOLDER_SUFFIXES)}): "
                         "their backups would be listed, kept and restored as one; rename one of them")
+        return value
+
+    @field_validator("pg_bin_dirs")
+    @classmethod
+    def _tool_majors(cls, value: dict[int, str]) -> dict[int, str]:
+        for major in value:
+            if not 10 <= major <= 99:
+                raise ValueError(f"pg_bin_dirs: {major} is not a PostgreSQL major version "
+                                 "(e.g. 15: /usr/lib/postgresql/15/bin)")
         return value
 
     @model_validator(mode="after")
@@ -377,6 +393,11 @@ class Config(_Strict):
 
     def primary_storage(self, database: str) -> str:
         return self.storage_names(database)[0]
+
+    @property
+    def tool_dirs(self) -> ToolDirs:
+        """Where the PostgreSQL client tools are: ``pg_bin_dir`` and ``pg_bin_dirs``, for core.pg.tools."""
+        return ToolDirs(default=self.pg_bin_dir, by_major=dict(self.pg_bin_dirs))
 
     @property
     def clock_skew_tolerance(self) -> timedelta:

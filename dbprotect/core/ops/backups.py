@@ -40,7 +40,7 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
         dsn = register_dsn(dsn or resolve_dsn(config, database, "production", environ))
         result = run_backup(
             database=database, dsn=dsn, storage=storage,
-            recipients=config.keys.raw.recipients, environment="production", pg_bin_dir=config.pg_bin_dir,
+            recipients=config.keys.raw.recipients, environment="production", pg_bin_dir=config.tool_dirs,
             progress=progress, exclude_table_data=config.database(database).exclude_table_data,
             zstd_level=config.database(database).compression_level, owner=actor,
         )

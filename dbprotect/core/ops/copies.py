@@ -157,7 +157,7 @@ def refresh_warm_copy(config: Config, database: str, *, force: bool = False, act
         backup_id = newest_verified_backup(storage, database)
         with terminate_as_interrupt():
             outcome = refresh_into(storage, load_manifest(storage, database, backup_id), raw_identity(config, environ),
-                                   dsn, recipients=config.keys.raw.recipients, pg_bin_dir=config.pg_bin_dir,
+                                   dsn, recipients=config.keys.raw.recipients, pg_bin_dir=config.tool_dirs,
                                    work_dir=config.scratch.work_dir, actor=actor, force=force,
                                    progress=progress, audit=audit)
     except DbprotectError as exc:

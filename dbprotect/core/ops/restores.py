@@ -84,7 +84,7 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
             held.enter_context(database_lock(storage, database, owner=by))
         return restore(storage, manifest, raw_identity(config, environ), target, confirmation=confirmation,
                        recipients=config.keys.raw.recipients, dry_run=dry_run,
-                       audit=AuditLog(storage, actor=by), pg_bin_dir=config.pg_bin_dir,
+                       audit=AuditLog(storage, actor=by), pg_bin_dir=config.tool_dirs,
                        work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze)
 
 
@@ -96,7 +96,7 @@ def restore_verify_database(config: Config, database: str, backup_id: str | None
     manifest = load_manifest(storage, database, backup_id or newest_complete_backup(storage, database))
     with terminate_as_interrupt(), scratch_server_from_config(config, environ) as server:
         return verify_restore(storage, manifest, raw_identity(config, environ), server,
-                              pg_bin_dir=config.pg_bin_dir, work_dir=config.scratch.work_dir, by=by,
+                              pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
                               progress=progress, audit=audit)
 
 
@@ -106,7 +106,7 @@ def drill_database(config: Config, database: str, *, by: str = "drill", environ:
     storage = primary_store(config, database)
     with terminate_as_interrupt(), scratch_server_from_config(config, environ) as server:
         return run_drill(storage, database, raw_identity(config, environ), server,
-                         rto_minutes=config.database(database).rto_minutes, pg_bin_dir=config.pg_bin_dir,
+                         rto_minutes=config.database(database).rto_minutes, pg_bin_dir=config.tool_dirs,
                          work_dir=config.scratch.work_dir, by=by, progress=progress, audit=audit)
 
 

@@ -76,7 +76,7 @@ def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None
     with scratch_server_from_config(config, environ) as server:
         result = build_sanitized(storage, manifest, identity, server, rules=rules, spec=spec, key=key,
                                  development_recipients=config.keys.development.recipients,
-                                 pg_bin_dir=config.pg_bin_dir, work_dir=config.scratch.work_dir, by=by,
+                                 pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
                                  progress=progress)
     _audit(storage, by, result)
     return result
@@ -124,7 +124,7 @@ def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact
     identity = load_identity(config.keys.development.identity_env, environ)
     return restore(storage, manifest, identity, target, confirmation=target.name,
                    recipients=config.keys.development.recipients, audit=AuditLog(storage, actor=by),
-                   safety_database=f"{database}-development-safety", pg_bin_dir=config.pg_bin_dir,
+                   safety_database=f"{database}-development-safety", pg_bin_dir=config.tool_dirs,
                    work_dir=config.scratch.work_dir, by=by, progress=progress)
 
 

@@ -88,7 +88,7 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
             audit = AuditLog(storage, actor=actor)
             result = run_backup(database=name, dsn=resolve_dsn(config, database, environment, environ),
                                 storage=storage, recipients=config.keys.raw.recipients, environment=environment,
-                                pg_bin_dir=config.pg_bin_dir)
+                                pg_bin_dir=config.tool_dirs)
             report = verify_backup(storage, name, result.manifest.backup_id, raw_identity(config, environ), by=actor)
             audit.record("backup", database=name, outcome="ok" if report.ok else "failed",
                          target=result.manifest.backup_id, detail=f"before {why}; {report.summary()}")

@@ -27,7 +27,7 @@ import pyrage
 import zstandard
 
 from dbprotect.core.errors import DbprotectError, IntegrityError, StorageError
-from dbprotect.core.pg.tools import require_tool_for_server
+from dbprotect.core.pg.tools import ToolPlace, select_tool
 from dbprotect.core.store import Storage
 from dbprotect.core.store.manifest import Manifest, dump_key
 from dbprotect.core.verify.integrity import HashingReader, check_identity_matches
@@ -194,14 +194,17 @@ class _ListingPipe:
 
 
 def read_archive_listing(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, *,
-                         pg_bin_dir: str | None = None) -> str:
+                         pg_bin_dir: ToolPlace = None) -> str:
     """``pg_restore --list`` of a stored backup, decrypting only as far as its table of contents.
 
     For restore plans (``--dry-run``): no file, no plaintext on disk, and on a large backup only
     the first megabytes are fetched, because the TOC comes first in the archive.
     """
     check_identity_matches(manifest, identity)
-    tool = require_tool_for_server("pg_restore", int(manifest.source["server_major"]), pg_bin_dir)
+    source_major = int(manifest.source["server_major"])
+    archive_major = int(manifest.pg_dump.get("major") or source_major)
+    tool = select_tool("pg_restore", at_least=archive_major, place=pg_bin_dir,
+                       newer_than=f"the archive (written by pg_dump {archive_major})")
     proc = subprocess.Popen([str(tool.path), "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out: list[bytes] = []

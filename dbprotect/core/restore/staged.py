@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import pyrage
 
-from dbprotect.core.errors import CryptoError, DatabaseError, DbprotectError, StorageError
+from dbprotect.core.errors import CryptoError, DatabaseError, DbprotectError, StorageError, ToolError
 from dbprotect.core.pg.pg_restore import Progress, list_archive, run_pg_restore
 from dbprotect.core.pg.scratch import ScratchDatabase, ScratchServer, staging_database
 from dbprotect.core.pg.swap import SwapIntent, SwapRecovery, recover_and_sweep
-from dbprotect.core.pg.tools import connect
+from dbprotect.core.pg.tools import ToolPlace, connect
 from dbprotect.core.restore.decrypt import decrypted_archive, sweep_restore_folders
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import record_verification
@@ -94,7 +94,7 @@ class PhaseClock:
 
 
 def verify_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
-                   server: ScratchServer, *, pg_bin_dir: str | None = None, jobs: int | None = None,
+                   server: ScratchServer, *, pg_bin_dir: ToolPlace = None, jobs: int | None = None,
                    work_dir: str | os.PathLike[str] | None = None, by: str = "dbprotect",
                    record: bool = True, progress: Progress | None = None,
                    audit: AuditLog | None = None, prepare: bool = True) -> RestoreVerification:
@@ -102,7 +102,9 @@ def verify_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
 
     Refuses (:class:`RefusedError`) a scratch server of another major version, and raises
     :class:`CryptoError` for a wrong identity, :class:`DatabaseError` / :class:`StorageError` when
-    the scratch server or the store fails; none is recorded, since the backup may be fine.
+    the scratch server or the store fails, :class:`ToolError` when the environment's tools do not
+    fit (missing, too old, no SSL, an archive version they cannot read); none is recorded, since
+    the backup may be fine.
     A backup that does not decrypt, restore or compare is a failed ``restored`` rung.
     ``prepare``: first put the scratch server in order (:func:`prepare_server`); a drill does it itself.
     """
@@ -114,8 +116,8 @@ def verify_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
     try:
         _restore_and_compare(storage, manifest, identity, server, clock, result,
                              pg_bin_dir=pg_bin_dir, jobs=jobs, work_dir=work_dir, progress=progress)
-    except (CryptoError, DatabaseError, StorageError):
-        raise  # the key, the server or the store failed, not the backup: never recorded against it
+    except (CryptoError, DatabaseError, StorageError, ToolError):
+        raise  # the key, the server, the store or the tools failed, not the backup: never recorded against it
     except DbprotectError as exc:
         result.problems.append(exc.one_line())
     result.ok = not result.problems
@@ -142,7 +144,7 @@ class StagedRestore:
 
 @contextlib.contextmanager
 def staged_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, admin_dsn: str,
-                   clock: PhaseClock, *, pg_bin_dir: str | None = None, jobs: int | None = None,
+                   clock: PhaseClock, *, pg_bin_dir: ToolPlace = None, jobs: int | None = None,
                    work_dir: str | os.PathLike[str] | None = None, progress: Progress | None = None,
                    encoding: str | None = None, keep_owners: bool = False,
                    analyze: bool = False) -> Iterator[StagedRestore]:
@@ -155,17 +157,20 @@ def staged_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
     ``analyze`` runs ANALYZE beside the comparison (for a database about to take traffic).
     """
     major = int(manifest.source["server_major"])
+    archive_major = int(manifest.pg_dump.get("major") or major)
     with staging_database(admin_dsn, encoding=encoding, application_name="dbprotect-restore") as staging:
         with TableVerifier(staging.dsn, manifest, workers=jobs, server_major=major, pg_bin_dir=pg_bin_dir) as tables:
             with contextlib.ExitStack() as plaintext:
                 with clock("decrypt"):
                     archive = plaintext.enter_context(decrypted_archive(storage, manifest, identity, work_dir))
-                    listing = list_archive(archive, server_major=major, pg_bin_dir=pg_bin_dir)
+                    listing = list_archive(archive, server_major=major, pg_bin_dir=pg_bin_dir,
+                                           archive_major=archive_major)
                     expected = parse_toc_listing(listing)
                     tables.expect(listing)
                 with clock("restore"):
                     run_pg_restore(archive, staging.dsn, server_major=major, jobs=jobs, keep_owners=keep_owners,
-                                   pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release)
+                                   pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release,
+                                   archive_major=archive_major)
             clock.timings["tables_released_during_restore"] = tables.released_early
             with _analyze_alongside(staging.dsn, clock.timings, enabled=analyze) as analyzed, clock("verify"):
                 problems, objects = verify_restored_database(staging.dsn, manifest, expected, tables=tables)
@@ -176,7 +181,7 @@ def staged_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
 
 def _restore_and_compare(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
                          server: ScratchServer, clock: PhaseClock, result: RestoreVerification, *,
-                         pg_bin_dir: str | None, jobs: int | None, work_dir: str | os.PathLike[str] | None,
+                         pg_bin_dir: ToolPlace, jobs: int | None, work_dir: str | os.PathLike[str] | None,
                          progress: Progress | None) -> None:
     with staged_restore(storage, manifest, identity, server.admin_dsn, clock, pg_bin_dir=pg_bin_dir, jobs=jobs,
                         work_dir=work_dir, progress=progress, encoding=manifest.source.get("encoding")) as staged:

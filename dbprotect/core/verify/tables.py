@@ -126,7 +126,7 @@ class TableVerifier:
         self._target, self._password = split_password(dsn)
         self._psql: Path | None = None
         with contextlib.suppress(ToolError):
-            self._psql = require_tool_for_server("psql", server_major or 0, pg_bin_dir).path
+            self._psql = require_tool_for_server("psql", server_major or 0, pg_bin_dir, dsn=dsn).path
         self._jobs: dict[str, _TableJob] = {}
         for qualified, record in manifest.tables.items():
             schema, name = record.location(qualified)

@@ -60,7 +60,7 @@ def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
     def schema_snapshot(dbprotect_config: DbprotectConfigResource) -> dg.MaterializeResult:
         with core_errors_as_failures():
             config = dbprotect_config.load()
-            snapshot = take_snapshot(resolve_dsn(config, database, environment), pg_bin_dir=config.pg_bin_dir)
+            snapshot = take_snapshot(resolve_dsn(config, database, environment), pg_bin_dir=config.tool_dirs)
         return dg.MaterializeResult(data_version=dg.DataVersion(snapshot.sha256), metadata=schema_metadata(snapshot))
 
     return schema_snapshot
