@@ -228,10 +228,10 @@ class TestCredentialIsolation:
 
     def test_production_deployment_with_its_own_credentials_loads(self, tmp_path: Path) -> None:
         config = self._config(tmp_path, "production")
-        environ = {"SHOP_PROD_DSN": "postgresql://p@prod/shop", "RAW_IDENTITY": "AGE-SECRET-KEY-1X",
-                   "SHOP_DEV_DSN": ""}  # set but empty counts as absent
+        environ = {"SHOP_PROD_DSN": "postgresql://p@prod/shop?sslmode=verify-full", "RAW_IDENTITY": "AGE-SECRET-KEY-1X",
+                   "SHOP_DEV_DSN": ""}  # set but empty counts as absent; TLS: production refuses plaintext (DBP940)
         check_credential_isolation(config, environ)
-        assert resolve_dsn(config, "shop", "production", environ) == "postgresql://p@prod/shop"
+        assert resolve_dsn(config, "shop", "production", environ) == "postgresql://p@prod/shop?sslmode=verify-full"
 
     def test_demo_allows_both(self, tmp_path: Path) -> None:
         config = self._config(tmp_path, "demo")

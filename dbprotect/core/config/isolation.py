@@ -15,8 +15,9 @@ import os
 from collections.abc import Mapping
 
 from dbprotect.core.config.model import Config
-from dbprotect.core.errors import ConfigError, CredentialIsolationError
-from dbprotect.core.pg.dsn import register_dsn
+from dbprotect.core.errors import ConfigError, CredentialIsolationError, Refusals, RefusedError
+from dbprotect.core.pg.dsn import mask_dsn, register_dsn
+from dbprotect.core.pg.tools import dsn_sends_plaintext
 
 #: Which environments' credentials each deployment may hold. A deployment that sees the DSN
 #: variable of any other environment refuses to load.
@@ -121,7 +122,16 @@ def resolve_dsn(config: Config, database: str, environment: str = "production",
             f"${env.dsn_env} is not set (the {environment} DSN of database {database!r})",
             hint=f"export {env.dsn_env}=postgresql://user:password@host:5432/dbname",
         )
-    return register_dsn(value)  # its password (and $PGPASSWORD) are redacted from all output
+    register_dsn(value)  # its password (and $PGPASSWORD) are redacted from all output
+    if (config.deployment == "production" and environment == "production" and not spec.allow_plaintext
+            and dsn_sends_plaintext(value)):
+        raise RefusedError(
+            f"refused: the production DSN of {database!r} (${env.dsn_env}, {mask_dsn(value)}) does not require "
+            "TLS: its credentials and data would cross the network in plaintext",
+            hint=f"add sslmode=verify-full (with sslrootcert) or sslmode=require to ${env.dsn_env}, or set "
+                 f"databases.{database}.allow_plaintext: true for a trusted network",
+            refusal=Refusals.PLAINTEXT_PRODUCTION_DSN)
+    return value
 
 
 __all__ = ["ALLOWED_ENVIRONMENTS", "check_credential_isolation", "protected_databases", "reachable_environments",
