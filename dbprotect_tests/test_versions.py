@@ -28,6 +28,7 @@ from dbprotect.core.restore.drill import run_drill
 from dbprotect.core.restore.staged import PhaseClock, staged_restore, verify_restore
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import recorded_verifications
+from dbprotect.core.verify.integrity import verify_backup
 from dbprotect_tests.fixtures.other_pg import PG15_BIN, OtherServer, needs_pg15, start_server
 
 pytestmark = [pytest.mark.slow, needs_pg15]
@@ -215,3 +216,17 @@ def test_system_folders_are_found_without_configuration() -> None:
     if shutil.which("pg_dump") is None and embedded_bin_dir() is None:
         pytest.skip("no tools")
     assert select_tool("pg_dump", at_least=15, prefer=15).path.parent == PG15_BIN
+
+
+def test_verify_with_a_pg_restore_too_old_for_the_archive_records_nothing(
+        shop15: str, storage: FilesystemStorage, age_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rung 2 (``verify``) lists the archive with pg_restore: one too old for it is the environment's failure."""
+    manifest = run_backup(database="shop", dsn=shop15, storage=storage, recipients=[age_keys[1]]).manifest
+    identity = parse_identity(age_keys[0], source="test")
+    monkeypatch.setenv("DBPROTECT_PG_BIN", str(PG15_BIN))
+    with pytest.raises(ToolError) as err:
+        verify_backup(storage, "shop", manifest.backup_id, identity)
+    assert "older than the archive's pg_dump (PostgreSQL 18)" in str(err.value)
+    assert recorded_verifications(storage, "shop", manifest.backup_id) == []
+    monkeypatch.delenv("DBPROTECT_PG_BIN")
+    assert verify_backup(storage, "shop", manifest.backup_id, identity).ok

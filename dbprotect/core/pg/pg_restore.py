@@ -123,7 +123,7 @@ def restore_tool(archive_major: int, target_major: int, *, dsn: str | None = Non
     """pg_restore able to read an archive of ``archive_major`` into a ``target_major`` server (its own
     major preferred), with the settings lines the target would reject (:data:`NEWER_SETTINGS`)."""
     tool = select_tool("pg_restore", at_least=archive_major, prefer=target_major, dsn=dsn, place=place,
-                       newer_than=f"the archive (written by pg_dump {archive_major})")
+                       newer_than="the archive's pg_dump")
     rejected = tuple(line for since, lines in NEWER_SETTINGS.items() if tool.major >= since > target_major
                      for line in lines)
     return RestoreTool(tool, target_major, rejected)
@@ -285,7 +285,7 @@ def list_archive(archive: Path, *, server_major: int, pg_bin_dir: ToolPlace = No
     the archive: as new as the pg_dump that wrote it)."""
     wanted = archive_major or archive_dump_major(archive) or server_major
     tool = select_tool("pg_restore", at_least=wanted, place=pg_bin_dir,
-                       newer_than=f"the archive (written by pg_dump {wanted})")
+                       newer_than="the archive's pg_dump")
     out = subprocess.run([str(tool.path), "--list", str(archive)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         reason = (out.stderr.strip().splitlines() or [""])[-1]

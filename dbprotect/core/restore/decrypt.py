@@ -204,7 +204,7 @@ def read_archive_listing(storage: Storage, manifest: Manifest, identity: pyrage.
     source_major = int(manifest.source["server_major"])
     archive_major = int(manifest.pg_dump.get("major") or source_major)
     tool = select_tool("pg_restore", at_least=archive_major, place=pg_bin_dir,
-                       newer_than=f"the archive (written by pg_dump {archive_major})")
+                       newer_than="the archive's pg_dump")
     proc = subprocess.Popen([str(tool.path), "--list"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out: list[bytes] = []

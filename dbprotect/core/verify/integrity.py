@@ -26,7 +26,7 @@ import zstandard
 from dbprotect.core.backup.archive import ArchiveInspector, TruncatedArchive, UnsupportedArchive
 from dbprotect.core.crypto import fingerprint, identity_recipient
 from dbprotect.core.errors import CryptoError, IntegrityError
-from dbprotect.core.pg.tools import find_tool
+from dbprotect.core.pg.tools import select_tool
 from dbprotect.core.store import ObjectNotFound, Storage
 from dbprotect.core.store.catalog import load_manifest, record_check, record_verification
 from dbprotect.core.store.manifest import Manifest, Verification, dump_key
@@ -188,7 +188,10 @@ def _stored_result(manifest: Manifest, reader: HashingReader, seconds: float) ->
 def _decrypt_and_parse(reader: HashingReader, manifest: Manifest,
                        identity: pyrage.x25519.Identity) -> RungResult:
     started = time.perf_counter()
-    sink = _ArchiveSink(str(find_tool("pg_restore")))
+    archive_major = int(manifest.pg_dump.get("major") or manifest.source["server_major"])
+    tool = select_tool("pg_restore", at_least=archive_major,  # too old a tool: the environment's failure
+                       newer_than="the archive's pg_dump")
+    sink = _ArchiveSink(str(tool.path))
     decompressor = zstandard.ZstdDecompressor().stream_writer(sink, write_size=CHUNK, closefd=False)
     problem = ""
     try:
