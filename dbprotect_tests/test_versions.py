@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dbprotect.cli.app import run
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import Refusals, RefusedError, ToolError
@@ -27,7 +28,7 @@ from dbprotect.core.pg.tools import ToolDirs, require_tool_for_server, select_to
 from dbprotect.core.restore.drill import run_drill
 from dbprotect.core.restore.staged import PhaseClock, staged_restore, verify_restore
 from dbprotect.core.store import FilesystemStorage
-from dbprotect.core.store.catalog import recorded_verifications
+from dbprotect.core.store.catalog import list_backups, recorded_verifications
 from dbprotect.core.verify.integrity import verify_backup
 from dbprotect_tests.fixtures.other_pg import PG15_BIN, OtherServer, needs_pg15, start_server
 
@@ -230,3 +231,27 @@ def test_verify_with_a_pg_restore_too_old_for_the_archive_records_nothing(
     assert recorded_verifications(storage, "shop", manifest.backup_id) == []
     monkeypatch.delenv("DBPROTECT_PG_BIN")
     assert verify_backup(storage, "shop", manifest.backup_id, identity).ok
+
+
+def test_cli_drill_with_unfitting_tools_exits_5_and_records_nothing(
+        shop15: str, pg15: OtherServer, write_config: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's path through the CLI: a 15 scratch server and tools pointed at 15 for a backup
+    written by pg_dump 18. One line, DBP005 (the tools), exit 5; the backup stays unjudged; with
+    the default tools the same drill passes."""
+    monkeypatch.setenv("TEST_SCRATCH_DSN", pg15.socket_dsn())
+    scratch = {"admin_dsn_env": "TEST_SCRATCH_DSN"}
+    write_config(shop15, deployment="production", extra={"scratch": scratch})
+    assert run(["backup", "shop"]) == 0
+    storage = FilesystemStorage(tmp_path / "store")
+    [backup_id] = [entry.backup_id for entry in list_backups(storage, "shop")]
+    capsys.readouterr()
+    write_config(shop15, deployment="production", extra={"scratch": scratch, "pg_bin_dir": str(PG15_BIN)})
+    code = run(["drill", "shop"])
+    err = capsys.readouterr().err
+    assert code == 5 and err.startswith("error[DBP005]: pg_restore 15."), err
+    assert "Traceback" not in err
+    assert _restored_checks(storage, "shop", backup_id) == []
+    write_config(shop15, deployment="production", extra={"scratch": scratch})
+    assert run(["drill", "shop"]) == 0, capsys.readouterr().err
+    assert _restored_checks(storage, "shop", backup_id) == ["restored:True", "drilled:True"]
