@@ -131,11 +131,17 @@ class ToolVersion:
 
 
 def tool_version(path: Path) -> ToolVersion:
-    return _tool_version(str(path))
+    """The tool's version, asked once per file state (path and modification time): a long-running
+    process (a Dagster code server) sees an upgraded tool, and a lookup costs one ``--version`` run."""
+    try:
+        changed = path.stat().st_mtime_ns
+    except OSError:
+        changed = 0
+    return _tool_version(str(path), changed)
 
 
 @functools.cache
-def _tool_version(path: str) -> ToolVersion:
+def _tool_version(path: str, _changed: int) -> ToolVersion:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
