@@ -52,7 +52,7 @@ def schema_events(config: Config, database: str,
     events: list[dg.AssetMaterialization | dg.AssetCheckEvaluation] = []
     environments = reachable_environments(config, database)
     for environment in environments:
-        snapshot = take_snapshot(resolve_dsn(config, database, environment, environ), pg_bin_dir=config.pg_bin_dir)
+        snapshot = take_snapshot(resolve_dsn(config, database, environment, environ), pg_bin_dir=config.tool_dirs)
         events.append(dg.AssetMaterialization(asset_key=schema_key(database, environment),
                                               metadata=schema_metadata(snapshot),
                                               tags={"dagster/data_version": snapshot.sha256}))
