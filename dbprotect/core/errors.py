@@ -130,6 +130,7 @@ class Refusals:
     LINT_FINDINGS = Refusal("DBP924", "migration lint found problems that are not waived")
     SCHEMA_DRIFT = Refusal("DBP925", "development's schema differs from production's beyond the allowed changes")
     DATABASE_LOCKED = Refusal("DBP930", "another dbprotect writer holds the database's lock in the store")
+    KEY_FILE_EXISTS = Refusal("DBP941", "`keygen` never overwrites an existing file (a lost key loses its backups)")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:
