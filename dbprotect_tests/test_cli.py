@@ -121,8 +121,8 @@ def test_stored_only_needs_no_private_key(chinook_config: Path, monkeypatch: pyt
     assert [(r["rung"], r["ok"]) for r in document["results"]] == [("stored", True)]
     code = run(["verify", "latest"])
     err = capsys.readouterr().err
-    assert code == 2
-    assert err.startswith("error[DBP002]: $TEST_RAW_IDENTITY is not set")
+    assert code == 8  # a missing key is a key problem, as the README's table says (issue 13)
+    assert err.startswith("error[DBP008]: $TEST_RAW_IDENTITY is not set")
 
 
 def test_missing_config_is_one_line_exit_2(tmp_path: Path) -> None:

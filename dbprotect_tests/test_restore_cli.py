@@ -105,7 +105,8 @@ def test_wrong_confirmation_exits_9_and_leaves_the_target_untouched(backed_up, d
     assert code == RefusedError.exit_code == 9
     assert err.splitlines()[0] == (f"error[DBP906]: refused: overwriting database '{name}' needs its name as "
                                    "confirmation (you typed 'chinook'); nothing was changed")
-    assert f"hint: repeat with --confirm {name}" in err
+    assert "hint: repeat with --confirm followed by that database's name, typed by you" in err
+    assert name not in err.splitlines()[1]  # described, never the value to paste
     assert content(dsn) == before
     assert list_backups(store, "chinook-safety") == []  # refused before the safety backup
 

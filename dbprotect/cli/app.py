@@ -18,7 +18,7 @@ import traceback
 
 import click
 
-from dbprotect.cli.commands import audit, backups, copies, demo, restores, retention, sanitize, schema
+from dbprotect.cli.commands import audit, backups, copies, demo, keys, restores, retention, sanitize, schema
 from dbprotect.cli.ui.render import Ui, common_options, redacted_output, scrub
 from dbprotect.core.errors import (
     EXIT_INTERNAL,
@@ -53,7 +53,7 @@ for _command in (
     demo.demo,
     retention.cleanup,
     copies.copy_command, copies.warm_copy_command,
-    audit.audit,
+    audit.audit, keys.keygen,
     schema.mark, schema.check_target_command, schema.lint, schema.schema, schema.guard,
     sanitize.sanitize, sanitize.promote,
 ):

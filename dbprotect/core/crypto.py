@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyrage
 
-from dbprotect.core.errors import ConfigError, CryptoError
+from dbprotect.core.errors import CryptoError
 from dbprotect.core.redact import register
 
 
@@ -58,7 +58,7 @@ def load_identity(env_var: str, environ: Mapping[str, str] | None = None) -> pyr
     value = environ.get(env_var)
     register(value)
     if not value:
-        raise ConfigError(
+        raise CryptoError(  # a missing key is a key problem (exit 8, as the README's table says)
             f"${env_var} is not set: the age identity is needed to decrypt backups",
             hint=f"put the secret key line from age-keygen in {env_var}, or @/path/to/key.txt",
         )

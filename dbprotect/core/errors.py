@@ -132,6 +132,7 @@ class Refusals:
     DATABASE_LOCKED = Refusal("DBP930", "another dbprotect writer holds the database's lock in the store")
     PLAINTEXT_PRODUCTION_DSN = Refusal("DBP940", "a production deployment reaches production over TLS "
                                                  "(sslmode require or stronger) unless `allow_plaintext: true`")
+    KEY_FILE_EXISTS = Refusal("DBP941", "`keygen` never overwrites an existing file (a lost key loses its backups)")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:

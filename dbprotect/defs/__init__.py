@@ -29,6 +29,7 @@ import dagster as dg
 from dbprotect.core.config.isolation import check_credential_isolation
 from dbprotect.core.config.load import load_config
 from dbprotect.core.config.model import Config
+from dbprotect.defs.alerts import build_alert_definitions
 from dbprotect.defs.backups import build_backup_definitions
 from dbprotect.defs.copies import build_copy_definitions
 from dbprotect.defs.resources import build_resources
@@ -43,7 +44,7 @@ def build_definitions(config: Config) -> dg.Definitions:
     return dg.Definitions.merge(build_backup_definitions(config), build_restore_definitions(config),
                                 build_copy_definitions(config), build_retention_definitions(config),
                                 build_schema_definitions(config), build_pre_migration_definitions(config),
-                                build_sanitize_definitions(config),
+                                build_sanitize_definitions(config), build_alert_definitions(config),
                                 dg.Definitions(resources=build_resources(config)))
 
 

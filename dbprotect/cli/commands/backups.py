@@ -150,8 +150,10 @@ def backup(ui: Ui, database: str) -> int:
                  "rows": {name: table.rows for name, table in manifest.tables.items()}})
         return EXIT_OK
     console = ui.console()
-    console.print(f"[bold]backup {manifest.backup_id}[/] of {database}: done", soft_wrap=True)
+    console.print(f"[bold]backup {manifest.backup_id}[/] of {database}: stored, [yellow]not verified yet[/]",
+                  soft_wrap=True)
     print_backup_lines(console, result.uri, metrics)
+    console.print(f"  verify it: dbprotect verify {manifest.backup_id} --database {database}", soft_wrap=True)
     return EXIT_OK
 
 

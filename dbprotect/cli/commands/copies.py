@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import click
 
-from dbprotect.cli.ui.render import PhasePrinter, Ui, common_options, human_age, human_bytes, scrub
+from dbprotect.cli.ui.render import PhasePrinter, Ui, common_options, human_age, human_bytes, scrub, server_where
 from dbprotect.core.errors import EXIT_OK, IntegrityError
 from dbprotect.core.ops import cli_actor, copy_targets, copy_to_target, refresh_warm_copy, verify_warm_copy
 
@@ -77,7 +77,7 @@ def warm_copy_command(ui: Ui, database: str, force: bool, check_only: bool) -> i
     if ui.json:
         ui.emit(outcome.to_dict())
         return EXIT_OK
-    click.echo(scrub(f"{outcome.reason} ({outcome.server})"))
+    click.echo(scrub(f"{outcome.reason} (on {server_where(outcome.server)})"))
     click.echo(f"  data age {human_age(timedelta(hours=outcome.backup_age_hours()))}"
                + (f"; {outcome.tables} tables, {outcome.rows:,} rows verified in "
                   f"{outcome.timings.get('total_seconds', 0):.2f} s" if outcome.refreshed else ""))

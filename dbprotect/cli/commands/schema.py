@@ -206,7 +206,8 @@ def drift(ui: Ui, database: str) -> int:
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--database", "-d", metavar="DB", help="Configured database [default: the only one].")
 @click.option("--environment", "-e", type=ENVIRONMENT_CHOICE, default="development", show_default=True)
-@click.option("--confirm", "confirmation", metavar="NAME", help="Production needs DB's name here.")
+@click.option("--confirm", "confirmation", metavar="NAME",
+              help="Running against production needs that database's exact name here (as restore asks).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @common_options
 @click.pass_obj
@@ -216,7 +217,8 @@ def guard(ui: Ui, database: str | None, environment: str, confirmation: str | No
     \b
     dbprotect guard -d shop -e development -- alembic downgrade -1
     If the backup or its integrity check fails, COMMAND never runs (exit 9). Production needs
-    --confirm DB. The command sees $DBPROTECT_GUARD_BACKUP_ID; its exit status is returned.
+    --confirm NAME, NAME being the production database's exact name (as restore asks). The
+    command sees $DBPROTECT_GUARD_BACKUP_ID; its exit status is returned.
     """
     config = ui.load()
     if database is None:

@@ -34,7 +34,7 @@ from dbprotect.core.config.isolation import check_credential_isolation
 from dbprotect.core.config.load import load_config
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import DbprotectError
-from dbprotect.core.pg.dsn import scrub_text, scrub_value
+from dbprotect.core.pg.dsn import scrub_text, scrub_value, server_label
 from dbprotect.core.redact import redact
 
 
@@ -162,6 +162,13 @@ def error_document(err: DbprotectError) -> dict[str, Any]:
             "hint": scrub(err.hint) if err.hint else None}
 
 
+def server_where(masked_dsn: str) -> str:
+    """Where a (masked) DSN points, as a person writes it: ``server /run/postgresql:5432`` or
+    ``server db.example.com``, decoded (a URI's ``%2F`` or ``%29`` is not for people), no user."""
+    label = server_label(masked_dsn)  # parsed as libpq does: percent-decoded, user and password dropped
+    return "server " + label.split(" on ", 1)[1] if " on " in label else label
+
+
 # --- progress ------------------------------------------------------------------------------------
 
 class ByteBar:
@@ -173,6 +180,7 @@ class ByteBar:
         self._label = label
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._done = 0
 
     def __call__(self, done: int, estimate: int) -> None:
         if self._progress is None:
@@ -182,7 +190,21 @@ class ByteBar:
             self._progress.start()
             self._task = self._progress.add_task(self._label, total=None)
         assert self._task is not None
+        self._done = done
         self._progress.update(self._task, completed=done, total=max(done, estimate))
+
+    def finish(self) -> None:
+        """The work is done: the total is what was done, so the bar ends full (an estimate above
+        the real size would leave it at, say, 84% while the command reports success)."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=self._done, total=self._done)
+            self._progress.refresh()
+
+    def percentage(self) -> float | None:
+        """The bar's current fill in percent (None before the first update)."""
+        if self._progress is None or self._task is None:
+            return None
+        return self._progress.tasks[0].percentage
 
     def stop(self) -> None:
         if self._progress is not None:
@@ -199,6 +221,7 @@ def progress_bar(ui: Ui, label: str) -> Iterator[ByteBar | None]:
     bar = ByteBar(ui, label)
     try:
         yield bar
+        bar.finish()
     finally:
         bar.stop()
 

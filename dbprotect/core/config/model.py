@@ -304,6 +304,18 @@ class DatabaseSpec(_Strict):
         return policy if policy is not None else RetentionPolicy()
 
 
+class AlertsSpec(_Strict):
+    """Alerts without Dagster+: run and check failures posted to a Slack-compatible webhook.
+
+    ``webhook_url_env`` names the variable holding the webhook URL (a Slack incoming-webhook URL is
+    a credential: whoever has it can post). Alerts are off when ``alerts:`` is absent.
+    """
+
+    webhook_url_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    #: How often the check-failure sensor polls the latest check evaluations.
+    check_poll_seconds: int = Field(default=60, ge=10, le=3600)
+
+
 class Config(_Strict):
     deployment: Deployment
     databases: dict[str, DatabaseSpec] = Field(min_length=1)
@@ -318,6 +330,8 @@ class Config(_Strict):
     #: A backup or check dated more than this many minutes in the future is flagged ``clock-skew``
     #: and ignored by latest, RPO and retention (core.store.catalog.CLOCK_SKEW_TOLERANCE's default).
     clock_skew_tolerance_minutes: float = Field(default=5.0, ge=0, le=24 * 60)
+    #: Failure alerts to a webhook (``defs/alerts.py``); none when unset.
+    alerts: AlertsSpec | None = None
 
     #: Where the file was read from; relative storage paths resolve against its folder.
     source: str = Field(default="<memory>", exclude=True)

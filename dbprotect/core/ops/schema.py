@@ -20,7 +20,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.errors import DatabaseError, DbprotectError, Refusals, RefusedError, ToolError
 from dbprotect.core.ops.backups import backup_database, verify_database_backup
 from dbprotect.core.ops.context import audit_log, primary_store, raw_identity
-from dbprotect.core.pg.dsn import mask_dsn
+from dbprotect.core.pg.dsn import dbname_of, mask_dsn
 from dbprotect.core.pg.tools import connect, server_major
 from dbprotect.core.restore.guards import check_confirmation
 from dbprotect.core.schema.drift import DriftReport, compare_schemas, migration
@@ -114,9 +114,10 @@ def guard_command(config: Config, database: str, environment: str, command: Sequ
     shown = mask_arguments(command)
     audit = AuditLog(primary_store(config, database), actor=actor)
     try:
-        check_target(resolve_dsn(config, database, environment, environ), environment)
-        if environment == "production":
-            check_confirmation(database, confirmation)
+        dsn = resolve_dsn(config, database, environment, environ)
+        check_target(dsn, environment)
+        if environment == "production":  # the name of the database it would run against, as restore asks
+            check_confirmation(dbname_of(dsn) or database, confirmation, action=f"running '{shown}' against")
         backup = take_verified_backup(config, database, environment, why=f"'{shown}'", actor=actor,
                                       environ=environ)
     except DbprotectError as exc:

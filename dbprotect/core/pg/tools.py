@@ -311,8 +311,11 @@ def connect(dsn: str, *, autocommit: bool = False, application_name: str = "dbpr
         hint = None
         if "password authentication failed" in reason:
             hint = "check the password in the DSN's environment variable"
+        elif "No such file or directory" in reason or "Is the server running" in reason:
+            hint = ("no server is listening there: start PostgreSQL (the demo's: 'dbprotect demo'), "
+                    "or check the DSN's host (socket folder) and port")
         elif "could not translate host name" in reason or "Connection refused" in reason or "timeout" in reason:
-            hint = "check the host and port, and that the server accepts connections from here"
+            hint = "check the host and port, and that the server is running and accepts connections from here"
         raise DatabaseError(f"cannot connect to {mask_dsn(dsn)}: {reason}", hint=hint) from None
     except psycopg.ProgrammingError as exc:
         raise DatabaseError(f"invalid DSN {mask_dsn(dsn)}: {connection_failure_reason(exc)}") from None

@@ -60,14 +60,24 @@ def check_direction(backup_environment: str, target_environment: str) -> None:
         )
 
 
-def check_confirmation(target_database: str, confirmation: str | None) -> None:
-    """Overwriting a database requires typing its exact name, as on-call engineers expect."""
+#: What a refused confirmation asks for: by description, never the value itself, so that the
+#: confirmation stays something a person types after reading which database it is (a hint holding
+#: the exact text to paste would make the confirmation a copy-and-paste formality).
+CONFIRMATION_HINT = "repeat with --confirm followed by that database's name, typed by you"
+
+
+def check_confirmation(target_database: str, confirmation: str | None, *, action: str = "overwriting") -> None:
+    """Changing a database in place requires typing its exact name, as on-call engineers expect.
+
+    One rule and one wording for every command that asks (restore, guard, push): ``action`` says
+    what would be done to ``target_database`` ("overwriting", "running 'psql -f x.sql' against").
+    """
     if confirmation != target_database:
         typed = "nothing" if not confirmation else repr(confirmation)
         raise RefusedError(
-            f"refused: overwriting database {target_database!r} needs its name as confirmation "
+            f"refused: {action} database {target_database!r} needs its name as confirmation "
             f"(you typed {typed}); nothing was changed",
-            hint=f"repeat with --confirm {target_database}",
+            hint=CONFIRMATION_HINT,
             refusal=Refusals.CONFIRMATION,
         )
 

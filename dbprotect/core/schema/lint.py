@@ -229,10 +229,12 @@ def lint_text(text: str, file: str, *, squawk: list[Finding] | None = None) -> L
         span = next(((s.first_line, s.last_line) for s in statements
                      if _line_of(text, s.start) <= number <= s.last_line), (number, number + 1))
         waivers.append((Waiver(file, number, match.group(1).lower(), match.group(2).strip()), *span))
+    findings = _without_squawk_duplicates(findings, statements)
     kept: list[Finding] = []
     waived: list[tuple[Finding, Waiver]] = []
     for finding in sorted(findings, key=lambda f: (f.line, f.rule)):
-        names = {finding.rule, SQUAWK_EQUIVALENTS.get(finding.rule, finding.rule)}
+        names = {finding.rule, SQUAWK_EQUIVALENTS.get(finding.rule, finding.rule)} | {
+            squawk for squawk, ours in SQUAWK_EQUIVALENTS.items() if ours == finding.rule}  # either name waives
         waiver = next((w for w, first, last in waivers if w.rule in names and first <= finding.line <= last
                        and w.line <= finding.line), None)
         if waiver is None:
@@ -240,6 +242,21 @@ def lint_text(text: str, file: str, *, squawk: list[Finding] | None = None) -> L
         else:
             waived.append((finding, waiver))
     return LintResult(tuple(kept), tuple(waived))
+
+
+def _without_squawk_duplicates(findings: list[Finding], statements: list[_Statement]) -> list[Finding]:
+    """Each problem once: a squawk finding that says what a data-loss finding on the same statement
+    says (:data:`SQUAWK_EQUIVALENTS`) is dropped, ours kept (it names the data lost)."""
+    ours = {(finding.line, finding.rule) for finding in findings if finding.source == "dbprotect"}
+
+    def duplicate(finding: Finding) -> bool:
+        same = SQUAWK_EQUIVALENTS.get(finding.rule)
+        if finding.source != "squawk" or same is None:
+            return False
+        return any(s.first_line <= finding.line <= s.last_line and (s.first_line, same) in ours
+                   for s in statements) or (finding.line, same) in ours
+
+    return [finding for finding in findings if not duplicate(finding)]
 
 
 def lint_files(paths: Iterable[str | Path], *, pg_version: int = 18,

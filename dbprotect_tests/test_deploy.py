@@ -1,0 +1,197 @@
+"""The docker-compose deployment (issue 13, point 4), checked where Docker is absent: the compose
+file at the YAML level (every service's environment, volumes and the secret rules), each code
+location's definitions loaded with exactly its own service's environment, and ``dbprotect keygen``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pyrage
+import pytest
+import yaml
+
+from dbprotect.cli.app import run
+from dbprotect.core.crypto import generate_keypair, load_identity
+from dbprotect.core.errors import CredentialIsolationError, RefusedError
+from dbprotect.defs import load_definitions
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+CODE_LOCATIONS = ("code-production", "code-development")
+SECRET_NAME = re.compile(r"DSN|IDENTITY|SECRET|PASSWORD|KEY", re.IGNORECASE)
+DAGSTER_STORAGE_VARS = {"DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"}
+
+
+def _expand(value: str) -> str:
+    """Compose's ``${VAR:-default}`` with the defaults (what `docker compose config` prints without an .env)."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def _environment(service: str) -> dict[str, str]:
+    env = SERVICES[service].get("environment") or {}
+    return {name: _expand(value) for name, value in env.items()}
+
+
+def _mounts(service: str) -> dict[str, tuple[str, str]]:
+    """Target path in the container -> (source on the host, mode)."""
+    mounts = {}
+    for volume in SERVICES[service].get("volumes") or []:
+        source, target, *mode = volume.split(":")
+        mounts[target] = (source, mode[0] if mode else "rw")
+    return mounts
+
+
+def test_webserver_and_daemon_hold_no_secret_of_dbprotect() -> None:
+    for service in ("webserver", "daemon"):
+        assert set(_environment(service)) == DAGSTER_STORAGE_VARS, service  # Dagster's own storage only
+        assert [target for target in _mounts(service)] == ["/etc/dagster/workspace.yaml"], service
+
+
+def test_the_production_location_has_production_and_the_warm_copy_and_no_identity() -> None:
+    env = _environment("code-production")
+    secrets = {name for name in env if SECRET_NAME.search(name) and not name.startswith("DAGSTER_PG")}
+    assert secrets == {"APP_PROD_DSN", "APP_BACKUP_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert "@prod-db:" in env["APP_PROD_DSN"] and "@backup-db:" in env["APP_BACKUP_DSN"]
+    mounts = _mounts("code-production")
+    assert mounts == {"/etc/dbprotect/dbprotect.yaml": ("./deploy/dbprotect.yaml", "ro")}
+    assert env["DBPROTECT_CONFIG"] == "/etc/dbprotect/dbprotect.yaml"
+
+
+def test_the_development_location_has_development_and_its_identity_only() -> None:
+    env = _environment("code-development")
+    secrets = {name for name in env if SECRET_NAME.search(name) and not name.startswith("DAGSTER_PG")}
+    assert secrets == {"APP_DEV_DSN", "DBPROTECT_DEV_IDENTITY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert "@dev-db:" in env["APP_DEV_DSN"]
+    assert not any("prod-db" in value or "backup-db" in value for value in env.values())
+    mounts = _mounts("code-development")
+    assert mounts == {"/etc/dbprotect/dbprotect.yaml": ("./deploy/dbprotect-development.yaml", "ro"),
+                      "/run/dbprotect/keys/development.agekey": ("./deploy/keys/development.agekey", "ro")}
+    assert env["DBPROTECT_DEV_IDENTITY"] == "@/run/dbprotect/keys/development.agekey"
+
+
+def test_no_other_service_sees_a_key_or_the_configuration() -> None:
+    for service in SERVICES:
+        for target, (source, mode) in _mounts(service).items():
+            if "deploy/" in source:
+                assert mode == "ro", (service, target)
+            if "keys" in source:
+                assert service == "code-development" and source.endswith("development.agekey"), service
+
+
+def test_minio_init_gets_the_credentials_it_uses() -> None:
+    env = _environment("minio-init")
+    assert env == {"MINIO_ROOT_USER": "dbprotect", "MINIO_ROOT_PASSWORD": "dbprotect-secret"}
+    assert SERVICES["minio-init"]["environment"] == SERVICES["minio"]["environment"]
+    entrypoint = SERVICES["minio-init"]["entrypoint"]
+    assert "$${MINIO_ROOT_USER}" in entrypoint and "$${MINIO_ROOT_PASSWORD}" in entrypoint
+    assert ":-" not in entrypoint  # no default of its own that an override would not reach
+
+
+def test_every_dependency_and_workspace_entry_is_a_service() -> None:
+    for service, spec in SERVICES.items():
+        for dependency in spec.get("depends_on") or {}:
+            assert dependency in SERVICES, (service, dependency)
+    workspace = yaml.safe_load((ROOT / "deploy" / "workspace.yaml").read_text(encoding="utf-8"))
+    hosts = {entry["grpc_server"]["host"] for entry in workspace["load_from"]}
+    assert hosts == set(CODE_LOCATIONS)
+
+
+def test_the_image_holds_no_key_and_no_configuration() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    copies = [line for line in dockerfile.splitlines() if line.startswith(("COPY", "ADD"))]
+    assert not any("deploy" in line or "keys" in line or line.split()[1] == "." for line in copies), copies
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    for pattern in ("**/*.agekey", "**/keys/", "deploy/", ".venv", ".git", "dbprotect_tests/", ".dbprotect/"):
+        assert pattern in ignored, pattern
+
+
+# --- each code location with its own environment ------------------------------------------------
+
+def _location_config(service: str, tmp_path: Path, recipients: dict[str, str]) -> Path:
+    source = _mounts(service)["/etc/dbprotect/dbprotect.yaml"][0]
+    text = (ROOT / source).read_text(encoding="utf-8")
+    text = text.replace("REPLACE-ME-with-the-development-age1-public-key", recipients["development"])
+    text = text.replace("REPLACE-ME-with-the-age1-public-key", recipients["raw"])
+    path = tmp_path / f"{service}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _only(service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dev_key: Path) -> None:
+    """The process environment as that service has it (nothing of this machine's dbprotect or app)."""
+    for name in list(os.environ):
+        if name.startswith(("APP_", "DBPROTECT_", "AWS_", "TEST_")):
+            monkeypatch.delenv(name)
+    for name, value in _environment(service).items():
+        monkeypatch.setenv(name, value.replace("@/run/dbprotect/keys/development.agekey", f"@{dev_key}"))
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    dev_key = tmp_path / "development.agekey"
+    assert run(["keygen", str(dev_key)]) == 0
+    raw_recipient = generate_keypair()[1]
+    dev_recipient = str(load_identity("K", {"K": f"@{dev_key}"}).to_public())
+    return {"raw": raw_recipient, "development": dev_recipient}, dev_key
+
+
+def test_each_code_location_loads_with_its_own_environment_and_sees_only_its_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: tuple[dict[str, str], Path]) -> None:
+    recipients, dev_key = keys
+    _only("code-production", monkeypatch, tmp_path, dev_key)
+    production = load_definitions(_location_config("code-production", tmp_path, recipients))
+    resources = production.resources or {}
+    assert "app_production_postgres" in resources
+    assert "DBPROTECT_RAW_IDENTITY" not in os.environ and "DBPROTECT_DEV_IDENTITY" not in os.environ
+    assert "APP_DEV_DSN" not in os.environ
+
+    _only("code-development", monkeypatch, tmp_path, dev_key)
+    development = load_definitions(_location_config("code-development", tmp_path, recipients))
+    dev_resources = development.resources or {}
+    assert not any("production" in key for key in dev_resources), sorted(dev_resources)
+    assert "APP_PROD_DSN" not in os.environ and "DBPROTECT_RAW_IDENTITY" not in os.environ
+    assert str(load_identity("DBPROTECT_DEV_IDENTITY").to_public()) == recipients["development"]
+
+
+@pytest.mark.parametrize(("service", "foreign"), [
+    ("code-development", "APP_PROD_DSN"), ("code-development", "DBPROTECT_RAW_IDENTITY"),
+    ("code-development", "APP_BACKUP_DSN"), ("code-production", "APP_DEV_DSN"),
+])
+def test_a_location_given_another_ones_secret_refuses_to_load(
+        service: str, foreign: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        keys: tuple[dict[str, str], Path]) -> None:
+    recipients, dev_key = keys
+    _only(service, monkeypatch, tmp_path, dev_key)
+    monkeypatch.setenv(foreign, "postgresql://someone:pw@elsewhere/app")
+    config = _location_config(service, tmp_path, recipients)
+    if service == "code-development" and foreign == "APP_BACKUP_DSN":
+        text = config.read_text(encoding="utf-8").replace(
+            "    storage: [minio]", "    warm_copy: {dsn_env: APP_BACKUP_DSN}\n    storage: [minio]", 1)
+        config.write_text(text, encoding="utf-8")
+    with pytest.raises(CredentialIsolationError):
+        load_definitions(config)
+
+
+# --- keygen -------------------------------------------------------------------------------------
+
+def test_keygen_writes_a_0600_key_pair_prints_the_public_key_and_never_overwrites(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "keys" / "raw-backups.agekey"
+    assert run(["keygen", str(path)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("age1") and len(printed.splitlines()) == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    identity = load_identity("K", {"K": f"@{path}"})
+    assert str(identity.to_public()) == printed
+    assert pyrage.decrypt(pyrage.encrypt(b"x", [pyrage.x25519.Recipient.from_str(printed)]), [identity]) == b"x"
+    before = path.read_bytes()
+    assert run(["keygen", str(path)]) == RefusedError.exit_code
+    assert "DBP941" in capsys.readouterr().err and path.read_bytes() == before
+    assert run(["--json", "keygen", str(tmp_path / "second.agekey")]) == 0
+    assert '"mode": "0600"' in capsys.readouterr().out
