@@ -1,0 +1,199 @@
+"""The swap's last holes (issue 10, point 1 and "Also"): each guard here has a test that makes it fail.
+
+In-process, against the real embedded PostgreSQL: the swap never drops the only copy of anything
+when it cannot rename back, drops only through :func:`dbprotect.core.pg.scratch.drop_database`,
+reports a failed cleanup after its commit point as a warning (the restore is audited as succeeded),
+and the recovery's "left alone" and "incoming gone" branches do what they say.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from dbprotect.core.audit import AuditLog, read
+from dbprotect.core.backup.stream import run_backup
+from dbprotect.core.pg import swap as swap_module
+from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.pg.markers import MARKER_SETTING, database_settings, set_marker
+from dbprotect.core.pg.scratch import SWAP_SETTING, staging_database
+from dbprotect.core.pg.swap import (
+    RETIRED_PREFIX,
+    _lock_key,
+    recover_and_sweep,
+    swap_in,
+)
+from dbprotect.core.restore.oncall import RestoreTarget, restore
+from dbprotect.core.store import FilesystemStorage
+
+OLD_ROWS, NEW_ROWS = 10, 25
+
+
+@pytest.fixture
+def old_target(pg, make_db):
+    dsn = make_db(f"CREATE TABLE t (v text NOT NULL); INSERT INTO t SELECT 'old' FROM generate_series(1, {OLD_ROWS})",
+                  prefix="prod")
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        set_marker(admin, str(dbname_of(dsn)), "production")
+    return str(dbname_of(dsn))
+
+
+def _rows(pg, name: str) -> list[tuple[str, int]]:
+    with psycopg.connect(pg.dsn(name)) as conn:
+        return [(v, int(n)) for v, n in conn.execute("SELECT v, count(*) FROM t GROUP BY v ORDER BY v")]
+
+
+def _retired(pg) -> list[str]:
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        return [name for (name,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                                  (RETIRED_PREFIX + "%",))]
+
+
+def _fill(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v text NOT NULL)")
+        conn.execute(f"INSERT INTO t SELECT 'new' FROM generate_series(1, {NEW_ROWS})")
+
+
+def test_a_failed_rename_back_drops_nothing_and_the_recovery_finishes_the_swap(pg, old_target):
+    """Interrupted between the renames, and the target's name taken meanwhile: nothing may be dropped."""
+    kept: dict[str, str] = {}
+
+    def hook(step: str) -> None:
+        if step == "target_retired":
+            with psycopg.connect(pg.admin_dsn, autocommit=True) as other:
+                other.execute(f'CREATE DATABASE "{old_target}"')  # the rename back now fails
+            raise RuntimeError("injected failure between the renames")
+
+    with staging_database(pg.admin_dsn) as staging:
+        _fill(staging.dsn)
+        kept["incoming"] = staging.name
+        with pytest.raises(RuntimeError, match="injected"):
+            swap_in(pg.admin_dsn, staging.name, old_target, environment="production", replace=True, hooks=hook)
+        # Still inside the staging block: the swap itself must not have dropped the new data.
+        assert pg.has_database(staging.name) and _rows(pg, staging.name) == [("new", NEW_ROWS)]
+    # The staging block's cleanup leaves it too: it carries the swap record, the recovery decides.
+    assert pg.has_database(kept["incoming"])
+    [retired] = _retired(pg)
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        kept_settings = database_settings(admin, retired)[retired]
+    assert kept_settings[MARKER_SETTING] == "production" and old_target in kept_settings[SWAP_SETTING]
+    # The recovery sees a stranger under the target's name: it keeps everything and says so.
+    [outcome] = recover_and_sweep(pg.admin_dsn)
+    assert outcome.action == "failed" and _retired(pg) == [retired] and pg.has_database(kept["incoming"])
+    pg.drop_database(old_target)  # the operator removes the stranger
+    [outcome] = recover_and_sweep(pg.admin_dsn)
+    assert outcome.action == "finished"
+    assert _rows(pg, old_target) == [("new", NEW_ROWS)]
+    assert _retired(pg) == []
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        settings = database_settings(admin, old_target)[old_target]
+    assert settings[MARKER_SETTING] == "production" and SWAP_SETTING not in settings
+
+
+def test_every_drop_of_the_swap_and_its_recovery_goes_through_the_retried_drop(pg, old_target, monkeypatch):
+    dropped: list[str] = []
+    real = swap_module.drop_database
+
+    def spy(admin_dsn: str, name: str) -> None:
+        dropped.append(name)
+        real(admin_dsn, name)
+
+    monkeypatch.setattr(swap_module, "drop_database", spy)
+
+    def fail_before_commit(step: str) -> None:
+        if step == "target_closed":
+            raise RuntimeError("injected")
+
+    with staging_database(pg.admin_dsn) as staging:  # rolled back in-process: the incoming database dropped
+        _fill(staging.dsn)
+        with pytest.raises(RuntimeError):
+            swap_in(pg.admin_dsn, staging.name, old_target, environment="production", replace=True,
+                    hooks=fail_before_commit)
+        assert dropped == [staging.name] and not pg.has_database(staging.name)
+    with staging_database(pg.admin_dsn) as staging:  # committed: the retired database dropped
+        _fill(staging.dsn)
+        done = swap_in(pg.admin_dsn, staging.name, old_target, environment="production", replace=True)
+    assert dropped[1:] == [done.intent.retired] and done.warning is None
+    assert _rows(pg, old_target) == [("new", NEW_ROWS)]
+
+
+def test_a_live_swap_is_left_alone_by_the_recovery(pg, old_target):
+    """The "left alone" branch: a swap whose process holds its lock is not touched, whatever its records say."""
+    seen: list[str] = []
+
+    def hook(step: str) -> None:
+        if step == "intent_on_target":  # mid-swap, still alive: another command's recovery runs now
+            seen.extend(outcome.action for outcome in recover_and_sweep(pg.admin_dsn))
+
+    with staging_database(pg.admin_dsn) as staging:
+        _fill(staging.dsn)
+        swap_in(pg.admin_dsn, staging.name, old_target, environment="production", replace=True, hooks=hook)
+    assert seen == ["left alone"]
+    assert _rows(pg, old_target) == [("new", NEW_ROWS)]
+
+
+def test_recovery_renames_production_back_when_the_incoming_database_is_gone(pg, old_target):
+    """The "incoming gone, rename back" branch: past the first rename, the new data lost: production returns."""
+    with staging_database(pg.admin_dsn) as staging:
+        _fill(staging.dsn)
+
+        def stop_after_retire(step: str) -> None:
+            if step == "target_retired":
+                with psycopg.connect(pg.admin_dsn, autocommit=True) as other:
+                    # The incoming database is lost (a DBA dropped it), and the target's name is taken for a
+                    # moment so the in-process rename back fails: the swap leaves it to the recovery.
+                    other.execute(f'DROP DATABASE "{staging.name}" WITH (FORCE)')
+                    other.execute(f'CREATE DATABASE "{old_target}"')
+                raise RuntimeError("injected")
+
+        with pytest.raises(RuntimeError):
+            swap_in(pg.admin_dsn, staging.name, old_target, environment="production", replace=True,
+                    hooks=stop_after_retire)
+    pg.drop_database(old_target)  # the stranger goes; production sits only in the retired database
+    [retired] = _retired(pg)
+    [outcome] = recover_and_sweep(pg.admin_dsn)
+    assert outcome.action == "rolled back" and "incoming database is gone" in outcome.detail
+    assert _retired(pg) == [] and not pg.has_database(retired)
+    assert _rows(pg, old_target) == [("old", OLD_ROWS)]
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        settings = database_settings(admin, old_target)[old_target]
+        allowed = admin.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (old_target,)).fetchone()
+    assert settings[MARKER_SETTING] == "production" and SWAP_SETTING not in settings and allowed == (True,)
+
+
+def test_a_cleanup_failure_after_the_commit_is_a_warning_and_the_restore_is_audited_as_succeeded(
+        pg, make_db, tmp_path, age_keys, identity, old_target):
+    storage = FilesystemStorage(tmp_path / "store")
+    source = make_db("CREATE TABLE t (v text NOT NULL); "
+                     f"INSERT INTO t SELECT 'new' FROM generate_series(1, {NEW_ROWS})", prefix="src")
+    manifest = run_backup(database="shop", dsn=source, storage=storage, recipients=[age_keys[1]]).manifest
+    retired: list[str] = []
+
+    def hook(step: str) -> None:
+        if step == "target_finished":  # a template database cannot be dropped, even by a superuser
+            [name] = _retired(pg)
+            retired.append(name)
+            with psycopg.connect(pg.admin_dsn, autocommit=True) as other:
+                other.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE true')
+
+    try:
+        result = restore(storage, manifest, identity, RestoreTarget(pg.dsn(old_target), "production", existing=True),
+                         confirmation=old_target, recipients=[age_keys[1]], audit=AuditLog(storage, actor="test"),
+                         swap_hooks=hook)
+        assert _rows(pg, old_target) == [("new", NEW_ROWS)]
+        assert result.leftovers == retired and retired[0] in result.warnings[0]
+        [record] = [r for r in read(storage) if r.action == "restore" and r.database == "shop"]
+        assert record.outcome == "ok" and "warning" in record.detail and retired[0] in record.detail
+        assert record.data["leftovers"] == retired
+    finally:
+        for name in retired:
+            with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
+    [outcome] = recover_and_sweep(pg.admin_dsn)  # the next command finishes the housekeeping
+    assert outcome.action == "finished" and _retired(pg) == []
+    assert _rows(pg, old_target) == [("new", NEW_ROWS)]
+
+
+def test_lock_key_is_stable():
+    assert _lock_key("x") == _lock_key("x")
