@@ -197,3 +197,57 @@ def test_a_cleanup_failure_after_the_commit_is_a_warning_and_the_restore_is_audi
 
 def test_lock_key_is_stable():
     assert _lock_key("x") == _lock_key("x")
+
+
+def _killed_swap(pg, target: str, step: str = "target_retired") -> None:
+    """A swap child SIGKILLed after ``step``: its records stay on the server for the next command."""
+    import signal
+    import subprocess
+    import sys
+
+    from dbprotect_tests.test_swap_faults import CHILD, _wait_for_locks_released
+
+    done = subprocess.run([sys.executable, "-c", CHILD, pg.admin_dsn, target, step, "kill"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    _wait_for_locks_released(pg.admin_dsn)
+
+
+def test_a_dry_run_reports_a_pending_interrupted_swap_and_changes_nothing(pg, make_db, tmp_path, age_keys, identity,
+                                                                         old_target):
+    storage = FilesystemStorage(tmp_path / "store")
+    source = make_db("CREATE TABLE t (v text NOT NULL)", prefix="src")
+    manifest = run_backup(database="shop", dsn=source, storage=storage, recipients=[age_keys[1]]).manifest
+    _killed_swap(pg, old_target)
+    [retired] = _retired(pg)
+    plan = restore(storage, manifest, identity, RestoreTarget(pg.dsn(f"new_{old_target}"), "production"),
+                   recipients=[age_keys[1]], dry_run=True, audit=AuditLog(storage, actor="test"))
+    [pending] = plan.pending_swaps
+    assert old_target in pending and retired in pending and "PENDING" in plan.summary()
+    assert plan.to_dict()["pending_swaps"] == [pending]
+    assert _retired(pg) == [retired] and not pg.has_database(old_target)  # nothing recovered by a dry run
+    assert [r for r in read(storage) if r.action == "swap"] == []
+    [outcome] = recover_and_sweep(pg.admin_dsn)
+    assert outcome.action == "finished"
+    plan = restore(storage, manifest, identity, RestoreTarget(pg.dsn(f"new_{old_target}"), "production"),
+                   recipients=[age_keys[1]], dry_run=True)
+    assert plan.pending_swaps == []
+
+
+def test_a_swap_recovered_by_a_verify_or_drill_scratch_sweep_is_audited(pg, make_db, write_config, monkeypatch,
+                                                                      old_target):
+    from dbprotect.core.config.load import load_config
+    from dbprotect.core.ops import backup_database
+    from dbprotect.core.ops.context import primary_store
+    from dbprotect.core.ops.restores import restore_verify_database
+
+    source = make_db("CREATE TABLE t (v text NOT NULL); INSERT INTO t VALUES ('x')", prefix="src")
+    monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
+    write_config(source, extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN"}})
+    config = load_config()
+    backup_database(config, "shop")
+    _killed_swap(pg, old_target)
+    assert restore_verify_database(config, "shop", by="test").ok
+    [recovered] = [r for r in read(primary_store(config, "shop")) if r.action == "swap"]
+    assert recovered.outcome == "finished" and old_target in recovered.detail and recovered.database == "shop"
+    assert _rows(pg, old_target) == [("new", 250)] and _retired(pg) == []

@@ -324,6 +324,24 @@ def interrupted_swaps(admin: psycopg.Connection) -> dict[str, dict[str, dict[str
     return found
 
 
+def _intent_of(swap_id: str, holders: dict[str, dict[str, str]]) -> SwapIntent:
+    first = next(iter(holders.values()))
+    return SwapIntent(swap_id, str(first.get("target", "")), str(first.get("incoming", "")),
+                      first.get("retired") or None, str(first.get("environment", "")),
+                      first.get("owner") or None, str(first.get("started_at", "")))
+
+
+def pending_swaps(admin_dsn: str) -> list[str]:
+    """Interrupted swaps on the server the next command would recover, described; changes nothing.
+
+    What a ``--dry-run`` reports: a swap whose process is alive (it holds its lock) is not pending.
+    """
+    with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
+        return [f"interrupted {_intent_of(swap_id, holders).describe()} (databases: {', '.join(sorted(holders))})"
+                for swap_id, holders in sorted(interrupted_swaps(admin).items())
+                if not is_held(admin, SWAP_LOCK_CLASS, _lock_key(swap_id))]
+
+
 def recover_interrupted_swaps(admin_dsn: str, *,
                               on_recovered: Callable[[SwapRecovery], None] | None = None) -> list[SwapRecovery]:
     """Finish or roll back every swap on the server whose process died (see the module docstring).
@@ -336,10 +354,7 @@ def recover_interrupted_swaps(admin_dsn: str, *,
     done: list[SwapRecovery] = []
     with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
         for swap_id, holders in sorted(interrupted_swaps(admin).items()):
-            first = next(iter(holders.values()))
-            intent = SwapIntent(swap_id, str(first.get("target", "")), str(first.get("incoming", "")),
-                                first.get("retired") or None, str(first.get("environment", "")),
-                                first.get("owner") or None, str(first.get("started_at", "")))
+            intent = _intent_of(swap_id, holders)
             if is_held(admin, SWAP_LOCK_CLASS, _lock_key(swap_id)) or not admin.execute(
                     "SELECT pg_try_advisory_lock(%s, %s)", (SWAP_LOCK_CLASS, _lock_key(swap_id))).fetchone()[0]:  # type: ignore[index]
                 outcome = SwapRecovery(intent, "left alone", f"{intent.describe()} is still running")

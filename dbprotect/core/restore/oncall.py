@@ -44,7 +44,7 @@ from dbprotect.core.errors import DbprotectError, IntegrityError, NotFoundError,
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
 from dbprotect.core.pg.markers import read_marker, require_marker
 from dbprotect.core.pg.pg_restore import Progress
-from dbprotect.core.pg.swap import SwapDone, SwapHook, swap_in
+from dbprotect.core.pg.swap import SwapDone, SwapHook, pending_swaps, swap_in
 from dbprotect.core.pg.tools import connect, server_major
 from dbprotect.core.restore.decrypt import read_archive_listing
 from dbprotect.core.restore.drill import LastDrill, last_drill
@@ -112,12 +112,16 @@ class RestorePlan:
     manifest: Manifest = field(repr=False)
     #: The archive's objects (from its table of contents), compared after the restore.
     incoming: set[ObjectKey] = field(default_factory=set, repr=False)
+    #: Interrupted swaps on the target's server that the restore would first finish or roll back
+    #: (filled by a dry run, which changes nothing; see :func:`dbprotect.core.pg.swap.pending_swaps`).
+    pending_swaps: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """The plan as an on-call engineer reads it before typing the confirmation."""
         t = self.target
+        lines = [f"  PENDING: {swap}; the restore finishes or rolls it back first" for swap in self.pending_swaps]
         lines = [
-            f"restore {self.database} backup {self.backup_id} ({self.backup_environment})",
+            f"restore {self.database} backup {self.backup_id} ({self.backup_environment})", *lines,
             f"  into {'EXISTING' if t.existing else 'new'} {t.environment} database {t.name!r} "
             f"at {mask_dsn(t.admin_dsn)}",
             f"  size: {self.dump_bytes / 1e6:.1f} MB archive ({self.stored_bytes / 1e6:.1f} MB stored), "
@@ -152,6 +156,7 @@ class RestorePlan:
             "source_size_bytes": self.source_size_bytes, "tables": self.tables, "rows": self.rows,
             "last_drill": None if drill is None else {"backup_id": drill.backup_id, "at": drill.at.isoformat(),
                                                       "ok": drill.ok, "rto_seconds": drill.rto_seconds},
+            "pending_swaps": self.pending_swaps,
         }
 
 
@@ -303,6 +308,8 @@ def restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identi
             plan = plan_restore(storage, manifest, identity, target,
                                 pg_bin_dir=options.get("pg_bin_dir"))  # type: ignore[arg-type]
         if dry_run:
+            # A dry run recovers nothing, but must say that the real run would first act on the server.
+            plan.pending_swaps = pending_swaps(target.admin_dsn)
             return plan
         return execute_restore(storage, plan, identity, confirmation=confirmation, recipients=recipients,
                                audit=audit, **options)  # type: ignore[arg-type]
