@@ -251,3 +251,75 @@ def test_a_swap_recovered_by_a_verify_or_drill_scratch_sweep_is_audited(pg, make
     [recovered] = [r for r in read(primary_store(config, "shop")) if r.action == "swap"]
     assert recovered.outcome == "finished" and old_target in recovered.detail and recovered.database == "shop"
     assert _rows(pg, old_target) == [("new", 250)] and _retired(pg) == []
+
+
+def test_check_target_server_version_refuses_only_an_older_major():
+    from dbprotect.core.errors import Refusals, RefusedError
+    from dbprotect.core.restore.guards import check_target_server_version
+
+    check_target_server_version(17, 17)
+    check_target_server_version(16, 18)
+    with pytest.raises(RefusedError) as refused:
+        check_target_server_version(18, 17)
+    assert refused.value.refusal == Refusals.OLDER_TARGET_SERVER and "17" in refused.value.one_line()
+
+
+def test_a_restore_from_a_newer_server_is_refused_before_anything_changes(pg, make_db, tmp_path, age_keys, identity):
+    """The guard wired in: a manifest from a newer major than the target's server is refused, no database made."""
+    from dbprotect.core.errors import Refusals, RefusedError
+
+    storage = FilesystemStorage(tmp_path / "store")
+    manifest = run_backup(database="shop", dsn=make_db("CREATE TABLE t (v text)"), storage=storage,
+                          recipients=[age_keys[1]]).manifest
+    newer = manifest.model_copy(update={"source": {**manifest.source,
+                                                   "server_major": int(manifest.source["server_major"]) + 1}})
+    name = f"newer_{tmp_path.name[-8:]}".lower()
+    with pytest.raises(RefusedError) as refused:
+        restore(storage, newer, identity, RestoreTarget(pg.dsn(name), "production"), recipients=[age_keys[1]])
+    assert refused.value.refusal == Refusals.OLDER_TARGET_SERVER and not pg.has_database(name)
+
+
+def test_warm_incoming_name_taken_by_something_not_ours_is_refused(pg, old_target):
+    """STAGING_NAME_TAKEN: a database under the incoming name is dropped only when it is this copy's leftover."""
+    from dbprotect.core.errors import Refusals, RefusedError
+    from dbprotect.core.restore.warm import INCOMING_SETTING, _drop_leftover_incoming, _incoming_held, _incoming_name
+
+    warm = f"{old_target}_warm"
+    incoming = _incoming_name(warm)
+    dsn = pg.dsn(warm)
+    try:
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{incoming}"')
+            set_marker(admin, incoming, "production")
+        with pytest.raises(RefusedError) as refused:  # marked production: never ours
+            _drop_leftover_incoming(dsn, incoming, "server")
+        assert refused.value.refusal == Refusals.STAGING_NAME_TAKEN and pg.has_database(incoming)
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+            set_marker(admin, incoming, "backup")
+            admin.execute(f"ALTER DATABASE \"{incoming}\" SET {INCOMING_SETTING} = 'another_warm_copy'")
+        with pytest.raises(RefusedError):  # another warm copy's incoming database
+            _drop_leftover_incoming(dsn, incoming, "server")
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE \"{incoming}\" SET {INCOMING_SETTING} = '{warm}'")
+            admin.execute(f"ALTER DATABASE \"{incoming}\" SET {SWAP_SETTING} = '{{\"swap_id\": \"x\"}}'")
+        with pytest.raises(RefusedError):  # claimed by a swap: the recovery's
+            _drop_leftover_incoming(dsn, incoming, "server")
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{incoming}" RESET {SWAP_SETTING}')
+        with _incoming_held(pg.admin_dsn, incoming, "server"):  # a live refresh holds it: a second is refused
+            with pytest.raises(RefusedError) as refused, _incoming_held(pg.admin_dsn, incoming, "server"):
+                pass
+            assert refused.value.refusal == Refusals.STAGING_NAME_TAKEN
+            _drop_leftover_incoming(dsn, incoming, "server")  # this copy's leftover: dropped
+        assert not pg.has_database(incoming)
+    finally:
+        pg.drop_database(incoming)
+
+
+def test_two_long_warm_copy_names_with_one_prefix_get_different_incoming_names():
+    from dbprotect.core.restore.warm import _incoming_name
+
+    first, second = "w" * 55 + "_one", "w" * 55 + "_two"
+    assert _incoming_name(first) != _incoming_name(second)
+    assert all(len(_incoming_name(name)) <= 63 for name in (first, second, "short"))
+    assert _incoming_name("short") == "short__incoming"
