@@ -323,3 +323,108 @@ def test_two_long_warm_copy_names_with_one_prefix_get_different_incoming_names()
     assert _incoming_name(first) != _incoming_name(second)
     assert all(len(_incoming_name(name)) <= 63 for name in (first, second, "short"))
     assert _incoming_name("short") == "short__incoming"
+
+
+def _scratch_left(pg) -> list[str]:
+    from dbprotect.core.pg.scratch import SCRATCH_PREFIX
+
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        return [name for (name,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                                  (SCRATCH_PREFIX + "%",))]
+
+
+def test_the_on_call_restore_rechecks_the_marker_just_before_the_swap(pg, make_db, tmp_path, age_keys, identity,
+                                                                      old_target):
+    """The target re-marked between staging and swap (a DBA, a mistyped failover): refused, nothing replaced."""
+    from dbprotect.core.errors import Refusals, RefusedError
+
+    storage = FilesystemStorage(tmp_path / "store")
+    source = make_db("CREATE TABLE t (v text NOT NULL); INSERT INTO t VALUES ('new')", prefix="src")
+    manifest = run_backup(database="shop", dsn=source, storage=storage, recipients=[age_keys[1]]).manifest
+
+    def remark(phase: str) -> None:
+        if phase == "swap":  # verified staging is ready; the swap is next
+            with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+                set_marker(admin, old_target, "development")
+
+    with pytest.raises(RefusedError) as refused:
+        restore(storage, manifest, identity, RestoreTarget(pg.dsn(old_target), "production", existing=True),
+                confirmation=old_target, recipients=[age_keys[1]], progress=remark)
+    assert refused.value.refusal == Refusals.MARKER_MISMATCH
+    assert _rows(pg, old_target) == [("old", OLD_ROWS)] and _scratch_left(pg) == [] and _retired(pg) == []
+
+
+def test_a_restore_to_a_new_database_rechecks_that_it_is_still_absent_just_before_the_swap(
+        pg, make_db, tmp_path, age_keys, identity):
+    from dbprotect.core.errors import Refusals, RefusedError
+
+    storage = FilesystemStorage(tmp_path / "store")
+    source = make_db("CREATE TABLE t (v text NOT NULL); INSERT INTO t VALUES ('new')", prefix="src")
+    manifest = run_backup(database="shop", dsn=source, storage=storage, recipients=[age_keys[1]]).manifest
+    name = f"appeared_{tmp_path.name[-8:]}".lower()
+
+    def appear(phase: str) -> None:
+        if phase == "swap":
+            with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{name}"')
+
+    try:
+        with pytest.raises(RefusedError) as refused:
+            restore(storage, manifest, identity, RestoreTarget(pg.dsn(name), "production"), recipients=[age_keys[1]],
+                    progress=appear)
+        assert refused.value.refusal == Refusals.TARGET_EXISTS
+        with psycopg.connect(pg.dsn(name)) as conn:  # the database that appeared is untouched (still empty)
+            assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 't'").fetchone() == (0,)
+        assert _scratch_left(pg) == []
+    finally:
+        pg.drop_database(name)
+
+
+def test_the_warm_refresh_rechecks_the_warm_copy_just_before_the_swap(pg, make_db, write_config, monkeypatch):
+    """The warm copy re-marked production while the new copy was restored: the swap is refused, nothing replaced."""
+    from dbprotect.core.config.load import load_config
+    from dbprotect.core.errors import Refusals, RefusedError
+    from dbprotect.core.ops import backup_database, refresh_warm_copy, verify_database_backup
+    from dbprotect.core.ops.context import primary_store, raw_identity
+    from dbprotect.core.ops.copies import warm_copy_dsn
+    from dbprotect.core.restore.warm import _incoming_name, inspect_warm_copy, refresh_into
+    from dbprotect.core.store.catalog import load_manifest
+
+    source = make_db("CREATE TABLE t (v text NOT NULL); INSERT INTO t VALUES ('old')", prefix="wsrc")
+    warm = f"{dbname_of(source)}_warm"
+    monkeypatch.setenv("TEST_SHOP_WARM_DSN", pg.dsn(warm))
+    write_config(source, extra={"databases": {"shop": {
+        "environments": {"production": {"dsn_env": "TEST_SHOP_PROD_DSN"}},
+        "warm_copy": {"dsn_env": "TEST_SHOP_WARM_DSN"}}}})
+    config = load_config()
+    storage = primary_store(config, "shop")
+
+    def verified() -> str:
+        backup_id = backup_database(config, "shop").manifest.backup_id
+        assert verify_database_backup(config, "shop", backup_id).ok
+        return backup_id
+
+    def remark(phase: str) -> None:
+        if phase == "swap":  # the inner swap puts the verified copy under the incoming name; ours is next
+            with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+                set_marker(admin, warm, "production")
+
+    try:
+        first = verified()
+        refresh_warm_copy(config, "shop", actor="test")
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute("UPDATE t SET v = 'new'")
+        second = verified()
+        with pytest.raises(RefusedError) as refused:
+            refresh_into(storage, load_manifest(storage, "shop", second), raw_identity(config),
+                         warm_copy_dsn(config, "shop"), recipients=config.keys.raw.recipients, pg_bin_dir=None,
+                         work_dir=None, actor="test", progress=remark)
+        assert refused.value.refusal == Refusals.NOT_A_WARM_COPY
+        state = inspect_warm_copy(pg.dsn(warm))
+        assert (state.marker, state.holds) == ("production", first)
+        with psycopg.connect(pg.dsn(warm)) as conn:
+            assert conn.execute("SELECT v FROM t").fetchall() == [("old",)]
+        assert not pg.has_database(_incoming_name(warm)) and _scratch_left(pg) == [] and _retired(pg) == []
+    finally:
+        for name in (warm, _incoming_name(warm)):
+            pg.drop_database(name)
