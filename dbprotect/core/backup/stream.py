@@ -55,7 +55,7 @@ from dbprotect.core.backup.archive import (
 from dbprotect.core.backup.content import DUMP_SESSION, digest_table, pin_session
 from dbprotect.core.crypto import fingerprint, parse_recipients
 from dbprotect.core.errors import DbprotectError, StorageError, ToolError
-from dbprotect.core.pg.dsn import mask_dsn
+from dbprotect.core.pg.dsn import mask_dsn, server_label
 from dbprotect.core.pg.tools import (
     ToolPlace,
     connect,
@@ -294,7 +294,7 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
             backup_id=backup_id,
             environment=environment,
             source={
-                "dsn": mask_dsn(dsn), "dbname": snapshot.dbname, "server_version": snapshot.server_version,
+                "server": server_label(dsn), "dbname": snapshot.dbname, "server_version": snapshot.server_version,
                 "server_major": snapshot.server_major, "encoding": snapshot.encoding,
                 "size_bytes": snapshot.size_bytes,
             },

@@ -33,6 +33,7 @@ from dbprotect.core.pg.scratch import (
     embedded_scratch_server,
 )
 from dbprotect.core.pg.swap import recover_and_sweep
+from dbprotect.core.restore.staged import swap_recovery_recorder
 from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
 from dbprotect.core.store.s3 import s3_credentials_from_env
 from dbprotect.core.verify.integrity import IntegrityReport
@@ -125,13 +126,16 @@ def audit_log(config: Config, database: str, *, actor: str, target: str | None =
 
 
 @contextlib.contextmanager
-def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None = None) -> Iterator[ScratchServer]:
+def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None = None, *,
+                               audit: AuditLog | None = None, database: str = "") -> Iterator[ScratchServer]:
     """The scratch server ``config.scratch`` describes (default: embedded, under the config's folder).
 
     Every use first finishes or rolls back interrupted swaps and drops the scratch databases a
     killed run left (:func:`dbprotect.core.pg.swap.recover_and_sweep`: by marker, never by name):
     a drill or verification killed with SIGKILL cannot drop its own, so the next one sweeps them.
+    Each recovered swap is recorded in ``audit`` (about ``database``), like a restore's.
     """
+    on_recovered = swap_recovery_recorder(audit, database)
     environ = os.environ if environ is None else environ
     admin_env = config.scratch.admin_dsn_env
     if admin_env:
@@ -140,12 +144,12 @@ def scratch_server_from_config(config: Config, environ: Mapping[str, str] | None
             raise ConfigError(f"${admin_env} is not set (the admin DSN of the scratch server)",
                               hint=f"export {admin_env}=postgresql://user:password@host:5432/postgres")
         server = ScratchServer(register_dsn(dsn))
-        recover_and_sweep(server.admin_dsn)
+        recover_and_sweep(server.admin_dsn, on_recovered=on_recovered)
         yield server
         return
     data_dir = Path(config.scratch.data_dir).expanduser()
     if not data_dir.is_absolute():
         data_dir = config.base_dir() / data_dir
     with embedded_scratch_server(data_dir) as server:
-        recover_and_sweep(server.admin_dsn)
+        recover_and_sweep(server.admin_dsn, on_recovered=on_recovered)
         yield server

@@ -94,7 +94,8 @@ def restore_verify_database(config: Config, database: str, backup_id: str | None
     """Rung 3 for one backup of a configured database (default: the newest complete one)."""
     storage = primary_store(config, database)
     manifest = load_manifest(storage, database, backup_id or newest_complete_backup(storage, database))
-    with terminate_as_interrupt(), scratch_server_from_config(config, environ) as server:
+    with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=audit or AuditLog(
+            storage, actor=by), database=database) as server:
         return verify_restore(storage, manifest, raw_identity(config, environ), server,
                               pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
                               progress=progress, audit=audit)
@@ -104,7 +105,8 @@ def drill_database(config: Config, database: str, *, by: str = "drill", environ:
                    progress: Progress | None = None, audit: AuditLog | None = None) -> DrillResult:
     """A drill of a configured database against its ``rto_minutes``."""
     storage = primary_store(config, database)
-    with terminate_as_interrupt(), scratch_server_from_config(config, environ) as server:
+    with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=audit or AuditLog(
+            storage, actor=by), database=database) as server:
         return run_drill(storage, database, raw_identity(config, environ), server,
                          rto_minutes=config.database(database).rto_minutes, pg_bin_dir=config.tool_dirs,
                          work_dir=config.scratch.work_dir, by=by, progress=progress, audit=audit)

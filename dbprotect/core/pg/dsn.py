@@ -191,12 +191,35 @@ def _split_uri(dsn: str) -> tuple[str, str, str]:
     return head, path, question + query
 
 
+#: ``dbname=value`` in the keyword form: a quoted value (backslash escapes) or a bare word.
+_KEYWORD_DBNAME = re.compile(r"(?:^|(?<=\s))dbname\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _keyword_value(raw: str) -> str:
+    """A keyword-form value as libpq reads it: quotes removed, ``\\'`` and ``\\\\`` unescaped."""
+    if raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
+        return re.sub(r"\\(.)", r"\1", raw[1:-1])
+    return raw
+
+
+def quote_keyword_value(value: str) -> str:
+    """``value`` quoted as libpq's keyword form needs it: always in single quotes, ``'`` and ``\\`` escaped.
+
+    Quoting every value (libpq accepts a quoted value anywhere) is what keeps spaces, quotes,
+    backslashes and ``=`` in a database name from splitting the DSN into other keywords.
+    """
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def dbname_of(dsn: str) -> str | None:
     """The database name a DSN points at, when it says so."""
     if "://" in dsn:
         return unquote(_split_uri(dsn)[1].lstrip("/")) or None
-    match = re.search(r"dbname\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
-    return match.group(1).strip("'") if match else None
+    try:
+        return conninfo_to_dict(dsn).get("dbname") or None
+    except (psycopg.Error, ValueError, TypeError):
+        match = _KEYWORD_DBNAME.search(dsn)
+        return _keyword_value(match.group(1)) if match else None
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
@@ -204,9 +227,10 @@ def with_dbname(dsn: str, dbname: str) -> str:
     if "://" in dsn:
         head, _path, query = _split_uri(dsn)
         return f"{head}/{quote(dbname, safe='')}{query}"
-    if re.search(r"dbname\s*=", dsn):
-        return re.sub(r"dbname\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", f"dbname={dbname}", dsn)
-    return f"{dsn} dbname={dbname}"
+    replacement = f"dbname={quote_keyword_value(dbname)}"
+    if _KEYWORD_DBNAME.search(dsn):
+        return _KEYWORD_DBNAME.sub(lambda _match: replacement, dsn)
+    return f"{dsn} {replacement}".strip()
 
 
 def connection_failure_reason(exc: BaseException) -> str:

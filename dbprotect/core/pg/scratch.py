@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import socket
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from dbprotect.core.errors import Refusals, RefusedError
+from dbprotect.core.errors import DbprotectError, Refusals, RefusedError
 from dbprotect.core.pg.dsn import mask_dsn, with_dbname
 from dbprotect.core.pg.embedded import embedded_postgres_module
 from dbprotect.core.pg.markers import MARKER_SETTING, database_settings, set_marker
@@ -114,7 +115,9 @@ def staging_database(admin_dsn: str, *, encoding: str | None = None,
     created until after it is dropped, and the database records that (:data:`HOLDER_SETTING`).
     A sweep (:func:`drop_leftover_scratch_databases`) therefore drops it at once when its holder
     died (SIGKILL), whatever its age, and never while its holder lives. A database the block
-    renamed away (the swap put it in place) is not dropped: ``DROP ... IF EXISTS`` of a free name.
+    renamed away (the swap put it in place) is not dropped: ``DROP ... IF EXISTS`` of a free name;
+    nor is one that still carries a swap record (a swap interrupted between its renames that could
+    not put the target back): it may hold the only copy of the new data, and the recovery decides.
     """
     name = new_scratch_name()
     create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
@@ -129,24 +132,54 @@ def staging_database(admin_dsn: str, *, encoding: str | None = None,
                 sql.Identifier(name), sql.SQL(HOLDER_SETTING), sql.Literal(f"{os.getpid()}@{socket.gethostname()}")))
             yield ScratchDatabase(name, with_dbname(admin_dsn, name))
         finally:
-            drop_database(admin_dsn, name)
+            if not _claimed_by_swap(admin_dsn, name):
+                drop_database(admin_dsn, name)
+
+
+#: How often :func:`drop_database` tries while the database is still in use (sessions still closing).
+DROP_ATTEMPTS_IN_USE = 5
+
+
+def _claimed_by_swap(admin_dsn: str, name: str) -> bool:
+    """Whether ``name`` carries a swap record: a swap that could not roll back keeps it for the recovery.
+
+    Unknown (the server unreachable) counts as not claimed: the drop is attempted as before.
+    """
+    try:
+        with connect(admin_dsn, autocommit=True, application_name="dbprotect-scratch") as conn:
+            return SWAP_SETTING in database_settings(conn, name).get(name, {})
+    except (psycopg.Error, DbprotectError):
+        return False
 
 
 def drop_database(admin_dsn: str, name: str) -> None:
     """``DROP DATABASE IF EXISTS ... WITH (FORCE)``, retried once if interrupted itself.
 
     Called from ``finally`` blocks: a second Ctrl-C while the drop runs must not leave the
-    database behind, so the drop is attempted again before the interrupt propagates.
+    database behind, so the drop is attempted again before the interrupt propagates. A drop
+    refused because the database is still in use (a session being terminated has not gone yet,
+    or connects just then) is retried a few times. Other errors are logged, not raised: callers
+    that must know check whether the database is gone.
     """
     statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     pending: BaseException | None = None
-    for _attempt in range(2):
+    interrupted = in_use = 0
+    while True:
         try:
             with connect(admin_dsn, autocommit=True, application_name="dbprotect-scratch") as conn:
                 conn.execute(statement)
             break
         except KeyboardInterrupt as exc:
             pending = exc
+            interrupted += 1
+            if interrupted >= 2:
+                break
+        except psycopg.errors.ObjectInUse as exc:
+            in_use += 1
+            if in_use >= DROP_ATTEMPTS_IN_USE:
+                log.error("could not drop scratch database %s: %s", name, exc)
+                break
+            time.sleep(0.2 * in_use)
         except Exception as exc:
             log.error("could not drop scratch database %s: %s", name, exc)
             break

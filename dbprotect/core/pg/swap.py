@@ -106,6 +106,20 @@ class SwapRecovery:
     detail: str
 
 
+@dataclass(frozen=True)
+class SwapDone:
+    """A committed swap: the incoming database has the target's name.
+
+    ``warning`` says what housekeeping after the commit point failed (say, the retired database
+    could not be dropped), ``leftover`` names the database left behind: the swap itself succeeded,
+    the swap records stay, and the next restore on the server finishes it.
+    """
+
+    intent: SwapIntent
+    warning: str | None = None
+    leftover: str | None = None
+
+
 def new_swap_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
 
@@ -139,7 +153,7 @@ def _exists(admin: psycopg.Connection, dbname: str) -> bool:
 def swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, replace: bool,
             on_intent: Callable[[SwapIntent], None] | None = None,
             before_acting: Callable[[psycopg.Connection], None] | None = None,
-            hooks: SwapHook | None = None) -> SwapIntent:
+            hooks: SwapHook | None = None) -> SwapDone:
     """Put the verified database ``incoming`` in place as ``target`` (replacing it when ``replace``).
 
     ``environment`` is the marker the target carries afterwards. ``before_acting`` re-checks the
@@ -148,7 +162,10 @@ def swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, rep
     first rename. An exception (SIGTERM, Ctrl-C, a failed statement) before the incoming database
     has the target's name rolls back here; one after it leaves the rest (owner, dropping the retired
     database) to :func:`recover_interrupted_swaps`. Only SIGKILL leaves a swap between the renames,
-    and the recovery finishes it: production always has a name the recovery knows.
+    and the recovery finishes it: production always has a name the recovery knows. If the target
+    cannot even be renamed back in-process, nothing is dropped: both databases keep their records
+    and the recovery decides. A failure of the housekeeping after the commit point (dropping the
+    retired database) does not undo a swap that happened: it comes back as :attr:`SwapDone.warning`.
     """
     try:
         return _swap_in(admin_dsn, incoming, target, environment=environment, replace=replace, on_intent=on_intent,
@@ -162,7 +179,7 @@ def swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, rep
 
 def _swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, replace: bool,
              on_intent: Callable[[SwapIntent], None] | None,
-             before_acting: Callable[[psycopg.Connection], None] | None, step: SwapHook) -> SwapIntent:
+             before_acting: Callable[[psycopg.Connection], None] | None, step: SwapHook) -> SwapDone:
     swap_id = new_swap_id()
     with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
         admin.execute("SELECT pg_advisory_lock(%s, %s)", (SWAP_LOCK_CLASS, _lock_key(swap_id)))
@@ -196,29 +213,72 @@ def _swap_in(admin_dsn: str, incoming: str, target: str, *, environment: str, re
                 step("target_closed")
         except BaseException:
             with contextlib.suppress(Exception):
-                _roll_back_before_commit(admin, intent)
+                _roll_back_before_commit(admin, admin_dsn, intent)
             raise
         try:
             step("target_retired")
             _rename(admin, incoming, target)
         except BaseException:  # interrupted in-process between the renames: put the target back now
-            with contextlib.suppress(Exception):
-                if intent.retired:
-                    _rename(admin, intent.retired, target)
-                _roll_back_before_commit(admin, intent)
+            _put_target_back(admin, admin_dsn, intent)
             raise
         step("incoming_renamed")
-        _finish(admin, admin_dsn, intent, step)
-    return intent
+        try:
+            _finish(admin, admin_dsn, intent, step)
+        except (psycopg.Error, DbprotectError) as exc:  # the swap happened; only its housekeeping failed
+            reason = exc.one_line() if isinstance(exc, DbprotectError) else " ".join(str(exc).split())[:200]
+            leftover = intent.retired if intent.retired and _exists_quietly(admin_dsn, intent.retired) else None
+            warning = (f"{intent.target!r} holds the new data, but finishing {intent.describe()} failed ({reason})"
+                       + (f"; {leftover!r} is left behind" if leftover else "")
+                       + "; the next restore on this server finishes it")
+            log.warning("%s", warning)
+            return SwapDone(intent, warning, leftover)
+    return SwapDone(intent)
 
 
-def _roll_back_before_commit(admin: psycopg.Connection, intent: SwapIntent) -> None:
+def _exists_quietly(admin_dsn: str, dbname: str) -> bool:
+    """Whether ``dbname`` exists, on a fresh connection (the swap's own may be the one that broke); True if unknown."""
+    try:
+        with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
+            return _exists(admin, dbname)
+    except (psycopg.Error, DbprotectError):
+        return True
+
+
+def _put_target_back(admin: psycopg.Connection, admin_dsn: str, intent: SwapIntent) -> None:
+    """Interrupted in-process between the renames: rename the retired database back, then roll back.
+
+    Only once the target has its name again is the incoming database dropped. If the rename back
+    fails (the connection broke, the name was taken meanwhile), nothing is dropped: the retired
+    database holds production and the incoming one the new data, both keep their swap records,
+    and :func:`recover_interrupted_swaps` finishes or rolls back the swap from where they are.
+    """
+    if intent.retired:
+        try:
+            _rename(admin, intent.retired, intent.target)
+        except Exception as exc:  # whatever broke, dropping anything now could lose data
+            log.error("%s was interrupted between its renames and %r could not be renamed back to %r (%s); "
+                      "both databases are kept with their swap records, the next restore on this server "
+                      "completes the swap", intent.describe(), intent.retired, intent.target,
+                      " ".join(str(exc).split())[:200])
+            return
+    with contextlib.suppress(Exception):
+        _roll_back_before_commit(admin, admin_dsn, intent)
+
+
+def _drop(admin: psycopg.Connection, admin_dsn: str, dbname: str) -> None:
+    """Drop ``dbname`` through :func:`dbprotect.core.pg.scratch.drop_database` (retried), and say if it stayed."""
+    drop_database(admin_dsn, dbname)
+    if _exists(admin, dbname):
+        raise DbprotectError(f"database {dbname!r} could not be dropped")
+
+
+def _roll_back_before_commit(admin: psycopg.Connection, admin_dsn: str, intent: SwapIntent) -> None:
     """The target still has its name: clear its record and let connections in; drop the incoming database."""
     if intent.retired and read_swap(admin, intent.target, intent.swap_id):
         _reset(admin, intent.target, SWAP_SETTING)
         _allow_connections(admin, intent.target, True)
     if read_swap(admin, intent.incoming, intent.swap_id):
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(intent.incoming)))
+        _drop(admin, admin_dsn, intent.incoming)
 
 
 def _finish(admin: psycopg.Connection, admin_dsn: str, intent: SwapIntent, step: SwapHook) -> None:
@@ -231,8 +291,7 @@ def _finish(admin: psycopg.Connection, admin_dsn: str, intent: SwapIntent, step:
     if intent.retired and read_swap(admin, intent.retired, intent.swap_id):
         drop_database(admin_dsn, intent.retired)
         if _exists(admin, intent.retired):
-            raise DbprotectError(f"{intent.describe()}: the replaced database {intent.retired!r} could not be "
-                                 "dropped; the next restore on this server drops it")
+            raise DbprotectError(f"the replaced database {intent.retired!r} could not be dropped")
     step("retired_dropped")
     _reset(admin, intent.target, SWAP_SETTING)
     step("done")
@@ -265,6 +324,24 @@ def interrupted_swaps(admin: psycopg.Connection) -> dict[str, dict[str, dict[str
     return found
 
 
+def _intent_of(swap_id: str, holders: dict[str, dict[str, str]]) -> SwapIntent:
+    first = next(iter(holders.values()))
+    return SwapIntent(swap_id, str(first.get("target", "")), str(first.get("incoming", "")),
+                      first.get("retired") or None, str(first.get("environment", "")),
+                      first.get("owner") or None, str(first.get("started_at", "")))
+
+
+def pending_swaps(admin_dsn: str) -> list[str]:
+    """Interrupted swaps on the server the next command would recover, described; changes nothing.
+
+    What a ``--dry-run`` reports: a swap whose process is alive (it holds its lock) is not pending.
+    """
+    with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
+        return [f"interrupted {_intent_of(swap_id, holders).describe()} (databases: {', '.join(sorted(holders))})"
+                for swap_id, holders in sorted(interrupted_swaps(admin).items())
+                if not is_held(admin, SWAP_LOCK_CLASS, _lock_key(swap_id))]
+
+
 def recover_interrupted_swaps(admin_dsn: str, *,
                               on_recovered: Callable[[SwapRecovery], None] | None = None) -> list[SwapRecovery]:
     """Finish or roll back every swap on the server whose process died (see the module docstring).
@@ -277,10 +354,7 @@ def recover_interrupted_swaps(admin_dsn: str, *,
     done: list[SwapRecovery] = []
     with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
         for swap_id, holders in sorted(interrupted_swaps(admin).items()):
-            first = next(iter(holders.values()))
-            intent = SwapIntent(swap_id, str(first.get("target", "")), str(first.get("incoming", "")),
-                                first.get("retired") or None, str(first.get("environment", "")),
-                                first.get("owner") or None, str(first.get("started_at", "")))
+            intent = _intent_of(swap_id, holders)
             if is_held(admin, SWAP_LOCK_CLASS, _lock_key(swap_id)) or not admin.execute(
                     "SELECT pg_try_advisory_lock(%s, %s)", (SWAP_LOCK_CLASS, _lock_key(swap_id))).fetchone()[0]:  # type: ignore[index]
                 outcome = SwapRecovery(intent, "left alone", f"{intent.describe()} is still running")
@@ -337,7 +411,11 @@ def _recover(admin: psycopg.Connection, admin_dsn: str, intent: SwapIntent,
         _finish(admin, admin_dsn, intent, never)
         return SwapRecovery(intent, "finished", f"interrupted {intent.describe()} was finished: {intent.target!r} "
                                                 "holds the new data")
-    if outgoing_at is not None and outgoing_at == intent.retired and not _exists(admin, intent.target):
+    if outgoing_at is not None and outgoing_at == intent.retired and _exists(admin, intent.target):
+        # Past the commit point, yet another database took the target's name: acting on either
+        # could lose the only copy of production (in the retired database) or of the new data.
+        raise DbprotectError(f"{intent.target!r} exists but is not the swap's: production is in {intent.retired!r}")
+    if outgoing_at is not None and outgoing_at == intent.retired:
         if incoming_at == intent.incoming:
             _rename(admin, intent.incoming, intent.target)
             _finish(admin, admin_dsn, intent, never)
@@ -353,7 +431,7 @@ def _recover(admin: psycopg.Connection, admin_dsn: str, intent: SwapIntent,
         _reset(admin, intent.target, SWAP_SETTING)
         _allow_connections(admin, intent.target, True)
     if incoming_at is not None and incoming_at == intent.incoming:  # only the recorded incoming database
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(incoming_at)))
+        _drop(admin, admin_dsn, incoming_at)
     return SwapRecovery(intent, "rolled back", f"interrupted {intent.describe()} was rolled back: "
                                                f"{intent.target!r} is unchanged")
 

@@ -44,7 +44,7 @@ from dbprotect.core.errors import DbprotectError, IntegrityError, NotFoundError,
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
 from dbprotect.core.pg.markers import read_marker, require_marker
 from dbprotect.core.pg.pg_restore import Progress
-from dbprotect.core.pg.swap import SwapHook, swap_in
+from dbprotect.core.pg.swap import SwapDone, SwapHook, pending_swaps, swap_in
 from dbprotect.core.pg.tools import connect, server_major
 from dbprotect.core.restore.decrypt import read_archive_listing
 from dbprotect.core.restore.drill import LastDrill, last_drill
@@ -112,12 +112,16 @@ class RestorePlan:
     manifest: Manifest = field(repr=False)
     #: The archive's objects (from its table of contents), compared after the restore.
     incoming: set[ObjectKey] = field(default_factory=set, repr=False)
+    #: Interrupted swaps on the target's server that the restore would first finish or roll back
+    #: (filled by a dry run, which changes nothing; see :func:`dbprotect.core.pg.swap.pending_swaps`).
+    pending_swaps: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """The plan as an on-call engineer reads it before typing the confirmation."""
         t = self.target
+        lines = [f"  PENDING: {swap}; the restore finishes or rolls it back first" for swap in self.pending_swaps]
         lines = [
-            f"restore {self.database} backup {self.backup_id} ({self.backup_environment})",
+            f"restore {self.database} backup {self.backup_id} ({self.backup_environment})", *lines,
             f"  into {'EXISTING' if t.existing else 'new'} {t.environment} database {t.name!r} "
             f"at {mask_dsn(t.admin_dsn)}",
             f"  size: {self.dump_bytes / 1e6:.1f} MB archive ({self.stored_bytes / 1e6:.1f} MB stored), "
@@ -152,6 +156,7 @@ class RestorePlan:
             "source_size_bytes": self.source_size_bytes, "tables": self.tables, "rows": self.rows,
             "last_drill": None if drill is None else {"backup_id": drill.backup_id, "at": drill.at.isoformat(),
                                                       "ok": drill.ok, "rto_seconds": drill.rto_seconds},
+            "pending_swaps": self.pending_swaps,
         }
 
 
@@ -162,6 +167,10 @@ class RestoreResult:
     safety_backup_id: str | None
     timings: dict[str, float]
     objects: int
+    #: Housekeeping after the swap's commit point that failed (the restore itself succeeded).
+    warnings: list[str] = field(default_factory=list)
+    #: Databases the restore left behind because of those failures (the next restore drops them).
+    leftovers: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         return {**self.timings, "objects": self.objects, "tables": self.plan.tables, "rows": self.plan.rows}
@@ -260,17 +269,24 @@ def execute_restore(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
                 progress("safety_backup")
             safety_id = _safety_backup(storage, plan, identity, recipients, safety_database, pg_bin_dir, by)
             timings["safety_backup_seconds"] = round(time.perf_counter() - started, 3)
-        objects = _restore_staged(storage, plan, identity, timings, pg_bin_dir=pg_bin_dir, jobs=jobs,
+        objects, done = _restore_staged(storage, plan, identity, timings, pg_bin_dir=pg_bin_dir, jobs=jobs,
                                   work_dir=work_dir, progress=progress,
                                   analyze=target.existing if analyze is None else analyze, audit=audit,
                                   swap_hooks=swap_hooks)
-    result = RestoreResult(plan, target.name, safety_id, timings, objects)
+    result = RestoreResult(plan, target.name, safety_id, timings, objects,
+                           warnings=[done.warning] if done.warning else [],
+                           leftovers=[done.leftover] if done.leftover else [])
     if audit:
+        # Once the swap committed, the restore succeeded: a failed cleanup after it is a warning
+        # naming what is left behind, never a "failed" restore of a database that was replaced.
         audit.record("restore", database=plan.database, outcome="ok", target=plan.backup_id,
                      detail=f"restored into {target.environment} database {target.name!r}"
-                            + (f" after safety backup {safety_id}" if safety_id else ""),
+                            + (f" after safety backup {safety_id}" if safety_id else "")
+                            + "".join(f"; warning: {warning}" for warning in result.warnings),
                      data={"restore_target": target.name, "environment": target.environment,
-                           "safety_backup_id": safety_id, "metrics": result.metrics()})
+                           "safety_backup_id": safety_id, "metrics": result.metrics(),
+                           **({"warnings": result.warnings, "leftovers": result.leftovers}
+                              if result.warnings else {})})
     return result
 
 
@@ -292,6 +308,8 @@ def restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identi
             plan = plan_restore(storage, manifest, identity, target,
                                 pg_bin_dir=options.get("pg_bin_dir"))  # type: ignore[arg-type]
         if dry_run:
+            # A dry run recovers nothing, but must say that the real run would first act on the server.
+            plan.pending_swaps = pending_swaps(target.admin_dsn)
             return plan
         return execute_restore(storage, plan, identity, confirmation=confirmation, recipients=recipients,
                                audit=audit, **options)  # type: ignore[arg-type]
@@ -345,7 +363,7 @@ def _safety_backup(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.
 def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.Identity,
                     timings: dict[str, float], *, pg_bin_dir: str | None, jobs: int | None,
                     work_dir: str | os.PathLike[str] | None, progress: Progress | None,
-                    analyze: bool, audit: AuditLog | None, swap_hooks: SwapHook | None) -> int:
+                    analyze: bool, audit: AuditLog | None, swap_hooks: SwapHook | None) -> tuple[int, SwapDone]:
     """Restore into a staging database (the one staged pipeline), then swap it in; it never outlives a failure."""
     target, manifest = plan.target, plan.manifest
     clock = PhaseClock(progress, timings)
@@ -355,12 +373,12 @@ def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
             raise IntegrityError(f"restored data does not match backup {manifest.backup_id}: "
                                  + "; ".join(staged.problems[:5]) + f"; {target.name!r} was not changed")
         with clock("swap"):
-            _put_in_place(target, staged.database.name, manifest.database, audit, swap_hooks)
-        return staged.objects
+            done = _put_in_place(target, staged.database.name, manifest.database, audit, swap_hooks)
+        return staged.objects, done
 
 
 def _put_in_place(target: RestoreTarget, staging: str, database: str, audit: AuditLog | None,
-                  hooks: SwapHook | None) -> None:
+                  hooks: SwapHook | None) -> SwapDone:
     """The one swap (:func:`dbprotect.core.pg.swap.swap_in`), its guards re-checked immediately before acting."""
 
     def still_guarded(admin: psycopg.Connection) -> None:
@@ -371,5 +389,6 @@ def _put_in_place(target: RestoreTarget, staging: str, database: str, audit: Aud
             raise RefusedError(f"refused: database {target.name!r} appeared while restoring; a restore to a new "
                                "database never overwrites one", refusal=Refusals.TARGET_EXISTS)
 
-    swap_in(target.admin_dsn, staging, target.name, environment=target.environment, replace=target.existing,
-            before_acting=still_guarded, on_intent=swap_intent_recorder(audit, database), hooks=hooks)
+    return swap_in(target.admin_dsn, staging, target.name, environment=target.environment,
+                   replace=target.existing, before_acting=still_guarded,
+                   on_intent=swap_intent_recorder(audit, database), hooks=hooks)

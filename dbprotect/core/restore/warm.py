@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -51,9 +52,9 @@ from dbprotect.core.errors import (
     RefusedError,
 )
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
-from dbprotect.core.pg.markers import MARKER_SETTING, read_marker, read_setting
-from dbprotect.core.pg.scratch import drop_database
-from dbprotect.core.pg.swap import SwapHook, swap_in
+from dbprotect.core.pg.markers import MARKER_SETTING, database_settings, read_marker, read_setting
+from dbprotect.core.pg.scratch import SWAP_SETTING, drop_database, is_held
+from dbprotect.core.pg.swap import SwapDone, SwapHook, swap_in
 from dbprotect.core.pg.tools import connect
 from dbprotect.core.restore.oncall import (
     RestoreResult,
@@ -76,6 +77,10 @@ if TYPE_CHECKING:
 WARM_ENVIRONMENT = "backup"
 #: The database-level setting naming the backup a warm copy holds.
 HOLDS_SETTING = "dbprotect.warm_copy_of"
+#: The database-level setting naming the warm copy an incoming database is for.
+INCOMING_SETTING = "dbprotect.warm_incoming_for"
+#: First key of the advisory lock a refresh holds while it owns its incoming database ('dbpi').
+INCOMING_LOCK_CLASS = 0x64627069
 MAINTENANCE_DB = "postgres"
 APPLICATION = "dbprotect-warm-copy"
 
@@ -116,6 +121,8 @@ class WarmCopyOutcome:
     rows: int = 0
     objects: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    #: Housekeeping after the swap's commit point that failed (the refresh itself succeeded).
+    warnings: list[str] = field(default_factory=list)
 
     def backup_age_hours(self, now: datetime | None = None) -> float:
         """How old the data in the warm copy is: hours since the backup's snapshot."""
@@ -125,7 +132,7 @@ class WarmCopyOutcome:
         return {"database": self.database, "warm_database": self.warm_database, "server": self.server,
                 "backup_id": self.backup_id, "previous": self.previous, "refreshed": self.refreshed,
                 "reason": self.reason, "backup_age_hours": self.backup_age_hours(), "tables": self.tables,
-                "rows": self.rows, "objects": self.objects, "timings": self.timings}
+                "rows": self.rows, "objects": self.objects, "timings": self.timings, "warnings": self.warnings}
 
 
 @dataclass
@@ -196,24 +203,70 @@ def check_replaceable(state: WarmCopyState, server: str) -> None:
 # -- refresh -------------------------------------------------------------------------------------
 
 def _incoming_name(name: str) -> str:
-    """Where the next copy is restored before the swap (fixed, so a crash's leftover is found again)."""
-    return f"{name[:50]}__incoming"
+    """Where the next copy is restored before the swap (fixed, so a crash's leftover is found again).
+
+    One name per warm copy: a name too long for the suffix is cut and followed by a checksum of
+    the whole name, so two warm copies whose names share a prefix never share an incoming database.
+    """
+    if len(name) <= 50:
+        return f"{name}__incoming"
+    return f"{name[:40]}__incoming_{zlib.crc32(name.encode('utf-8')):08x}"
+
+
+@contextlib.contextmanager
+def _incoming_held(admin_dsn: str, incoming: str, server: str) -> Iterator[None]:
+    """Hold the advisory lock on ``incoming`` for the block: one refresh at a time owns it.
+
+    A second refresh of the same warm copy (the CLI beside a Dagster run, another configuration)
+    is refused rather than dropping the incoming database the first one is restoring into.
+    """
+    key = zlib.crc32(incoming.encode("utf-8")) & 0x7FFFFFFF
+    with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as holder:
+        row = holder.execute("SELECT pg_try_advisory_lock(%s, %s)", (INCOMING_LOCK_CLASS, key)).fetchone()
+        if not row or not row[0]:
+            raise RefusedError(f"refused: another refresh on {server} is restoring into {incoming!r}; nothing was "
+                               "changed", hint="wait for it to finish, then run the refresh again",
+                               refusal=Refusals.STAGING_NAME_TAKEN)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                holder.execute("SELECT pg_advisory_unlock(%s, %s)", (INCOMING_LOCK_CLASS, key))
+
+
+def incoming_held(admin: psycopg.Connection, incoming: str) -> bool:
+    """Whether a live refresh holds ``incoming`` (see :func:`_incoming_held`)."""
+    return is_held(admin, INCOMING_LOCK_CLASS, zlib.crc32(incoming.encode("utf-8")) & 0x7FFFFFFF)
 
 
 def _drop_leftover_incoming(dsn: str, incoming: str, server: str) -> None:
-    """Drop an incoming database a crashed refresh left behind, if it is ours (marked ``backup``)."""
-    state = inspect_warm_copy(with_dbname(dsn, incoming))
-    if not state.exists:
+    """Drop an incoming database a crashed refresh of *this* warm copy left behind; refuse any other.
+
+    Called with the incoming lock held (:func:`_incoming_held`). Dropped only when it is marked
+    ``backup``, carries no swap record (an interrupted swap is the swap recovery's: it may hold the
+    only copy of something) and, when it names the warm copy it is for, names this one.
+    """
+    name = dbname_of(dsn) or ""
+    with connect(with_dbname(dsn, MAINTENANCE_DB), autocommit=True, application_name=APPLICATION) as admin:
+        settings = database_settings(admin, incoming).get(incoming)
+    if settings is None:
         return
-    if state.marker != WARM_ENVIRONMENT:
-        raise RefusedError(f"refused: {incoming!r} on {server} exists and is not a leftover warm copy (marker "
-                           f"{state.marker!r}); nothing was changed", hint=f"drop or rename {incoming!r} by hand",
-                           refusal=Refusals.STAGING_NAME_TAKEN)
+    marker, meant_for = settings.get(MARKER_SETTING), settings.get(INCOMING_SETTING)
+    problem = None
+    if marker != WARM_ENVIRONMENT:
+        problem = f"is not a leftover warm copy (marker {marker!r})"
+    elif SWAP_SETTING in settings:
+        problem = "belongs to an interrupted swap the recovery did not complete"
+    elif meant_for is not None and meant_for != name:
+        problem = f"is the incoming database of another warm copy ({meant_for[:63]!r})"
+    if problem:
+        raise RefusedError(f"refused: {incoming!r} on {server} exists and {problem}; nothing was changed",
+                           hint=f"drop or rename {incoming!r} by hand", refusal=Refusals.STAGING_NAME_TAKEN)
     drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
 
 
 def _swap_in(dsn: str, incoming: str, backup_id: str, server: str, *, audit: AuditLog | None, database: str,
-             hooks: SwapHook | None = None) -> None:
+             hooks: SwapHook | None = None) -> SwapDone:
     """Record what ``incoming`` holds, then the one swap (:func:`dbprotect.core.pg.swap.swap_in`).
 
     The warm copy's marker is re-checked on the swap's own connection immediately before acting.
@@ -223,6 +276,8 @@ def _swap_in(dsn: str, incoming: str, backup_id: str, server: str, *, audit: Aud
     with connect(admin_dsn, autocommit=True, application_name=APPLICATION) as admin:
         admin.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
             sql.Identifier(incoming), sql.SQL(HOLDS_SETTING), sql.Literal(backup_id)))
+        admin.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+            sql.Identifier(incoming), sql.SQL(INCOMING_SETTING), sql.Literal(name)))
     exists = inspect_warm_copy(dsn).exists
 
     def still_replaceable(_admin: psycopg.Connection) -> None:
@@ -233,8 +288,8 @@ def _swap_in(dsn: str, incoming: str, backup_id: str, server: str, *, audit: Aud
                                "nothing was changed", hint="run the refresh again",
                                refusal=Refusals.NOT_A_WARM_COPY)
 
-    swap_in(admin_dsn, incoming, name, environment=WARM_ENVIRONMENT, replace=exists, before_acting=still_replaceable,
-            on_intent=swap_intent_recorder(audit, database), hooks=hooks)
+    return swap_in(admin_dsn, incoming, name, environment=WARM_ENVIRONMENT, replace=exists,
+                   before_acting=still_replaceable, on_intent=swap_intent_recorder(audit, database), hooks=hooks)
 
 
 # -- verification of the live warm copy ----------------------------------------------------------
@@ -278,31 +333,37 @@ def refresh_into(storage: Storage, manifest: Manifest, identity: pyrage.x25519.I
         return outcome
     started = time.perf_counter()
     incoming = _incoming_name(state.name)
-    _drop_leftover_incoming(dsn, incoming, server)
-    result = restore(storage, manifest, identity,
-                     RestoreTarget(with_dbname(dsn, incoming), WARM_ENVIRONMENT, existing=False),
-                     recipients=recipients, pg_bin_dir=pg_bin_dir, work_dir=work_dir, by=actor, progress=progress,
-                     analyze=True)  # a standby takes traffic the moment it is needed
-    assert isinstance(result, RestoreResult)  # not a dry run
-    swap_started = time.perf_counter()
-    try:
-        _swap_in(dsn, incoming, backup_id, server, audit=audit, database=manifest.database, hooks=swap_hooks)
-    except BaseException as exc:
-        with contextlib.suppress(DbprotectError, psycopg.Error):
-            drop_database(with_dbname(dsn, MAINTENANCE_DB), incoming)
-        if isinstance(exc, psycopg.Error):
-            reason = " ".join(str(exc).split())[:160]
-            raise DatabaseError(f"swapping the new warm copy into {state.name!r} on {server} failed: {reason}; "
-                                "the previous warm copy is in place",
-                                hint="the warm copy DSN's role needs CREATEDB and to own the warm copy") from None
-        raise
+    with _incoming_held(with_dbname(dsn, MAINTENANCE_DB), incoming, server):
+        _drop_leftover_incoming(dsn, incoming, server)
+        result = restore(storage, manifest, identity,
+                         RestoreTarget(with_dbname(dsn, incoming), WARM_ENVIRONMENT, existing=False),
+                         recipients=recipients, pg_bin_dir=pg_bin_dir, work_dir=work_dir, by=actor,
+                         progress=progress, analyze=True)  # a standby takes traffic the moment it is needed
+        assert isinstance(result, RestoreResult)  # not a dry run
+        swap_started = time.perf_counter()
+        try:
+            done = _swap_in(dsn, incoming, backup_id, server, audit=audit, database=manifest.database,
+                            hooks=swap_hooks)
+        except BaseException as exc:
+            # Only an incoming database no swap claims: one the swap kept (it could not rename the
+            # old copy back) is the recovery's, and may be the only copy of the new data.
+            with contextlib.suppress(DbprotectError, psycopg.Error):
+                _drop_leftover_incoming(dsn, incoming, server)
+            if isinstance(exc, psycopg.Error):
+                reason = " ".join(str(exc).split())[:160]
+                raise DatabaseError(f"swapping the new warm copy into {state.name!r} on {server} failed: {reason}; "
+                                    "the previous warm copy is in place",
+                                    hint="the warm copy DSN's role needs CREATEDB and to own the warm copy") from None
+            raise
+    outcome.warnings = result.warnings + ([done.warning] if done.warning else [])
     timings = dict(result.timings)
     timings["warm_swap_seconds"] = round(time.perf_counter() - swap_started, 3)
     timings["total_seconds"] = round(time.perf_counter() - started, 3)
     outcome.refreshed, outcome.timings = True, timings
     outcome.objects = result.objects
     outcome.reason = (f"restored backup {backup_id} into warm copy {state.name!r}"
-                      + (f" (was {state.holds})" if state.holds else "") + "; verified against its manifest")
+                      + (f" (was {state.holds})" if state.holds else "") + "; verified against its manifest"
+                      + "".join(f"; warning: {warning}" for warning in outcome.warnings))
     return outcome
 
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dbprotect.core.errors import IntegrityError
+from dbprotect.core.pg.dsn import server_label
 
 FORMAT_VERSION = 2
 #: Versions this dbprotect reads: 1 (results also appended to the manifest) and 2 (manifest write-once).
@@ -252,6 +253,17 @@ class Manifest(BaseModel):
     #: The audit log's head (``seq``, ``hash``) when this backup was committed: an anchor that makes
     #: removal or rewriting of the log's tail detectable (``audit --verify``). None in format 1.
     audit_head: dict[str, Any] | None = Field(default=None, max_length=2)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _server_label_not_dsn(cls, value: Any) -> Any:
+        """Older manifests stored ``source.dsn``, a masked DSN that still named the user: read as the
+        ``server`` label new manifests store (database and host, no user), and the DSN is dropped."""
+        if isinstance(value, dict) and "dsn" in value:
+            dsn = value["dsn"]
+            value = {key: item for key, item in value.items() if key != "dsn"}
+            value.setdefault("server", server_label(dsn) if isinstance(dsn, str) else "an unparseable DSN")
+        return value
 
     @field_validator("database")
     @classmethod
