@@ -33,8 +33,9 @@ import hashlib
 import hmac
 import math
 import re
+import sys
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from rbloom import Bloom
 
@@ -55,6 +56,10 @@ _SEPARATOR_TABLE = {ord(ch): None for ch in " \t\n\r\f\v-./()"}
 _NON_DIGIT_BYTES = bytes(i for i in range(256) if not 48 <= i <= 57)
 _PHONE_SHAPE = re.compile(r"^(\+|00)?[0-9\s\-./()]+$")
 _DECIMAL = re.compile(r"^[+-]?[0-9]*\.[0-9]+$")
+#: An IPv4 address as PostgreSQL writes it (no leading zeros, octets <= 255, optional prefix length): its
+#: digits are no phone number ("24.0.123.156" and "240.12.31.56" share them by chance).
+_IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:/[0-9]{1,2})?$")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE_PATTERNS = (
     re.compile(r"^\+[1-9][0-9]{0,3}(?:[\s.\-/]?\(?[0-9]{1,5}\)?){1,6}$"),  # +44 20 7946 0018, +44-20-..., +4420...
@@ -85,7 +90,7 @@ def digit_forms(text: str, digits: str | None = None) -> list[str]:
     if len(digits) < MIN_DIGITS or len(digits) > 19:
         return []
     stripped = text.strip()
-    if not _PHONE_SHAPE.match(stripped) or _DECIMAL.match(stripped):
+    if not _PHONE_SHAPE.match(stripped) or _DECIMAL.match(stripped) or _IPV4.match(stripped):
         return []
     found = [digits]
     international = stripped.startswith("+") or digits.startswith("00")
@@ -101,14 +106,20 @@ def digit_forms(text: str, digits: str | None = None) -> list[str]:
 
 def forms(text: str, *, free_text: bool = False) -> set[str]:
     """Every normalized form of one value that is long enough to be fingerprinted (``free_text``: see
-    :data:`MIN_FREE_TEXT`; digit forms of phone numbers and cards count whatever the column)."""
+    :data:`MIN_FREE_TEXT`; digit forms of phone numbers and cards count whatever the column).
+
+    Hot: called for every distinct value on both sides; a value without digits (most names and
+    words) returns after two C calls. ``dbprotect_tests/fingerprint_reference.py`` holds the
+    plain version this must equal (property test).
+    """
     folded = fold(text)
     digits = _digits(text)
-    minimum = MIN_FORM
-    if free_text:
-        minimum = MIN_FREE_TEXT if digits or len(folded) >= MIN_PROSE else MIN_PROSE
+    if not digits:
+        minimum = (MIN_PROSE if len(folded) < MIN_PROSE else MIN_FREE_TEXT) if free_text else MIN_FORM
+        return {folded} if len(folded) >= minimum else set()
+    minimum = MIN_FREE_TEXT if free_text else MIN_FORM
     found = {folded} if len(folded) >= minimum else set()
-    if digits and len(digits) < len(folded) and "@" not in folded:  # IBANs, IDs: letters and digits, grouped
+    if len(digits) < len(folded) and "@" not in folded:  # IBANs, IDs: letters and digits, grouped
         compact = folded.translate(_SEPARATOR_TABLE)
         if compact != folded and len(compact) >= minimum and compact != digits:
             found.add(compact)
@@ -174,17 +185,23 @@ def looks_like_card(text: str) -> bool:
 class Fingerprinter:
     """Keyed 64-bit fingerprints of normalized forms.
 
-    The fingerprint key is HMAC-SHA256(masking key, "dbprotect-fingerprint"); each form is then
-    MACed with keyed BLAKE2b (RFC 7693's MAC mode, as strong a PRF as HMAC and three times faster
-    here: tens of millions of values go through it). Without the masking key nobody can compute a
-    fingerprint, so a dictionary of known e-mails or phone numbers reveals nothing.
+    Fingerprints live only in this process's memory, for one build (the filter is never stored or
+    printed), so they need a key nobody outside the process knows, not a durable one. The fast
+    key is the interpreter's own: Python hashes strings with SipHash-1-3 (a keyed PRF) under a
+    random 128-bit key drawn at start-up, in C, cached on the string, which is what lets tens of
+    millions of values through. When hash randomization is off (``PYTHONHASHSEED`` set) that key
+    is public, and each form is MACed with keyed BLAKE2b under HMAC-SHA256(masking key,
+    "dbprotect-fingerprint") instead (three times slower). Either way, without the key nobody can
+    compute a fingerprint, so a dictionary of known e-mails or phone numbers reveals nothing.
     """
 
     def __init__(self, key: bytes) -> None:
         subkey = hmac.digest(key, b"dbprotect-fingerprint", "sha256")
         self._base = hashlib.blake2b(key=subkey, digest_size=8)
+        #: Fingerprint of one form: ``hash`` (keyed by the interpreter) or keyed BLAKE2b.
+        self.of: Callable[[str], int] = hash if sys.flags.hash_randomization else self._mac
 
-    def of(self, form: str) -> int:
+    def _mac(self, form: str) -> int:
         mac = self._base.copy()
         mac.update(form.encode("utf-8", "surrogatepass"))
         return int.from_bytes(mac.digest(), "big")
@@ -195,7 +212,7 @@ class Fingerprinter:
         return None if word is None else self.of("\0part\0" + word)
 
     def all(self, text: str, *, free_text: bool = False) -> list[int]:
-        return [self.of(form) for form in forms(text, free_text=free_text)]
+        return list(map(self.of, forms(text, free_text=free_text)))
 
 
 class FingerprintFilter:
@@ -205,19 +222,13 @@ class FingerprintFilter:
         self.capacity = max(1000, capacity)
         self.rate = rate
         self.bloom = Bloom(self.capacity, rate)
-        self.added = 0
-        self._pending: list[int] = []
 
     def add(self, fingerprints: Iterable[int]) -> None:
-        self._pending.extend(fingerprints)
-        if len(self._pending) >= 65536:
-            self.flush()
+        """Add fingerprints in bulk: the iterable is consumed inside rbloom (Rust), never listed in Python."""
+        self.bloom.update(fingerprints)
 
     def flush(self) -> None:
-        if self._pending:
-            self.added += len(self._pending)
-            self.bloom.update(self._pending)
-            self._pending.clear()
+        """Nothing is buffered (kept for callers that finish with it)."""
 
     def __contains__(self, fingerprint: int) -> bool:
         return fingerprint in self.bloom

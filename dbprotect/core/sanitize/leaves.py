@@ -9,9 +9,9 @@ the column's distinct text-like leaves. PostgreSQL does the flattening (``unnest
 dimension, ``jsonb_path_query`` walks every level), so Python only sees leaves.
 
 Text-like: the string category (``text``, ``varchar``, ``bpchar``, ``name``, ``citext``...),
-``xml``, ``json``/``jsonb`` string and number leaves, ``hstore`` keys and values, and ``bytea``
-(its escaped form: text stored as bytes stays readable). Not text-like: numbers, dates, booleans,
-``uuid``, ``inet``, enums (their labels are schema, not data).
+``xml``, ``json``/``jsonb`` string and number leaves and object keys (at every level), ``hstore``
+keys and values, and ``bytea`` (its escaped form: text stored as bytes stays readable). Not
+text-like: numbers, dates, booleans, ``uuid``, ``inet``, enums (their labels are schema, not data).
 """
 
 from __future__ import annotations
@@ -94,7 +94,11 @@ def _leaf_paths(catalog: TypeCatalog, expr: sql.Composable, oid: int, joins: lis
         join = sql.SQL("CROSS JOIN LATERAL jsonb_path_query({}::jsonb, 'strict $.**') AS {}(x)").format(expr, alias)
         leaf = sql.SQL("CASE WHEN jsonb_typeof({a}.x) IN ('string', 'number') THEN {a}.x #>> '{{}}' END").format(
             a=alias)
-        return [([*joins, join], leaf)]
+        # Object keys are data too: {"alice@example.com": {...}} keeps an address in a key.
+        keys = sql.Identifier(f"dbp_k{counter[0]}")
+        key_join = sql.SQL("CROSS JOIN LATERAL jsonb_object_keys(CASE WHEN jsonb_typeof({a}.x) = 'object' "
+                           "THEN {a}.x END) AS {k}(k)").format(a=alias, k=keys)
+        return [([*joins, join], leaf), ([*joins, join, key_join], sql.SQL("{}.k").format(keys))]
     if t.name == "hstore" and t.kind == "b":
         counter[0] += 1
         alias = sql.Identifier(f"dbp_h{counter[0]}")
