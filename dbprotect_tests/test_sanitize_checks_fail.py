@@ -86,11 +86,13 @@ def test_constraints_hold_fails_on_a_missing_or_not_valid_constraint(make_db) ->
             assert not result.ok and "not valid: child child_parent (f)" in result.detail, result.detail
 
 
-_TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\u00a0\u0301\x1c_x"), max_size=30)
+_TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\u00a0\u0301\x1c\x85\u2003\u3000_x٣"),
+                max_size=30)
+_PHONE_LIKE = st.from_regex(r"\s?(\+|00)?[0-9 .()\-/]{0,4}[0-9]{9,14}[ .]?[0-9]{0,4}\s?", fullmatch=True)
 
 
 @settings(max_examples=2000, deadline=None)
-@given(text=_TEXT | st.text(max_size=30), free_text=st.booleans())
+@given(text=_TEXT | _PHONE_LIKE | st.text(max_size=30), free_text=st.booleans())
 def test_optimized_forms_equal_the_reference(text: str, free_text: bool) -> None:
     assert forms(text, free_text=free_text) == fingerprint_reference.forms(text, free_text=free_text)
 
