@@ -102,3 +102,15 @@ def test_ipv4_addresses_are_not_phone_numbers() -> None:
     fingerprint = Fingerprinter(b"k" * 32)
     assert not set(fingerprint.all("24.0.123.156")) & set(fingerprint.all("240.12.31.56"))
     assert set(fingerprint.all("020.794.600.18")) & set(fingerprint.all("+44 20 7946 0018"))  # not an address
+
+
+def test_seen_outputs_never_forget_an_output_as_they_grow() -> None:
+    """Unique columns remember outputs in Bloom filters (bounded memory): no false negative, ever, across growth."""
+    from dbprotect.core.sanitize.stream import SeenOutputs
+
+    seen = SeenOutputs(capacity=1000)
+    outputs = [f"user{i}@example.invalid".encode() for i in range(10_000)]
+    for output in outputs:
+        seen.add(output)
+    assert all(output in seen for output in outputs)
+    assert sum(f"other{i}".encode() in seen for i in range(100_000)) == 0

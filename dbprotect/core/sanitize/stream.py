@@ -6,10 +6,11 @@ and escaped again, and the rows are written in batches to the sanitized database
 holds only the schema's tables at this point (indexes and constraints come after the data, as
 ``pg_restore`` does), which is what makes the load fast.
 
-Unique columns: each output is remembered (per column) and a collision is resolved by asking the
-transformer again with the next attempt number, which is deterministic; the chosen output is
-remembered on the (shared) transformer, so the same source value in a table streamed later gets
-the same output. Tables with unique masked columns are streamed first for that reason.
+Unique columns: each output is remembered (per column, in Bloom filters: :class:`SeenOutputs`)
+and a collision is resolved by asking the transformer again with the next attempt number, which
+is deterministic; the chosen output is remembered on the (shared) transformer, so the same source
+value in a table streamed later gets the same output.
+Tables with unique masked columns are streamed first for that reason.
 
 Outputs that can be real data: a masked phone number is a random number with the source's
 prefix, so among millions one equals another person's real number. ``avoid`` (the production
@@ -19,6 +20,7 @@ fingerprints, collected before the stream) is asked for every output of those tr
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
+from rbloom import Bloom
 
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.rules import RuleSet
@@ -39,6 +42,8 @@ from dbprotect.core.sanitize.transformers import (
 )
 
 BATCH_BYTES = 1 << 19
+#: False-positive rate of each filter of :class:`SeenOutputs` (a false positive costs one retry).
+SEEN_FALSE_POSITIVE_RATE = 1e-9
 MAX_ATTEMPTS = 1000
 #: Transformers whose outputs are checked against production values (``avoid``) and retried on a hit.
 AVOIDING_KINDS = frozenset({"phone"})
@@ -155,13 +160,46 @@ def _transform_failure(table: str, column: str, kind: str, exc: Exception) -> Sa
 _TRANSFORM_ERRORS = (SanitizeError, ValueError, TypeError, ArithmeticError, KeyError, IndexError, RecursionError)
 
 
+class SeenOutputs:
+    """The outputs of a unique masked column so far, in bounded memory: Bloom filters, not a set of values.
+
+    A set held every output (2 M e-mails: ~170 MB). A Bloom filter has no false negatives, so a
+    repeated output is always seen and retried (uniqueness holds); a false positive (rate
+    :data:`SEEN_FALSE_POSITIVE_RATE`) only costs one extra, deterministic attempt. Outputs are
+    hashed with BLAKE2b (stable across processes, so the same rules and key give the same copy);
+    when one filter is full a twice larger one is added (a scalable Bloom filter), so no table
+    size needs to be known in advance.
+    """
+
+    def __init__(self, capacity: int = 1 << 20) -> None:
+        self._capacity = capacity
+        self._filters = [Bloom(capacity, SEEN_FALSE_POSITIVE_RATE)]
+        self._room = capacity
+
+    @staticmethod
+    def _key(output: bytes) -> int:
+        return int.from_bytes(hashlib.blake2b(output, digest_size=8).digest(), "big")
+
+    def __contains__(self, output: bytes) -> bool:
+        key = self._key(output)
+        return any(key in found for found in self._filters)
+
+    def add(self, output: bytes) -> None:
+        if not self._room:
+            self._capacity *= 2
+            self._filters.append(Bloom(self._capacity, SEEN_FALSE_POSITIVE_RATE))
+            self._room = self._capacity
+        self._filters[-1].add(self._key(output))
+        self._room -= 1
+
+
 def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats) -> int:
     """The hot loop: kept as flat as Python allows (locals, no per-field function for kept columns).
 
     A transformer that raises becomes one line naming table, column and transformer (never the
     value): ``step`` is the column being masked when it raised.
     """
-    steps = [(p.index, p.fn.fn, p.fn.remaps, p.fn.cache, p.fn.safe, set() if p.unique else None,
+    steps = [(p.index, p.fn.fn, p.fn.remaps, p.fn.cache, p.fn.safe, SeenOutputs() if p.unique else None,
               p.column if p.check_unchanged else None, p.avoid) for p in plans]
     unchanged = stats.unchanged
     null = b"\\N"
