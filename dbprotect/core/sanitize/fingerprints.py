@@ -15,7 +15,8 @@ digits
     prefix (1 to 3 digits after ``+`` or ``00``) or a national trunk ``0``, so that ``+1 555 010 2000``
     meets ``(555) 010-2000``.
 
-Each form is fingerprinted under a key derived from the masking key (:class:`Fingerprinter`), 64 bits, kept
+Each form is fingerprinted under a secret key (:class:`Fingerprinter`: the interpreter's per-process
+SipHash key, or one derived from the masking key when hash randomization is off), 64 bits, kept
 in a Bloom filter (:class:`FingerprintFilter`, `rbloom`_: a Rust Bloom filter, bounded memory for
 tens of millions of fingerprints). Raw values are never kept. A Bloom filter answers "maybe" for
 values never added with a known false-positive rate, which the check prints: a false positive can
