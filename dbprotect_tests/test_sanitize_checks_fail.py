@@ -114,3 +114,17 @@ def test_seen_outputs_never_forget_an_output_as_they_grow() -> None:
         seen.add(output)
     assert all(output in seen for output in outputs)
     assert sum(f"other{i}".encode() in seen for i in range(100_000)) == 0
+
+
+@pytest.mark.slow
+def test_masking_that_breaks_a_not_valid_foreign_key_fails_constraints_hold(build) -> None:  # noqa: F811
+    """A NOT VALID foreign key is restored NOT VALID: nothing checks the masked rows against it but this check."""
+    result = build(
+        "CREATE UNIQUE INDEX people_email ON people (email);"
+        "CREATE TABLE notes (id int PRIMARY KEY, author text);"
+        "INSERT INTO notes SELECT id, email FROM people;"
+        "ALTER TABLE notes ADD CONSTRAINT notes_author FOREIGN KEY (author) REFERENCES people (email) NOT VALID;",
+        {"notes": {"id": "keep", "author": "hash"}})
+    check = {c.name: c for c in result.checks}["constraints_hold"]
+    assert not check.ok and not result.ok and result.artifact_id is None
+    assert "violated by the masked data (NOT VALID, the source satisfies it): notes notes_author (f)" in check.detail

@@ -16,9 +16,11 @@
 ``constraints_hold``
     Every primary key, unique and foreign key constraint (and unique index) of the source exists,
     validated, in the copy: they were created after the data was loaded, so their presence means
-    the masked data satisfies them.
+    the masked data satisfies them. ``NOT VALID`` foreign keys and checks (recreated unchecked) are
+    validated in both databases, rolled back: one the source satisfies and the copy breaks fails.
 ``row_counts_match``
-    Every table holds exactly the rows of the source backup's manifest.
+    Every table holds exactly the rows of the source backup's manifest; a table missing from the
+    copy or from the manifest fails.
 
 A copy that fails any of them is never stored: encrypted to the development key, it would be
 readable by exactly the people it must not reach.
@@ -322,12 +324,40 @@ _CONSTRAINTS = """
 """
 
 
+_NOT_VALID = """
+    SELECT format('%s %s (%s)', conrelid::regclass, conname, contype), conrelid::regclass::text, conname
+    FROM pg_constraint WHERE contype IN ('f', 'c') AND NOT convalidated
+      AND connamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+"""
+
+
+def _validates(conn: psycopg.Connection, table: str, name: str) -> bool:
+    """Whether ``VALIDATE CONSTRAINT`` succeeds; always rolled back (the scratch databases stay as they were)."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                sql.SQL(table), sql.Identifier(name)))  # table: regclass text, quoted by PostgreSQL
+        return True
+    except psycopg.errors.IntegrityError:
+        return False
+
+
 def constraints_hold(src: psycopg.Connection, dst: psycopg.Connection) -> CheckResult:
+    """Every constraint of the source is in the copy, as valid as there; and masking broke no NOT VALID one.
+
+    The post-data restore stops at a violated constraint, so a *validated* one that arrived holds.
+    A ``NOT VALID`` foreign key or check is recreated ``NOT VALID``: PostgreSQL checks no existing
+    row against it, so masking could break it unseen. Each is validated in both databases (rolled
+    back): one the source satisfies and the copy does not is a failure.
+    """
     expected = dict(src.execute(_CONSTRAINTS).fetchall())
     found = dict(dst.execute(_CONSTRAINTS).fetchall())
     missing = sorted(set(expected) - set(found))
     invalid = sorted(name for name, valid in found.items() if not valid and expected.get(name, False))
-    problems = [f"missing {name}" for name in missing] + [f"not valid: {name}" for name in invalid]
+    broken = sorted(label for label, table, name in dst.execute(_NOT_VALID).fetchall()
+                    if not _validates(dst, table, name) and _validates(src, table, name))
+    problems = ([f"missing {name}" for name in missing] + [f"not valid: {name}" for name in invalid]
+                + [f"violated by the masked data (NOT VALID, the source satisfies it): {name}" for name in broken])
     detail = "; ".join(problems[:10]) if problems else (
         f"{len(found)} primary key, unique and foreign key constraints and unique indexes hold")
     return CheckResult(CONSTRAINTS_HOLD, not problems, detail, {"constraints": len(found), "problems": len(problems)})
