@@ -103,6 +103,14 @@ def create_db(admin_dsn: str, name: str) -> str:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (reset by exec; ``ru_maxrss`` keeps the parent's peak across exec,
+    which made the filter-only child report the build's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
