@@ -10,21 +10,26 @@ The clean clone, and Chinook, Northwind and the demo schema, compare clean.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyrage
 import pytest
 
+from dbprotect.cli.app import run
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.errors import EXIT_OK, IntegrityError
+from dbprotect.core.pg.scratch import ScratchServer
 from dbprotect.core.restore.oncall import RestoreTarget, restore
+from dbprotect.core.restore.staged import verify_restore
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.manifest import Manifest
-from dbprotect.core.verify.compare import compare_database
+from dbprotect.core.verify.compare import compare_database, compare_definitions
 from dbprotect_tests.fixtures.cli import run_json
 from dbprotect_tests.fixtures.fix_pg import psql
 
@@ -110,8 +115,6 @@ def _admin(pg: Any, statement: str) -> None:
 def _backup_and_restore(pg: Any, store: FilesystemStorage, age_keys: tuple[str, str], source: str, database: str,
                         work: Path) -> tuple[Manifest, str]:
     """A dbprotect backup of ``source``, restored by dbprotect's own restore into a new database."""
-    import pyrage
-
     manifest = run_backup(database=database, dsn=source, storage=store, recipients=[age_keys[1]]).manifest
     name = f"{database}_restored_{secrets.token_hex(3)}"
     restore(store, manifest, pyrage.x25519.Identity.from_str(age_keys[0]), RestoreTarget(pg.dsn(name), "production"),
@@ -187,8 +190,6 @@ def test_a_manifest_from_before_the_catalog_compares_what_it_has_and_says_what_i
     old = restored["manifest"].model_copy(update={"catalog": None})
     raw = old.model_dump(mode="json")
     del raw["catalog"]
-    import json
-
     assert Manifest.from_json(json.dumps(raw).encode(), where="old").catalog is None
     target = restored["clone"]()
     psql(target, "ALTER POLICY own_rows ON accounts USING (true)")
@@ -208,8 +209,6 @@ def test_a_manifest_from_before_the_catalog_compares_what_it_has_and_says_what_i
 ])
 def test_a_tampered_catalog_record_makes_the_manifest_malformed(restored: dict[str, Any], field: str,
                                                                 value: object) -> None:
-    import json
-
     raw = restored["manifest"].model_dump(mode="json")
     raw["catalog"][field] = value
     with pytest.raises(IntegrityError, match="malformed"):
@@ -219,8 +218,6 @@ def test_a_tampered_catalog_record_makes_the_manifest_malformed(restored: dict[s
 def test_cli_compare_names_each_difference_and_exits_with_the_integrity_status(
         restored: dict[str, Any], pg: Any, write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from dbprotect.cli.app import run
-
     target = restored["clone"]()
     name = target.split("@/", 1)[1].split("?", 1)[0]
     write_config(pg.dsn(restored["source"]), storage={"local": {"type": "filesystem",
@@ -264,3 +261,30 @@ def test_real_schemas_restore_and_compare_clean(fixture: str, request: pytest.Fi
         assert manifest.catalog is not None and len(manifest.catalog.definitions) == comparison.objects
     finally:
         pg.drop_database(name)
+
+
+def test_rung_3_and_drills_use_the_full_comparison(restored: dict[str, Any], pg: Any,
+                                                    age_keys: tuple[str, str]) -> None:
+    """A backup whose recorded policy is not what the archive restores fails rung 3, naming the policy.
+
+    The manifest is altered in memory (a stored one is write-once): the archive restores the real
+    policy, the record says otherwise, so the restored database differs from the record.
+    """
+    manifest = restored["manifest"]
+    catalog = manifest.catalog.model_copy(deep=True)
+    catalog.definitions["POLICY public.accounts own_rows"] = "0" * 16
+    forged = manifest.model_copy(update={"catalog": catalog})
+    result = verify_restore(restored["store"], forged, pyrage.x25519.Identity.from_str(age_keys[0]),
+                            ScratchServer(pg.admin_dsn), record=False, work_dir=restored["base"])
+    assert not result.ok
+    assert result.problems == ["POLICY public.accounts own_rows: definition differs from the backup's"]
+    # Rung 3 restores without owners and privileges: neither is reported there.
+    assert verify_restore(restored["store"], manifest, pyrage.x25519.Identity.from_str(age_keys[0]),
+                          ScratchServer(pg.admin_dsn), record=False, work_dir=restored["base"]).ok
+
+
+def test_names_are_printed_without_control_characters(restored: dict[str, Any]) -> None:
+    catalog = restored["manifest"].catalog.model_copy(deep=True)
+    catalog.definitions["TABLE public.\x1b[2Jgone\nline"] = "0" * 16
+    problems = compare_definitions(catalog, dict(restored["manifest"].catalog.definitions), {}, compare_owners=True)
+    assert problems == ["TABLE public.\\x1b[2Jgone\\nline: in the backup, missing here"]

@@ -256,8 +256,8 @@ def compare_materialized_views(conn: psycopg.Connection, catalog: CatalogRecord)
         conn.rollback()
         return [f"materialized views: cannot be read here ({' '.join(str(exc).split())[:120]})"]
     problems = []
-    for name, recorded in sorted(catalog.materialized_views.items()):
-        here = found.get(name)
+    for key, recorded in sorted(catalog.materialized_views.items()):
+        here, name = found.get(key), printable(key)
         if here is None:
             problems.append(f"materialized view {name}: in the backup, missing here")
         elif bool(here["populated"]) != recorded.populated:
@@ -299,6 +299,12 @@ def dump_definitions(dsn: str, server_major: int, pg_bin_dir: str | None = None)
     return tool.major, definitions, owners
 
 
+def printable(name: str) -> str:
+    """A name for a one-line difference: control characters (legal in quoted identifiers, and in an
+    edited manifest's keys) shown as ``\\xNN`` escapes, never sent to a terminal as they are."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def compare_definitions(catalog: CatalogRecord, definitions: dict[str, str], owners: dict[str, str], *,
                         compare_owners: bool) -> list[str]:
     """Entries missing, extra or defined differently, and (``compare_owners``) owners that differ."""
@@ -312,15 +318,16 @@ def compare_definitions(catalog: CatalogRecord, definitions: dict[str, str], own
     problems = []
     for key in sorted(expected.keys() | here.keys()):
         if key not in here:
-            problems.append(f"{key}: in the backup, missing here")
+            problems.append(f"{printable(key)}: in the backup, missing here")
         elif key not in expected:
-            problems.append(f"{key}: here, not in the backup")
+            problems.append(f"{printable(key)}: here, not in the backup")
         elif expected[key] != here[key]:
-            problems.append(f"{key}: definition differs from the backup's")
+            problems.append(f"{printable(key)}: definition differs from the backup's")
     if compare_owners:
         for key in sorted(catalog.owners.keys() & owners.keys()):
             if catalog.owners[key] != owners[key]:
-                problems.append(f"{key}: owned by {owners[key]!r} here, by {catalog.owners[key]!r} in the backup")
+                problems.append(f"{printable(key)}: owned by {printable(owners[key])!r} here, by "
+                                f"{printable(catalog.owners[key])!r} in the backup")
     return problems
 
 
