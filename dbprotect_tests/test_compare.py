@@ -27,6 +27,7 @@ from dbprotect.core.errors import EXIT_OK, IntegrityError
 from dbprotect.core.pg.scratch import ScratchServer
 from dbprotect.core.restore.oncall import RestoreTarget, restore
 from dbprotect.core.restore.staged import verify_restore
+from dbprotect.core.restore.warm import compare_warm_copy
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.manifest import Manifest
 from dbprotect.core.verify.compare import compare_database, compare_definitions
@@ -288,3 +289,22 @@ def test_names_are_printed_without_control_characters(restored: dict[str, Any]) 
     catalog.definitions["TABLE public.\x1b[2Jgone\nline"] = "0" * 16
     problems = compare_definitions(catalog, dict(restored["manifest"].catalog.definitions), {}, compare_owners=True)
     assert problems == ["TABLE public.\\x1b[2Jgone\\nline: in the backup, missing here"]
+
+
+def test_warm_copy_check_is_the_full_comparison(restored: dict[str, Any]) -> None:
+    target = restored["clone"]()
+    assert compare_warm_copy(target, restored["manifest"]) == []
+    psql(target, "ALTER TABLE accounts DISABLE TRIGGER accounts_touch")
+    assert compare_warm_copy(target, restored["manifest"]) == [
+        "TRIGGER public.accounts accounts_touch: definition differs from the backup's"]
+
+
+def test_definitions_of_another_server_major_are_said_not_compared(restored: dict[str, Any]) -> None:
+    """Each server renders definitions itself: across majors they are not compared, and the result says so."""
+    manifest = restored["manifest"]
+    other = manifest.model_copy(update={"source": {**manifest.source, "server_major": 15}})
+    target = restored["clone"]()
+    psql(target, "ALTER TABLE accounts DISABLE TRIGGER accounts_touch")
+    comparison = compare_database(target, other)
+    assert comparison.ok
+    assert any("PostgreSQL 15" in line and "not compared" in line for line in comparison.unchecked)

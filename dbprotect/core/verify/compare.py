@@ -409,9 +409,13 @@ def compare_database(dsn: str, manifest: Manifest, *, expected_objects: set[Obje
             "count" + (", schema objects by name" if expected_objects is not None else ""))
     elif found is not None:
         dump_major, definitions, found_owners = found
+        source_major = int(manifest.source.get("server_major", 0))
         if dump_major != catalog.pg_dump_major:
             result.unchecked.append(f"definitions: rendered by pg_dump {catalog.pg_dump_major} at backup time, "
                                     f"pg_dump {dump_major} here renders SQL differently; not compared")
+        elif major != source_major:
+            result.unchecked.append(f"definitions: the backup's server was PostgreSQL {source_major}, this one is "
+                                    f"{major}; each server renders definitions its own way; not compared")
         else:
             result.differences += compare_definitions(catalog, definitions, found_owners, compare_owners=owners)
             result.objects = max(result.objects, len(catalog.definitions))
