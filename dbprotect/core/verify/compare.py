@@ -389,6 +389,7 @@ def compare_database(dsn: str, manifest: Manifest, *, expected_objects: set[Obje
         if tables is None:
             tables = stack.enter_context(TableVerifier(dsn, manifest, workers=workers, server_major=major,
                                                        pg_bin_dir=pg_bin_dir))
+        tables.release_all()  # the reads start now, beside everything below
         dump = _DefinitionsDump(dsn, major, pg_bin_dir) if catalog is not None else None
         try:
             if expected_objects is not None:
