@@ -23,7 +23,12 @@ settings dbprotect owns (``dbprotect.*``: the environment marker, swap and warm-
 describe the place too. Neither is compared.
 
 A manifest written before the definitions were captured compares what it has and says what it
-cannot (:attr:`Comparison.unchecked`).
+cannot (:attr:`Comparison.unchecked`), as does a target whose server or pg_dump is of another major
+than the backup's (each renders definitions its own way).
+
+A materialized view is restored by ``REFRESH``, from the restored tables: one that was stale at
+backup time comes back with other rows than production's, and that is reported as a difference
+(the restored database does not hold what production held), never passed.
 """
 
 from __future__ import annotations
@@ -363,6 +368,10 @@ class _DefinitionsDump:
         except BaseException as exc:  # handed to the thread that waits
             self._failure = exc
 
+    def join(self) -> None:
+        """Wait for pg_dump without raising (a failure of the caller's own block is the one to report)."""
+        self._thread.join()
+
     def wait(self) -> tuple[int, dict[str, str], dict[str, str]]:
         self._thread.join()
         if self._failure is not None:
@@ -401,7 +410,9 @@ def compare_database(dsn: str, manifest: Manifest, *, expected_objects: set[Obje
             if catalog is not None:
                 result.differences += compare_materialized_views(conn, catalog)
         finally:
-            found = dump.wait() if dump is not None else None
+            if dump is not None:
+                dump.join()
+        found = dump.wait() if dump is not None else None
         result.differences += tables.finish()
     if catalog is None:
         result.unchecked.append(
