@@ -18,7 +18,7 @@ import traceback
 
 import click
 
-from dbprotect.cli.commands import audit, backups, copies, demo, keys, restores, retention, sanitize, schema
+from dbprotect.cli.commands import audit, backups, compare, copies, demo, keys, restores, retention, sanitize, schema
 from dbprotect.cli.ui.render import Ui, common_options, redacted_output, scrub
 from dbprotect.core.errors import (
     EXIT_INTERNAL,
@@ -49,7 +49,7 @@ def cli() -> None:
 
 for _command in (
     backups.status, backups.backup, backups.list_command, backups.verify,
-    restores.restore, restores.drill,
+    restores.restore, restores.drill, compare.compare_command,
     demo.demo,
     retention.cleanup,
     copies.copy_command, copies.warm_copy_command,

@@ -51,8 +51,15 @@ from dbprotect.core.backup.archive import (
     ArchiveSummary,
     TruncatedArchive,
     UnsupportedArchive,
+    large_objects_digest,
 )
-from dbprotect.core.backup.content import DUMP_SESSION, digest_table, pin_session
+from dbprotect.core.backup.content import (
+    DUMP_SESSION,
+    definition_records,
+    digest_table,
+    materialized_view_records,
+    pin_session,
+)
 from dbprotect.core.crypto import fingerprint, parse_recipients
 from dbprotect.core.errors import DbprotectError, StorageError, ToolError
 from dbprotect.core.pg.dsn import mask_dsn, server_label
@@ -67,7 +74,14 @@ from dbprotect.core.pg.tools import (
 )
 from dbprotect.core.store import ObjectWriter, Storage
 from dbprotect.core.store.lock import database_lock
-from dbprotect.core.store.manifest import Manifest, TableRecord, dump_key, manifest_key, new_backup_id
+from dbprotect.core.store.manifest import (
+    CatalogRecord,
+    Manifest,
+    TableRecord,
+    dump_key,
+    manifest_key,
+    new_backup_id,
+)
 
 READ_SIZE = 1 << 20
 #: zstd level 1 keeps the backup within 1.8x of bare extraction on two cores. It is 0.7% larger
@@ -282,6 +296,8 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
                 if returncode != 0:
                     raise _pg_dump_failure(returncode, stderr.last_error(), dsn)
                 summary = _finish_inspection(inspector, control)
+                session = {**DUMP_SESSION, "client_encoding": snapshot.encoding, "lc_monetary": snapshot.lc_monetary}
+                catalog = _capture_catalog(summary, control, session, pg_dump.major, complete=not inspector.failed)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -316,7 +332,7 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
             checksum={
                 "algorithm": CHECKSUM_ALGORITHM,
                 "source": "archive-stream" if not inspector.failed else "copy-in-snapshot",
-                "session": {**DUMP_SESSION, "client_encoding": snapshot.encoding, "lc_monetary": snapshot.lc_monetary},
+                "session": session,
                 "seconds": round(dump_reader.inspect_seconds, 3),
             },
             tables={
@@ -327,6 +343,7 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
             sequences=summary.sequences(),
             large_objects={"count": summary.large_objects, "bytes": summary.large_object_bytes},
             audit_head=audit_head(storage),
+            catalog=catalog,
         )
         if finish is not None:
             manifest = finish(manifest)
@@ -337,6 +354,23 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
     finally:
         with contextlib.suppress(Exception):
             control.close()
+
+
+def _capture_catalog(summary: ArchiveSummary, control: psycopg.Connection, session: dict[str, str],
+                     pg_dump_major: int, *, complete: bool) -> CatalogRecord | None:
+    """Definitions and owners from the archive's TOC, materialized views read in the exported snapshot.
+
+    Why here: pg_dump rendered the definitions in this snapshot and the control connection still
+    holds it, so every part of the record describes the same moment as the data. None when the
+    archive could not be read (its TOC is then unknown; the comparison says what it cannot check).
+    """
+    if not complete:
+        return None
+    definitions, owners = definition_records(summary.toc)
+    pin_session(control, session)
+    return CatalogRecord(pg_dump_major=pg_dump_major, definitions=definitions, owners=owners,
+                         materialized_views=materialized_view_records(control),
+                         large_objects_digest=large_objects_digest(summary.large_object_terms))
 
 
 def _schema_and_name(summary: ArchiveSummary, qualified: str) -> dict[str, str]:

@@ -49,6 +49,7 @@ from dbprotect.core.ops.copies import (
     warm_copy_dsn,
 )
 from dbprotect.core.ops.restores import (
+    compare_with_backup,
     default_restore_name,
     drill_database,
     restore_database,
@@ -100,6 +101,7 @@ __all__ = [
     "check_sanitize_coverage",
     "cleanup_database",
     "cli_actor",
+    "compare_with_backup",
     "copy_targets",
     "copy_to_target",
     "database_status",

@@ -29,6 +29,7 @@ from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTar
 from dbprotect.core.restore.staged import RestoreVerification, verify_restore
 from dbprotect.core.store.catalog import find_backup, load_manifest, newest_verified_backup
 from dbprotect.core.store.lock import database_lock
+from dbprotect.core.verify.compare import Comparison, compare_database
 
 
 def default_restore_name(database: str, backup_id: str) -> str:
@@ -112,3 +113,21 @@ def drill_database(config: Config, database: str, *, by: str = "drill", environ:
                          work_dir=config.scratch.work_dir, by=by, progress=progress, audit=audit)
 
 
+
+
+def compare_with_backup(config: Config, database: str, backup_id: str, *, environment: str = "production",
+                        target_name: str | None = None, owners: bool = True,
+                        environ: Mapping[str, str] | None = None) -> tuple[str, Comparison]:
+    """``dbprotect compare``: a database against one backup of a configured database, with core's one comparison.
+
+    The compared database is the one ``environment``'s configured DSN names, or ``target_name`` on
+    that server (e.g. a database restored with ``--target new:NAME``). Reads only: nothing is
+    written to the store or the database. Returns (the backup id, the comparison).
+    """
+    storage = primary_store(config, database)
+    entry = find_backup(storage, [database], backup_id)
+    manifest = load_manifest(storage, database, entry.backup_id)
+    target = restore_target(config, database, environment=environment, existing=True, name=target_name,
+                            environ=environ)
+    with terminate_as_interrupt():
+        return entry.backup_id, compare_database(target.dsn, manifest, owners=owners, pg_bin_dir=config.pg_bin_dir)

@@ -173,7 +173,8 @@ def staged_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
                                    archive_major=archive_major)
             clock.timings["tables_released_during_restore"] = tables.released_early
             with _analyze_alongside(staging.dsn, clock.timings, enabled=analyze) as analyzed, clock("verify"):
-                problems, objects = verify_restored_database(staging.dsn, manifest, expected, tables=tables)
+                problems, objects = verify_restored_database(staging.dsn, manifest, expected, tables=tables,
+                                                             pg_bin_dir=pg_bin_dir, owners=keep_owners)
                 if problems and analyzed is not None:
                     analyzed.cancel()
         yield StagedRestore(staging, problems, objects)

@@ -66,9 +66,8 @@ from dbprotect.core.restore.oncall import (
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import load_manifest
 from dbprotect.core.store.manifest import Manifest
-from dbprotect.core.verify.compare import compare_large_objects, compare_sequences
+from dbprotect.core.verify.compare import compare_database
 from dbprotect.core.verify.integrity import summarize_problems
-from dbprotect.core.verify.tables import compare_tables
 
 if TYPE_CHECKING:
     from dbprotect.core.audit import AuditLog
@@ -295,12 +294,8 @@ def _swap_in(dsn: str, incoming: str, backup_id: str, server: str, *, audit: Aud
 # -- verification of the live warm copy ----------------------------------------------------------
 
 def compare_warm_copy(dsn: str, manifest: Manifest) -> list[str]:
-    """Every table's row count and content checksum, the sequences and large objects, vs ``manifest``."""
-    with connect(dsn, autocommit=True, application_name=APPLICATION) as conn:
-        problems = compare_sequences(conn, manifest)
-        problems += compare_large_objects(conn, manifest)
-        problems += compare_tables(conn, manifest)
-    return problems
+    """The live warm copy against ``manifest``: the one full comparison (:func:`compare_database`), owners included."""
+    return compare_database(dsn, manifest, owners=True, workers=1).differences
 
 
 

@@ -209,6 +209,78 @@ class Verification(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict, max_length=100)
 
 
+#: At most this many schema entries (definitions, owners) and materialized views in one manifest.
+MAX_OBJECTS = 1_000_000
+_DIGEST = r"^[0-9a-f]{16}$"
+
+
+def _bounded_name(value: str, what: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    if not 0 < len(value) <= limit or "\x00" in value:
+        raise ValueError(f"{what} {value[:60]!r} is empty, too long or holds a NUL")
+    return value
+
+
+class MaterializedViewRecord(BaseModel):
+    """One materialized view: whether it was populated and, if so, its rows' digest (as a table's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    namespace: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    populated: bool
+    rows: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    checksum: str | None = Field(default=None, pattern=_DIGEST)
+
+    @model_validator(mode="after")
+    def _digest_when_populated(self) -> MaterializedViewRecord:
+        if "\x00" in self.namespace + self.name:
+            raise ValueError("materialized view name holds a NUL")
+        if self.populated != (self.rows is not None and self.checksum is not None):
+            raise ValueError("a populated materialized view has rows and checksum, an empty one neither")
+        return self
+
+
+class CatalogRecord(BaseModel):
+    """What a full comparison needs beyond tables and sequences, captured in the dump's snapshot.
+
+    Absent from manifests written before it existed: their comparisons say what they cannot check.
+    ``definitions`` maps each schema entry of the archive to the digest of pg_dump's SQL for it,
+    ``owners`` each owned entry to its owner (see :func:`dbprotect.core.backup.content.definition_records`);
+    ``pg_dump_major`` is the pg_dump that rendered them (another major renders SQL differently).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    pg_dump_major: int = Field(ge=9, le=99)
+    definitions: dict[str, str] = Field(max_length=MAX_OBJECTS)
+    owners: dict[str, str] = Field(max_length=MAX_OBJECTS)
+    materialized_views: dict[str, MaterializedViewRecord] = Field(default_factory=dict, max_length=MAX_OBJECTS)
+    #: Sum of every large object's content term (:func:`dbprotect.core.backup.archive.large_object_term`).
+    large_objects_digest: str | None = Field(default=None, pattern=_DIGEST)
+
+    @field_validator("definitions")
+    @classmethod
+    def _digests(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, digest in value.items():
+            _bounded_name(key, "definition key")
+            if not re.fullmatch(_DIGEST, digest):
+                raise ValueError(f"definition {key[:60]!r}: not a 16-hex-digit digest")
+        return value
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, owner in value.items():
+            _bounded_name(key, "owner key")
+            _bounded_name(owner, "owner", MAX_NAME_LENGTH)
+        return value
+
+    @field_validator("materialized_views")
+    @classmethod
+    def _view_names(cls, value: dict[str, MaterializedViewRecord]) -> dict[str, MaterializedViewRecord]:
+        for key in value:
+            _bounded_name(key, "materialized view", 2 * MAX_NAME_LENGTH + 1)
+        return value
+
+
 #: Fields a manifest may carry beyond the schema: ``sanitized`` (a sanitized copy's lineage,
 #: :mod:`dbprotect.core.sanitize.build`). Any other unknown field makes the manifest malformed.
 ALLOWED_EXTRA_FIELDS = frozenset({"sanitized"})
@@ -253,6 +325,8 @@ class Manifest(BaseModel):
     #: The audit log's head (``seq``, ``hash``) when this backup was committed: an anchor that makes
     #: removal or rewriting of the log's tail detectable (``audit --verify``). None in format 1.
     audit_head: dict[str, Any] | None = Field(default=None, max_length=2)
+    #: Definitions, owners, materialized views and large objects' content (None before it existed).
+    catalog: CatalogRecord | None = None
 
     @field_validator("source", mode="before")
     @classmethod

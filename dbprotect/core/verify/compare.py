@@ -1,27 +1,63 @@
-"""A restored database against what was captured at dump time, every comparison but the tables' data.
+"""One comparison of a database against a backup: what restore, drill, warm copy and ``dbprotect compare`` use.
 
-- the set of schema objects: what the archive's table of contents (``pg_restore --list``) says
-  exists against what the restored catalog holds (tables, views, materialized views, sequences,
-  indexes, constraints, functions, triggers, policies, row-level security, types, domains,
-  schemas), both ways;
-- every sequence's value and ``is_called`` against ``manifest.sequences``, and the number of
-  large objects;
-- every table's rows and checksum through :mod:`dbprotect.core.verify.tables`.
+What is compared (each difference is one line naming the object and what differs):
 
-Any difference is a problem naming the table or object and what differs. Used by restore
-verification (rung 3), drills, on-call restores and the warm copy alike.
+- every table's rows and checksum (:mod:`dbprotect.core.verify.tables`), every sequence's value
+  and ``is_called``, the large objects' count and *content* digest, every materialized view's
+  populated flag and content digest;
+- every schema object's *definition*: the target is dumped with ``pg_dump --schema-only`` and
+  each entry's SQL digested as the backup digested the archive's own entries in its snapshot
+  (:func:`dbprotect.core.backup.content.definition_records`), so a function body, a view, a
+  trigger's enabled state, a policy's expressions and roles, constraints (domain CHECKs too),
+  indexes, ``UNLOGGED``, comments, privileges and owners are all compared, both ways;
+- the set of schema objects named in the archive's table of contents (when the archive was
+  read), against the catalog, as a second view of the same thing.
+
+Owners and privileges are compared only where the target keeps them (``owners=True``): a restore
+with ``--no-owner --no-acl`` (rung 3, drills: the scratch server need not know the roles) owns
+everything as the restoring role, so comparing them would only report noise. The on-call restore,
+the warm copy and ``dbprotect compare`` keep and compare them (``compare --no-owners`` for a
+database restored by hand without them). Database-level entries (name, locale, ``ALTER DATABASE
+... SET``) describe the place, and ``pg_restore`` without ``--create`` never restores them; the
+settings dbprotect owns (``dbprotect.*``: the environment marker, swap and warm-copy records)
+describe the place too. Neither is compared.
+
+A manifest written before the definitions were captured compares what it has and says what it
+cannot (:attr:`Comparison.unchecked`), as does a target whose server or pg_dump is of another major
+than the backup's (each renders definitions its own way).
+
+A materialized view is restored by ``REFRESH``, from the restored tables: one that was stale at
+backup time comes back with other rows than production's, and that is reported as a difference
+(the restored database does not hold what production held), never passed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import subprocess
+import threading
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
-from dbprotect.core.pg.tools import connect
-from dbprotect.core.store.manifest import Manifest
+from dbprotect.core.backup.archive import (
+    ArchiveInspector,
+    TruncatedArchive,
+    UnsupportedArchive,
+    large_object_term,
+    large_objects_digest,
+)
+from dbprotect.core.backup.content import (
+    DUMP_SESSION,
+    PRIVILEGE_DESCS,
+    definition_records,
+    materialized_view_records,
+    pin_session,
+)
+from dbprotect.core.errors import ToolError
+from dbprotect.core.pg.tools import connect, require_tool_for_server, split_password, tool_env
+from dbprotect.core.store.manifest import CatalogRecord, Manifest
 from dbprotect.core.verify.tables import TableVerifier
 
 ObjectKey = tuple[str, str | None, str]  # (kind, schema or None, name)
@@ -193,32 +229,221 @@ def compare_sequences(conn: psycopg.Connection, manifest: Manifest) -> list[str]
 
 
 def compare_large_objects(conn: psycopg.Connection, manifest: Manifest) -> list[str]:
+    """The large objects' count, and their content digest when the backup recorded one."""
     expected = int(manifest.large_objects.get("count", 0))
-    row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
-    found = int(row[0]) if row else 0
-    return [] if found == expected else [f"large objects: {found} restored, manifest says {expected}"]
+    recorded = manifest.catalog.large_objects_digest if manifest.catalog else None
+    if recorded is None:
+        row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+        found = int(row[0]) if row else 0
+        return [] if found == expected else [f"large objects: {found} here, the backup has {expected}"]
+    terms, found = 0, 0
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT oid::bigint, sha256(lo_get(oid)) FROM pg_largeobject_metadata")
+            for oid, content_sha256 in cur:
+                terms += large_object_term(int(oid), bytes(content_sha256))
+                found += 1
+    except psycopg.Error as exc:
+        conn.rollback()
+        return [f"large objects: cannot be read here ({' '.join(str(exc).split())[:120]})"]
+    problems = [] if found == expected else [f"large objects: {found} here, the backup has {expected}"]
+    digest = large_objects_digest(terms)
+    if digest != recorded:
+        problems.append(f"large objects: content digest {digest} differs from the backup's {recorded}")
+    return problems
+
+
+def compare_materialized_views(conn: psycopg.Connection, catalog: CatalogRecord) -> list[str]:
+    """Each recorded materialized view's populated flag and content; ``conn`` pinned as for tables."""
+    try:
+        found = materialized_view_records(conn)
+    except psycopg.Error as exc:
+        conn.rollback()
+        return [f"materialized views: cannot be read here ({' '.join(str(exc).split())[:120]})"]
+    problems = []
+    for key, recorded in sorted(catalog.materialized_views.items()):
+        here, name = found.get(key), printable(key)
+        if here is None:
+            problems.append(f"materialized view {name}: in the backup, missing here")
+        elif bool(here["populated"]) != recorded.populated:
+            state = "populated" if recorded.populated else "not populated"
+            problems.append(f"materialized view {name}: {state} in the backup, "
+                            f"{'populated' if here['populated'] else 'not populated'} here")
+        elif recorded.populated and here["rows"] != recorded.rows:
+            problems.append(f"materialized view {name}: {here['rows']} rows here, the backup has {recorded.rows}")
+        elif recorded.populated and here["checksum"] != recorded.checksum:
+            problems.append(f"materialized view {name}: content checksum {here['checksum']} differs from the "
+                            f"backup's {recorded.checksum} ({recorded.rows} rows)")
+    return problems
+
+
+def dump_definitions(dsn: str, server_major: int, pg_bin_dir: str | None = None) -> tuple[int, dict[str, str],
+                                                                                          dict[str, str]]:
+    """``(pg_dump major, definitions, owners)`` of the database at ``dsn``, rendered by ``pg_dump --schema-only``.
+
+    pg_dump runs with the backup's rendering settings (UTC, ISO dates: constants in defaults and
+    expressions render alike) and its archive is read by the same reader as a backup's.
+    """
+    tool = require_tool_for_server("pg_dump", server_major, pg_bin_dir)
+    target, password = split_password(dsn)
+    args = [str(tool.path), "--schema-only", "--format=custom", "--compress=0", "--no-password", f"--dbname={target}"]
+    env = tool_env(password, PGTZ=DUMP_SESSION["TimeZone"], PGAPPNAME="dbprotect-compare",
+                   PGOPTIONS=f"-c bytea_output={DUMP_SESSION['bytea_output']}")
+    proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, env=env, check=False)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        reason = lines[-1].removeprefix("pg_dump: ") if lines else f"exit {proc.returncode}"
+        raise ToolError(f"pg_dump --schema-only of the compared database failed: {reason}")
+    inspector = ArchiveInspector()
+    inspector.feed(proc.stdout)
+    try:
+        summary = inspector.finish()
+    except (TruncatedArchive, UnsupportedArchive) as exc:
+        raise ToolError(f"pg_dump --schema-only of the compared database is not readable: {exc}") from None
+    definitions, owners = definition_records(summary.toc)
+    return tool.major, definitions, owners
+
+
+def printable(name: str) -> str:
+    """A name for a one-line difference: control characters (legal in quoted identifiers, and in an
+    edited manifest's keys) shown as ``\\xNN`` escapes, never sent to a terminal as they are."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
+def compare_definitions(catalog: CatalogRecord, definitions: dict[str, str], owners: dict[str, str], *,
+                        compare_owners: bool) -> list[str]:
+    """Entries missing, extra or defined differently, and (``compare_owners``) owners that differ."""
+    def kept(found: dict[str, str]) -> dict[str, str]:
+        if compare_owners:
+            return found
+        return {key: value for key, value in found.items() if key.split(" on ", 1)[0] not in PRIVILEGE_DESCS
+                and not key.startswith("DEFAULT ACL ")}
+
+    expected, here = kept(catalog.definitions), kept(definitions)
+    problems = []
+    for key in sorted(expected.keys() | here.keys()):
+        if key not in here:
+            problems.append(f"{printable(key)}: in the backup, missing here")
+        elif key not in expected:
+            problems.append(f"{printable(key)}: here, not in the backup")
+        elif expected[key] != here[key]:
+            problems.append(f"{printable(key)}: definition differs from the backup's")
+    if compare_owners:
+        for key in sorted(catalog.owners.keys() & owners.keys()):
+            if catalog.owners[key] != owners[key]:
+                problems.append(f"{printable(key)}: owned by {printable(owners[key])!r} here, by "
+                                f"{printable(catalog.owners[key])!r} in the backup")
+    return problems
+
+
+@dataclass
+class Comparison:
+    """A database against a backup: ``differences`` (one line each) and what could not be compared."""
+
+    differences: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    objects: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "differences": self.differences, "unchecked": self.unchecked, "objects": self.objects}
+
+
+class _DefinitionsDump:
+    """``pg_dump --schema-only`` of the target on its own thread, beside the table reads."""
+
+    def __init__(self, dsn: str, server_major: int, pg_bin_dir: str | None) -> None:
+        self.result: tuple[int, dict[str, str], dict[str, str]] | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(dsn, server_major, pg_bin_dir),
+                                        name="dbprotect-compare-definitions", daemon=True)
+        self._thread.start()
+
+    def _run(self, dsn: str, server_major: int, pg_bin_dir: str | None) -> None:
+        try:
+            self.result = dump_definitions(dsn, server_major, pg_bin_dir)
+        except BaseException as exc:  # handed to the thread that waits
+            self._failure = exc
+
+    def join(self) -> None:
+        """Wait for pg_dump without raising (a failure of the caller's own block is the one to report)."""
+        self._thread.join()
+
+    def wait(self) -> tuple[int, dict[str, str], dict[str, str]]:
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        assert self.result is not None
+        return self.result
+
+
+def compare_database(dsn: str, manifest: Manifest, *, expected_objects: set[ObjectKey] | None = None,
+                     owners: bool = True, tables: TableVerifier | None = None, workers: int | None = None,
+                     pg_bin_dir: str | None = None) -> Comparison:
+    """THE comparison of the database at ``dsn`` with ``manifest``'s backup (see the module docstring).
+
+    ``expected_objects``: the archive's objects from its table of contents, when the caller read
+    the archive (restores do); ``owners``: whether the target keeps owners and privileges.
+    ``tables`` is a running :class:`TableVerifier` that may already have verified tables during a
+    restore; without one, the tables are read here over ``workers`` connections. The definitions
+    are dumped and the catalog compared meanwhile.
+    """
+    result = Comparison()
+    catalog = manifest.catalog
+    with contextlib.ExitStack() as stack, connect(dsn, autocommit=True, application_name="dbprotect-verify") as conn:
+        major = conn.info.server_version // 10000
+        if tables is None:
+            tables = stack.enter_context(TableVerifier(dsn, manifest, workers=workers, server_major=major,
+                                                       pg_bin_dir=pg_bin_dir))
+        tables.release_all()  # the reads start now, beside everything below
+        dump = _DefinitionsDump(dsn, major, pg_bin_dir) if catalog is not None else None
+        try:
+            if expected_objects is not None:
+                result.differences += compare_objects(expected_objects, catalog_objects(conn))
+                result.objects = len(expected_objects)
+            result.differences += compare_sequences(conn, manifest)
+            pin_session(conn, {**DUMP_SESSION, **manifest.checksum.get("session", {})})
+            result.differences += compare_large_objects(conn, manifest)
+            if catalog is not None:
+                result.differences += compare_materialized_views(conn, catalog)
+        finally:
+            if dump is not None:
+                dump.join()
+        found = dump.wait() if dump is not None else None
+        result.differences += tables.finish()
+    if catalog is None:
+        result.unchecked.append(
+            "definitions, owners, privileges, materialized views and large objects' content: not captured by "
+            f"backup {manifest.backup_id} (made by dbprotect {manifest.tool_version}); large objects compared by "
+            "count" + (", schema objects by name" if expected_objects is not None else ""))
+    elif found is not None:
+        dump_major, definitions, found_owners = found
+        source_major = int(manifest.source.get("server_major", 0))
+        if dump_major != catalog.pg_dump_major:
+            result.unchecked.append(f"definitions: rendered by pg_dump {catalog.pg_dump_major} at backup time, "
+                                    f"pg_dump {dump_major} here renders SQL differently; not compared")
+        elif major != source_major:
+            result.unchecked.append(f"definitions: the backup's server was PostgreSQL {source_major}, this one is "
+                                    f"{major}; each server renders definitions its own way; not compared")
+        else:
+            result.differences += compare_definitions(catalog, definitions, found_owners, compare_owners=owners)
+            result.objects = max(result.objects, len(catalog.definitions))
+    return result
 
 
 def verify_restored_database(dsn: str, manifest: Manifest, expected_objects: set[ObjectKey], *,
                              tables: TableVerifier | None = None, workers: int | None = None,
-                             server_major: int | None = None,
-                             pg_bin_dir: str | None = None) -> tuple[list[str], int]:
-    """Every comparison against the restored database; returns (problems, objects compared).
+                             server_major: int | None = None, pg_bin_dir: str | None = None,
+                             owners: bool = False) -> tuple[list[str], int]:
+    """:func:`compare_database` of a restored database; returns (problems, objects compared).
 
-    ``tables`` is a running :class:`TableVerifier` that may already have verified tables during
-    the restore; without one, the tables are verified here over ``workers`` connections. The
-    schema, sequence and large-object comparisons run meanwhile on this thread.
+    ``owners``: the restore kept owners and privileges (the on-call restore does, rung 3 does not).
+    ``server_major`` is kept for callers; the comparison reads the server's own.
     """
-    with contextlib.ExitStack() as stack:
-        if tables is None:
-            tables = stack.enter_context(TableVerifier(dsn, manifest, workers=workers, server_major=server_major,
-                                                       pg_bin_dir=pg_bin_dir))
-        with connect(dsn, autocommit=True, application_name="dbprotect-verify") as conn:
-            restored = catalog_objects(conn)
-            problems = compare_objects(expected_objects, restored)
-            problems += compare_sequences(conn, manifest)
-            problems += compare_large_objects(conn, manifest)
-        problems += tables.finish()
-    return problems, len(expected_objects)
-
-
+    del server_major
+    comparison = compare_database(dsn, manifest, expected_objects=expected_objects, owners=owners, tables=tables,
+                                  workers=workers, pg_bin_dir=pg_bin_dir)
+    return comparison.differences, comparison.objects

@@ -193,13 +193,21 @@ class TableVerifier:
             self.released_early += 1
         self._put(self._jobs[qualified])
 
-    def finish(self) -> list[str]:
-        """Verify the tables not released yet, wait for all, and return the problems by table name."""
+    def release_all(self) -> None:
+        """Hand every table not released yet to the workers now, without waiting for them.
+
+        Why: the caller has other comparisons to run meanwhile (the catalog, the definitions'
+        ``pg_dump``); the table reads should not wait for those to finish.
+        """
         with self._lock:
             rest = [job for qualified, job in self._jobs.items() if qualified not in self._released]
             self._released.update(self._jobs)
         for job in sorted(rest):
             self._put(job)
+
+    def finish(self) -> list[str]:
+        """Verify the tables not released yet, wait for all, and return the problems by table name."""
+        self.release_all()
         self._stop_workers(cancel=False)
         if self._failure is not None:
             raise self._failure
