@@ -95,8 +95,8 @@ def _create_in_folder(path: Path) -> BinaryIO:
     retrying closes the race.
     """
     for attempt in range(_FOLDER_RACE_RETRIES):
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             return open(path, "wb")  # closed by the caller (commit/abort)
         except FileNotFoundError:
             if attempt == _FOLDER_RACE_RETRIES - 1:
@@ -158,8 +158,8 @@ class FilesystemStorage:
         src, dst = self._path(src_key), self._path(dst_key)
         try:
             for attempt in range(_FOLDER_RACE_RETRIES):  # a concurrent delete may remove the empty folder
-                dst.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src, dst)
                     break
                 except FileNotFoundError:

@@ -370,7 +370,9 @@ class DatabaseLock:
         the check: the commit that follows happens under the lock. Raises :class:`StorageError`
         (nothing committed) when the lock was broken, e.g. after this process stalled past its lease.
         """
-        if not self.lost and self.renew():
+        # renewed, then looked at again: a breaker that slipped in between the renewal's check and
+        # its write holds a newer generation, which the second look sees
+        if not self.lost and self.renew() and self.still_held():
             return
         self.lost = True
         raise StorageError(
