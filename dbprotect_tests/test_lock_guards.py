@@ -10,8 +10,11 @@ does once our lease ran out while we stalled), at the moment just before our com
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -188,8 +191,6 @@ def test_a_client_clock_behind_still_breaks_a_lock_whose_lease_ran_out(store: St
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     holder = _dead_holder(store, timedelta(seconds=1))
     monkeypatch.setattr(lock_module, "datetime", _skewed_datetime(-timedelta(hours=3)))
-    import time
-
     time.sleep(2.2)  # S3 keeps LastModified to the second
     with database_lock(store, DB, owner="next", wait_seconds=5) as lock:
         assert lock.generation == 2
@@ -282,3 +283,93 @@ def test_stray_future_dated_folders_do_not_push_real_anchors_out(tmp_path: Path)
     store.delete("_audit/000000000005.json")  # truncation
     report = verify_chain(store, anchors=collect_anchors(store))
     assert "truncated" in report.kinds()
+
+
+# -- a holder that failed to release, failed to sweep, or was forked -------------------------------------------
+
+class FailsOnce:
+    """A store whose first call matching ``matches`` raises a store error (a hiccup)."""
+
+    def __init__(self, inner: Storage, operation: str, matches: Callable[[str], bool]) -> None:
+        self.inner = inner
+        self.uri = inner.uri
+        self.operation = operation
+        self.matches = matches
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _maybe_fail(self, operation: str, key: str) -> None:
+        if not self.failed and operation == self.operation and self.matches(key):
+            self.failed = True
+            raise StorageError(f"file store: injected hiccup at {operation} {key}")
+
+    def delete(self, key: str) -> None:
+        self._maybe_fail("delete", key)
+        self.inner.delete(key)
+
+    def sweep_partial_writes(self, prefix: str) -> list[str]:
+        self._maybe_fail("sweep", prefix)
+        return self.inner.sweep_partial_writes(prefix)
+
+
+def test_a_release_the_store_failed_does_not_make_this_process_wait_for_itself(tmp_path: Path) -> None:
+    """Found by the fault harness: a verification's second rung waited 120 s for its own first rung's lock."""
+    store = FilesystemStorage(tmp_path / "store")
+    hiccup = FailsOnce(store, "delete", lambda key: key.startswith("_locks/"))
+    with database_lock(hiccup, DB, owner="rung-1"):  # type: ignore[arg-type]
+        pass
+    assert hiccup.failed and [info.key for info in store.list("_locks/")] == [lock_key(DB, 1)]
+    with database_lock(store, DB, owner="rung-2", wait_seconds=0.5) as lock:  # not 5 minutes
+        assert lock.generation == 2
+
+
+def test_an_acquire_whose_sweep_fails_leaves_no_lock_renewed_behind(tmp_path: Path) -> None:
+    store = FilesystemStorage(tmp_path / "store")
+    hiccup = FailsOnce(store, "sweep", lambda prefix: True)
+    lock = DatabaseLock(hiccup, DB, owner="first", lease=timedelta(seconds=1.5))  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="injected hiccup"):
+        lock.acquire()
+    assert lock._renewer is not None and not lock._renewer.is_alive()
+    assert [info.key for info in store.list("_locks/")] == []
+
+
+def _fork(work: Callable[[], None]) -> int:
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            work()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def test_a_live_forked_holder_renewing_is_respected_and_once_killed_is_dead_at_once(tmp_path: Path) -> None:
+    """A real SIGKILL mid-renewal: a forked child (it inherits the parent's memory, not its start time) holds
+    the lock with a short lease, renewing every half second; the parent must wait while it lives, and may
+    take the lock at once when it is killed (same kernel and pid namespace, pid gone)."""
+    store = FilesystemStorage(tmp_path / "store")
+    ready = tmp_path / "ready"
+
+    def hold() -> None:
+        with database_lock(FilesystemStorage(store.root), DB, owner="forked-holder", lease=timedelta(seconds=1.5)):
+            ready.touch()
+            time.sleep(60)
+
+    pid = _fork(hold)
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the child never took the lock"
+            time.sleep(0.05)
+        with pytest.raises(RefusedError, match="forked-holder"):  # alive for longer than its lease: renewed
+            DatabaseLock(store, DB, owner="parent", wait_seconds=2.5).acquire()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    started = time.monotonic()
+    with database_lock(store, DB, owner="parent", wait_seconds=1) as lock:
+        assert lock.generation == 2
+    assert time.monotonic() - started < 1

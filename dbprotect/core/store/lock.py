@@ -102,6 +102,7 @@ class LockHolder:
     modified: datetime | None
     instance: str = ""
     started: int | None = None
+    token: str | None = None
 
     def describe(self) -> str:
         pid = f" pid {self.pid}" if self.pid is not None else ""
@@ -131,7 +132,8 @@ def _read_holder(storage: Storage, generation: int, info: ObjectInfo) -> tuple[L
         holder = LockHolder(generation, str(raw.get("owner", "unknown"))[:200], str(raw.get("host", "?"))[:200],
                             pid if isinstance(pid, int) else None, str(raw.get("acquired_at", ""))[:40],
                             info.modified, str(raw.get("instance", ""))[:200],
-                            started if isinstance(started, int) and not isinstance(started, bool) else None)
+                            started if isinstance(started, int) and not isinstance(started, bool) else None,
+                            raw.get("token") if isinstance(raw.get("token"), str) else None)
         token = raw.get("token")
         # a lease from the store is untrusted: bounded, so an edited object cannot pin the lock for ever
         return holder, token if isinstance(token, str) else None, min(max(lease, 1.0), 3600.0)
@@ -168,7 +170,21 @@ def _process_start(pid: int) -> int | None:
 
 
 _INSTANCE = _instance_id()
-_STARTED = _process_start(os.getpid())
+_OWN_START: tuple[int, int | None] = (-1, None)
+
+
+def _own_start() -> int | None:
+    """This process's start time, read again after a fork (a forked child is another process)."""
+    global _OWN_START
+    pid = os.getpid()
+    if _OWN_START[0] != pid:
+        _OWN_START = (pid, _process_start(pid))
+    return _OWN_START[1]
+
+
+#: Tokens of the locks this process holds (acquired, not yet released): a generation that names
+#: this very process but none of these tokens is one it failed to delete (a store hiccup at release).
+_LIVE_TOKENS: set[str] = set()
 
 
 def _process_gone(holder: LockHolder) -> bool:
@@ -176,12 +192,16 @@ def _process_gone(holder: LockHolder) -> bool:
 
     Host name and pid are not enough (containers share host names; each pid namespace reuses pids),
     so the holder must also name our boot id and pid namespace. Its pid is then gone, or now
-    belongs to a process that started at another time than the holder recorded (a reused pid).
+    belongs to a process that started at another time than the holder recorded (a reused pid), or
+    is this process, which no longer holds that generation (it failed to delete it at release:
+    without this, its own next command would wait a whole lease for itself).
     """
-    if holder.pid is None or holder.host != socket.gethostname() or holder.pid == os.getpid():
+    if holder.pid is None or holder.host != socket.gethostname():
         return False
     if not _INSTANCE or holder.instance != _INSTANCE:
         return False
+    if holder.pid == os.getpid():  # this process: it knows which locks it holds
+        return holder.started == _own_start() and holder.token not in _LIVE_TOKENS
     try:
         os.kill(holder.pid, 0)
     except ProcessLookupError:
@@ -261,7 +281,7 @@ class DatabaseLock:
         now = datetime.now(UTC)
         return json.dumps({
             "database": self.database, "owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-            "token": self.token, "instance": _INSTANCE, "started": _STARTED,
+            "token": self.token, "instance": _INSTANCE, "started": _own_start(),
             "acquired_at": (self.acquired_at or now).isoformat(),
             "renewed_at": now.isoformat(), "lease_seconds": self.lease.total_seconds(),
         }, indent=2).encode() + b"\n"
@@ -281,10 +301,15 @@ class DatabaseLock:
                     "its last renewal",
                     refusal=Refusals.DATABASE_LOCKED)
             time.sleep(0.2 + random.random() * 0.3)
+        _LIVE_TOKENS.add(self.token)
         self._renewer = threading.Thread(target=self._renew_loop, name=f"dbprotect-lock:{self.database}",
                                          daemon=True)
         self._renewer.start()
-        self.swept = self.storage.sweep_partial_writes(f"{self.database}/")
+        try:
+            self.swept = self.storage.sweep_partial_writes(f"{self.database}/")
+        except BaseException:
+            self.release()  # else the renewer would keep an abandoned lock alive as long as the process
+            raise
 
     def _try_once(self) -> LockHolder | None:
         """Take the next generation, or return the live holder that stops us."""
@@ -391,11 +416,15 @@ class DatabaseLock:
                 continue  # a store hiccup: try again at the next interval, well inside the lease
 
     def release(self) -> None:
+        """Stop renewing and delete our generation. A store that fails the delete leaves a generation
+        that no live holder claims: this process judges it dead at once (:func:`_process_gone`),
+        others after its lease or when this process is gone."""
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=30)
-        if self.generation is not None and self.still_held():
-            with contextlib.suppress(DbprotectError):
+        _LIVE_TOKENS.discard(self.token)
+        with contextlib.suppress(DbprotectError):
+            if self.generation is not None and self.still_held():
                 self.storage.delete(lock_key(self.database, self.generation))
         self.generation = None
 
