@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,9 @@ INSERT INTO customers (name, email) SELECT 'name ' || g, 'user' || g || '@exampl
 CREATE TABLE orders (id serial PRIMARY KEY, customer int REFERENCES customers, total numeric);
 INSERT INTO orders (customer, total) SELECT 1 + g % 200, g * 1.5 FROM generate_series(1, 300) g;
 """
+#: Every test here forks a child per store call and fault kind (minutes in all): the fast lane runs the
+#: guards one by one in test_lock_guards.py instead.
+pytestmark = pytest.mark.slow
 #: Exit statuses of the forked child: finished, one-line dbprotect error, anything else.
 DONE, FAILED_CLEANLY, CRASHED = 0, 3, 70
 
@@ -352,7 +356,6 @@ def run_through_every_fault(maker: StoreMaker, seed: Path | None, work: Callable
 STORE_KINDS = ["filesystem", pytest.param("s3", marks=pytest.mark.slow)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_backup_with_its_audit_record_and_verification_survives_every_fault(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest, seed: Seed, source_dsn: str,
@@ -377,7 +380,6 @@ def test_backup_with_its_audit_record_and_verification_survives_every_fault(
     assert any(call.startswith("put_if_absent _audit/") for call in calls), calls
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_copy_to_a_second_target_survives_every_fault(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest, seed: Seed,
@@ -494,3 +496,68 @@ def test_the_lock_survives_every_fault_in_acquire_renew_and_release(
 
     calls = run_through_every_fault(maker, seed.folder, hold, check, hold, tmp_path)
     assert [call.split()[0] for call in calls] == ["put_if_absent", "sweep", "put_bytes", "put_bytes", "delete"]
+
+
+# -- real kills from outside, mid-stream ---------------------------------------------------------------------
+
+class SlowReads:
+    """A source store whose object reads trickle (so a copy is still streaming when it is killed)."""
+
+    def __init__(self, inner: Storage, ready: Path) -> None:
+        self.inner = inner
+        self.uri = inner.uri
+        self.ready = ready
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def open_reader(self, key: str) -> Any:
+        reader = self.inner.open_reader(key)
+        ready = self.ready
+
+        class Trickle:
+            def read(self, size: int = -1) -> bytes:
+                ready.touch()
+                time.sleep(0.05)
+                return reader.read(512)  # a few KB of dump: seconds of streaming
+
+            def close(self) -> None:
+                reader.close()
+
+        return Trickle()
+
+
+def test_a_copy_killed_from_outside_while_streaming_keeps_the_target_whole(
+        tmp_path: Path, seed: Seed, identity: pyrage.x25519.Identity) -> None:
+    """SIGKILL from the parent while the child streams the newest backup to a target that already
+    holds a verified older one: nothing of the new one is listed, the old one is untouched, the lock
+    does not block the next copy, and the next copy commits the newest and leaves nothing temporary."""
+    source = FilesystemStorage(seed.folder)
+    target = FilesystemStorage(tmp_path / "target")
+    copy_backup(source, target, DB, seed.backups[0])
+    before = {info.key: target.get_bytes(info.key) for info in target.list(f"{DB}/")}
+    newest = seed.backups[-1]
+    ready = tmp_path / "streaming"
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            copy_backup(SlowReads(FilesystemStorage(seed.folder), ready), FilesystemStorage(target.root),  # type: ignore[arg-type]
+                        DB, newest)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the child never started streaming"
+        time.sleep(0.02)
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == -signal.SIGKILL
+    assert [p for p in target.root.rglob("*") if PARTIAL_MARK in p.name], "killed mid-stream: a partial write is left"
+    assert [entry.backup_id for entry in list_backups(target, DB)] == [seed.backups[0]]
+    assert {key: target.get_bytes(key) for key in before} == before  # the verified copy untouched
+    assert current_holder(target, DB) is None  # the killed holder's pid is gone: not stuck
+    copy_backup(source, target, DB, newest)
+    assert_sound(target, identity, None, must_keep=set(seed.backups[::2]), where="after the next copy")
+    assert_tidy(target, "after the next copy")
+    assert {seed.backups[0], newest} == {entry.backup_id for entry in list_backups(target, DB) if entry.integrity_ok}
