@@ -57,7 +57,7 @@ def test_append_and_read_round_trip(store: Storage) -> None:
     records = list(read(store))
     assert [r.key for r in records] == keys == audit_keys(store)
     assert [r.seq for r in records] == [1, 2, 3]
-    assert keys[0].startswith("_audit/000000000001-20261123T020100Z-")
+    assert keys[0] == "_audit/000000000001.json"  # the one key seq 1 may have (write-once)
     first = records[0]
     assert (first.at, first.actor, first.action, first.database, first.target, first.outcome, first.detail,
             first.data) == ("2026-11-23T02:01:00+00:00", "schedule:shop_backup", "backup", "shop",
@@ -136,8 +136,9 @@ def test_an_unreadable_record_is_named(store: Storage) -> None:
     assert [r.seq for r in read(store)] == [1]
 
 
-class SiblingOnFirstAppend:
-    """A store where another writer appends at the same moment as our first append (same end of log, same seq).
+class RivalOnFirstAppend:
+    """A store where another writer appends at the same moment as our first append (same end of log, same seq):
+    it creates that sequence number's record an instant before we do.
 
     Fault injection on our own Storage interface: it plays the race deterministically.
     """
@@ -145,32 +146,47 @@ class SiblingOnFirstAppend:
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
         self.uri = inner.uri
-        self.sibling_key = ""
+        self.rival_key = ""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.inner.put_bytes(key, data)
-        if key.startswith(AUDIT_PREFIX) and not self.sibling_key:
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        if key.startswith(AUDIT_PREFIX) and not self.rival_key:
             rival = {**json.loads(data), "actor": "other-writer"}
             rival["hash"] = record_hash(rival)
-            self.sibling_key = key.rsplit("-", 1)[0] + "-00000000.json"
-            self.inner.put_bytes(self.sibling_key, json.dumps(rival).encode())
+            self.rival_key = key
+            assert self.inner.put_if_absent(key, json.dumps(rival).encode())
+        return self.inner.put_if_absent(key, data)
 
 
-def test_a_race_leaves_siblings_that_the_next_append_joins(store: Storage) -> None:
+def test_a_race_for_a_sequence_number_is_lost_cleanly_and_the_loser_appends_next(store: Storage) -> None:
     fill(store, 1)
-    racy = SiblingOnFirstAppend(store)
+    racy = RivalOnFirstAppend(store)
     mine = append(racy, event(2))  # type: ignore[arg-type]
-    sibling = next(r for r in read(store) if r.key == racy.sibling_key)
+    rival = next(r for r in read(store) if r.key == racy.rival_key)
+    assert (rival.seq, rival.actor, mine.seq) == (2, "other-writer", 3)  # the rival's record was not replaced
+    assert mine.prev_hash == rival.hash and mine.merged == ()
+    assert mine.key == "_audit/000000000003.json"
+    assert verify_chain(store).ok
+    assert [(r.seq, r.actor) for r in read(store)] == [(1, "schedule:shop_backup"), (2, "other-writer"),
+                                                        (3, "schedule:shop_backup")]
+
+
+def test_siblings_of_a_log_written_before_sequence_keys_are_joined_by_the_next_append(store: Storage) -> None:
+    """Format-1 logs: two records with one seq under random keys; the next append links both."""
+    fill(store, 1)
+    mine = append(store, event(2))
+    rival_body = {**json.loads(store.get_bytes(mine.key)), "actor": "other-writer"}
+    rival_body["hash"] = record_hash(rival_body)
+    sibling_key = "_audit/000000000002-20261123T020200Z-00000000.json"
+    store.put_bytes(sibling_key, json.dumps(rival_body).encode())
+    sibling = next(r for r in read(store) if r.key == sibling_key)
     assert (mine.seq, sibling.seq, mine.prev_hash) == (2, 2, sibling.prev_hash)
     joined = append(store, event(3))
     assert joined.seq == 3 and {joined.prev_hash, *joined.merged} == {mine.hash, sibling.hash}
     assert verify_chain(store).ok
-    assert [(r.seq, r.actor) for r in read(store)] == [(1, "schedule:shop_backup"), (2, "other-writer"),
-                                                        (2, "schedule:shop_backup"), (3, "schedule:shop_backup")]
-    store.delete(racy.sibling_key)  # removing either branch is seen: the join links to it
+    store.delete(sibling_key)  # removing either branch is seen: the join links to it
     report = verify_chain(store)
     assert report.kinds() == {"missing"} and report.problems[0].key == joined.key
     assert "links to a record that is gone" in report.problems[0].message
@@ -202,6 +218,9 @@ def test_concurrent_writers_on_a_folder_never_lose_a_record_or_break_the_chain(t
 def test_a_store_that_fails_reports_a_storage_error(tmp_path: Path) -> None:
     class Broken(FilesystemStorage):
         def put_bytes(self, key: str, data: bytes) -> None:
+            raise StorageError("file store: disk on fire")
+
+        def put_if_absent(self, key: str, data: bytes) -> bool:
             raise StorageError("file store: disk on fire")
 
     with pytest.raises(StorageError, match="disk on fire"):

@@ -125,7 +125,8 @@ def test_a_damaged_newest_record_never_stops_an_append_and_is_reported(store: St
     newest = _audit_keys(store)[-1]
     store.put_bytes(newest, damage)
     record = append(store, event(4))  # raised (exit 70 for every audited command) before
-    assert record.key in _audit_keys(store) and record.seq == 3 and record.prev_hash != "0" * 64
+    # after the damaged record's seq (its key is taken for ever), linked to the newest readable record
+    assert record.key in _audit_keys(store) and record.seq == 4 and record.prev_hash != "0" * 64
     assert record.key in {r.key for r in read(store)}
     report = verify_chain(store)
     assert "unreadable" in report.kinds() and newest in {p.key for p in report.problems}
@@ -138,8 +139,10 @@ def test_every_recent_record_damaged_still_appends(store: Storage) -> None:
     for key in _audit_keys(store)[2:]:
         store.put_bytes(key, b"")
     record = append(store, event(7))
-    assert record.seq == 3  # after the newest readable record (seq 2), beside the damaged ones
+    assert record.seq == 7  # after the damaged ones (their keys are taken), linked to the newest readable (seq 2)
     assert record.key in _audit_keys(store)
+    assert record.prev_hash == next(r.hash for r in read(store) if r.seq == 2)
+    assert verify_chain(store).kinds() == {"unreadable"}  # the link over damaged records is not a problem
 
 
 def _copy_config(tmp_path: Path, write_config: Callable[..., Path]) -> tuple[FilesystemStorage, str]:

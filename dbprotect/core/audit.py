@@ -2,12 +2,16 @@
 
 Every backup, verification, restore, drill, deletion and refused action becomes one record, stored
 next to the backups (the store, not Dagster, is the source of truth, and outlives Dagster's
-database). Object stores cannot append, so each record is its own small object::
+database). Object stores cannot append, so each record is its own small object at its sequence
+number::
 
-    _audit/<seq:012d>-<YYYYMMDDTHHMMSSZ>-<nonce>.json
+    _audit/<seq:012d>.json
 
-The sequence number comes first so that a listing returns the log in order; the random nonce
-means two writers never overwrite each other's record.
+written with ``put_if_absent`` (``O_EXCL``/``link`` on a filesystem, ``If-None-Match: *`` on S3):
+a record can never be overwritten, and of two writers racing for one sequence number exactly one
+wins; the loser reads the new end of the log and tries the next number. A listing returns the
+log in order. Logs written before format 2's sequence keys used
+``_audit/<seq:012d>-<YYYYMMDDTHHMMSSZ>-<nonce>.json``; those keys are still read.
 
 Each record holds ``seq``, ``at``, ``actor`` (a person or a schedule), ``action`` (backup, verify,
 restore, drill, delete, refused, ...), ``database``, ``target`` (usually a backup id),
@@ -20,11 +24,11 @@ restore, drill, delete, refused, ...), ``database``, ``target`` (usually a backu
 - ``merged`` = hashes of other records that were also at the end of the log (normally empty).
 
 Concurrency. Two writers that append at the same moment both read the same end of the log and
-both write ``seq`` N (each under its own random key, so neither replaces the other). Instead of forking the chain
-silently (or one writer overwriting the other), both records are kept as *siblings*, and the next
-append links to every record nobody links to yet (the first in ``prev_hash``, the others in
-``merged``), joining the branches as a git merge does. So a race costs nothing and hides nothing:
-every record but the newest is linked from a later one, and removing any of them breaks a link.
+both try ``seq`` N: one creates it, the other's ``put_if_absent`` fails, so it reads the end again
+and writes ``seq`` N+1 linked to the winner. The chain stays a line and no record is lost. Logs
+from before sequence keys may hold *siblings* (two records with one ``seq`` under random keys):
+an append links to every record nobody links to yet (the first in ``prev_hash``, the others in
+``merged``), joining the branches as a git merge does, so removing either is still seen.
 
 :func:`verify_chain` recomputes everything and names what it finds: an *edited* record no longer
 matches its hash; a *missing* record leaves a gap in the sequence or a link to nothing; a record
@@ -40,8 +44,9 @@ manifests of each database, and
 outside the store the same way.
 
 A damaged record (empty, not JSON, missing fields) never stops an append: the end of the log is
-found among the readable records, the new record is still written, and :func:`verify_chain` names
-the damaged one (*unreadable*).
+found among the readable records, the new record is still written after the damaged one's
+sequence number (linked to the newest readable record), and :func:`verify_chain` names the
+damaged one (*unreadable*) and accepts a link that passes over only unreadable records.
 
 Limits, stated plainly:
 
@@ -61,13 +66,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dbprotect.core.errors import DbprotectError
+from dbprotect.core.errors import DbprotectError, StorageError
 from dbprotect.core.pg.dsn import scrub_text, scrub_value
 from dbprotect.core.store import Storage
 
@@ -75,7 +79,10 @@ AUDIT_PREFIX = "_audit/"
 GENESIS_HASH = "0" * 64
 #: How many of the newest sequence numbers an append searches for records to link.
 MERGE_WINDOW = 3
-_KEY = re.compile(r"^_audit/(\d{12})-(\d{8}T\d{6}Z)-([0-9a-f]{8})\.json$")
+#: ``_audit/<seq>.json``, or the random-keyed form of logs written before it.
+_KEY = re.compile(r"^_audit/(\d{12})(?:-\d{8}T\d{6}Z-[0-9a-f]{8})?\.json$")
+#: How many sequence numbers an append tries before giving up (each lost race costs one).
+APPEND_ATTEMPTS = 50
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,9 @@ def record_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({k: v for k, v in body.items() if k != "hash"})).hexdigest()
 
 
-def _record_key(seq: int, at: datetime) -> str:
-    return f"{AUDIT_PREFIX}{seq:012d}-{at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}.json"
+def record_key(seq: int) -> str:
+    """The one key a record with sequence number ``seq`` may have (written once, never replaced)."""
+    return f"{AUDIT_PREFIX}{seq:012d}.json"
 
 
 def _key_seq(key: str) -> int | None:
@@ -187,23 +195,30 @@ def _open_ends(storage: Storage) -> tuple[int, list[AuditRecord]]:
 
 
 def append(storage: Storage, event: AuditEvent) -> AuditRecord:
-    """Add one record after the end of the log, linking every record not yet linked.
+    """Add one record after the end of the log, at the next sequence number, linking every record
+    not yet linked.
 
-    Never retries and never deletes: a concurrent append becomes a sibling that the next append
-    joins. Raises :class:`~dbprotect.core.errors.StorageError` when the store fails.
+    Written with ``put_if_absent`` at its sequence key: it never replaces a record. Losing a race
+    for a sequence number (another writer appended first) means reading the end again and trying
+    the next one. Never deletes. Raises :class:`~dbprotect.core.errors.StorageError` when the store
+    fails or after :data:`APPEND_ATTEMPTS` lost races.
     """
-    _newest, ends = _open_ends(storage)
-    parent = ends[0] if ends else None
-    body: dict[str, Any] = {
-        "seq": parent.seq + 1 if parent else 1, "at": event.at.astimezone(UTC).isoformat(), "actor": event.actor,
-        "action": event.action, "database": event.database, "target": event.target, "outcome": event.outcome,
-        "detail": event.detail, "data": event.data, "prev_hash": parent.hash if parent else GENESIS_HASH,
-        "merged": [r.hash for r in ends[1:]],
-    }
-    body["hash"] = record_hash(body)
-    key = _record_key(body["seq"], event.at)
-    storage.put_bytes(key, json.dumps(body, indent=2, ensure_ascii=False).encode() + b"\n")
-    return _load_body(key, body)
+    for _attempt in range(APPEND_ATTEMPTS):
+        newest, ends = _open_ends(storage)
+        parent = ends[0] if ends else None
+        body: dict[str, Any] = {
+            # after every key in the log, damaged ones included (their key is taken for ever)
+            "seq": max(newest, parent.seq if parent else 0) + 1, "at": event.at.astimezone(UTC).isoformat(),
+            "actor": event.actor, "action": event.action, "database": event.database, "target": event.target,
+            "outcome": event.outcome, "detail": event.detail, "data": event.data,
+            "prev_hash": parent.hash if parent else GENESIS_HASH, "merged": [r.hash for r in ends[1:]],
+        }
+        body["hash"] = record_hash(body)
+        key = record_key(body["seq"])
+        if storage.put_if_absent(key, json.dumps(body, indent=2, ensure_ascii=False).encode() + b"\n"):
+            return _load_body(key, body)
+    raise StorageError(f"{storage.uri}: could not append to the audit log: {APPEND_ATTEMPTS} other appends won "
+                       "the race for the next sequence number", hint="run the command again")
 
 
 def audit_head(storage: Storage) -> dict[str, Any] | None:
@@ -270,15 +285,22 @@ class ChainReport:
 
 
 def _check_links(record: AuditRecord, by_hash: dict[str, AuditRecord], seqs: set[int],
-                 orphans: set[int]) -> list[ChainProblem]:
+                 orphans: set[int], unreadable: frozenset[int] = frozenset()) -> list[ChainProblem]:
     """Where ``record``'s links lead: to the record(s) before it, to nothing, or to a rewrite.
 
     A link to nothing while the seq before still holds a record that nobody links to means that
     record was rewritten (its hash changed); with no such orphan, the linked record was deleted.
-    A gap in the sequence is reported once, by :func:`verify_chain`, not again here.
+    A gap in the sequence is reported once, by :func:`verify_chain`, not again here. A link may pass
+    over sequence numbers held only by ``unreadable`` records (an append after a damaged record
+    links to the newest readable one); the damaged record is reported as such.
     """
+
+    def skips_only_unreadable(below: int) -> bool:
+        between = range(below + 1, record.seq)
+        return all(seq in unreadable and seq not in seqs for seq in between)
+
     if record.prev_hash == GENESIS_HASH:
-        if record.seq == 1:
+        if record.seq == 1 or skips_only_unreadable(0):
             return []
         return [ChainProblem(record.seq, record.key, "broken-link",
                              f"record seq {record.seq} ({record.key}) claims to be the first record")]
@@ -294,7 +316,8 @@ def _check_links(record: AuditRecord, by_hash: dict[str, AuditRecord], seqs: set
                                          f"record seq {record.seq} ({record.key}) links to a record that is gone "
                                          f"({link[:16]}): deleted"))
         elif target is not None and (target.seq >= record.seq
-                                     or (link == record.prev_hash and target.seq != record.seq - 1)):
+                                     or (link == record.prev_hash and target.seq != record.seq - 1
+                                         and not skips_only_unreadable(target.seq))):
             problems.append(ChainProblem(record.seq, record.key, "reordered",
                                          f"record seq {record.seq} ({record.key}) links to seq {target.seq}: "
                                          f"sequence numbers were changed"))
@@ -311,10 +334,13 @@ def verify_chain(storage: Storage, *, known_head: tuple[int, str] | None = None,
     """
     problems: list[ChainProblem] = []
     records: list[AuditRecord] = []
+    unreadable: set[int] = set()
     for key in _keys(storage):
         try:
             record, raw = _load(storage, key)
         except _UNREADABLE as exc:
+            if (damaged := _key_seq(key)) is not None:
+                unreadable.add(damaged)
             reason = " ".join(str(exc).split())[:120] or type(exc).__name__
             problems.append(ChainProblem(_key_seq(key), key, "unreadable",
                                          f"{key} is not a readable audit record ({reason})"))
@@ -330,7 +356,7 @@ def verify_chain(storage: Storage, *, known_head: tuple[int, str] | None = None,
     by_hash = {r.hash: r for r in records}
     seqs = {r.seq for r in records}
     head_seq = max(seqs, default=0)
-    gaps = sorted(set(range(1, head_seq + 1)) - seqs)
+    gaps = sorted(set(range(1, head_seq + 1)) - seqs - unreadable)  # a damaged record is named as such
     for start, end in _runs(gaps):
         span = f"{start}" if start == end else f"{start}-{end}"
         problems.append(ChainProblem(start, None, "missing",
@@ -338,7 +364,7 @@ def verify_chain(storage: Storage, *, known_head: tuple[int, str] | None = None,
     linked = {h for r in records for h in r.links}
     orphans = {r.seq for r in records if r.hash not in linked and r.seq < head_seq}
     for record in sorted(records, key=lambda r: (r.seq, r.key)):
-        problems += _check_links(record, by_hash, seqs, orphans)
+        problems += _check_links(record, by_hash, seqs, orphans, frozenset(unreadable))
     head = min((r for r in records if r.seq == head_seq), key=lambda r: r.key, default=None)
     if known_head is not None:
         seq, digest = known_head
@@ -385,10 +411,13 @@ def parse_expected_head(text: str) -> tuple[int, str]:
 
 
 def collect_anchors(storage: Storage, *, per_database: int = 3) -> list[Anchor]:
-    """The audit heads recorded by the newest ``per_database`` manifests of each database in the store.
+    """The newest ``per_database`` audit heads recorded by the manifests of each database in the store.
 
-    Reads raw JSON (a manifest that fails its schema still tells where the log was); anything
-    unreadable is skipped: the catalog reports broken manifests, this only looks for anchors.
+    "Newest" by the anchor's own sequence number, not by folder name: a folder name carries a
+    time anyone can write (a stray or forged folder dated next year would otherwise push the real
+    anchors out of the window). So every manifest is read (one GET each). Reads raw JSON (a
+    manifest that fails its schema still tells where the log was); anything unreadable is skipped:
+    the catalog reports broken manifests, this only looks for anchors.
     """
     manifests: dict[str, list[str]] = {}
     for info in storage.list(""):
@@ -397,14 +426,16 @@ def collect_anchors(storage: Storage, *, per_database: int = 3) -> list[Anchor]:
             manifests.setdefault(parts[0], []).append(info.key)
     anchors: list[Anchor] = []
     for keys in manifests.values():
-        for key in sorted(keys, reverse=True)[:per_database]:  # backup ids sort by time
+        found: list[Anchor] = []
+        for key in keys:
             try:
                 raw = json.loads(storage.get_bytes(key))
             except (DbprotectError, ValueError):
                 continue
             anchor = parse_anchor(raw.get("audit_head") if isinstance(raw, dict) else None, key)
             if anchor is not None:
-                anchors.append(anchor)
+                found.append(anchor)
+        anchors += sorted(found, key=lambda a: (-a.seq, a.where))[:per_database]
     return anchors
 
 

@@ -53,7 +53,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dbprotect.core.errors import IntegrityError, NotFoundError, StorageError
 from dbprotect.core.store import ObjectNotFound, S3Storage, Storage
 from dbprotect.core.store.catalog import BackupEntry, list_backups, load_manifest, record_verification, write_check
-from dbprotect.core.store.lock import database_lock
+from dbprotect.core.store.lock import database_lock, ensure_lock_held
 from dbprotect.core.store.manifest import (
     CHECKS_FOLDER,
     Manifest,
@@ -261,6 +261,7 @@ def _copy_locked(src: Storage, dst: Storage, database: str, backup_id: str, *, b
                     f"copy of backup {backup_id} of {database} to {dst.uri} does not match its manifest: {detail}",
                     hint="nothing was committed and the target's own object was left as it was; check the source "
                     f"with 'dbprotect verify {backup_id} --stored-only' and the destination store, then copy again")
+            ensure_lock_held(dst, database, f"the copy of backup {backup_id} of {database}")
             dst.rename(temporary, key)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -277,6 +278,7 @@ def _copy_locked(src: Storage, dst: Storage, database: str, backup_id: str, *, b
     write_check(dst, database, backup_id, Verification(
         rung="stored", ok=True, at=at, detail=f"{how}: {stored.detail}", by=by,
         metrics={"seconds": round(stored.seconds, 3)}))
+    ensure_lock_held(dst, database, f"the manifest of the copy of backup {backup_id} of {database}")
     committed = dst.put_if_absent(manifest_key(database, backup_id), manifest_bytes)  # the commit, last; never replaced
     if not committed and dst.get_bytes(manifest_key(database, backup_id)) != manifest_bytes:
         raise IntegrityError(f"backup {backup_id} of {database} on {dst.uri} already has another manifest; "

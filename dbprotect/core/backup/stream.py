@@ -73,7 +73,7 @@ from dbprotect.core.pg.tools import (
     tool_env,
 )
 from dbprotect.core.store import ObjectWriter, Storage
-from dbprotect.core.store.lock import database_lock
+from dbprotect.core.store.lock import database_lock, ensure_lock_held
 from dbprotect.core.store.manifest import (
     CatalogRecord,
     Manifest,
@@ -347,6 +347,9 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
         )
         if finish is not None:
             manifest = finish(manifest)
+        # the commit: only while the lock is still ours (a holder stalled past its lease could
+        # otherwise commit beside a cleanup that already judged this folder an abandoned upload)
+        ensure_lock_held(storage, database, f"backup {backup_id} of {database}")
         if not storage.put_if_absent(manifest_key(database, backup_id), manifest.to_json()):
             raise StorageError(f"{storage.uri}: backup {backup_id} of {database} already has a manifest: nothing "
                                "was replaced", hint="two writers chose one backup id; take the backup again")

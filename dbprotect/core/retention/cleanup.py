@@ -36,6 +36,7 @@ from dbprotect.core.retention.plan import Decision, RetentionPlan, plan_retentio
 from dbprotect.core.retention.policy import RetentionPolicy
 from dbprotect.core.store import ObjectInfo, Storage
 from dbprotect.core.store.catalog import CLOCK_SKEW_TOLERANCE, list_backups
+from dbprotect.core.store.lock import ensure_lock_held
 from dbprotect.core.store.manifest import DUMP_OBJECT, MANIFEST_OBJECT
 
 
@@ -112,6 +113,8 @@ def execute_cleanup(storage: Storage, plan: RetentionPlan, *, dry_run: bool = Fa
     work += [("delete-incomplete", d, result.removed_incomplete) for d in plan.garbage]
     for kind, decision, done in work:
         try:
+            if not dry_run:  # a holder whose lock was broken deletes nothing more
+                ensure_lock_held(storage, plan.database, f"the deletion of {decision.backup_id}")
             freed = _sweep_one(storage, plan.database, decision, dry_run, result)
         except DbprotectError as exc:
             if not dry_run:

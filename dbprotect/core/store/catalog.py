@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.store import ObjectNotFound, Storage
-from dbprotect.core.store.lock import database_lock
+from dbprotect.core.store.lock import database_lock, ensure_lock_held
 from dbprotect.core.store.manifest import (
     BACKUP_ID_PATTERN,
     CHECKS_FOLDER,
@@ -252,6 +252,7 @@ def write_check(storage: Storage, database: str, backup_id: str, verification: V
     """
     seq = next_check_sequence(storage, database, backup_id)
     body = verification.model_dump_json(indent=2).encode() + b"\n"
+    ensure_lock_held(storage, database, f"the {verification.rung} result of backup {backup_id} of {database}")
     while True:
         key = check_key(database, backup_id, verification.at, verification.rung, verification.ok, seq)
         if storage.put_if_absent(key, body):

@@ -46,8 +46,7 @@ class _FileWriter:
         self._final = final
         self._tmp = final.with_name(f"{final.name}{PARTIAL_MARK}{secrets.token_hex(4)}")
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+            self._file = _create_in_folder(self._tmp)
         except OSError as exc:
             raise _storage_error("create", self._tmp, exc) from None
         self._done = False
@@ -81,6 +80,28 @@ class _FileWriter:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
+
+
+#: How often a write re-creates a folder that a concurrent delete removed as empty (see :func:`_create_in_folder`).
+_FOLDER_RACE_RETRIES = 20
+
+
+def _create_in_folder(path: Path) -> BinaryIO:
+    """Open ``path`` for writing, creating its folders, even while another writer removes them.
+
+    :meth:`FilesystemStorage.delete` removes folders it leaves empty; a writer that created the
+    folder an instant before (a lock acquire in ``_locks/<db>/`` beside a release) would find it
+    gone. Once the file is open the folder is no longer empty and stays, so re-creating and
+    retrying closes the race.
+    """
+    for attempt in range(_FOLDER_RACE_RETRIES):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "wb")  # closed by the caller (commit/abort)
+        except FileNotFoundError:
+            if attempt == _FOLDER_RACE_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -136,8 +157,14 @@ class FilesystemStorage:
     def rename(self, src_key: str, dst_key: str) -> None:
         src, dst = self._path(src_key), self._path(dst_key)
         try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
+            for attempt in range(_FOLDER_RACE_RETRIES):  # a concurrent delete may remove the empty folder
+                try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, dst)
+                    break
+                except FileNotFoundError:
+                    if not src.exists() or attempt == _FOLDER_RACE_RETRIES - 1:
+                        raise
             _fsync_dir(dst.parent)
         except FileNotFoundError:
             raise ObjectNotFound(f"file store: {src_key} not found in {self.uri}") from None
