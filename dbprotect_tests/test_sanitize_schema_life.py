@@ -404,3 +404,19 @@ def test_starter_rules_cover_partitions_by_their_parent_and_large_objects(protec
     result = build_sanitized_copy(config, "crm")
     assert_built(result)
     assert len(result.tables) == 13
+
+
+def test_cli_sanitize_check_and_build_report_partitions_and_unfit_rules(protected, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from dbprotect.cli.app import run
+
+    protected(EVENTS, {"tables": {"events": EVENT_RULES}})
+    assert run(["sanitize", "check", "crm"]) == 0
+    assert "12 partition(s) take their parent's rules" in capsys.readouterr().out
+    write_rules(tmp_path, {"tables": {"events": {**EVENT_RULES, "doc": "text"}}})
+    for command in ("check", "build"):
+        assert run(["sanitize", command, "crm"]) == 13
+        err = capsys.readouterr().err
+        assert "error[DBP013]" in err and "public.events_2024_01.doc (transformer text)" in err, err
+        assert "Traceback" not in err and "corp.example.org" not in err and "+4420794" not in err
+    assert not sanitized(tmp_path)
