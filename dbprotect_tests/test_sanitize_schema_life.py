@@ -170,6 +170,8 @@ def test_a_column_no_level_classifies_still_stops_the_run(protected, tmp_path: P
     with pytest.raises(CoverageError, match="12 column"):
         build_sanitized_copy(config, "crm")
     assert not sanitized(tmp_path)
+    [record] = [r for r in read(FilesystemStorage(tmp_path / "store")) if r.action == "sanitize"]
+    assert record.outcome == "failed" and record.detail.startswith("DBP002: ") and "12 column" in record.detail
 
 
 # -- 2. a rule whose output cannot load is rejected before any data moves ---------------------------

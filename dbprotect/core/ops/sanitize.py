@@ -90,11 +90,11 @@ def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None
     storage = primary_store(config, database)
     backup_id = backup_id or newest_verified_backup(storage, database)
     manifest = load_manifest(storage, database, backup_id)
-    parents = _live_partition_parents(config, database, environ)
-    if parents is not None:  # otherwise the build's own gate (the backup's catalog) decides, still before any row
-        require_coverage(rules.inherited(parents), columns_from_manifest(manifest), database=database)
-    identity = raw_identity(config, environ)
     try:
+        parents = _live_partition_parents(config, database, environ)
+        if parents is not None:  # otherwise the build's own gate (the backup's catalog) decides, before any row
+            require_coverage(rules.inherited(parents), columns_from_manifest(manifest), database=database)
+        identity = raw_identity(config, environ)
         with scratch_server_from_config(config, environ) as server:
             result = build_sanitized(storage, manifest, identity, server, rules=rules, spec=spec, key=key,
                                      development_recipients=config.keys.development.recipients,
