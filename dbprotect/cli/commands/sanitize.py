@@ -2,7 +2,7 @@
 
 Thin calls into :mod:`dbprotect.core.ops`::
 
-    dbprotect sanitize check DATABASE     the coverage gate against the newest backup (no connection)
+    dbprotect sanitize check DATABASE     the rules against the newest backup and production's catalog
     dbprotect sanitize rules DATABASE     a starter rule file guessed from the production schema
     dbprotect sanitize build DATABASE     build, check and store the sanitized copy (production side)
     dbprotect promote DATABASE --confirm  restore the newest copy that passed into development
@@ -37,17 +37,26 @@ def sanitize() -> None:
 def check_command(ui: Ui, database: str) -> int:
     """Check that the rule file of DATABASE classifies every column of its newest backup.
 
-    Reads only the backup's manifest (its per-table column lists): no connection, nothing
-    decrypted. Exits 2 listing every unclassified column; reports rules still marked review and
-    every keep with a waiver (personal data copied by decision).
+    Reads the backup's manifest (its per-table column lists) and production's live catalog
+    (partitions inherit their parent's rules; every masked column's transformer output must load
+    into the column's type; large objects need a large_objects: rule); nothing decrypted, nothing
+    copied. Exits 2 listing every unclassified column, 13 naming each rule whose output does not
+    fit its column; reports rules still marked review and every keep with a waiver.
     """
     checked = check_sanitize_coverage(ui.load(), database)
     found = checked.coverage
     if ui.json:
         ui.emit({"database": database, "backup_id": checked.backup_id, "missing": [],
-                 "stale": found.stale, "unreviewed": found.unreviewed, "waivers": checked.rules.waivers()})
+                 "stale": found.stale, "unreviewed": found.unreviewed, "waivers": checked.rules.waivers(),
+                 "inherited_partitions": len(checked.inherited or {}), "large_objects": checked.large_objects})
         return EXIT_OK
-    click.echo(f"{database}: every column of backup {checked.backup_id} has a rule in {checked.rules.source}")
+    click.echo(f"{database}: every column of backup {checked.backup_id} has a rule in {checked.rules.source}, "
+               "and every masked column's output fits its type")
+    if checked.inherited:
+        click.echo(f"  {len(checked.inherited)} partition(s) take their parent's rules")
+    if checked.large_objects:
+        click.echo(f"  {checked.large_objects} large object(s): {checked.rules.large_objects.transformer}"  # type: ignore[union-attr]
+                   " by the large_objects: rule")
     if found.unreviewed:
         click.echo(f"  {len(found.unreviewed)} rule(s) still marked review: true: "
                    f"{', '.join(found.unreviewed[:10])}{' ...' if len(found.unreviewed) > 10 else ''}")

@@ -7,22 +7,41 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config, SanitizeSpec
 from dbprotect.core.crypto import load_identity
-from dbprotect.core.errors import ConfigError, CredentialIsolationError, NotFoundError, Refusals, RefusedError
+from dbprotect.core.errors import (
+    ConfigError,
+    CredentialIsolationError,
+    DbprotectError,
+    NotFoundError,
+    Refusals,
+    RefusedError,
+)
 from dbprotect.core.ops.context import primary_store, raw_identity, scratch_server_from_config
 from dbprotect.core.pg.tools import connect
 from dbprotect.core.redact import register
 from dbprotect.core.restore.oncall import RestoreTarget, restore
-from dbprotect.core.sanitize.build import SanitizeResult, build_sanitized, sanitized_name
-from dbprotect.core.sanitize.coverage import Coverage, columns_from_manifest, require_coverage
+from dbprotect.core.sanitize.build import SanitizeResult, build_sanitized, database_failure, sanitized_name
+from dbprotect.core.sanitize.coverage import (
+    Coverage,
+    columns_from_manifest,
+    large_object_count,
+    partition_parents,
+    require_coverage,
+    require_large_object_rule,
+    require_rules_fit,
+    source_columns,
+)
 from dbprotect.core.sanitize.promote import newest_promotable, require_promotable
 from dbprotect.core.sanitize.rules import RuleSet, load_rules
 from dbprotect.core.sanitize.starter import starter_rules
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import load_manifest, newest_verified_backup
+from dbprotect.core.store.manifest import Manifest
 
 
 def sanitize_spec(config: Config, database: str) -> SanitizeSpec:
@@ -71,15 +90,47 @@ def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None
     storage = primary_store(config, database)
     backup_id = backup_id or newest_verified_backup(storage, database)
     manifest = load_manifest(storage, database, backup_id)
-    require_coverage(rules, columns_from_manifest(manifest), database=database)
-    identity = raw_identity(config, environ)
-    with scratch_server_from_config(config, environ) as server:
-        result = build_sanitized(storage, manifest, identity, server, rules=rules, spec=spec, key=key,
-                                 development_recipients=config.keys.development.recipients,
-                                 pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
-                                 progress=progress)
+    try:
+        parents = _live_partition_parents(config, database, environ)
+        if parents is not None:  # otherwise the build's own gate (the backup's catalog) decides, before any row
+            require_coverage(rules.inherited(parents), columns_from_manifest(manifest), database=database)
+        identity = raw_identity(config, environ)
+        with scratch_server_from_config(config, environ) as server:
+            result = build_sanitized(storage, manifest, identity, server, rules=rules, spec=spec, key=key,
+                                     development_recipients=config.keys.development.recipients,
+                                     pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
+                                     progress=progress)
+    except DbprotectError as exc:
+        _audit_failure(storage, by, database, manifest.backup_id, rules, exc)
+        raise
     _audit(storage, by, result)
     return result
+
+
+def _live_partition_parents(config: Config, database: str, environ: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Partition -> parent from the production catalog (no data read), or None when it cannot be reached.
+
+    Only for the gate before decrypting: the backup's manifest lists partitions, not their parents.
+    """
+    try:
+        with connect(resolve_dsn(config, database, "production", environ), autocommit=True,
+                     application_name="dbprotect-sanitize") as conn:
+            return partition_parents(conn)
+    except DbprotectError:
+        return None
+
+
+def _audit_failure(storage: Storage, by: str, database: str, backup_id: str, rules: RuleSet,
+                   exc: DbprotectError) -> None:
+    """A build that stopped (transformer, load, type, coverage, database error) leaves its record too.
+
+    The message is the error's one line: it names table, column and transformer, never a value.
+    """
+    AuditLog(storage, actor=by).record(
+        "sanitize", database=database, outcome="failed", target=backup_id,
+        detail=f"{exc.code}: {exc.message}",
+        data={"source_backup_id": backup_id, "rules_sha256": rules.sha256, "error_code": exc.code,
+              "exit_status": exc.exit_code})
 
 
 def _audit(storage: Storage, by: str, result: SanitizeResult) -> None:
@@ -136,19 +187,44 @@ class CoverageCheck:
     backup_id: str
     rules: RuleSet
     coverage: Coverage
+    #: Partitions whose rules come from their parent (partition -> parent), from the live catalog.
+    inherited: dict[str, str] | None = None
+    #: Large objects in production (each needs the ``large_objects:`` rule).
+    large_objects: int = 0
 
 
-def check_sanitize_coverage(config: Config, database: str) -> CoverageCheck:
-    """The rule file of ``database`` against the columns of its newest verified backup.
+def check_sanitize_coverage(config: Config, database: str,
+                            environ: Mapping[str, str] | None = None) -> CoverageCheck:
+    """The rule file of ``database`` against its newest verified backup and production's live catalog.
 
-    Reads only the backup's manifest: no connection, nothing decrypted. Raises
-    :class:`~dbprotect.core.sanitize.coverage.CoverageError` naming every unclassified column.
+    The backup's manifest gives the columns that will be copied; the production catalog (read
+    only: catalog queries and a small sample per masked column, nothing stored) gives partition
+    parents (partitions inherit their parent's rules), each column's type (every masked column's
+    transformer output must load into it: ``require_rules_fit``) and the large objects (which
+    need a ``large_objects:`` rule). Raises naming every unclassified column or unfit rule.
     """
     rules = rules_for(config, database)
     storage = primary_store(config, database)
     manifest = load_manifest(storage, database, newest_verified_backup(storage, database))
-    found = require_coverage(rules, columns_from_manifest(manifest), database=database)
-    return CoverageCheck(database, manifest.backup_id, rules, found)
+    try:
+        return _check_against_catalog(config, database, rules, manifest, environ)
+    except psycopg.Error as exc:  # never psycopg's own text: its DETAIL may quote production values
+        raise database_failure(database, exc) from None
+
+
+def _check_against_catalog(config: Config, database: str, rules: RuleSet, manifest: Manifest,
+                           environ: Mapping[str, str] | None) -> CoverageCheck:
+    with connect(resolve_dsn(config, database, "production", environ), autocommit=True,
+                 application_name="dbprotect-sanitize") as conn:
+        parents = partition_parents(conn)
+        rules = rules.inherited(parents)
+        found = require_coverage(rules, columns_from_manifest(manifest), database=database)
+        live = source_columns(conn)
+        require_rules_fit(conn, {table: [column for column in infos if rules.rule(table, column.name) is not None]
+                                 for table, infos in live.items()}, rules)
+        large_objects = large_object_count(conn)
+        require_large_object_rule(rules, large_objects, database=database)
+    return CoverageCheck(database, manifest.backup_id, rules, found, parents, large_objects)
 
 
 def starter_rules_for(config: Config, database: str, environ: Mapping[str, str] | None = None) -> RuleSet:

@@ -17,6 +17,7 @@ Both scratch databases are dropped however the build ends.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pyrage
 from psycopg import sql
 
@@ -42,12 +44,20 @@ from dbprotect.core.sanitize.checks import (
     production_fingerprints,
     row_counts_match,
 )
-from dbprotect.core.sanitize.coverage import require_coverage, source_columns
+from dbprotect.core.sanitize.coverage import (
+    large_object_count,
+    partition_parents,
+    require_coverage,
+    require_large_object_rule,
+    require_rules_fit,
+    source_columns,
+    unique_keys,
+)
 from dbprotect.core.sanitize.fingerprints import Fingerprinter
-from dbprotect.core.sanitize.rules import RuleSet, qualify
+from dbprotect.core.sanitize.rules import ColumnRule, RuleSet, qualify
 from dbprotect.core.sanitize.stream import TableStats, sanitize_table, stream_order
 from dbprotect.core.sanitize.subset import SubsetPlan, plan_subset
-from dbprotect.core.sanitize.transformers import Masker
+from dbprotect.core.sanitize.transformers import Masker, SanitizeError
 from dbprotect.core.store import Storage
 from dbprotect.core.store.manifest import Manifest
 
@@ -111,7 +121,14 @@ def restore_section(archive: Path, dsn: str, section: str, *, server_major: int,
     proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, env=env, check=False)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-        reason = next((line for line in lines if "ERROR:" in line), None) or next(
+        error = next((line for line in lines if "ERROR:" in line), None)
+        if section == "post-data" and error is not None:
+            # The server refused an index or constraint over the masked rows: a sanitize failure (the
+            # rules broke it), told by the ERROR line alone; its DETAIL line would quote the values.
+            raise SanitizeError(f"the masked data violates a constraint of the source: "
+                                f"{error.partition('ERROR:')[2].strip()}; nothing was stored",
+                                hint="check the rules of the columns of the index or constraint it names")
+        reason = error or next(
             (line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")
         raise ToolError(f"pg_restore --section={section} into the sanitized database failed: "
                         f"{reason.removeprefix('pg_restore: ')}",
@@ -125,8 +142,40 @@ def copy_sequences(src_dsn: str, dst_dsn: str) -> int:
         rows = src.execute("SELECT schemaname, sequencename, last_value FROM pg_sequences "
                            "WHERE last_value IS NOT NULL").fetchall()
         for schema, name, value in rows:
-            dst.execute(sql.SQL("SELECT setval({}, %s)").format(sql.Literal(f'"{schema}"."{name}"')), (value,))
+            # The sequence's regclass from its identifiers, never a hand-quoted name (a name holding
+            # a double quote would otherwise break out of it).
+            dst.execute(sql.SQL("SELECT setval({}::regclass, %s)").format(
+                sql.Literal(sql.Identifier(schema, name).as_string(dst))), (value,))
     return len(rows)
+
+
+def mask_large_objects(src: psycopg.Connection, dst: psycopg.Connection, rule: ColumnRule) -> int:
+    """Apply the rule file's ``large_objects:`` rule to the copy; returns how many the source holds.
+
+    The target's large objects (the pre-data section creates them empty) are removed; with
+    ``fixed`` every one of the source's is created again, same OID, holding only the constant.
+    """
+    oids = [int(oid) for (oid,) in src.execute("SELECT oid FROM pg_largeobject_metadata").fetchall()]
+    dst.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+    if rule.transformer == "fixed" and oids:
+        value = str(rule.options().get("value", "")).encode()
+        dst.execute("SELECT lo_from_bytea(o, %s) FROM unnest(%s::oid[]) o", (value, oids))
+    return len(oids)
+
+
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def database_failure(database: str, exc: psycopg.Error) -> SanitizeError:
+    """One line for a database error outside the stream: its primary message only, quoted parts blanked.
+
+    Why: psycopg's text carries DETAIL lines such as ``Key (email)=(alice@…) already exists``:
+    production values, which must not reach a terminal, a log or the audit record.
+    """
+    primary = (getattr(exc.diag, "message_primary", None) or type(exc).__name__).splitlines()[0]
+    reason = _QUOTED.sub('"…"', primary)
+    return SanitizeError(f"{database}: the sanitized copy could not be built: {reason}; nothing was stored",
+                         hint="the previous sanitized copy is still the newest")
 
 
 def _with_lineage(manifest: Manifest, result: SanitizeResult, by: str) -> Manifest:
@@ -157,7 +206,7 @@ def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x2551
     ``identity`` decrypts the raw backup; the artifact is encrypted to ``development_recipients``
     only. The caller has run the coverage gate already (from the manifest, before decrypting).
     """
-    database, backup_id = manifest.database, manifest.backup_id
+    database = manifest.database
     say = progress or (lambda phase: None)
     masker = Masker(key)
     major = int(manifest.source["server_major"])
@@ -171,6 +220,20 @@ def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x2551
         clock = now
 
     server.require_major(major)
+    try:
+        return _build(storage, manifest, identity, server, rules=rules, spec=spec, masker=masker, key=key,
+                      development_recipients=development_recipients, pg_bin_dir=pg_bin_dir, work_dir=work_dir,
+                      by=by, say=say, timings=timings, lap=lap)
+    except psycopg.Error as exc:
+        raise database_failure(database, exc) from None
+
+
+def _build(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity, server: ScratchServer, *,
+           rules: RuleSet, spec: SanitizeSpec, masker: Masker, key: bytes, development_recipients: list[str],
+           pg_bin_dir: str | None, work_dir: str | None, by: str, say: Callable[[str], None],
+           timings: dict[str, float], lap: Callable[[str], None]) -> SanitizeResult:
+    database, backup_id = manifest.database, manifest.backup_id
+    major = int(manifest.source["server_major"])
     encoding = manifest.source.get("encoding")
     with decrypted_archive(storage, manifest, identity, work_dir) as archive, \
             scratch_database(server, encoding=encoding) as source, \
@@ -182,8 +245,15 @@ def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x2551
         say("plan")
         with connect(source.dsn) as src, connect(target.dsn) as dst:
             columns = source_columns(src)
+            # The backup's own catalog decides: partitions take their parents' rules, every column
+            # is classified, every masked column's output loads into its type, large objects have
+            # a rule; all before a row moves.
+            rules = rules.inherited(partition_parents(src))
             coverage = require_coverage(rules, {t: [c.name for c in cs] for t, cs in columns.items()},
                                         database=database)
+            require_rules_fit(src, columns, rules)
+            large_objects = large_object_count(src)
+            require_large_object_rule(rules, large_objects, database=database)
             plan = plan_subset(src, {qualify(t): s.model_dump(exclude_none=True) for t, s in spec.subset.items()},
                                sorted(columns)) if spec.subset else SubsetPlan()
             lap("plan")
@@ -199,9 +269,12 @@ def build_sanitized(storage: Storage, manifest: Manifest, identity: pyrage.x2551
                 return production.any_of(fingerprinter.all(output.decode("utf-8", "replace")))
 
             stats = []
+            keys = unique_keys(src)
             for table in stream_order(columns, rules):
                 stats.append(sanitize_table(src, dst, table, columns[table], rules, masker, plan.where(table),
-                                            avoid=known))
+                                            avoid=known, unique_keys=keys.get(table)))
+            if rules.large_objects is not None:
+                mask_large_objects(src, dst, rules.large_objects)
             dst.commit()
         copy_sequences(source.dsn, target.dsn)
         lap("stream")

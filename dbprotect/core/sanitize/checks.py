@@ -53,6 +53,7 @@ from dbprotect.core.sanitize.fingerprints import (
 from dbprotect.core.sanitize.leaves import TypeCatalog, leaf_query
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 from dbprotect.core.sanitize.stream import TableStats
+from dbprotect.core.sanitize.transformers import json_path
 from dbprotect.core.store.manifest import Manifest
 
 NO_PII_LEAKED = "no_pii_leaked"
@@ -146,7 +147,7 @@ def _json_paths(rule: ColumnRule) -> list[tuple[list[str], str]]:
     for path, spec in paths.items():
         kind = spec if isinstance(spec, str) else (spec or {}).get("transformer", "text")
         if kind not in NOT_FINGERPRINTED:
-            found.append((str(path).split("."), str(kind)))
+            found.append((json_path(str(path)), str(kind)))
     return found
 
 
@@ -212,14 +213,15 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
     return found
 
 
-def _fixed_fingerprints(rules: RuleSet, fingerprinter: Fingerprinter) -> set[int]:
-    """The rule file's own constants (``fixed`` values): public by declaration, never a finding."""
-    found: set[int] = set()
-    for columns in rules.tables.values():
-        for rule in columns.values():
+def _fixed_fingerprints(rules: RuleSet, fingerprinter: Fingerprinter) -> dict[tuple[str, str], set[int]]:
+    """The rule file's own constants (``fixed`` values), per (table, column): public by declaration in
+    the column whose rule writes them, never a finding there; anywhere else they are checked like any value."""
+    found: dict[tuple[str, str], set[int]] = {}
+    for table, columns in rules.tables.items():
+        for column, rule in columns.items():
             value = rule.options().get("value")
             if rule.transformer == "fixed" and value is not None:
-                found.update(fingerprinter.all(str(value)))
+                found[(table, column)] = set(fingerprinter.all(str(value)))
     return found
 
 
@@ -232,7 +234,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
     ``keep`` column with a ``waiver:`` go to ``waived`` (when given) instead.
     """
     catalog = TypeCatalog(dst)
-    fixed = _fixed_fingerprints(rules, fingerprinter)
+    fixed_by_column = _fixed_fingerprints(rules, fingerprinter)
     bloom = production.bloom
     of = fingerprinter.of
     findings: list[str] = []
@@ -250,6 +252,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                                                                         t=sql.Identifier(schema, name))
             rule = rules.rule(table, info.name)
             keep = rule is None or rule.transformer == "keep"
+            fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
             hits = emails = phones = cards = distinct = parts = part_rows = 0
             for leaf, count in _counted(dst, query):  # hot: locals, no per-form list

@@ -15,6 +15,17 @@ Format (YAML)::
         last_login_ip: {transformer: ip, review: true}   # generated guess, not yet reviewed
         preferences: {transformer: json, paths: {contact.email: email, "tags.*": {transformer: fixed, value: x}}}
         support_email: {transformer: keep, waiver: "the shared support mailbox, published on the website"}
+      public.events:                     # a partitioned table: its rules hold for every partition,
+        payload: {transformer: json, paths: {"": {transformer: fixed, value: "{}"}}}   # "" = the whole document
+      public.events_2024_01:             # a partition may override single columns of its parent's rules
+        payload: "null"
+    large_objects: "null"                # large objects: "null" (removed) or {transformer: fixed, value: ...}
+
+Partitions inherit the rules of their parent (and its parent, for multi-level partitioning):
+each new monthly partition is covered by the rules of the partitioned table, column by column;
+a rule written for the partition itself overrides its parent's for that column
+(:meth:`RuleSet.inherited`). A database holding large objects needs ``large_objects:``, or
+nothing is built: their content is never copied as it is.
 
 ``waiver:`` (with ``keep`` only) is the explicit decision to copy a column that holds personal data
 as it is: the ``no_pii_leaked`` findings on that column are reported as waived instead of failing
@@ -39,6 +50,8 @@ RULES_VERSION = 1
 
 #: The transformer names a rule may use (``keep`` leaves the column as it is); :mod:`.transformers` implements each.
 KINDS = ("keep", "email", "phone", "name", "text", "ip", "date", "number", "json", "null", "fixed", "hash")
+#: The rules ``large_objects:`` may give: removed from the copy, or every one replaced by a constant.
+LARGE_OBJECT_KINDS = ("null", "fixed")
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,10 @@ class RuleSet:
     sha256: str = ""
     source: str = "<memory>"
     problems: list[str] = field(default_factory=list)
+    #: What becomes of large objects (``null``: removed; ``fixed``: every one holds ``value``); None: refused.
+    large_objects: ColumnRule | None = None
+    #: Partition -> its parent, for the tables whose rules were inherited (:meth:`inherited`).
+    parents: dict[str, str] = field(default_factory=dict)
 
     def rule(self, table: str, column: str) -> ColumnRule | None:
         return self.tables.get(table, {}).get(column)
@@ -110,10 +127,35 @@ class RuleSet:
         return {f"{table}.{column}": rule.waiver for table, columns in sorted(self.tables.items())
                 for column, rule in sorted(columns.items()) if rule.waiver}
 
+    def inherited(self, parents: dict[str, str]) -> RuleSet:
+        """These rules with every partition (``parents``: partition -> parent) given its ancestors' rules.
+
+        Why: a partitioned table gains a partition every month; rules written once for the
+        partitioned table must cover each new one, or every build stops until someone copies them.
+        The nearest rule wins, column by column: the partition's own, then its parent's, up the
+        chain (multi-level partitioning). A partition nobody wrote rules for gets exactly its
+        root's rules; the coverage gate still names any column that no level classifies.
+        """
+        def chain(table: str) -> list[str]:
+            found = [table]
+            while found[-1] in parents and parents[found[-1]] not in found and len(found) < 64:
+                found.append(parents[found[-1]])
+            return found
+
+        tables = {table: dict(columns) for table, columns in self.tables.items()}
+        for table in parents:
+            merged: dict[str, ColumnRule] = {}
+            for level in reversed(chain(table)):
+                merged.update(self.tables.get(level, {}))
+            tables[table] = merged
+        return RuleSet(tables, self.sha256, self.source, list(self.problems), self.large_objects, dict(parents))
+
     def to_yaml(self) -> str:
-        doc = {"version": RULES_VERSION,
-               "tables": {table: {column: rule.to_yaml() for column, rule in columns.items()}
-                          for table, columns in self.tables.items()}}
+        doc: dict[str, Any] = {"version": RULES_VERSION,
+                               "tables": {table: {column: rule.to_yaml() for column, rule in columns.items()}
+                                          for table, columns in self.tables.items()}}
+        if self.large_objects is not None:
+            doc["large_objects"] = self.large_objects.to_yaml()
         return yaml.safe_dump(doc, sort_keys=False, width=120)
 
 
@@ -131,13 +173,26 @@ def parse_rules(text: str, *, source: str = "<memory>") -> RuleSet:
         raise ConfigError(f"{source}: a rule file is a mapping with 'version: 1' and 'tables:'")
     if raw.get("version", RULES_VERSION) != RULES_VERSION:
         raise ConfigError(f"{source}: rule file version {raw.get('version')!r} is not supported (expected 1)")
+    unknown = sorted(str(key) for key in raw if key not in ("version", "tables", "large_objects"))
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s): {', '.join(unknown)}",
+                          hint="a rule file has version:, tables: and optionally large_objects:")
+    large_objects = None
+    if "large_objects" in raw:
+        spec = "null" if raw["large_objects"] is None else raw["large_objects"]  # YAML's bare null means removed
+        large_objects = ColumnRule.parse(spec, where=f"{source}: large_objects")
+        if large_objects.transformer not in LARGE_OBJECT_KINDS or (
+                large_objects.transformer == "fixed" and not isinstance(large_objects.options().get("value"), str)):
+            raise ConfigError(f"{source}: large_objects: is \"null\" (removed from the copy) or "
+                              "{transformer: fixed, value: TEXT} (every large object holds TEXT)",
+                              hint="large objects are never copied as they are")
     tables: dict[str, dict[str, ColumnRule]] = {}
     for table, columns in raw["tables"].items():
         if not isinstance(columns, dict):
             raise ConfigError(f"{source}: tables.{table}: expected a mapping of column: rule")
         tables[qualify(str(table))] = {str(column): ColumnRule.parse(rule, where=f"{source}: tables.{table}.{column}")
                                        for column, rule in columns.items()}
-    return RuleSet(tables, hashlib.sha256(text.encode()).hexdigest(), source)
+    return RuleSet(tables, hashlib.sha256(text.encode()).hexdigest(), source, large_objects=large_objects)
 
 
 def load_rules(path: str | Path) -> RuleSet:

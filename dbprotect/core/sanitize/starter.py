@@ -19,7 +19,7 @@ import re
 import psycopg
 from psycopg import sql
 
-from dbprotect.core.sanitize.coverage import ColumnInfo, source_columns
+from dbprotect.core.sanitize.coverage import ColumnInfo, large_object_count, source_columns
 from dbprotect.core.sanitize.fingerprints import looks_like_card, looks_like_email, looks_like_phone
 from dbprotect.core.sanitize.leaves import TypeCatalog, base_type, leaf_query
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
@@ -133,10 +133,14 @@ def _guess_scalar(column: ColumnInfo, samples: list[str], shape: str) -> ColumnR
 
 
 def starter_rules(conn: psycopg.Connection, *, sample: int = 200, existing: RuleSet | None = None) -> RuleSet:
-    """Rules for every column of the database ``conn`` reads; existing rules are kept as they are."""
+    """Rules for every column of the database ``conn`` reads; existing rules are kept as they are.
+
+    Partitioned tables get one set of rules, sampled across all their partitions, and partitions
+    none (they inherit it). Large objects, when there are any, are proposed removed (``null``).
+    """
     tables: dict[str, dict[str, ColumnRule]] = {}
     catalog = TypeCatalog(conn)
-    for table, columns in source_columns(conn).items():
+    for table, columns in source_columns(conn, roots=True).items():
         schema, _, name = table.partition(".")
         ruled = tables[table] = {}
         for column in columns:
@@ -156,7 +160,10 @@ def starter_rules(conn: psycopg.Connection, *, sample: int = 200, existing: Rule
                 samples = [row[0] for row in conn.execute(sql.SQL("SELECT v FROM ({}) s LIMIT %s").format(query),
                                                           (sample * 5,)).fetchall()] if query is not None else []
             ruled[column.name] = guess(column, samples, shape)
-    return RuleSet(tables, source="<generated>")
+    large_objects = existing.large_objects if existing else None
+    if large_objects is None and large_object_count(conn):
+        large_objects = ColumnRule("null", True)
+    return RuleSet(tables, source="<generated>", large_objects=large_objects)
 
 
 def _shape(catalog: TypeCatalog, table: str, column: str) -> str:

@@ -99,11 +99,13 @@ def stream_order(columns: dict[str, list[ColumnInfo]], rules: RuleSet) -> list[s
 
 def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str, columns: list[ColumnInfo],
                    rules: RuleSet, masker: Masker, where: sql.Composable | None = None,
-                   avoid: Callable[[bytes], bool] | None = None) -> TableStats:
+                   avoid: Callable[[bytes], bool] | None = None,
+                   unique_keys: list[tuple[str, ...]] | None = None) -> TableStats:
     """Stream one table from ``src`` into the same (empty) table in ``dst`` through its rules.
 
     ``where`` restricts the rows read (subsetting, :mod:`.subset`); ``avoid`` says whether an
-    output equals a production value (see the module docstring).
+    output equals a production value (see the module docstring); ``unique_keys``: the table's
+    multi-column unique keys (:func:`.coverage.unique_keys`), kept unique as :class:`_CompositeKey` says.
     """
     schema, _, name = table.partition(".")
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
@@ -122,7 +124,7 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
                     writer.write(chunk)
                     rows += 1
             else:
-                rows = _masked_rows(reader, writer, plans, stats)
+                rows = _masked_rows(reader, writer, plans, stats, _composite_keys(columns, plans, unique_keys))
     except psycopg.Error as exc:
         raise load_failure(table, columns, rules, exc) from None
     stats.rows = rows
@@ -193,7 +195,61 @@ class SeenOutputs:
         self._room -= 1
 
 
-def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats) -> int:
+
+class _CompositeKey:
+    """A multi-column unique key with a masked column: masked tuples are kept unique as single columns are.
+
+    Two distinct source tuples can mask to one tuple (two people of one household whose masked
+    first names collide). A repeated tuple is resolved by asking the key's last masked column's
+    transformer again with the next attempt, for that row only: the value's usual output (and
+    every other row holding it) is left as it is, since the same value elsewhere is no collision.
+    """
+
+    __slots__ = ("fields", "plan", "seen")
+
+    def __init__(self, fields: tuple[int, ...], plan: _Plan) -> None:
+        self.fields = fields
+        self.plan = plan
+        self.seen: set[tuple[bytes, ...]] = set()
+
+    def resolve(self, fields: list[bytes], original: list[bytes], stats: TableStats) -> None:
+        key = tuple(fields[i] for i in self.fields)
+        if b"\\N" in key:  # NULLs never collide in a unique key
+            return
+        attempt = 0
+        plan = self.plan
+        while key in self.seen:
+            attempt += 1
+            if attempt > MAX_ATTEMPTS:
+                raise SanitizeError(f"no unique masked value for a multi-column unique key after {MAX_ATTEMPTS} "
+                                    "attempts", hint="use a transformer with a larger output space (hash, email)")
+            raw = original[plan.index]
+            out = plan.fn.fn(copy_unescape(raw) if b"\\" in raw else raw, attempt)
+            if out is not None and plan.avoid is not None and plan.avoid(out):
+                continue
+            fields[plan.index] = b"\\N" if out is None else out if plan.fn.safe else copy_escape(out)
+            key = tuple(fields[i] for i in self.fields)
+        stats.retries += attempt
+        self.seen.add(key)
+
+
+def _composite_keys(columns: list[ColumnInfo], plans: list[_Plan],
+                    unique_keys: list[tuple[str, ...]] | None) -> list[_CompositeKey]:
+    """The multi-column unique keys a masked column can break (a key holding a unique column cannot)."""
+    index = {column.name: i for i, column in enumerate(columns)}
+    by_index = {plan.index: plan for plan in plans}
+    found = []
+    for names in unique_keys or []:
+        fields = tuple(index[name] for name in names if name in index)
+        masked = [by_index[i] for i in fields if i in by_index]
+        if len(fields) != len(names) or not masked or any(columns[i].unique for i in fields):
+            continue
+        found.append(_CompositeKey(fields, masked[-1]))
+    return found
+
+
+def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats,
+                 composite: list[_CompositeKey] | None = None) -> int:
     """The hot loop: kept as flat as Python allows (locals, no per-field function for kept columns).
 
     A transformer that raises becomes one line naming table, column and transformer (never the
@@ -210,6 +266,7 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     try:
         for chunk in reader:
             fields = bytes(chunk)[:-1].split(b"\t")
+            original = fields.copy() if composite else fields
             for step, (index, fn, remaps, cache, safe, seen, column, avoid) in enumerate(steps):  # noqa: B007
                 raw = fields[index]
                 if raw == null:
@@ -243,6 +300,10 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
                     if column is not None and out == value:
                         unchanged[column] += 1
                     fields[index] = out if safe else copy_escape(out)
+            if composite:
+                for key in composite:
+                    step = plans.index(key.plan)
+                    key.resolve(fields, original, stats)
             line = b"\t".join(fields) + b"\n"
             batch.append(line)
             size += len(line)

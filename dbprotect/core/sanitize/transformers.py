@@ -273,6 +273,15 @@ def _number(masker: Masker, options: dict[str, Any]) -> Transform:
     return number
 
 
+#: The path that names a whole JSON document (its value is masked as one: a string, or the document's text).
+WHOLE_DOCUMENT = ("", "$")
+
+
+def json_path(path: str) -> list[str]:
+    """A rule's dotted JSON path as its parts; ``""`` or ``$`` is the whole document (no parts)."""
+    return [] if path in WHOLE_DOCUMENT else path.split(".")
+
+
 def _json(masker: Masker, options: dict[str, Any]) -> Transform:
     paths = options.pop("paths", {})
     _no_more(options)
@@ -283,7 +292,7 @@ def _json(masker: Masker, options: dict[str, Any]) -> Transform:
         rule = ColumnRule.parse(spec, where=f"json path {path}")
         if rule.transformer == "keep":
             continue
-        compiled.append((str(path).split("."), masker.transformer(rule)))
+        compiled.append((json_path(str(path)), masker.transformer(rule)))
 
     def apply(node: Any, parts: list[str], fn: MaskFunction) -> Any:
         if not parts:
