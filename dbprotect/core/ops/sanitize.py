@@ -95,7 +95,8 @@ def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None
         if parents is not None:  # otherwise the build's own gate (the backup's catalog) decides, before any row
             require_coverage(rules.inherited(parents), columns_from_manifest(manifest), database=database)
         identity = raw_identity(config, environ)
-        with scratch_server_from_config(config, environ) as server:
+        with scratch_server_from_config(config, environ, audit=AuditLog(storage, actor=by),
+                                        database=database) as server:
             result = build_sanitized(storage, manifest, identity, server, rules=rules, spec=spec, key=key,
                                      development_recipients=config.keys.development.recipients,
                                      pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
