@@ -83,7 +83,7 @@ def dsn_passwords(dsn: str) -> set[str]:
             candidates.add(str(password))
     except (psycopg.Error, ValueError, TypeError):
         pass  # libpq cannot parse it: the lenient readings below still find the password
-    if "://" in dsn:
+    if is_uri(dsn):
         rest = dsn.split("://", 1)[1]
         ends = {_uri_userinfo_end(rest), rest.find("@")}
         for end in ends:
@@ -99,6 +99,12 @@ def dsn_passwords(dsn: str) -> set[str]:
     return {c for c in candidates if c}
 
 
+def is_uri(dsn: str) -> bool:
+    """Whether libpq reads ``dsn`` as a URI: by its scheme, as libpq does. A ``://`` elsewhere (a keyword
+    form whose database name or password holds one) is a keyword DSN."""
+    return dsn.lower().startswith(("postgresql://", "postgres://"))
+
+
 def register_dsn(dsn: str) -> str:
     """Register ``dsn``'s password(s) (and ``$PGPASSWORD``, which libpq also uses) as secrets; return ``dsn``."""
     register(*dsn_passwords(dsn), os.environ.get("PGPASSWORD"))
@@ -112,7 +118,7 @@ def mask_dsn(dsn: str) -> str:
     own error text) is redacted too.
     """
     register_dsn(dsn)
-    if "://" not in dsn:
+    if not is_uri(dsn):
         return redact(_KEYWORD_PASSWORD.sub(lambda m: m.group(1) + MASK, dsn))
     scheme, rest = dsn.split("://", 1)
     at = _uri_userinfo_end(rest)
@@ -213,7 +219,7 @@ def quote_keyword_value(value: str) -> str:
 
 def dbname_of(dsn: str) -> str | None:
     """The database name a DSN points at, when it says so."""
-    if "://" in dsn:
+    if is_uri(dsn):
         return unquote(_split_uri(dsn)[1].lstrip("/")) or None
     try:
         return conninfo_to_dict(dsn).get("dbname") or None
@@ -224,7 +230,7 @@ def dbname_of(dsn: str) -> str | None:
 
 def with_dbname(dsn: str, dbname: str) -> str:
     """The same server and credentials, another database (for scratch and admin connections)."""
-    if "://" in dsn:
+    if is_uri(dsn):
         head, _path, query = _split_uri(dsn)
         return f"{head}/{quote(dbname, safe='')}{query}"
     replacement = f"dbname={quote_keyword_value(dbname)}"

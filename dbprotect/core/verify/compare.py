@@ -284,7 +284,7 @@ def dump_definitions(dsn: str, server_major: int, pg_bin_dir: str | None = None)
     pg_dump runs with the backup's rendering settings (UTC, ISO dates: constants in defaults and
     expressions render alike) and its archive is read by the same reader as a backup's.
     """
-    tool = require_tool_for_server("pg_dump", server_major, pg_bin_dir)
+    tool = require_tool_for_server("pg_dump", server_major, pg_bin_dir, dsn=dsn)
     target, password = split_password(dsn)
     args = [str(tool.path), "--schema-only", "--format=custom", "--compress=0", "--no-password", f"--dbname={target}"]
     env = tool_env(password, PGTZ=DUMP_SESSION["TimeZone"], PGAPPNAME="dbprotect-compare",
