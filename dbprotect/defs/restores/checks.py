@@ -23,7 +23,7 @@ from dbprotect.core.restore.drill import DrillResult
 from dbprotect.core.restore.staged import RestoreVerification
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, safe_text
 from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, database_pool, snapshot_key
-from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, run_environ
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
 
 #: Counts among the metrics; every other metric is a measured float (seconds).
 _INT_METRICS = frozenset({"tables", "rows", "objects", "problems"})
@@ -42,7 +42,7 @@ def restore_verified_result(config: Config, database: str, identity: AgeIdentity
     with core_errors_as_failures():
         audit = AuditLog(primary_store(config, database), actor="dagster")
         try:
-            verification = restore_verify_database(config, database, by="dagster", environ=run_environ(identity),
+            verification = restore_verify_database(config, database, by="dagster", identity=identity.parsed(),
                                                    audit=audit)
         except NotFoundError as exc:  # nothing to restore: a red check, not a crashed run
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
@@ -64,7 +64,7 @@ def drill_result(config: Config, database: str, identity: AgeIdentityResource) -
     with core_errors_as_failures():
         audit = AuditLog(primary_store(config, database), actor="dagster:drill")
         try:
-            result = drill_database(config, database, by="dagster:drill", environ=run_environ(identity), audit=audit)
+            result = drill_database(config, database, by="dagster:drill", identity=identity.parsed(), audit=audit)
         except NotFoundError as exc:
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
                                        description=safe_text(exc.one_line()))
@@ -93,8 +93,8 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
         "and every table's row count and checksum, the schema objects, sequences and large objects "
         "equal the manifest. The scratch database is always dropped; the result is recorded in the store.",
     )
-    def restore_verified(dbprotect_config: DbprotectConfigResource,
-                         raw_backup_identity: AgeIdentityResource) -> dg.AssetCheckResult:
+    def restore_verified(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                         raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
         return restore_verified_result(loaded, database, raw_backup_identity)
@@ -105,8 +105,8 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
         description=f"A restore drill: the newest backup restored and verified as in restore_verified, "
         f"within the RTO target of {spec.rto_minutes:g} min. RTO and RPO at drill time are plotted.",
     )
-    def restore_drill_within_rto(dbprotect_config: DbprotectConfigResource,
-                                 raw_backup_identity: AgeIdentityResource) -> dg.AssetCheckResult:
+    def restore_drill_within_rto(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                                 raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
         return drill_result(loaded, database, raw_backup_identity)

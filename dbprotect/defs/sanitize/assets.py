@@ -24,7 +24,6 @@ from dbprotect.defs.resources import (
     IDENTITY_RESOURCE,
     AgeIdentityResource,
     DbprotectConfigResource,
-    run_environ,
 )
 
 SANITIZED_ASSET = "sanitized_copy"
@@ -97,9 +96,8 @@ def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefini
         settings = keyed_resource(context, CONFIG_RESOURCE, DbprotectConfigResource)
         identity = keyed_resource(context, IDENTITY_RESOURCE, AgeIdentityResource)
         masking = keyed_resource(context, key_resource, MaskingKeyResource)
-        environ = run_environ(identity, **{masking.key_env: masking.key})
         with core_errors_as_failures():
-            result = build_sanitized_copy(settings.load(), database, environ=environ,
+            result = build_sanitized_copy(settings.load(), database, identity=identity.parsed(), key_value=masking.key,
                                           by=dagster_actor(context.run.job_name, context.run.tags),
                                           progress=phase_logger(context.log, "sanitize phase"))
         checks = [dg.AssetCheckResult(check_name=c.name, passed=c.ok, description=c.detail,
