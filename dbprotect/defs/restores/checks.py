@@ -13,6 +13,9 @@ the store and the audit log through core, exactly as ``dbprotect drill`` does.
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
+import math
+from collections.abc import Mapping
+
 import dagster as dg
 
 from dbprotect.core.audit import AuditLog
@@ -73,13 +76,23 @@ def drill_result(config: Config, database: str, identity: AgeIdentityResource) -
 
 
 def drill_metadata(result: DrillResult) -> dict[str, dg.MetadataValue]:
-    return {
-        "backup_id": dg.MetadataValue.text(result.backup_id),
-        **numeric_metadata(result.metrics(), counts=_INT_METRICS),
-        "rto_minutes": dg.MetadataValue.float(round(result.rto_seconds / 60, 3)),
-        "rpo_measured_hours": dg.MetadataValue.float(round(result.rpo_seconds / 3600, 3)),
-        "problems_text": dg.MetadataValue.text("\n".join(result.verification.problems) or "none"),
-    }
+    return {**drill_metrics_metadata(result.backup_id, result.metrics()),
+            "problems_text": dg.MetadataValue.text("\n".join(result.verification.problems) or "none")}
+
+
+def drill_metrics_metadata(backup_id: str, metrics: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
+    """A drill's numbers as the UI plots them, from a live result or from the drill recorded in the store.
+
+    Recorded metrics come from the store, which is untrusted: only finite numbers are kept.
+    """
+    numbers = {name: float(value) for name, value in metrics.items()
+               if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
+    metadata = {"backup_id": dg.MetadataValue.text(backup_id), **numeric_metadata(numbers, counts=_INT_METRICS)}
+    if "rto_seconds" in numbers:
+        metadata["rto_minutes"] = dg.MetadataValue.float(round(numbers["rto_seconds"] / 60, 3))
+    if "rpo_seconds" in numbers:
+        metadata["rpo_measured_hours"] = dg.MetadataValue.float(round(numbers["rpo_seconds"] / 3600, 3))
+    return metadata
 
 
 def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDefinition]:
