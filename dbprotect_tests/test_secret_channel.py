@@ -19,7 +19,7 @@ from dagster_graphql.schema.run_config import default_values_yaml_from_type_snap
 import dbprotect.defs
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import INTEGRITY_CHECK, RESTORE_JOB, restore_verification_job_name
-from dbprotect.defs.resources import IDENTITY_RESOURCE, AgeIdentityResource, build_resources
+from dbprotect.defs.resources import IDENTITY_RESOURCE, AgeIdentityResource, PostgresResource, build_resources
 
 ROWS_SQL = ("CREATE TABLE item (id int PRIMARY KEY, name text); "
             "INSERT INTO item SELECT g, 'n' || g FROM generate_series(1, 50) g;")
@@ -40,8 +40,9 @@ def test_restore_launchpad_holds_only_the_restore_form(write_config, monkeypatch
     text = launchpad_default_yaml(defs.resolve_job_def(RESTORE_JOB))
     assert "resources" not in text and "identity" not in text and "env" not in text.replace("environment", "")
     assert "database: shop" in text and "target: new_database" in text
-    # The jobs that decrypt take the identity the same way: no resource config in their forms either.
-    assert "resources" not in launchpad_default_yaml(defs.resolve_job_def(restore_verification_job_name("shop")))
+    # The jobs that decrypt or connect take their secrets the same way: no resource config in their forms.
+    for name in (restore_verification_job_name("shop"), "shop_backup_job"):
+        assert "resources" not in launchpad_default_yaml(defs.resolve_job_def(name)), name
 
 
 def test_identity_resource_never_shows_a_value(age_keys: tuple[str, str]) -> None:
@@ -105,3 +106,21 @@ def test_without_the_key_in_the_resource_the_integrity_check_fails(write_config,
                                                                                        raise_on_error=False)
     passed = [e for e in result.get_asset_check_evaluations() if e.check_name == INTEGRITY_CHECK and e.passed]
     assert not passed and not result.success
+
+
+@pytest.mark.slow
+def test_the_backup_takes_its_dsn_from_the_resource(write_config, make_db, monkeypatch: pytest.MonkeyPatch,
+                                                    instance: dg.DagsterInstance) -> None:
+    """The production DSN given only to its resource: the backup connects with it, os.environ untouched."""
+    dsn = make_db(ROWS_SQL)
+    write_config(dsn, deployment="production")
+    monkeypatch.delenv("TEST_SHOP_PROD_DSN")
+
+    def resources_with_the_dsn(config):  # type: ignore[no-untyped-def]
+        return {**build_resources(config), "shop_production_postgres": PostgresResource(dsn=dsn)}
+
+    monkeypatch.setattr(dbprotect.defs, "build_resources", resources_with_the_dsn)
+    before = dict(os.environ)
+    result = load_definitions().resolve_job_def("shop_backup_job").execute_in_process(instance=instance)
+    assert result.success
+    assert dict(os.environ) == before and "TEST_SHOP_PROD_DSN" not in os.environ

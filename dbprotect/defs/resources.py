@@ -58,14 +58,31 @@ class DbprotectConfigResource:
         return cls(path=config_file(config))
 
 
-class PostgresResource(dg.ConfigurableResource):
-    """One environment of one database; `dsn` is an `EnvVar` naming the variable that holds it."""
+def resolve_secret(value: str) -> str | None:
+    """An `EnvVar`'s value read now (None when unset), or the value a caller put in itself."""
+    return value.get_value() if isinstance(value, dg.EnvVar) else value
 
-    dsn: str
+
+class PostgresResource:
+    """One environment of one database; `dsn` is an `EnvVar` naming the variable that holds it.
+
+    A plain object (no run config, so no `resources:` block in the backup's launchpad); the DSN is
+    read when a run needs it (:meth:`resolved`) and passed to core as an argument.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def __repr__(self) -> str:
+        name = self.dsn.env_var_name if isinstance(self.dsn, dg.EnvVar) else "<given>"
+        return f"PostgresResource(dsn_env={name!r})"
+
+    def resolved(self) -> str | None:
+        return resolve_secret(self.dsn)
 
     def masked(self) -> str:
         """The DSN with its password hidden: the only form that may reach logs and metadata."""
-        return mask_dsn(self.dsn)
+        return mask_dsn(self.resolved() or "")
 
 
 class AgeIdentityResource:
@@ -92,7 +109,7 @@ class AgeIdentityResource:
 
         Core's reader gets a mapping holding only this one value, so it never looks in `os.environ`.
         """
-        value = self.identity.get_value() if isinstance(self.identity, dg.EnvVar) else self.identity
+        value = resolve_secret(self.identity)
         return load_identity(self.identity_env, {self.identity_env: value} if value else {})
 
 
