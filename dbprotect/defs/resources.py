@@ -24,8 +24,8 @@ from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.defs.names import postgres_resource_key
 
 #: Resource keys shared by every database's assets and checks. Assets, checks and ops take these
-#: resources as typed parameters named exactly so (``dbprotect_config: dg.ResourceParam[DbprotectConfigResource]``,
-#: ``raw_backup_identity: AgeIdentityResource``): Dagster binds a resource by parameter name.
+#: resources as parameters named exactly so (``dbprotect_config: dg.ResourceParam[DbprotectConfigResource]``,
+#: ``raw_backup_identity: dg.ResourceParam[AgeIdentityResource]``): Dagster binds a resource by parameter name.
 CONFIG_RESOURCE = "dbprotect_config"
 IDENTITY_RESOURCE = "raw_backup_identity"
 
