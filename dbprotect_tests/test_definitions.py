@@ -129,6 +129,13 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
                 "checks": ["ledger_db/production_snapshot:rpo_met", "shop/production_snapshot:rpo_met"],
                 "run_tags": {},
             },
+            # retention_compliant once per code-location load (one run per database, by the sensor)
+            "retention_checks_job": {
+                "assets": [],
+                "checks": ["ledger_db/production_snapshot:retention_compliant",
+                           "shop/production_snapshot:retention_compliant"],
+                "run_tags": {},
+            },
             "shop_backup_job": {
                 "assets": ["shop/production_snapshot"],
                 # rpo_met is logged by the integrity op after it records (no race, no key in rpo_met)
@@ -167,6 +174,7 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
             # Issue 6: a backup when a new migration file or Alembic revision appears (polling).
             "ledger_db_pre_migration_backup_sensor": {"jobs": ["ledger_db_backup_job"], "status": "RUNNING"},
             "shop_pre_migration_backup_sensor": {"jobs": ["shop_backup_job"], "status": "RUNNING"},
+            "retention_on_load_sensor": {"jobs": ["retention_checks_job"], "status": "RUNNING"},
         },
         "resources": ["dbprotect_config", "ledger_db_production_postgres", "raw_backup_identity",
                       "shop_production_postgres"],
@@ -181,8 +189,8 @@ def test_one_database_defaults(write_config) -> None:
     assert got["assets"]["shop/production_snapshot"]["fail_window_hours"] == 24.0
     assert got["schedules"]["shop_backup_schedule"] == {"cron": "0 2 * * *", "job": "shop_backup_job",
                                                         "status": "RUNNING", "timezone": "UTC"}
-    assert sorted(got["jobs"]) == ["restore", "rpo_checks_job", "shop_backup_job", "shop_cleanup_job",
-                                   "shop_restore_drill_job", "shop_restore_verification_job"]
+    assert sorted(got["jobs"]) == ["restore", "retention_checks_job", "rpo_checks_job", "shop_backup_job",
+                                   "shop_cleanup_job", "shop_restore_drill_job", "shop_restore_verification_job"]
     assert got["schedules"]["shop_cleanup_schedule"]["cron"] == "0 4 * * 0"  # weekly, Sunday 04:00
 
 

@@ -9,7 +9,8 @@
   everything else as floats), never as text.
 - :func:`phase_logger`: a progress callback for core's long operations that logs each phase once.
 - :func:`keyed_resource`: the resource under a key computed per database. Everywhere else a
-  resource is a typed parameter named as its key (``dbprotect_config: DbprotectConfigResource``),
+  resource is a typed parameter named as its key
+  (``dbprotect_config: dg.ResourceParam[DbprotectConfigResource]``),
   the way Dagster binds resources.
 """
 
@@ -25,6 +26,7 @@ import dagster as dg
 from dbprotect.core.errors import DbprotectError
 from dbprotect.core.pg.dsn import scrub_text, scrub_value
 from dbprotect.core.redact import contains_secret
+from dbprotect.defs.names import DATABASE_TAG
 
 ResourceT = TypeVar("ResourceT", bound=dg.ConfigurableResource)
 
@@ -128,5 +130,16 @@ def keyed_resource(context: dg.AssetExecutionContext, key: str, kind: type[Resou
     return resource
 
 
-__all__ = ["core_errors_as_failures", "keyed_resource", "numeric_metadata", "phase_logger", "redact_logs", "safe_text",
+def per_database_check_requests(keys: dict[str, dg.AssetCheckKey], run_key: str) -> list[dg.RunRequest]:
+    """One run per database, of that database's check only, tagged with the database.
+
+    A run per database, not one for all: the run list filters by ``dbprotect/database``, the
+    database's run queue limit applies, and one unreachable store does not fail the others' runs.
+    """
+    return [dg.RunRequest(run_key=f"{run_key}:{database}", tags={DATABASE_TAG: database}, asset_check_keys=[key])
+            for database, key in keys.items()]
+
+
+__all__ = ["core_errors_as_failures", "keyed_resource", "numeric_metadata", "per_database_check_requests",
+           "phase_logger", "redact_logs", "safe_text",
            "safe_value"]

@@ -20,6 +20,9 @@ RPO_CHECKS_JOB = "rpo_checks_job"
 RPO_CHECKS_SCHEDULE = "rpo_checks_schedule"
 #: Hourly at minute 17: off the top of the hour, where backup schedules usually sit.
 RPO_CHECKS_CRON = "17 * * * *"
+#: ``retention_compliant`` of every database, evaluated once each time the code location loads.
+RETENTION_CHECKS_JOB = "retention_checks_job"
+RETENTION_ON_LOAD_SENSOR = "retention_on_load_sensor"
 
 
 def dagster_name(database: str) -> str:

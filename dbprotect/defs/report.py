@@ -6,11 +6,12 @@ the UI it points to would say "Never materialized" over a store that holds a ver
 the UI would not show the truth. So the demo reports, with ``report_runless_asset_event``, the
 same events the jobs would have logged, built by the same functions the assets and checks use
 (one metadata rule, not two): the snapshot's materialization, ``backup_integrity_verified``,
-``rpo_met`` and ``retention_compliant`` on it, and each reachable schema snapshot with
-``schema_matches_development``.
+``rpo_met`` and ``retention_compliant`` on it, each reachable schema snapshot with
+``schema_matches_development``, and (``dbprotect demo --all``) the drill of that backup as
+``restore_drill_within_rto``.
 
-Every RPO, retention and drift verdict is computed here from the store and the databases as
-they are now, never copied from the caller's summary.
+Every RPO, retention, drill and drift verdict is computed here from the store and the databases
+as they are now, never copied from the caller's summary.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import dagster as dg
 from dbprotect.core.backup.stream import BackupResult
 from dbprotect.core.config.isolation import reachable_environments, resolve_dsn
 from dbprotect.core.config.model import Config
-from dbprotect.core.ops import drift_between
+from dbprotect.core.ops import drift_between, primary_store
 from dbprotect.core.pg.dsn import register_dsn, server_label
 from dbprotect.core.schema.snapshot import take_snapshot
+from dbprotect.core.store.catalog import recorded_verifications
 from dbprotect.core.verify.integrity import IntegrityReport
 from dbprotect.defs.backups.assets import snapshot_metadata
 from dbprotect.defs.backups.checks import integrity_check_key, integrity_metadata, rpo_evaluation
 from dbprotect.defs.names import snapshot_key
+from dbprotect.defs.restores.checks import drill_check_key, drill_metrics_metadata
 from dbprotect.defs.retention.checks import compliance_evaluation
 from dbprotect.defs.schema import drift_evaluation, schema_key, schema_metadata
 
@@ -61,6 +64,24 @@ def schema_events(config: Config, database: str,
     return events
 
 
+def drill_events(config: Config, database: str, backup_id: str) -> list[dg.AssetCheckEvaluation]:
+    """The newest drill the store records for ``backup_id``, as ``restore_drill_within_rto``; none if none ran.
+
+    Read from the store's verification records of that backup (what the drill wrote), so the
+    UI shows the drill that happened, with its RTO, not what the caller says happened. Only a drill
+    of this backup counts: an older backup's drill is not reported again as a new evaluation.
+    """
+    drills = [check for check in recorded_verifications(primary_store(config, database), database, backup_id)
+              if check.rung == "drilled"]
+    if not drills:
+        return []
+    drill = drills[-1]  # recorded in write order
+    key = drill_check_key(database)
+    return [dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=drill.ok,
+                                    description=drill.detail,
+                                    metadata=drill_metrics_metadata(backup_id, drill.metrics))]
+
+
 Event = dg.AssetMaterialization | dg.AssetCheckEvaluation
 
 
@@ -69,4 +90,4 @@ def report_events(instance: dg.DagsterInstance, events: list[Event]) -> None:
         instance.report_runless_asset_event(event)
 
 
-__all__ = ["backup_events", "report_events", "schema_events"]
+__all__ = ["backup_events", "drill_events", "report_events", "schema_events"]

@@ -1,13 +1,17 @@
 """Resources: where the configuration lives, the production DSNs and the raw-backup identity.
 
-Secrets are ``dagster.EnvVar`` fields, so Dagster resolves them only when a run initializes the
-resource (never at import or definitions load) and the UI shows the variable's *name*, never its
-value. Each resource hands plain values to :mod:`dbprotect.core`, which does the work.
+Secrets are ``dagster.EnvVar`` references, resolved only when a run uses them (never at import or
+definitions load); the UI shows a variable's *name*, never its value. Each resource hands plain
+values to :mod:`dbprotect.core` as arguments (an identity, a key, a DSN): nothing is copied into
+``os.environ``, and core does not look there for a secret it was given.
+
+The configuration path and the identities are plain objects, not ``ConfigurableResource``s:
+Dagster writes a configurable resource's values into the launchpad form of every job that uses it
+(``resources: ... config: identity: env: ...``), plumbing the person launching a restore must
+not see. Plain objects are bound as they are, with no run config.
 """
 
 from __future__ import annotations
-
-import os
 
 import dagster as dg
 import pyrage
@@ -20,21 +24,28 @@ from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.defs.names import postgres_resource_key
 
 #: Resource keys shared by every database's assets and checks. Assets, checks and ops take these
-#: resources as typed parameters named exactly so (``dbprotect_config: DbprotectConfigResource``,
-#: ``raw_backup_identity: AgeIdentityResource``): Dagster binds a resource by parameter name.
+#: resources as parameters named exactly so (``dbprotect_config: dg.ResourceParam[DbprotectConfigResource]``,
+#: ``raw_backup_identity: dg.ResourceParam[AgeIdentityResource]``): Dagster binds a resource by parameter name.
 CONFIG_RESOURCE = "dbprotect_config"
 IDENTITY_RESOURCE = "raw_backup_identity"
 
 
-class DbprotectConfigResource(dg.ConfigurableResource):
+class DbprotectConfigResource:
     """The `dbprotect.yaml` a run works from.
 
     Runs re-read the file (as the CLI does) instead of receiving a pickled copy, so a run launched
     from the UI and `dbprotect status` on a laptop see the same configuration, and the
     credential-isolation rule is enforced again in the process that touches the data.
+
+    Not a `ConfigurableResource`: Dagster would write its path into every launchpad form as a
+    `resources:` block; this object is bound as it is, with no run config.
     """
 
-    path: str
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"DbprotectConfigResource(path={self.path!r})"
 
     def load(self) -> Config:
         config = load_config(self.path)
@@ -47,34 +58,64 @@ class DbprotectConfigResource(dg.ConfigurableResource):
         return cls(path=config_file(config))
 
 
-class PostgresResource(dg.ConfigurableResource):
-    """One environment of one database; `dsn` is an `EnvVar` naming the variable that holds it."""
+def resolve_secret(value: str) -> str | None:
+    """An `EnvVar`'s value read now (None when unset), or the value a caller put in itself."""
+    return value.get_value() if isinstance(value, dg.EnvVar) else value
 
-    dsn: str
+
+class PostgresResource:
+    """One environment of one database; `dsn` is an `EnvVar` naming the variable that holds it.
+
+    A plain object (no run config, so no `resources:` block in the backup's launchpad); the DSN is
+    read when a run needs it (:meth:`resolved`) and passed to core as an argument.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def __repr__(self) -> str:
+        name = self.dsn.env_var_name if isinstance(self.dsn, dg.EnvVar) else "<given>"
+        return f"PostgresResource(dsn_env={name!r})"
+
+    def resolved(self) -> str | None:
+        return resolve_secret(self.dsn)
 
     def masked(self) -> str:
         """The DSN with its password hidden: the only form that may reach logs and metadata."""
-        return mask_dsn(self.dsn)
+        return mask_dsn(self.resolved() or "")
 
 
-class AgeIdentityResource(dg.ConfigurableResource):
-    """The raw-backup age identity, needed only by checks that decrypt (rung *readable*).
+class AgeIdentityResource:
+    """An age identity (raw-backup or development), resolved only where it decrypts.
 
-    `identity` holds the key itself or `@/path/to/key.txt`; `identity_env` is the name of
-    the variable it came from, used in error messages instead of the value.
+    `identity` is an `EnvVar` (or, where a caller holds the key itself, its text or `@/path`);
+    `identity_env` names the variable for messages. Deliberately not a `ConfigurableResource`:
+    Dagster writes a configurable resource's values into every launchpad form that uses it
+    (`resources: raw_backup_identity: config: identity: env: ...`), plumbing an on-call person
+    must not see or edit. Dagster binds this object as it is, with no run config.
+
+    The value reaches core as an argument (:meth:`parsed`), never through `os.environ`.
     """
 
-    identity: str
-    identity_env: str
+    def __init__(self, identity: str, identity_env: str) -> None:
+        self.identity = identity
+        self.identity_env = identity_env
+
+    def __repr__(self) -> str:  # the variable's name, never a value the caller put in
+        return f"AgeIdentityResource(identity_env={self.identity_env!r})"
 
     def parsed(self) -> pyrage.x25519.Identity:
-        # Reuse core's reader (key text or @path) with the value Dagster resolved from EnvVar.
-        return load_identity(self.identity_env, {self.identity_env: self.identity})
+        """The identity, read now: from its variable when `identity` is an `EnvVar`, else the text given.
+
+        Core's reader gets a mapping holding only this one value, so it never looks in `os.environ`.
+        """
+        value = resolve_secret(self.identity)
+        return load_identity(self.identity_env, {self.identity_env: value} if value else {})
 
 
-def build_resources(config: Config) -> dict[str, dg.ConfigurableResource]:
+def build_resources(config: Config) -> dict[str, object]:
     """Every resource the definitions of ``config`` need, secrets as ``EnvVar`` references only."""
-    resources: dict[str, dg.ConfigurableResource] = {
+    resources: dict[str, object] = {
         CONFIG_RESOURCE: DbprotectConfigResource.of(config),
     }
     databases = protected_databases(config)
@@ -86,13 +127,3 @@ def build_resources(config: Config) -> dict[str, dg.ConfigurableResource]:
         dsn_env = config.databases[database].environments["production"].dsn_env
         resources[postgres_resource_key(database)] = PostgresResource(dsn=dg.EnvVar(dsn_env))
     return resources
-
-
-def run_environ(identity: AgeIdentityResource, **secrets: str) -> dict[str, str]:
-    """The run's environment with the secrets Dagster resolved from their ``EnvVar`` resources.
-
-    Core reads some settings (the scratch server's admin DSN, DSN variables) from the environment at
-    run time, as the CLI does; identities and keys come from resources so that the UI names them.
-    ``secrets`` maps further variable names to resolved values (e.g. the masking key).
-    """
-    return {**os.environ, identity.identity_env: identity.identity, **secrets}

@@ -80,7 +80,15 @@ def primary_store(config: Config, database: str) -> Storage:
     return open_storage(config, config.primary_storage(database))
 
 
-def raw_identity(config: Config, environ: Mapping[str, str] | None = None) -> pyrage.x25519.Identity:
+def raw_identity(config: Config, environ: Mapping[str, str] | None = None,
+                 identity: pyrage.x25519.Identity | None = None) -> pyrage.x25519.Identity:
+    """The raw-backup identity: ``identity`` when the caller resolved it (Dagster, from its resource),
+    else read from ``config.keys.raw.identity_env`` in ``environ`` (the CLI's channel).
+
+    A passed identity is used as it is: the environment is not consulted behind the caller's back.
+    """
+    if identity is not None:
+        return identity
     return load_identity(config.keys.raw.identity_env, environ)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 
+import pyrage
+
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
@@ -58,6 +60,7 @@ def restore_target(config: Config, database: str, *, environment: str = "product
 def restore_database(config: Config, database: str, backup_id: str | None = None, *, environment: str = "production",
                      existing: bool = False, target_name: str | None = None, confirmation: str | None = None,
                      dry_run: bool = False, by: str = "dbprotect", environ: Mapping[str, str] | None = None,
+                     identity: pyrage.x25519.Identity | None = None,
                      progress: Callable[[str], None] | None = None,
                      analyze: bool | None = None) -> RestorePlan | RestoreResult:
     """The on-call restore of a configured database: what ``dbprotect restore`` and the ``restore`` job call.
@@ -83,7 +86,7 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
     with terminate_as_interrupt(), contextlib.ExitStack() as held:
         if not dry_run:
             held.enter_context(database_lock(storage, database, owner=by))
-        return restore(storage, manifest, raw_identity(config, environ), target, confirmation=confirmation,
+        return restore(storage, manifest, raw_identity(config, environ, identity), target, confirmation=confirmation,
                        recipients=config.keys.raw.recipients, dry_run=dry_run,
                        audit=AuditLog(storage, actor=by), pg_bin_dir=config.tool_dirs,
                        work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze)
@@ -91,24 +94,26 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
 
 def restore_verify_database(config: Config, database: str, backup_id: str | None = None, *,
                             by: str = "dbprotect", environ: Mapping[str, str] | None = None,
+                            identity: pyrage.x25519.Identity | None = None,
                             progress: Progress | None = None, audit: AuditLog | None = None) -> RestoreVerification:
     """Rung 3 for one backup of a configured database (default: the newest complete one)."""
     storage = primary_store(config, database)
     manifest = load_manifest(storage, database, backup_id or newest_complete_backup(storage, database))
     with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=audit or AuditLog(
             storage, actor=by), database=database) as server:
-        return verify_restore(storage, manifest, raw_identity(config, environ), server,
+        return verify_restore(storage, manifest, raw_identity(config, environ, identity), server,
                               pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
                               progress=progress, audit=audit)
 
 
 def drill_database(config: Config, database: str, *, by: str = "drill", environ: Mapping[str, str] | None = None,
+                   identity: pyrage.x25519.Identity | None = None,
                    progress: Progress | None = None, audit: AuditLog | None = None) -> DrillResult:
     """A drill of a configured database against its ``rto_minutes``."""
     storage = primary_store(config, database)
     with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=audit or AuditLog(
             storage, actor=by), database=database) as server:
-        return run_drill(storage, database, raw_identity(config, environ), server,
+        return run_drill(storage, database, raw_identity(config, environ, identity), server,
                          rto_minutes=config.database(database).rto_minutes, pg_bin_dir=config.tool_dirs,
                          work_dir=config.scratch.work_dir, by=by, progress=progress, audit=audit)
 

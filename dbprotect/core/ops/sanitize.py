@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import pyrage
 
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
@@ -57,14 +58,19 @@ def rules_for(config: Config, database: str) -> RuleSet:
     return load_rules(path if path.is_absolute() else config.base_dir() / path)
 
 
-def masking_key(config: Config, database: str, environ: Mapping[str, str] | None = None) -> bytes:
-    """The masking key from its variable (production side only); its value never reaches a message."""
-    environ = os.environ if environ is None else environ
+def masking_key(config: Config, database: str, environ: Mapping[str, str] | None = None, *,
+                value: str | None = None) -> bytes:
+    """The masking key (production side only); its value never reaches a message.
+
+    ``value``: the key as the caller resolved it (Dagster, from its resource); without it, the key
+    is read from its variable in ``environ`` (the CLI's channel), never both.
+    """
     spec = sanitize_spec(config, database)
     if config.deployment == "development":
         raise CredentialIsolationError("a development deployment never holds the masking key",
                                        hint="sanitized copies are built by the production deployment")
-    value = environ.get(spec.hmac_key_env)
+    if value is None:
+        value = (os.environ if environ is None else environ).get(spec.hmac_key_env)
     if not value:
         raise ConfigError(f"${spec.hmac_key_env} is not set (the masking key of database {database!r})",
                           hint=f"export {spec.hmac_key_env}=<64 hex digits, e.g. from secrets.token_hex(32)>")
@@ -74,7 +80,9 @@ def masking_key(config: Config, database: str, environ: Mapping[str, str] | None
 
 def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None = None,
                          environ: Mapping[str, str] | None = None, by: str = "dbprotect",
-                         progress: Callable[[str], None] | None = None) -> SanitizeResult:
+                         progress: Callable[[str], None] | None = None,
+                         identity: pyrage.x25519.Identity | None = None,
+                         key_value: str | None = None) -> SanitizeResult:
     """Build, check and (if every check passed) store the sanitized copy of ``database``; audited.
 
     The coverage gate runs first, from the backup's manifest, so an unclassified column stops the
@@ -86,7 +94,7 @@ def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None
                           hint="sanitized copies are encrypted to the development key, never the raw-backup key")
     spec = sanitize_spec(config, database)
     rules = rules_for(config, database)
-    key = masking_key(config, database, environ)
+    key = masking_key(config, database, environ, value=key_value)
     storage = primary_store(config, database)
     backup_id = backup_id or newest_verified_backup(storage, database)
     manifest = load_manifest(storage, database, backup_id)
@@ -94,7 +102,7 @@ def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None
         parents = _live_partition_parents(config, database, environ)
         if parents is not None:  # otherwise the build's own gate (the backup's catalog) decides, before any row
             require_coverage(rules.inherited(parents), columns_from_manifest(manifest), database=database)
-        identity = raw_identity(config, environ)
+        identity = raw_identity(config, environ, identity)
         with scratch_server_from_config(config, environ, audit=AuditLog(storage, actor=by),
                                         database=database) as server:
             result = build_sanitized(storage, manifest, identity, server, rules=rules, spec=spec, key=key,
@@ -149,7 +157,8 @@ def _audit(storage: Storage, by: str, result: SanitizeResult) -> None:
 
 def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact_id: str | None = None,
                      environ: Mapping[str, str] | None = None, by: str = "dbprotect",
-                     progress: Callable[[str], None] | None = None) -> object:
+                     progress: Callable[[str], None] | None = None,
+                     identity: pyrage.x25519.Identity | None = None) -> object:
     """Restore the newest promotable sanitized copy into the development database of ``database``.
 
     ``confirmed``: the typed ``--confirm``, or the configuration's ``sanitize.promote: true`` for
@@ -173,7 +182,8 @@ def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact
         raise RefusedError(f"refused: promoting sanitized copy {manifest.backup_id} replaces the development "
                            f"database {target.name!r}; it needs confirmation", hint="repeat with --confirm",
                            refusal=Refusals.PROMOTION_UNCONFIRMED)
-    identity = load_identity(config.keys.development.identity_env, environ)
+    if identity is None:  # the caller's resolved development identity, else its variable (CLI)
+        identity = load_identity(config.keys.development.identity_env, environ)
     return restore(storage, manifest, identity, target, confirmation=target.name,
                    recipients=config.keys.development.recipients, audit=AuditLog(storage, actor=by),
                    safety_database=f"{database}-development-safety", pg_bin_dir=config.tool_dirs,

@@ -29,7 +29,7 @@ def build_backup_definitions(config: Config) -> dg.Definitions:
     if databases:
         rpo_job = build_rpo_checks_job(databases)
         jobs.append(rpo_job)
-        schedules.append(build_rpo_checks_schedule(config, rpo_job))
+        schedules.append(build_rpo_checks_schedule(config, rpo_job, databases))
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules)
 
 

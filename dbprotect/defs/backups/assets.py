@@ -6,6 +6,7 @@ from datetime import timedelta
 import dagster as dg
 
 from dbprotect.core.backup.stream import BackupResult
+from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import backup_database
 from dbprotect.core.pg.dsn import register_dsn, server_label
@@ -54,10 +55,12 @@ def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
         # decorator and takes them through keyed_resource (see there).
         settings = keyed_resource(context, CONFIG_RESOURCE, DbprotectConfigResource)
         postgres = keyed_resource(context, postgres_key, PostgresResource)
-        source = server_label(register_dsn(postgres.dsn))  # database and host: never a DSN in the log
         with core_errors_as_failures():
+            loaded = settings.load()
+            dsn = postgres.resolved() or resolve_dsn(loaded, database)  # unset: core's one-line error naming it
+            source = server_label(register_dsn(dsn))  # database and host: never a DSN in the log
             context.log.info(f"backing up {database!r} from {source}")
-            result = backup_database(settings.load(), database, dsn=postgres.dsn,
+            result = backup_database(loaded, database, dsn=dsn,
                                      actor=dagster_actor(context.run.job_name, context.run.tags))
             context.log.info(f"stored backup {result.manifest.backup_id} at {result.uri}")
         return dg.MaterializeResult(metadata=snapshot_metadata(result, source))

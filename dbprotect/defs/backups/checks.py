@@ -106,8 +106,8 @@ def build_snapshot_checks(config: Config, database: str) -> list[dg.AssetChecksD
         "in the store; in a backup run, `rpo_met` is evaluated right after it.",
     )
     def backup_integrity_verified(context: dg.AssetCheckExecutionContext,
-                                  dbprotect_config: DbprotectConfigResource,
-                                  raw_backup_identity: AgeIdentityResource) -> dg.AssetCheckResult:
+                                  dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                                  raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             config = dbprotect_config.load()
         result = integrity_result(config, database, raw_backup_identity,
@@ -122,7 +122,7 @@ def build_snapshot_checks(config: Config, database: str) -> list[dg.AssetChecksD
         description=f"The newest backup that passed integrity is at most {rpo_hours:g} h old. Reads "
         "manifests and verification records only: it runs without any private key.",
     )
-    def rpo_met(dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
+    def rpo_met(dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             config = dbprotect_config.load()
         return rpo_result(config, database)

@@ -13,6 +13,7 @@ import dagster as dg
 
 from dbprotect.core.config.model import Config
 from dbprotect.defs.backups.checks import integrity_check_key, rpo_check_key
+from dbprotect.defs.helpers import per_database_check_requests
 from dbprotect.defs.names import (
     DATABASE_TAG,
     RPO_CHECKS_CRON,
@@ -51,20 +52,31 @@ def build_backup_schedule(config: Config, database: str, job: dg.UnresolvedAsset
 
 
 def build_rpo_checks_job(databases: list[str]) -> dg.UnresolvedAssetJobDefinition:
-    """Only the ``rpo_met`` checks: it reads the store's listing, never takes a backup."""
+    """Only the ``rpo_met`` checks: it reads the store's listing, never takes a backup.
+
+    One job for every database keeps the UI's job list short; the schedule launches one run per
+    database (:func:`per_database_check_requests`), each tagged with it. With one database the
+    job itself carries the tag, so a run launched by hand is tagged too.
+    """
     return dg.define_asset_job(
         RPO_CHECKS_JOB,
         selection=dg.AssetSelection.checks(*(rpo_check_key(database) for database in databases)),
-        description="Evaluate every database's RPO from the backup store (no backup is taken).",
+        tags={DATABASE_TAG: databases[0]} if len(databases) == 1 else None,
+        description="Evaluate every database's RPO from the backup store (no backup is taken); scheduled "
+        "runs are one per database, tagged dbprotect/database.",
     )
 
 
-def build_rpo_checks_schedule(config: Config, job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name=RPO_CHECKS_SCHEDULE,
-        job=job,
-        cron_schedule=RPO_CHECKS_CRON,
-        execution_timezone=config.timezone,
+def build_rpo_checks_schedule(config: Config, job: dg.UnresolvedAssetJobDefinition,
+                              databases: list[str]) -> dg.ScheduleDefinition:
+    keys = {database: rpo_check_key(database) for database in databases}
+
+    @dg.schedule(
+        name=RPO_CHECKS_SCHEDULE, job=job, cron_schedule=RPO_CHECKS_CRON, execution_timezone=config.timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Hourly RPO checks, so a backup that never happened is noticed.",
+        description="Hourly RPO checks, so a backup that never happened is noticed (one run per database).",
     )
+    def rpo_checks_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        return per_database_check_requests(keys, RPO_CHECKS_JOB)
+
+    return rpo_checks_schedule

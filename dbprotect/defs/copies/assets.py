@@ -93,7 +93,7 @@ def build_copy_asset(config: Config, database: str, target: str) -> dg.AssetsDef
         metadata={"database": database, "storage": target},
     )
     def backup_copy(context: dg.AssetExecutionContext,
-                    dbprotect_config: DbprotectConfigResource) -> dg.MaterializeResult:
+                    dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.MaterializeResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             loaded = dbprotect_config.load()

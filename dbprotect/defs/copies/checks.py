@@ -31,7 +31,7 @@ def build_copy_check(database: str, target: str) -> dg.AssetChecksDefinition:
         f"recorded on {target!r}.",
     )
     def copy_integrity(context: dg.AssetCheckExecutionContext,
-                       dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
+                       dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             config = dbprotect_config.load()

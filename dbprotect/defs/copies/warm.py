@@ -78,7 +78,8 @@ def build_warm_copy_asset(database: str) -> dg.AssetsDefinition:
         automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
         metadata={"database": database},
     )
-    def warm_copy(context: dg.AssetExecutionContext, dbprotect_config: DbprotectConfigResource) -> dg.MaterializeResult:
+    def warm_copy(context: dg.AssetExecutionContext,
+                  dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.MaterializeResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
@@ -100,7 +101,7 @@ def build_warm_copy_check(database: str) -> dg.AssetChecksDefinition:
         "sequences and large objects equal the manifest of the backup it holds.",
     )
     def warm_copy_verified(context: dg.AssetCheckExecutionContext,
-                           dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
+                           dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             try:

@@ -13,6 +13,9 @@ the store and the audit log through core, exactly as ``dbprotect drill`` does.
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
+import math
+from collections.abc import Mapping
+
 import dagster as dg
 
 from dbprotect.core.audit import AuditLog
@@ -23,7 +26,7 @@ from dbprotect.core.restore.drill import DrillResult
 from dbprotect.core.restore.staged import RestoreVerification
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, safe_text
 from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, database_pool, snapshot_key
-from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, run_environ
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
 
 #: Counts among the metrics; every other metric is a measured float (seconds).
 _INT_METRICS = frozenset({"tables", "rows", "objects", "problems"})
@@ -42,7 +45,7 @@ def restore_verified_result(config: Config, database: str, identity: AgeIdentity
     with core_errors_as_failures():
         audit = AuditLog(primary_store(config, database), actor="dagster")
         try:
-            verification = restore_verify_database(config, database, by="dagster", environ=run_environ(identity),
+            verification = restore_verify_database(config, database, by="dagster", identity=identity.parsed(),
                                                    audit=audit)
         except NotFoundError as exc:  # nothing to restore: a red check, not a crashed run
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
@@ -64,7 +67,7 @@ def drill_result(config: Config, database: str, identity: AgeIdentityResource) -
     with core_errors_as_failures():
         audit = AuditLog(primary_store(config, database), actor="dagster:drill")
         try:
-            result = drill_database(config, database, by="dagster:drill", environ=run_environ(identity), audit=audit)
+            result = drill_database(config, database, by="dagster:drill", identity=identity.parsed(), audit=audit)
         except NotFoundError as exc:
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
                                        description=safe_text(exc.one_line()))
@@ -73,13 +76,23 @@ def drill_result(config: Config, database: str, identity: AgeIdentityResource) -
 
 
 def drill_metadata(result: DrillResult) -> dict[str, dg.MetadataValue]:
-    return {
-        "backup_id": dg.MetadataValue.text(result.backup_id),
-        **numeric_metadata(result.metrics(), counts=_INT_METRICS),
-        "rto_minutes": dg.MetadataValue.float(round(result.rto_seconds / 60, 3)),
-        "rpo_measured_hours": dg.MetadataValue.float(round(result.rpo_seconds / 3600, 3)),
-        "problems_text": dg.MetadataValue.text("\n".join(result.verification.problems) or "none"),
-    }
+    return {**drill_metrics_metadata(result.backup_id, result.metrics()),
+            "problems_text": dg.MetadataValue.text("\n".join(result.verification.problems) or "none")}
+
+
+def drill_metrics_metadata(backup_id: str, metrics: Mapping[str, object]) -> dict[str, dg.MetadataValue]:
+    """A drill's numbers as the UI plots them, from a live result or from the drill recorded in the store.
+
+    Recorded metrics come from the store, which is untrusted: only finite numbers are kept.
+    """
+    numbers = {name: float(value) for name, value in metrics.items()
+               if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
+    metadata = {"backup_id": dg.MetadataValue.text(backup_id), **numeric_metadata(numbers, counts=_INT_METRICS)}
+    if "rto_seconds" in numbers:
+        metadata["rto_minutes"] = dg.MetadataValue.float(round(numbers["rto_seconds"] / 60, 3))
+    if "rpo_seconds" in numbers:
+        metadata["rpo_measured_hours"] = dg.MetadataValue.float(round(numbers["rpo_seconds"] / 3600, 3))
+    return metadata
 
 
 def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDefinition]:
@@ -93,8 +106,8 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
         "and every table's row count and checksum, the schema objects, sequences and large objects "
         "equal the manifest. The scratch database is always dropped; the result is recorded in the store.",
     )
-    def restore_verified(dbprotect_config: DbprotectConfigResource,
-                         raw_backup_identity: AgeIdentityResource) -> dg.AssetCheckResult:
+    def restore_verified(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                         raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
         return restore_verified_result(loaded, database, raw_backup_identity)
@@ -105,8 +118,8 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
         description=f"A restore drill: the newest backup restored and verified as in restore_verified, "
         f"within the RTO target of {spec.rto_minutes:g} min. RTO and RPO at drill time are plotted.",
     )
-    def restore_drill_within_rto(dbprotect_config: DbprotectConfigResource,
-                                 raw_backup_identity: AgeIdentityResource) -> dg.AssetCheckResult:
+    def restore_drill_within_rto(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                                 raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
         return drill_result(loaded, database, raw_backup_identity)

@@ -17,7 +17,8 @@ restore never runs beside another restore, backup or check of the same database.
 
 DSNs are read from their environment variables in the run's process, by core, as the CLI does
 (a missing variable of one database must not stop the restore of another); the raw-backup
-identity comes from its ``EnvVar`` resource.
+identity comes from its ``EnvVar`` resource as an argument. That resource has no run config, so
+the launchpad form holds only the restore's own fields (no ``resources:`` block).
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
@@ -35,7 +36,7 @@ from dbprotect.core.pg.dsn import server_label
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, phase_logger, safe_text, safe_value
 from dbprotect.defs.names import DATABASE_TAG, RESTORE_JOB, dagster_name, database_pool
-from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, run_environ
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
 
 #: Counts among a restore's metrics; the others are its phases' seconds.
 _INT_METRICS = frozenset({"objects", "tables", "rows", "tables_released_during_restore"})
@@ -132,15 +133,16 @@ def _restore_worker(database: str) -> dg.OpDefinition:
         out=dg.Out(dict, description="What was restored (or planned), as plain values."),
         description=f"Restore a backup of {database} through dbprotect's guarded on-call restore.",
     )
-    def restore_one(context: dg.OpExecutionContext, request: dict, dbprotect_config: DbprotectConfigResource,
-                    raw_backup_identity: AgeIdentityResource) -> dg.Output:
+    def restore_one(context: dg.OpExecutionContext, request: dict,
+                    dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                    raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.Output:
         by = f"dagster:{RESTORE_JOB}:{context.run_id[:8]}"
         with core_errors_as_failures():
             outcome = restore_database(
                 dbprotect_config.load(), database, _blank(request["backup_id"]),
                 environment=request["environment"], existing=request["target"] == TargetKind.existing_database.value,
                 target_name=_blank(request["target_database"]), confirmation=_blank(request["confirmation"]),
-                dry_run=request["dry_run"], by=by, environ=run_environ(raw_backup_identity),
+                dry_run=request["dry_run"], by=by, identity=raw_backup_identity.parsed(),
                 progress=phase_logger(context.log, "restore phase"), analyze=request["analyze"],
             )
         if isinstance(outcome, RestorePlan):

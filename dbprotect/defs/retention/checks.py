@@ -56,7 +56,7 @@ def build_retention_check(database: str) -> dg.AssetChecksDefinition:
         description="Every storage target holds at least min_verified verified backups and nothing older than "
         "max_age (per target, with its retention policy).",
     )
-    def retention_compliant(dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
+    def retention_compliant(dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             compliance = retention_compliance_by_target(dbprotect_config.load(), database)
         return dg.AssetCheckResult(passed=compliance.ok, description=compliance.summary(),

@@ -62,7 +62,7 @@ def build_cleanup_job(database: str) -> dg.JobDefinition:
     @dg.op(name=f"{name}_retention_cleanup", pool=database_pool(database),
            description=f"Apply {database!r}'s retention policy on every storage target (mark, then sweep).")
     def retention_cleanup(context: dg.OpExecutionContext, config: CleanupConfig,
-                          dbprotect_config: DbprotectConfigResource) -> None:
+                          dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> None:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             loaded = dbprotect_config.load()

@@ -31,7 +31,7 @@ def build_sanitize_definitions(config: Config) -> dg.Definitions:
     assets = [build_sanitized_copy_asset(config, database) for database in producing]
     jobs: list[Any] = [build_sanitize_job(db) for db in producing]
     sensors = []
-    resources: dict[str, dg.ConfigurableResource] = {}
+    resources: dict[str, object] = {}
     if producing:
         resources.update(masking_key_resources(config, producing))
     if promoting:

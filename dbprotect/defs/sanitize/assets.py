@@ -24,7 +24,7 @@ from dbprotect.defs.resources import (
     IDENTITY_RESOURCE,
     AgeIdentityResource,
     DbprotectConfigResource,
-    run_environ,
+    resolve_secret,
 )
 
 SANITIZED_ASSET = "sanitized_copy"
@@ -43,15 +43,25 @@ def masking_key_resource_key(database: str) -> str:
     return f"{dagster_name(database)}_masking_key"
 
 
-class MaskingKeyResource(dg.ConfigurableResource):
-    """The masking (HMAC) key of one database, as an `EnvVar`: the UI shows its name, never its value."""
+class MaskingKeyResource:
+    """The masking (HMAC) key of one database, as an `EnvVar`: the UI shows its name, never its value.
 
-    key: str
-    key_env: str
+    A plain object, like the other secrets' resources (no run config in any launchpad form).
+    """
+
+    def __init__(self, key: str, key_env: str) -> None:
+        self.key = key
+        self.key_env = key_env
+
+    def __repr__(self) -> str:
+        return f"MaskingKeyResource(key_env={self.key_env!r})"
+
+    def resolved(self) -> str | None:
+        return resolve_secret(self.key)
 
 
-def masking_key_resources(config: Config, databases: list[str]) -> dict[str, dg.ConfigurableResource]:
-    resources: dict[str, dg.ConfigurableResource] = {}
+def masking_key_resources(config: Config, databases: list[str]) -> dict[str, object]:
+    resources: dict[str, object] = {}
     for database in databases:
         spec = config.databases[database].sanitize
         assert spec is not None
@@ -97,9 +107,9 @@ def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefini
         settings = keyed_resource(context, CONFIG_RESOURCE, DbprotectConfigResource)
         identity = keyed_resource(context, IDENTITY_RESOURCE, AgeIdentityResource)
         masking = keyed_resource(context, key_resource, MaskingKeyResource)
-        environ = run_environ(identity, **{masking.key_env: masking.key})
         with core_errors_as_failures():
-            result = build_sanitized_copy(settings.load(), database, environ=environ,
+            result = build_sanitized_copy(settings.load(), database, identity=identity.parsed(),
+                                          key_value=masking.resolved(),
                                           by=dagster_actor(context.run.job_name, context.run.tags),
                                           progress=phase_logger(context.log, "sanitize phase"))
         checks = [dg.AssetCheckResult(check_name=c.name, passed=c.ok, description=c.detail,

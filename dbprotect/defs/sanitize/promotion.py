@@ -19,7 +19,7 @@ from dbprotect.core.ops import primary_store, promote_dev_copy
 from dbprotect.core.sanitize.promote import newest_promotable
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata
 from dbprotect.defs.names import dagster_name
-from dbprotect.defs.resources import CONFIG_RESOURCE, AgeIdentityResource, DbprotectConfigResource, run_environ
+from dbprotect.defs.resources import CONFIG_RESOURCE, AgeIdentityResource, DbprotectConfigResource
 
 PROMOTE_JOB = "promote_dev_copy"
 #: The op takes this resource as its ``development_identity`` parameter (Dagster binds by name).
@@ -30,7 +30,7 @@ def promote_sensor_name(database: str) -> str:
     return f"{dagster_name(database)}_promote_dev_copy_sensor"
 
 
-def development_identity_resources(config: Config) -> dict[str, dg.ConfigurableResource]:
+def development_identity_resources(config: Config) -> dict[str, object]:
     assert config.keys.development is not None
     env = config.keys.development.identity_env
     return {DEV_IDENTITY_RESOURCE: AgeIdentityResource(identity=dg.EnvVar(env), identity_env=env)}
@@ -52,12 +52,12 @@ def build_promote_job(config: Config, databases: list[str]) -> dg.JobDefinition:
         description=f"Restore a sanitized copy ({', '.join(databases)}) into its development database.",
     )
     def promote_sanitized_copy(context: dg.OpExecutionContext, config: PromoteConfig,
-                               dbprotect_config: DbprotectConfigResource,
-                               development_identity: AgeIdentityResource) -> dg.Output:
-        environ = run_environ(development_identity)
+                               dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                               development_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.Output:
         with core_errors_as_failures():
             result: Any = promote_dev_copy(dbprotect_config.load(), config.database, confirmed=config.confirm,
-                                           artifact_id=(config.artifact_id or "").strip() or None, environ=environ,
+                                           artifact_id=(config.artifact_id or "").strip() or None,
+                                           identity=development_identity.parsed(),
                                            by=f"dagster:{PROMOTE_JOB}:{context.run_id[:8]}")
         value = {"database": config.database, "artifact_id": result.plan.backup_id,
                  "development_database": result.target_database, "safety_backup_id": result.safety_backup_id}

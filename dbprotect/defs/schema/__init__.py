@@ -57,7 +57,7 @@ def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
         description=f"The normalized schema (pg_dump --schema-only, noise removed, objects sorted) of the "
         f"{environment} database of {database!r}; its SHA-256 is the data version.",
     )
-    def schema_snapshot(dbprotect_config: DbprotectConfigResource) -> dg.MaterializeResult:
+    def schema_snapshot(dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.MaterializeResult:
         with core_errors_as_failures():
             config = dbprotect_config.load()
             snapshot = take_snapshot(resolve_dsn(config, database, environment), pg_bin_dir=config.tool_dirs)
@@ -73,7 +73,7 @@ def build_drift_check(database: str) -> dg.AssetChecksDefinition:
         description="Development and production schemas are equal (results compares the live databases); "
         "object order is not drift; patterns under schema.pending are allowed.",
     )
-    def schema_matches_development(dbprotect_config: DbprotectConfigResource) -> dg.AssetCheckResult:
+    def schema_matches_development(dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             report = drift_between(dbprotect_config.load(), database)
         evaluation = drift_evaluation(report, database)
@@ -97,7 +97,7 @@ class SchemaSyncConfig(dg.Config):
 def build_schema_sync_job() -> dg.JobDefinition:
     @dg.op
     def push_schema_op(context: dg.OpExecutionContext, config: SchemaSyncConfig,
-                       dbprotect_config: DbprotectConfigResource) -> None:
+                       dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> None:
         # The database is chosen in the form, so the run is tagged with it here (every run names its database).
         context.instance.add_run_tags(context.run_id, {DATABASE_TAG: config.database})
         with core_errors_as_failures():
