@@ -122,7 +122,10 @@ def _print_plan(plan: SchemaPlan) -> None:
         click.echo(f"{plan.target} already matches {plan.source}: no changes")
         return
     click.echo(f"-- plan taking {plan.target} ({plan.target_dsn_masked}) to {plan.source}")
-    click.echo(scrub(plan.script()))
+    if plan.script():
+        click.echo(scrub(plan.script()))
+    for item in plan.unplannable:
+        click.echo(f"-- UNPLANNABLE (push refuses): {item}")
     if plan.lint is not None:
         click.echo("-- lint: " + ("passed" if plan.lint.ok else "FAILED"))
         for line in plan.lint.lines():

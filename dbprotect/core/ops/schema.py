@@ -19,13 +19,15 @@ from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import DatabaseError, DbprotectError, Refusals, RefusedError, ToolError
 from dbprotect.core.ops.backups import backup_database, verify_database_backup
-from dbprotect.core.ops.context import audit_log, primary_store, raw_identity
+from dbprotect.core.ops.context import audit_log, primary_store, raw_identity, scratch_server_from_config
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn
 from dbprotect.core.pg.tools import connect, server_major
 from dbprotect.core.restore.guards import check_confirmation
-from dbprotect.core.schema.drift import DriftReport, compare_schemas, migration
+from dbprotect.core.schema.drift import DriftReport, compare_schemas
 from dbprotect.core.schema.guard import BACKUP_ID_ENV, GuardResult, mask_arguments
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, LintResult, lint_files
+from dbprotect.core.schema.plan import plan_migration
+from dbprotect.core.schema.proof import PlanProof, prove_plan
 from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, store_name
 from dbprotect.core.schema.sync import (
     PushResult,
@@ -144,14 +146,16 @@ def plan_sync(config: Config, database: str, source: str, target: str, *,
     check_sync_direction(source, target)
     source_dsn = resolve_dsn(config, database, source, environ)
     target_dsn = resolve_dsn(config, database, target, environ)
-    sql = migration(target_dsn, source_dsn).sql
-    plan = SchemaPlan(database, source, target, mask_dsn(target_dsn), sql)
-    if target == "production" and not plan.empty:
+    planned = plan_migration(target_dsn, source_dsn)
+    sql = planned.sql
+    plan = SchemaPlan(database, source, target, mask_dsn(target_dsn), sql, unplannable=planned.unplannable)
+    if target == "production" and sql.strip():
         with connect(target_dsn, autocommit=True) as conn:
             major = server_major(conn)
         exclude = tuple(config.database(database).schema_settings.lint_exclude)
         plan = SchemaPlan(database, source, target, plan.target_dsn_masked, sql,
-                          lint_plan(plan.script(), database, pg_version=major, exclude=exclude))
+                          lint_plan(plan.script(), database, pg_version=major, exclude=exclude),
+                          unplannable=planned.unplannable)
     return plan
 
 
@@ -170,6 +174,11 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
         if dry_run or plan.empty:
             return PushResult(plan, applied=False, notes=["dry run: nothing was changed"] if dry_run else
                               [f"{target} already matches {source}: nothing to do"])
+        if plan.unplannable:
+            raise RefusedError(f"refused: the plan cannot express {len(plan.unplannable)} difference(s): "
+                               + "; ".join(plan.unplannable[:3]) + f"; {target} was not changed",
+                               hint="make that change by hand (through 'dbprotect guard'), then diff again",
+                               refusal=Refusals.SCHEMA_UNPLANNABLE)
         target_dsn = resolve_dsn(config, database, target, environ)
         require_target_marker(target_dsn, target)
         backup: ProtectingBackup | None = None
@@ -182,6 +191,9 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
                     "through 'dbprotect guard'",
                     refusal=Refusals.LINT_FINDINGS)
             check_confirmation(database, confirmation)
+        proof = prove_push_plan(config, plan, target_dsn, resolve_dsn(config, database, source, environ),
+                                source=source, environ=environ)
+        if target == "production":
             backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
                 take_verified_backup(config, database, "production", why=f"the schema push to {database}",
                                      actor=actor, environ=environ)
@@ -199,7 +211,20 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
     if not after.ok:
         raise DatabaseError(f"the plan was applied but {after.summary()}",
                             hint="results could not express every difference; review them by hand")
-    return PushResult(plan, applied=True, backup=backup, drift_after=after)
+    return PushResult(plan, applied=True, backup=backup, drift_after=after, notes=[proof.summary()])
+
+
+def prove_push_plan(config: Config, plan: SchemaPlan, target_dsn: str, source_dsn: str, *, source: str,
+                    environ: Mapping[str, str] | None = None) -> PlanProof:
+    """Run the plan on a scratch copy of the target's schema; refuse unless the re-diff is empty."""
+    with scratch_server_from_config(config, environ) as server:
+        proof = prove_plan(plan.script(), target_dsn=target_dsn, source_dsn=source_dsn, scratch=server,
+                           source=source, pg_bin_dir=config.pg_bin_dir)
+    if not proof.ok:
+        raise RefusedError(f"refused: {proof.summary()}; {plan.target} was not changed",
+                           hint="the plan would not make the schemas equal; make the remaining change by hand",
+                           refusal=Refusals.SCHEMA_PLAN_UNPROVEN)
+    return proof
 
 
 def drift_between(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> DriftReport:
