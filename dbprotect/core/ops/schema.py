@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,17 +44,43 @@ from dbprotect.core.store.catalog import list_backups
 from dbprotect.core.verify.integrity import verify_backup
 
 
-def lint_migrations(files: Iterable[str | Path], *, pg_version: int, config: Config | None = None,
-                    database: str | None = None, actor: str = "dbprotect") -> LintResult:
+def lint_pg_version(*, pg_version: int | None, dsn: str | None = None, config: Config | None = None,
+                    database: str | None = None, environ: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """The PostgreSQL major to lint for, and where it came from: the target's server when a DSN is known.
+
+    A DSN given explicitly wins; else the configured database's production DSN when this
+    deployment can resolve it; else ``--pg-version``; else 18, said as a default (never as a fact).
+    """
+    if dsn is None and config is not None and database:
+        try:
+            dsn = resolve_dsn(config, database, "production", environ)
+        except DbprotectError:
+            dsn = None
+    if dsn is not None:
+        with connect(dsn, autocommit=True, application_name="dbprotect-lint") as conn:
+            major = server_major(conn)
+        ignored = f" (--pg-version {pg_version} ignored)" if pg_version not in (None, major) else ""
+        return major, f"the target {mask_dsn(dsn)}{ignored}"
+    if pg_version is not None:
+        return pg_version, "--pg-version"
+    return 18, "the default (no target DSN to ask)"
+
+
+def lint_migrations(files: Iterable[str | Path], *, pg_version: int | None = None, config: Config | None = None,
+                    database: str | None = None, actor: str = "dbprotect", dsn: str | None = None,
+                    environ: Mapping[str, str] | None = None) -> LintResult:
     """Lint migration files; with a configured ``database``, its exclusions apply and waivers are audited.
 
-    Every inline waiver that silenced a finding is recorded in the database's audit log (who,
-    where, which rule and why), so a waiver is never invisible.
+    squawk judges for the target's PostgreSQL version (:func:`lint_pg_version`). Every inline
+    waiver that silenced a finding is recorded in the database's audit log (who, where, which
+    rule and why), so a waiver is never invisible.
     """
     exclude: tuple[str, ...] = DEFAULT_EXCLUDED_SQUAWK_RULES
     if config is not None and database:
         exclude = tuple(config.database(database).schema_settings.lint_exclude)
-    result = lint_files(list(files), pg_version=pg_version, exclude=exclude)
+    version, source = lint_pg_version(pg_version=pg_version, dsn=dsn, config=config, database=database,
+                                      environ=environ)
+    result = replace(lint_files(list(files), pg_version=version, exclude=exclude), pg_version_from=source)
     if config is not None and database and result.waived:
         audit = audit_log(config, database, actor=actor)
         for finding, waiver in result.waived:
