@@ -14,6 +14,10 @@ its plan is wrong or silent, the way an upstream patch would, by editing its sta
 - **enums**: results renames, recreates and re-casts an enum even to add one value (and also
   emits a plain ``DROP TYPE`` that fails while a column uses it); appended or inserted values
   become ``ALTER TYPE … ADD VALUE``, other changes keep only the rename/recreate/recast path.
+- **composite types**: results plans only their comments; appended or dropped attributes become
+  ``ALTER TYPE … ADD/DROP ATTRIBUTE``, anything else is named as unplannable.
+- **inheritance**: an ``ALTER COLUMN`` on a parent recurses to its children; results' extra copy
+  for a child fails ("cannot alter inherited column") and goes.
 - **sequences**: results' ``ALTER SEQUENCE`` ends in ``RESTART WITH <start>``, which would reset a
   production sequence below its used values; the restart goes.
 
@@ -49,6 +53,10 @@ class MigrationPlan:
     @property
     def empty(self) -> bool:
         return not self.statements and not self.unplannable
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _remove(statements: list[str], unwanted: str) -> bool:
@@ -107,6 +115,40 @@ def _domain_statements(i_from: Any, i_target: Any, from_dsn: str, to_dsn: str) -
             if old.get(constraint) != definition:
                 statements.append(f'alter domain {name} add constraint "{constraint}" {definition};')
     return statements, unplannable
+
+
+def _composite_type_statements(i_from: Any, i_target: Any) -> tuple[list[str], list[str]]:
+    """``ALTER TYPE … ADD/DROP ATTRIBUTE`` for composite types (results plans only their comments)."""
+    statements: list[str] = []
+    unplannable: list[str] = []
+    for key, after in i_target.types.items():
+        before = i_from.types.get(key)
+        if before is None or before.columns == after.columns:
+            continue
+        old, new = list(before.columns.items()), list(after.columns.items())
+        if new[:len(old)] == old:
+            statements += [f"alter type {after.signature} add attribute {_quoted(name)} {kind};"
+                           for name, kind in new[len(old):]]
+        elif [item for item in old if item in new] == new:
+            statements += [f"alter type {after.signature} drop attribute {_quoted(name)};"
+                           for name, kind in old if (name, kind) not in new]
+        else:
+            unplannable.append(f"composite type {key.replace(chr(34), '')}: attributes reordered or retyped "
+                               "(no single ALTER TYPE form; change it by hand)")
+    return statements, unplannable
+
+
+def _drop_inherited_column_alters(statements: list[str], i_target: Any) -> None:
+    """An ALTER COLUMN on a parent recurses to inheritance children: results' own copy for a child fails."""
+    for key, table in i_target.tables.items():
+        parent = getattr(table, "parent_table", None)
+        if not parent or getattr(table, "partition_def", None):
+            continue
+        prefix = f"alter table {key} alter column "
+        for statement in list(statements):
+            if statement.startswith(prefix) and f"alter table {parent} alter column " + statement[len(prefix):] \
+                    in statements:
+                statements.remove(statement)
 
 
 def _drop_inherited_partition_indexes(statements: list[str], i_from: Any, i_target: Any) -> None:
@@ -207,9 +249,12 @@ def refine(found: Any, from_dsn: str, to_dsn: str) -> MigrationPlan:
     _enum_changes(statements, i_from, i_target)
     _drop_inherited_partition_indexes(statements, i_from, i_target)
     _keep_unchanged_foreign_keys(statements, i_from, i_target)
+    _drop_inherited_column_alters(statements, i_target)
     _no_sequence_restart(statements)
     domains, unplannable = _domain_statements(i_from, i_target, from_dsn, to_dsn)
-    statements = domains + statements
+    types, types_unplannable = _composite_type_statements(i_from, i_target)
+    statements = domains + types + statements
+    unplannable += types_unplannable
     if not statements and not unplannable:
         # drift that no statement covers: name every item rather than say "no changes"
         unplannable = [f"{item.key}: {item.change} (results plans no statement for it)"
