@@ -56,12 +56,17 @@ def test_unplannable_difference_is_named_never_no_changes(pair: Callable[[str, s
     assert take_snapshot(dev).sha256 == before
 
 
-def test_push_refuses_a_plan_the_scratch_copy_disproves(pair: Callable[[str, str], tuple[str, str]]) -> None:
+def test_push_refuses_a_plan_the_scratch_copy_disproves(pair: Callable[[str, str], tuple[str, str]],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     # production's new partition has an index renamed away from PostgreSQL's automatic name: the plan
     # (CREATE TABLE ... PARTITION OF) creates p2_id_idx, so it cannot make the schemas equal
     dev, prod = pair(PARTITIONED, PARTITIONED + "CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (10) TO (20);\n"
                      "ALTER INDEX p2_id_idx RENAME TO p2_by_id;")
     before = take_snapshot(dev).sha256
+    # diff names what the plan would leave, found by the same proof
+    assert run(["schema", "diff", "production", "development", "shop"]) == 0
+    out = capsys.readouterr().out
+    assert "-- UNPLANNABLE (push refuses): index public.p2_by_id: only in production (left by the plan" in out
     with pytest.raises(RefusedError, match="scratch copy of the target's schema, left") as refused:
         push_schema(load_config(), "shop", "production", "development")
     assert refused.value.refusal == Refusals.SCHEMA_PLAN_UNPROVEN

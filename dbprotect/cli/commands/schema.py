@@ -138,6 +138,8 @@ def _print_plan(plan: SchemaPlan) -> None:
     click.echo(f"-- plan taking {plan.target} ({plan.target_dsn_masked}) to {plan.source}")
     if plan.script():
         click.echo(scrub(plan.script()))
+    if plan.proof:
+        click.echo(f"-- proof: {plan.proof}")
     for item in plan.unplannable:
         click.echo(f"-- UNPLANNABLE (push refuses): {item}")
     if plan.lint is not None:
@@ -150,11 +152,16 @@ def _print_plan(plan: SchemaPlan) -> None:
 @click.argument("source", type=ENVIRONMENT_CHOICE)
 @click.argument("target", type=ENVIRONMENT_CHOICE)
 @click.argument("database")
+@click.option("--no-proof", is_flag=True, help="Skip running the plan on a scratch copy of TARGET's schema.")
 @common_options
 @click.pass_obj
-def diff(ui: Ui, source: str, target: str, database: str) -> int:
-    """Print the DDL that takes TARGET's schema of DATABASE to SOURCE's (changes nothing)."""
-    plan = plan_sync(ui.load(), database, source, target)
+def diff(ui: Ui, source: str, target: str, database: str, no_proof: bool) -> int:
+    """Print the DDL that takes TARGET's schema of DATABASE to SOURCE's (changes nothing).
+
+    The plan is first run on a scratch copy of TARGET's schema (no data): a difference it would
+    not carry is listed as UNPLANNABLE, and 'schema push' refuses such a plan.
+    """
+    plan = plan_sync(ui.load(), database, source, target, prove=not no_proof)
     if ui.json:
         ui.emit(plan.to_dict())
     else:

@@ -31,6 +31,7 @@ from dbprotect.core.schema.plan import plan_migration
 from dbprotect.core.schema.proof import PlanProof, prove_plan
 from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, store_name
 from dbprotect.core.schema.sync import (
+    PLAN_PREAMBLE,
     PushResult,
     SchemaPlan,
     apply_plan,
@@ -167,23 +168,38 @@ def guard_command(config: Config, database: str, environment: str, command: Sequ
     return GuardResult(shown, done.returncode, backup)
 
 
-def plan_sync(config: Config, database: str, source: str, target: str, *,
+def plan_sync(config: Config, database: str, source: str, target: str, *, prove: bool = False,
               environ: Mapping[str, str] | None = None) -> SchemaPlan:
-    """The plan taking ``target``'s schema to ``source``'s (linted when the target is production)."""
+    """The plan taking ``target``'s schema to ``source``'s (linted when the target is production).
+
+    With ``prove``, the plan also runs on a scratch copy of the target's schema, and whatever it
+    fails on or leaves different is added to the plan's unplannable items: a reviewer then sees
+    every difference the plan does not carry, not only the ones known in advance.
+    """
     check_sync_direction(source, target)
     source_dsn = resolve_dsn(config, database, source, environ)
     target_dsn = resolve_dsn(config, database, target, environ)
     planned = plan_migration(target_dsn, source_dsn)
     sql = planned.sql
-    plan = SchemaPlan(database, source, target, mask_dsn(target_dsn), sql, unplannable=planned.unplannable)
+    unplannable = planned.unplannable
+    lint: LintResult | None = None
+    proof = ""
     if target == "production" and sql.strip():
         with connect(target_dsn, autocommit=True) as conn:
             major = server_major(conn)
         exclude = tuple(config.database(database).schema_settings.lint_exclude)
-        plan = SchemaPlan(database, source, target, plan.target_dsn_masked, sql,
-                          lint_plan(plan.script(), database, pg_version=major, exclude=exclude),
-                          unplannable=planned.unplannable)
-    return plan
+        lint = lint_plan(PLAN_PREAMBLE + sql, database, pg_version=major, exclude=exclude)
+    if prove and sql.strip():
+        with scratch_server_from_config(config, environ) as server:
+            found = prove_plan(PLAN_PREAMBLE + sql, target_dsn=target_dsn, source_dsn=source_dsn, scratch=server,
+                               source=source, pg_bin_dir=config.pg_bin_dir)
+        proof = found.summary()
+        if found.error is not None:
+            unplannable += (f"the plan fails on a scratch copy of {target}'s schema: {found.error}",)
+        elif found.remaining is not None:
+            unplannable += tuple(f"{line} (left by the plan on a scratch copy)" for line in found.remaining.lines())
+    return SchemaPlan(database, source, target, mask_dsn(target_dsn), sql, lint, unplannable=unplannable,
+                      proof=proof)
 
 
 def push_schema(config: Config, database: str, source: str, target: str, *, confirmation: str | None = None,

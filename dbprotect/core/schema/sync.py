@@ -51,6 +51,8 @@ class SchemaPlan:
     lint: LintResult | None = None
     #: differences no statement of the plan covers (named, so "no changes" is never said wrongly)
     unplannable: tuple[str, ...] = ()
+    #: what running the plan on a scratch copy of the target's schema showed ("" when not run)
+    proof: str = ""
 
     @property
     def empty(self) -> bool:
@@ -63,7 +65,7 @@ class SchemaPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"database": self.database, "source": self.source, "target": self.target,
                 "target_dsn": self.target_dsn_masked, "empty": self.empty, "sql": self.script(),
-                "unplannable": list(self.unplannable),
+                "unplannable": list(self.unplannable), "proof": self.proof or None,
                 "lint": self.lint.to_dict() if self.lint else None}
 
 
