@@ -18,7 +18,16 @@ from dbprotect.core.audit import AuditLog
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
-from dbprotect.core.errors import DatabaseError, DbprotectError, Refusals, RefusedError, ToolError
+from dbprotect.core.crypto import load_identity
+from dbprotect.core.errors import (
+    ConfigError,
+    DatabaseError,
+    DbprotectError,
+    NotFoundError,
+    Refusals,
+    RefusedError,
+    ToolError,
+)
 from dbprotect.core.ops.backups import backup_database, verify_database_backup
 from dbprotect.core.ops.context import audit_log, primary_store, raw_identity, scratch_server_from_config
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn
@@ -30,6 +39,7 @@ from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, LintResult
 from dbprotect.core.schema.plan import plan_migration
 from dbprotect.core.schema.proof import PlanProof, prove_plan
 from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, store_name
+from dbprotect.core.schema.stored import StoredSnapshot, drift_from_snapshot, read_schema_snapshot, snapshot_key
 from dbprotect.core.schema.sync import (
     PLAN_PREAMBLE,
     PushResult,
@@ -276,6 +286,34 @@ def drift_between(config: Config, database: str, *, environ: Mapping[str, str] |
     return compare_schemas(resolve_dsn(config, database, "development", environ),
                            resolve_dsn(config, database, "production", environ),
                            left="development", right="production", allowed=settings.pending)
+
+
+def drift_from_production_snapshot(config: Config, database: str, *,
+                                   environ: Mapping[str, str] | None = None) -> tuple[DriftReport, StoredSnapshot]:
+    """Development against the newest production schema snapshot in the store: no production DSN needed.
+
+    The snapshot is opened with the development identity (``keys.development``): the key a
+    development deployment already holds, and one that opens no raw backup.
+    """
+    keys = config.keys.development
+    if keys is None:
+        raise ConfigError("schema snapshots are encrypted to keys.development, which is not configured",
+                          hint="add keys.development (recipients and identity_env) to the configuration")
+    storage = primary_store(config, database)
+    for entry in list_backups(storage, database):
+        try:
+            storage.stat(snapshot_key(database, entry.backup_id))
+        except NotFoundError:
+            continue
+        snapshot = read_schema_snapshot(storage, database=database, backup_id=entry.backup_id,
+                                        identity=load_identity(keys.identity_env, environ))
+        settings = config.database(database).schema_settings
+        with scratch_server_from_config(config, environ) as server:
+            report = drift_from_snapshot(resolve_dsn(config, database, "development", environ), snapshot, server,
+                                         allowed=tuple(settings.pending))
+        return report, snapshot
+    raise NotFoundError(f"no backup of {database!r} in {storage.uri} carries a schema snapshot",
+                        hint="the production deployment writes one with each backup when keys.development is set")
 
 
 def migrations_dir(config: Config, database: str) -> Path | None:
