@@ -26,6 +26,8 @@ ALLOWED_LATE_IMPORTS = {
     ("core/store/s3.py", "botocore.config"): "~370 ms with boto3, only S3 stores need it",
     ("core/schema/lint.py", "pglast"): "~130 ms, only lint needs it",
     ("core/schema/lint.py", "pglast.parser"): "~130 ms, only lint needs it",
+    ("core/schema/stored.py", "pglast"): "~130 ms, only reading a stored schema snapshot needs it",
+    ("core/schema/stored.py", "pglast.parser"): "~130 ms, only reading a stored schema snapshot needs it",
     ("core/schema/drift.py", "results"): "~420 ms, only drift and sync need it",
     ("core/schema/drift.py", "results.dbdiff"): "~420 ms, only drift and sync need it",
     ("core/schema/drift.py", "results.dbdiff.util"): "~420 ms, only drift and sync need it",

@@ -133,6 +133,9 @@ class Refusals:
     PLAINTEXT_PRODUCTION_DSN = Refusal("DBP940", "a production deployment reaches production over TLS "
                                                  "(sslmode require or stronger) unless `allow_plaintext: true`")
     KEY_FILE_EXISTS = Refusal("DBP941", "`keygen` never overwrites an existing file (a lost key loses its backups)")
+    SCHEMA_UNPLANNABLE = Refusal("DBP950", "the schema plan cannot express every difference between the schemas")
+    SCHEMA_PLAN_UNPROVEN = Refusal("DBP951", "the plan, applied to a scratch copy of the target's schema, "
+                                   "did not make it equal the source's")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:

@@ -6,10 +6,12 @@ Thin calls into :mod:`dbprotect.core.ops` (configured databases) and
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from dbprotect.cli.ui.render import Ui, common_options, scrub
-from dbprotect.core.errors import EXIT_OK, Refusals, RefusedError
+from dbprotect.core.errors import EXIT_OK, ConfigError, Refusals, RefusedError
 from dbprotect.core.ops import (
     cli_actor,
     drift_between,
@@ -72,24 +74,35 @@ def check_target_command(ui: Ui, dsn: str, expect: str) -> int:
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--pg-version", type=int, default=18, show_default=True,
-              help="The target's PostgreSQL major version.")
+@click.option("--pg-version", type=int, default=None,
+              help="The target's PostgreSQL major version, when no target can be asked (default 18).")
+@click.option("--dsn-env", metavar="VAR",
+              help="Ask the server at the DSN in $VAR for its version (with -d DB: its production DSN).")
 @click.option("--database", "-d", metavar="DB",
               help="Record used waivers in DB's audit log (needs the configuration).")
 @common_options
 @click.pass_obj
-def lint(ui: Ui, files: tuple[str, ...], pg_version: int, database: str | None) -> int:
-    """Lint migration FILES: squawk (for --pg-version) and dbprotect's data-loss rules.
+def lint(ui: Ui, files: tuple[str, ...], pg_version: int | None, dsn_env: str | None, database: str | None) -> int:
+    """Lint migration FILES: squawk (for the target's version) and dbprotect's rules (parsed by pglast).
 
     \b
+    The version: the server at --dsn-env's DSN, else -d DB's production DSN when this deployment
+    has it, else --pg-version, else 18 (the output says which).
     Findings print as 'file:line: rule: message'. Data-loss rules: drop-table, drop-column,
-    drop-schema, truncate, delete-without-where, update-without-where, type-change, rename.
+    drop-schema, truncate, delete-without-where, update-without-where, type-change, rename;
+    review rules: data-modifying-cte, do-block, drop-cascade, lock-heavy.
     Waive one only inline, above the statement, with a reason:
       -- dbprotect: allow drop-column because the column is unused since 4.2
     Exits 9 when any finding is left.
     """
     config = ui.load() if database else None
-    result = lint_migrations(files, pg_version=pg_version, config=config, database=database, actor=cli_actor())
+    dsn = None
+    if dsn_env:
+        dsn = os.environ.get(dsn_env)
+        if not dsn:
+            raise ConfigError(f"${dsn_env} is not set", hint=f"export {dsn_env}=postgresql://user@host/db")
+    result = lint_migrations(files, pg_version=pg_version, config=config, database=database, actor=cli_actor(),
+                             dsn=dsn)
     if ui.json:
         ui.error_context["lint"] = result.to_dict()
     else:
@@ -104,7 +117,8 @@ def lint(ui: Ui, files: tuple[str, ...], pg_version: int, database: str | None) 
     if ui.json:
         ui.emit(ui.error_context["lint"])
     else:
-        click.echo(f"lint passed ({len(files)} file(s), {len(result.waived)} waived finding(s))")
+        click.echo(f"lint passed ({len(files)} file(s), {len(result.waived)} waived finding(s); "
+                   f"PostgreSQL {result.pg_version} from {result.pg_version_from})")
     return EXIT_OK
 
 
@@ -122,7 +136,12 @@ def _print_plan(plan: SchemaPlan) -> None:
         click.echo(f"{plan.target} already matches {plan.source}: no changes")
         return
     click.echo(f"-- plan taking {plan.target} ({plan.target_dsn_masked}) to {plan.source}")
-    click.echo(scrub(plan.script()))
+    if plan.script():
+        click.echo(scrub(plan.script()))
+    if plan.proof:
+        click.echo(f"-- proof: {plan.proof}")
+    for item in plan.unplannable:
+        click.echo(f"-- UNPLANNABLE (push refuses): {item}")
     if plan.lint is not None:
         click.echo("-- lint: " + ("passed" if plan.lint.ok else "FAILED"))
         for line in plan.lint.lines():
@@ -133,11 +152,16 @@ def _print_plan(plan: SchemaPlan) -> None:
 @click.argument("source", type=ENVIRONMENT_CHOICE)
 @click.argument("target", type=ENVIRONMENT_CHOICE)
 @click.argument("database")
+@click.option("--no-proof", is_flag=True, help="Skip running the plan on a scratch copy of TARGET's schema.")
 @common_options
 @click.pass_obj
-def diff(ui: Ui, source: str, target: str, database: str) -> int:
-    """Print the DDL that takes TARGET's schema of DATABASE to SOURCE's (changes nothing)."""
-    plan = plan_sync(ui.load(), database, source, target)
+def diff(ui: Ui, source: str, target: str, database: str, no_proof: bool) -> int:
+    """Print the DDL that takes TARGET's schema of DATABASE to SOURCE's (changes nothing).
+
+    The plan is first run on a scratch copy of TARGET's schema (no data): a difference it would
+    not carry is listed as UNPLANNABLE, and 'schema push' refuses such a plan.
+    """
+    plan = plan_sync(ui.load(), database, source, target, prove=not no_proof)
     if ui.json:
         ui.emit(plan.to_dict())
     else:

@@ -22,6 +22,7 @@ from dbprotect.core.ops.context import (
     raw_identity,
 )
 from dbprotect.core.pg.dsn import register_dsn
+from dbprotect.core.schema.stored import write_schema_snapshot
 from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups
 from dbprotect.core.verify.integrity import IntegrityReport, verify_backup
 
@@ -51,6 +52,15 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
     audit.record("backup", database=database, outcome="ok", target=result.manifest.backup_id,
                  detail=f"stored at {result.uri}",
                  data={"stored_bytes": int(metrics["stored_bytes"]), "seconds": metrics["duration_seconds"]})
+    if config.keys.development is not None:  # issue 14: development's drift check reads production's schema
+        try:
+            snapshot = write_schema_snapshot(storage, database=database, backup_id=result.manifest.backup_id,
+                                             dsn=dsn, recipients=config.keys.development.recipients,
+                                             pg_bin_dir=config.pg_bin_dir)
+            audit.record("schema-snapshot", database=database, outcome="ok", target=result.manifest.backup_id,
+                         detail=f"schema sha256 {snapshot.sha256}")
+        except DbprotectError as exc:  # the backup stands; a missing snapshot shows as stale drift input
+            audit_failure(audit, "schema-snapshot", database, exc)
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,17 +18,30 @@ from dbprotect.core.audit import AuditLog
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
-from dbprotect.core.errors import DatabaseError, DbprotectError, Refusals, RefusedError, ToolError
+from dbprotect.core.crypto import load_identity
+from dbprotect.core.errors import (
+    ConfigError,
+    DatabaseError,
+    DbprotectError,
+    NotFoundError,
+    Refusals,
+    RefusedError,
+    ToolError,
+)
 from dbprotect.core.ops.backups import backup_database, verify_database_backup
-from dbprotect.core.ops.context import audit_log, primary_store, raw_identity
+from dbprotect.core.ops.context import audit_log, primary_store, raw_identity, scratch_server_from_config
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn
 from dbprotect.core.pg.tools import connect, server_major
 from dbprotect.core.restore.guards import check_confirmation
-from dbprotect.core.schema.drift import DriftReport, compare_schemas, migration
+from dbprotect.core.schema.drift import DriftReport, compare_schemas
 from dbprotect.core.schema.guard import BACKUP_ID_ENV, GuardResult, mask_arguments
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, LintResult, lint_files
+from dbprotect.core.schema.plan import plan_migration
+from dbprotect.core.schema.proof import PlanProof, prove_plan
 from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, store_name
+from dbprotect.core.schema.stored import StoredSnapshot, drift_from_snapshot, read_schema_snapshot, snapshot_key
 from dbprotect.core.schema.sync import (
+    PLAN_PREAMBLE,
     PushResult,
     SchemaPlan,
     apply_plan,
@@ -41,17 +55,43 @@ from dbprotect.core.store.catalog import list_backups
 from dbprotect.core.verify.integrity import verify_backup
 
 
-def lint_migrations(files: Iterable[str | Path], *, pg_version: int, config: Config | None = None,
-                    database: str | None = None, actor: str = "dbprotect") -> LintResult:
+def lint_pg_version(*, pg_version: int | None, dsn: str | None = None, config: Config | None = None,
+                    database: str | None = None, environ: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """The PostgreSQL major to lint for, and where it came from: the target's server when a DSN is known.
+
+    A DSN given explicitly wins; else the configured database's production DSN when this
+    deployment can resolve it; else ``--pg-version``; else 18, said as a default (never as a fact).
+    """
+    if dsn is None and config is not None and database:
+        try:
+            dsn = resolve_dsn(config, database, "production", environ)
+        except DbprotectError:
+            dsn = None
+    if dsn is not None:
+        with connect(dsn, autocommit=True, application_name="dbprotect-lint") as conn:
+            major = server_major(conn)
+        ignored = f" (--pg-version {pg_version} ignored)" if pg_version not in (None, major) else ""
+        return major, f"the target {mask_dsn(dsn)}{ignored}"
+    if pg_version is not None:
+        return pg_version, "--pg-version"
+    return 18, "the default (no target DSN to ask)"
+
+
+def lint_migrations(files: Iterable[str | Path], *, pg_version: int | None = None, config: Config | None = None,
+                    database: str | None = None, actor: str = "dbprotect", dsn: str | None = None,
+                    environ: Mapping[str, str] | None = None) -> LintResult:
     """Lint migration files; with a configured ``database``, its exclusions apply and waivers are audited.
 
-    Every inline waiver that silenced a finding is recorded in the database's audit log (who,
-    where, which rule and why), so a waiver is never invisible.
+    squawk judges for the target's PostgreSQL version (:func:`lint_pg_version`). Every inline
+    waiver that silenced a finding is recorded in the database's audit log (who, where, which
+    rule and why), so a waiver is never invisible.
     """
     exclude: tuple[str, ...] = DEFAULT_EXCLUDED_SQUAWK_RULES
     if config is not None and database:
         exclude = tuple(config.database(database).schema_settings.lint_exclude)
-    result = lint_files(list(files), pg_version=pg_version, exclude=exclude)
+    version, source = lint_pg_version(pg_version=pg_version, dsn=dsn, config=config, database=database,
+                                      environ=environ)
+    result = replace(lint_files(list(files), pg_version=version, exclude=exclude), pg_version_from=source)
     if config is not None and database and result.waived:
         audit = audit_log(config, database, actor=actor)
         for finding, waiver in result.waived:
@@ -138,21 +178,38 @@ def guard_command(config: Config, database: str, environment: str, command: Sequ
     return GuardResult(shown, done.returncode, backup)
 
 
-def plan_sync(config: Config, database: str, source: str, target: str, *,
+def plan_sync(config: Config, database: str, source: str, target: str, *, prove: bool = False,
               environ: Mapping[str, str] | None = None) -> SchemaPlan:
-    """The plan taking ``target``'s schema to ``source``'s (linted when the target is production)."""
+    """The plan taking ``target``'s schema to ``source``'s (linted when the target is production).
+
+    With ``prove``, the plan also runs on a scratch copy of the target's schema, and whatever it
+    fails on or leaves different is added to the plan's unplannable items: a reviewer then sees
+    every difference the plan does not carry, not only the ones known in advance.
+    """
     check_sync_direction(source, target)
     source_dsn = resolve_dsn(config, database, source, environ)
     target_dsn = resolve_dsn(config, database, target, environ)
-    sql = migration(target_dsn, source_dsn).sql
-    plan = SchemaPlan(database, source, target, mask_dsn(target_dsn), sql)
-    if target == "production" and not plan.empty:
+    planned = plan_migration(target_dsn, source_dsn)
+    sql = planned.sql
+    unplannable = planned.unplannable
+    lint: LintResult | None = None
+    proof = ""
+    if target == "production" and sql.strip():
         with connect(target_dsn, autocommit=True) as conn:
             major = server_major(conn)
         exclude = tuple(config.database(database).schema_settings.lint_exclude)
-        plan = SchemaPlan(database, source, target, plan.target_dsn_masked, sql,
-                          lint_plan(plan.script(), database, pg_version=major, exclude=exclude))
-    return plan
+        lint = lint_plan(PLAN_PREAMBLE + sql, database, pg_version=major, exclude=exclude)
+    if prove and sql.strip():
+        with scratch_server_from_config(config, environ) as server:
+            found = prove_plan(PLAN_PREAMBLE + sql, target_dsn=target_dsn, source_dsn=source_dsn, scratch=server,
+                               source=source, pg_bin_dir=config.pg_bin_dir)
+        proof = found.summary()
+        if found.error is not None:
+            unplannable += (f"the plan fails on a scratch copy of {target}'s schema: {found.error}",)
+        elif found.remaining is not None:
+            unplannable += tuple(f"{line} (left by the plan on a scratch copy)" for line in found.remaining.lines())
+    return SchemaPlan(database, source, target, mask_dsn(target_dsn), sql, lint, unplannable=unplannable,
+                      proof=proof)
 
 
 def push_schema(config: Config, database: str, source: str, target: str, *, confirmation: str | None = None,
@@ -170,6 +227,11 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
         if dry_run or plan.empty:
             return PushResult(plan, applied=False, notes=["dry run: nothing was changed"] if dry_run else
                               [f"{target} already matches {source}: nothing to do"])
+        if plan.unplannable:
+            raise RefusedError(f"refused: the plan cannot express {len(plan.unplannable)} difference(s): "
+                               + "; ".join(plan.unplannable[:3]) + f"; {target} was not changed",
+                               hint="make that change by hand (through 'dbprotect guard'), then diff again",
+                               refusal=Refusals.SCHEMA_UNPLANNABLE)
         target_dsn = resolve_dsn(config, database, target, environ)
         require_target_marker(target_dsn, target)
         backup: ProtectingBackup | None = None
@@ -182,6 +244,9 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
                     "through 'dbprotect guard'",
                     refusal=Refusals.LINT_FINDINGS)
             check_confirmation(database, confirmation)
+        proof = prove_push_plan(config, plan, target_dsn, resolve_dsn(config, database, source, environ),
+                                source=source, environ=environ)
+        if target == "production":
             backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
                 take_verified_backup(config, database, "production", why=f"the schema push to {database}",
                                      actor=actor, environ=environ)
@@ -199,7 +264,20 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
     if not after.ok:
         raise DatabaseError(f"the plan was applied but {after.summary()}",
                             hint="results could not express every difference; review them by hand")
-    return PushResult(plan, applied=True, backup=backup, drift_after=after)
+    return PushResult(plan, applied=True, backup=backup, drift_after=after, notes=[proof.summary()])
+
+
+def prove_push_plan(config: Config, plan: SchemaPlan, target_dsn: str, source_dsn: str, *, source: str,
+                    environ: Mapping[str, str] | None = None) -> PlanProof:
+    """Run the plan on a scratch copy of the target's schema; refuse unless the re-diff is empty."""
+    with scratch_server_from_config(config, environ) as server:
+        proof = prove_plan(plan.script(), target_dsn=target_dsn, source_dsn=source_dsn, scratch=server,
+                           source=source, pg_bin_dir=config.pg_bin_dir)
+    if not proof.ok:
+        raise RefusedError(f"refused: {proof.summary()}; {plan.target} was not changed",
+                           hint="the plan would not make the schemas equal; make the remaining change by hand",
+                           refusal=Refusals.SCHEMA_PLAN_UNPROVEN)
+    return proof
 
 
 def drift_between(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> DriftReport:
@@ -208,6 +286,34 @@ def drift_between(config: Config, database: str, *, environ: Mapping[str, str] |
     return compare_schemas(resolve_dsn(config, database, "development", environ),
                            resolve_dsn(config, database, "production", environ),
                            left="development", right="production", allowed=settings.pending)
+
+
+def drift_from_production_snapshot(config: Config, database: str, *,
+                                   environ: Mapping[str, str] | None = None) -> tuple[DriftReport, StoredSnapshot]:
+    """Development against the newest production schema snapshot in the store: no production DSN needed.
+
+    The snapshot is opened with the development identity (``keys.development``): the key a
+    development deployment already holds, and one that opens no raw backup.
+    """
+    keys = config.keys.development
+    if keys is None:
+        raise ConfigError("schema snapshots are encrypted to keys.development, which is not configured",
+                          hint="add keys.development (recipients and identity_env) to the configuration")
+    storage = primary_store(config, database)
+    for entry in list_backups(storage, database):
+        try:
+            storage.stat(snapshot_key(database, entry.backup_id))
+        except NotFoundError:
+            continue
+        snapshot = read_schema_snapshot(storage, database=database, backup_id=entry.backup_id,
+                                        identity=load_identity(keys.identity_env, environ))
+        settings = config.database(database).schema_settings
+        with scratch_server_from_config(config, environ) as server:
+            report = drift_from_snapshot(resolve_dsn(config, database, "development", environ), snapshot, server,
+                                         allowed=tuple(settings.pending))
+        return report, snapshot
+    raise NotFoundError(f"no backup of {database!r} in {storage.uri} carries a schema snapshot",
+                        hint="the production deployment writes one with each backup when keys.development is set")
 
 
 def migrations_dir(config: Config, database: str) -> Path | None:

@@ -125,12 +125,10 @@ def _column_changes(before: Any, after: Any, table: str, left: str, right: str) 
     return items
 
 
-def compare_schemas(left_dsn: str, right_dsn: str, *, left: str = "development", right: str = "production",
-                    allowed: Sequence[str] = ()) -> DriftReport:
-    """Every difference between two live schemas; items matching an ``allowed`` pattern are set apart."""
+def drift_items(found: Any, *, left: str, right: str) -> list[DriftItem]:
+    """Every difference a ``results`` migration saw, ``left`` being its from-side, ``right`` its target."""
     from results.dbdiff.util import differences
 
-    found = migration(left_dsn, right_dsn)
     a, b = found.changes.i_from, found.changes.i_target
     items: list[DriftItem] = []
     for category, kind in _KINDS.items():
@@ -150,7 +148,14 @@ def compare_schemas(left_dsn: str, right_dsn: str, *, left: str = "development",
             items.append(DriftItem(kind, table, f"changed: definition differs between {left} and {right}"))
     if not items and found.sql.strip():  # results found a change our categories do not name
         items.append(DriftItem("schema", "*", "changed: " + " ".join(found.sql.split())[:200]))
-    return split_allowed(items, allowed, left=left, right=right)
+    return items
+
+
+def compare_schemas(left_dsn: str, right_dsn: str, *, left: str = "development", right: str = "production",
+                    allowed: Sequence[str] = ()) -> DriftReport:
+    """Every difference between two live schemas; items matching an ``allowed`` pattern are set apart."""
+    return split_allowed(drift_items(migration(left_dsn, right_dsn), left=left, right=right), allowed,
+                         left=left, right=right)
 
 
 def split_allowed(items: Iterable[DriftItem], allowed: Sequence[str], *, left: str, right: str) -> DriftReport:
@@ -162,4 +167,4 @@ def split_allowed(items: Iterable[DriftItem], allowed: Sequence[str], *, left: s
     return DriftReport(left, right, tuple(drift), tuple(ok))
 
 
-__all__ = ["DriftItem", "DriftReport", "compare_schemas", "migration", "split_allowed"]
+__all__ = ["DriftItem", "DriftReport", "compare_schemas", "drift_items", "migration", "split_allowed"]

@@ -49,18 +49,23 @@ class SchemaPlan:
     target_dsn_masked: str
     sql: str
     lint: LintResult | None = None
+    #: differences no statement of the plan covers (named, so "no changes" is never said wrongly)
+    unplannable: tuple[str, ...] = ()
+    #: what running the plan on a scratch copy of the target's schema showed ("" when not run)
+    proof: str = ""
 
     @property
     def empty(self) -> bool:
-        return not self.sql.strip()
+        return not self.sql.strip() and not self.unplannable
 
     def script(self) -> str:
         """What runs (and what is linted): the timeouts, then results' DDL."""
-        return PLAN_PREAMBLE + self.sql if not self.empty else ""
+        return PLAN_PREAMBLE + self.sql if self.sql.strip() else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"database": self.database, "source": self.source, "target": self.target,
                 "target_dsn": self.target_dsn_masked, "empty": self.empty, "sql": self.script(),
+                "unplannable": list(self.unplannable), "proof": self.proof or None,
                 "lint": self.lint.to_dict() if self.lint else None}
 
 

@@ -1,0 +1,10 @@
+CREATE TABLE hub (id int PRIMARY KEY, name text, note text);
+CREATE TABLE spoke1 (id int PRIMARY KEY, hub_id int REFERENCES hub);
+CREATE TABLE spoke2 (id int PRIMARY KEY, hub_id int REFERENCES hub);
+CREATE TABLE spoke3 (id int PRIMARY KEY, hub_id int REFERENCES hub);
+CREATE TABLE spoke4 (id int PRIMARY KEY, hub_id int REFERENCES hub);
+CREATE TABLE spoke5 (id int PRIMARY KEY, hub_id int REFERENCES hub);
+CREATE TABLE spoke6 (id int PRIMARY KEY, hub_id int REFERENCES hub);
+CREATE TABLE spoke7 (id int PRIMARY KEY, hub_id int REFERENCES hub);
+CREATE TABLE spoke8 (id int PRIMARY KEY, hub_id int REFERENCES hub);
+CREATE TABLE spoke9 (id int PRIMARY KEY, hub_id int REFERENCES hub);

@@ -1,0 +1,1 @@
+alter table "public"."hub" add column "note" text;

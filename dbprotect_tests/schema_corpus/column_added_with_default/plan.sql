@@ -1,0 +1,1 @@
+alter table "public"."t" add column "created" timestamp with time zone not null default now();

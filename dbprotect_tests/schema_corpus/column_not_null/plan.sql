@@ -1,0 +1,1 @@
+alter table "public"."t" alter column "name" set not null;

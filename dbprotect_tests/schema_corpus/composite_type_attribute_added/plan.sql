@@ -1,0 +1,1 @@
+alter type "public"."pair" add attribute "c" text;

@@ -1,0 +1,1 @@
+-- unplannable: composite type public.pair: attributes reordered or retyped (no single ALTER TYPE form; change it by hand)

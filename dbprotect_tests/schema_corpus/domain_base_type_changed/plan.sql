@@ -1,0 +1,1 @@
+-- unplannable: domain public.qty: base type or collation changed (no ALTER DOMAIN form; recreate it and its columns by hand)

@@ -1,0 +1,1 @@
+alter domain "public"."code" add constraint "code_upper" CHECK (VALUE = upper(VALUE));

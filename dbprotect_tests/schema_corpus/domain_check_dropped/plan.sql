@@ -1,0 +1,1 @@
+alter domain "public"."code" drop constraint "code_upper";

@@ -1,0 +1,1 @@
+alter domain "public"."qty" set not null;

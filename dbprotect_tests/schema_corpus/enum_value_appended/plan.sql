@@ -1,0 +1,1 @@
+alter type "public"."mood" add value 'happy' after 'ok';

@@ -1,0 +1,1 @@
+drop index if exists "public"."t_name_idx";

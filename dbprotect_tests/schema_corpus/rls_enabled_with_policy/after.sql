@@ -1,0 +1,3 @@
+CREATE TABLE r (id int, owner text);
+ALTER TABLE r ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rp ON r FOR SELECT USING (owner = current_user);

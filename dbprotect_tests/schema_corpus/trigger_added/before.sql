@@ -1,0 +1,2 @@
+CREATE TABLE r (id int);
+CREATE FUNCTION tf() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;

@@ -1,0 +1,3 @@
+create or replace view "public"."v" as  SELECT id,
+    name
+   FROM t;
