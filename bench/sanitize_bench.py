@@ -35,15 +35,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Set
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dbprotect.core.sanitize.checks import fingerprint_capacity, no_pii_leaked, production_fingerprints
+from dbprotect.core.sanitize.checks import (
+    fingerprint_capacity,
+    fixed_fingerprints,
+    no_pii_leaked,
+    production_fingerprints,
+)
 from dbprotect.core.sanitize.coverage import source_columns
-from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter
+from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, WrittenCheck
 from dbprotect.core.sanitize.rules import parse_rules
 from dbprotect.core.sanitize.stream import sanitize_table
 from dbprotect.core.sanitize.transformers import Masker
@@ -114,6 +120,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class TimedWrittenCheck(WrittenCheck):
+    """The stream's share of the check, timed: its test of every written value (and of every masked phone
+    against production) is check work done inside the stream, so it counts as check, not stream."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def known(self, output: bytes) -> bool:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return super().known(output)
+        finally:
+            self.seconds += time.perf_counter() - wall
+            self.cpu_seconds += time.process_time() - cpu
+
+    def verdict(self, output: bytes, exempt: Set[int] = frozenset(), *, known: bool | None = None) -> int:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return super().verdict(output, exempt, known=known)
+        finally:
+            self.seconds += time.perf_counter() - wall
+            self.cpu_seconds += time.process_time() - cpu
+
+
 def run_dbprotect(source: str, target: str, rows: int) -> dict[str, float]:
     key = os.urandom(32)
     masker = Masker(key)
@@ -131,11 +163,9 @@ def run_dbprotect(source: str, target: str, rows: int) -> dict[str, float]:
         fingerprints = time.perf_counter() - started
         fingerprints_cpu = time.process_time() - cpu_started
 
-        def known(output: bytes) -> bool:
-            return production.any_of(fingerprinter.all(output.decode()))
-
+        written = TimedWrittenCheck(fingerprinter, production, fixed_fingerprints(rules, fingerprinter))
         started = time.perf_counter()
-        stats = sanitize_table(src, dst, "public.users", columns, rules, masker, avoid=known)
+        stats = sanitize_table(src, dst, "public.users", columns, rules, masker, written=written)
         dst.commit()
         stream = time.perf_counter() - started
     started = time.perf_counter()
@@ -154,8 +184,10 @@ def run_dbprotect(source: str, target: str, rows: int) -> dict[str, float]:
     total = fingerprints + stream + indexes + checking
     return {"fingerprint_s": fingerprints, "stream_s": stream, "index_s": indexes, "check_s": checking,
             "rows": stats.rows, "retries": stats.retries, "rows_per_s": rows / total,
-            "check_share": (fingerprints + checking) / total,
-            "check_cpu_share": (fingerprints_cpu + checking_cpu) / cpu if cpu else 0.0, "entries": production.entries,
+            "in_stream_check_s": written.seconds,
+            "check_share": (fingerprints + written.seconds + checking) / total,
+            "check_cpu_share": (fingerprints_cpu + written.cpu_seconds + checking_cpu) / cpu if cpu else 0.0,
+            "entries": production.entries,
             "fp_rate": production.false_positive_rate(), "filter_mb": production.bytes / 1e6,
             "peak_mb": peak_rss_mb()}
 
@@ -246,7 +278,8 @@ def main() -> int:
               f"{ours['check_s']:.1f} s = {ours['rows_per_s']:,.0f} rows/s ({ours['retries']:.0f} collisions "
               f"resolved)", flush=True)
         share_verdict = "PASS" if ours["check_share"] <= 0.30 else "FAIL"
-        print(f"check (fingerprints + no_pii_leaked): {ours['check_share']:.0%} of the build ({share_verdict}: "
+        print(f"check (fingerprints + in-stream check {ours['in_stream_check_s']:.1f} s (timed, part of the stream) + "
+              f"no_pii_leaked): {ours['check_share']:.0%} of the build ({share_verdict}: "
               f"target <= 30%); filter {ours['entries']:,.0f} fingerprints in {ours['filter_mb']:.0f} MB, "
               f"false-positive rate {ours['fp_rate']:.1e}; CPU time of this process: check "
               f"{ours['check_cpu_share']:.0%} "

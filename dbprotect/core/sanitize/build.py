@@ -40,6 +40,7 @@ from dbprotect.core.sanitize.checks import (
     CheckResult,
     constraints_hold,
     fingerprint_capacity,
+    fixed_fingerprints,
     no_pii_leaked,
     production_fingerprints,
     row_counts_match,
@@ -53,7 +54,7 @@ from dbprotect.core.sanitize.coverage import (
     source_columns,
     unique_keys,
 )
-from dbprotect.core.sanitize.fingerprints import Fingerprinter
+from dbprotect.core.sanitize.fingerprints import Fingerprinter, WrittenCheck
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet, qualify
 from dbprotect.core.sanitize.stream import TableStats, sanitize_table, stream_order
 from dbprotect.core.sanitize.subset import SubsetPlan, plan_subset
@@ -265,14 +266,12 @@ def _build(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identit
             lap("fingerprint")
             say("stream")
 
-            def known(output: bytes) -> bool:
-                return production.any_of(fingerprinter.all(output.decode("utf-8", "replace")))
-
+            written = WrittenCheck(fingerprinter, production, fixed_fingerprints(rules, fingerprinter))
             stats = []
             keys = unique_keys(src)
             for table in stream_order(columns, rules):
                 stats.append(sanitize_table(src, dst, table, columns[table], rules, masker, plan.where(table),
-                                            avoid=known, unique_keys=keys.get(table)))
+                                            written=written, unique_keys=keys.get(table)))
             if rules.large_objects is not None:
                 mask_large_objects(src, dst, rules.large_objects)
             dst.commit()

@@ -36,7 +36,7 @@ import math
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 
 from rbloom import Bloom
 
@@ -54,6 +54,7 @@ MIN_PROSE = 32
 FALSE_POSITIVE_RATE = 1e-9
 
 _SEPARATOR_TABLE = {ord(ch): None for ch in " \t\n\r\f\v-./()"}
+_SEPARATOR_BYTES = b" \t\n\r\f\v-./()"
 _NON_DIGIT_BYTES = bytes(i for i in range(256) if not 48 <= i <= 57)
 #: The characters of a phone number's body (``^(\+|00)?[0-9\s\-./()]+$``, ``00`` being digits): ASCII
 #: digits, ``-./()`` and whitespace as Python's ``\s`` knows it (ASCII, and Unicode for other text).
@@ -71,6 +72,7 @@ _PHONE_PATTERNS = (
     re.compile(r"^\(?[0-9]{3}\)?[\s.\-][0-9]{3}[\s.\-][0-9]{4}$"),           # (555) 010-2000, 555.010.2000
     re.compile(r"^\([0-9]{2,5}\)\s?[0-9]{3,4}[\s.\-]?[0-9]{3,4}$"),          # (030) 1234 5678
 )
+_ASCII_DIGIT = re.compile(r"[0-9]").search
 _CARD = re.compile(r"^[2-6][0-9]{3}(?:[\s-]?[0-9]{2,7}){2,4}$")
 
 
@@ -125,7 +127,8 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
     methods inline and a value without digits returns at once. ``dbprotect_tests/fingerprint_reference.py``
     holds the plain version this must equal (property test).
     """
-    if text.isascii():
+    is_ascii = text.isascii()
+    if is_ascii:
         folded = " ".join(text.lower().split())
         digits = text.encode().translate(None, _NON_DIGIT_BYTES).decode()
     else:
@@ -137,7 +140,9 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
     minimum = MIN_FREE_TEXT if free_text else MIN_FORM
     found = {folded} if len(folded) >= minimum else set()
     if len(digits) < len(folded) and "@" not in folded:  # IBANs, IDs: letters and digits, grouped
-        compact = folded.translate(_SEPARATOR_TABLE)
+        # ASCII: deleting bytes is a C loop; str.translate looks every character up in a dict.
+        compact = (folded.encode().translate(None, _SEPARATOR_BYTES).decode() if is_ascii
+                   else folded.translate(_SEPARATOR_TABLE))
         if compact != folded and len(compact) >= minimum and compact != digits:
             found.add(compact)
     if len(digits) >= MIN_DIGITS:
@@ -268,3 +273,54 @@ class FingerprintFilter:
     @property
     def bytes(self) -> int:
         return self.bloom.size_in_bits // 8
+
+
+#: :meth:`WrittenCheck.verdict`: the value shares a fingerprint with production (not a rule constant).
+PRODUCTION_VALUE = 1
+#: :meth:`WrittenCheck.verdict`: the value is one word that is a production first or last name.
+NAME_PART = 2
+
+
+class WrittenCheck:
+    """The ``no_pii_leaked`` test of one value, applied by the stream to the masked values it writes.
+
+    The final check would read every masked column back from the copy and fingerprint each value;
+    the stream already holds those values, so it asks here instead (and the check reads the column
+    back only when it cannot prove the copy holds exactly what the stream wrote: see
+    :func:`~.checks.copy_findings`). The test is the final check's, form by form: a value is a
+    finding when one of its fingerprints is in the production filter and is not a rule constant
+    of its own column (``exempt``, per (table, column)), or, failing that, when it is a single word
+    that is a production name part.
+    """
+
+    def __init__(self, fingerprinter: Fingerprinter, production: FingerprintFilter,
+                 exempt: dict[tuple[str, str], set[int]]) -> None:
+        self.fingerprinter = fingerprinter
+        self.production = production
+        self.exempt = exempt
+
+    def known(self, output: bytes) -> bool:
+        """Whether any form of ``output`` is in the production filter (the stream's retry test; stricter
+        than :meth:`verdict`: rule constants are not exempt)."""
+        bloom = self.production.bloom
+        of = self.fingerprinter.of
+        return any(of(form) in bloom for form in forms(output.decode("utf-8", "replace")))
+
+    def verdict(self, output: bytes, exempt: Set[int] = frozenset(), *, known: bool | None = None) -> int:
+        """0, :data:`PRODUCTION_VALUE` or :data:`NAME_PART` for one value written in a column whose rule
+        constants are ``exempt``.
+
+        ``known=False``: :meth:`known` already answered no for this value, so no form can be a hit.
+        """
+        text = output.decode("utf-8", "replace")
+        bloom = self.production.bloom
+        if known is not False:
+            of = self.fingerprinter.of
+            for form in forms(text):
+                fingerprint = of(form)
+                if fingerprint in bloom and fingerprint not in exempt:
+                    return PRODUCTION_VALUE
+        if "@" in text or _ASCII_DIGIT(text):
+            return 0  # name_part keeps "@" and digits after folding: never one word
+        part = self.fingerprinter.part(text)
+        return NAME_PART if part is not None and part in bloom else 0

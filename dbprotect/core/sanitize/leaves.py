@@ -142,3 +142,29 @@ def base_type(catalog: TypeCatalog, table: str, column: str) -> PgType | None:
     while t is not None and t.kind == "d" and depth < MAX_DEPTH:
         t, depth = catalog.type(t.base), depth + 1
     return t
+
+
+_PLAIN_TEXT_COLUMNS = """
+    WITH RECURSIVE resolved(attname, typid, depth) AS (
+        SELECT a.attname::text, a.atttypid, 0 FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+      UNION ALL
+        SELECT r.attname, t.typbasetype, r.depth + 1 FROM resolved r JOIN pg_type t ON t.oid = r.typid
+        WHERE t.typtype = 'd' AND r.depth < 12)
+    SELECT r.attname FROM resolved r JOIN pg_type t ON t.oid = r.typid
+    WHERE t.typtype = 'b' AND t.typnamespace = 'pg_catalog'::regnamespace AND t.typname IN ('text', 'varchar', 'bpchar')
+"""
+
+
+def plain_text_columns(conn: psycopg.Connection, table: str) -> set[str]:
+    """The columns of ``table`` that store what COPY gives them as one string: ``text``, ``varchar``,
+    ``bpchar``, or a domain over one of them (a domain's checks only reject).
+
+    Read back, such a value is the written string, at most without trailing spaces (``varchar(n)`` and
+    ``bpchar`` drop excess spaces; ``bpchar`` pads): every normalized form trims them, so the forms of
+    the written value are those the copy holds. Arrays, composites, JSON and other types are
+    re-written by their input functions and are left out.
+    """
+    schema, _, name = table.partition(".")
+    return {str(row[0]) for row in conn.execute(_PLAIN_TEXT_COLUMNS, (schema, name)).fetchall()}

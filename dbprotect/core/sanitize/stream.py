@@ -31,6 +31,8 @@ from psycopg import sql
 from rbloom import Bloom
 
 from dbprotect.core.sanitize.coverage import ColumnInfo
+from dbprotect.core.sanitize.fingerprints import NAME_PART, PRODUCTION_VALUE, WrittenCheck
+from dbprotect.core.sanitize.leaves import plain_text_columns
 from dbprotect.core.sanitize.rules import RuleSet
 from dbprotect.core.sanitize.transformers import (
     UNCHANGED_EXEMPT,
@@ -61,6 +63,12 @@ class TableStats:
     masked_columns: int = 0
     retries: int = 0
     unchanged: dict[str, int] = field(default_factory=dict)
+    #: Masked columns checked as they were written (:class:`~.fingerprints.WrittenCheck`): column ->
+    #: [values sharing a production fingerprint, values that are one production name part].
+    written: dict[str, list[int]] = field(default_factory=dict)
+    #: The transaction that wrote the rows (32-bit xid, as ``xmin`` shows it) when ``written`` is set:
+    #: the check trusts ``written`` only if every row of the copy still carries it.
+    writer_xid: int | None = None
 
 
 @dataclass
@@ -71,6 +79,7 @@ class _Plan:
     unique: bool
     check_unchanged: bool
     avoid: Callable[[bytes], bool] | None = None
+    check_written: bool = False
 
 
 def table_plan(table: str, columns: list[ColumnInfo], rules: RuleSet, masker: Masker,
@@ -100,18 +109,31 @@ def stream_order(columns: dict[str, list[ColumnInfo]], rules: RuleSet) -> list[s
 def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str, columns: list[ColumnInfo],
                    rules: RuleSet, masker: Masker, where: sql.Composable | None = None,
                    avoid: Callable[[bytes], bool] | None = None,
-                   unique_keys: list[tuple[str, ...]] | None = None) -> TableStats:
+                   unique_keys: list[tuple[str, ...]] | None = None, written: WrittenCheck | None = None,
+                   ) -> TableStats:
     """Stream one table from ``src`` into the same (empty) table in ``dst`` through its rules.
 
     ``where`` restricts the rows read (subsetting, :mod:`.subset`); ``avoid`` says whether an
-    output equals a production value (see the module docstring); ``unique_keys``: the table's
-    multi-column unique keys (:func:`.coverage.unique_keys`), kept unique as :class:`_CompositeKey` says.
+    output equals a production value (see the module docstring; ``written.known`` when ``written``
+    is given); ``written``: check masked values as they are written (:func:`_written_columns`);
+    ``unique_keys``: the table's multi-column unique keys (:func:`.coverage.unique_keys`), kept unique
+    as :class:`_CompositeKey` says.
     """
     schema, _, name = table.partition(".")
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     target = sql.Identifier(schema, name)
-    plans = table_plan(table, columns, rules, masker, avoid)
+    plans = table_plan(table, columns, rules, masker, written.known if written is not None else avoid)
     stats = TableStats(table, masked_columns=len(plans), unchanged={p.column: 0 for p in plans if p.check_unchanged})
+    composite = _composite_keys(columns, plans, unique_keys) if plans else []
+    if written is not None and plans:
+        checked = _written_columns(dst, table)
+        rewritten = {id(key.plan) for key in composite}  # a key collision rewrites the field after its check
+        for plan in plans:
+            if plan.column in checked and id(plan) not in rewritten:
+                plan.check_written = True
+                stats.written[plan.column] = [0, 0]
+        if stats.written:
+            stats.writer_xid = _transaction_xid(dst)
     started = time.perf_counter()
     out_sql = (sql.SQL("COPY {} ({}) TO STDOUT").format(target, names) if where is None else
                sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(names, target, where))
@@ -124,12 +146,49 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
                     writer.write(chunk)
                     rows += 1
             else:
-                rows = _masked_rows(reader, writer, plans, stats, _composite_keys(columns, plans, unique_keys))
+                rows = _masked_rows(reader, writer, plans, stats, composite, written)
     except psycopg.Error as exc:
         raise load_failure(table, columns, rules, exc) from None
     stats.rows = rows
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+_TRIGGERS = """
+    SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %s AND c.relname = %s
+"""
+
+
+def _written_columns(dst: psycopg.Connection, table: str) -> set[str]:
+    """The columns whose stored values are provably what the stream writes, so a value can be checked as it
+    is written instead of being read back from the copy.
+
+    The rows enter through ``COPY FROM`` only (rules do not apply to COPY), so the stored value is the
+    type's input function applied to the written string; it is that string (at most without trailing
+    spaces) for :func:`~.leaves.plain_text_columns`, when no trigger can rewrite a row during the
+    COPY (none exists on the table now: the pre-data section creates none) and the string is stored
+    as the bytes written (client and server encoding UTF-8, the encoding the check decodes). That
+    nothing changed the rows afterwards is proven by the check itself (every row's ``xmin`` is the
+    stream's transaction, :data:`TableStats.writer_xid`); otherwise the column is read back.
+    """
+    schema, _, name = table.partition(".")
+    encoding = dst.execute("SELECT current_setting('server_encoding'), current_setting('client_encoding')").fetchone()
+    if encoding is None or tuple(encoding) != ("UTF8", "UTF8"):
+        return set()
+    triggers = dst.execute(_TRIGGERS, (schema, name)).fetchone()
+    if triggers is None or triggers[0]:
+        return set()
+    return plain_text_columns(dst, table)
+
+
+def _transaction_xid(dst: psycopg.Connection) -> int | None:
+    """The 32-bit id of ``dst``'s transaction (the one the COPY runs in); None in autocommit (the COPY
+    would run in a transaction of its own, so no row could be proven to be the stream's)."""
+    if dst.autocommit:
+        return None
+    row = dst.execute("SELECT pg_current_xact_id()::text::bigint % 4294967296").fetchone()
+    return int(row[0]) if row else None
 
 
 _QUOTED = re.compile(r'"[^"]*"')
@@ -249,14 +308,19 @@ def _composite_keys(columns: list[ColumnInfo], plans: list[_Plan],
 
 
 def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats,
-                 composite: list[_CompositeKey] | None = None) -> int:
+                 composite: list[_CompositeKey] | None = None, written: WrittenCheck | None = None) -> int:
     """The hot loop: kept as flat as Python allows (locals, no per-field function for kept columns).
 
     A transformer that raises becomes one line naming table, column and transformer (never the
-    value): ``step`` is the column being masked when it raised.
+    value): ``step`` is the column being masked when it raised. A column checked as written keeps
+    a bounded cache of verdicts (a name column repeats a few outputs millions of times); an output
+    the ``avoid`` loop just cleared has no production form, so only its name-part test remains.
     """
     steps = [(p.index, p.fn.fn, p.fn.remaps, p.fn.cache, p.fn.safe, SeenOutputs() if p.unique else None,
-              p.column if p.check_unchanged else None, p.avoid) for p in plans]
+              p.column if p.check_unchanged else None, p.avoid,
+              (stats.written[p.column], {}, written.exempt.get((stats.table, p.column), frozenset()))
+              if p.check_written and written is not None else None) for p in plans]
+    verdict_of = written.verdict if written is not None else None
     unchanged = stats.unchanged
     null = b"\\N"
     batch: list[bytes] = []
@@ -267,12 +331,13 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
         for chunk in reader:
             fields = bytes(chunk)[:-1].split(b"\t")
             original = fields.copy() if composite else fields
-            for step, (index, fn, remaps, cache, safe, seen, column, avoid) in enumerate(steps):  # noqa: B007
+            for step, (index, fn, remaps, cache, safe, seen, column, avoid, check) in enumerate(steps):  # noqa: B007
                 raw = fields[index]
                 if raw == null:
                     continue
                 value = copy_unescape(raw) if b"\\" in raw else raw
                 out = remaps.get(value, null) if remaps else null
+                cleared = False
                 if out is null:
                     out = cache.get(value, null)
                     if out is null:
@@ -292,11 +357,23 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
                         if attempt:
                             remaps[value] = out
                             stats.retries += attempt
+                        cleared = avoid is not None
                 if seen is not None and out is not None:
                     seen.add(out)
                 if out is None:
                     fields[index] = null
                 else:
+                    if check is not None:
+                        counts, verdicts, exempt = check
+                        verdict = verdicts.get(out)
+                        if verdict is None:
+                            verdict = verdict_of(out, exempt, known=False if cleared else None)  # type: ignore[misc]
+                            if len(verdicts) < CACHE_ENTRIES:
+                                verdicts[out] = verdict
+                        if verdict == PRODUCTION_VALUE:
+                            counts[0] += 1
+                        elif verdict == NAME_PART:
+                            counts[1] += 1
                     if column is not None and out == value:
                         unchanged[column] += 1
                     fields[index] = out if safe else copy_escape(out)

@@ -1,0 +1,141 @@
+"""Masked values checked as the stream writes them (issue 12, performance), on real PostgreSQL.
+
+``no_pii_leaked`` reads a masked text column back from the copy only when it cannot prove the copy
+holds what the stream wrote and checked. Each test here makes one part of that proof fail and
+asserts the check still fails on the leak: a row changed after the stream (xmin), a row deleted
+(count), a trigger rewriting rows during the COPY, a COPY outside the stream's transaction, and a
+column whose written values are name parts (decided on distinct values, read back).
+"""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+import pytest
+
+from dbprotect.core.sanitize.checks import CheckResult, no_pii_leaked
+from dbprotect.core.sanitize.coverage import source_columns
+from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, WrittenCheck, forms
+from dbprotect.core.sanitize.rules import parse_rules
+from dbprotect.core.sanitize.stream import TableStats, sanitize_table
+from dbprotect.core.sanitize.transformers import Masker
+
+TABLE = "CREATE TABLE people (id int, email text, nick varchar(40));"
+SOURCE = TABLE + ("INSERT INTO people SELECT i, 'person' || i || '@corp.example.com', 'nick' || i "
+                  "FROM generate_series(1, 40) i;")
+RULES = """
+version: 1
+tables:
+  public.people: {id: keep, email: email, nick: {transformer: name, part: first}}
+"""
+#: A production value that no transformer writes: planted in the copy after the stream.
+REAL = "real.person@corp.example.com"
+
+KEY = os.urandom(32)
+
+
+def _stream(src_dsn: str, dst_dsn: str, production: FingerprintFilter, *, autocommit: bool = False,
+            ) -> tuple[TableStats, dict]:
+    rules = parse_rules(RULES)
+    with psycopg.connect(src_dsn) as src, psycopg.connect(dst_dsn, autocommit=autocommit) as dst:
+        columns = source_columns(src)
+        written = WrittenCheck(Fingerprinter(KEY), production, {})
+        stats = sanitize_table(src, dst, "public.people", columns["public.people"], rules, Masker(KEY),
+                               written=written)
+        if not autocommit:
+            dst.commit()
+    return stats, columns
+
+
+def _check(dst_dsn: str, columns: dict, stats: TableStats, production: FingerprintFilter) -> CheckResult:
+    with psycopg.connect(dst_dsn, autocommit=True) as dst:
+        return no_pii_leaked(dst, columns, parse_rules(RULES), [stats], Fingerprinter(KEY), production)
+
+
+def _production(*values: str) -> FingerprintFilter:
+    fingerprinter = Fingerprinter(KEY)
+    found = FingerprintFilter(1000)
+    for value in values:
+        found.add(map(fingerprinter.of, forms(value)))
+    return found
+
+
+def test_clean_copy_is_checked_as_written_without_reading_masked_columns_back(make_db) -> None:
+    src, dst = make_db(SOURCE), make_db(TABLE)
+    production = _production(REAL)
+    stats, columns = _stream(src, dst, production)
+    assert stats.written == {"email": [0, 0], "nick": [0, 0]} and stats.writer_xid is not None
+    check = _check(dst, columns, stats, production)
+    assert check.ok, check.detail
+    assert check.metrics["columns_checked_as_written"] == 2
+
+
+def test_written_values_equal_to_production_fail_as_they_are_written(make_db) -> None:
+    """Production holds exactly what the stream writes: every written value is a finding, counted in the stream."""
+    src, scratch, dst = make_db(SOURCE), make_db(TABLE), make_db(TABLE)
+    _stream(src, scratch, _production())
+    with psycopg.connect(scratch) as conn:
+        outputs = [row[0] for row in conn.execute("SELECT email FROM people")]
+    production = _production(*outputs)
+    stats, columns = _stream(src, dst, production)
+    assert stats.written["email"] == [40, 0]
+    check = _check(dst, columns, stats, production)
+    assert not check.ok and "public.people.email: 40 value(s) equal personal values of production" in check.detail
+
+
+@pytest.mark.parametrize("tamper", [
+    f"UPDATE people SET email = '{REAL}' WHERE id = 1",
+    f"DELETE FROM people WHERE id = 2; INSERT INTO people VALUES (2, '{REAL}', 'x')",
+    f"DELETE FROM people WHERE id = 2; INSERT INTO people VALUES (41, '{REAL}', 'x'); DELETE FROM people WHERE id = 3",
+])
+def test_copy_changed_after_the_stream_is_read_back(make_db, tamper: str) -> None:
+    """Without the xmin/count proof the stream's clean verdict would pass a copy holding a real address."""
+    src, dst = make_db(SOURCE), make_db(TABLE)
+    production = _production(REAL)
+    stats, columns = _stream(src, dst, production)
+    assert stats.written["email"] == [0, 0]
+    with psycopg.connect(dst, autocommit=True) as conn:
+        conn.execute(tamper)
+    check = _check(dst, columns, stats, production)
+    assert not check.ok and "public.people.email: 1 value(s) equal personal values of production" in check.detail
+    assert check.metrics["columns_checked_as_written"] == 0
+
+
+def test_a_trigger_on_the_target_means_no_value_is_checked_as_written(make_db) -> None:
+    """A trigger may rewrite what COPY writes: the stream then checks nothing itself, the copy is read."""
+    src = make_db(SOURCE)
+    dst = make_db(TABLE + f"""
+        CREATE FUNCTION plant() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.id = 7 THEN NEW.email := '{REAL}'; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER plant BEFORE INSERT ON people FOR EACH ROW EXECUTE FUNCTION plant();""")
+    production = _production(REAL)
+    stats, columns = _stream(src, dst, production)
+    assert stats.written == {} and stats.writer_xid is None
+    check = _check(dst, columns, stats, production)
+    assert not check.ok and "public.people.email: 1 value(s) equal personal values of production" in check.detail
+
+
+def test_a_copy_outside_the_streams_transaction_is_read_back(make_db) -> None:
+    src, dst = make_db(SOURCE), make_db(TABLE)
+    production = _production(REAL)
+    stats, columns = _stream(src, dst, production, autocommit=True)
+    assert stats.writer_xid is None
+    check = _check(dst, columns, stats, production)
+    assert check.ok and check.metrics["columns_checked_as_written"] == 0
+
+
+def test_written_name_parts_are_decided_on_the_copys_distinct_values(make_db) -> None:
+    """Name parts are a finding by share of distinct values, which the stream does not count: read back."""
+    src, scratch, dst = make_db(SOURCE), make_db(TABLE), make_db(TABLE)
+    _stream(src, scratch, _production())
+    with psycopg.connect(scratch) as conn:
+        nicks = [row[0] for row in conn.execute("SELECT nick FROM people")]
+    fingerprinter = Fingerprinter(KEY)
+    production = FingerprintFilter(1000)
+    production.add(part for part in map(fingerprinter.part, nicks) if part is not None)
+    stats, columns = _stream(src, dst, production)
+    assert stats.written["nick"] == [0, 40]
+    check = _check(dst, columns, stats, production)
+    assert not check.ok and "public.people.nick: 40 value(s) equal first or last names of production" in check.detail
+    assert check.metrics["columns_checked_as_written"] == 1  # email only
