@@ -4,6 +4,9 @@ one-line refusal, judged on the real embedded PostgreSQL 18 (``wal_server``, a s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import psycopg
 import pytest
 from pydantic import ValidationError
@@ -11,6 +14,7 @@ from pydantic import ValidationError
 from dbprotect.core.config.model import ContinuousSpec
 from dbprotect.core.continuous.checks import ServerSetup, check_server, check_setup
 from dbprotect.core.errors import Refusals, RefusedError
+from dbprotect_tests.fixtures.cli import run_json
 
 
 def test_continuous_configuration_defaults_and_validation() -> None:
@@ -68,3 +72,10 @@ def test_checks_read_the_real_server(wal_server: str) -> None:
         finally:
             conn.execute("RESET ROLE")
             conn.execute("DROP ROLE plain_reader")
+
+
+def test_wal_commands_refuse_a_database_without_continuous(write_config: Callable[..., Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(None)
+    code, document, _err = run_json(capsys, "wal", "status", "shop")
+    assert code == 2 and "continuous" in document["error"]["message"]
