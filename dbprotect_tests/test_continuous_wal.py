@@ -30,6 +30,7 @@ from dbprotect.core.continuous.wal import (
 )
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.store.filesystem import FilesystemStorage
+from dbprotect_tests.fixtures.cli import run_json
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +146,8 @@ def test_receiver_survives_sigkill_mid_segment_without_gap_or_duplicate(
 
 
 def test_a_flipped_byte_in_a_wal_object_is_caught(wal_server: str, write_config: Callable[..., Path],
-                                                  tmp_path: Path, identity: pyrage.x25519.Identity) -> None:
+                                                  tmp_path: Path, identity: pyrage.x25519.Identity,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     slot = "dbprotect_test_flip"
     config = continuous_config(write_config, wal_server, slot)
     storage = FilesystemStorage(tmp_path / "store")
@@ -161,6 +163,12 @@ def test_a_flipped_byte_in_a_wal_object_is_caught(wal_server: str, write_config:
         drop_slot(wal_server, slot)
     assert verify_wal(storage, "shop", identity).ok
     name = stored_segments(storage, "shop")[1][0]
+    # restore_command as PostgreSQL runs it: 'dbprotect wal fetch %f %p --database shop'
+    code, document, _ = run_json(capsys, "wal", "fetch", name, str(tmp_path / "fetched"), "--database", "shop")
+    assert (code, document["served"]) == (0, "segment") and (tmp_path / "fetched").stat().st_size == 16 << 20
+    code, document, _ = run_json(capsys, "wal", "fetch", "00000001FFFFFFFF000000FF", str(tmp_path / "none"),
+                                 "--database", "shop")
+    assert code == 10 and not (tmp_path / "none").exists()
     record = SegmentRecord.from_store(storage, segment_record_key("shop", name), database="shop", name=name)
     path = tmp_path / "store" / record.object
     data = bytearray(path.read_bytes())

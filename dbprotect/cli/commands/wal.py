@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from dbprotect.core.ops.continuous import (
     continuous_status,
     fetch_database_wal,
     receive_database_wal,
+    restore_database_to_point,
     verify_base_backups,
     verify_database_wal,
 )
@@ -150,4 +152,50 @@ def fetch_command(ui: Ui, segment: str, dest: Path, database: str) -> int:
     served = fetch_database_wal(ui.load(), database, segment, dest)
     if ui.json:
         ui.emit({"segment": segment, "served": served})
+    return EXIT_OK
+
+
+def point_in_time_options(func: Any) -> Any:
+    """``--to-time``, ``--to-lsn`` and ``--data-dir`` for ``dbprotect restore`` (registered there)."""
+    func = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                        help="Point-in-time restore: the NEW data directory to restore the server into.")(func)
+    func = click.option("--to-lsn", metavar="LSN", help="Point-in-time restore: replay WAL up to this LSN.")(func)
+    func = click.option("--to-time", metavar="TIME",
+                        help="Point-in-time restore: replay WAL up to this moment (ISO 8601 with a zone, "
+                             "e.g. 2026-11-29T06:30:00+00:00).")(func)
+    return func
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint="'--to-time'") from None
+    if value.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no time zone: add +00:00 or Z (an ambiguous moment is not a "
+                                 "recovery target)", param_hint="'--to-time'")
+    return value
+
+
+def point_in_time_restore(ui: Ui, database: str, *, backup_id: str | None, to_time: str | None,
+                          to_lsn: str | None, data_dir: Path | None) -> int:
+    """``dbprotect restore DATABASE --to-time T --data-dir D``: the server as it was at T, started."""
+    if backup_id:
+        raise click.BadParameter("a point-in-time restore chooses its base backup itself; give no BACKUP_ID")
+    if bool(to_time) == bool(to_lsn):
+        raise click.BadParameter("give exactly one of --to-time and --to-lsn", param_hint="'--to-time'")
+    if data_dir is None:
+        raise click.BadParameter("a point-in-time restore needs --data-dir (a new folder)", param_hint="'--data-dir'")
+    result = restore_database_to_point(ui.load(), database, data_dir=data_dir.resolve(),
+                                       to_time=_parse_time(to_time) if to_time else None, to_lsn=to_lsn,
+                                       actor=cli_actor())
+    document = {"database": database, "data_dir": str(result.data_dir), "port": result.port,
+                "socket_dir": str(result.socket_dir), "dsn": result.dsn(), "base_backups": result.chain,
+                "target": result.target, "seconds": round(result.seconds, 3)}
+    if ui.json:
+        ui.emit(document)
+    else:
+        click.echo(f"restored {database} to {result.target} into {result.data_dir} in {result.seconds:.1f} s "
+                   f"(bases {', '.join(result.chain)}); promoted and answering at {result.dsn()}")
+        click.echo(f"  stop it with: pg_ctl -D {result.data_dir} stop")
     return EXIT_OK

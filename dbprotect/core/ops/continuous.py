@@ -7,9 +7,13 @@ logical-only database never gets a half-configured slot.
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from dbprotect.core.continuous.base import (
     take_base_backup,
     verify_base_backup,
 )
+from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
 from dbprotect.core.continuous.wal import (
     ReceiverStats,
     WalVerification,
@@ -138,3 +143,36 @@ def continuous_status(config: Config, database: str) -> ContinuousStatus:
     timelines = {tli: {"first": names[0], "newest": names[-1], "segments": len(names)}
                  for tli, names in stored_segments(storage, database).items()}
     return ContinuousStatus(database, bases, timelines, wal_gaps(storage, database))
+
+
+def dbprotect_command() -> str:
+    """How the restored server calls dbprotect back (``restore_command``): this installation's script."""
+    beside = Path(sys.executable).parent / "dbprotect"
+    return str(beside) if beside.is_file() else (shutil.which("dbprotect") or "dbprotect")
+
+
+def restore_database_to_point(config: Config, database: str, *, data_dir: Path, to_time: datetime | None = None,
+                              to_lsn: str | None = None, environ: Mapping[str, str] | None = None,
+                              actor: str = DEFAULT_ACTOR) -> PitrResult:
+    """Restore ``database``'s server to ``to_time``/``to_lsn`` into the new ``data_dir``, started and promoted.
+
+    The server's ``restore_command`` is ``dbprotect --config <this file> wal fetch %f %p --database DB``;
+    the identity reaches it through the server's environment (``environ``), never a file we write.
+    """
+    continuous_spec(config, database)
+    storage = primary_store(config, database)
+    audit = AuditLog(storage, actor=actor)
+    parts = (dbprotect_command(), "--config", str(Path(config.source).resolve()), "wal", "fetch")
+    command = " ".join(shlex.quote(part) for part in parts) + f" %f %p --database {shlex.quote(database)}"
+    try:
+        result = restore_to_point(storage=storage, database=database, identity=raw_identity(config, environ),
+                                  data_dir=data_dir, restore_command=command, to_time=to_time, to_lsn=to_lsn,
+                                  pg_bin_dir=config.tool_dirs, server_environ=environ,
+                                  work_dir=config.scratch.work_dir)
+    except DbprotectError as exc:
+        audit_failure(audit, "pitr-restore", database, exc)
+        raise
+    audit.record("pitr-restore", database=database, outcome="ok", target=str(data_dir),
+                 detail=f"restored to {result.target} from {', '.join(result.chain)}",
+                 data={"seconds": round(result.seconds, 3), "chain": result.chain})
+    return result
