@@ -280,8 +280,8 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
                            "-w", "-t", str(PROMOTE_TIMEOUT_SECONDS), "start"], capture_output=True, text=True,
                           env=env, timeout=PROMOTE_TIMEOUT_SECONDS + 30)
     if done.returncode != 0:
-        tail = _log_tail(log)
-        raise ToolError(f"the restored server did not start: {tail}")
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise ToolError(f"the restored server did not start: {_log_tail(log)}")
     dsn = f"postgresql://postgres@/postgres?host={socket_dir}&port={port}"
     deadline = time.monotonic() + PROMOTE_TIMEOUT_SECONDS
     while True:
