@@ -36,4 +36,5 @@ pytest_plugins = [
     "dbprotect_tests.fixtures.fix_storage",
     "dbprotect_tests.fixtures.fix_config",
     "dbprotect_tests.fixtures.fix_dagster",
+    "dbprotect_tests.fixtures.fix_continuous",
 ]

@@ -18,7 +18,19 @@ import traceback
 
 import click
 
-from dbprotect.cli.commands import audit, backups, compare, copies, demo, keys, restores, retention, sanitize, schema
+from dbprotect.cli.commands import (
+    audit,
+    backups,
+    compare,
+    copies,
+    demo,
+    keys,
+    restores,
+    retention,
+    sanitize,
+    schema,
+    wal,
+)
 from dbprotect.cli.ui.render import Ui, common_options, redacted_output, scrub
 from dbprotect.core.errors import (
     EXIT_INTERNAL,
@@ -56,6 +68,7 @@ for _command in (
     audit.audit, keys.keygen,
     schema.mark, schema.check_target_command, schema.lint, schema.schema, schema.guard,
     sanitize.sanitize, sanitize.promote,
+    wal.wal,
 ):
     cli.add_command(_command)
 

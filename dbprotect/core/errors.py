@@ -136,6 +136,12 @@ class Refusals:
     SCHEMA_UNPLANNABLE = Refusal("DBP950", "the schema plan cannot express every difference between the schemas")
     SCHEMA_PLAN_UNPROVEN = Refusal("DBP951", "the plan, applied to a scratch copy of the target's schema, "
                                    "did not make it equal the source's")
+    WAL_LEVEL_TOO_LOW = Refusal("DBP960", "continuous protection needs the server's wal_level at replica or logical")
+    NO_REPLICATION_ROLE = Refusal("DBP961", "continuous protection connects with a role that may replicate "
+                                            "(REPLICATION or superuser)")
+    WAL_SUMMARIES_OFF = Refusal("DBP962", "incremental base backups need the server's summarize_wal = on")
+    UNBOUNDED_SLOT = Refusal("DBP963", "a replication slot needs max_slot_wal_keep_size set: a dead receiver "
+                                       "would otherwise fill the server's disk")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:

@@ -7,9 +7,11 @@ Thin calls into :mod:`dbprotect.core.ops`: the plan, the guards and the staged s
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
+from dbprotect.cli.commands.wal import point_in_time_options, point_in_time_restore
 from dbprotect.cli.ui.render import PhasePrinter, Ui, common_options, human_age, scrub
 from dbprotect.core.errors import EXIT_OK, EXIT_RTO_EXCEEDED, IntegrityError
 from dbprotect.core.ops import audit_log, cli_actor, drill_database, restore_database
@@ -50,10 +52,12 @@ def _parse_target(spec: str) -> tuple[bool, str | None, str | None]:
 @click.option("--analyze/--no-analyze", default=None,
               help="ANALYZE before the database is put in place [default: only when overwriting an existing "
               "database; a new one is analyzed by autovacuum].")
+@point_in_time_options
 @common_options
 @click.pass_obj
 def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, environment: str | None,
-            confirmation: str | None, dry_run: bool, analyze: bool | None) -> int:
+            confirmation: str | None, dry_run: bool, analyze: bool | None, to_time: str | None = None,
+            to_lsn: str | None = None, data_dir: Path | None = None) -> int:
     """Restore BACKUP_ID of DATABASE (default: the newest backup that passed verification).
 
     \b
@@ -71,7 +75,13 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
     you named, and a safety backup of the target that passes integrity; development data is
     never restored into production. Refusals exit 9 and change nothing. --dry-run prints the
     plan: what will be dropped, replaced and created, how big, how long the last drill took.
+
+    With --to-time T or --to-lsn L (databases with 'continuous:'): a point-in-time restore of the
+    whole server into the new data directory --data-dir, started on a free port and promoted.
     """
+    if to_time or to_lsn or data_dir:
+        return point_in_time_restore(ui, database, backup_id=backup_id, to_time=to_time, to_lsn=to_lsn,
+                                     data_dir=data_dir)
     existing, named_environment, name = _parse_target(target_spec)
     if existing and environment and environment != named_environment:
         raise click.BadParameter(f"--target {target_spec} names the {named_environment} environment, "

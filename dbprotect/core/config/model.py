@@ -259,6 +259,32 @@ def _parse_policy(value: Any) -> Any:
 PolicyField = Annotated[RetentionPolicy | None, BeforeValidator(_parse_policy)]
 
 
+class ContinuousSpec(_Strict):
+    """Continuous protection (``continuous:``): base backups plus the WAL stream, for point-in-time
+    restores (:mod:`dbprotect.core.continuous`). Only for servers that allow a replication connection."""
+
+    #: The physical replication slot the WAL receiver streams from (created when missing).
+    slot: str = Field(pattern=r"^[a-z0-9_]{1,63}$")
+    #: When a base backup is taken: weekly by default, Sunday 01:00.
+    base_backup_schedule: str = "0 1 * * 0"
+    #: Base backups after the first are incremental against the previous one (needs summarize_wal = on).
+    incremental: bool = True
+    #: The current partial WAL segment is shipped to the store at least this often (the RPO's bound).
+    partial_upload_seconds: int = Field(default=15, ge=1, le=3600)
+    #: pg_receivewal ``--synchronous``: flush and report each write at once (for a synchronous standby slot).
+    synchronous: bool = False
+
+    @field_validator("base_backup_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a five-field cron expression")
+        for field_text, (label, low, high) in zip(value.split(), _CRON_FIELDS, strict=True):
+            if not _cron_field_ok(field_text.lower(), low, high):
+                raise ValueError(f"{value!r}: {label} field {field_text!r} is not valid cron ({low}-{high})")
+        return value
+
+
 class DatabaseSpec(_Strict):
     environments: dict[EnvironmentName, EnvironmentSpec] = Field(min_length=1)
     storage: list[str] | None = None
@@ -287,6 +313,8 @@ class DatabaseSpec(_Strict):
     #: A production deployment refuses this database's production DSN unless its ``sslmode`` is
     #: require, verify-ca or verify-full (DBP940); ``true`` accepts plaintext (a trusted network).
     allow_plaintext: bool = False
+    #: Continuous protection (base backups and the WAL stream, point-in-time restores); off when unset.
+    continuous: ContinuousSpec | None = None
 
     @field_validator("backup_schedule", "drill_schedule", "cleanup_schedule")
     @classmethod

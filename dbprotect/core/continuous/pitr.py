@@ -1,0 +1,328 @@
+"""Point-in-time restore: base backup (+ incrementals, combined) + WAL replayed to a target, promoted.
+
+Order, and why:
+
+1. The base: the newest one that *ended* before the target (a base is consistent only at its end),
+   and its chain of incrementals back to a full one (:func:`~.base.base_chain`).
+2. Each base is decrypted straight into ``tar -x`` (the SHA-256 of the stored object is checked as it
+   passes; a mismatch fails the restore and the folder is removed). A chain goes into private work
+   folders first, then ``pg_combinebackup`` writes the data directory and the work folders are removed.
+3. Recovery settings: ``restore_command`` is ``dbprotect wal fetch %f %p`` (decrypts from the store,
+   checked against each segment's record), ``recovery_target_time`` or ``recovery_target_lsn``,
+   ``recovery_target_action = promote``, plus ``recovery.signal``. Nothing secret is written there:
+   the identity reaches ``restore_command`` through the server's environment only. When this runs as
+   root the server runs as ``postgres``, which may be unable to run this Python (or should not see the
+   identity): then a *relay* serves the WAL instead — ``restore_command`` writes the request into a
+   FIFO, this process (which holds the identity) fetches the file into ``pg_wal`` with the same
+   :func:`~.wal.fetch_wal` and answers through a second FIFO.
+4. The server starts on a free port (and a private socket folder) — as the ``postgres`` OS user when
+   this runs as root, since PostgreSQL refuses root — replays, promotes; then a smoke check connects
+   and reads the catalogue.
+
+A data directory that exists and is not empty is never written into (DBP912).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+import pyrage
+
+from dbprotect.core.continuous.base import (
+    BaseBackupRecord,
+    base_chain,
+    list_base_backups,
+    parse_lsn,
+    read_base_tar,
+)
+from dbprotect.core.continuous.wal import fetch_wal
+from dbprotect.core.errors import (
+    DatabaseError,
+    DbprotectError,
+    IntegrityError,
+    NotFoundError,
+    Refusals,
+    RefusedError,
+    ToolError,
+)
+from dbprotect.core.pg.tools import ToolPlace, require_tool_for_server
+from dbprotect.core.store import Storage
+
+PROMOTE_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class PitrResult:
+    data_dir: Path
+    port: int
+    socket_dir: Path
+    chain: list[str]
+    target: str
+    seconds: float
+    in_recovery: bool
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@/{dbname}?host={self.socket_dir}&port={self.port}"
+
+
+def choose_base(storage: Storage, database: str, *, to_time: datetime | None,
+                to_lsn: str | None) -> BaseBackupRecord:
+    """The newest base backup that ended before the target; :class:`NotFoundError` when none did."""
+    candidates = list_base_backups(storage, database)
+    if to_lsn is not None:
+        target = parse_lsn(to_lsn)
+        fitting = [b for b in candidates if b.end <= target]
+    else:
+        assert to_time is not None
+        fitting = [b for b in candidates if datetime.fromisoformat(b.finished_at) <= to_time]
+    if not fitting:
+        raise NotFoundError(f"no base backup of {database} ended before {to_lsn or to_time}: "
+                            "the target cannot be reached", hint="'dbprotect wal status' lists the base backups")
+    return fitting[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """Who runs the restored server: this user, or ``postgres`` when this is root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise ToolError("running as root and there is no 'postgres' OS user to run the restored server as",
+                        hint="run the restore as an unprivileged user") from None
+
+
+def _extract(storage: Storage, record: BaseBackupRecord, identity: pyrage.x25519.Identity, folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(folder)], stdin=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    assert tar.stdin is not None and tar.stderr is not None
+    try:
+        read_base_tar(storage, record, identity, tar.stdin)  # type: ignore[arg-type]
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            tar.stdin.close()
+        err = tar.stderr.read().decode(errors="replace").strip()
+        code = tar.wait()
+    if code != 0:
+        raise ToolError(f"tar could not unpack base backup {record.base_id}: {err.splitlines()[-1] if err else code}")
+    (folder / "pg_wal").mkdir(mode=0o700, exist_ok=True)
+
+
+def _recovery_settings(restore_command: str, to_time: datetime | None, to_lsn: str | None) -> str:
+    def quoted(value: str) -> str:
+        return "'" + value.replace("'", "''") + "'"
+
+    lines = ["", "# dbprotect point-in-time restore", f"restore_command = {quoted(restore_command)}",
+             "recovery_target_action = 'promote'", "recovery_target_inclusive = on",
+             "archive_mode = off", "summarize_wal = off"]
+    if to_lsn is not None:
+        lines.append(f"recovery_target_lsn = {quoted(to_lsn)}")
+    else:
+        assert to_time is not None
+        lines.append(f"recovery_target_time = {quoted(to_time.isoformat(sep=' '))}")
+    return "\n".join(lines) + "\n"
+
+
+def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519.Identity, data_dir: Path,
+                     restore_command: str, to_time: datetime | None = None, to_lsn: str | None = None,
+                     pg_bin_dir: ToolPlace = None, server_environ: Mapping[str, str] | None = None,
+                     work_dir: str | os.PathLike[str] | None = None,
+                     log: Callable[[str], None] = lambda line: None) -> PitrResult:
+    """Restore ``database``'s server as it was at ``to_time`` (aware) or ``to_lsn`` into ``data_dir`` and
+    start it, promoted; see the module docstring. ``server_environ``: the environment the server (and so
+    ``restore_command``) runs with — where the identity variable lives.
+    """
+    if (to_time is None) == (to_lsn is None):
+        raise ValueError("exactly one of to_time and to_lsn")
+    if to_time is not None and to_time.tzinfo is None:
+        raise ValueError("to_time must carry a time zone")
+    started = time.perf_counter()
+    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
+        raise RefusedError(f"{data_dir} exists and is not empty; a point-in-time restore writes a new data "
+                           "directory only", refusal=Refusals.TARGET_EXISTS, hint="name a new folder")
+    base = choose_base(storage, database, to_time=to_time, to_lsn=to_lsn)
+    chain = base_chain(storage, database, base.base_id)
+    major = int(base.server_version.split(".")[0]) if base.server_version[:2].isdigit() else 18
+    user = _server_user()
+    created = not data_dir.exists()
+    try:
+        if len(chain) == 1:
+            _extract(storage, chain[0], identity, data_dir)
+        else:
+            combine = require_tool_for_server("pg_combinebackup", major, pg_bin_dir)
+            work = Path(tempfile.mkdtemp(prefix="dbprotect-pitr-", dir=work_dir))
+            try:
+                folders = []
+                for index, record in enumerate(chain):
+                    folder = work / f"{index:04d}"
+                    _extract(storage, record, identity, folder)
+                    folders.append(str(folder))
+                done = subprocess.run([str(combine.path), *folders, "-o", str(data_dir)], capture_output=True,
+                                      text=True, timeout=24 * 3600)
+                if done.returncode != 0:
+                    raise ToolError(f"pg_combinebackup failed: {(done.stderr.strip().splitlines() or [''])[-1]}")
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        (data_dir / "recovery.signal").touch()
+        (data_dir / "standby.signal").unlink(missing_ok=True)
+        data_dir.chmod(0o700)
+        with contextlib.ExitStack() as stack:
+            if user is not None:
+                restore_command = stack.enter_context(_wal_relay(storage, database, identity, data_dir, user, log))
+            with open(data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+                conf.write(_recovery_settings(restore_command, to_time, to_lsn))
+            result = _start_and_promote(data_dir, major=major, pg_bin_dir=pg_bin_dir, user=user,
+                                        server_environ=server_environ)
+    except BaseException:
+        if created:
+            _stop_quietly(data_dir, major, pg_bin_dir, user)
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    port, socket_dir, in_recovery = result
+    return PitrResult(data_dir, port, socket_dir, [b.base_id for b in chain], to_lsn or str(to_time),
+                      time.perf_counter() - started, in_recovery)
+
+
+@contextlib.contextmanager
+def _wal_relay(storage: Storage, database: str, identity: pyrage.x25519.Identity, data_dir: Path,
+               user: pwd.struct_passwd, log: Callable[[str], None]) -> Iterator[str]:
+    """Serve ``restore_command`` from this process through two FIFOs; yields the command to configure.
+
+    The server's startup process runs restore_command one file at a time, so one request FIFO and one
+    reply FIFO suffice. Only a file name of WAL's own shapes and a destination inside ``pg_wal`` are
+    accepted: the request comes from another OS user.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="dbp-pitr-relay-"))
+    request, reply = folder / "request", folder / "reply"
+    for fifo in (request, reply):
+        os.mkfifo(fifo, 0o600)
+        os.chown(fifo, user.pw_uid, user.pw_gid)
+    folder.chmod(0o711)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with open(request, encoding="utf-8") as incoming:
+                line = incoming.readline().strip()
+            if stop.is_set() or not line:
+                continue
+            status = 1
+            try:
+                name, relative = line.split(" ", 1)
+                dest = (data_dir / relative).resolve()
+                if dest.parent != (data_dir / "pg_wal").resolve():
+                    raise IntegrityError(f"restore_command asked to write outside pg_wal: {relative!r}")
+                fetch_wal(storage, database, name, identity, dest)
+                os.chown(dest, user.pw_uid, user.pw_gid)
+                status = 0
+            except NotFoundError:
+                pass
+            except (DbprotectError, ValueError, OSError) as exc:
+                log(f"restore_command {line!r}: {exc}")
+            with open(reply, "w", encoding="utf-8") as outgoing:
+                outgoing.write(f"{status}\n")
+
+    server = threading.Thread(target=serve, daemon=True, name="dbprotect-wal-relay")
+    server.start()
+    try:
+        yield (f"printf '%%s %%s\\n' %f %p > {request} && read status < {reply} && exit $status")
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError):  # wake the server thread if it waits for a request
+            os.close(os.open(request, os.O_WRONLY | os.O_NONBLOCK))
+        server.join(timeout=5)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_user(user: pwd.struct_passwd | None) -> list[str]:
+    return ["runuser", "-u", user.pw_name, "--"] if user else []
+
+
+def _chown_tree(path: Path, user: pwd.struct_passwd) -> None:
+    os.chown(path, user.pw_uid, user.pw_gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, user: pwd.struct_passwd | None,
+                       server_environ: Mapping[str, str] | None) -> tuple[int, Path, bool]:
+    pg_ctl = require_tool_for_server("pg_ctl", major, pg_bin_dir)
+    socket_dir = Path(tempfile.mkdtemp(prefix="dbp-pitr-sock-"))
+    if user:
+        _chown_tree(data_dir, user)
+        os.chown(socket_dir, user.pw_uid, user.pw_gid)
+    port = free_port()
+    options = f"-c port={port} -c listen_addresses='' -k {socket_dir} -c hot_standby=on"
+    env = dict(server_environ if server_environ is not None else os.environ)
+    log = data_dir / "pitr-server.log"
+    done = subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(data_dir), "-l", str(log), "-o", options,
+                           "-w", "-t", str(PROMOTE_TIMEOUT_SECONDS), "start"], capture_output=True, text=True,
+                          env=env, timeout=PROMOTE_TIMEOUT_SECONDS + 30)
+    if done.returncode != 0:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise ToolError(f"the restored server did not start: {_log_tail(log)}")
+    dsn = f"postgresql://postgres@/postgres?host={socket_dir}&port={port}"
+    deadline = time.monotonic() + PROMOTE_TIMEOUT_SECONDS
+    while True:
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery(), count(*) FROM pg_class").fetchone()
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"the restored server does not answer: {str(exc).splitlines()[0]}") from None
+        in_recovery = bool(row and row[0])
+        if not in_recovery:
+            if not row or int(row[1]) == 0:
+                raise IntegrityError("the restored server's catalogue is empty: the smoke check failed")
+            return port, socket_dir, False
+        if time.monotonic() > deadline:
+            raise ToolError(f"the restored server did not reach its target and promote within "
+                            f"{PROMOTE_TIMEOUT_SECONDS} s: {_log_tail(log)}")
+        time.sleep(0.2)
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no server log"
+    important = [line for line in lines if "FATAL" in line or "ERROR" in line or "PANIC" in line]
+    return (important or lines or ["empty server log"])[-1]
+
+
+def _stop_quietly(data_dir: Path, major: int, pg_bin_dir: ToolPlace, user: pwd.struct_passwd | None) -> None:
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    with contextlib.suppress(Exception):
+        pg_ctl = require_tool_for_server("pg_ctl", major, pg_bin_dir)
+        subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(data_dir), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+
+
+def stop_restored(result: PitrResult, *, pg_bin_dir: ToolPlace = None) -> None:
+    """Stop a server :func:`restore_to_point` started (fast shutdown)."""
+    user = _server_user()
+    pg_ctl = require_tool_for_server("pg_ctl", 18, pg_bin_dir)
+    subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(result.data_dir), "-m", "fast", "stop"],
+                   capture_output=True, timeout=120)
+    shutil.rmtree(result.socket_dir, ignore_errors=True)

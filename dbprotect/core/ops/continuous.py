@@ -1,0 +1,178 @@
+"""Continuous protection resolved from configuration: base backups, the WAL receiver, WAL fetch and
+verification, status. The CLI (``dbprotect wal …``) calls these; later the Dagster definitions will.
+
+Every entry refuses a database without ``continuous:`` (a :class:`ConfigError` naming the key), so a
+logical-only database never gets a half-configured slot.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dbprotect.core.audit import AuditLog
+from dbprotect.core.config.isolation import resolve_dsn
+from dbprotect.core.config.model import Config, ContinuousSpec
+from dbprotect.core.continuous.base import (
+    BaseBackupRecord,
+    BaseVerification,
+    list_base_backups,
+    take_base_backup,
+    verify_base_backup,
+)
+from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
+from dbprotect.core.continuous.wal import (
+    ReceiverStats,
+    WalVerification,
+    fetch_wal,
+    receive_wal,
+    stored_segments,
+    verify_wal,
+    wal_gaps,
+)
+from dbprotect.core.errors import ConfigError, DbprotectError
+from dbprotect.core.ops.context import DEFAULT_ACTOR, audit_failure, primary_store, raw_identity
+from dbprotect.core.pg.dsn import register_dsn
+
+#: The receiver's spool, under the configuration's folder unless ``--spool`` says otherwise.
+SPOOL_FOLDER = ".dbprotect/wal-spool"
+
+
+def continuous_spec(config: Config, database: str) -> ContinuousSpec:
+    """The database's ``continuous:`` section; :class:`ConfigError` when it has none."""
+    spec = config.database(database).continuous
+    if spec is None:
+        raise ConfigError(f"{config.source}: databases.{database} has no 'continuous:' section; it is protected "
+                          "by logical backups only",
+                          hint="add continuous: {slot: dbprotect_" + database + "} (the server must allow "
+                               "replication connections)")
+    return spec
+
+
+def default_spool(config: Config, database: str) -> Path:
+    return config.base_dir() / SPOOL_FOLDER / database
+
+
+def base_backup_database(config: Config, database: str, *, environ: Mapping[str, str] | None = None,
+                         actor: str = DEFAULT_ACTOR) -> BaseBackupRecord:
+    """One base backup of the database's production server (incremental when configured and possible)."""
+    spec = continuous_spec(config, database)
+    storage = primary_store(config, database)
+    audit = AuditLog(storage, actor=actor)
+    try:
+        dsn = register_dsn(resolve_dsn(config, database, "production", environ))
+        identity = raw_identity(config, environ) if spec.incremental and list_base_backups(storage, database) else None
+        record = take_base_backup(database=database, dsn=dsn, storage=storage,
+                                  recipients=config.keys.raw.recipients, incremental=spec.incremental,
+                                  identity=identity, pg_bin_dir=config.tool_dirs,
+                                  zstd_level=config.database(database).compression_level, owner=actor)
+    except DbprotectError as exc:
+        audit_failure(audit, "base-backup", database, exc)
+        raise
+    audit.record("base-backup", database=database, outcome="ok", target=record.base_id,
+                 detail=f"{record.kind} base backup {record.start_lsn}-{record.end_lsn}",
+                 data={"kind": record.kind, "parent": record.parent, "stored_bytes": record.base["size"]})
+    return record
+
+
+def verify_base_backups(config: Config, database: str, *, base_id: str | None = None,
+                        environ: Mapping[str, str] | None = None) -> list[BaseVerification]:
+    """pg_verifybackup over one base backup, or every one of the database."""
+    continuous_spec(config, database)
+    storage = primary_store(config, database)
+    identity = raw_identity(config, environ)
+    records = [r for r in list_base_backups(storage, database) if base_id is None or r.base_id == base_id]
+    if base_id is not None and not records:
+        raise ConfigError(f"no base backup {base_id} of {database}")
+    return [verify_base_backup(storage, record, identity, pg_bin_dir=config.tool_dirs,
+                               work_dir=config.scratch.work_dir) for record in records]
+
+
+def receive_database_wal(config: Config, database: str, *, stop: threading.Event, log: Any,
+                         spool: Path | None = None, environ: Mapping[str, str] | None = None,
+                         poll_seconds: float = 0.5) -> ReceiverStats:
+    """Run the database's WAL receiver until ``stop`` is set (SIGTERM/SIGINT in the CLI)."""
+    spec = continuous_spec(config, database)
+    dsn = register_dsn(resolve_dsn(config, database, "production", environ))
+    return receive_wal(database=database, dsn=dsn, storage=primary_store(config, database),
+                       recipients=config.keys.raw.recipients, spool=spool or default_spool(config, database),
+                       slot=spec.slot, partial_upload_seconds=spec.partial_upload_seconds,
+                       synchronous=spec.synchronous, incremental=spec.incremental, pg_bin_dir=config.tool_dirs,
+                       stop=stop, log=log, poll_seconds=poll_seconds)
+
+
+def fetch_database_wal(config: Config, database: str, name: str, dest: Path, *,
+                       environ: Mapping[str, str] | None = None) -> str:
+    """``restore_command``: decrypt WAL file ``name`` of ``database`` to ``dest``."""
+    continuous_spec(config, database)
+    return fetch_wal(primary_store(config, database), database, name, raw_identity(config, environ), dest)
+
+
+def verify_database_wal(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> WalVerification:
+    continuous_spec(config, database)
+    return verify_wal(primary_store(config, database), database, raw_identity(config, environ))
+
+
+@dataclass(frozen=True)
+class ContinuousStatus:
+    database: str
+    base_backups: list[dict[str, Any]] = field(default_factory=list)
+    timelines: dict[int, dict[str, Any]] = field(default_factory=dict)
+    gaps: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"database": self.database, "base_backups": self.base_backups,
+                "timelines": {str(k): v for k, v in self.timelines.items()},
+                "gaps": [{"first_missing": a, "last_missing": b} for a, b in self.gaps]}
+
+
+def continuous_status(config: Config, database: str) -> ContinuousStatus:
+    """What the store holds: base backups, WAL per timeline (first, newest, count), gaps."""
+    continuous_spec(config, database)
+    storage = primary_store(config, database)
+    bases = [{"base_id": r.base_id, "kind": r.kind, "parent": r.parent, "start_lsn": r.start_lsn,
+              "end_lsn": r.end_lsn, "timeline": r.timeline, "stored_bytes": r.base["size"]}
+             for r in list_base_backups(storage, database)]
+    timelines = {tli: {"first": names[0], "newest": names[-1], "segments": len(names)}
+                 for tli, names in stored_segments(storage, database).items()}
+    return ContinuousStatus(database, bases, timelines, wal_gaps(storage, database))
+
+
+def dbprotect_command() -> str:
+    """How the restored server calls dbprotect back (``restore_command``): this installation's script."""
+    beside = Path(sys.executable).parent / "dbprotect"
+    return str(beside) if beside.is_file() else (shutil.which("dbprotect") or "dbprotect")
+
+
+def restore_database_to_point(config: Config, database: str, *, data_dir: Path, to_time: datetime | None = None,
+                              to_lsn: str | None = None, environ: Mapping[str, str] | None = None,
+                              actor: str = DEFAULT_ACTOR) -> PitrResult:
+    """Restore ``database``'s server to ``to_time``/``to_lsn`` into the new ``data_dir``, started and promoted.
+
+    The server's ``restore_command`` is ``dbprotect --config <this file> wal fetch %f %p --database DB``;
+    the identity reaches it through the server's environment (``environ``), never a file we write.
+    """
+    continuous_spec(config, database)
+    storage = primary_store(config, database)
+    audit = AuditLog(storage, actor=actor)
+    parts = (dbprotect_command(), "--config", str(Path(config.source).resolve()), "wal", "fetch")
+    command = " ".join(shlex.quote(part) for part in parts) + f" %f %p --database {shlex.quote(database)}"
+    try:
+        result = restore_to_point(storage=storage, database=database, identity=raw_identity(config, environ),
+                                  data_dir=data_dir, restore_command=command, to_time=to_time, to_lsn=to_lsn,
+                                  pg_bin_dir=config.tool_dirs, server_environ=environ,
+                                  work_dir=config.scratch.work_dir)
+    except DbprotectError as exc:
+        audit_failure(audit, "pitr-restore", database, exc)
+        raise
+    audit.record("pitr-restore", database=database, outcome="ok", target=str(data_dir),
+                 detail=f"restored to {result.target} from {', '.join(result.chain)}",
+                 data={"seconds": round(result.seconds, 3), "chain": result.chain})
+    return result
