@@ -136,6 +136,10 @@ class Refusals:
     SCHEMA_UNPLANNABLE = Refusal("DBP950", "the schema plan cannot express every difference between the schemas")
     SCHEMA_PLAN_UNPROVEN = Refusal("DBP951", "the plan, applied to a scratch copy of the target's schema, "
                                    "did not make it equal the source's")
+    PLAN_OUTSIDE_PRODUCTION = Refusal("DBP952", "`schema push --plan` runs only in a deployment that holds "
+                                      "production (a development deployment only writes plans)")
+    PLAN_OTHER_SNAPSHOT = Refusal("DBP953", "a plan file was made against a production schema other than "
+                                  "production's current one (its snapshot hash differs)")
     WAL_LEVEL_TOO_LOW = Refusal("DBP960", "continuous protection needs the server's wal_level at replica or logical")
     NO_REPLICATION_ROLE = Refusal("DBP961", "continuous protection connects with a role that may replicate "
                                             "(REPLICATION or superuser)")

@@ -15,12 +15,16 @@ from dbprotect.core.errors import EXIT_OK, ConfigError, Refusals, RefusedError
 from dbprotect.core.ops import (
     cli_actor,
     drift_between,
+    drift_from_production_snapshot,
     guard_command,
     lint_migrations,
     mark_configured_database,
+    plan_against_production_snapshot,
     plan_sync,
+    push_plan_file,
     push_schema,
 )
+from dbprotect.core.schema.planfile import PlanFile, read_plan_file, write_plan_file
 from dbprotect.core.schema.sync import SchemaPlan
 from dbprotect.core.schema.targets import check_target, mark_database
 
@@ -148,19 +152,48 @@ def _print_plan(plan: SchemaPlan) -> None:
             click.echo(f"--   {line}")
 
 
+def _print_plan_file(plan: PlanFile, path: str) -> None:
+    click.echo(f"-- plan taking production (snapshot {plan.source_snapshot_backup_id}, sha256 "
+               f"{plan.source_snapshot_sha256[:12]}) to development, written to {path}")
+    click.echo(scrub(plan.sql) if plan.sql.strip() else "-- (no statements)")
+    if plan.proof:
+        click.echo(f"-- proof: {plan.proof}")
+    for item in plan.unplannable:
+        click.echo(f"-- UNPLANNABLE (push refuses): {item}")
+
+
 @schema.command()
 @click.argument("source", type=ENVIRONMENT_CHOICE)
 @click.argument("target", type=ENVIRONMENT_CHOICE)
 @click.argument("database")
 @click.option("--no-proof", is_flag=True, help="Skip running the plan on a scratch copy of TARGET's schema.")
+@click.option("--from-snapshot", is_flag=True,
+              help="development -> production only: plan against production's newest schema snapshot in the "
+              "store (no production DSN needed); needs --out.")
+@click.option("--out", "out", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --from-snapshot: write the plan file that 'schema push --plan' runs in production.")
 @common_options
 @click.pass_obj
-def diff(ui: Ui, source: str, target: str, database: str, no_proof: bool) -> int:
+def diff(ui: Ui, source: str, target: str, database: str, no_proof: bool, from_snapshot: bool,
+         out: str | None) -> int:
     """Print the DDL that takes TARGET's schema of DATABASE to SOURCE's (changes nothing).
 
     The plan is first run on a scratch copy of TARGET's schema (no data): a difference it would
     not carry is listed as UNPLANNABLE, and 'schema push' refuses such a plan.
+    In a development deployment: 'schema diff development production DB --from-snapshot --out
+    plan.json' writes a plan file bound to the snapshot's hash, for review and 'push --plan'.
     """
+    if from_snapshot or out:
+        if not (from_snapshot and out) or (source, target) != ("development", "production") or no_proof:
+            raise click.UsageError("a plan file is made with: schema diff development production DB "
+                                   "--from-snapshot --out FILE (always proven)")
+        plan_file = plan_against_production_snapshot(ui.load(), database)
+        write_plan_file(plan_file, out)
+        if ui.json:
+            ui.emit({**plan_file.to_dict(), "out": out})
+        else:
+            _print_plan_file(plan_file, out)
+        return EXIT_OK
     plan = plan_sync(ui.load(), database, source, target, prove=not no_proof)
     if ui.json:
         ui.emit(plan.to_dict())
@@ -170,22 +203,33 @@ def diff(ui: Ui, source: str, target: str, database: str, no_proof: bool) -> int
 
 
 @schema.command()
-@click.argument("source", type=ENVIRONMENT_CHOICE)
-@click.argument("target", type=ENVIRONMENT_CHOICE)
-@click.argument("database")
+@click.argument("source", type=ENVIRONMENT_CHOICE, required=False)
+@click.argument("target", type=ENVIRONMENT_CHOICE, required=False)
+@click.argument("database", required=False)
 @click.option("--confirm", "confirmation", metavar="NAME", help="Pushing to production needs DATABASE's name here.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (and its lint) and change nothing.")
+@click.option("--plan", "plan_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Production deployment: apply a plan file made by 'schema diff --from-snapshot --out' "
+              "(no SOURCE TARGET DATABASE; refused unless production's schema is the one it was made against).")
 @common_options
 @click.pass_obj
-def push(ui: Ui, source: str, target: str, database: str, confirmation: str | None, dry_run: bool) -> int:
-    """Make TARGET's schema of DATABASE equal to SOURCE's.
+def push(ui: Ui, source: str | None, target: str | None, database: str | None, confirmation: str | None,
+         dry_run: bool, plan_path: str | None) -> int:
+    """Make TARGET's schema of DATABASE equal to SOURCE's (or apply --plan FILE to production).
 
     production -> development is allowed. development -> production needs the plan to pass
     lint, a backup of production from the last hour that passed integrity (taken now if
     there is none) and --confirm DATABASE. Refusals exit 9 and change nothing.
     """
-    result = push_schema(ui.load(), database, source, target, confirmation=confirmation, dry_run=dry_run,
-                         actor=cli_actor())
+    if plan_path is not None:
+        if source or target or database or dry_run:
+            raise click.UsageError("schema push --plan FILE takes no SOURCE TARGET DATABASE and no --dry-run")
+        result = push_plan_file(ui.load(), read_plan_file(plan_path), confirmation=confirmation, actor=cli_actor())
+    elif source and target and database:
+        result = push_schema(ui.load(), database, source, target, confirmation=confirmation, dry_run=dry_run,
+                             actor=cli_actor())
+    else:
+        raise click.UsageError("schema push needs SOURCE TARGET DATABASE, or --plan FILE")
     if ui.json:
         ui.emit(result.to_dict())
         return EXIT_OK
@@ -201,15 +245,23 @@ def push(ui: Ui, source: str, target: str, database: str, confirmation: str | No
 
 @schema.command()
 @click.argument("database")
+@click.option("--from-snapshot", is_flag=True,
+              help="Compare development with production's newest schema snapshot in the store (a development "
+              "deployment: no production DSN).")
 @common_options
 @click.pass_obj
-def drift(ui: Ui, database: str) -> int:
+def drift(ui: Ui, database: str, from_snapshot: bool) -> int:
     """List the schema differences between development and production (exit 9 on drift).
 
     Objects only on one side and changed columns, types, defaults, constraints, indexes,
     functions, triggers and policies; patterns under schema.pending are allowed.
     """
-    report = drift_between(ui.load(), database)
+    if from_snapshot:
+        report, snapshot = drift_from_production_snapshot(ui.load(), database)
+        if not ui.json:
+            click.echo(f"production as of snapshot {snapshot.backup_id} (sha256 {snapshot.sha256[:12]})")
+    else:
+        report = drift_between(ui.load(), database)
     if ui.json:
         ui.error_context["drift"] = report.to_dict()
     else:

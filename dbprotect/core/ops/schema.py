@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.backup.stream import run_backup
-from dbprotect.core.config.isolation import resolve_dsn
+from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS, resolve_dsn
 from dbprotect.core.config.model import Config
 from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import (
@@ -31,15 +31,25 @@ from dbprotect.core.errors import (
 from dbprotect.core.ops.backups import backup_database, verify_database_backup
 from dbprotect.core.ops.context import audit_log, primary_store, raw_identity, scratch_server_from_config
 from dbprotect.core.pg.dsn import dbname_of, mask_dsn
+from dbprotect.core.pg.scratch import scratch_database
 from dbprotect.core.pg.tools import connect, server_major
 from dbprotect.core.restore.guards import check_confirmation
 from dbprotect.core.schema.drift import DriftReport, compare_schemas
 from dbprotect.core.schema.guard import BACKUP_ID_ENV, GuardResult, mask_arguments
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES, LintResult, lint_files
 from dbprotect.core.schema.plan import plan_migration
-from dbprotect.core.schema.proof import PlanProof, prove_plan
+from dbprotect.core.schema.planfile import PlanFile
+from dbprotect.core.schema.proof import PlanProof, prove_plan, schema_dump
 from dbprotect.core.schema.protect import FRESH_BACKUP, ProtectingBackup, store_name
-from dbprotect.core.schema.stored import StoredSnapshot, drift_from_snapshot, read_schema_snapshot, snapshot_key
+from dbprotect.core.schema.stored import (
+    StoredSnapshot,
+    check_loadable,
+    drift_from_snapshot,
+    load_checked_schema,
+    read_schema_snapshot,
+    schema_sha256,
+    snapshot_key,
+)
 from dbprotect.core.schema.sync import (
     PLAN_PREAMBLE,
     PushResult,
@@ -288,12 +298,12 @@ def drift_between(config: Config, database: str, *, environ: Mapping[str, str] |
                            left="development", right="production", allowed=settings.pending)
 
 
-def drift_from_production_snapshot(config: Config, database: str, *,
-                                   environ: Mapping[str, str] | None = None) -> tuple[DriftReport, StoredSnapshot]:
-    """Development against the newest production schema snapshot in the store: no production DSN needed.
+def newest_production_snapshot(config: Config, database: str, *,
+                               environ: Mapping[str, str] | None = None) -> StoredSnapshot:
+    """The newest production schema snapshot in the store, read and checked with the development identity.
 
-    The snapshot is opened with the development identity (``keys.development``): the key a
-    development deployment already holds, and one that opens no raw backup.
+    The snapshot is opened with ``keys.development``: the key a development deployment already
+    holds, and one that opens no raw backup.
     """
     keys = config.keys.development
     if keys is None:
@@ -307,13 +317,130 @@ def drift_from_production_snapshot(config: Config, database: str, *,
             continue
         snapshot = read_schema_snapshot(storage, database=database, backup_id=entry.backup_id,
                                         identity=load_identity(keys.identity_env, environ))
-        settings = config.database(database).schema_settings
-        with scratch_server_from_config(config, environ) as server:
-            report = drift_from_snapshot(resolve_dsn(config, database, "development", environ), snapshot, server,
-                                         allowed=tuple(settings.pending))
-        return report, snapshot
+        return replace(snapshot, started_at=entry.started_at)
     raise NotFoundError(f"no backup of {database!r} in {storage.uri} carries a schema snapshot",
                         hint="the production deployment writes one with each backup when keys.development is set")
+
+
+def drift_from_production_snapshot(config: Config, database: str, *,
+                                   environ: Mapping[str, str] | None = None) -> tuple[DriftReport, StoredSnapshot]:
+    """Development against the newest production schema snapshot in the store: no production DSN needed."""
+    snapshot = newest_production_snapshot(config, database, environ=environ)
+    settings = config.database(database).schema_settings
+    with scratch_server_from_config(config, environ) as server:
+        report = drift_from_snapshot(resolve_dsn(config, database, "development", environ), snapshot, server,
+                                     allowed=tuple(settings.pending))
+    return report, snapshot
+
+
+def plan_against_production_snapshot(config: Config, database: str, *,
+                                     environ: Mapping[str, str] | None = None) -> PlanFile:
+    """The development side of a push: the plan taking production (as its newest snapshot) to development.
+
+    Made and proven on scratch databases only (the snapshot loaded as the target; the plan run on
+    a copy of it and re-diffed against development); what the proof leaves different is listed
+    as unplannable, so the reviewer and ``push --plan`` see it.
+    """
+    snapshot = newest_production_snapshot(config, database, environ=environ)
+    dev_dsn = resolve_dsn(config, database, "development", environ)
+    source_schema = schema_dump(dev_dsn, pg_bin_dir=config.pg_bin_dir)
+    check_loadable(source_schema, where=f"the development schema of {database!r}")
+    with scratch_server_from_config(config, environ) as server, scratch_database(server) as production_copy:
+        load_checked_schema(production_copy.dsn, snapshot.dump,
+                            what=f"the stored schema snapshot {snapshot.backup_id}")
+        planned = plan_migration(production_copy.dsn, dev_dsn)
+        unplannable = planned.unplannable
+        proof = ""
+        if planned.sql.strip():
+            found = prove_plan(PLAN_PREAMBLE + planned.sql, target_dsn=production_copy.dsn, source_dsn=dev_dsn,
+                               scratch=server, source="development", pg_bin_dir=config.pg_bin_dir)
+            proof = found.summary()
+            if found.error is not None:
+                unplannable += (f"the plan fails on a scratch copy of the production snapshot: {found.error}",)
+            elif found.remaining is not None:
+                unplannable += tuple(f"{line} (left by the plan on a scratch copy)"
+                                     for line in found.remaining.lines())
+    return PlanFile(database=database, source_snapshot_sha256=snapshot.sha256,
+                    source_snapshot_backup_id=snapshot.backup_id, sql=planned.sql, unplannable=unplannable,
+                    proof=proof, source_schema=source_schema)
+
+
+def push_plan_file(config: Config, plan: PlanFile, *, confirmation: str | None = None, actor: str = "dbprotect",
+                   environ: Mapping[str, str] | None = None, now: datetime | None = None) -> PushResult:
+    """Apply a development-made plan file to production, only if it was made against production's schema now.
+
+    Order: this deployment holds production; the plan names a configured database; production's
+    normalized schema hash equals the plan's ``source_snapshot_sha256``; nothing unplannable;
+    lint; typed confirmation; production's marker; the plan proven on a scratch copy of
+    production against development's schema (carried by the file); a fresh verified backup;
+    then the plan in one transaction and a re-diff. Every refusal is audited and changes nothing.
+    """
+    database = plan.database
+    config.database(database)  # an unknown database is a ConfigError before anything else
+    audit = AuditLog(primary_store(config, database), actor=actor)
+    action = "schema-push plan-file development->production"
+    backup: ProtectingBackup | None = None
+    try:
+        if "production" not in ALLOWED_ENVIRONMENTS[config.deployment]:
+            raise RefusedError(f"refused: a {config.deployment} deployment does not push plans; production's "
+                               "deployment runs 'schema push --plan'", hint="hand the reviewed plan file to the "
+                               "production deployment", refusal=Refusals.PLAN_OUTSIDE_PRODUCTION)
+        target_dsn = resolve_dsn(config, database, "production", environ)
+        current = schema_sha256(schema_dump(target_dsn, pg_bin_dir=config.pg_bin_dir))
+        if current != plan.source_snapshot_sha256:
+            raise RefusedError(
+                f"refused: the plan was made against production's schema of snapshot {plan.source_snapshot_backup_id} "
+                f"(sha256 {plan.source_snapshot_sha256[:12]}), production's schema is now {current[:12]}; "
+                "production was not changed", hint="make the plan again from the newest snapshot "
+                "(back up production first, then 'dbprotect schema diff --from-snapshot --out')",
+                refusal=Refusals.PLAN_OTHER_SNAPSHOT)
+        schema_plan = SchemaPlan(database, "development", "production", mask_dsn(target_dsn), plan.sql,
+                                 unplannable=plan.unplannable, proof=plan.proof)
+        if plan.empty:
+            return PushResult(schema_plan, applied=False, notes=["the plan is empty: nothing to do"])
+        if plan.unplannable:
+            raise RefusedError(f"refused: the plan cannot express {len(plan.unplannable)} difference(s): "
+                               + "; ".join(plan.unplannable[:3]) + "; production was not changed",
+                               hint="make that change by hand (through 'dbprotect guard'), then plan again",
+                               refusal=Refusals.SCHEMA_UNPLANNABLE)
+        with connect(target_dsn, autocommit=True) as conn:
+            major = server_major(conn)
+        lint = lint_plan(schema_plan.script(), database, pg_version=major,
+                         exclude=tuple(config.database(database).schema_settings.lint_exclude))
+        schema_plan = replace(schema_plan, lint=lint)
+        if not lint.ok:
+            raise RefusedError(f"refused: the plan fails migration lint ({len(lint.findings)} finding(s): "
+                               + "; ".join(lint.lines()[:3]) + "); production was not changed",
+                               hint="change the development schema, or apply a reviewed migration with waivers "
+                               "through 'dbprotect guard'", refusal=Refusals.LINT_FINDINGS)
+        check_confirmation(database, confirmation)
+        require_target_marker(target_dsn, "production")
+        with scratch_server_from_config(config, environ) as server, scratch_database(server) as development_copy:
+            load_checked_schema(development_copy.dsn, plan.source_schema, what="the plan file's development schema")
+            proof = prove_plan(schema_plan.script(), target_dsn=target_dsn, source_dsn=development_copy.dsn,
+                               scratch=server, source="development", pg_bin_dir=config.pg_bin_dir)
+            if not proof.ok:
+                raise RefusedError(f"refused: {proof.summary()}; production was not changed",
+                                   hint="the plan would not make production equal development; plan again",
+                                   refusal=Refusals.SCHEMA_PLAN_UNPROVEN)
+            backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
+                take_verified_backup(config, database, "production", why=f"the schema push to {database}",
+                                     actor=actor, environ=environ)
+            apply_plan(target_dsn, schema_plan.script())
+            after = compare_schemas(development_copy.dsn, target_dsn, left="development", right="production")
+    except DbprotectError as exc:
+        outcome = "refused" if isinstance(exc, RefusedError) else "failed"
+        audit.record(action, database=database, outcome=outcome, detail=exc.one_line(),
+                     data={"error": exc.code, "plan_snapshot_sha256": plan.source_snapshot_sha256})
+        raise
+    audit.record(action, database=database, outcome="ok" if after.ok else "failed", target=backup.backup_id,
+                 detail=f"{len(plan.sql.splitlines())} plan lines applied (snapshot {plan.source_snapshot_backup_id}); "
+                 f"{after.summary()}", data={"backup": backup.describe(), "drift_after": after.lines(),
+                                             "plan_snapshot_sha256": plan.source_snapshot_sha256})
+    if not after.ok:
+        raise DatabaseError(f"the plan was applied but {after.summary()}",
+                            hint="results could not express every difference; review them by hand")
+    return PushResult(schema_plan, applied=True, backup=backup, drift_after=after, notes=[proof.summary()])
 
 
 def migrations_dir(config: Config, database: str) -> Path | None:

@@ -5,8 +5,8 @@ the schema only (``pg_dump --schema-only``, no data, no owners, no privileges), 
 *schema* recipients, so the key that opens it opens no backup. A development deployment that
 holds only that schema identity reads the newest snapshot, loads it into a scratch database and
 compares its own database with it: drift without ever holding a production DSN or the raw key.
-The design (and what is not built yet: signatures, plan files bound to a snapshot's hash) is in
-``docs/schema-across-deployments.md``.
+Plan files bound to a snapshot's hash are in :mod:`dbprotect.core.schema.planfile`; the design
+(and what is not built yet: signatures) is in ``docs/schema-across-deployments.md``.
 
 Everything read from the store is untrusted: the document is parsed strictly, bounded, must name
 the folder it was found in, and its SHA-256 (of the normalized schema) is recomputed from the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -54,6 +55,8 @@ class StoredSnapshot:
     sha256: str
     server_version: str
     dump: str
+    #: when the backup carrying it started (from the store's listing; None when read alone)
+    started_at: datetime | None = None
 
 
 def write_schema_snapshot(storage: Storage, *, database: str, backup_id: str, dsn: str, recipients: list[str],
@@ -146,19 +149,24 @@ def _is_set_config(node: object) -> bool:
         all(isinstance(arg, ast.A_Const) for arg in call.args or ())
 
 
+def load_checked_schema(dsn: str, dump: str, *, what: str) -> None:
+    """Run a schema dump that :func:`check_loadable` accepted into a scratch database (never anywhere else)."""
+    try:
+        with connect(dsn, autocommit=True, application_name="dbprotect-schema") as conn:
+            conn.execute(dump.encode())
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ToolError(f"{what} does not load: {first}") from None
+
+
 def drift_from_snapshot(dsn: str, snapshot: StoredSnapshot, scratch: ScratchServer, *, left: str = "development",
                         allowed: tuple[str, ...] = ()) -> DriftReport:
     """``dsn``'s schema against a stored snapshot (loaded into a scratch database, never run elsewhere)."""
     with scratch_database(scratch) as copy:
-        try:
-            with connect(copy.dsn, autocommit=True, application_name="dbprotect-schema") as conn:
-                conn.execute(snapshot.dump.encode())
-        except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ToolError(f"the stored schema snapshot {snapshot.backup_id} does not load: {first}") from None
+        load_checked_schema(copy.dsn, snapshot.dump, what=f"the stored schema snapshot {snapshot.backup_id}")
         return compare_schemas(dsn, copy.dsn, left=left, right=f"production (snapshot {snapshot.backup_id})",
                                allowed=allowed)
 
 
-__all__ = ["StoredSnapshot", "drift_from_snapshot", "read_schema_snapshot", "schema_sha256", "snapshot_key",
-           "write_schema_snapshot"]
+__all__ = ["StoredSnapshot", "check_loadable", "drift_from_snapshot", "load_checked_schema", "read_schema_snapshot",
+           "schema_sha256", "snapshot_key", "write_schema_snapshot"]

@@ -7,6 +7,10 @@ Thin wiring over :mod:`dbprotect.core.schema`:
   a new version in the UI, with the snapshot text as metadata.
 - ``schema_matches_development`` on ``[<db>, schema_production]`` (only where one deployment holds
   both DSNs, i.e. ``demo``): the drift list from ``results``, minus ``schema.pending``.
+- ``schema_matches_production_snapshot`` on ``[<db>, schema_development]`` in a *development*
+  deployment (no production DSN; ``keys.development`` set): development against the newest
+  production schema snapshot in the store (issue 14). A snapshot older than the RPO is a
+  warning even without drift: production may have changed since it was taken.
 - ``schema_sync``: a launchpad-typed job calling :func:`~dbprotect.core.schema.sync.push_schema`,
   whose guards (lint, fresh verified backup, typed confirmation, markers) apply unchanged.
 - ``<db>_pre_migration_backup_sensor`` (``watch.py``): runs ``<db>_backup_job`` when a new
@@ -14,13 +18,16 @@ Thin wiring over :mod:`dbprotect.core.schema`:
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
+from datetime import UTC, datetime, timedelta
+
 import dagster as dg
 
 from dbprotect.core.config.isolation import protected_databases, reachable_environments, resolve_dsn
 from dbprotect.core.config.model import Config
-from dbprotect.core.ops import drift_between, push_schema
+from dbprotect.core.ops import drift_between, drift_from_production_snapshot, push_schema
 from dbprotect.core.schema.drift import DriftReport
 from dbprotect.core.schema.snapshot import SchemaSnapshot, take_snapshot
+from dbprotect.core.schema.stored import StoredSnapshot
 from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, database_pool
 from dbprotect.defs.resources import DbprotectConfigResource
@@ -28,6 +35,7 @@ from dbprotect.defs.schema.watch import build_pre_migration_sensor
 
 SCHEMA_ASSET_PREFIX = "schema_"
 DRIFT_CHECK = "schema_matches_development"
+SNAPSHOT_DRIFT_CHECK = "schema_matches_production_snapshot"
 SCHEMA_SYNC_JOB = "schema_sync"
 
 
@@ -83,6 +91,43 @@ def build_drift_check(database: str) -> dg.AssetChecksDefinition:
     return schema_matches_development
 
 
+def snapshot_drift_evaluation(report: DriftReport, snapshot: StoredSnapshot, *, rpo_hours: float,
+                              now: datetime | None = None) -> dg.AssetCheckResult:
+    """The development-side verdict: drift fails; no drift against a snapshot older than the RPO warns."""
+    age = (now or datetime.now(UTC)) - snapshot.started_at if snapshot.started_at else None
+    stale = age is None or age > timedelta(hours=rpo_hours)
+    age_text = f"{age.total_seconds() / 3600:.1f} h old" if age is not None else "of unknown age"
+    description = f"{report.summary()} (production snapshot {snapshot.backup_id}, {age_text})"
+    if report.ok and stale:
+        description += f"; older than the RPO ({rpo_hours:g} h): production may have changed since"
+    return dg.AssetCheckResult(
+        passed=report.ok and not stale, description=description[:1000],
+        severity=dg.AssetCheckSeverity.WARN if report.ok else dg.AssetCheckSeverity.ERROR,
+        metadata={"differences": dg.MetadataValue.int(len(report.items)),
+                  "allowed_pending": dg.MetadataValue.int(len(report.allowed)),
+                  "snapshot_backup_id": dg.MetadataValue.text(snapshot.backup_id),
+                  "snapshot_sha256": dg.MetadataValue.text(snapshot.sha256),
+                  "snapshot_age_hours": dg.MetadataValue.float(age.total_seconds() / 3600 if age else -1.0),
+                  "drift": dg.MetadataValue.text("\n".join(report.lines()) or "none")})
+
+
+def build_snapshot_drift_check(database: str, rpo_hours: float) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        pool=database_pool(database),
+        asset=schema_key(database, "development"), name=SNAPSHOT_DRIFT_CHECK,
+        description="Development's schema equals production's newest schema snapshot in the store (read with "
+        "the development key, checked as hostile, loaded only into a scratch database); no production DSN. "
+        "A snapshot older than the RPO warns.",
+    )
+    def schema_matches_production_snapshot(
+            dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
+        with core_errors_as_failures():
+            report, snapshot = drift_from_production_snapshot(dbprotect_config.load(), database)
+        return snapshot_drift_evaluation(report, snapshot, rpo_hours=rpo_hours)
+
+    return schema_matches_production_snapshot
+
+
 class SchemaSyncConfig(dg.Config):
     """The launchpad form of ``schema_sync``: only schema moves (there is no data option)."""
 
@@ -121,7 +166,8 @@ def build_schema_sync_job() -> dg.JobDefinition:
 
 
 def build_schema_definitions(config: Config) -> dg.Definitions:
-    """Snapshot assets per reachable environment, the drift check and schema_sync where both are reachable."""
+    """Snapshot assets per reachable environment, the drift check and schema_sync where both are reachable,
+    the snapshot drift check in a development deployment."""
     assets: list[dg.AssetsDefinition] = []
     checks: list[dg.AssetChecksDefinition] = []
     both = False
@@ -131,6 +177,8 @@ def build_schema_definitions(config: Config) -> dg.Definitions:
         if {"production", "development"} <= set(environments):
             checks.append(build_drift_check(database))
             both = True
+        elif environments == ["development"] and config.keys.development is not None:
+            checks.append(build_snapshot_drift_check(database, config.database(database).rpo_hours))
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=[build_schema_sync_job()] if both else [])
 
 
