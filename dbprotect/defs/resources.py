@@ -3,7 +3,12 @@
 Secrets are ``dagster.EnvVar`` references, resolved only when a run uses them (never at import or
 definitions load); the UI shows a variable's *name*, never its value. Each resource hands plain
 values to :mod:`dbprotect.core` as arguments (an identity, a key, a DSN): nothing is copied into
-``os.environ``, and core does not look there for a secret it was given.
+``os.environ``, and core does not look there for a secret it was given. The other connection
+DSNs (restore targets, the warm copy, the scratch server's admin DSN, schema and sanitize
+lookups) reach core as one ``environ=`` mapping from :class:`SecretsResource`, holding only the
+variables the configuration names. Not yet through a resource: S3 credentials (``open_storage``
+reads ``access_key_env``/``secret_key_env`` from ``os.environ``) and the pre-migration sensor's
+production DSN.
 
 The configuration path and the identities are plain objects, not ``ConfigurableResource``s:
 Dagster writes a configurable resource's values into the launchpad form of every job that uses it
