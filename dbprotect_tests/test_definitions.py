@@ -176,8 +176,8 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
             "shop_pre_migration_backup_sensor": {"jobs": ["shop_backup_job"], "status": "RUNNING"},
             "retention_on_load_sensor": {"jobs": ["retention_checks_job"], "status": "RUNNING"},
         },
-        "resources": ["dbprotect_config", "ledger_db_production_postgres", "raw_backup_identity",
-                      "shop_production_postgres"],
+        "resources": ["dbprotect_config", "dbprotect_secrets", "ledger_db_production_postgres",
+                      "raw_backup_identity", "shop_production_postgres"],
     }
 
 
@@ -281,7 +281,7 @@ def test_development_deployment_defines_no_production_snapshot(write_config,
     assert snapshot(defs) == {"assets": {"shop/schema_development": {"group": "shop", "kinds": ["postgres"],
                                                                      "freshness": None, "fail_window_hours": None}},
                               "checks": {}, "jobs": {}, "schedules": {}, "sensors": {},
-                              "resources": ["dbprotect_config"]}
+                              "resources": ["dbprotect_config", "dbprotect_secrets"]}
 
 
 def test_missing_configuration_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

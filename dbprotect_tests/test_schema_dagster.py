@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from dbprotect.core.config.load import load_config
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, build_resources
 from dbprotect.defs.schema import build_schema_definitions
 from dbprotect_tests.fixtures.fix_pg import fixture_sql, load_sql_file, mark_environment, psql
 
@@ -27,7 +27,8 @@ def test_snapshots_drift_check_and_sync_job(make_db: Callable[..., str], write_c
     monkeypatch.setenv("TEST_SHOP_DEV_DSN", dev)
     psql(dev, "ALTER TABLE album ADD COLUMN release_year integer")
     defs = build_schema_definitions(load_config())
-    resources = {CONFIG_RESOURCE: DbprotectConfigResource(path=str(path))}
+    # The code location's resources: the config path, the DSNs' and the identity's EnvVars.
+    resources = {**build_resources(load_config()), CONFIG_RESOURCE: DbprotectConfigResource(path=str(path))}
     assets = list(defs.assets or [])
     checks = list(defs.asset_checks or [])
 

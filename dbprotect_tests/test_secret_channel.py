@@ -17,9 +17,24 @@ from dagster._core.snap import JobSnap
 from dagster_graphql.schema.run_config import default_values_yaml_from_type_snap
 
 import dbprotect.defs
+from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.defs import load_definitions
-from dbprotect.defs.names import INTEGRITY_CHECK, RESTORE_JOB, restore_verification_job_name
-from dbprotect.defs.resources import IDENTITY_RESOURCE, AgeIdentityResource, PostgresResource, build_resources
+from dbprotect.defs.names import (
+    INTEGRITY_CHECK,
+    RESTORE_JOB,
+    WARM_COPY_CHECK,
+    restore_verification_job_name,
+    warm_copy_job_name,
+)
+from dbprotect.defs.resources import (
+    IDENTITY_RESOURCE,
+    SECRETS_RESOURCE,
+    AgeIdentityResource,
+    PostgresResource,
+    SecretsResource,
+    build_resources,
+)
+from dbprotect_tests.fixtures.fix_pg import table_counts
 
 ROWS_SQL = ("CREATE TABLE item (id int PRIMARY KEY, name text); "
             "INSERT INTO item SELECT g, 'n' || g FROM generate_series(1, 50) g;")
@@ -124,3 +139,83 @@ def test_the_backup_takes_its_dsn_from_the_resource(write_config, make_db, monke
     result = load_definitions().resolve_job_def("shop_backup_job").execute_in_process(instance=instance)
     assert result.success
     assert dict(os.environ) == before and "TEST_SHOP_PROD_DSN" not in os.environ
+
+
+WARM_VAR = "TEST_SHOP_WARM_DSN"
+SCRATCH_VAR = "TEST_SCRATCH_ADMIN_DSN"
+
+
+def test_the_secrets_resource_names_every_connection_variable_and_shows_no_value(
+        write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every DSN variable the configuration names for this deployment, read only when asked, values never shown."""
+    monkeypatch.setenv(WARM_VAR, "postgresql://u:warm-s3cret@backup/shop_warm")
+    monkeypatch.delenv(SCRATCH_VAR, raising=False)
+    write_config("postgresql://u:prod-s3cret@db/shop", deployment="production",
+                 extra={"scratch": {"admin_dsn_env": SCRATCH_VAR}, "databases": {"shop": {"environments": {
+                     "production": {"dsn_env": "TEST_SHOP_PROD_DSN"}, "development": {"dsn_env": "TEST_SHOP_DEV_DSN"}},
+                     "warm_copy": {"dsn_env": WARM_VAR}}}})
+    secrets = load_definitions().resources[SECRETS_RESOURCE]
+    assert isinstance(secrets, SecretsResource)
+    # A production deployment may not reach development: that variable is not even named.
+    assert set(secrets.values) == {"TEST_SHOP_PROD_DSN", WARM_VAR, SCRATCH_VAR}
+    assert "s3cret" not in repr(secrets)
+    # Unset variables are left out (core then names the one a run lacks); the rest read now.
+    assert secrets.environ() == {"TEST_SHOP_PROD_DSN": "postgresql://u:prod-s3cret@db/shop",
+                                 WARM_VAR: "postgresql://u:warm-s3cret@backup/shop_warm"}
+    monkeypatch.setenv(WARM_VAR, "postgresql://u:rotated@backup/shop_warm")
+    assert secrets.environ()[WARM_VAR].endswith("rotated@backup/shop_warm")  # never cached at load
+
+
+@pytest.mark.slow
+def test_backup_verification_warm_copy_and_restore_take_every_dsn_from_resources(
+        write_config, make_db, pg, age_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+        instance: dg.DagsterInstance) -> None:
+    """The production DSN, the scratch server's admin DSN, the warm copy's DSN and the identity reach
+    the runs only through their resources; ``os.environ`` holds none of them, before or after."""
+    source = make_db(ROWS_SQL, prefix="shop")
+    warm_name, restored = f"{dbname_of(source)}_warm", f"{dbname_of(source)}_restored"
+    given = {"TEST_SHOP_PROD_DSN": source, WARM_VAR: pg.dsn(warm_name), SCRATCH_VAR: pg.admin_dsn}
+    write_config(source, deployment="production", extra={
+        "scratch": {"admin_dsn_env": SCRATCH_VAR},
+        "databases": {"shop": {"environments": {"production": {"dsn_env": "TEST_SHOP_PROD_DSN"}},
+                               "warm_copy": {"dsn_env": WARM_VAR}}}})
+    for name in (*given, "TEST_RAW_IDENTITY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def resources_holding_the_values(config):  # type: ignore[no-untyped-def]
+        return {**build_resources(config), SECRETS_RESOURCE: SecretsResource(dict(given)),
+                IDENTITY_RESOURCE: AgeIdentityResource(identity=age_keys[0], identity_env="TEST_RAW_IDENTITY"),
+                "shop_production_postgres": PostgresResource(dsn=source)}
+
+    monkeypatch.setattr(dbprotect.defs, "build_resources", resources_holding_the_values)
+    defs = load_definitions()
+    before = dict(os.environ)
+    try:
+        assert defs.resolve_job_def("shop_backup_job").execute_in_process(instance=instance).success
+        verified = defs.resolve_job_def(restore_verification_job_name("shop")).execute_in_process(instance=instance)
+        assert verified.success
+        evaluations = verified.get_asset_check_evaluations()
+        assert evaluations and all(e.passed for e in evaluations), evaluations
+        warm = defs.resolve_job_def(warm_copy_job_name("shop")).execute_in_process(instance=instance)
+        assert warm.success
+        [warm_check] = [e for e in warm.get_asset_check_evaluations() if e.check_name == WARM_COPY_CHECK]
+        assert warm_check.passed, warm_check.description
+        assert table_counts(pg.dsn(warm_name)) == table_counts(source)
+        restore = defs.resolve_job_def(RESTORE_JOB).execute_in_process(
+            instance=instance, run_config={"ops": {"restore_backup": {"config": {
+                "database": "shop", "target_database": restored}}}})
+        assert restore.success
+        assert table_counts(pg.dsn(restored)) == table_counts(source) and sum(table_counts(source).values()) == 50
+        assert dict(os.environ) == before
+
+        # The counter-test: the code location's own secrets resource reads os.environ's variables
+        # (EnvVar); without them the warm copy names the missing one and fails: nothing else supplied it.
+        monkeypatch.setattr(dbprotect.defs, "build_resources", lambda config: {
+            **resources_holding_the_values(config), SECRETS_RESOURCE: build_resources(config)[SECRETS_RESOURCE]})
+        failed = load_definitions().resolve_job_def(warm_copy_job_name("shop")).execute_in_process(
+            instance=instance, raise_on_error=False)
+        assert not failed.success
+        assert f"${WARM_VAR} is not set" in str(failed.get_step_failure_events()[0].event_specific_data.error)
+    finally:
+        for name in (warm_name, f"{warm_name}__incoming", restored):
+            pg.drop_database(name)

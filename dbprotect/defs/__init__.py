@@ -10,7 +10,7 @@ Layout (as in dagster-open-platform): one folder per domain, one file per kind::
 
     defs/
       names.py        every asset key, check, job and schedule name
-      resources.py    config path, production DSNs (EnvVar), raw-backup identity (EnvVar)
+      resources.py    config path, production DSNs, connection secrets by variable name, identities (EnvVar)
       helpers.py      core errors as Failures, numeric metadata, phase logging, per-database resources
       backups/        assets.py, checks.py, schedules.py
       copies/         a backup-copy asset per extra storage target, copy_integrity_verified, copy jobs

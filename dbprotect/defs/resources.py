@@ -3,7 +3,12 @@
 Secrets are ``dagster.EnvVar`` references, resolved only when a run uses them (never at import or
 definitions load); the UI shows a variable's *name*, never its value. Each resource hands plain
 values to :mod:`dbprotect.core` as arguments (an identity, a key, a DSN): nothing is copied into
-``os.environ``, and core does not look there for a secret it was given.
+``os.environ``, and core does not look there for a secret it was given. The other connection
+DSNs (restore targets, the warm copy, the scratch server's admin DSN, schema and sanitize
+lookups) reach core as one ``environ=`` mapping from :class:`SecretsResource`, holding only the
+variables the configuration names. Not yet through a resource: S3 credentials (``open_storage``
+reads ``access_key_env``/``secret_key_env`` from ``os.environ``) and the pre-migration sensor's
+production DSN.
 
 The configuration path and the identities are plain objects, not ``ConfigurableResource``s:
 Dagster writes a configurable resource's values into the launchpad form of every job that uses it
@@ -16,7 +21,7 @@ from __future__ import annotations
 import dagster as dg
 import pyrage
 
-from dbprotect.core.config.isolation import check_credential_isolation, protected_databases
+from dbprotect.core.config.isolation import check_credential_isolation, protected_databases, reachable_environments
 from dbprotect.core.config.load import config_file, load_config
 from dbprotect.core.config.model import Config
 from dbprotect.core.crypto import load_identity
@@ -28,6 +33,7 @@ from dbprotect.defs.names import postgres_resource_key
 #: ``raw_backup_identity: dg.ResourceParam[AgeIdentityResource]``): Dagster binds a resource by parameter name.
 CONFIG_RESOURCE = "dbprotect_config"
 IDENTITY_RESOURCE = "raw_backup_identity"
+SECRETS_RESOURCE = "dbprotect_secrets"
 
 
 class DbprotectConfigResource:
@@ -113,10 +119,48 @@ class AgeIdentityResource:
         return load_identity(self.identity_env, {self.identity_env: value} if value else {})
 
 
+class SecretsResource:
+    """The connection secrets a run hands core as its `environ=` argument: DSNs by variable name.
+
+    Keyed by the variable names the configuration gives (each environment's `dsn_env` this
+    deployment may reach, `warm_copy.dsn_env`, `scratch.admin_dsn_env`), each value an
+    `EnvVar` (or, where a caller holds the secret itself, its text). `environ()` reads them
+    now into a fresh mapping holding only those names, so core, which looks a secret up in the
+    `environ` it is given, never falls back to `os.environ` and nothing is written there.
+    A plain object, for the same reason as `AgeIdentityResource`: no launchpad plumbing.
+    """
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    def __repr__(self) -> str:  # names only, never a value
+        return f"SecretsResource(names={sorted(self.values)!r})"
+
+    def environ(self) -> dict[str, str]:
+        """`{variable: value}` for each named secret that is set; unset ones are left out, so
+        core's one-line "$VAR is not set" names the variable the run lacks."""
+        resolved = {name: resolve_secret(value) for name, value in self.values.items()}
+        return {name: value for name, value in resolved.items() if value}
+
+    @classmethod
+    def of(cls, config: Config) -> SecretsResource:
+        """`EnvVar` references for every connection secret this deployment may use."""
+        names: set[str] = set()
+        for database in config.databases:
+            spec = config.database(database)
+            names.update(spec.environments[env].dsn_env for env in reachable_environments(config, database))
+            if spec.warm_copy is not None and "production" in reachable_environments(config, database):
+                names.add(spec.warm_copy.dsn_env)
+        if config.scratch.admin_dsn_env:
+            names.add(config.scratch.admin_dsn_env)
+        return cls({name: dg.EnvVar(name) for name in sorted(names)})
+
+
 def build_resources(config: Config) -> dict[str, object]:
     """Every resource the definitions of ``config`` need, secrets as ``EnvVar`` references only."""
     resources: dict[str, object] = {
         CONFIG_RESOURCE: DbprotectConfigResource.of(config),
+        SECRETS_RESOURCE: SecretsResource.of(config),
     }
     databases = protected_databases(config)
     if databases:  # only a deployment that backs up production may hold the raw-backup identity

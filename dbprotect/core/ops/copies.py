@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import pyrage
+
 from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS
 from dbprotect.core.config.model import Config
 from dbprotect.core.copy import CopyPlan, CopyResult, copy_backup, holdings, plan_copy, verify_copy
@@ -143,7 +145,8 @@ def warm_copy_dsn(config: Config, database: str, environ: Mapping[str, str] | No
 
 def refresh_warm_copy(config: Config, database: str, *, force: bool = False, actor: str = "dbprotect",
                       environ: Mapping[str, str] | None = None,
-                      progress: Callable[[str], None] | None = None) -> WarmCopyOutcome:
+                      progress: Callable[[str], None] | None = None,
+                      identity: pyrage.x25519.Identity | None = None) -> WarmCopyOutcome:
     """Put the newest verified backup of ``database`` into its warm copy, unless it is there already.
 
     The rules are :func:`dbprotect.core.restore.warm.refresh_into`'s; the refresh, or its failure,
@@ -156,7 +159,8 @@ def refresh_warm_copy(config: Config, database: str, *, force: bool = False, act
         dsn = warm_copy_dsn(config, database, environ)
         backup_id = newest_verified_backup(storage, database)
         with terminate_as_interrupt():
-            outcome = refresh_into(storage, load_manifest(storage, database, backup_id), raw_identity(config, environ),
+            outcome = refresh_into(storage, load_manifest(storage, database, backup_id),
+                                   raw_identity(config, environ, identity),
                                    dsn, recipients=config.keys.raw.recipients, pg_bin_dir=config.tool_dirs,
                                    work_dir=config.scratch.work_dir, actor=actor, force=force,
                                    progress=progress, audit=audit)

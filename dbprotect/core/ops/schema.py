@@ -14,6 +14,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyrage
+
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS, resolve_dsn
@@ -121,7 +123,8 @@ def fresh_verified_backup(config: Config, database: str, *, max_age: timedelta, 
 
 
 def take_verified_backup(config: Config, database: str, environment: str, *, why: str, actor: str,
-                         environ: Mapping[str, str] | None = None) -> ProtectingBackup:
+                         environ: Mapping[str, str] | None = None,
+                         identity: pyrage.x25519.Identity | None = None) -> ProtectingBackup:
     """Back up the database behind ``environment`` now and check its integrity (rungs 1 and 2).
 
     Any failure, of the backup or of its verification, becomes one :class:`RefusedError` saying
@@ -131,7 +134,7 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
         if environment == "production":
             result = backup_database(config, database, environ=environ, actor=actor)
             report = verify_database_backup(config, database, result.manifest.backup_id, by=actor,
-                                            environ=environ, actor=actor)
+                                            environ=environ, actor=actor, identity=identity)
         else:
             storage = primary_store(config, database)
             name = store_name(database, environment)
@@ -139,7 +142,8 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
             result = run_backup(database=name, dsn=resolve_dsn(config, database, environment, environ),
                                 storage=storage, recipients=config.keys.raw.recipients, environment=environment,
                                 pg_bin_dir=config.tool_dirs)
-            report = verify_backup(storage, name, result.manifest.backup_id, raw_identity(config, environ), by=actor)
+            report = verify_backup(storage, name, result.manifest.backup_id, raw_identity(config, environ, identity),
+                                   by=actor)
             audit.record("backup", database=name, outcome="ok" if report.ok else "failed",
                          target=result.manifest.backup_id, detail=f"before {why}; {report.summary()}")
     except DbprotectError as exc:
@@ -224,7 +228,7 @@ def plan_sync(config: Config, database: str, source: str, target: str, *, prove:
 
 def push_schema(config: Config, database: str, source: str, target: str, *, confirmation: str | None = None,
                 dry_run: bool = False, actor: str = "dbprotect", environ: Mapping[str, str] | None = None,
-                now: datetime | None = None) -> PushResult:
+                now: datetime | None = None, identity: pyrage.x25519.Identity | None = None) -> PushResult:
     """Make ``target``'s schema equal to ``source``'s, behind the rules in the module docstring.
 
     Refusals raise :class:`RefusedError` before anything changes and are recorded in the audit log
@@ -259,7 +263,7 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
         if target == "production":
             backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
                 take_verified_backup(config, database, "production", why=f"the schema push to {database}",
-                                     actor=actor, environ=environ)
+                                     actor=actor, environ=environ, identity=identity)
         apply_plan(target_dsn, plan.script())
         after = compare_schemas(resolve_dsn(config, database, source, environ), target_dsn, left=source,
                                 right=target)

@@ -26,7 +26,7 @@ from dbprotect.defs.names import (
     snapshot_key,
     warm_copy_key,
 )
-from dbprotect.defs.resources import DbprotectConfigResource
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, SecretsResource
 
 #: The holdings table's column for the warm copy (the store targets are named by their config names).
 WARM_COLUMN = "warm copy"
@@ -79,11 +79,14 @@ def build_warm_copy_asset(database: str) -> dg.AssetsDefinition:
         metadata={"database": database},
     )
     def warm_copy(context: dg.AssetExecutionContext,
-                  dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.MaterializeResult:
+                  dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                  dbprotect_secrets: dg.ResourceParam[SecretsResource],
+                  raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.MaterializeResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
-            outcome = refresh_warm_copy(loaded, database, actor=actor, progress=phase_logger(context.log, "warm copy"))
+            outcome = refresh_warm_copy(loaded, database, actor=actor, progress=phase_logger(context.log, "warm copy"),
+                                        environ=dbprotect_secrets.environ(), identity=raw_backup_identity.parsed())
             holdings = warm_holdings_markdown(loaded, database, outcome.backup_id)
         context.log.info(outcome.reason)
         return dg.MaterializeResult(metadata={**warm_copy_metadata(outcome),
@@ -101,11 +104,13 @@ def build_warm_copy_check(database: str) -> dg.AssetChecksDefinition:
         "sequences and large objects equal the manifest of the backup it holds.",
     )
     def warm_copy_verified(context: dg.AssetCheckExecutionContext,
-                           dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
+                           dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                           dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             try:
-                report = verify_warm_copy(dbprotect_config.load(), database, actor=actor)
+                report = verify_warm_copy(dbprotect_config.load(), database, actor=actor,
+                                          environ=dbprotect_secrets.environ())
             except NotFoundError as exc:  # no warm copy yet: red and visible, not a crashed run
                 return dg.AssetCheckResult(passed=False, description=safe_text(exc.one_line()))
         return dg.AssetCheckResult(

@@ -26,7 +26,7 @@ from dbprotect.core.restore.drill import DrillResult
 from dbprotect.core.restore.staged import RestoreVerification
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, safe_text
 from dbprotect.defs.names import DRILL_CHECK, RESTORE_CHECK, database_pool, snapshot_key
-from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, SecretsResource
 
 #: Counts among the metrics; every other metric is a measured float (seconds).
 _INT_METRICS = frozenset({"tables", "rows", "objects", "problems"})
@@ -40,13 +40,15 @@ def drill_check_key(database: str) -> dg.AssetCheckKey:
     return dg.AssetCheckKey(snapshot_key(database), DRILL_CHECK)
 
 
-def restore_verified_result(config: Config, database: str, identity: AgeIdentityResource) -> dg.AssetCheckResult:
+def restore_verified_result(config: Config, database: str, identity: AgeIdentityResource,
+                            environ: Mapping[str, str] | None = None) -> dg.AssetCheckResult:
+    """``environ``: the run's connection secrets (:class:`SecretsResource`), for the scratch server's admin DSN."""
     key = restore_check_key(database)
     with core_errors_as_failures():
         audit = AuditLog(primary_store(config, database), actor="dagster")
         try:
             verification = restore_verify_database(config, database, by="dagster", identity=identity.parsed(),
-                                                   audit=audit)
+                                                   audit=audit, environ=environ)
         except NotFoundError as exc:  # nothing to restore: a red check, not a crashed run
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
                                        description=safe_text(exc.one_line()))
@@ -62,12 +64,14 @@ def verification_metadata(verification: RestoreVerification) -> dict[str, dg.Met
     }
 
 
-def drill_result(config: Config, database: str, identity: AgeIdentityResource) -> dg.AssetCheckResult:
+def drill_result(config: Config, database: str, identity: AgeIdentityResource,
+                 environ: Mapping[str, str] | None = None) -> dg.AssetCheckResult:
     key = drill_check_key(database)
     with core_errors_as_failures():
         audit = AuditLog(primary_store(config, database), actor="dagster:drill")
         try:
-            result = drill_database(config, database, by="dagster:drill", identity=identity.parsed(), audit=audit)
+            result = drill_database(config, database, by="dagster:drill", identity=identity.parsed(), audit=audit,
+                                    environ=environ)
         except NotFoundError as exc:
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
                                        description=safe_text(exc.one_line()))
@@ -107,10 +111,11 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
         "equal the manifest. The scratch database is always dropped; the result is recorded in the store.",
     )
     def restore_verified(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
-                         raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.AssetCheckResult:
+                         raw_backup_identity: dg.ResourceParam[AgeIdentityResource],
+                         dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
-        return restore_verified_result(loaded, database, raw_backup_identity)
+        return restore_verified_result(loaded, database, raw_backup_identity, dbprotect_secrets.environ())
 
     @dg.asset_check(
         pool=database_pool(database),
@@ -119,9 +124,10 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
         f"within the RTO target of {spec.rto_minutes:g} min. RTO and RPO at drill time are plotted.",
     )
     def restore_drill_within_rto(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
-                                 raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.AssetCheckResult:
+                                 raw_backup_identity: dg.ResourceParam[AgeIdentityResource],
+                                 dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
-        return drill_result(loaded, database, raw_backup_identity)
+        return drill_result(loaded, database, raw_backup_identity, dbprotect_secrets.environ())
 
     return [restore_verified, restore_drill_within_rto]

@@ -15,10 +15,11 @@ holds the form and tags the run ``dbprotect/database``) and one worker op per da
 this is how the database chosen at launch still takes its pool (limit 1 in dagster.yaml), so a
 restore never runs beside another restore, backup or check of the same database.
 
-DSNs are read from their environment variables in the run's process, by core, as the CLI does
-(a missing variable of one database must not stop the restore of another); the raw-backup
-identity comes from its ``EnvVar`` resource as an argument. That resource has no run config, so
-the launchpad form holds only the restore's own fields (no ``resources:`` block).
+The target DSNs come from the ``dbprotect_secrets`` resource (``EnvVar``s read when the run needs
+them, handed to core as its ``environ=`` mapping; a missing variable of one database must not
+stop the restore of another, so an unset one is core's one-line error only where it is used); the
+raw-backup identity comes from its ``EnvVar`` resource as an argument. Neither resource has run
+config, so the launchpad form holds only the restore's own fields (no ``resources:`` block).
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
@@ -36,7 +37,7 @@ from dbprotect.core.pg.dsn import server_label
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, phase_logger, safe_text, safe_value
 from dbprotect.defs.names import DATABASE_TAG, RESTORE_JOB, dagster_name, database_pool
-from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, SecretsResource
 
 #: Counts among a restore's metrics; the others are its phases' seconds.
 _INT_METRICS = frozenset({"objects", "tables", "rows", "tables_released_during_restore"})
@@ -135,7 +136,8 @@ def _restore_worker(database: str) -> dg.OpDefinition:
     )
     def restore_one(context: dg.OpExecutionContext, request: dict,
                     dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
-                    raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.Output:
+                    raw_backup_identity: dg.ResourceParam[AgeIdentityResource],
+                    dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.Output:
         by = f"dagster:{RESTORE_JOB}:{context.run_id[:8]}"
         with core_errors_as_failures():
             outcome = restore_database(
@@ -144,6 +146,7 @@ def _restore_worker(database: str) -> dg.OpDefinition:
                 target_name=_blank(request["target_database"]), confirmation=_blank(request["confirmation"]),
                 dry_run=request["dry_run"], by=by, identity=raw_backup_identity.parsed(),
                 progress=phase_logger(context.log, "restore phase"), analyze=request["analyze"],
+                environ=dbprotect_secrets.environ(),
             )
         if isinstance(outcome, RestorePlan):
             context.log.info(f"dry run, nothing changed:\n{outcome.summary()}")

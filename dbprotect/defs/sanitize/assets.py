@@ -22,8 +22,10 @@ from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, data
 from dbprotect.defs.resources import (
     CONFIG_RESOURCE,
     IDENTITY_RESOURCE,
+    SECRETS_RESOURCE,
     AgeIdentityResource,
     DbprotectConfigResource,
+    SecretsResource,
     resolve_secret,
 )
 
@@ -98,7 +100,7 @@ def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefini
                      "development key. Stored only when every blocking check passes."),
         check_specs=[dg.AssetCheckSpec(name, asset=key, blocking=True, description=_CHECK_TEXT[name])
                      for name in BLOCKING_CHECKS],
-        required_resource_keys={CONFIG_RESOURCE, IDENTITY_RESOURCE, key_resource},
+        required_resource_keys={CONFIG_RESOURCE, IDENTITY_RESOURCE, SECRETS_RESOURCE, key_resource},
         metadata={"database": database, "store_folder": sanitized_name(database)},
     )
     def sanitized_copy(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
@@ -107,9 +109,10 @@ def build_sanitized_copy_asset(config: Config, database: str) -> dg.AssetsDefini
         settings = keyed_resource(context, CONFIG_RESOURCE, DbprotectConfigResource)
         identity = keyed_resource(context, IDENTITY_RESOURCE, AgeIdentityResource)
         masking = keyed_resource(context, key_resource, MaskingKeyResource)
+        secrets = keyed_resource(context, SECRETS_RESOURCE, SecretsResource)
         with core_errors_as_failures():
             result = build_sanitized_copy(settings.load(), database, identity=identity.parsed(),
-                                          key_value=masking.resolved(),
+                                          key_value=masking.resolved(), environ=secrets.environ(),
                                           by=dagster_actor(context.run.job_name, context.run.tags),
                                           progress=phase_logger(context.log, "sanitize phase"))
         checks = [dg.AssetCheckResult(check_name=c.name, passed=c.ok, description=c.detail,

@@ -19,7 +19,13 @@ from dbprotect.core.ops import primary_store, promote_dev_copy
 from dbprotect.core.sanitize.promote import newest_promotable
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata
 from dbprotect.defs.names import dagster_name
-from dbprotect.defs.resources import CONFIG_RESOURCE, AgeIdentityResource, DbprotectConfigResource
+from dbprotect.defs.resources import (
+    CONFIG_RESOURCE,
+    SECRETS_RESOURCE,
+    AgeIdentityResource,
+    DbprotectConfigResource,
+    SecretsResource,
+)
 
 PROMOTE_JOB = "promote_dev_copy"
 #: The op takes this resource as its ``development_identity`` parameter (Dagster binds by name).
@@ -53,11 +59,13 @@ def build_promote_job(config: Config, databases: list[str]) -> dg.JobDefinition:
     )
     def promote_sanitized_copy(context: dg.OpExecutionContext, config: PromoteConfig,
                                dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
-                               development_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.Output:
+                               development_identity: dg.ResourceParam[AgeIdentityResource],
+                               dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.Output:
         with core_errors_as_failures():
             result: Any = promote_dev_copy(dbprotect_config.load(), config.database, confirmed=config.confirm,
                                            artifact_id=(config.artifact_id or "").strip() or None,
                                            identity=development_identity.parsed(),
+                                           environ=dbprotect_secrets.environ(),
                                            by=f"dagster:{PROMOTE_JOB}:{context.run_id[:8]}")
         value = {"database": config.database, "artifact_id": result.plan.backup_id,
                  "development_database": result.target_database, "safety_backup_id": result.safety_backup_id}
@@ -76,7 +84,8 @@ def build_promote_job(config: Config, databases: list[str]) -> dg.JobDefinition:
 
 
 def _job_resources(config: Config) -> dict[str, Any]:
-    return {CONFIG_RESOURCE: DbprotectConfigResource.of(config), **development_identity_resources(config)}
+    return {CONFIG_RESOURCE: DbprotectConfigResource.of(config), SECRETS_RESOURCE: SecretsResource.of(config),
+            **development_identity_resources(config)}
 
 
 def build_promote_sensor(config: Config, database: str, job: dg.JobDefinition) -> dg.SensorDefinition:

@@ -30,7 +30,7 @@ from dbprotect.core.schema.snapshot import SchemaSnapshot, take_snapshot
 from dbprotect.core.schema.stored import StoredSnapshot
 from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import DATABASE_TAG, dagster_actor, dagster_name, database_pool
-from dbprotect.defs.resources import DbprotectConfigResource
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, SecretsResource
 from dbprotect.defs.schema.watch import build_pre_migration_sensor
 
 SCHEMA_ASSET_PREFIX = "schema_"
@@ -65,10 +65,12 @@ def build_schema_asset(database: str, environment: str) -> dg.AssetsDefinition:
         description=f"The normalized schema (pg_dump --schema-only, noise removed, objects sorted) of the "
         f"{environment} database of {database!r}; its SHA-256 is the data version.",
     )
-    def schema_snapshot(dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.MaterializeResult:
+    def schema_snapshot(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                        dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.MaterializeResult:
         with core_errors_as_failures():
             config = dbprotect_config.load()
-            snapshot = take_snapshot(resolve_dsn(config, database, environment), pg_bin_dir=config.tool_dirs)
+            snapshot = take_snapshot(resolve_dsn(config, database, environment, dbprotect_secrets.environ()),
+                                     pg_bin_dir=config.tool_dirs)
         return dg.MaterializeResult(data_version=dg.DataVersion(snapshot.sha256), metadata=schema_metadata(snapshot))
 
     return schema_snapshot
@@ -81,9 +83,10 @@ def build_drift_check(database: str) -> dg.AssetChecksDefinition:
         description="Development and production schemas are equal (results compares the live databases); "
         "object order is not drift; patterns under schema.pending are allowed.",
     )
-    def schema_matches_development(dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
+    def schema_matches_development(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                                   dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
-            report = drift_between(dbprotect_config.load(), database)
+            report = drift_between(dbprotect_config.load(), database, environ=dbprotect_secrets.environ())
         evaluation = drift_evaluation(report, database)
         return dg.AssetCheckResult(passed=evaluation.passed, description=evaluation.description,
                                    metadata=evaluation.metadata)
@@ -142,13 +145,19 @@ class SchemaSyncConfig(dg.Config):
 def build_schema_sync_job() -> dg.JobDefinition:
     @dg.op
     def push_schema_op(context: dg.OpExecutionContext, config: SchemaSyncConfig,
-                       dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> None:
+                       dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                       dbprotect_secrets: dg.ResourceParam[SecretsResource],
+                       raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> None:
         # The database is chosen in the form, so the run is tagged with it here (every run names its database).
         context.instance.add_run_tags(context.run_id, {DATABASE_TAG: config.database})
         with core_errors_as_failures():
+            # Only a push that changes production takes (and verifies) a backup: nothing else decrypts.
+            decrypts = config.target == "production" and not config.dry_run
             result = push_schema(dbprotect_config.load(), config.database, config.source, config.target,
                                  confirmation=config.confirmation or None, dry_run=config.dry_run,
-                                 actor=dagster_actor(context.run.job_name, context.run.tags))
+                                 actor=dagster_actor(context.run.job_name, context.run.tags),
+                                 environ=dbprotect_secrets.environ(),
+                                 identity=raw_backup_identity.parsed() if decrypts else None)
         context.log.info("plan:\n" + (result.plan.script() or "(no changes)"))
         context.log_event(dg.AssetObservation(
             asset_key=schema_key(config.database, config.target),
