@@ -62,6 +62,7 @@ from dbprotect.core.schema.sync import (
 from dbprotect.core.schema.targets import check_target
 from dbprotect.core.schema.watch import WatchState, alembic_revision, migration_files
 from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.store.manifest import with_kind
 from dbprotect.core.verify.integrity import verify_backup
 
 
@@ -129,7 +130,7 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
     """
     try:
         if environment == "production":
-            result = backup_database(config, database, environ=environ, actor=actor)
+            result = backup_database(config, database, environ=environ, actor=actor, kind="guard")
             report = verify_database_backup(config, database, result.manifest.backup_id, by=actor,
                                             environ=environ, actor=actor)
         else:
@@ -138,7 +139,7 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
             audit = AuditLog(storage, actor=actor)
             result = run_backup(database=name, dsn=resolve_dsn(config, database, environment, environ),
                                 storage=storage, recipients=config.keys.raw.recipients, environment=environment,
-                                pg_bin_dir=config.tool_dirs)
+                                pg_bin_dir=config.tool_dirs, finish=with_kind("guard"))
             report = verify_backup(storage, name, result.manifest.backup_id, raw_identity(config, environ), by=actor)
             audit.record("backup", database=name, outcome="ok" if report.ok else "failed",
                          target=result.manifest.backup_id, detail=f"before {why}; {report.summary()}")
