@@ -22,6 +22,7 @@ import queue
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -691,7 +692,8 @@ def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing:
 def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major: int, archive_major: int,
                             jobs: int | None = None, keep_owners: bool = False, pg_bin_dir: ToolPlace = None,
                             progress: Progress | None = None,
-                            on_table_data: Callable[[int], None] | None = None) -> None:
+                            on_table_data: Callable[[int], None] | None = None,
+                            timings: dict[str, float] | None = None) -> None:
     """Restore an archive that is never a file: pre-data, data, post-data, each from its own stream.
 
     Why not ``pg_restore -j``: it needs a seekable file, i.e. the plaintext archive on disk. Here
@@ -700,13 +702,21 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
     stops reading after a few megabytes; the data section is one whole pass (SHA-256 and size
     checked at its end, before post-data starts) whose tables load ``jobs`` at a time on their own
     connections, each committed and reported to ``on_table_data`` as it finishes. A restore that
-    fails anywhere leaves only its staging database, which the caller drops.
+    fails anywhere leaves only its staging database, which the caller drops. ``timings`` gets each
+    section's seconds (``restore_pre_data_seconds``, ``restore_data_seconds``, ``restore_post_data_seconds``).
     """
     choice = restore_tool(archive_major, _target_major(dsn), dsn=dsn, place=pg_bin_dir)
     del server_major  # the tool is chosen by the archive's pg_dump and the target
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
     _section(choice, feed, dsn, ["--section=pre-data"], keep_owners=keep_owners, place=pg_bin_dir,
              progress=progress)
+    timings["restore_pre_data_seconds"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
     _load_data(choice, feed, dsn, jobs=jobs or default_jobs(), listing=listing, on_table_data=on_table_data,
                progress=progress)
+    timings["restore_data_seconds"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
     _section(choice, feed, dsn, ["--section=post-data"], keep_owners=keep_owners, place=pg_bin_dir,
              progress=progress)
+    timings["restore_post_data_seconds"] = round(time.perf_counter() - started, 3)

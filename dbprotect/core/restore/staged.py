@@ -170,10 +170,13 @@ def staged_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
             def feed(write: Callable[[bytes], object], whole: bool) -> bool:
                 return feed_archive(storage, manifest, identity, write, whole=whole)
 
+            sections: dict[str, float] = {}
             with clock("restore"):
                 run_pg_restore_streamed(feed, staging.dsn, listing=listing, server_major=major,
                                         archive_major=archive_major, jobs=jobs, keep_owners=keep_owners,
-                                        pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release)
+                                        pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release,
+                                        timings=sections)
+            clock.timings.update(sections)  # within restore_seconds
             clock.timings["tables_released_during_restore"] = tables.released_early
             with _analyze_alongside(staging.dsn, clock.timings, enabled=analyze) as analyzed, clock("verify"):
                 problems, objects = verify_restored_database(staging.dsn, manifest, expected, tables=tables,
