@@ -1,13 +1,14 @@
 """A restore told to stop (issue 10, point 8): SIGTERM cleans up like Ctrl-C; SIGKILL's leftovers are swept next.
 
 A real ``dbprotect restore`` subprocess overwriting a marked production database is signalled
-while its plaintext archive sits in the work folder. After SIGTERM: no plaintext folder, no
-staging database, the target unchanged. After SIGKILL: the folder and the staging database are
-left, and the next restore on that server removes both before it starts.
+while it loads data into its staging database (the archive streamed: no plaintext file in the
+work folder at any point). After SIGTERM: no staging database, the target unchanged. After
+SIGKILL: the staging database is left, and the next restore on that server removes it before it starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,6 @@ from dbprotect.core.errors import EXIT_INTERRUPTED
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import set_marker
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
-from dbprotect.core.restore.decrypt import FOLDER_PREFIX
 from dbprotect_tests.fixtures.fix_pg import content
 
 # Slow, so not in the fast lane: each test backs up a 30 MB database and restores it in a subprocess (5-10 s).
@@ -57,16 +57,22 @@ def _start_restore(name: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
 
 
-def _wait_for_plaintext(work: Path, proc: subprocess.Popen[str]) -> None:
-    """Until the decrypted archive is being written (the restore is mid-way), or fail."""
+def _wait_for_data_loading(pg, work: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the staging database holds the table being loaded (the restore is mid-way), or fail.
+
+    Meanwhile the work folder stays empty: the archive is streamed, never written in plaintext.
+    """
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if any((folder / "dump.pgdump").exists() for folder in work.glob(f"{FOLDER_PREFIX}*")):
-            return
+        assert list(work.iterdir()) == [], "a plaintext file appeared in the work folder"
+        for name in _staging(pg):
+            with contextlib.suppress(psycopg.Error), psycopg.connect(pg.dsn(name), connect_timeout=5) as conn:
+                if conn.execute("SELECT to_regclass('public.events') IS NOT NULL").fetchone() == (True,):
+                    return
         if proc.poll() is not None:
-            raise AssertionError(f"restore ended before the plaintext existed: {proc.communicate()}")
+            raise AssertionError(f"restore ended before it loaded data: {proc.communicate()}")
         time.sleep(0.01)
-    raise AssertionError("no plaintext archive appeared")
+    raise AssertionError("the restore never started loading data")
 
 
 def _staging(pg) -> list[str]:
@@ -78,7 +84,7 @@ def test_a_signalled_restore_removes_its_plaintext_and_staging_and_leaves_the_ta
     work, target, name = overwrite_setup
     before = content(target)
     proc = _start_restore(name)
-    _wait_for_plaintext(work, proc)
+    _wait_for_data_loading(pg, work, proc)
     assert _staging(pg)  # mid-restore: the staging database exists
     proc.send_signal(sig)
     _out, err = proc.communicate(timeout=120)
@@ -93,10 +99,11 @@ def test_a_killed_restore_leaves_what_the_next_restore_sweeps_first(overwrite_se
     work, target, name = overwrite_setup
     before = content(target)
     proc = _start_restore(name)
-    _wait_for_plaintext(work, proc)
+    _wait_for_data_loading(pg, work, proc)
     proc.kill()
     proc.communicate(timeout=60)
-    assert [p.name for p in work.iterdir()] and _staging(pg)  # SIGKILL cannot clean up
+    assert _staging(pg)  # SIGKILL cannot clean up; nothing was ever written in plaintext
+    assert list(work.iterdir()) == []
     assert content(target) == before
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:  # until the server has seen the killed client go

@@ -25,11 +25,12 @@ from dbprotect.cli.ui.render import (
 )
 from dbprotect.core.errors import EXIT_OK, EXIT_RPO_VIOLATED, DbprotectError, IntegrityError
 from dbprotect.core.ops import (
+    BackupListing,
     backup_database,
     cli_actor,
     database_status,
     list_database_backups,
-    locate_backup,
+    locate_any_backup,
     verify_database_backup,
 )
 from dbprotect.core.store.catalog import BackupEntry
@@ -161,43 +162,50 @@ def backup(ui: Ui, database: str) -> int:
 
 @click.command("list")
 @click.argument("database")
-@click.option("--all", "include_incomplete", is_flag=True,
-              help="Also show incomplete uploads (no manifest): never backups, shown for cleanup and diagnosis.")
+@click.option("--all", "include_all", is_flag=True,
+              help="Every kind of backup (scheduled, manual, safety, guard, sanitized), with its kind, and "
+              "incomplete uploads (no manifest): never backups, shown for cleanup and diagnosis.")
 @common_options
 @click.pass_obj
-def list_command(ui: Ui, database: str, include_incomplete: bool) -> int:
+def list_command(ui: Ui, database: str, include_all: bool) -> int:
     """The backups of DATABASE in its primary store, newest first, with status, size and age.
 
     Read from the store alone (object names and sizes; no manifest is downloaded). Status is
     'unverified', 'verified:<highest rung passed>', 'failed:<rungs>', or with --all
-    'incomplete' (an upload that never got its manifest).
+    'incomplete' (an upload that never got its manifest). --all also lists the safety backups
+    taken before overwrite restores, the guard backups and the sanitized copies, with a kind
+    column (which reads the manifests of DATABASE's own folder): 'verify' and 'restore' take
+    any of these ids.
     """
-    listing = list_database_backups(ui.load(), database, include_incomplete=include_incomplete)
+    listing = list_database_backups(ui.load(), database, include_incomplete=include_all, all_kinds=include_all)
     now = datetime.now(UTC)
     if ui.json:
         ui.emit({"database": database, "storage": listing.storage_uri, "backups": [
-            {**entry.to_dict(), "age_seconds": round((now - entry.started_at).total_seconds())}
+            {**entry.to_dict(), "age_seconds": round((now - entry.started_at).total_seconds()),
+             **({"kind": listing.kind(entry), "folder": entry.database} if include_all else {})}
             for entry in listing.entries
         ], "skipped_folders": list(listing.skipped)})
         return EXIT_OK
-    _print_list(ui, database, listing.storage_uri, listing.entries, now)
+    _print_list(ui, database, listing.storage_uri, listing.entries, now, listing if include_all else None)
     for reason in listing.skipped:
         ui.console().print(f"[yellow]skipped, not a backup:[/] {escape(reason)}", soft_wrap=True)
     return EXIT_OK
 
 
-def _print_list(ui: Ui, database: str, storage_uri: str, entries: list[BackupEntry], now: datetime) -> None:
+def _print_list(ui: Ui, database: str, storage_uri: str, entries: list[BackupEntry], now: datetime,
+                kinds: BackupListing | None = None) -> None:
     console = ui.console()
     if not entries:
         console.print(f"no backups of {escape(database)} in {escape(storage_uri)}", soft_wrap=True)
         return
     table = Table(title=f"backups of {database} in {storage_uri}", title_justify="left")
-    for column in ("backup id", "started (UTC)", "age", "size", "status"):
+    for column in ("backup id", *(("kind",) if kinds else ()), "started (UTC)", "age", "size", "status"):
         table.add_column(column)
     for entry in entries:
         colour = "green" if entry.status.startswith("verified") else "red" if entry.status.startswith(
             ("failed", "incomplete", "missing")) else "yellow"
-        table.add_row(entry.backup_id, f"{entry.started_at:%Y-%m-%d %H:%M:%S}", human_age(now - entry.started_at),
+        table.add_row(entry.backup_id, *((escape(kinds.kind(entry) or "backup"),) if kinds else ()),
+                      f"{entry.started_at:%Y-%m-%d %H:%M:%S}", human_age(now - entry.started_at),
                       human_bytes(entry.dump_bytes), f"[{colour}]{escape(entry.status)}[/]")
     console.print(table)
 
@@ -228,9 +236,9 @@ def verify(ui: Ui, backup_id: str, database: str | None, stored_only: bool) -> i
         if len(config.databases) != 1:
             raise click.UsageError("'latest' needs --database when several databases are configured")
         database = next(iter(config.databases))
-    entry = locate_backup(config, backup_id, database)
-    report = verify_database_backup(config, entry.database, entry.backup_id, stored_only=stored_only,
-                                    by="dbprotect verify", actor=cli_actor())
+    owner, entry = locate_any_backup(config, backup_id, database)
+    report = verify_database_backup(config, owner, entry.backup_id, stored_only=stored_only,
+                                    by="dbprotect verify", actor=cli_actor(), folder=entry.database)
     if ui.json:
         ui.error_context["verification"] = report.to_dict()
     else:

@@ -14,7 +14,7 @@ import click
 from dbprotect.cli.commands.wal import point_in_time_options, point_in_time_restore
 from dbprotect.cli.ui.render import PhasePrinter, Ui, common_options, human_age, scrub
 from dbprotect.core.errors import EXIT_OK, EXIT_RTO_EXCEEDED, IntegrityError
-from dbprotect.core.ops import audit_log, cli_actor, drill_database, restore_database
+from dbprotect.core.ops import audit_log, cli_actor, drill_database, restore_database, undo_command
 from dbprotect.core.restore.oncall import RestorePlan
 
 
@@ -60,6 +60,9 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
             to_lsn: str | None = None, data_dir: Path | None = None) -> int:
     """Restore BACKUP_ID of DATABASE (default: the newest backup that passed verification).
 
+    BACKUP_ID may be any kind of DATABASE's backups ('list DATABASE --all'): a safety backup
+    taken before an overwrite restore (whose undo command that restore printed), a guard backup.
+
     \b
     Works from dbprotect.yaml and the backup store alone (no Dagster). Targets:
       --target new            a new database <database>_restored_<backup id> on the
@@ -101,13 +104,17 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
     plan = outcome.plan
     if ui.json:
         ui.emit({"dry_run": False, "plan": plan.to_dict(), "restored_database": outcome.target_database,
-                 "safety_backup_id": outcome.safety_backup_id, "metrics": outcome.metrics()})
+                 "safety_backup_id": outcome.safety_backup_id, "metrics": outcome.metrics(),
+                 "undo_command": undo_command(database, outcome.safety_backup_id, plan.target.environment,
+                                              outcome.target_database) if outcome.safety_backup_id else None})
         return EXIT_OK
     timings = phase_line(outcome.timings)
     click.echo(f"restored {database} backup {plan.backup_id} into {plan.target.environment} database "
                f"{outcome.target_database!r}: {plan.tables} tables, {plan.rows:,} rows verified")
     if outcome.safety_backup_id:
         click.echo(f"  safety backup of the replaced database: {outcome.safety_backup_id} ({database}-safety)")
+        click.echo("  to undo this restore: " + undo_command(database, outcome.safety_backup_id,
+                                                              plan.target.environment, outcome.target_database))
     click.echo(f"  phases: {timings}")
     return EXIT_OK
 

@@ -23,6 +23,7 @@ from dbprotect.core.ops import (
     plan_sync,
     push_plan_file,
     push_schema,
+    undo_command_for,
 )
 from dbprotect.core.schema.planfile import PlanFile, read_plan_file, write_plan_file
 from dbprotect.core.schema.sync import SchemaPlan
@@ -239,6 +240,8 @@ def push(ui: Ui, source: str | None, target: str | None, database: str | None, c
     if result.applied:
         if result.backup:
             click.echo(f"protected by {result.backup.describe()}")
+            click.echo("  to undo: " + undo_command_for(ui.load(), result.backup.database, "production",
+                                                             result.backup.backup_id))
         click.echo(f"applied: {result.drift_after.summary() if result.drift_after else 'done'}")
     return EXIT_OK
 
@@ -307,4 +310,6 @@ def guard(ui: Ui, database: str | None, environment: str, confirmation: str | No
         ui.emit(result.to_dict())
     else:
         click.echo(f"guard: {result.backup.describe()}; '{result.command}' exited {result.returncode}", err=True)
+        click.echo("guard: to undo: " + undo_command_for(config, database, environment, result.backup.backup_id),
+                   err=True)
     return result.returncode

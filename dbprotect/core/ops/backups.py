@@ -24,13 +24,18 @@ from dbprotect.core.ops.context import (
 from dbprotect.core.pg.dsn import register_dsn
 from dbprotect.core.schema.stored import write_schema_snapshot
 from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups
+from dbprotect.core.store.manifest import with_kind
 from dbprotect.core.verify.integrity import IntegrityReport, verify_backup
 
 
 def backup_database(config: Config, database: str, *, dsn: str | None = None,
                     progress: ProgressCallback | None = None,
-                    environ: Mapping[str, str] | None = None, actor: str = DEFAULT_ACTOR) -> BackupResult:
+                    environ: Mapping[str, str] | None = None, actor: str = DEFAULT_ACTOR,
+                    kind: str | None = None) -> BackupResult:
     """Back up the production environment of ``database`` to its primary store.
+
+    ``kind`` (recorded in the manifest) defaults to ``scheduled`` for Dagster's runs
+    (``dagster:…`` actors) and ``manual`` for everyone else.
 
     The outcome (the backup id and sizes, or the failure or refusal) goes to the primary store's
     audit log as ``actor`` (``cli:<user>``, ``dagster:<job>``).
@@ -44,6 +49,7 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
             recipients=config.keys.raw.recipients, environment="production", pg_bin_dir=config.tool_dirs,
             progress=progress, exclude_table_data=config.database(database).exclude_table_data,
             zstd_level=config.database(database).compression_level, owner=actor,
+            finish=with_kind(kind or ("scheduled" if actor.startswith("dagster") else "manual")),
         )
     except DbprotectError as exc:
         audit_failure(audit, "backup", database, exc)
@@ -67,8 +73,11 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
 def verify_database_backup(config: Config, database: str, backup_id: str | None = None, *,
                            identity: pyrage.x25519.Identity | None = None, stored_only: bool = False,
                            by: str = "dbprotect", environ: Mapping[str, str] | None = None,
-                           actor: str | None = None) -> IntegrityReport:
+                           actor: str | None = None, folder: str | None = None) -> IntegrityReport:
     """Integrity-check one backup (default: the newest); rung 2 needs the raw identity.
+
+    ``folder``: the store folder the backup sits in when it is not ``database``'s own (a safety or
+    guard backup, see :func:`dbprotect.core.ops.catalog.locate_any_backup`).
 
     The result (or why there was none) goes to the primary store's audit log as ``actor``
     (default: ``by``, the name recorded with each rung's result).
@@ -84,10 +93,10 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
                                     hint=f"take one with 'dbprotect backup {database}'")
             backup_id = entries[0].backup_id
         else:
-            backup_id = find_backup(storage, [database], backup_id).backup_id
+            backup_id = find_backup(storage, [folder or database], backup_id).backup_id
         if identity is None and not stored_only:
             identity = raw_identity(config, environ)
-        report = verify_backup(storage, database, backup_id, identity, by=by)
+        report = verify_backup(storage, folder or database, backup_id, identity, by=by)
     except DbprotectError as exc:
         audit_failure(audit, "verify", database, exc, target=backup_id or "")
         raise

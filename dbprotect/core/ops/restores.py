@@ -18,6 +18,7 @@ from dbprotect.core.errors import (
     Refusals,
     RefusedError,
 )
+from dbprotect.core.ops.catalog import backup_folders
 from dbprotect.core.ops.context import (
     primary_store,
     raw_identity,
@@ -65,21 +66,25 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
                      analyze: bool | None = None) -> RestorePlan | RestoreResult:
     """The on-call restore of a configured database: what ``dbprotect restore`` and the ``restore`` job call.
 
-    ``backup_id`` defaults to the newest verified backup (:func:`newest_verified_backup`); a new
-    database's name defaults to :func:`default_restore_name`. Every guard is
+    ``backup_id`` defaults to the newest verified backup (:func:`newest_verified_backup`); any
+    other id may be a backup of any kind of ``database`` (a safety backup, a guard backup: the undo
+    path, :func:`~dbprotect.core.ops.catalog.backup_folders`). A new database's name defaults to
+    :func:`default_restore_name`. Every guard is
     :func:`dbprotect.core.restore.oncall.restore`'s; this resolves the store, keys, tools and work folder
     from the configuration and audits the outcome (refusals included) in the store.
     """
     storage = primary_store(config, database)
+    folder = database
     if backup_id is None:
         backup_id = newest_verified_backup(storage, database)
     else:
-        backup_id = find_backup(storage, [database], backup_id).backup_id
+        entry = find_backup(storage, [database] if backup_id == "latest" else backup_folders(database), backup_id)
+        backup_id, folder = entry.backup_id, entry.database
     if not existing and not target_name:
         target_name = default_restore_name(database, backup_id)
     target = restore_target(config, database, environment=environment, existing=existing, name=target_name,
                             environ=environ)
-    manifest = load_manifest(storage, database, backup_id)
+    manifest = load_manifest(storage, folder, backup_id)
     # A restore writes the store too (its safety backup, its records): it holds the database's lock,
     # so a cleanup cannot delete the backup being restored; a dry run writes nothing and takes none.
     # SIGTERM arrives as an exception, so the lock is released like any other exit.
@@ -89,7 +94,8 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
         return restore(storage, manifest, raw_identity(config, environ, identity), target, confirmation=confirmation,
                        recipients=config.keys.raw.recipients, dry_run=dry_run,
                        audit=AuditLog(storage, actor=by), pg_bin_dir=config.tool_dirs,
-                       work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze)
+                       work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze,
+                       safety_database=f"{database}-safety")
 
 
 def restore_verify_database(config: Config, database: str, backup_id: str | None = None, *,

@@ -64,6 +64,7 @@ from dbprotect.core.schema.sync import (
 from dbprotect.core.schema.targets import check_target
 from dbprotect.core.schema.watch import WatchState, alembic_revision, migration_files
 from dbprotect.core.store.catalog import list_backups
+from dbprotect.core.store.manifest import with_kind
 from dbprotect.core.verify.integrity import verify_backup
 
 
@@ -132,7 +133,7 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
     """
     try:
         if environment == "production":
-            result = backup_database(config, database, environ=environ, actor=actor)
+            result = backup_database(config, database, environ=environ, actor=actor, kind="guard")
             report = verify_database_backup(config, database, result.manifest.backup_id, by=actor,
                                             environ=environ, actor=actor, identity=identity)
         else:
@@ -141,7 +142,7 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
             audit = AuditLog(storage, actor=actor)
             result = run_backup(database=name, dsn=resolve_dsn(config, database, environment, environ),
                                 storage=storage, recipients=config.keys.raw.recipients, environment=environment,
-                                pg_bin_dir=config.tool_dirs)
+                                pg_bin_dir=config.tool_dirs, finish=with_kind("guard"))
             report = verify_backup(storage, name, result.manifest.backup_id, raw_identity(config, environ, identity),
                                    by=actor)
             audit.record("backup", database=name, outcome="ok" if report.ok else "failed",

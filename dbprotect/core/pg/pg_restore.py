@@ -18,12 +18,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import queue
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 from dbprotect.core.errors import DatabaseError, IntegrityError, ToolError
 from dbprotect.core.pg.tools import ToolPlace, ToolVersion, connect, select_tool, server_major, split_password, tool_env
@@ -55,7 +59,7 @@ _PROGRESS_LINE = re.compile(r"pg_restore: (?!error:|warning:|detail:|hint:)")
 NEWER_SETTINGS: dict[int, tuple[bytes, ...]] = {17: (b"SET transaction_timeout = 0;",)}
 
 #: pg_restore messages that mean the environment failed (tool, server, connection), not the archive.
-_ENVIRONMENT_FAILURE = re.compile(
+ENVIRONMENT_FAILURE = re.compile(
     r"unsupported version \(\d+\.\d+\) in file header|unrecognized configuration parameter|"
     r"SSL support is not compiled in|connection to server .* failed|could not connect|"
     r"server closed the connection unexpectedly|terminating connection due to administrator command|"
@@ -137,7 +141,7 @@ def _target_major(dsn: str) -> int:
 def _failure(tool: str, returncode: int, reason: str) -> Exception:
     reason = reason.removeprefix(f"{tool}: ")
     message = f"{tool} failed (exit {returncode}): {reason}"
-    if _ENVIRONMENT_FAILURE.search(reason):
+    if ENVIRONMENT_FAILURE.search(reason):
         if re.search(r"connect|connection", reason, re.I):
             return DatabaseError(message, hint="the server was unreachable or went away; the backup was not judged")
         return ToolError(message, hint="the restore environment (tools or server) does not fit this archive; "
@@ -216,22 +220,26 @@ def run_pg_restore(archive: Path, dsn: str, *, server_major: int, jobs: int | No
         raise _failure("pg_restore", proc.returncode, reason)
 
 
-def _run_filtered(choice: RestoreTool, archive: Path, dsn: str, *, keep_owners: bool, place: ToolPlace,
-                  progress: Progress | None) -> None:
+def _run_filtered(choice: RestoreTool, archive: Path | Feed, dsn: str, *, keep_owners: bool, place: ToolPlace,
+                  progress: Progress | None, extra_args: tuple[str, ...] = ()) -> None:
     """``pg_restore -f -`` without the lines the older target rejects, into ``psql -v ON_ERROR_STOP=1``.
 
     The script is what pg_restore would have sent over its own connection (same options, same
     order); psql stops at the first error as ``--exit-on-error`` does. A newer psql talks to an
     older server (it understands the script's ``\\restrict`` lines, which an older minor may not).
+    ``archive``: a file, or a :data:`Feed` that streams it into pg_restore's standard input.
     """
     psql = select_tool("psql", at_least=choice.tool.major, prefer=choice.tool.major, dsn=dsn, place=place)
     target, password = split_password(dsn)
     env = tool_env(password)
-    dump_args = [str(choice.tool.path), "--file=-"]
+    dump_args = [str(choice.tool.path), "--file=-", *extra_args]
     if not keep_owners:
         dump_args += ["--no-owner", "--no-acl"]
-    script = subprocess.Popen([*dump_args, str(archive)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    streamed = not isinstance(archive, Path)
+    script = subprocess.Popen([*dump_args, *([] if streamed else [str(archive)])],
+                              stdin=subprocess.PIPE if streamed else subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env)
+    feeder = _Feeder(archive, script, whole=False) if streamed else None  # type: ignore[arg-type]
     loader = subprocess.Popen([str(psql.path), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password",
                                f"--dbname={target}"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, env=env)
@@ -272,6 +280,10 @@ def _run_filtered(choice: RestoreTool, archive: Path, dsn: str, *, keep_owners: 
             proc.wait()
         for thread in threads:
             thread.join(timeout=10)
+        if feeder:
+            feeder.join()
+    if feeder:
+        feeder.raise_failure()  # a damaged archive or a failed store first: it is why the tools stopped
     for name, proc in (("psql", loader), ("pg_restore", script)):  # psql's error first: it stopped pg_restore
         if proc.returncode != 0:
             lines = [line for line in stderr.get(name, b"").decode("utf-8", "replace").splitlines() if line.strip()]
@@ -289,7 +301,7 @@ def list_archive(archive: Path, *, server_major: int, pg_bin_dir: ToolPlace = No
     out = subprocess.run([str(tool.path), "--list", str(archive)], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         reason = (out.stderr.strip().splitlines() or [""])[-1]
-        if _ENVIRONMENT_FAILURE.search(reason):
+        if ENVIRONMENT_FAILURE.search(reason):
             raise ToolError(f"{tool.path} ({tool.text}) cannot read this archive: {reason}",
                             hint=f"use pg_restore {wanted} or newer (pg_bin_dir, pg_bin_dirs); "
                                  "the backup was not judged")
@@ -297,3 +309,414 @@ def list_archive(archive: Path, *, server_major: int, pg_bin_dir: ToolPlace = No
     return out.stdout
 
 
+
+
+# -- the streaming restore: no plaintext file ---------------------------------------------------
+
+#: Streams the plaintext archive into the callable it is given; ``whole``: to the end, checked
+#: against the manifest (else the consumer may stop early). Returns whether it reached the end.
+Feed = Callable[[Callable[[bytes], object], bool], bool]
+
+#: A ``-- Data for Name: …; Type: TABLE DATA; …`` comment of ``pg_restore -f -``: the next COPY is that table's.
+_DATA_COMMENT = re.compile(rb"^-- Data for Name: .*; Type: TABLE DATA; Schema: ")
+_COPY_LINE = re.compile(rb"^COPY .* FROM stdin;$")
+_COPY_END = b"\n\\.\n"
+
+
+class _Feeder:
+    """A thread that streams the archive into a process's standard input, then closes it."""
+
+    def __init__(self, feed: Feed, proc: subprocess.Popen[bytes], *, whole: bool) -> None:
+        self._feed, self._proc, self._whole = feed, proc, whole
+        self.failure: BaseException | None = None
+        self.finished = False
+        self._aborted = False
+        self._consumer_gone = False
+        self._thread = threading.Thread(target=self._run, name="dbprotect-feed", daemon=True)
+        self._thread.start()
+
+    def _write(self, data: bytes) -> None:
+        """Into the process; in a whole pass, once it stopped reading, on to the end unwritten (the
+        SHA-256 of the whole object is still checked), unless the restore is being abandoned."""
+        if self._aborted:
+            raise BrokenPipeError("the restore stopped")
+        if self._consumer_gone:
+            return
+        try:
+            self._proc.stdin.write(data)  # type: ignore[union-attr]
+        except BrokenPipeError:
+            if not self._whole:
+                raise
+            self._consumer_gone = True
+
+    def abort(self) -> None:
+        """Stop feeding at the next chunk (the restore failed: no need to read the rest of the store)."""
+        self._aborted = True
+
+    def _run(self) -> None:
+        try:
+            self.finished = self._feed(self._write, self._whole)
+        except BaseException as exc:  # handed to the thread that waits for it
+            if not self._aborted:  # after an abort, the failure that caused it is the one to report
+                self.failure = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()  # type: ignore[union-attr]
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+
+def _wait(proc: subprocess.Popen[bytes], progress: Progress | None) -> None:
+    try:
+        while True:
+            if progress:
+                progress("restore")
+            try:
+                proc.wait(timeout=POLL_SECONDS)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _section(choice: RestoreTool, feed: Feed, dsn: str, args: list[str], *, keep_owners: bool,
+             place: ToolPlace, progress: Progress | None) -> None:
+    """One section (``--section=pre-data`` / ``post-data``, or a ``-L`` list) restored from a stream.
+
+    pg_restore reads the archive from its standard input and stops once it has what it needs
+    (these sections live in the table of contents, at the archive's start); the feed then ends quietly.
+    """
+    if choice.filtered:
+        _run_filtered(choice, feed, dsn, keep_owners=keep_owners, place=place, progress=progress,
+                      extra_args=tuple(args))
+        return
+    target, password = split_password(dsn)
+    command = [str(choice.tool.path), "--exit-on-error", "--no-password", f"--dbname={target}", *args]
+    if not keep_owners:
+        command += ["--no-owner", "--no-acl"]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=tool_env(password))
+    feeder = _Feeder(feed, proc, whole=False)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        _wait(proc, progress)
+    finally:
+        feeder.join()
+        reader.join()
+        proc.stderr.close()  # type: ignore[union-attr]
+    feeder.raise_failure()
+    if proc.returncode != 0:
+        lines = [line.strip() for line in b"".join(err).decode("utf-8", "replace").splitlines() if line.strip()]
+        errors = [line for line in lines if "error" in line.lower()]
+        raise _failure("pg_restore", proc.returncode, (errors or lines or [""])[-1])
+
+
+def _table_data_ids(listing: str) -> list[int]:
+    """The TOC dump ids of the TABLE DATA items, in archive order (the order ``pg_restore -f -`` writes them)."""
+    ids = []
+    for line in listing.splitlines():
+        head, sep, text = line.partition("; ")
+        parts = text.split(" ", 2)
+        if sep and head.isdigit() and len(parts) == 3 and parts[2].startswith("TABLE DATA "):
+            ids.append(int(head))
+    return ids
+
+
+_ABORT = object()
+
+
+class _Aborted(Exception):
+    """Raised inside a COPY to roll it back."""
+
+
+class _CopyWorker:
+    """One connection loading one table at a time with COPY, committed per table, on its own thread."""
+
+    def __init__(self, dsn: str, session: list[bytes], done: Callable[[_CopyWorker, int | None], None]) -> None:
+        self._dsn, self._session, self._done = dsn, session, done
+        self._jobs: queue.Queue[tuple[bytes, int | None] | None] = queue.Queue()
+        self._chunks: queue.Queue[bytes | object | None] = queue.Queue(maxsize=8)
+        self.failure: BaseException | None = None
+        self._aborting = False
+        self._thread = threading.Thread(target=self._run, name="dbprotect-copy", daemon=True)
+        self._thread.start()
+
+    def start(self, statement: bytes, dump_id: int | None) -> None:
+        self._jobs.put((statement, dump_id))
+
+    def write(self, data: bytes) -> None:
+        while data:
+            if self.failure is not None:
+                raise self.failure  # the table failed to load: the restore stops here
+            with contextlib.suppress(queue.Full):
+                self._chunks.put(data, timeout=POLL_SECONDS)
+                return
+
+    def end(self) -> None:
+        self._chunks.put(None)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+    def abort(self) -> None:
+        """Roll back the table being loaded, if any, and end the thread (the restore failed)."""
+        self._aborting = True
+        self._jobs.put(None)
+        with contextlib.suppress(queue.Full):
+            self._chunks.put_nowait(_ABORT)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conn = None
+        try:
+            conn = connect(self._dsn, application_name="dbprotect-restore")
+            for statement in self._session:
+                conn.execute(statement.decode("utf-8"))
+            conn.commit()
+            while (job := self._jobs.get()) is not None:
+                statement, dump_id = job
+                with conn.cursor() as cur, cur.copy(statement.decode("utf-8")) as copy:
+                    while (chunk := self._chunks.get()) is not None:
+                        if chunk is _ABORT or self._aborting:
+                            raise _Aborted
+                        copy.write(chunk)  # type: ignore[arg-type]
+                conn.commit()
+                self._done(self, dump_id)
+        except _Aborted:
+            return
+        except BaseException as exc:  # handed to the loader, which stops the restore
+            self.failure = exc
+            self._done(self, None)
+            with contextlib.suppress(queue.Empty):  # unblock the loader if it was writing to us
+                while True:
+                    self._chunks.get_nowait()
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+
+class _DataLoader:
+    """The data section of ``pg_restore -f -``, routed table by table into parallel COPY connections.
+
+    Statements outside COPY (settings, sequence values, large objects) run in order on one
+    connection; each table's COPY goes to an idle worker, so ``jobs`` tables load at once while
+    the one stream goes on. Each table is committed on its own and reported to ``on_table_data``.
+    """
+
+    def __init__(self, dsn: str, *, jobs: int, rejected: tuple[bytes, ...], table_ids: list[int],
+                 on_table_data: Callable[[int], None] | None) -> None:
+        self._dsn, self._jobs, self._rejected = dsn, jobs, rejected
+        self._table_ids, self._next_table = table_ids, 0
+        self._on_table_data = on_table_data
+        self._session: list[bytes] = []
+        self._statement: list[bytes] = []
+        self._data_started = False
+        self._control = connect(dsn, autocommit=True, application_name="dbprotect-restore")
+        self._workers: list[_CopyWorker] = []
+        self._idle: queue.Queue[_CopyWorker] = queue.Queue()
+        self._copying: _CopyWorker | None = None
+        self._pending_id: int | None = None
+        self._buffer = b""
+        self._lock = threading.Lock()
+
+    def _worker_done(self, worker: _CopyWorker, dump_id: int | None) -> None:
+        if dump_id is not None and self._on_table_data and worker.failure is None:
+            self._on_table_data(dump_id)
+        self._idle.put(worker)
+
+    def _check_workers(self) -> None:
+        for worker in self._workers:
+            if worker.failure is not None:
+                raise worker.failure
+
+    def _idle_worker(self) -> _CopyWorker:
+        if len(self._workers) < self._jobs and self._idle.empty():
+            worker = _CopyWorker(self._dsn, list(self._session), self._worker_done)
+            self._workers.append(worker)
+            return worker
+        worker = self._idle.get()
+        self._check_workers()
+        return worker
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the script."""
+        self._buffer += data
+        while self._buffer:
+            if self._copying is not None:
+                if not self._copy_part():
+                    return
+                continue
+            line, sep, rest = self._buffer.partition(b"\n")
+            if not sep:
+                return
+            self._buffer = rest
+            self._line(line)
+
+    def _copy_part(self) -> bool:
+        """Forward COPY data up to its terminator; False when more input is needed."""
+        worker = self._copying
+        assert worker is not None
+        buffer = self._buffer
+        if self._at_copy_start and buffer.startswith(b"\\.\n"):  # an empty table
+            data_end, rest_start = 0, 3
+        else:
+            index = buffer.find(_COPY_END)
+            if index < 0:  # keep what may be the terminator's beginning
+                keep = len(_COPY_END) - 1
+                if len(buffer) > keep:
+                    worker.write(buffer[:-keep])
+                    self._buffer = buffer[-keep:]
+                    self._at_copy_start = False
+                return False
+            data_end, rest_start = index + 1, index + len(_COPY_END)
+        worker.write(buffer[:data_end])
+        worker.end()
+        self._buffer = buffer[rest_start:]
+        self._copying = None
+        self._check_workers()
+        return True
+
+    def _line(self, line: bytes) -> None:
+        line = line.rstrip(b"\r")
+        if not self._statement:
+            if not line or line.startswith(b"\\") or (line.startswith(b"--") and not _DATA_COMMENT.match(line)):
+                return  # blank, a psql meta-command (\restrict), a comment
+            if _DATA_COMMENT.match(line):
+                self._pending_id = (self._table_ids[self._next_table]
+                                    if self._next_table < len(self._table_ids) else None)
+                self._next_table += 1
+                return
+            if _COPY_LINE.match(line):
+                self._data_started = True
+                worker = self._idle_worker()
+                worker.start(line, self._pending_id)
+                self._pending_id = None
+                self._copying, self._at_copy_start = worker, True
+                return
+            if line in self._rejected:
+                return
+        self._statement.append(line)
+        if line.endswith(b";"):
+            statement = b"\n".join(self._statement)
+            self._statement = []
+            if not self._data_started:
+                self._session.append(statement)
+            self._control.execute(statement.decode("utf-8"))
+
+    def finish(self) -> None:
+        """Wait for every table to be committed; raise what any worker raised."""
+        try:
+            if self._copying is not None or self._buffer.strip() or self._statement:
+                raise IntegrityError("pg_restore's data section ended inside a COPY or a statement")
+            for worker in self._workers:
+                worker.stop()
+            self._check_workers()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End every worker: a table still loading is rolled back (idempotent)."""
+        for worker in self._workers:
+            worker.abort()
+        self._workers = []
+        with contextlib.suppress(Exception):
+            self._control.close()
+
+
+def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing: str,
+               on_table_data: Callable[[int], None] | None, progress: Progress | None) -> None:
+    """The data section from one whole, checked pass over the archive, into ``jobs`` COPY connections."""
+    script = subprocess.Popen([str(choice.tool.path), "--section=data", "--file=-"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tool_env(None))
+    feeder = _Feeder(feed, script, whole=True)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(script.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    loader = None
+    try:
+        loader = _DataLoader(dsn, jobs=jobs, rejected=choice.rejected, table_ids=_table_data_ids(listing),
+                             on_table_data=on_table_data)
+        while chunk := script.stdout.read1(CHUNK):  # type: ignore[union-attr]
+            if progress:
+                progress("restore")
+            loader.feed(chunk)
+        script.wait()
+        feeder.join()
+        feeder.raise_failure()  # damaged, truncated, or not the manifest's object: before anything else
+        if script.returncode != 0:
+            lines = [line.strip() for line in b"".join(err).decode("utf-8", "replace").splitlines() if line.strip()]
+            raise _failure("pg_restore", script.returncode, (lines or [""])[-1])
+        loader.finish()
+    except psycopg.Error as exc:
+        feeder.abort()
+        if script.poll() is None:
+            script.kill()
+        feeder.join()
+        feeder.raise_failure()
+        reason = " ".join(str(exc).split())
+        if isinstance(exc, psycopg.OperationalError) and ENVIRONMENT_FAILURE.search(reason):
+            raise DatabaseError(f"restoring the data failed: {reason}",
+                                hint="the server was unreachable or went away; the backup was not judged") from None
+        raise IntegrityError(f"restoring the data failed: {reason}") from None
+    except BaseException:
+        feeder.abort()
+        if script.poll() is None:
+            script.kill()
+        feeder.join()
+        if feeder.failure is not None and isinstance(feeder.failure, Exception):
+            raise feeder.failure from None
+        raise
+    finally:
+        if script.poll() is None:
+            script.kill()
+        script.wait()
+        reader.join()
+        for stream in (script.stdout, script.stderr):
+            stream.close()  # type: ignore[union-attr]
+        if loader is not None:
+            loader.close()
+
+
+def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major: int, archive_major: int,
+                            jobs: int | None = None, keep_owners: bool = False, pg_bin_dir: ToolPlace = None,
+                            progress: Progress | None = None,
+                            on_table_data: Callable[[int], None] | None = None,
+                            timings: dict[str, float] | None = None) -> None:
+    """Restore an archive that is never a file: pre-data, data, post-data, each from its own stream.
+
+    Why not ``pg_restore -j``: it needs a seekable file, i.e. the plaintext archive on disk. Here
+    the sections run one after the other, each from a fresh decrypting stream of the stored object:
+    pre-data and post-data live in the table of contents at the archive's start, so pg_restore
+    stops reading after a few megabytes; the data section is one whole pass (SHA-256 and size
+    checked at its end, before post-data starts) whose tables load ``jobs`` at a time on their own
+    connections, each committed and reported to ``on_table_data`` as it finishes. A restore that
+    fails anywhere leaves only its staging database, which the caller drops. ``timings`` gets each
+    section's seconds (``restore_pre_data_seconds``, ``restore_data_seconds``, ``restore_post_data_seconds``).
+    """
+    choice = restore_tool(archive_major, _target_major(dsn), dsn=dsn, place=pg_bin_dir)
+    del server_major  # the tool is chosen by the archive's pg_dump and the target
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    _section(choice, feed, dsn, ["--section=pre-data"], keep_owners=keep_owners, place=pg_bin_dir,
+             progress=progress)
+    timings["restore_pre_data_seconds"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    _load_data(choice, feed, dsn, jobs=jobs or default_jobs(), listing=listing, on_table_data=on_table_data,
+               progress=progress)
+    timings["restore_data_seconds"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    _section(choice, feed, dsn, ["--section=post-data"], keep_owners=keep_owners, place=pg_bin_dir,
+             progress=progress)
+    timings["restore_post_data_seconds"] = round(time.perf_counter() - started, 3)

@@ -19,14 +19,15 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyrage
 import zstandard
 
-from dbprotect.core.errors import DbprotectError, IntegrityError, StorageError
+from dbprotect.core.errors import DbprotectError, IntegrityError, StorageError, ToolError
+from dbprotect.core.pg.pg_restore import ENVIRONMENT_FAILURE
 from dbprotect.core.pg.tools import ToolPlace, select_tool
 from dbprotect.core.store import Storage
 from dbprotect.core.store.manifest import Manifest, dump_key
@@ -232,8 +233,78 @@ def read_archive_listing(storage: Storage, manifest: Manifest, identity: pyrage.
         for reader in readers:
             reader.join()
     if code != 0:
-        reason = b"".join(err).decode("utf-8", errors="replace").strip().splitlines()[-1:]
-        raise IntegrityError(f"pg_restore --list cannot read backup {manifest.backup_id}: {' '.join(reason)}")
+        reason = " ".join(b"".join(err).decode("utf-8", errors="replace").strip().splitlines()[-1:])
+        if ENVIRONMENT_FAILURE.search(reason):
+            raise ToolError(f"{tool.path} ({tool.text}) cannot read backup {manifest.backup_id}: {reason}",
+                            hint=f"use pg_restore {archive_major} or newer (pg_bin_dir, pg_bin_dirs); "
+                                 "the backup was not judged")
+        raise IntegrityError(f"pg_restore --list cannot read backup {manifest.backup_id}: {reason}")
     return b"".join(out).decode("utf-8", errors="replace")
 
 
+
+
+class FeedStopped(Exception):
+    """The consumer of a streamed archive stopped reading (it needed only the first part)."""
+
+
+class _Sink:
+    """What :func:`feed_archive` writes the plaintext into: a callable, stopped by a closed pipe."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+        self.failure: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._write(data)
+        except (BrokenPipeError, FeedStopped):
+            raise FeedStopped from None
+        except BaseException as exc:
+            self.failure = exc
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def feed_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25519.Identity,
+                 write: Callable[[bytes], object], *, whole: bool = True) -> bool:
+    """Fetch, check, decrypt and decompress the stored archive into ``write``: nothing touches the disk.
+
+    ``whole``: the archive is read to its end and its size and SHA-256 checked against the manifest
+    (:class:`IntegrityError` when they differ, when it does not decrypt or decompress). Otherwise the
+    consumer may stop reading early (``write`` raising :class:`BrokenPipeError` or
+    :class:`FeedStopped`), which ends the feed quietly: what it was given was authenticated chunk by
+    chunk by age, and only a whole pass (the data section's) vouches for the object as a whole.
+    Returns False when the consumer stopped early. Store and consumer failures are raised as they
+    came (see :class:`_Watched`), never as damage of the backup.
+    """
+    check_identity_matches(manifest, identity)
+    with contextlib.closing(storage.open_reader(dump_key(manifest.database, manifest.backup_id))) as stream:
+        source = _Watched(stream)
+        reader = HashingReader(source)
+        sink = _Sink(write)
+        writer = zstandard.ZstdDecompressor().stream_writer(sink, write_size=CHUNK, closefd=False)
+        try:
+            pyrage.decrypt_io(reader, writer, [identity])
+            writer.flush()
+        except FeedStopped:
+            if whole:
+                raise IntegrityError(f"backup {manifest.backup_id}: the restore stopped reading the archive "
+                                     "before its end") from None
+            return False
+        except (pyrage.DecryptError, zstandard.ZstdError, OSError) as exc:
+            _raise_io_failure(source, None, None)
+            if sink.failure is not None:
+                raise sink.failure from None
+            raise IntegrityError(f"backup {manifest.backup_id} does not decrypt and decompress: "
+                                 f"{' '.join(str(exc).split())}") from None
+        while reader.read(CHUNK):
+            pass
+    if reader.bytes != manifest.stored_bytes or reader.hexdigest != manifest.sha256:
+        raise IntegrityError(f"backup {manifest.backup_id}: stored object differs from its manifest "
+                             f"(size or SHA-256); not restored",
+                             hint=f"run 'dbprotect verify {manifest.backup_id}'")
+    return True

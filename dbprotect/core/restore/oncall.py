@@ -52,7 +52,7 @@ from dbprotect.core.restore.guards import check_confirmation, check_direction, c
 from dbprotect.core.restore.staged import PhaseClock, prepare_server, staged_restore, swap_intent_recorder
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import record_verification
-from dbprotect.core.store.manifest import Manifest, Verification
+from dbprotect.core.store.manifest import Manifest, Verification, with_kind
 from dbprotect.core.verify.compare import (
     CatalogObjects,
     ObjectKey,
@@ -346,7 +346,7 @@ def _safety_backup(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.
     folder = safety_database or f"{plan.database}-safety"
     try:
         backup = run_backup(database=folder, dsn=target.dsn, storage=storage, recipients=recipients,
-                            environment=target.environment, pg_bin_dir=pg_bin_dir)
+                            environment=target.environment, pg_bin_dir=pg_bin_dir, finish=with_kind("safety"))
         report = verify_backup(storage, folder, backup.manifest.backup_id, identity, by=by)
     except DbprotectError as exc:
         raise RefusedError(f"refused: the safety backup of {target.name!r} failed ({exc.one_line()}); "

@@ -1,8 +1,10 @@
 """Rung 3 of the verification ladder, *restored*: a backup restored into a scratch database and compared.
 
-The pipeline: the stored object is checked and decrypted (:mod:`dbprotect.core.restore.decrypt`),
-restored with ``pg_restore -j`` (:mod:`dbprotect.core.pg.pg_restore`) while each committed table
-is already being read back (:mod:`dbprotect.core.verify.tables`), then the whole database is
+The pipeline: the stored object is streamed from the store through SHA-256, age and zstd
+(:mod:`dbprotect.core.restore.decrypt`) into pg_restore section by section, the data section's
+tables loaded in parallel (:func:`dbprotect.core.pg.pg_restore.run_pg_restore_streamed`): no
+plaintext copy ever touches the disk. Each committed table is already being read back
+(:mod:`dbprotect.core.verify.tables`) while the rest restores, then the whole database is
 compared with the manifest and the archive's table of contents (:mod:`dbprotect.core.verify.compare`).
 The result is recorded as the backup's ``restored`` rung and audited.
 """
@@ -21,11 +23,11 @@ from typing import TYPE_CHECKING
 import pyrage
 
 from dbprotect.core.errors import CryptoError, DatabaseError, DbprotectError, StorageError, ToolError
-from dbprotect.core.pg.pg_restore import Progress, list_archive, run_pg_restore
+from dbprotect.core.pg.pg_restore import Progress, run_pg_restore_streamed
 from dbprotect.core.pg.scratch import ScratchDatabase, ScratchServer, staging_database
 from dbprotect.core.pg.swap import SwapIntent, SwapRecovery, recover_and_sweep
 from dbprotect.core.pg.tools import ToolPlace, connect
-from dbprotect.core.restore.decrypt import decrypted_archive, sweep_restore_folders
+from dbprotect.core.restore.decrypt import feed_archive, read_archive_listing, sweep_restore_folders
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import record_verification
 from dbprotect.core.store.manifest import Manifest, Verification
@@ -153,24 +155,28 @@ def staged_restore(storage: Storage, manifest: Manifest, identity: pyrage.x25519
     Rung 3 (:func:`verify_restore`, drills) and the on-call restore
     (:mod:`dbprotect.core.restore.oncall`, the warm copy) both use it. The staging database is
     held by this process and dropped when the block ends, however it ends (unless the block
-    renamed it into place); the plaintext archive is deleted before the comparison starts.
+    renamed it into place); the archive is streamed, never written in plaintext.
     ``analyze`` runs ANALYZE beside the comparison (for a database about to take traffic).
     """
     major = int(manifest.source["server_major"])
     archive_major = int(manifest.pg_dump.get("major") or major)
     with staging_database(admin_dsn, encoding=encoding, application_name="dbprotect-restore") as staging:
         with TableVerifier(staging.dsn, manifest, workers=jobs, server_major=major, pg_bin_dir=pg_bin_dir) as tables:
-            with contextlib.ExitStack() as plaintext:
-                with clock("decrypt"):
-                    archive = plaintext.enter_context(decrypted_archive(storage, manifest, identity, work_dir))
-                    listing = list_archive(archive, server_major=major, pg_bin_dir=pg_bin_dir,
-                                           archive_major=archive_major)
-                    expected = parse_toc_listing(listing)
-                    tables.expect(listing)
-                with clock("restore"):
-                    run_pg_restore(archive, staging.dsn, server_major=major, jobs=jobs, keep_owners=keep_owners,
-                                   pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release,
-                                   archive_major=archive_major)
+            with clock("decrypt"):  # the table of contents only: the first megabytes of the object
+                listing = read_archive_listing(storage, manifest, identity, pg_bin_dir=pg_bin_dir)
+                expected = parse_toc_listing(listing)
+                tables.expect(listing)
+
+            def feed(write: Callable[[bytes], object], whole: bool) -> bool:
+                return feed_archive(storage, manifest, identity, write, whole=whole)
+
+            sections: dict[str, float] = {}
+            with clock("restore"):
+                run_pg_restore_streamed(feed, staging.dsn, listing=listing, server_major=major,
+                                        archive_major=archive_major, jobs=jobs, keep_owners=keep_owners,
+                                        pg_bin_dir=pg_bin_dir, progress=progress, on_table_data=tables.release,
+                                        timings=sections)
+            clock.timings.update(sections)  # within restore_seconds
             clock.timings["tables_released_during_restore"] = tables.released_early
             with _analyze_alongside(staging.dsn, clock.timings, enabled=analyze) as analyzed, clock("verify"):
                 problems, objects = verify_restored_database(staging.dsn, manifest, expected, tables=tables,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -282,8 +283,23 @@ class CatalogRecord(BaseModel):
 
 
 #: Fields a manifest may carry beyond the schema: ``sanitized`` (a sanitized copy's lineage,
-#: :mod:`dbprotect.core.sanitize.build`). Any other unknown field makes the manifest malformed.
-ALLOWED_EXTRA_FIELDS = frozenset({"sanitized"})
+#: :mod:`dbprotect.core.sanitize.build`) and ``kind`` (why the backup was taken, :data:`BACKUP_KINDS`).
+#: Any other unknown field makes the manifest malformed.
+ALLOWED_EXTRA_FIELDS = frozenset({"sanitized", "kind"})
+
+#: Why a backup was taken: by a schedule, by hand, before an overwrite restore (its undo), before a
+#: guarded change, or a sanitized copy. All are ordinary backups: listed, verified, restored by id.
+BACKUP_KINDS = ("scheduled", "manual", "safety", "guard", "sanitized")
+
+
+def with_kind(kind: str) -> Callable[[Manifest], Manifest]:
+    """A ``finish`` for :func:`~dbprotect.core.backup.stream.run_backup` that records the backup's kind."""
+    if kind not in BACKUP_KINDS:
+        raise ValueError(f"unknown backup kind {kind!r}")
+
+    def finish(manifest: Manifest) -> Manifest:
+        return Manifest.model_validate({**manifest.model_dump(mode="json"), "kind": kind})
+    return finish
 
 #: A database folder name as a manifest may state it (a configured name, or a derived folder such
 #: as ``shop-safety`` or ``shop.development``): one path segment, never ``.`` or ``..``.
@@ -394,6 +410,9 @@ class Manifest(BaseModel):
         unknown = sorted(set(self.model_extra or {}) - ALLOWED_EXTRA_FIELDS)
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(repr(name[:40]) for name in unknown[:5])}")
+        kind = (self.model_extra or {}).get("kind")
+        if kind is not None and kind not in BACKUP_KINDS:
+            raise ValueError(f"kind {str(kind)[:40]!r} is not one of {', '.join(BACKUP_KINDS)}")
         return self
 
     @property
