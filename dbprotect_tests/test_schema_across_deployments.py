@@ -25,7 +25,7 @@ from dbprotect.core.ops import backup_database
 from dbprotect.core.schema.drift import DriftReport
 from dbprotect.core.schema.planfile import read_plan_file
 from dbprotect.core.schema.stored import StoredSnapshot
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource
+from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, build_resources
 from dbprotect.defs.schema import SNAPSHOT_DRIFT_CHECK, build_schema_definitions, snapshot_drift_evaluation
 from dbprotect_tests.fixtures.fix_pg import PgServer, mark_environment, psql
 
@@ -93,7 +93,8 @@ def test_the_development_asset_check_sees_a_production_column_from_the_snapshot(
     checks = list(defs.asset_checks or [])
     assert [spec.name for check in checks for spec in check.check_specs] == [SNAPSHOT_DRIFT_CHECK]
     assert [key.to_user_string() for a in defs.assets or [] for key in a.keys] == ["shop/schema_development"]
-    resources = {CONFIG_RESOURCE: DbprotectConfigResource(path=str(deployments.paths["development"]))}
+    resources = {**build_resources(config),
+                 CONFIG_RESOURCE: DbprotectConfigResource(path=str(deployments.paths["development"]))}
 
     def evaluate() -> dg.AssetCheckEvaluation:
         result = dg.materialize([*(defs.assets or []), *checks], resources=resources,
