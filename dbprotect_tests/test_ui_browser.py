@@ -157,6 +157,12 @@ def test_demo_ui_shows_the_backup_its_green_checks_a_plot_and_a_ready_restore_fo
     form = _open(browser, f"{base}/locations/{LOCATION}/jobs/restore/playground", "database: fintech",
                  "No errors", "Launch Run")
     assert "Missing required config entry" not in form
-    [launch] = [button for button in browser.find_elements(By.TAG_NAME, "button")
-                if button.text.strip() == "Launch Run"]
-    assert launch.is_enabled()
+
+    def launch_enabled(driver: webdriver.Chrome) -> bool:
+        """Launch Run is enabled once the launchpad has validated the form ("No errors" can come first)."""
+        buttons = [button for button in driver.find_elements(By.TAG_NAME, "button")
+                   if button.text.strip() == "Launch Run"]
+        return len(buttons) == 1 and buttons[0].is_enabled()
+
+    assert WebDriverWait(browser, PAGE_SECONDS, poll_frequency=0.5).until(launch_enabled), \
+        "the restore launchpad's Launch Run button stayed disabled"
