@@ -140,7 +140,8 @@ def test_demo_ui_shows_the_backup_its_green_checks_a_plot_and_a_ready_restore_fo
     assert "Asset Group" in group and "fintech" in group
     assert "Join the community" not in group  # nux is off in the demo instance
 
-    snapshot = _open(browser, f"{base}/assets/fintech/production_snapshot", "Latest materialization", backup_id)
+    snapshot = _open(browser, f"{base}/assets/fintech/production_snapshot", "Latest materialization", backup_id,
+                     "dump_mb", "rpo_target_hours")
     assert "Never materialized" not in snapshot.split("Latest materialization", 1)[1][:200]
     assert "dump_mb" in snapshot and "rpo_target_hours" in snapshot
 
