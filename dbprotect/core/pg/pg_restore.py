@@ -201,18 +201,8 @@ def run_pg_restore(archive: Path, dsn: str, *, server_major: int, jobs: int | No
     reader = threading.Thread(target=read_stderr, name="pg_restore-stderr", daemon=True)
     reader.start()
     try:
-        while True:
-            if progress:
-                progress("restore")
-            try:
-                proc.wait(timeout=POLL_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        _wait(proc, progress)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         reader.join()
         proc.stderr.close()  # type: ignore[union-attr]
     if proc.returncode != 0:
