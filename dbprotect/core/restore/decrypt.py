@@ -117,10 +117,7 @@ def decrypted_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25
                                      f"{' '.join(str(exc).split())}") from None
             while reader.read(CHUNK):
                 pass
-        if reader.bytes != manifest.stored_bytes or reader.hexdigest != manifest.sha256:
-            raise IntegrityError(f"backup {manifest.backup_id}: stored object differs from its manifest "
-                                 f"(size or SHA-256); not restored",
-                                 hint=f"run 'dbprotect verify {manifest.backup_id}'")
+        _require_stored_as_manifest(reader.bytes, reader.hexdigest, manifest)
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -303,8 +300,13 @@ def feed_archive(storage: Storage, manifest: Manifest, identity: pyrage.x25519.I
                                  f"{' '.join(str(exc).split())}") from None
         while reader.read(CHUNK):
             pass
-    if reader.bytes != manifest.stored_bytes or reader.hexdigest != manifest.sha256:
+    _require_stored_as_manifest(reader.bytes, reader.hexdigest, manifest)
+    return True
+
+
+def _require_stored_as_manifest(size: int, sha256: str, manifest: Manifest) -> None:
+    """The object read end to end must be the one the manifest names (size and SHA-256), else nothing restores."""
+    if size != manifest.stored_bytes or sha256 != manifest.sha256:
         raise IntegrityError(f"backup {manifest.backup_id}: stored object differs from its manifest "
                              f"(size or SHA-256); not restored",
                              hint=f"run 'dbprotect verify {manifest.backup_id}'")
-    return True
