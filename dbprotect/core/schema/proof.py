@@ -10,7 +10,6 @@ remaining difference is returned, and the push refuses.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 
 import psycopg
@@ -18,8 +17,9 @@ import psycopg
 from dbprotect.core.errors import ToolError
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.core.pg.scratch import ScratchServer, scratch_database
-from dbprotect.core.pg.tools import connect, require_tool_for_server, server_major
+from dbprotect.core.pg.tools import connect
 from dbprotect.core.schema.drift import DriftReport, compare_schemas
+from dbprotect.core.schema.snapshot import dump_schema
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,8 @@ class PlanProof:
 
 def schema_dump(dsn: str, *, pg_bin_dir: str | None = None) -> str:
     """``pg_dump --schema-only`` of ``dsn`` as SQL psycopg can run (psql meta-commands removed)."""
-    with connect(dsn, autocommit=True, application_name="dbprotect-schema") as conn:
-        major = server_major(conn)
-    pg_dump = require_tool_for_server("pg_dump", major, pg_bin_dir)
-    command = [str(pg_dump.path), "--schema-only", "--no-owner", "--no-privileges", "--no-tablespaces",
-               "--no-security-labels", "--no-subscriptions", "--no-publications", "--dbname", dsn]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ToolError(f"pg_dump --schema-only of {mask_dsn(dsn)} did not run: {exc}") from None
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ToolError(f"pg_dump --schema-only of {mask_dsn(dsn)} failed: {mask_dsn(reason)}")
-    return "\n".join(line for line in done.stdout.splitlines() if not line.startswith("\\"))
+    dump, _version = dump_schema(dsn, pg_bin_dir=pg_bin_dir)
+    return "\n".join(line for line in dump.splitlines() if not line.startswith("\\"))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from dbprotect.core.errors import ToolError
 from dbprotect.core.pg.dsn import mask_dsn
-from dbprotect.core.pg.tools import connect, require_tool_for_server, server_major
+from dbprotect.core.pg.tools import connect, require_tool_for_server, server_major, split_password, tool_env
 
 #: Lines that carry no schema: session settings, psql meta-commands, search_path resets.
 _NOISE = re.compile(r"^(SET |SELECT pg_catalog\.set_config\(|\\(un)?restrict |\\connect )")
@@ -70,22 +70,34 @@ def normalize_schema_dump(dump: str) -> list[str]:
     return sorted(block for block in blocks if block.strip())
 
 
-def take_snapshot(dsn: str, *, pg_bin_dir: str | None = None) -> SchemaSnapshot:
-    """Dump the schema of ``dsn`` (no owners, no privileges, no tablespaces) and normalize it."""
+def dump_schema(dsn: str, *, pg_bin_dir: str | None = None) -> tuple[str, str]:
+    """``(pg_dump --schema-only SQL, server version)`` of ``dsn``: no owners, privileges, tablespaces.
+
+    The one place schema work runs pg_dump: tools new enough for the server (and speaking TLS when
+    the DSN requires it), the password handed over in the environment, never on the command line.
+    """
     with connect(dsn, autocommit=True, application_name="dbprotect-schema") as conn:
         major = server_major(conn)
         version = str(conn.info.server_version)
-    pg_dump = require_tool_for_server("pg_dump", major, pg_bin_dir)
+    pg_dump = require_tool_for_server("pg_dump", major, pg_bin_dir, dsn=dsn)
+    target, password = split_password(dsn)
     command = [str(pg_dump.path), "--schema-only", "--no-owner", "--no-privileges", "--no-tablespaces",
-               "--no-security-labels", "--no-subscriptions", "--no-publications", "--dbname", dsn]
+               "--no-security-labels", "--no-subscriptions", "--no-publications", "--dbname", target]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
+                              env=tool_env(password))
     except (OSError, subprocess.SubprocessError) as exc:
         raise ToolError(f"pg_dump --schema-only of {mask_dsn(dsn)} did not run: {exc}") from None
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise ToolError(f"pg_dump --schema-only of {mask_dsn(dsn)} failed: {mask_dsn(reason)}")
-    blocks = normalize_schema_dump(done.stdout)
+    return done.stdout, version
+
+
+def take_snapshot(dsn: str, *, pg_bin_dir: str | None = None) -> SchemaSnapshot:
+    """Dump the schema of ``dsn`` (no owners, no privileges, no tablespaces) and normalize it."""
+    dump, version = dump_schema(dsn, pg_bin_dir=pg_bin_dir)
+    blocks = normalize_schema_dump(dump)
     text = "\n\n".join(blocks) + "\n"
     return SchemaSnapshot(text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), objects=len(blocks),
                           server_version=version)
