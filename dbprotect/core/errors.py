@@ -146,6 +146,8 @@ class Refusals:
     WAL_SUMMARIES_OFF = Refusal("DBP962", "incremental base backups need the server's summarize_wal = on")
     UNBOUNDED_SLOT = Refusal("DBP963", "a replication slot needs max_slot_wal_keep_size set: a dead receiver "
                                        "would otherwise fill the server's disk")
+    PITR_HEARTBEATS_TOO_SPARSE = Refusal("DBP967", "a point-in-time drill needs two close heartbeats inside the "
+                                         "retained range to prove where a restore landed")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:

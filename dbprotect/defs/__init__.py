@@ -31,6 +31,7 @@ from dbprotect.core.config.load import load_config
 from dbprotect.core.config.model import Config
 from dbprotect.defs.alerts import build_alert_definitions
 from dbprotect.defs.backups import build_backup_definitions
+from dbprotect.defs.continuous import build_continuous_definitions
 from dbprotect.defs.copies import build_copy_definitions
 from dbprotect.defs.resources import build_resources
 from dbprotect.defs.restores import build_restore_definitions
@@ -45,6 +46,7 @@ def build_definitions(config: Config) -> dg.Definitions:
                                 build_copy_definitions(config), build_retention_definitions(config),
                                 build_schema_definitions(config), build_pre_migration_definitions(config),
                                 build_sanitize_definitions(config), build_alert_definitions(config),
+                                build_continuous_definitions(config),
                                 dg.Definitions(resources=build_resources(config)))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from dbprotect.cli.commands.wal import point_in_time_options, point_in_time_restore
+from dbprotect.cli.commands.wal import pitr_drill, point_in_time_options, point_in_time_restore
 from dbprotect.cli.ui.render import PhasePrinter, Ui, common_options, human_age, scrub
 from dbprotect.core.errors import EXIT_OK, EXIT_RTO_EXCEEDED, IntegrityError
 from dbprotect.core.ops import audit_log, cli_actor, drill_database, restore_database, undo_command
@@ -121,9 +121,12 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
 
 @click.command()
 @click.argument("database")
+@click.option("--pitr", is_flag=True,
+              help="A point-in-time drill instead (databases with 'continuous:'): restore the server to a random "
+                   "moment between two heartbeats and prove the one before is there and the one after is not.")
 @common_options
 @click.pass_obj
-def drill(ui: Ui, database: str) -> int:
+def drill(ui: Ui, database: str, pitr: bool) -> int:
     """A restore drill: restore the newest backup of DATABASE into a scratch database and verify it.
 
     Measures the RTO (time from start to a verified database) against the database's
@@ -131,6 +134,8 @@ def drill(ui: Ui, database: str) -> int:
     store and the audit log; the scratch database is always dropped. Exits 7 when the restore
     does not verify, 12 when it verified but took longer than the RTO target.
     """
+    if pitr:
+        return pitr_drill(ui, database)
     config = ui.load()
     actor = cli_actor()
     result = drill_database(config, database, by=actor, progress=PhasePrinter(ui),

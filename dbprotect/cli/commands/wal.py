@@ -21,6 +21,8 @@ from dbprotect.core.ops.continuous import (
     base_backup_database,
     continuous_status,
     fetch_database_wal,
+    heartbeat_database,
+    pitr_drill_database,
     receive_database_wal,
     restore_database_to_point,
     verify_base_backups,
@@ -152,6 +154,36 @@ def fetch_command(ui: Ui, segment: str, dest: Path, database: str) -> int:
     served = fetch_database_wal(ui.load(), database, segment, dest)
     if ui.json:
         ui.emit({"segment": segment, "served": served})
+    return EXIT_OK
+
+
+@wal.command("heartbeat")
+@click.argument("database")
+@common_options
+@click.pass_obj
+def heartbeat_command(ui: Ui, database: str) -> int:
+    """Write one heartbeat row into dbprotect.heartbeat on DATABASE's server (the receiver writes one every
+    'continuous.heartbeat_seconds'); point-in-time drills prove restores against these rows."""
+    beat = heartbeat_database(ui.load(), database)
+    if ui.json:
+        ui.emit({"database": database, "id": beat.id, "at": beat.at.isoformat(), "lsn": beat.lsn})
+    else:
+        click.echo(f"heartbeat {beat.id} at {beat.at.isoformat()} (LSN {beat.lsn})")
+    return EXIT_OK
+
+
+def pitr_drill(ui: Ui, database: str) -> int:
+    """``dbprotect drill DATABASE --pitr``: exits 7 when the restore did not land where it was asked to."""
+    result = pitr_drill_database(ui.load(), database, actor=cli_actor())
+    if ui.json:
+        ui.emit(result.to_dict())
+    else:
+        click.echo(scrub(f"point-in-time drill of {database}: {'passed' if result.ok else 'FAILED'}: {result.detail}"))
+        if result.ok:
+            click.echo(f"  RTO {result.rto_seconds:.1f} s (to promoted and proved); achieved RPO "
+                       f"{result.rpo_seconds:.1f} s; bases {', '.join(result.chain)}")
+    if not result.ok:
+        raise IntegrityError(result.detail, hint=f"'dbprotect wal verify {database}' checks every stored object")
     return EXIT_OK
 
 

@@ -273,6 +273,9 @@ class ContinuousSpec(_Strict):
     partial_upload_seconds: int = Field(default=15, ge=1, le=3600)
     #: pg_receivewal ``--synchronous``: flush and report each write at once (for a synchronous standby slot).
     synchronous: bool = False
+    #: The WAL receiver writes a row into ``dbprotect.heartbeat`` on the source this often: the markers
+    #: point-in-time drills prove a restore against (:mod:`dbprotect.core.continuous.heartbeat`).
+    heartbeat_seconds: int = Field(default=60, ge=1, le=3600)
 
     @field_validator("base_backup_schedule")
     @classmethod

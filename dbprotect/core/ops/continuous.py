@@ -7,6 +7,7 @@ logical-only database never gets a half-configured slot.
 
 from __future__ import annotations
 
+import random
 import shlex
 import shutil
 import sys
@@ -27,6 +28,8 @@ from dbprotect.core.continuous.base import (
     take_base_backup,
     verify_base_backup,
 )
+from dbprotect.core.continuous.drill import PitrDrillResult, run_pitr_drill
+from dbprotect.core.continuous.heartbeat import Heartbeat, heartbeat_thread, write_heartbeat
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
 from dbprotect.core.continuous.wal import (
     ReceiverStats,
@@ -98,14 +101,17 @@ def verify_base_backups(config: Config, database: str, *, base_id: str | None = 
 def receive_database_wal(config: Config, database: str, *, stop: threading.Event, log: Any,
                          spool: Path | None = None, environ: Mapping[str, str] | None = None,
                          poll_seconds: float = 0.5) -> ReceiverStats:
-    """Run the database's WAL receiver until ``stop`` is set (SIGTERM/SIGINT in the CLI)."""
+    """Run the database's WAL receiver until ``stop`` is set (SIGTERM/SIGINT in the CLI), and beside it the
+    heartbeat writer (every ``continuous.heartbeat_seconds``; a failed insert is logged, never fatal)."""
     spec = continuous_spec(config, database)
     dsn = register_dsn(resolve_dsn(config, database, "production", environ))
-    return receive_wal(database=database, dsn=dsn, storage=primary_store(config, database),
-                       recipients=config.keys.raw.recipients, spool=spool or default_spool(config, database),
-                       slot=spec.slot, partial_upload_seconds=spec.partial_upload_seconds,
-                       synchronous=spec.synchronous, incremental=spec.incremental, pg_bin_dir=config.tool_dirs,
-                       stop=stop, log=log, poll_seconds=poll_seconds)
+    with heartbeat_thread(dsn, interval_seconds=spec.heartbeat_seconds, log=log):
+        return receive_wal(database=database, dsn=dsn, storage=primary_store(config, database),
+                           recipients=config.keys.raw.recipients,
+                           spool=spool or default_spool(config, database), slot=spec.slot,
+                           partial_upload_seconds=spec.partial_upload_seconds, synchronous=spec.synchronous,
+                           incremental=spec.incremental, pg_bin_dir=config.tool_dirs, stop=stop, log=log,
+                           poll_seconds=poll_seconds)
 
 
 def fetch_database_wal(config: Config, database: str, name: str, dest: Path, *,
@@ -162,11 +168,10 @@ def restore_database_to_point(config: Config, database: str, *, data_dir: Path, 
     continuous_spec(config, database)
     storage = primary_store(config, database)
     audit = AuditLog(storage, actor=actor)
-    parts = (dbprotect_command(), "--config", str(Path(config.source).resolve()), "wal", "fetch")
-    command = " ".join(shlex.quote(part) for part in parts) + f" %f %p --database {shlex.quote(database)}"
     try:
         result = restore_to_point(storage=storage, database=database, identity=raw_identity(config, environ),
-                                  data_dir=data_dir, restore_command=command, to_time=to_time, to_lsn=to_lsn,
+                                  data_dir=data_dir, restore_command=fetch_command(config, database),
+                                  to_time=to_time, to_lsn=to_lsn,
                                   pg_bin_dir=config.tool_dirs, server_environ=environ,
                                   work_dir=config.scratch.work_dir)
     except DbprotectError as exc:
@@ -175,4 +180,47 @@ def restore_database_to_point(config: Config, database: str, *, data_dir: Path, 
     audit.record("pitr-restore", database=database, outcome="ok", target=str(data_dir),
                  detail=f"restored to {result.target} from {', '.join(result.chain)}",
                  data={"seconds": round(result.seconds, 3), "chain": result.chain})
+    return result
+
+
+def fetch_command(config: Config, database: str) -> str:
+    """The ``restore_command`` a restored server runs: ``dbprotect --config <file> wal fetch %f %p --database DB``."""
+    parts = (dbprotect_command(), "--config", str(Path(config.source).resolve()), "wal", "fetch")
+    return " ".join(shlex.quote(part) for part in parts) + f" %f %p --database {shlex.quote(database)}"
+
+
+def heartbeat_database(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> Heartbeat:
+    """``dbprotect wal heartbeat DB``: one heartbeat row on the production server, now."""
+    continuous_spec(config, database)
+    return write_heartbeat(register_dsn(resolve_dsn(config, database, "production", environ)))
+
+
+def pitr_drill_database(config: Config, database: str, *, environ: Mapping[str, str] | None = None,
+                        actor: str = DEFAULT_ACTOR, rng: random.Random | None = None) -> PitrDrillResult:
+    """A point-in-time drill of ``database`` (:mod:`dbprotect.core.continuous.drill`): restore to a random
+    moment between two heartbeats into a private scratch data directory, prove the landing, record RTO
+    and achieved RPO (audit + check record), remove the scratch server. A failed proof returns
+    ``ok=False``; environment failures and refusals are raised and audited as what they are."""
+    spec = continuous_spec(config, database)
+    storage = primary_store(config, database)
+    audit = AuditLog(storage, actor=actor)
+    try:
+        identity = raw_identity(config, environ)
+        source = register_dsn(resolve_dsn(config, database, "production", environ))
+        command = fetch_command(config, database)
+
+        def restore(to_time: datetime, data_dir: Path) -> PitrResult:
+            return restore_to_point(storage=storage, database=database, identity=identity, data_dir=data_dir,
+                                    restore_command=command, to_time=to_time, pg_bin_dir=config.tool_dirs,
+                                    server_environ=environ, work_dir=config.scratch.work_dir)
+
+        result = run_pitr_drill(storage=storage, database=database, source_dsn=source, restore=restore,
+                                heartbeat_seconds=spec.heartbeat_seconds, work_dir=config.scratch.work_dir,
+                                by=actor, rng=rng, pg_bin_dir=config.tool_dirs)
+    except DbprotectError as exc:
+        audit_failure(audit, "pitr-drill", database, exc)
+        raise
+    audit.record("pitr-drill", database=database, outcome="ok" if result.ok else "failed",
+                 target=result.target_time, detail=result.detail,
+                 data={"metrics": result.metrics(), "chain": result.chain})
     return result

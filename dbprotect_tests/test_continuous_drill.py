@@ -1,0 +1,157 @@
+"""Heartbeats and point-in-time drills against a real embedded PostgreSQL 18 (``wal_server``).
+
+The receiver runs as a real process writing a heartbeat a second; a drill restores to a random moment
+between two of them and proves the landing. The proof is tested to fail: a restore that lands later or
+earlier than claimed fails the drill (exit 7 in the CLI); heartbeats too sparse refuse (DBP967) rather
+than pass; an environment failure is raised as itself and records no failed check.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pyrage
+import pytest
+import yaml
+
+from dbprotect.core.config.load import load_config
+from dbprotect.core.continuous.base import take_base_backup
+from dbprotect.core.continuous.drill import recorded_pitr_drills, run_pitr_drill
+from dbprotect.core.continuous.heartbeat import read_heartbeats, run_heartbeats
+from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
+from dbprotect.core.continuous.wal import stored_segments
+from dbprotect.core.errors import Refusals, RefusedError, ToolError
+from dbprotect.core.ops.continuous import fetch_command
+from dbprotect.core.store.filesystem import FilesystemStorage
+from dbprotect.defs import load_definitions
+from dbprotect.defs.continuous.drills import PITR_DRILL_CHECK, pitr_drill_job_name
+from dbprotect_tests.fixtures.cli import run_json
+from dbprotect_tests.test_continuous_wal import current_segment, drop_slot, start_receiver, wait_for, wait_streaming
+
+
+def test_a_failing_heartbeat_insert_logs_one_line_and_keeps_ticking() -> None:
+    """No server there: the writer logs each failure and carries on until stopped (never raises)."""
+    stop = threading.Event()
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 2:
+            stop.set()
+
+    written = run_heartbeats("postgresql://nobody:secret@127.0.0.1:1/none", interval_seconds=0.05, stop=stop,
+                             log=log)
+    assert written == 0 and len(lines) == 2
+    assert all(line.startswith("heartbeat not written") and "secret" not in line for line in lines)
+
+
+def _config(write_config: Callable[..., Path], dsn: str, slot: str) -> Path:
+    path = write_config(dsn)
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["databases"]["shop"]["continuous"] = {"slot": slot, "partial_upload_seconds": 1, "incremental": False,
+                                              "heartbeat_seconds": 1}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_pitr_drill_proves_its_landing_and_fails_when_the_proof_is_wrong(
+        wal_server: str, write_config: Callable[..., Path], tmp_path: Path,
+        identity: pyrage.x25519.Identity, capsys: pytest.CaptureFixture[str], instance: dg.DagsterInstance) -> None:
+    slot = "dbprotect_test_drill"
+    config_path = _config(write_config, wal_server, slot)
+    config = load_config(config_path)
+    storage = FilesystemStorage(tmp_path / "store")
+    code, beat, err = run_json(capsys, "wal", "heartbeat", "shop")  # one by hand; creates the table
+    assert code == 0, err
+    receiver = start_receiver(config_path, tmp_path / "receiver.log")
+    try:
+        wait_streaming(wal_server, slot)
+        base = take_base_backup(database="shop", dsn=wal_server, storage=storage,
+                                recipients=config.keys.raw.recipients, incremental=False)
+        ended = datetime.fromisoformat(base.finished_at)
+
+        def beats_after_base() -> int:
+            with psycopg.connect(wal_server, autocommit=True) as conn:
+                return len(read_heartbeats(conn, after=ended))
+
+        wait_for(lambda: beats_after_base() >= 6, "six heartbeats after the base backup", 60)
+        last = current_segment(wal_server)
+        with psycopg.connect(wal_server, autocommit=True) as conn:
+            conn.execute("SELECT pg_switch_wal()")
+        wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped", 60)
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=30)
+        drop_slot(wal_server, slot)
+    with psycopg.connect(wal_server, autocommit=True) as conn:
+        beats = read_heartbeats(conn)
+    assert beats[0].id == beat["id"]
+    assert any(h.at > ended for h in beats), "the receiver wrote heartbeats"
+
+    # the drill through the CLI: passes, records RTO and an achieved RPO below the heartbeat interval
+    code, document, err = run_json(capsys, "drill", "shop", "--pitr")
+    assert code == 0, err
+    assert document["ok"] and document["heartbeat_after"] == document["heartbeat_before"] + 1
+    assert document["rto_seconds"] > 0 and 0 <= document["rpo_seconds"] <= 1.5
+    records = recorded_pitr_drills(storage, "shop")
+    assert len(records) == 1 and records[0]["ok"] and records[0]["metrics"]["rpo_seconds"] == document["rpo_seconds"]
+    audit = [json.loads(p.read_text()) for p in sorted((tmp_path / "store/_audit").glob("*.json"))]
+    assert any(r["action"] == "pitr-drill" and r["outcome"] == "ok" for r in audit)
+    assert not list(Path("/tmp").glob("dbprotect-pitr-drill-*/data/PG_VERSION")), "scratch server left behind"
+
+    # the monthly Dagster job runs the same drill: a passed check with RTO and RPO as float metadata
+    job = load_definitions(config_path).resolve_job_def(pitr_drill_job_name("shop"))
+    run = job.execute_in_process(instance=instance)
+    assert run.success
+    [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == PITR_DRILL_CHECK]
+    assert evaluation.passed, evaluation.description
+    for name in ("rto_seconds", "rpo_seconds"):
+        assert isinstance(evaluation.metadata[name], dg.FloatMetadataValue), name
+    assert [r["ok"] for r in recorded_pitr_drills(storage, "shop")] == [True, True]
+
+    identity_for_server = identity
+    command = fetch_command(config, "shop")
+
+    def restore_shifted(shift: timedelta) -> Callable[[datetime, Path], PitrResult]:
+        def restore(to_time: datetime, data_dir: Path) -> PitrResult:
+            return restore_to_point(storage=storage, database="shop", identity=identity_for_server,
+                                    data_dir=data_dir, restore_command=command, to_time=to_time + shift)
+        return restore
+
+    def drill(restore: Callable[[datetime, Path], PitrResult], **kwargs: object):  # type: ignore[no-untyped-def]
+        return run_pitr_drill(storage=storage, database="shop", source_dsn=wal_server, restore=restore,
+                              heartbeat_seconds=1, rng=random.Random(7), **kwargs)  # type: ignore[arg-type]
+
+    # a restore that lands later than the drill claims: the heartbeat after the target is there ⇒ fail
+    later = drill(restore_shifted(timedelta(seconds=1.2)))
+    assert not later.ok and "after the target) is present" in later.detail
+    # one that lands earlier (at the base backup's end): the heartbeat before the target is missing ⇒ fail
+    def restore_to_base_end(to_time: datetime, data_dir: Path) -> PitrResult:
+        return restore_to_point(storage=storage, database="shop", identity=identity_for_server,
+                                data_dir=data_dir, restore_command=command, to_lsn=base.end_lsn)
+
+    earlier = drill(restore_to_base_end)
+    assert not earlier.ok and "missing: the restore stopped early" in earlier.detail
+    assert [r["ok"] for r in recorded_pitr_drills(storage, "shop")] == [True, True, False, False]
+
+    # heartbeats too far apart to bound the moment: refused, not passed, nothing recorded
+    with pytest.raises(RefusedError) as refused:
+        drill(restore_shifted(timedelta()), max_gap_seconds=0.01)
+    assert refused.value.refusal == Refusals.PITR_HEARTBEATS_TOO_SPARSE
+
+    # an environment failure is raised as itself and never recorded as a failed drill
+    def no_port(to_time: datetime, data_dir: Path) -> PitrResult:
+        raise ToolError("no free port for the scratch server")
+
+    with pytest.raises(ToolError):
+        drill(no_port)
+    assert len(recorded_pitr_drills(storage, "shop")) == 4
