@@ -201,6 +201,8 @@ def run_pitr_drill(*, storage: Storage, database: str, source_dsn: str, restore:
             restored = restore(moment.target, data_dir)
         except (IntegrityError, CryptoError) as exc:  # the stored backup itself is damaged
             return _finish(storage, database, by, now, moment, started, None, exc.one_line(), [])
+        except OSError as exc:  # a tool missing or unrunnable, a disk full: the environment
+            raise ToolError(f"the scratch server for the drill could not be run: {exc}") from None
         except ToolError as exc:
             if "recovery ended before" not in str(exc):
                 raise  # the environment, not the backup

@@ -146,11 +146,13 @@ def _recovery_settings(restore_command: str, to_time: datetime | None, to_lsn: s
 def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519.Identity, data_dir: Path,
                      restore_command: str, to_time: datetime | None = None, to_lsn: str | None = None,
                      pg_bin_dir: ToolPlace = None, server_environ: Mapping[str, str] | None = None,
-                     work_dir: str | os.PathLike[str] | None = None,
+                     work_dir: str | os.PathLike[str] | None = None, relay: bool = False,
                      log: Callable[[str], None] = lambda line: None) -> PitrResult:
     """Restore ``database``'s server as it was at ``to_time`` (aware) or ``to_lsn`` into ``data_dir`` and
     start it, promoted; see the module docstring. ``server_environ``: the environment the server (and so
-    ``restore_command``) runs with — where the identity variable lives.
+    ``restore_command``) runs with — where the identity variable lives. ``relay``: serve the WAL from this
+    process even when not root (the server then never needs the identity: drills, Dagster runs whose
+    identity is a resource, not an environment variable).
     """
     if (to_time is None) == (to_lsn is None):
         raise ValueError("exactly one of to_time and to_lsn")
@@ -187,8 +189,10 @@ def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519
         (data_dir / "standby.signal").unlink(missing_ok=True)
         data_dir.chmod(0o700)
         with contextlib.ExitStack() as stack:
-            if user is not None:
-                restore_command = stack.enter_context(_wal_relay(storage, database, identity, data_dir, user, log))
+            if user is not None or relay:
+                relay_user = user or pwd.getpwuid(os.geteuid())
+                restore_command = stack.enter_context(_wal_relay(storage, database, identity, data_dir,
+                                                                 relay_user, log))
             with open(data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
                 conf.write(_recovery_settings(restore_command, to_time, to_lsn))
             result = _start_and_promote(data_dir, major=major, pg_bin_dir=pg_bin_dir, user=user,

@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyrage
+
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config, ContinuousSpec
@@ -196,23 +198,25 @@ def heartbeat_database(config: Config, database: str, *, environ: Mapping[str, s
 
 
 def pitr_drill_database(config: Config, database: str, *, environ: Mapping[str, str] | None = None,
-                        actor: str = DEFAULT_ACTOR, rng: random.Random | None = None) -> PitrDrillResult:
+                        actor: str = DEFAULT_ACTOR, rng: random.Random | None = None,
+                        identity: pyrage.x25519.Identity | None = None) -> PitrDrillResult:
     """A point-in-time drill of ``database`` (:mod:`dbprotect.core.continuous.drill`): restore to a random
     moment between two heartbeats into a private scratch data directory, prove the landing, record RTO
     and achieved RPO (audit + check record), remove the scratch server. A failed proof returns
-    ``ok=False``; environment failures and refusals are raised and audited as what they are."""
+    ``ok=False``; environment failures and refusals are raised and audited as what they are. The WAL is
+    always relayed from this process (``relay=True``): the scratch server never holds the identity."""
     spec = continuous_spec(config, database)
     storage = primary_store(config, database)
     audit = AuditLog(storage, actor=actor)
     try:
-        identity = raw_identity(config, environ)
+        identity = raw_identity(config, environ, identity)
         source = register_dsn(resolve_dsn(config, database, "production", environ))
         command = fetch_command(config, database)
 
         def restore(to_time: datetime, data_dir: Path) -> PitrResult:
             return restore_to_point(storage=storage, database=database, identity=identity, data_dir=data_dir,
                                     restore_command=command, to_time=to_time, pg_bin_dir=config.tool_dirs,
-                                    server_environ=environ, work_dir=config.scratch.work_dir)
+                                    work_dir=config.scratch.work_dir, relay=True)
 
         result = run_pitr_drill(storage=storage, database=database, source_dsn=source, restore=restore,
                                 heartbeat_seconds=spec.heartbeat_seconds, work_dir=config.scratch.work_dir,

@@ -17,7 +17,7 @@ from dbprotect.core.errors import NotFoundError, RefusedError
 from dbprotect.core.ops.continuous import pitr_drill_database
 from dbprotect.defs.helpers import core_errors_as_failures, safe_text
 from dbprotect.defs.names import DATABASE_TAG, database_pool, snapshot_key
-from dbprotect.defs.resources import DbprotectConfigResource, SecretsResource
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, SecretsResource
 
 PITR_DRILL_CHECK = "point_in_time_drill_proved"
 #: Monthly, an hour after the logical drill's default (03:00 on the 1st).
@@ -39,11 +39,13 @@ def pitr_drill_metadata(result: PitrDrillResult) -> dict[str, dg.MetadataValue]:
             "base_backups": dg.MetadataValue.text(", ".join(result.chain) or "none")}
 
 
-def pitr_drill_result(config: Config, database: str, environ: dict[str, str] | None) -> dg.AssetCheckResult:
+def pitr_drill_result(config: Config, database: str, identity: AgeIdentityResource,
+                      environ: dict[str, str] | None) -> dg.AssetCheckResult:
     key = pitr_drill_check_key(database)
     with core_errors_as_failures():
         try:
-            result = pitr_drill_database(config, database, environ=environ, actor="dagster:pitr-drill")
+            result = pitr_drill_database(config, database, environ=environ, actor="dagster:pitr-drill",
+                                         identity=identity.parsed())
         except (NotFoundError, RefusedError) as exc:  # nothing to drill, or too few heartbeats: red, not passed
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
                                        description=safe_text(exc.one_line()))
@@ -59,10 +61,11 @@ def build_pitr_drill_check(database: str) -> dg.AssetChecksDefinition:
         "one after is not. RTO and achieved RPO are recorded; the scratch server is always removed.",
     )
     def point_in_time_drill_proved(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                                   raw_backup_identity: dg.ResourceParam[AgeIdentityResource],
                                    dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
-        return pitr_drill_result(loaded, database, dbprotect_secrets.environ())
+        return pitr_drill_result(loaded, database, raw_backup_identity, dbprotect_secrets.environ())
 
     return point_in_time_drill_proved
 
