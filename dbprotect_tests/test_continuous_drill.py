@@ -13,7 +13,7 @@ import random
 import signal
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -24,8 +24,8 @@ import yaml
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
-from dbprotect.core.continuous.drill import recorded_pitr_drills, run_pitr_drill
-from dbprotect.core.continuous.heartbeat import read_heartbeats, run_heartbeats
+from dbprotect.core.continuous.drill import choose_moment, recorded_pitr_drills, run_pitr_drill
+from dbprotect.core.continuous.heartbeat import Heartbeat, read_heartbeats, run_heartbeats
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
 from dbprotect.core.continuous.wal import stored_segments
 from dbprotect.core.errors import Refusals, RefusedError, ToolError
@@ -155,3 +155,21 @@ def test_pitr_drill_proves_its_landing_and_fails_when_the_proof_is_wrong(
     with pytest.raises(ToolError):
         drill(no_port)
     assert len(recorded_pitr_drills(storage, "shop")) == 4
+
+
+def test_the_moment_lies_inside_the_retained_range_between_close_heartbeats() -> None:
+    """Each eligibility rule, failing when dropped: not before the oldest base's end, not a pair whose
+    ``after`` commit may be missing from the store, not a pair too far apart."""
+    t0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+    beats = [Heartbeat(i, t0 + timedelta(seconds=s), f"0/{0x1000 * i:X}")
+             for i, s in enumerate([0, 1, 2, 3, 10, 11, 12], start=1)]
+    # base ended at 0.5 s: beat 1 is too early; stored WAL ends below beat 7's insert: pair (5, 6) lacks proof
+    # that 6 committed; pair (4, 5) is 7 s apart. Left: (2, 3) and (3, 4).
+    chosen = {choose_moment(beats, earliest=t0 + timedelta(seconds=0.5), stored_end=0x1000 * 7 - 1,
+                            max_gap_seconds=3, rng=random.Random(seed)).before.id for seed in range(50)}
+    assert chosen == {2, 3}
+    moment = choose_moment(beats, earliest=t0, stored_end=0x1000 * 7, max_gap_seconds=1.5, rng=random.Random(1))
+    assert moment.before.at < moment.target < moment.after.at and moment.after.id == moment.before.id + 1
+    with pytest.raises(RefusedError):
+        choose_moment(beats[:3], earliest=t0 + timedelta(seconds=5), stored_end=0x1000 * 7, max_gap_seconds=3,
+                      rng=random.Random(1))
