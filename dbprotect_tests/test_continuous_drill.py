@@ -24,7 +24,7 @@ import yaml
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
-from dbprotect.core.continuous.drill import choose_moment, recorded_pitr_drills, run_pitr_drill
+from dbprotect.core.continuous.drill import PitrDrillResult, choose_moment, recorded_pitr_drills, run_pitr_drill
 from dbprotect.core.continuous.heartbeat import Heartbeat, read_heartbeats, run_heartbeats
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
 from dbprotect.core.continuous.wal import stored_segments
@@ -33,7 +33,7 @@ from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect.defs import load_definitions
 from dbprotect.defs.continuous.drills import PITR_DRILL_CHECK, pitr_drill_job_name
-from dbprotect_tests.fixtures.cli import run_json
+from dbprotect_tests.fixtures.cli import run, run_json
 from dbprotect_tests.test_continuous_wal import current_segment, drop_slot, start_receiver, wait_for, wait_streaming
 
 
@@ -173,3 +173,14 @@ def test_the_moment_lies_inside_the_retained_range_between_close_heartbeats() ->
     with pytest.raises(RefusedError):
         choose_moment(beats[:3], earliest=t0 + timedelta(seconds=5), stored_end=0x1000 * 7, max_gap_seconds=3,
                       rng=random.Random(1))
+
+
+def test_cli_pitr_drill_whose_proof_failed_exits_7_in_one_line(
+        write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config("postgresql://u@localhost/shop")
+    failed = PitrDrillResult("shop", False, "point-in-time drill failed: heartbeat 9 (after the target) is present",
+                             "2026-11-29T08:00:00+00:00", 3.0, 0.5)
+    monkeypatch.setattr("dbprotect.cli.commands.wal.pitr_drill_database", lambda *a, **k: failed)
+    assert run(["drill", "shop", "--pitr"]) == 7
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "DBP007" in err[0] and "after the target" in err[0], err
