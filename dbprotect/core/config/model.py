@@ -54,7 +54,7 @@ from pydantic import (
 
 from dbprotect.core.errors import NotFoundError
 from dbprotect.core.pg.tools import ToolDirs
-from dbprotect.core.retention.policy import RetentionPolicy
+from dbprotect.core.retention.policy import KindRetention, RetentionPolicy
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES
 
 Deployment = Literal["production", "development", "demo"]
@@ -309,6 +309,8 @@ class DatabaseSpec(_Strict):
     retention: PolicyField = None
     #: A different policy on some targets, by storage target name (others use ``retention``).
     retention_by_target: dict[str, PolicyField] = Field(default_factory=dict)
+    #: Safety, guard and sanitized backups: each kind by its own rule, never by ``retention``.
+    kind_retention: KindRetention = Field(default_factory=KindRetention)
     #: Retention cleanup: weekly by default, Sunday 04:00 (after the nightly backup).
     cleanup_schedule: str = "0 4 * * 0"
     #: A standby restored from the newest verified backup (:mod:`dbprotect.core.restore.warm`); off when unset.

@@ -26,6 +26,7 @@ from dbprotect.core.ops.context import (
 )
 from dbprotect.core.retention.cleanup import CleanupResult, execute_cleanup, plan_cleanup
 from dbprotect.core.retention.compliance import TargetsCompliance, compliance_by_target
+from dbprotect.core.retention.kinds import plan_kind_cleanups
 from dbprotect.core.retention.plan import RetentionPlan
 from dbprotect.core.store.catalog import BackupEntry, list_backups
 from dbprotect.core.store.lock import database_lock
@@ -73,15 +74,17 @@ def cleanup_database(config: Config, database: str, *, target: str | None = None
                                     tolerance=config.clock_skew_tolerance)
                 done.append(TargetCleanup(name, storage.uri, plan, None, exc))
                 continue
-            plan = plan_cleanup(storage, database, spec.policy_for(name), now, tz=retention_timezone(config),
-                                tolerance=config.clock_skew_tolerance)
-            try:
-                result = execute_cleanup(storage, plan, dry_run=dry_run,
-                                         audit=audit_log(config, database, actor=actor, target=name))
-            except DbprotectError as exc:
-                done.append(TargetCleanup(name, storage.uri, plan, None, exc))
-                continue
-            done.append(TargetCleanup(name, storage.uri, plan, result, None))
+            # every folder of the database (safety, guard, sanitized too), each backup by its kind
+            plans = plan_kind_cleanups(storage, database, spec.policy_for(name), spec.kind_retention, now,
+                                       tz=retention_timezone(config), tolerance=config.clock_skew_tolerance)
+            for plan in plans:
+                try:
+                    result = execute_cleanup(storage, plan, dry_run=dry_run,
+                                             audit=audit_log(config, database, actor=actor, target=name))
+                except DbprotectError as exc:
+                    done.append(TargetCleanup(name, storage.uri, plan, None, exc))
+                    continue
+                done.append(TargetCleanup(name, storage.uri, plan, result, None))
     return done
 
 

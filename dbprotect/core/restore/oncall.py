@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -41,7 +41,7 @@ import pyrage
 
 from dbprotect.core.backup.stream import run_backup
 from dbprotect.core.errors import DbprotectError, IntegrityError, NotFoundError, Refusals, RefusedError
-from dbprotect.core.pg.dsn import dbname_of, mask_dsn, with_dbname
+from dbprotect.core.pg.dsn import dbname_of, mask_dsn, server_label, with_dbname
 from dbprotect.core.pg.markers import read_marker, require_marker
 from dbprotect.core.pg.pg_restore import Progress
 from dbprotect.core.pg.swap import SwapDone, SwapHook, pending_swaps, swap_in
@@ -171,6 +171,8 @@ class RestoreResult:
     warnings: list[str] = field(default_factory=list)
     #: Databases the restore left behind because of those failures (the next restore drops them).
     leftovers: list[str] = field(default_factory=list)
+    #: The store folder of the safety backup (``<database>-safety``, or the development side's).
+    safety_folder: str | None = None
 
     def metrics(self) -> dict[str, float]:
         return {**self.timings, "objects": self.objects, "tables": self.plan.tables, "rows": self.plan.rows}
@@ -275,7 +277,8 @@ def execute_restore(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
                                   swap_hooks=swap_hooks)
     result = RestoreResult(plan, target.name, safety_id, timings, objects,
                            warnings=[done.warning] if done.warning else [],
-                           leftovers=[done.leftover] if done.leftover else [])
+                           leftovers=[done.leftover] if done.leftover else [],
+                           safety_folder=(safety_database or f"{plan.database}-safety") if safety_id else None)
     if audit:
         # Once the swap committed, the restore succeeded: a failed cleanup after it is a warning
         # naming what is left behind, never a "failed" restore of a database that was replaced.
@@ -346,7 +349,7 @@ def _safety_backup(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.
     folder = safety_database or f"{plan.database}-safety"
     try:
         backup = run_backup(database=folder, dsn=target.dsn, storage=storage, recipients=recipients,
-                            environment=target.environment, pg_bin_dir=pg_bin_dir, finish=with_kind("safety"))
+                            environment=target.environment, pg_bin_dir=pg_bin_dir, finish=safety_finish(plan))
         report = verify_backup(storage, folder, backup.manifest.backup_id, identity, by=by)
     except DbprotectError as exc:
         raise RefusedError(f"refused: the safety backup of {target.name!r} failed ({exc.one_line()}); "
@@ -358,6 +361,22 @@ def _safety_backup(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.
                            f"({report.summary()}); the restore did not start and nothing was changed",
                            refusal=Refusals.SAFETY_BACKUP_FAILED)
     return backup.manifest.backup_id
+
+
+def protected_target_label(target: RestoreTarget) -> str:
+    """How a safety backup names the database it was taken of: environment, name and server (no user)."""
+    return f"{target.environment}: {server_label(target.dsn)}"
+
+
+def safety_finish(plan: RestorePlan) -> Callable[[Manifest], Manifest]:
+    """The safety backup's manifest records its kind and the restore it protects (its undo): retention
+    keeps it while that restore is the newest over the target (:mod:`dbprotect.core.retention.plan`)."""
+    kind = with_kind("safety")
+
+    def finish(manifest: Manifest) -> Manifest:
+        return Manifest.model_validate({**kind(manifest).model_dump(mode="json"), "protects": {
+            "target": protected_target_label(plan.target), "restore_of": f"{plan.database}/{plan.backup_id}"}})
+    return finish
 
 
 def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.Identity,

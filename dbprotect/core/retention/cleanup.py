@@ -114,7 +114,7 @@ def execute_cleanup(storage: Storage, plan: RetentionPlan, *, dry_run: bool = Fa
     for kind, decision, done in work:
         try:
             if not dry_run:  # a holder whose lock was broken deletes nothing more
-                ensure_lock_held(storage, plan.database, f"the deletion of {decision.backup_id}")
+                ensure_lock_held(storage, plan.lock_database or plan.database, f"the deletion of {decision.backup_id}")
             freed = _sweep_one(storage, plan.database, decision, dry_run, result)
         except DbprotectError as exc:
             if not dry_run:

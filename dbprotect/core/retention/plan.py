@@ -38,6 +38,23 @@ clock. It is kept, flagged ``clock-skew``, and takes no part in any decision: it
 newest verified backup, it fills no keep_last slot, and it never makes another backup "older".
 An operator moves or deletes it by hand once the clock is fixed.
 
+**Kinds** (``kinds``: backup id -> the kind its manifest records). Safety backups, guard backups
+and sanitized copies follow :class:`~dbprotect.core.retention.policy.KindRetention`, never the
+policy above, and no kind counts toward another's quota (nor toward keep_last, the period rules or
+min_verified of the scheduled and manual backups):
+
+- **safety**: kept while younger than ``safety_min_age``, and, whatever its age or the clock, while
+  it protects the newest restore over its target (``protects``: backup id -> the target it was
+  taken of). Per target, the newest safety backup that has not failed is protected, and the newest
+  one that passed integrity too (a restore whose safety backup failed never started, so the one
+  before still protects the newest restore that happened). Protections: max_age only warns.
+- **guard**: kept while younger than ``guard_min_age``, then deleted.
+- **sanitized**: the ``sanitized_keep_last`` newest copies that did not fail are kept.
+
+Rule 1 (locked, in progress, clock-skewed, and the newest verified backup, counted per kind) holds
+for every kind. A backup without a kind (older than kinds) or with an unreadable manifest follows the
+policy, as before kinds existed.
+
 Special states: a backup whose verification failed (or whose dump object is missing) is never
 counted by a keep rule; it is kept until a newer verified backup exists, then deleted. Incomplete
 uploads older than a day are garbage (never restorable) and are deleted.
@@ -54,12 +71,12 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Literal
 
-from dbprotect.core.retention.policy import RetentionPolicy, format_duration
+from dbprotect.core.retention.policy import KindRetention, RetentionPolicy, format_duration
 from dbprotect.core.store.catalog import CLOCK_SKEW_TOLERANCE, BackupEntry, is_clock_skewed
 
 #: How long a backup without a manifest counts as "being written" before it is garbage.
@@ -67,6 +84,9 @@ INCOMPLETE_GRACE = timedelta(days=1)
 
 
 Action = Literal["keep", "delete"]
+
+#: Kinds of backup that follow their own rules (:class:`KindRetention`), never the database's policy.
+OWN_RULE_KINDS = frozenset({"safety", "guard", "sanitized"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +119,11 @@ class RetentionPlan:
     decisions: tuple[Decision, ...]
     refusal: str | None = None
     warnings: tuple[str, ...] = ()
+    #: The rules of safety, guard and sanitized backups, when the plan was made knowing kinds.
+    kind_policy: KindRetention | None = None
+    #: The configured database whose lock guards the sweep, when ``database`` is a folder derived
+    #: from its name (``shop-safety``); None: ``database`` itself.
+    lock_database: str | None = None
 
     @property
     def refused(self) -> bool:
@@ -131,7 +156,8 @@ class RetentionPlan:
 
     def render(self) -> str:
         """The plan as people read it: one line per backup, newest first."""
-        lines = [f"retention plan for {self.database} at {self.now.isoformat()}: {self.policy}"]
+        lines = [f"retention plan for {self.database} at {self.now.isoformat()}: {self.policy}"
+                 + (f"; kinds: {self.kind_policy}" if self.kind_policy else "")]
         if self.refusal:
             lines.append(f"REFUSED: {self.refusal}")
         lines += [f"warning: {w}" for w in self.warnings]
@@ -236,14 +262,19 @@ def _refusal(verified: list[BackupEntry], policy: RetentionPolicy, now: datetime
 
 def plan_retention(entries: Iterable[BackupEntry], policy: RetentionPolicy, now: datetime, *,
                    database: str | None = None, locked: Collection[str] = (), tz: tzinfo = UTC,
-                   tolerance: timedelta = CLOCK_SKEW_TOLERANCE) -> RetentionPlan:
+                   tolerance: timedelta = CLOCK_SKEW_TOLERANCE, kinds: Mapping[str, str] | None = None,
+                   protects: Mapping[str, str] | None = None,
+                   kind_policy: KindRetention | None = None) -> RetentionPlan:
     """Decide, for every entry of a catalog listing, keep or delete, with the reasons.
 
     ``entries`` should come from ``list_backups(..., include_incomplete=True)`` so that uploads in
     progress and stale incomplete uploads are seen. ``locked`` names backups in use (being
     verified, restored or copied); ``tz`` is the zone whose days, weeks, months and years the
     period rules count in; a backup dated more than ``tolerance`` after ``now`` is clock-skewed
-    (kept, and counted by no rule). Pure: no storage access, no clock reading.
+    (kept, and counted by no rule). ``kinds`` (backup id -> kind) sends safety, guard and
+    sanitized backups to their own rules (``kind_policy``, default :class:`KindRetention`), with
+    ``protects`` (backup id -> the target a safety backup was taken of; absent: an unknown target
+    of its own). Pure: no storage access, no clock reading.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -257,13 +288,20 @@ def plan_retention(entries: Iterable[BackupEntry], policy: RetentionPolicy, now:
                                        "counted by no rule and never deleted by one")
     skewed_ids = {e.backup_id for e in skewed}
     entries = [e for e in everything if e.backup_id not in skewed_ids]
+    kinds = kinds or {}
+    own_rules = [e for e in entries if e.has_manifest and kinds.get(e.backup_id) in OWN_RULE_KINDS]
+    own_rule_ids = {e.backup_id for e in own_rules}
+    entries = [e for e in entries if e.backup_id not in own_rule_ids]
     complete = [e for e in entries if e.has_manifest]
     verified = [e for e in complete if e.integrity_ok]
 
     def too_old(entry: BackupEntry) -> bool:
         return policy.max_age is not None and now - entry.started_at > policy.max_age
 
-    _protect(entries, verified, locked, now, work)
+    _protect(entries + own_rules, verified, locked, now, work)
+    if own_rules or kind_policy is not None:
+        kind_policy = kind_policy or KindRetention()
+        _apply_kind_rules(own_rules, kinds, protects or {}, kind_policy, now, too_old, work)
     for i, entry in enumerate(verified[:policy.min_verified], 1):
         work.add_keep(entry.backup_id, f"min_verified ({i} of {policy.min_verified})")
     candidates = [e for e in complete if not _failed(e) and not too_old(e)]
@@ -275,7 +313,7 @@ def plan_retention(entries: Iterable[BackupEntry], policy: RetentionPolicy, now:
         for i, entry in enumerate(usable[:floor], 1):
             work.add_keep(entry.backup_id, f"no verified backup exists: one of the {floor} newest kept ({i} of "
                                            f"{floor}) whatever the policy")
-    for entry in entries:
+    for entry in entries + own_rules:
         if too_old(entry):
             assert policy.max_age is not None
             reason = f"older than max_age={format_duration(policy.max_age)} ({_age_text(now - entry.started_at)})"
@@ -285,7 +323,8 @@ def plan_retention(entries: Iterable[BackupEntry], policy: RetentionPolicy, now:
             work.add_delete(entry.backup_id, reason)
     decisions = tuple(_decide(entry, policy, work, "clock-skew" if entry.backup_id in skewed_ids else entry.status)
                       for entry in everything)
-    return RetentionPlan(database, policy, now, decisions, _refusal(verified, policy, now), tuple(work.warnings))
+    return RetentionPlan(database, policy, now, decisions, _refusal(verified, policy, now), tuple(work.warnings),
+                         kind_policy=kind_policy)
 
 
 def _protect(entries: list[BackupEntry], verified: list[BackupEntry], locked: frozenset[str], now: datetime,
@@ -320,6 +359,60 @@ def _apply_keep_rules(candidates: list[BackupEntry], policy: RetentionPolicy, tz
             work.add_keep(backup_id, reason)
 
 
+def _apply_kind_rules(own_rules: list[BackupEntry], kinds: Mapping[str, str], protects: Mapping[str, str],
+                      kind_policy: KindRetention, now: datetime, too_old: Callable[[BackupEntry], bool],
+                      work: _Work) -> None:
+    """Safety, guard and sanitized backups, each kind by its own rule (never counted by another's).
+
+    ``own_rules`` holds no clock-skewed entry (those are kept and counted by nothing), so the
+    newest safety backup per target is the newest one dated by a sane clock; one dated in the
+    future is kept anyway.
+    """
+    by_kind: dict[str, list[BackupEntry]] = {}
+    for entry in own_rules:  # newest first, as given
+        by_kind.setdefault(kinds[entry.backup_id], []).append(entry)
+    for kind, of_kind in by_kind.items():  # rule 1, per kind: no kind's floor is another's
+        newest = next((e for e in of_kind if e.integrity_ok), None)
+        if newest is not None:
+            work.add_keep(newest.backup_id, f"newest verified {kind} backup (never deleted)")
+    safety = by_kind.get("safety", [])
+    for entry in safety:
+        if now - entry.started_at < kind_policy.safety_min_age:
+            work.add_keep(entry.backup_id, f"safety backup younger than safety_min_age="
+                                           f"{format_duration(kind_policy.safety_min_age)}")
+    newest_usable: dict[str, BackupEntry] = {}
+    newest_verified: dict[str, BackupEntry] = {}
+    for entry in safety:
+        target = protects.get(entry.backup_id) or f"an unknown target ({entry.backup_id})"
+        if not _failed(entry):
+            newest_usable.setdefault(target, entry)
+        if entry.integrity_ok:
+            newest_verified.setdefault(target, entry)
+    for target, entry in [*newest_usable.items(), *newest_verified.items()]:
+        reason = f"safety backup of the newest restore over {target}: kept until another restore replaces it"
+        if reason not in work.keep.get(entry.backup_id, []):
+            work.add_keep(entry.backup_id, reason)
+    for entry in safety:
+        if entry.backup_id not in work.keep:
+            work.add_delete(entry.backup_id, f"safety backup older than safety_min_age="
+                                             f"{format_duration(kind_policy.safety_min_age)}, and a newer restore "
+                                             "over its target has its own")
+    for entry in by_kind.get("guard", []):
+        if now - entry.started_at < kind_policy.guard_min_age and not too_old(entry):
+            work.add_keep(entry.backup_id, f"guard backup younger than guard_min_age="
+                                           f"{format_duration(kind_policy.guard_min_age)}")
+        else:
+            work.add_delete(entry.backup_id, f"guard backup older than guard_min_age="
+                                             f"{format_duration(kind_policy.guard_min_age)}")
+    usable = [e for e in by_kind.get("sanitized", []) if not _failed(e) and not too_old(e)]
+    n = kind_policy.sanitized_keep_last
+    for i, entry in enumerate(usable[:n], 1):
+        work.add_keep(entry.backup_id, f"sanitized_keep_last ({i} of {n})")
+    for entry in by_kind.get("sanitized", []):
+        if entry.backup_id not in work.keep:
+            work.add_delete(entry.backup_id, f"not one of the {n} newest sanitized copies that did not fail")
+
+
 def _apply_failed_rule(complete: list[BackupEntry], verified: list[BackupEntry], work: _Work) -> None:
     """A failed backup stays while no newer verified backup exists: it may still be the best we have.
 
@@ -346,4 +439,4 @@ def _decide(entry: BackupEntry, policy: RetentionPolicy, work: _Work, status: st
     return Decision(entry.backup_id, entry.started_at, status, "delete", tuple(reasons))
 
 
-__all__ = ["INCOMPLETE_GRACE", "Action", "Decision", "RetentionPlan", "plan_retention"]
+__all__ = ["INCOMPLETE_GRACE", "OWN_RULE_KINDS", "Action", "Decision", "RetentionPlan", "plan_retention"]

@@ -114,4 +114,55 @@ class RetentionPolicy(BaseModel):
         return cls.model_validate(values)
 
 
-__all__ = ["RetentionPolicy", "format_duration", "parse_duration"]
+def _duration_field(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"{value!r} needs a unit (7d, 36h)")
+    return value
+
+
+class KindRetention(BaseModel):
+    """How long the backups that are not the schedule's are kept: each kind by its own rule.
+
+    Safety backups (taken before an overwrite restore or a promotion: its undo), guard backups
+    (before a schema push or a guarded change) and sanitized copies live in their own folders
+    and never count toward the database's policy, nor toward each other's:
+
+    * ``safety_min_age`` (default 7 days): a safety backup is kept at least this long, and beyond
+      it for as long as it protects the newest restore over its target (nothing newer replaced
+      that database since). Both are protections: the database's ``max_age`` does not remove them
+      (the plan warns instead), because deleting the one undo of the last restore is worse.
+    * ``guard_min_age`` (default 7 days): a guard backup is kept this long, then deleted.
+    * ``sanitized_keep_last`` (default 3): the newest N sanitized copies that did not fail are kept.
+
+    Guard backups and sanitized copies older than the database's ``max_age`` go, as any backup does.
+    Written in ``dbprotect.yaml`` as ``kind_retention: {safety_min_age: 7d, guard_min_age: 14d,
+    sanitized_keep_last: 3}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    safety_min_age: timedelta = timedelta(days=7)
+    guard_min_age: timedelta = timedelta(days=7)
+    sanitized_keep_last: int = Field(default=3, ge=1)
+
+    @field_validator("safety_min_age", "guard_min_age", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return _duration_field(value)
+
+    @field_validator("safety_min_age", "guard_min_age")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0) or value.microseconds:
+            raise ValueError("a minimum age is a whole, non-negative number of seconds")
+        return value
+
+    def __str__(self) -> str:
+        return (f"safety_min_age={format_duration(self.safety_min_age)}, "
+                f"guard_min_age={format_duration(self.guard_min_age)}, "
+                f"sanitized_keep_last={self.sanitized_keep_last}")
+
+
+__all__ = ["KindRetention", "RetentionPolicy", "format_duration", "parse_duration"]

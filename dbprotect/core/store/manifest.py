@@ -283,9 +283,10 @@ class CatalogRecord(BaseModel):
 
 
 #: Fields a manifest may carry beyond the schema: ``sanitized`` (a sanitized copy's lineage,
-#: :mod:`dbprotect.core.sanitize.build`) and ``kind`` (why the backup was taken, :data:`BACKUP_KINDS`).
+#: :mod:`dbprotect.core.sanitize.build`), ``kind`` (why the backup was taken, :data:`BACKUP_KINDS`)
+#: and ``protects`` (a safety backup's restore: ``{target, restore_of}``, what retention keeps it for).
 #: Any other unknown field makes the manifest malformed.
-ALLOWED_EXTRA_FIELDS = frozenset({"sanitized", "kind"})
+ALLOWED_EXTRA_FIELDS = frozenset({"sanitized", "kind", "protects"})
 
 #: Why a backup was taken: by a schedule, by hand, before an overwrite restore (its undo), before a
 #: guarded change, or a sanitized copy. All are ordinary backups: listed, verified, restored by id.
@@ -413,6 +414,11 @@ class Manifest(BaseModel):
         kind = (self.model_extra or {}).get("kind")
         if kind is not None and kind not in BACKUP_KINDS:
             raise ValueError(f"kind {str(kind)[:40]!r} is not one of {', '.join(BACKUP_KINDS)}")
+        protects = (self.model_extra or {}).get("protects")
+        if protects is not None and (not isinstance(protects, dict) or set(protects) != {"target", "restore_of"}
+                                     or not all(isinstance(v, str) and 0 < len(v) <= 1000 and "\x00" not in v
+                                                for v in protects.values())):
+            raise ValueError("protects is exactly {target: text, restore_of: text}")
         return self
 
     @property
