@@ -112,7 +112,8 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
     click.echo(f"restored {database} backup {plan.backup_id} into {plan.target.environment} database "
                f"{outcome.target_database!r}: {plan.tables} tables, {plan.rows:,} rows verified")
     if outcome.safety_backup_id:
-        click.echo(f"  safety backup of the replaced database: {outcome.safety_backup_id} ({database}-safety)")
+        click.echo(f"  safety backup of the replaced database: {outcome.safety_backup_id} "
+                   f"({outcome.safety_folder or database + '-safety'})")
         click.echo("  to undo this restore: " + undo_command(database, outcome.safety_backup_id,
                                                               plan.target.environment, outcome.target_database))
     click.echo(f"  phases: {timings}")

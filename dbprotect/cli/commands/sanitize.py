@@ -22,6 +22,7 @@ from dbprotect.core.ops import (
     cli_actor,
     promote_dev_copy,
     starter_rules_for,
+    undo_command,
 )
 
 
@@ -142,10 +143,14 @@ def promote(ui: Ui, database: str, confirm: bool, artifact_id: str | None) -> in
     result = promote_dev_copy(ui.load(), database, confirmed=confirm, artifact_id=artifact_id, by=cli_actor())
     document = {"database": database, "artifact_id": result.plan.backup_id,  # type: ignore[attr-defined]
                 "development_database": result.target_database,  # type: ignore[attr-defined]
-                "safety_backup_id": result.safety_backup_id}  # type: ignore[attr-defined]
+                "safety_backup_id": result.safety_backup_id,  # type: ignore[attr-defined]
+                "undo_command": undo_command(database, result.safety_backup_id,  # type: ignore[attr-defined]
+                                             "development", result.target_database)}  # type: ignore[attr-defined]
     if ui.json:
         ui.emit(document)
     else:
         click.echo(f"promoted sanitized copy {document['artifact_id']} into development database "
-                   f"{document['development_database']} (safety backup {document['safety_backup_id']})")
+                   f"{document['development_database']} (safety backup {document['safety_backup_id']}, "
+                   f"{database}-development-safety)")
+        click.echo(f"  to undo this promotion: {document['undo_command']}")
     return EXIT_OK

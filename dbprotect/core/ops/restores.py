@@ -14,7 +14,9 @@ import pyrage
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
+from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import (
+    ConfigError,
     Refusals,
     RefusedError,
 )
@@ -80,6 +82,7 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
     else:
         entry = find_backup(storage, [database] if backup_id == "latest" else backup_folders(database), backup_id)
         backup_id, folder = entry.backup_id, entry.database
+    identity, recipients, safety_folder = _keys_for_folder(config, database, folder, environ, identity)
     if not existing and not target_name:
         target_name = default_restore_name(database, backup_id)
     target = restore_target(config, database, environment=environment, existing=existing, name=target_name,
@@ -91,11 +94,29 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
     with terminate_as_interrupt(), contextlib.ExitStack() as held:
         if not dry_run:
             held.enter_context(database_lock(storage, database, owner=by))
-        return restore(storage, manifest, raw_identity(config, environ, identity), target, confirmation=confirmation,
-                       recipients=config.keys.raw.recipients, dry_run=dry_run,
+        return restore(storage, manifest, identity, target, confirmation=confirmation,
+                       recipients=recipients, dry_run=dry_run,
                        audit=AuditLog(storage, actor=by), pg_bin_dir=config.tool_dirs,
                        work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze,
-                       safety_database=f"{database}-safety")
+                       safety_database=safety_folder)
+
+
+def _keys_for_folder(config: Config, database: str, folder: str, environ: Mapping[str, str] | None,
+                     identity: pyrage.x25519.Identity | None) -> tuple[pyrage.x25519.Identity, list[str], str]:
+    """(identity, recipients, safety folder) of a restore of a backup kept in ``folder``.
+
+    A promotion's safety backup (``<database>-development-safety``) is encrypted to the development
+    key: it is the development side's undo, restored there with the development identity (the
+    raw one is refused on that side), and the restore's own safety backup goes beside it, to the
+    same key. Every other backup is the raw key's, and its undo goes to ``<database>-safety``.
+    """
+    if folder == f"{database}-development-safety":
+        keys = config.keys.development
+        if keys is None:
+            raise ConfigError(f"{config.source}: keys.development is missing",
+                              hint=f"backups in {folder} are encrypted to the development key")
+        return identity or load_identity(keys.identity_env, environ), keys.recipients, folder
+    return raw_identity(config, environ, identity), config.keys.raw.recipients, f"{database}-safety"
 
 
 def restore_verify_database(config: Config, database: str, backup_id: str | None = None, *,

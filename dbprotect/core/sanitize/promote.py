@@ -6,6 +6,12 @@ guarded on-call restore of :mod:`dbprotect.core.restore.oncall`: the development
 marker must say ``development``, a safety backup of it is taken first (encrypted to the
 development key), the copy is restored into a staging database, verified against its manifest and
 swapped in. A copy whose lineage lacks a passed result for any blocking check is never promoted.
+
+The undo is an ordinary restore on the development side: the safety backup sits in
+``<database>-development-safety`` (``list --all`` names it ``safety``), ``dbprotect restore
+<database> <its id> --target development:<name> --confirm <name>`` decrypts it with the development
+identity (:func:`dbprotect.core.ops.restores.restore_database` picks the key by that folder), and
+``promote`` prints that exact command.
 """
 
 from __future__ import annotations
