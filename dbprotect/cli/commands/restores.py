@@ -105,6 +105,7 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
     if ui.json:
         ui.emit({"dry_run": False, "plan": plan.to_dict(), "restored_database": outcome.target_database,
                  "safety_backup_id": outcome.safety_backup_id, "metrics": outcome.metrics(),
+                 "database_settings": outcome.settings.to_dict() if outcome.settings else None,
                  "undo_command": undo_command(database, outcome.safety_backup_id, plan.target.environment,
                                               outcome.target_database) if outcome.safety_backup_id else None})
         return EXIT_OK
@@ -116,6 +117,11 @@ def restore(ui: Ui, database: str, backup_id: str | None, target_spec: str, envi
                    f"({outcome.safety_folder or database + '-safety'})")
         click.echo("  to undo this restore: " + undo_command(database, outcome.safety_backup_id,
                                                               plan.target.environment, outcome.target_database))
+    if outcome.settings is not None:
+        applied = outcome.settings.applied
+        click.echo(f"  database settings applied: {', '.join(applied) if applied else 'none recorded'}")
+        for line in outcome.settings.not_applied:
+            click.echo(f"  database setting NOT applied: {line}")
     click.echo(f"  phases: {timings}")
     return EXIT_OK
 

@@ -63,6 +63,7 @@ from dbprotect.core.backup.content import (
 from dbprotect.core.crypto import fingerprint, parse_recipients
 from dbprotect.core.errors import DbprotectError, StorageError, ToolError
 from dbprotect.core.pg.dsn import mask_dsn, server_label
+from dbprotect.core.pg.markers import owned_database_settings
 from dbprotect.core.pg.tools import (
     ToolPlace,
     connect,
@@ -76,6 +77,7 @@ from dbprotect.core.store import ObjectWriter, Storage
 from dbprotect.core.store.lock import database_lock, ensure_lock_held
 from dbprotect.core.store.manifest import (
     CatalogRecord,
+    DatabaseSettingsRecord,
     Manifest,
     TableRecord,
     dump_key,
@@ -373,7 +375,18 @@ def _capture_catalog(summary: ArchiveSummary, control: psycopg.Connection, sessi
     pin_session(control, session)
     return CatalogRecord(pg_dump_major=pg_dump_major, definitions=definitions, owners=owners,
                          materialized_views=materialized_view_records(control),
-                         large_objects_digest=large_objects_digest(summary.large_object_terms))
+                         large_objects_digest=large_objects_digest(summary.large_object_terms),
+                         database_settings=settings_record(control))
+
+
+def settings_record(conn: psycopg.Connection) -> DatabaseSettingsRecord:
+    """The connected database's own settings (:func:`dbprotect.core.pg.markers.owned_database_settings`).
+
+    Why in the snapshot: ``pg_dump`` without ``--create`` never writes them, so a restore can only
+    bring them back, and a comparison only check them, from what the backup recorded here.
+    """
+    found = owned_database_settings(conn)
+    return DatabaseSettingsRecord(all_roles=found.pop("", {}), roles=found)
 
 
 def _schema_and_name(summary: ArchiveSummary, qualified: str) -> dict[str, str]:

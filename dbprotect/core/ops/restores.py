@@ -162,4 +162,5 @@ def compare_with_backup(config: Config, database: str, backup_id: str, *, enviro
     target = restore_target(config, database, environment=environment, existing=True, name=target_name,
                             environ=environ)
     with terminate_as_interrupt():
-        return entry.backup_id, compare_database(target.dsn, manifest, owners=owners, pg_bin_dir=config.pg_bin_dir)
+        return entry.backup_id, compare_database(target.dsn, manifest, owners=owners, pg_bin_dir=config.pg_bin_dir,
+                                                settings=True)

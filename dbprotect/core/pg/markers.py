@@ -52,6 +52,27 @@ def database_settings(conn: psycopg.Connection, dbname: str | None = None) -> di
     return found
 
 
+def owned_database_settings(conn: psycopg.Connection, dbname: str | None = None) -> dict[str, dict[str, str]]:
+    """The settings of ``dbname`` (default: the connected database) that belong to its data: role
+    (``""``: every role) -> ``{setting: value}``, for ``ALTER DATABASE … SET`` and ``ALTER ROLE … IN
+    DATABASE … SET``. ``dbprotect.*`` (markers, swap and warm-copy records) describe the place and are
+    left out. A per-role row whose role no longer exists is left out too (it applies to no one).
+    """
+    rows = conn.execute(
+        "SELECT CASE WHEN s.setrole = 0 THEN '' ELSE r.rolname::text END, s.setconfig "
+        "FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+        "LEFT JOIN pg_roles r ON r.oid = s.setrole "
+        "WHERE d.datname = coalesce(%s::text, current_database()) AND (s.setrole = 0 OR r.rolname IS NOT NULL)",
+        (dbname,)).fetchall()
+    found: dict[str, dict[str, str]] = {}
+    for role, config in rows:
+        for item in config or []:
+            key, _, value = item.partition("=")
+            if not key.lower().startswith("dbprotect."):
+                found.setdefault(role, {})[key] = value
+    return found
+
+
 def read_setting(conn: psycopg.Connection, dbname: str, setting: str) -> str | None:
     """One database-level setting of ``dbname`` (see :func:`database_settings`), or None."""
     return database_settings(conn, dbname).get(dbname, {}).get(setting)

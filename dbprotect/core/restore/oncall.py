@@ -21,8 +21,13 @@ without changing anything:
 The plan says what the restore will drop (objects in the target the backup does not contain),
 replace and create, how big it is, and how long the last drill took. ``dry_run`` returns the plan.
 
-Limitations: the replaced database's owner and marker are carried over to the restored one; other
-database-level settings (``ALTER DATABASE ... SET``) and database ACLs are not.
+The database's own settings that the backup recorded (``ALTER DATABASE … SET``, ``ALTER ROLE … IN
+DATABASE … SET``; ``pg_restore`` without ``--create`` never restores them) are applied to the staging
+database after the data, read back, and named in the result (:mod:`dbprotect.core.restore.settings`:
+what it does not apply from an untrusted manifest, and why).
+
+Limitations: the replaced database's owner and marker are carried over to the restored one; its
+connection limit, ``ALLOW_CONNECTIONS`` and database ACLs describe the place and are not.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from dbprotect.core.pg.tools import connect, server_major
 from dbprotect.core.restore.decrypt import read_archive_listing
 from dbprotect.core.restore.drill import LastDrill, last_drill
 from dbprotect.core.restore.guards import check_confirmation, check_direction, check_target_server_version
+from dbprotect.core.restore.settings import AppliedSettings, apply_database_settings
 from dbprotect.core.restore.staged import PhaseClock, prepare_server, staged_restore, swap_intent_recorder
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import record_verification
@@ -173,6 +179,8 @@ class RestoreResult:
     leftovers: list[str] = field(default_factory=list)
     #: The store folder of the safety backup (``<database>-safety``, or the development side's).
     safety_folder: str | None = None
+    #: The backup's database settings applied to the restored database, and those not applied (why).
+    settings: AppliedSettings | None = None
 
     def metrics(self) -> dict[str, float]:
         return {**self.timings, "objects": self.objects, "tables": self.plan.tables, "rows": self.plan.rows}
@@ -271,14 +279,15 @@ def execute_restore(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
                 progress("safety_backup")
             safety_id = _safety_backup(storage, plan, identity, recipients, safety_database, pg_bin_dir, by)
             timings["safety_backup_seconds"] = round(time.perf_counter() - started, 3)
-        objects, done = _restore_staged(storage, plan, identity, timings, pg_bin_dir=pg_bin_dir, jobs=jobs,
+        objects, done, settings = _restore_staged(storage, plan, identity, timings, pg_bin_dir=pg_bin_dir, jobs=jobs,
                                   work_dir=work_dir, progress=progress,
                                   analyze=target.existing if analyze is None else analyze, audit=audit,
                                   swap_hooks=swap_hooks)
     result = RestoreResult(plan, target.name, safety_id, timings, objects,
                            warnings=[done.warning] if done.warning else [],
                            leftovers=[done.leftover] if done.leftover else [],
-                           safety_folder=(safety_database or f"{plan.database}-safety") if safety_id else None)
+                           safety_folder=(safety_database or f"{plan.database}-safety") if safety_id else None,
+                           settings=settings)
     if audit:
         # Once the swap committed, the restore succeeded: a failed cleanup after it is a warning
         # naming what is left behind, never a "failed" restore of a database that was replaced.
@@ -288,6 +297,7 @@ def execute_restore(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
                             + "".join(f"; warning: {warning}" for warning in result.warnings),
                      data={"restore_target": target.name, "environment": target.environment,
                            "safety_backup_id": safety_id, "metrics": result.metrics(),
+                           "database_settings": result.settings.to_dict() if result.settings else None,
                            **({"warnings": result.warnings, "leftovers": result.leftovers}
                               if result.warnings else {})})
     return result
@@ -382,8 +392,10 @@ def safety_finish(plan: RestorePlan) -> Callable[[Manifest], Manifest]:
 def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519.Identity,
                     timings: dict[str, float], *, pg_bin_dir: str | None, jobs: int | None,
                     work_dir: str | os.PathLike[str] | None, progress: Progress | None,
-                    analyze: bool, audit: AuditLog | None, swap_hooks: SwapHook | None) -> tuple[int, SwapDone]:
-    """Restore into a staging database (the one staged pipeline), then swap it in; it never outlives a failure."""
+                    analyze: bool, audit: AuditLog | None,
+                    swap_hooks: SwapHook | None) -> tuple[int, SwapDone, AppliedSettings | None]:
+    """Restore into a staging database (the one staged pipeline), apply the backup's database settings
+    to it, then swap it in; it never outlives a failure."""
     target, manifest = plan.target, plan.manifest
     clock = PhaseClock(progress, timings)
     with staged_restore(storage, manifest, identity, target.admin_dsn, clock, pg_bin_dir=pg_bin_dir, jobs=jobs,
@@ -391,9 +403,14 @@ def _restore_staged(storage: Storage, plan: RestorePlan, identity: pyrage.x25519
         if staged.problems:
             raise IntegrityError(f"restored data does not match backup {manifest.backup_id}: "
                                  + "; ".join(staged.problems[:5]) + f"; {target.name!r} was not changed")
+        record = manifest.catalog.database_settings if manifest.catalog else None
+        settings = None
+        if record is not None:
+            with clock("settings"):
+                settings = apply_database_settings(target.admin_dsn, staged.database.name, record)
         with clock("swap"):
             done = _put_in_place(target, staged.database.name, manifest.database, audit, swap_hooks)
-        return staged.objects, done
+        return staged.objects, done, settings
 
 
 def _put_in_place(target: RestoreTarget, staging: str, database: str, audit: AuditLog | None,

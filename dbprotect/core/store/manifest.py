@@ -240,6 +240,48 @@ class MaterializedViewRecord(BaseModel):
         return self
 
 
+#: A setting's name as ``pg_db_role_setting`` stores it (``work_mem``, ``app.tenant``); at most this many per role.
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*")
+MAX_DATABASE_SETTINGS = 1_000
+
+
+def _settings_map(value: dict[str, str], what: str) -> dict[str, str]:
+    if len(value) > MAX_DATABASE_SETTINGS:
+        raise ValueError(f"{what}: more than {MAX_DATABASE_SETTINGS} settings")
+    for name, setting in value.items():
+        if len(name) > MAX_NAME_LENGTH or not _SETTING_NAME.fullmatch(name):
+            raise ValueError(f"{what}: {name[:40]!r} is not a setting name")
+        if len(setting) > MAX_TEXT_LENGTH or "\x00" in setting:
+            raise ValueError(f"{what}.{name}: the value is too long or holds a NUL")
+    return value
+
+
+class DatabaseSettingsRecord(BaseModel):
+    """The database's own settings (``ALTER DATABASE … SET``, and ``ALTER ROLE … IN DATABASE … SET``).
+
+    ``all_roles`` is ``pg_db_role_setting``'s row for every role (``setrole = 0``), ``roles`` one
+    row per role, as ``name -> value`` text exactly as the server stores it. dbprotect's own
+    ``dbprotect.*`` settings describe the place, not the data, and are never recorded.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    all_roles: dict[str, str] = Field(default_factory=dict)
+    roles: dict[str, dict[str, str]] = Field(default_factory=dict, max_length=MAX_DATABASE_SETTINGS)
+
+    @field_validator("all_roles")
+    @classmethod
+    def _all_roles(cls, value: dict[str, str]) -> dict[str, str]:
+        return _settings_map(value, "database_settings.all_roles")
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for role, settings in value.items():
+            _bounded_name(role, "role", MAX_NAME_LENGTH)
+            _settings_map(settings, "database_settings.roles")
+        return value
+
+
 class CatalogRecord(BaseModel):
     """What a full comparison needs beyond tables and sequences, captured in the dump's snapshot.
 
@@ -256,6 +298,8 @@ class CatalogRecord(BaseModel):
     materialized_views: dict[str, MaterializedViewRecord] = Field(default_factory=dict, max_length=MAX_OBJECTS)
     #: Sum of every large object's content term (:func:`dbprotect.core.backup.archive.large_object_term`).
     large_objects_digest: str | None = Field(default=None, pattern=_DIGEST)
+    #: The database's own settings (None before they were captured).
+    database_settings: DatabaseSettingsRecord | None = None
 
     @field_validator("definitions")
     @classmethod

@@ -17,10 +17,16 @@ Owners and privileges are compared only where the target keeps them (``owners=Tr
 with ``--no-owner --no-acl`` (rung 3, drills: the scratch server need not know the roles) owns
 everything as the restoring role, so comparing them would only report noise. The on-call restore,
 the warm copy and ``dbprotect compare`` keep and compare them (``compare --no-owners`` for a
-database restored by hand without them). Database-level entries (name, locale, ``ALTER DATABASE
-... SET``) describe the place, and ``pg_restore`` without ``--create`` never restores them; the
-settings dbprotect owns (``dbprotect.*``: the environment marker, swap and warm-copy records)
-describe the place too. Neither is compared.
+database restored by hand without them).
+
+**Database settings** (``settings=True``): the database's own ``ALTER DATABASE … SET`` and
+``ALTER ROLE … IN DATABASE … SET`` are part of what an application sees (a ``search_path``, a
+``statement_timeout``, an ``app.tenant``), so the backup records them and they are compared where
+the target keeps them: ``dbprotect compare`` and the on-call restore, which applies them after the
+data (:mod:`dbprotect.core.restore.settings`). What describes the place is not dbprotect's to own
+and is never compared: the name, owner, locale, encoding, tablespace, ``CONNECTION LIMIT``,
+``ALLOW_CONNECTIONS``, database ACLs, and ``dbprotect.*`` (the environment marker, swap and
+warm-copy records). Rung 3 and drills restore into scratch databases that keep no settings.
 
 A manifest written before the definitions were captured compares what it has and says what it
 cannot (:attr:`Comparison.unchecked`), as does a target whose server or pg_dump is of another major
@@ -56,8 +62,9 @@ from dbprotect.core.backup.content import (
     pin_session,
 )
 from dbprotect.core.errors import ToolError
+from dbprotect.core.pg.markers import owned_database_settings
 from dbprotect.core.pg.tools import connect, require_tool_for_server, split_password, tool_env
-from dbprotect.core.store.manifest import CatalogRecord, Manifest
+from dbprotect.core.store.manifest import CatalogRecord, DatabaseSettingsRecord, Manifest
 from dbprotect.core.verify.tables import TableVerifier
 
 ObjectKey = tuple[str, str | None, str]  # (kind, schema or None, name)
@@ -336,6 +343,30 @@ def compare_definitions(catalog: CatalogRecord, definitions: dict[str, str], own
     return problems
 
 
+def settings_by_role(record: DatabaseSettingsRecord) -> dict[str, dict[str, str]]:
+    """A record as :func:`~dbprotect.core.pg.markers.owned_database_settings` reads a database (``""``: every role)."""
+    return {**({"": record.all_roles} if record.all_roles else {}), **record.roles}
+
+
+def compare_settings(recorded: DatabaseSettingsRecord, here: dict[str, dict[str, str]]) -> list[str]:
+    """Each database setting changed, dropped or added, named with its role; never its value (a
+    setting may hold something private, and output never shows it)."""
+    expected = settings_by_role(recorded)
+    problems = []
+    for role in sorted(expected.keys() | here.keys()):
+        whose = f" for role {printable(role)!r}" if role else ""
+        mine, theirs = expected.get(role, {}), here.get(role, {})
+        for name in sorted(mine.keys() | theirs.keys()):
+            label = f"database setting {printable(name)}{whose}"
+            if name not in theirs:
+                problems.append(f"{label}: in the backup, missing here")
+            elif name not in mine:
+                problems.append(f"{label}: here, not in the backup")
+            elif mine[name] != theirs[name]:
+                problems.append(f"{label}: value differs from the backup's")
+    return problems
+
+
 @dataclass
 class Comparison:
     """A database against a backup: ``differences`` (one line each) and what could not be compared."""
@@ -382,11 +413,12 @@ class _DefinitionsDump:
 
 def compare_database(dsn: str, manifest: Manifest, *, expected_objects: set[ObjectKey] | None = None,
                      owners: bool = True, tables: TableVerifier | None = None, workers: int | None = None,
-                     pg_bin_dir: str | None = None) -> Comparison:
+                     pg_bin_dir: str | None = None, settings: bool = False) -> Comparison:
     """THE comparison of the database at ``dsn`` with ``manifest``'s backup (see the module docstring).
 
     ``expected_objects``: the archive's objects from its table of contents, when the caller read
-    the archive (restores do); ``owners``: whether the target keeps owners and privileges.
+    the archive (restores do); ``owners``: whether the target keeps owners and privileges;
+    ``settings``: whether it keeps the database's own settings (see the module docstring).
     ``tables`` is a running :class:`TableVerifier` that may already have verified tables during a
     restore; without one, the tables are read here over ``workers`` connections. The definitions
     are dumped and the catalog compared meanwhile.
@@ -405,6 +437,10 @@ def compare_database(dsn: str, manifest: Manifest, *, expected_objects: set[Obje
                 result.differences += compare_objects(expected_objects, catalog_objects(conn))
                 result.objects = len(expected_objects)
             result.differences += compare_sequences(conn, manifest)
+            if settings and catalog is not None and catalog.database_settings is not None:
+                result.differences += compare_settings(catalog.database_settings, owned_database_settings(conn))
+            elif settings:
+                result.unchecked.append(f"database settings: not captured by backup {manifest.backup_id}")
             pin_session(conn, {**DUMP_SESSION, **manifest.checksum.get("session", {})})
             result.differences += compare_large_objects(conn, manifest)
             if catalog is not None:
