@@ -24,9 +24,10 @@ from dbprotect.core.errors import EXIT_OK
 from dbprotect.core.ops import cleanup_database
 from dbprotect.core.pg.dsn import dbname_of
 from dbprotect.core.pg.markers import set_marker
-from dbprotect.core.retention.kinds import kind_folders, protected_target
+from dbprotect.core.retention.kinds import kind_folders, plan_folder_cleanup, plan_kind_cleanups, protected_target
 from dbprotect.core.retention.plan import RetentionPlan, plan_retention
 from dbprotect.core.retention.policy import KindRetention, RetentionPolicy
+from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import BackupEntry, CheckRecord, list_backups, load_manifest
 from dbprotect_tests.test_undo_path import PRODUCTION_SQL, backed_up_store  # noqa: F401 (a fixture)
 
@@ -218,3 +219,22 @@ def test_cleanup_keeps_the_safety_backup_of_the_newest_restore_and_sweeps_the_ol
     assert safety_plan.decision(first.backup_id).action == "delete", safety_plan.render()
     assert [e.backup_id for e in list_backups(store, "chinook-safety")] == [second.backup_id]
     assert list_backups(store, "chinook")  # the scheduled folder's own policy (keep all) untouched
+
+
+def test_an_unreadable_manifest_is_never_guessed_at(tmp_path) -> None:
+    """A safety backup whose manifest does not parse is kept (an unknown target of its own), with a warning;
+    in the database's own folder such a backup follows the policy, as every backup did before kinds."""
+    store = FilesystemStorage(tmp_path / "store")
+    old = "20250101T020000Z-0000aa"
+    for folder in ("shop-safety", "shop"):
+        store.put_bytes(f"{folder}/{old}/dump.zst.age", b"x" * 10)
+        store.put_bytes(f"{folder}/{old}/manifest.json", b"{not json")
+    later = datetime(2026, 6, 1, tzinfo=UTC)
+    [safety] = [p for p in plan_kind_cleanups(store, "shop", RetentionPolicy.parse("max_age=30d"), KindRetention(),
+                                              later) if p.database == "shop-safety"]
+    assert safety.decision(old).action == "keep" and safety.lock_database == "shop"
+    assert any("manifest unreadable" in warning for warning in safety.warnings)
+    own = plan_folder_cleanup(store, "shop", "shop", None, RetentionPolicy.parse("max_age=30d"), KindRetention(),
+                              later)
+    # planned by the policy, as before kinds existed: past max_age, kept only by the policy's own floor
+    assert own.decision(old).reasons[0].startswith("no verified backup exists")
