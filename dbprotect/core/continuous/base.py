@@ -4,7 +4,7 @@ Why this shape:
 
 * Tar to standard output is the only pg_basebackup form that never writes the data to disk; the
   stream passes the same zstd → age → SHA-256 pipeline as logical backups
-  (:mod:`dbprotect.core.backup.stream`), in constant memory.
+  (:func:`dbprotect.core.backup.pipeline.encrypt_to_store`), in constant memory.
 * ``-X none``: the WAL a base backup needs comes from the WAL stream (:mod:`.wal`), as for every
   other point in time; a base backup is restorable only together with it.
 * PostgreSQL appends its ``backup_manifest`` as the last member of that tar; :class:`TarWatcher`
@@ -35,17 +35,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyrage
-import zstandard
 
 import dbprotect
-from dbprotect.core.backup.stream import (
-    READ_SIZE,
-    _CountingReader,
-    _enlarge_pipe,
-    _HashingWriter,
-    _StderrTail,
-    _stream_failure,
-)
+from dbprotect.core.backup.pipeline import READ_SIZE, StderrTail, encrypt_bytes, encrypt_to_store, enlarge_pipe
 from dbprotect.core.continuous.checks import check_server
 from dbprotect.core.continuous.objects import (
     BACKUP_MANIFEST_OBJECT,
@@ -54,7 +46,6 @@ from dbprotect.core.continuous.objects import (
     BASE_RECORD,
     base_folder,
     decrypt_object,
-    encrypt_bytes,
     read_json_record,
     sha256_hex,
 )
@@ -370,19 +361,14 @@ def _stream_base(*, tool_path: str, dsn: str, storage: Storage, folder: str, ext
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=tool_env(password, PGAPPNAME="dbprotect-pg_basebackup"))
     assert proc.stdout is not None and proc.stderr is not None
-    _enlarge_pipe(proc.stdout)
-    stderr = _StderrTail(proc.stderr)
+    enlarge_pipe(proc.stdout)
+    stderr = StderrTail(proc.stderr)
     watcher = TarWatcher()
     try:
         with storage.open_writer(f"{folder}/{BASE_OBJECT}") as writer:
             source = _ObservedStream(proc.stdout, watcher)
-            compressor = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
-            compressed = _CountingReader(compressor.stream_reader(source, read_size=READ_SIZE))
-            sink = _HashingWriter(writer)
-            try:
-                pyrage.encrypt_io(compressed, sink, age_recipients)
-            except Exception as exc:
-                raise _stream_failure(exc, compressed, sink, storage) from None
+            stored = encrypt_to_store(source, writer, age_recipients, storage=storage, zstd_level=zstd_level,
+                                      zstd_threads=zstd_threads)
             returncode = proc.wait()
             stderr.join(timeout=5)
             if feeder_failure:
@@ -400,7 +386,7 @@ def _stream_base(*, tool_path: str, dsn: str, storage: Storage, folder: str, ext
             proc.kill()
             proc.wait()
         proc.stdout.close()
-    return source.bytes, sink.bytes, sink.hexdigest, bytes(watcher.kept)
+    return source.bytes, stored.stored_bytes, stored.sha256, bytes(watcher.kept)
 
 
 def _parse_backup_manifest(data: bytes) -> dict[str, Any]:

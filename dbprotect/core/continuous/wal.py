@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyrage
-import zstandard
 
-from dbprotect.core.backup.stream import READ_SIZE, _CountingReader, _HashingWriter, _StderrTail, _stream_failure
+from dbprotect.core.backup.pipeline import READ_SIZE, StderrTail, encrypt_to_store
 from dbprotect.core.continuous.base import format_lsn, parse_lsn
 from dbprotect.core.continuous.checks import check_server
 from dbprotect.core.continuous.objects import decrypt_object, read_json_record
@@ -168,13 +167,8 @@ def _encrypt_file_to(storage: Storage, path: Path, key: str,
                      recipients: list[pyrage.x25519.Recipient]) -> tuple[_PlainHasher, int, str]:
     with open(path, "rb") as handle, storage.open_writer(key) as writer:
         plain = _PlainHasher(handle)
-        compressed = _CountingReader(zstandard.ZstdCompressor(level=1).stream_reader(plain, read_size=READ_SIZE))
-        sink = _HashingWriter(writer)
-        try:
-            pyrage.encrypt_io(compressed, sink, recipients)
-        except Exception as exc:
-            raise _stream_failure(exc, compressed, sink, storage) from None
-    return plain, sink.bytes, sink.hexdigest
+        stored = encrypt_to_store(plain, writer, recipients, storage=storage, zstd_level=1)
+    return plain, stored.stored_bytes, stored.sha256
 
 
 def _plain_sha256(path: Path) -> str:
@@ -408,7 +402,7 @@ def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[s
         if synchronous:
             stream_args.append("--synchronous")
         proc: subprocess.Popen[bytes] | None = None
-        stderr: _StderrTail | None = None
+        stderr: StderrTail | None = None
         next_partial = time.monotonic() + partial_upload_seconds
         last_partial_state: tuple[str, int, int] | None = None
         backoff = 1.0
@@ -419,7 +413,7 @@ def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[s
                     proc = subprocess.Popen(stream_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                             stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
                     assert proc.stderr is not None
-                    stderr = _StderrTail(proc.stderr)
+                    stderr = StderrTail(proc.stderr)
                 if proc is not None and proc.poll() is not None:
                     reason = stderr.last_error().removeprefix("pg_receivewal: ") if stderr else ""
                     log(f"pg_receivewal exited ({proc.returncode}): {reason.replace(dsn, mask_dsn(dsn))}; "
