@@ -199,6 +199,8 @@ def ship_completed(storage: Storage, database: str, path: Path, recipients: list
         if existing.plain_sha256 != _plain_sha256(path):
             raise IntegrityError(f"WAL {name} is stored already with other content: a timeline conflict or a "
                                  "second server streaming into this database's folder; nothing was replaced")
+        if not history:
+            _drop_partials(storage, database, name)  # a crash may have come before the first run dropped them
         return existing, False
     plain, stored, sha = _encrypt_file_to(storage, path, object_key, recipients)
     if history:
@@ -216,11 +218,23 @@ def ship_completed(storage: Storage, database: str, path: Path, recipients: list
         if existing.plain_sha256 != record.plain_sha256:
             raise IntegrityError(f"WAL {name}: another writer stored other content at the same moment")
         return existing, False
-    with contextlib.suppress(ObjectNotFound):  # the partial this segment supersedes
-        old = SegmentRecord.from_store(storage, partial_record_key(database, name), database=database, name=name)
-        storage.delete(partial_record_key(database, name))
-        storage.delete(old.object)
+    if not history:
+        _drop_partials(storage, database, name)  # the partial this segment supersedes
     return record, True
+
+
+def _drop_partials(storage: Storage, database: str, name: str, *, keep: str | None = None) -> None:
+    """Delete segment ``name``'s partial objects but ``keep`` (the one its partial record names), and, when
+    nothing is kept (the segment is stored complete), that record first.
+
+    Why by listing and not by the previous record: a ship or a drop killed between its two store calls
+    leaves an object no record names, which only a listing finds; the next ship of that segment removes it.
+    """
+    if keep is None:
+        storage.delete(partial_record_key(database, name))
+    for info in storage.list(f"{wal_prefix(database)}/partial/{name}."):
+        if info.key != keep and info.key.endswith(".zst.age"):
+            storage.delete(info.key)
 
 
 def ship_partial(storage: Storage, database: str, path: Path, recipients: list[pyrage.x25519.Recipient],
@@ -228,9 +242,6 @@ def ship_partial(storage: Storage, database: str, path: Path, recipients: list[p
     """Store the current ``.partial`` segment under a fresh object, then point its record at it."""
     name = path.name.removesuffix(".partial")
     record_key = partial_record_key(database, name)
-    previous = None
-    with contextlib.suppress(ObjectNotFound, IntegrityError):
-        previous = SegmentRecord.from_store(storage, record_key, database=database, name=name)
     object_key = f"{wal_prefix(database)}/partial/{name}.{secrets.token_hex(6)}.zst.age"
     plain, stored, sha = _encrypt_file_to(storage, path, object_key, recipients)
     start = segment_number(name, segment_size) * segment_size
@@ -239,8 +250,7 @@ def ship_partial(storage: Storage, database: str, path: Path, recipients: list[p
                            plain_sha256=plain.hexdigest, object=object_key, size=stored, sha256=sha,
                            shipped_at=_now())
     storage.put_bytes(record_key, record.to_json())
-    if previous is not None and previous.object != object_key:
-        storage.delete(previous.object)
+    _drop_partials(storage, database, name, keep=object_key)
     return record
 
 
