@@ -71,13 +71,14 @@ def write_config(work: Path, server: Server, recipient: str) -> Path:
     return path
 
 
-def open_for_server(path: Path) -> None:
-    """Run as root, the restored server runs as 'postgres': let it reach and read the bench's folders."""
-    for folder in [path, *path.parents]:
+def open_for_server(work: Path, store: Path) -> None:
+    """Run as root, the restored server runs as 'postgres': let it reach the workdir and read the store
+    (never the source server's data directory, which PostgreSQL refuses to use when others can read it)."""
+    for folder in [work, *work.parents]:
         if str(folder) in ("/", "/tmp"):
             break
         folder.chmod(folder.stat().st_mode | 0o055)
-    for item in path.rglob("*"):
+    for item in [store, *store.rglob("*")]:
         item.chmod(item.stat().st_mode | 0o044 | (0o011 if item.is_dir() else 0))
 
 
@@ -164,7 +165,7 @@ def main() -> None:
             receiver.join(timeout=60)
         with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot('dbprotect_bench')")
-        open_for_server(work)
+        open_for_server(work, work / "store")
 
         started = time.perf_counter()
         restored = restore_database_to_point(config, DB, data_dir=work / "restored", to_time=target)
