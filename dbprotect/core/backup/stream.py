@@ -8,7 +8,8 @@ Order of operations, and why:
 2. pg_dump's output is read from a pipe. Each chunk passes the archive inspector (row counts and
    content checksums per table, :mod:`dbprotect.core.backup.archive`), then zstd (multi-threaded), then
    age encryption; the encrypted bytes are hashed with SHA-256 and written to the store. Memory
-   is constant and no plaintext touches disk.
+   is constant and no plaintext touches disk. The zstd → age → SHA-256 part is the one pipeline every
+   writer shares (:func:`dbprotect.core.backup.pipeline.encrypt_to_store`).
 3. The stored object is committed only if pg_dump exited 0 *and* the archive ended where a
    complete archive ends. Otherwise the write is aborted: no object, no manifest.
 4. The manifest is written last, write-once (``put_if_absent``): a backup without a manifest does
@@ -27,21 +28,15 @@ user of the machine could read it in the process list).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
 import subprocess
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import psycopg
-import pyrage
-import zstandard
 
 import dbprotect
 from dbprotect.core.audit import audit_head
@@ -60,8 +55,9 @@ from dbprotect.core.backup.content import (
     materialized_view_records,
     pin_session,
 )
+from dbprotect.core.backup.pipeline import READ_SIZE, StderrTail, encrypt_to_store, enlarge_pipe
 from dbprotect.core.crypto import fingerprint, parse_recipients
-from dbprotect.core.errors import DbprotectError, StorageError, ToolError
+from dbprotect.core.errors import StorageError, ToolError
 from dbprotect.core.pg.dsn import mask_dsn, server_label
 from dbprotect.core.pg.markers import owned_database_settings
 from dbprotect.core.pg.tools import (
@@ -73,7 +69,7 @@ from dbprotect.core.pg.tools import (
     split_password,
     tool_env,
 )
-from dbprotect.core.store import ObjectWriter, Storage
+from dbprotect.core.store import Storage
 from dbprotect.core.store.lock import database_lock, ensure_lock_held
 from dbprotect.core.store.manifest import (
     CatalogRecord,
@@ -85,14 +81,12 @@ from dbprotect.core.store.manifest import (
     new_backup_id,
 )
 
-READ_SIZE = 1 << 20
 #: zstd level 1 keeps the backup within 1.8x of bare extraction on two cores. It is 0.7% larger
 #: than pg_dump's own gzip on the demo's rows (2.5% on the hex-heavy benchmark) because a -Z0
 #: archive carries a 5-byte header per row; level 2 (``compression_level: 2``) is 1% *smaller* than
 #: gzip on the demo's rows for about 0.5 CPU-seconds more per GB. Levels 3-4 are not smaller on
 #: hex-heavy data. Figures in bench/README.md.
 DEFAULT_ZSTD_LEVEL = 1
-PIPE_SIZE = 1 << 20
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -142,75 +136,9 @@ class _DumpReader:
         return data
 
 
-class _CountingReader:
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.bytes = 0
-        self.error: BaseException | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._inner.read(size)
-        except BaseException as exc:  # pyrage would hide it behind its own error
-            self.error = exc
-            raise
-        self.bytes += len(data)
-        return data
-
-
-class _HashingWriter:
-    def __init__(self, inner: ObjectWriter) -> None:
-        self._inner = inner
-        self._hash = hashlib.sha256()
-        self.bytes = 0
-        self.error: BaseException | None = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            self._inner.write(data)
-        except BaseException as exc:
-            self.error = exc
-            raise
-        self._hash.update(data)
-        self.bytes += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._inner.flush()
-
-    @property
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-class _StderrTail(threading.Thread):
-    """Drain a child's stderr (so it can never block on a full pipe), keeping the last lines."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        super().__init__(daemon=True)
-        self._stream = stream
-        self.lines: deque[str] = deque(maxlen=20)
-        self.start()
-
-    def run(self) -> None:
-        for raw in self._stream:
-            self.lines.append(raw.decode("utf-8", errors="replace").rstrip())
-
-    def last_error(self) -> str:
-        for line in reversed(self.lines):
-            if "error" in line.lower() or "fatal" in line.lower():
-                return line.removeprefix("pg_dump: ")
-        return self.lines[-1].removeprefix("pg_dump: ") if self.lines else ""
-
-
 def _pg_dump_env(password: str | None) -> dict[str, str]:
     options = (os.environ.get("PGOPTIONS", "") + f" -c bytea_output={DUMP_SESSION['bytea_output']}").strip()
     return tool_env(password, PGTZ=DUMP_SESSION["TimeZone"], PGOPTIONS=options, PGAPPNAME="dbprotect-pg_dump")
-
-
-def _enlarge_pipe(stream: BinaryIO) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(stream.fileno(), 1031, PIPE_SIZE)  # F_SETPIPE_SZ (Linux)
 
 
 @dataclass(frozen=True)
@@ -281,18 +209,13 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, env=_pg_dump_env(password))
         assert proc.stdout is not None and proc.stderr is not None
-        _enlarge_pipe(proc.stdout)
-        stderr = _StderrTail(proc.stderr)
+        enlarge_pipe(proc.stdout)
+        stderr = StderrTail(proc.stderr)
         try:
             with storage.open_writer(key) as writer:
                 dump_reader = _DumpReader(proc.stdout, inspector, progress, snapshot.size_bytes)
-                compressor = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
-                compressed = _CountingReader(compressor.stream_reader(dump_reader, read_size=READ_SIZE))
-                sink = _HashingWriter(writer)
-                try:
-                    pyrage.encrypt_io(compressed, sink, age_recipients)
-                except Exception as exc:
-                    raise _stream_failure(exc, compressed, sink, storage) from None
+                stored = encrypt_to_store(dump_reader, writer, age_recipients, storage=storage,
+                                          zstd_level=zstd_level, zstd_threads=zstd_threads)
                 returncode = proc.wait()
                 stderr.join(timeout=5)
                 if returncode != 0:
@@ -325,8 +248,8 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
             snapshot_at=snapshot.taken_at,
             finished_at=finished_at,
             duration_seconds=time.perf_counter() - clock_start,
-            bytes={"dump": dump_reader.bytes, "compressed": compressed.bytes, "stored": sink.bytes},
-            object={"key": key.rsplit("/", 1)[-1], "size": sink.bytes, "sha256": sink.hexdigest},
+            bytes={"dump": dump_reader.bytes, "compressed": stored.compressed_bytes, "stored": stored.stored_bytes},
+            object={"key": key.rsplit("/", 1)[-1], "size": stored.stored_bytes, "sha256": stored.sha256},
             compression={"algorithm": "zstd", "level": zstd_level},
             encryption={
                 "format": "age-v1", "recipients": [{"fingerprint": fingerprint(r), "recipient": r} for r in recipients],
@@ -413,16 +336,6 @@ def _finish_inspection(inspector: ArchiveInspector, control: psycopg.Connection)
                 summary.table_columns[name] = entry.copy_columns
         summary.complete = True
         return summary
-
-
-def _stream_failure(exc: Exception, reader: _CountingReader, sink: _HashingWriter, storage: Storage) -> DbprotectError:
-    """Recover the real cause of a failure that surfaced through pyrage."""
-    for cause in (sink.error, reader.error):
-        if isinstance(cause, DbprotectError):
-            return cause
-        if cause is not None:
-            return StorageError(f"{storage.uri}: backup stream failed: {cause}")
-    return ToolError(f"encryption failed: {exc}")
 
 
 def _pg_dump_failure(returncode: int, reason: str, dsn: str) -> ToolError:

@@ -4,7 +4,7 @@ Why this shape:
 
 * Tar to standard output is the only pg_basebackup form that never writes the data to disk; the
   stream passes the same zstd → age → SHA-256 pipeline as logical backups
-  (:mod:`dbprotect.core.backup.stream`), in constant memory.
+  (:func:`dbprotect.core.backup.pipeline.encrypt_to_store`), in constant memory.
 * ``-X none``: the WAL a base backup needs comes from the WAL stream (:mod:`.wal`), as for every
   other point in time; a base backup is restorable only together with it.
 * PostgreSQL appends its ``backup_manifest`` as the last member of that tar; :class:`TarWatcher`
@@ -35,17 +35,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyrage
-import zstandard
 
 import dbprotect
-from dbprotect.core.backup.stream import (
-    READ_SIZE,
-    _CountingReader,
-    _enlarge_pipe,
-    _HashingWriter,
-    _StderrTail,
-    _stream_failure,
-)
+from dbprotect.core.backup.pipeline import READ_SIZE, StderrTail, encrypt_bytes, encrypt_to_store, enlarge_pipe
 from dbprotect.core.continuous.checks import check_server
 from dbprotect.core.continuous.objects import (
     BACKUP_MANIFEST_OBJECT,
@@ -54,7 +46,6 @@ from dbprotect.core.continuous.objects import (
     BASE_RECORD,
     base_folder,
     decrypt_object,
-    encrypt_bytes,
     read_json_record,
     sha256_hex,
 )
@@ -63,7 +54,7 @@ from dbprotect.core.errors import IntegrityError, StorageError, ToolError
 from dbprotect.core.pg.dsn import mask_dsn, server_label
 from dbprotect.core.pg.tools import ToolPlace, connect, require_tool_for_server, split_password, tool_env
 from dbprotect.core.store import Storage
-from dbprotect.core.store.lock import database_lock
+from dbprotect.core.store.lock import database_lock, ensure_lock_held
 from dbprotect.core.store.manifest import new_backup_id
 
 #: PostgreSQL's backup_manifest for a very large cluster is tens of MB; more than this is not one.
@@ -235,6 +226,29 @@ def list_base_backups(storage: Storage, database: str) -> list[BaseBackupRecord]
     return [BaseBackupRecord.from_store(storage, database, base_id) for base_id in sorted(ids)]
 
 
+def sweep_abandoned_bases(storage: Storage, database: str) -> list[str]:
+    """Delete the objects of base folders that have no record: what a base backup killed or failed
+    before its commit left (never listed, never read, but stored and paid for). Returns the keys deleted.
+
+    Why it is safe: called under the database's lock, which every base backup holds from its first
+    write to its commit, and a writer that lost the lock commits no record (``ensure_lock_held``);
+    so a record-less folder seen here belongs to no live writer. A folder with a record is never touched.
+    """
+    folders: dict[str, list[str]] = {}
+    for info in storage.list(f"{database}/continuous/base/"):
+        parts = info.key.split("/")
+        if len(parts) == 5 and BASE_ID_PATTERN.match(parts[3]):
+            folders.setdefault(parts[3], []).append(info.key)
+    deleted = []
+    for keys in folders.values():
+        if any(key.endswith(f"/{BASE_RECORD}") for key in keys):
+            continue
+        for key in sorted(keys):
+            storage.delete(key)
+            deleted.append(key)
+    return deleted
+
+
 def base_chain(storage: Storage, database: str, base_id: str) -> list[BaseBackupRecord]:
     """The full backup and every incremental up to ``base_id``, oldest first (what pg_combinebackup needs)."""
     chain = [BaseBackupRecord.from_store(storage, database, base_id)]
@@ -306,6 +320,7 @@ def take_base_backup(*, database: str, dsn: str, storage: Storage, recipients: l
     """
     with database_lock(storage, database, owner=owner):
         age_recipients = parse_recipients(recipients)
+        sweep_abandoned_bases(storage, database)
         with contextlib.closing(connect(dsn, autocommit=True, application_name="dbprotect-basebackup")) as conn:
             setup = check_server(conn, incremental=incremental, label=database)
             row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
@@ -355,6 +370,9 @@ def take_base_backup(*, database: str, dsn: str, storage: Storage, recipients: l
             encryption={"format": "age-v1",
                         "recipients": [{"fingerprint": fingerprint(r), "recipient": r} for r in recipients]},
         )
+        # the commit: only while the lock is still ours (a holder stalled past its lease could otherwise
+        # commit a record beside a writer that already swept this folder as abandoned)
+        ensure_lock_held(storage, database, f"base backup {base_id} of {database}")
         if not storage.put_if_absent(f"{folder}/{BASE_RECORD}", result.to_json()):
             raise StorageError(f"{storage.uri}: base backup {base_id} already has a record; nothing was replaced")
         return result
@@ -370,19 +388,14 @@ def _stream_base(*, tool_path: str, dsn: str, storage: Storage, folder: str, ext
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=tool_env(password, PGAPPNAME="dbprotect-pg_basebackup"))
     assert proc.stdout is not None and proc.stderr is not None
-    _enlarge_pipe(proc.stdout)
-    stderr = _StderrTail(proc.stderr)
+    enlarge_pipe(proc.stdout)
+    stderr = StderrTail(proc.stderr)
     watcher = TarWatcher()
     try:
         with storage.open_writer(f"{folder}/{BASE_OBJECT}") as writer:
             source = _ObservedStream(proc.stdout, watcher)
-            compressor = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
-            compressed = _CountingReader(compressor.stream_reader(source, read_size=READ_SIZE))
-            sink = _HashingWriter(writer)
-            try:
-                pyrage.encrypt_io(compressed, sink, age_recipients)
-            except Exception as exc:
-                raise _stream_failure(exc, compressed, sink, storage) from None
+            stored = encrypt_to_store(source, writer, age_recipients, storage=storage, zstd_level=zstd_level,
+                                      zstd_threads=zstd_threads)
             returncode = proc.wait()
             stderr.join(timeout=5)
             if feeder_failure:
@@ -400,7 +413,7 @@ def _stream_base(*, tool_path: str, dsn: str, storage: Storage, folder: str, ext
             proc.kill()
             proc.wait()
         proc.stdout.close()
-    return source.bytes, sink.bytes, sink.hexdigest, bytes(watcher.kept)
+    return source.bytes, stored.stored_bytes, stored.sha256, bytes(watcher.kept)
 
 
 def _parse_backup_manifest(data: bytes) -> dict[str, Any]:
@@ -458,4 +471,4 @@ def verify_base_backup(storage: Storage, record: BaseBackupRecord, identity: pyr
 
 
 __all__ = ["BaseBackupRecord", "BaseVerification", "TarWatcher", "base_chain", "format_lsn", "list_base_backups",
-           "parse_lsn", "take_base_backup", "verify_base_backup"]
+           "parse_lsn", "sweep_abandoned_bases", "take_base_backup", "verify_base_backup"]

@@ -44,10 +44,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def encrypt_bytes(data: bytes, recipients: list[pyrage.x25519.Recipient]) -> bytes:
-    return bytes(pyrage.encrypt(data, recipients))
-
-
 def read_json_record(storage: Storage, key: str) -> dict[str, Any]:
     """A small JSON record from the store, bounded and checked to be an object."""
     data = storage.get_bytes(key)

@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyrage
-import zstandard
 
-from dbprotect.core.backup.stream import READ_SIZE, _CountingReader, _HashingWriter, _StderrTail, _stream_failure
+from dbprotect.core.backup.pipeline import READ_SIZE, StderrTail, encrypt_to_store
 from dbprotect.core.continuous.base import format_lsn, parse_lsn
 from dbprotect.core.continuous.checks import check_server
 from dbprotect.core.continuous.objects import decrypt_object, read_json_record
@@ -168,13 +167,8 @@ def _encrypt_file_to(storage: Storage, path: Path, key: str,
                      recipients: list[pyrage.x25519.Recipient]) -> tuple[_PlainHasher, int, str]:
     with open(path, "rb") as handle, storage.open_writer(key) as writer:
         plain = _PlainHasher(handle)
-        compressed = _CountingReader(zstandard.ZstdCompressor(level=1).stream_reader(plain, read_size=READ_SIZE))
-        sink = _HashingWriter(writer)
-        try:
-            pyrage.encrypt_io(compressed, sink, recipients)
-        except Exception as exc:
-            raise _stream_failure(exc, compressed, sink, storage) from None
-    return plain, sink.bytes, sink.hexdigest
+        stored = encrypt_to_store(plain, writer, recipients, storage=storage, zstd_level=1)
+    return plain, stored.stored_bytes, stored.sha256
 
 
 def _plain_sha256(path: Path) -> str:
@@ -205,6 +199,8 @@ def ship_completed(storage: Storage, database: str, path: Path, recipients: list
         if existing.plain_sha256 != _plain_sha256(path):
             raise IntegrityError(f"WAL {name} is stored already with other content: a timeline conflict or a "
                                  "second server streaming into this database's folder; nothing was replaced")
+        if not history:
+            _drop_partials(storage, database, name)  # a crash may have come before the first run dropped them
         return existing, False
     plain, stored, sha = _encrypt_file_to(storage, path, object_key, recipients)
     if history:
@@ -222,11 +218,23 @@ def ship_completed(storage: Storage, database: str, path: Path, recipients: list
         if existing.plain_sha256 != record.plain_sha256:
             raise IntegrityError(f"WAL {name}: another writer stored other content at the same moment")
         return existing, False
-    with contextlib.suppress(ObjectNotFound):  # the partial this segment supersedes
-        old = SegmentRecord.from_store(storage, partial_record_key(database, name), database=database, name=name)
-        storage.delete(partial_record_key(database, name))
-        storage.delete(old.object)
+    if not history:
+        _drop_partials(storage, database, name)  # the partial this segment supersedes
     return record, True
+
+
+def _drop_partials(storage: Storage, database: str, name: str, *, keep: str | None = None) -> None:
+    """Delete segment ``name``'s partial objects but ``keep`` (the one its partial record names), and, when
+    nothing is kept (the segment is stored complete), that record first.
+
+    Why by listing and not by the previous record: a ship or a drop killed between its two store calls
+    leaves an object no record names, which only a listing finds; the next ship of that segment removes it.
+    """
+    if keep is None:
+        storage.delete(partial_record_key(database, name))
+    for info in storage.list(f"{wal_prefix(database)}/partial/{name}."):
+        if info.key != keep and info.key.endswith(".zst.age"):
+            storage.delete(info.key)
 
 
 def ship_partial(storage: Storage, database: str, path: Path, recipients: list[pyrage.x25519.Recipient],
@@ -234,9 +242,6 @@ def ship_partial(storage: Storage, database: str, path: Path, recipients: list[p
     """Store the current ``.partial`` segment under a fresh object, then point its record at it."""
     name = path.name.removesuffix(".partial")
     record_key = partial_record_key(database, name)
-    previous = None
-    with contextlib.suppress(ObjectNotFound, IntegrityError):
-        previous = SegmentRecord.from_store(storage, record_key, database=database, name=name)
     object_key = f"{wal_prefix(database)}/partial/{name}.{secrets.token_hex(6)}.zst.age"
     plain, stored, sha = _encrypt_file_to(storage, path, object_key, recipients)
     start = segment_number(name, segment_size) * segment_size
@@ -245,8 +250,7 @@ def ship_partial(storage: Storage, database: str, path: Path, recipients: list[p
                            plain_sha256=plain.hexdigest, object=object_key, size=stored, sha256=sha,
                            shipped_at=_now())
     storage.put_bytes(record_key, record.to_json())
-    if previous is not None and previous.object != object_key:
-        storage.delete(previous.object)
+    _drop_partials(storage, database, name, keep=object_key)
     return record
 
 
@@ -408,7 +412,7 @@ def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[s
         if synchronous:
             stream_args.append("--synchronous")
         proc: subprocess.Popen[bytes] | None = None
-        stderr: _StderrTail | None = None
+        stderr: StderrTail | None = None
         next_partial = time.monotonic() + partial_upload_seconds
         last_partial_state: tuple[str, int, int] | None = None
         backoff = 1.0
@@ -419,7 +423,7 @@ def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[s
                     proc = subprocess.Popen(stream_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                             stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
                     assert proc.stderr is not None
-                    stderr = _StderrTail(proc.stderr)
+                    stderr = StderrTail(proc.stderr)
                 if proc is not None and proc.poll() is not None:
                     reason = stderr.last_error().removeprefix("pg_receivewal: ") if stderr else ""
                     log(f"pg_receivewal exited ({proc.returncode}): {reason.replace(dsn, mask_dsn(dsn))}; "

@@ -1,0 +1,210 @@
+"""Benchmark: continuous protection against its plain baselines, side by side, in one run (issue 15).
+
+Why ratios: the machines this runs on are small and shared; every pair is timed in the same run
+against the same warm server, and the ratio is what is reported.
+
+1. Starts its own embedded PostgreSQL (``max_slot_wal_keep_size`` set) and builds ``pitr`` of at
+   least ``--size-gb`` with :mod:`backup_bench`'s realistic rows.
+2. **(a) Base backup**: plain ``pg_basebackup -Ft -D - -X none > /dev/null`` against
+   :func:`dbprotect.core.continuous.base.take_base_backup` (pg_basebackup → zstd → age → SHA-256 →
+   filesystem store), interleaved ``--runs`` times, best of each. Target <= 1.5x.
+3. **(b) Restore**: with the WAL receiver running, one base backup and one logical backup (verified),
+   then a marker row; time the point-in-time restore to just after the marker into a new data
+   directory, promoted, and checked (marker present, row counts equal the source's), against
+   ``dbprotect restore`` of the logical backup (:func:`dbprotect.core.ops.restores.restore_database`,
+   which checks each table as it commits). Both times and the ratio are printed.
+
+Run: ``.venv/bin/python bench/continuous_bench.py [--size-gb 1.0] [--runs 2] [--workdir DIR --keep]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backup_bench import Server, build_database, pg_bin
+
+TARGET_BASE_RATIO = 1.5
+DB = "pitr"
+TABLES = ("users", "accounts", "transactions", "audit_log")
+
+
+def counts(dsn: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return {table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+                for table in TABLES}
+
+
+def time_plain_basebackup(dsn: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([str(pg_bin() / "pg_basebackup"), "--format=tar", "--pgdata=-", "--wal-method=none",
+                    "--checkpoint=fast", "--no-password", f"--dbname={dsn}"], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
+def write_config(work: Path, server: Server, recipient: str) -> Path:
+    import yaml
+
+    doc = {
+        "deployment": "demo",
+        "databases": {DB: {"environments": {"production": {"dsn_env": "BENCH_PITR_DSN"}},
+                           "continuous": {"slot": "dbprotect_bench", "partial_upload_seconds": 5,
+                                          "incremental": False}}},
+        "storage": {"local": {"type": "filesystem", "path": str(work / "store")}},
+        "keys": {"raw": {"recipients": [recipient], "identity_env": "BENCH_RAW_IDENTITY"}},
+    }
+    path = work / "dbprotect.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    os.environ["BENCH_PITR_DSN"] = server.dsn(DB)
+    return path
+
+
+def open_for_server(work: Path, store: Path) -> None:
+    """Run as root, the restored server runs as 'postgres': let it reach the workdir and read the store
+    (never the source server's data directory, which PostgreSQL refuses to use when others can read it)."""
+    for folder in [work, *work.parents]:
+        if str(folder) in ("/", "/tmp"):
+            break
+        folder.chmod(folder.stat().st_mode | 0o055)
+    for item in [store, *store.rglob("*")]:
+        item.chmod(item.stat().st_mode | 0o044 | (0o011 if item.is_dir() else 0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gb", type=float, default=1.0, help="size of the database on disk")
+    parser.add_argument("--runs", type=int, default=2, help="timed base backups of each kind (best is kept)")
+    parser.add_argument("--workdir", type=Path, help="folder for the server and outputs (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the workdir (its server is reused by --workdir)")
+    args = parser.parse_args()
+
+    import psycopg
+
+    from dbprotect.core.config.load import load_config
+    from dbprotect.core.continuous.base import take_base_backup
+    from dbprotect.core.continuous.pitr import stop_restored
+    from dbprotect.core.continuous.wal import stored_segments
+    from dbprotect.core.crypto import generate_keypair
+    from dbprotect.core.ops.backups import backup_database, verify_database_backup
+    from dbprotect.core.ops.continuous import base_backup_database, receive_database_wal, restore_database_to_point
+    from dbprotect.core.ops.restores import restore_database
+    from dbprotect.core.store import FilesystemStorage
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="dbprotect-cbench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"Working in {work}", flush=True)
+    server = Server(work / "pgdata")
+    server.start()
+    identity, recipient = generate_keypair()
+    os.environ["BENCH_RAW_IDENTITY"] = identity
+    try:
+        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '4GB'")
+            conn.execute("SELECT pg_reload_conf()")
+        size = build_database(server, DB, int(args.size_gb * 1e9))
+        dsn = server.dsn(DB)
+        source_counts = counts(dsn)
+
+        # (a) base backup through the stream vs plain pg_basebackup to /dev/null, interleaved
+        plain, ours = [], []
+        for run in range(args.runs):
+            plain.append(time_plain_basebackup(server.admin_dsn))
+            scratch = work / f"base-store-{run}"
+            started = time.perf_counter()
+            record = take_base_backup(database=DB, dsn=server.admin_dsn, storage=FilesystemStorage(scratch),
+                                      recipients=[recipient], incremental=False, pg_bin_dir=pg_bin())
+            ours.append(time.perf_counter() - started)
+            shutil.rmtree(scratch, ignore_errors=True)
+            print(f"Run {run + 1}/{args.runs}: pg_basebackup {plain[-1]:.2f} s, dbprotect {ours[-1]:.2f} s "
+                  f"({record.base['tar_bytes'] / 1e6:.0f} MB tar, {record.base['size'] / 1e6:.0f} MB stored)",
+                  flush=True)
+        base_ratio = min(ours) / min(plain)
+
+        # (b) PITR restore vs logical restore of the same data
+        for leftover in ("store", "spool", "restored"):  # a --keep run's
+            shutil.rmtree(work / leftover, ignore_errors=True)
+        config = load_config(write_config(work, server, recipient))
+        stop = threading.Event()
+        receiver = threading.Thread(target=receive_database_wal, args=(config, DB),
+                                    kwargs={"stop": stop, "log": lambda line: None, "spool": work / "spool"},
+                                    daemon=True)
+        receiver.start()
+        try:
+            time.sleep(3)
+            base_backup_database(config, DB)
+            logical = backup_database(config, DB)
+            verify_database_backup(config, DB, logical.manifest.backup_id)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS bench_marker (note text)")
+                conn.execute("INSERT INTO bench_marker VALUES ('before')")
+                target = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+                time.sleep(1.1)
+                conn.execute("INSERT INTO bench_marker VALUES ('after')")
+                last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]  # type: ignore[index]
+                conn.execute("SELECT pg_switch_wal()")
+            storage = FilesystemStorage(work / "store")
+            deadline = time.monotonic() + 300
+            while last not in stored_segments(storage, DB).get(1, []):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"segment {last} was not shipped in 300 s")
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            receiver.join(timeout=60)
+        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('dbprotect_bench')")
+        open_for_server(work, work / "store")
+
+        started = time.perf_counter()
+        restored = restore_database_to_point(config, DB, data_dir=work / "restored", to_time=target)
+        try:
+            restored_dsn = restored.dsn(DB)
+            with psycopg.connect(restored_dsn) as conn:
+                marker = [row[0] for row in conn.execute("SELECT note FROM bench_marker").fetchall()]
+            assert marker == ["before"], f"PITR restored the markers {marker}, not exactly 'before'"
+            assert counts(restored_dsn) == source_counts, "PITR restore's row counts differ from the source"
+            pitr_seconds = time.perf_counter() - started
+        finally:
+            stop_restored(restored)
+        started = time.perf_counter()
+        result = restore_database(config, DB, logical.manifest.backup_id, target_name="pitr_logical_restore")
+        logical_seconds = time.perf_counter() - started
+        assert counts(server.dsn(result.target_database)) == source_counts  # type: ignore[union-attr]
+        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{result.target_database}" WITH (FORCE)')  # type: ignore[union-attr]
+        load = os.getloadavg()[0]
+        figures: dict[str, Any] = {
+            "database_bytes": size, "runs": args.runs, "statistic": "best",
+            "pg_basebackup_s": round(min(plain), 3), "dbprotect_base_s": round(min(ours), 3),
+            "pg_basebackup_all_s": [round(x, 3) for x in plain], "dbprotect_base_all_s": [round(x, 3) for x in ours],
+            "base_ratio": round(base_ratio, 3), "pitr_restore_s": round(pitr_seconds, 3),
+            "logical_restore_s": round(logical_seconds, 3),
+            "logical_over_pitr": round(logical_seconds / pitr_seconds, 3), "load_average_1min": round(load, 2),
+            "pass": {f"base backup <= {TARGET_BASE_RATIO}x pg_basebackup": base_ratio <= TARGET_BASE_RATIO},
+        }
+        print(f"\nDatabase {size / 1e6:.0f} MB, load average {load:.1f} (2 cores shared)")
+        print(f"  {'PASS' if base_ratio <= TARGET_BASE_RATIO else 'FAIL'}  base backup {min(ours):.2f} s vs "
+              f"pg_basebackup > /dev/null {min(plain):.2f} s: {base_ratio:.2f}x (target <= {TARGET_BASE_RATIO}x)")
+        print(f"  PITR restore, promoted and checked: {pitr_seconds:.2f} s; logical restore: {logical_seconds:.2f} s; "
+              f"logical / PITR = {logical_seconds / pitr_seconds:.2f}x")
+        print(json.dumps(figures))
+    finally:
+        server.stop()
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
