@@ -146,6 +146,8 @@ class Refusals:
     WAL_SUMMARIES_OFF = Refusal("DBP962", "incremental base backups need the server's summarize_wal = on")
     UNBOUNDED_SLOT = Refusal("DBP963", "a replication slot needs max_slot_wal_keep_size set: a dead receiver "
                                        "would otherwise fill the server's disk")
+    CONTINUOUS_RECORD_UNREADABLE = Refusal("DBP970", "continuous retention deletes nothing while a base backup or "
+                                                     "WAL record it must weigh cannot be read")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:

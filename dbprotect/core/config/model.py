@@ -273,6 +273,11 @@ class ContinuousSpec(_Strict):
     partial_upload_seconds: int = Field(default=15, ge=1, le=3600)
     #: pg_receivewal ``--synchronous``: flush and report each write at once (for a synchronous standby slot).
     synchronous: bool = False
+    #: Point-in-time recovery stays possible to every moment of the last this-many days (chain-aware
+    #: retention of base backups and WAL, :mod:`dbprotect.core.retention.chains`).
+    retention_days: float = Field(default=14.0, gt=0)
+    #: The newest verified full base backups kept whatever the window.
+    min_full_bases: int = Field(default=1, ge=0)
 
     @field_validator("base_backup_schedule")
     @classmethod
