@@ -148,6 +148,8 @@ class Refusals:
                                        "would otherwise fill the server's disk")
     PITR_HEARTBEATS_TOO_SPARSE = Refusal("DBP967", "a point-in-time drill needs two close heartbeats inside the "
                                          "retained range to prove where a restore landed")
+    CONTINUOUS_RECORD_UNREADABLE = Refusal("DBP970", "continuous retention deletes nothing while a base backup or "
+                                                     "WAL record it must weigh cannot be read")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:

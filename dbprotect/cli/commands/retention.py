@@ -61,4 +61,6 @@ def _print_cleanups(ui: Ui, cleanups: list[TargetCleanup], dry_run: bool) -> Non
                           f"incomplete upload(s), {len(result.deleted_objects)} object(s), "
                           f"{human_bytes(result.bytes_freed)}" + (" (dry run: nothing deleted)" if dry_run else ""),
                           soft_wrap=True)
+        if done.continuous is not None:
+            console.print(escape(scrub(done.continuous.render())), soft_wrap=True)
         console.print()

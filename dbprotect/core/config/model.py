@@ -276,6 +276,11 @@ class ContinuousSpec(_Strict):
     #: The WAL receiver writes a row into ``dbprotect.heartbeat`` on the source this often: the markers
     #: point-in-time drills prove a restore against (:mod:`dbprotect.core.continuous.heartbeat`).
     heartbeat_seconds: int = Field(default=60, ge=1, le=3600)
+    #: Point-in-time recovery stays possible to every moment of the last this-many days (chain-aware
+    #: retention of base backups and WAL, :mod:`dbprotect.core.retention.chains`).
+    retention_days: float = Field(default=14.0, gt=0)
+    #: The newest verified full base backups kept whatever the window.
+    min_full_bases: int = Field(default=1, ge=0)
 
     @field_validator("base_backup_schedule")
     @classmethod

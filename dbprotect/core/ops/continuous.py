@@ -33,6 +33,7 @@ from dbprotect.core.continuous.base import (
 from dbprotect.core.continuous.drill import PitrDrillResult, run_pitr_drill
 from dbprotect.core.continuous.heartbeat import Heartbeat, heartbeat_thread, write_heartbeat
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
+from dbprotect.core.continuous.verdicts import record_base_verdict
 from dbprotect.core.continuous.wal import (
     ReceiverStats,
     WalVerification,
@@ -96,8 +97,13 @@ def verify_base_backups(config: Config, database: str, *, base_id: str | None = 
     records = [r for r in list_base_backups(storage, database) if base_id is None or r.base_id == base_id]
     if base_id is not None and not records:
         raise ConfigError(f"no base backup {base_id} of {database}")
-    return [verify_base_backup(storage, record, identity, pg_bin_dir=config.tool_dirs,
-                               work_dir=config.scratch.work_dir) for record in records]
+    results = []
+    for record in records:
+        verification = verify_base_backup(storage, record, identity, pg_bin_dir=config.tool_dirs,
+                                          work_dir=config.scratch.work_dir)
+        record_base_verdict(storage, record, verification)  # what retention's anchor needs
+        results.append(verification)
+    return results
 
 
 def receive_database_wal(config: Config, database: str, *, stop: threading.Event, log: Any,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import (
     DbprotectError,
@@ -24,10 +25,13 @@ from dbprotect.core.ops.context import (
     retention_timezone,
     target_store,
 )
+from dbprotect.core.retention.chain_cleanup import ContinuousCleanup, plan_continuous_cleanup, sweep_continuous
+from dbprotect.core.retention.chains import ChainPolicy
 from dbprotect.core.retention.cleanup import CleanupResult, execute_cleanup, plan_cleanup
 from dbprotect.core.retention.compliance import TargetsCompliance, compliance_by_target
 from dbprotect.core.retention.kinds import plan_kind_cleanups
 from dbprotect.core.retention.plan import RetentionPlan
+from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import BackupEntry, list_backups
 from dbprotect.core.store.lock import database_lock
 
@@ -41,10 +45,13 @@ class TargetCleanup:
     plan: RetentionPlan
     result: CleanupResult | None
     error: DbprotectError | None
+    #: ``<database>/continuous/`` by the chain plan (databases with ``continuous:`` only).
+    continuous: ContinuousCleanup | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"target": self.target, "uri": self.uri, "plan": self.plan.to_dict(),
                 "result": self.result.to_dict() if self.result else None,
+                "continuous": self.continuous.to_dict() if self.continuous else None,
                 "error": {"code": self.error.code, "exit_code": self.error.exit_code,
                           "message": self.error.one_line(), "hint": self.error.hint} if self.error else None}
 
@@ -56,6 +63,9 @@ def cleanup_database(config: Config, database: str, *, target: str | None = None
     Every target is attempted even when one refuses or fails, so one broken bucket does not stop
     the others' cleanup; the caller reports ``error`` per target (:func:`first_cleanup_error`).
     Deletions, refusals and failures go to the primary store's audit log (not in a dry run).
+    A database with ``continuous:`` also has ``<database>/continuous/`` marked and swept by the
+    chain plan (:mod:`dbprotect.core.retention.chain_cleanup`), after the logical backups, under
+    the same lock; its refusal or failure is the target's ``error``.
     """
     now = now or datetime.now(UTC)
     spec = config.database(database)
@@ -74,18 +84,41 @@ def cleanup_database(config: Config, database: str, *, target: str | None = None
                                     tolerance=config.clock_skew_tolerance)
                 done.append(TargetCleanup(name, storage.uri, plan, None, exc))
                 continue
-            # every folder of the database (safety, guard, sanitized too), each backup by its kind
+            # every folder of the database (safety, guard, sanitized too), each backup by its kind; the
+            # database's own folder comes first, and <database>/continuous/ is swept with it
             plans = plan_kind_cleanups(storage, database, spec.policy_for(name), spec.kind_retention, now,
                                        tz=retention_timezone(config), tolerance=config.clock_skew_tolerance)
-            for plan in plans:
+            audit = audit_log(config, database, actor=actor, target=name)
+            for index, plan in enumerate(plans):
                 try:
-                    result = execute_cleanup(storage, plan, dry_run=dry_run,
-                                             audit=audit_log(config, database, actor=actor, target=name))
+                    result = execute_cleanup(storage, plan, dry_run=dry_run, audit=audit)
                 except DbprotectError as exc:
                     done.append(TargetCleanup(name, storage.uri, plan, None, exc))
                     continue
-                done.append(TargetCleanup(name, storage.uri, plan, result, None))
+                continuous, error = (_continuous_cleanup(config, database, storage, now, dry_run, audit)
+                                     if index == 0 else (None, None))
+                done.append(TargetCleanup(name, storage.uri, plan, result, error, continuous))
     return done
+
+
+def _continuous_cleanup(config: Config, database: str, storage: Storage, now: datetime, dry_run: bool,
+                        audit: AuditLog) -> tuple[ContinuousCleanup | None, DbprotectError | None]:
+    """Mark and sweep ``<database>/continuous/`` by the chain plan (under the lock the caller holds)."""
+    spec = config.database(database).continuous
+    if spec is None:
+        return None, None
+    policy = ChainPolicy(timedelta(days=spec.retention_days), spec.min_full_bases)
+    continuous = None
+    try:
+        continuous = plan_continuous_cleanup(storage, database, policy, now)
+        if continuous is not None:
+            sweep_continuous(storage, continuous, dry_run=dry_run, audit=audit)
+    except DbprotectError as exc:
+        if isinstance(exc, RefusedError) and not dry_run:
+            with contextlib.suppress(DbprotectError):
+                audit.record("refused", database=database, outcome="refused", detail=exc.one_line())
+        return continuous, exc
+    return continuous, None
 
 
 def first_cleanup_error(cleanups: list[TargetCleanup]) -> DbprotectError | None:

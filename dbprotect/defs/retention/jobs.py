@@ -30,7 +30,7 @@ _PLAN_TEXT_LIMIT = 60_000
 
 def cleanup_metadata(done: TargetCleanup, dry_run: bool) -> dict[str, dg.MetadataValue]:
     plan, result = done.plan, done.result
-    text = plan.render()
+    text = plan.render() + (f"\n{done.continuous.render()}" if done.continuous is not None else "")
     metadata: dict[str, dg.MetadataValue] = {
         "target": dg.MetadataValue.text(done.target),
         "policy": dg.MetadataValue.text(str(plan.policy)),
