@@ -203,7 +203,7 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
                             found.add(fingerprinter.all(leaf, free_text=_free_text(kind)))
                 continue
             query = leaf_query(catalog, table, info.name) or sql.SQL(
-                "SELECT DISTINCT format('%s', {c}) FROM {t} WHERE {c} IS NOT NULL").format(
+                "SELECT DISTINCT format('%s', {c}) COLLATE \"C\" FROM {t} WHERE {c} IS NOT NULL").format(
                 c=sql.Identifier(info.name), t=sql.Identifier(schema, name))
             if rule.transformer == "name" and rule.options().get("part") in ("first", "last"):
                 for leaf in _lines(src, query):  # one word alone: its own, weaker tier (fingerprints.name_part)
@@ -270,8 +270,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 # as their text form (production_fingerprints), so the copy is read the same way; a
                 # keep inet column holding the real addresses of a masked one must not pass.
                 schema, _, name = table.partition(".")
-                query = sql.SQL("SELECT v, count(*) FROM (SELECT format('%s', {c}) AS v FROM {t}) leaves "
-                                "WHERE v IS NOT NULL GROUP BY v").format(c=sql.Identifier(info.name),
+                query = sql.SQL("SELECT v COLLATE \"C\", count(*) FROM (SELECT format('%s', {c}) AS v FROM {t}) leaves "
+                                "WHERE v IS NOT NULL GROUP BY 1").format(c=sql.Identifier(info.name),
                                                                         t=sql.Identifier(schema, name))
             rule = rules.rule(table, info.name)
             keep = rule is None or rule.transformer == "keep"
