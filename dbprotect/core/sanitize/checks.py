@@ -32,8 +32,6 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
-from itertools import chain
 from typing import Any
 
 import psycopg
@@ -100,12 +98,18 @@ def _fetched(conn: psycopg.Connection, query: sql.Composable) -> Iterator[list[t
             yield batch
 
 
-def _counted(conn: psycopg.Connection, query: sql.Composable) -> Iterator[tuple[str, int]]:
-    """(leaf, occurrences) from a ``counted`` :func:`~.leaves.leaf_query`."""
+def _counted_batches(conn: psycopg.Connection, query: sql.Composable) -> Iterator[list[tuple[str, int]]]:
+    """(leaf, occurrences) from a ``counted`` :func:`~.leaves.leaf_query`, a fetched batch at a time."""
     wrapped = sql.SQL("SELECT textsend(v), n FROM ({}) counted(v, n)").format(query)
     for batch in _fetched(conn, wrapped):
-        for raw, count in batch:
-            yield raw.decode("utf-8", "replace"), count
+        yield [(raw.decode("utf-8", "replace"), count) for raw, count in batch]
+
+
+def _line_batches(conn: psycopg.Connection, query: sql.Composable) -> Iterator[list[str]]:
+    """:func:`_lines` a fetched batch at a time (for :meth:`.Fingerprinter.many`)."""
+    wrapped = sql.SQL("SELECT textsend(v) FROM ({}) lines(v) WHERE v IS NOT NULL").format(query)
+    for batch in _fetched(conn, wrapped):
+        yield [raw.decode("utf-8", "replace") for (raw,) in batch]
 
 
 def _lines(conn: psycopg.Connection, query: sql.Composable) -> Iterator[str]:
@@ -199,16 +203,17 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
                             found.add(fingerprinter.all(leaf, free_text=_free_text(kind)))
                 continue
             query = leaf_query(catalog, table, info.name) or sql.SQL(
-                "SELECT DISTINCT format('%s', {c}) FROM {t} WHERE {c} IS NOT NULL").format(
+                "SELECT DISTINCT format('%s', {c}) COLLATE \"C\" FROM {t} WHERE {c} IS NOT NULL").format(
                 c=sql.Identifier(info.name), t=sql.Identifier(schema, name))
             if rule.transformer == "name" and rule.options().get("part") in ("first", "last"):
                 for leaf in _lines(src, query):  # one word alone: its own, weaker tier (fingerprints.name_part)
                     part = fingerprinter.part(leaf)
                     found.add([part] if part is not None else fingerprinter.all(leaf))
                 continue
-            # The hot path, in bulk: forms of each value, their fingerprints, into the filter, all lazily.
-            normalized = partial(forms, free_text=_free_text(rule.transformer))
-            found.add(map(fingerprinter.of, chain.from_iterable(map(normalized, _lines(src, query)))))
+            # The hot path, in bulk: a fetched batch normalized by whole-batch C calls, into the filter.
+            free_text = _free_text(rule.transformer)
+            for texts in _line_batches(src, query):
+                found.add(fingerprinter.many(texts, free_text=free_text))
     found.flush()
     return found
 
@@ -265,37 +270,38 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 # as their text form (production_fingerprints), so the copy is read the same way; a
                 # keep inet column holding the real addresses of a masked one must not pass.
                 schema, _, name = table.partition(".")
-                query = sql.SQL("SELECT v, count(*) FROM (SELECT format('%s', {c}) AS v FROM {t}) leaves "
-                                "WHERE v IS NOT NULL GROUP BY v").format(c=sql.Identifier(info.name),
+                query = sql.SQL("SELECT v COLLATE \"C\", count(*) FROM (SELECT format('%s', {c}) AS v FROM {t}) leaves "
+                                "WHERE v IS NOT NULL GROUP BY 1").format(c=sql.Identifier(info.name),
                                                                         t=sql.Identifier(schema, name))
             rule = rules.rule(table, info.name)
             keep = rule is None or rule.transformer == "keep"
             fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
             hits = emails = phones = cards = distinct = parts = part_rows = 0
-            for leaf, count in _counted(dst, query):  # hot: locals, no per-form list
-                distinct += 1
-                for form in forms(leaf):
-                    fingerprint = of(form)
-                    if fingerprint in bloom and fingerprint not in fixed:
+            for batch in _counted_batches(dst, query):
+                distinct += len(batch)
+                # Every form of the whole batch at once: when none is in the filter (the usual case) no
+                # value of the batch is a hit, and the per-value forms are never computed.
+                maybe = production.any_of(fingerprinter.many([leaf for leaf, _ in batch]))
+                for leaf, count in batch:  # hot: locals, no per-form list
+                    if maybe and any((f := of(form)) in bloom and f not in fixed for form in forms(leaf)):
                         hits += count
-                        break
-                else:
-                    # A name part is one word: a value holding "@" or an ASCII digit keeps it after folding
-                    # (fingerprints.name_part), so the second fold is skipped for e-mails, phones, IDs.
-                    part = None if "@" in leaf or _HAS_DIGIT(leaf) else fingerprinter.part(leaf)
-                    if part is not None and part in bloom:
-                        parts += 1
-                        part_rows += count
-                if keep:
-                    if looks_like_email(leaf):
-                        emails += count
-                    elif len(leaf) < 8:  # a phone number has 8 digits or more, a card 13: ids, codes, words
-                        pass
-                    elif looks_like_card(leaf):
-                        cards += count
-                    elif looks_like_phone(leaf):
-                        phones += count
+                    else:
+                        # A name part is one word: a value holding "@" or an ASCII digit keeps it after folding
+                        # (fingerprints.name_part), so the second fold is skipped for e-mails, phones, IDs.
+                        part = None if "@" in leaf or _HAS_DIGIT(leaf) else fingerprinter.part(leaf)
+                        if part is not None and part in bloom:
+                            parts += 1
+                            part_rows += count
+                    if keep:
+                        if looks_like_email(leaf):
+                            emails += count
+                        elif len(leaf) < 8:  # a phone number has 8 digits or more, a card 13: ids, codes, words
+                            pass
+                        elif looks_like_card(leaf):
+                            cards += count
+                        elif looks_like_phone(leaf):
+                            phones += count
             scanned += distinct
             where = f"{table}.{info.name}" + (" (keep)" if keep else "")
             target = findings

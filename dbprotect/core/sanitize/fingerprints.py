@@ -150,6 +150,52 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
     return found
 
 
+_NON_DIGIT_BUT_NUL = bytes(i for i in range(1, 256) if not 48 <= i <= 57)
+
+
+def forms_of_many(texts: list[str], *, free_text: bool = False) -> list[str]:
+    """The normalized forms of every value of ``texts``, flat (a form may repeat): the union of
+    :func:`forms` over them, computed a batch at a time.
+
+    Why: the per-value cost of :func:`forms` (2-7 µs, mostly interpreter overhead around a few C
+    string calls) was the check's cost. Here the ASCII values of a batch are joined with NUL (which
+    no PostgreSQL text holds) and lower-cased, whitespace-collapsed, reduced to digits and stripped of
+    separators by one C call each over the whole batch; what stays per value is a comprehension
+    choosing the forms. Non-ASCII values (and any batch holding a NUL) go through :func:`forms`.
+    The property test holds this equal to the reference, batch by batch.
+    """
+    plain = [text for text in texts if text.isascii()]
+    found: list[str] = []
+    if len(plain) != len(texts):
+        for text in texts:
+            if not text.isascii():
+                found.extend(forms(text, free_text=free_text))
+    if not plain:
+        return found
+    joined = "\0".join(plain)
+    if joined.count("\0") != len(plain) - 1:  # a value holding a NUL: the separator is ambiguous
+        for text in plain:
+            found.extend(forms(text, free_text=free_text))
+        return found
+    # Whitespace collapsed over the whole batch, then trimmed at each value's ends (one space at most).
+    collapsed = " ".join(joined.lower().split()).replace(" \0", "\0").replace("\0 ", "\0")
+    folded_all = collapsed.split("\0")
+    digits_all = joined.encode().translate(None, _NON_DIGIT_BUT_NUL).decode().split("\0")
+    compact_all = collapsed.encode().translate(None, _SEPARATOR_BYTES).decode().split("\0")
+    minimum = MIN_FREE_TEXT if free_text else MIN_FORM
+    if free_text:  # no digit: prose only (MIN_PROSE); with a digit: MIN_FREE_TEXT (as forms decides)
+        found += [f for f, d in zip(folded_all, digits_all, strict=True)
+                  if len(f) >= (MIN_FREE_TEXT if d else MIN_PROSE)]
+    else:
+        found += [f for f in folded_all if len(f) >= MIN_FORM]
+    found += [c for f, d, c in zip(folded_all, digits_all, compact_all, strict=True)
+              if d and len(d) < len(f) and len(c) >= minimum and c != f and c != d and "@" not in f]
+    for text, digits in zip(plain, digits_all, strict=True):
+        if len(digits) >= MIN_DIGITS:
+            found += digit_forms(text, digits)
+    return found
+
+
 _WORD = re.compile(r"^[^\W\d_]+(?:['\-][^\W\d_]+)*$")
 
 
@@ -235,6 +281,10 @@ class Fingerprinter:
 
     def all(self, text: str, *, free_text: bool = False) -> list[int]:
         return list(map(self.of, forms(text, free_text=free_text)))
+
+    def many(self, texts: list[str], *, free_text: bool = False) -> list[int]:
+        """The fingerprints of every form of every value of ``texts`` (:func:`forms_of_many`), flat."""
+        return list(map(self.of, forms_of_many(texts, free_text=free_text)))
 
 
 class FingerprintFilter:

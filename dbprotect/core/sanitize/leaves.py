@@ -126,9 +126,11 @@ def leaf_query(catalog: TypeCatalog, table: str, column: str, *, counted: bool =
     parts = [sql.SQL("SELECT {} AS v FROM {} t {}").format(leaf, sql.Identifier(schema, name), sql.SQL(" ").join(joins))
              for joins, leaf in paths]
     union = sql.SQL(" UNION ALL ").join(parts)
+    # COLLATE "C": distinct by bytes (memcmp), not by the database's collation (strcoll per comparison);
+    # equal under a deterministic collation means equal bytes, so the rows are the same, only cheaper.
     if counted:
-        return sql.SQL("SELECT v, count(*) FROM ({}) leaves WHERE v IS NOT NULL GROUP BY v").format(union)
-    return sql.SQL("SELECT DISTINCT v FROM ({}) leaves WHERE v IS NOT NULL").format(union)
+        return sql.SQL('SELECT v COLLATE "C", count(*) FROM ({}) leaves WHERE v IS NOT NULL GROUP BY 1').format(union)
+    return sql.SQL('SELECT DISTINCT v COLLATE "C" FROM ({}) leaves WHERE v IS NOT NULL').format(union)
 
 
 def is_text_like(catalog: TypeCatalog, table: str, column: str) -> bool:

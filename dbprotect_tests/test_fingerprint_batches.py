@@ -1,0 +1,60 @@
+"""The batch normalization (``forms_of_many``) equals the reference normalization value by value.
+
+The check's production filter and its scan of the copy fingerprint whole fetched batches at once; a
+batch must yield exactly the union of each value's forms, or a leak could hide in a batch (a form
+missing) or a masked copy could fail by chance (a form invented)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, forms_of_many
+from dbprotect_tests import fingerprint_reference
+
+_TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\n\u00a0\u0301\x1c\x85\u2003\u3000_x٣"),
+                max_size=30)
+_PHONE_LIKE = st.from_regex(r"\s?(\+|00)?[0-9 .()\-/]{0,4}[0-9]{9,14}[ .]?[0-9]{0,4}\s?", fullmatch=True)
+_ASCII = st.text(st.sampled_from("aZ09 \t\x0b\x1c\x1f-./()+@_"), max_size=40)
+_VALUE = _TEXT | _PHONE_LIKE | _ASCII | st.text(max_size=30)
+
+
+def _reference(texts: list[str], free_text: bool) -> set[str]:
+    found: set[str] = set()
+    for text in texts:
+        found |= fingerprint_reference.forms(text, free_text=free_text)
+    return found
+
+
+@settings(max_examples=600, deadline=None)
+@given(texts=st.lists(_VALUE, max_size=12), free_text=st.booleans())
+def test_batch_forms_equal_the_reference(texts: list[str], free_text: bool) -> None:
+    assert set(forms_of_many(texts, free_text=free_text)) == _reference(texts, free_text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_ASCII | _PHONE_LIKE, min_size=1, max_size=12), free_text=st.booleans())
+def test_ascii_batches_take_the_bulk_path_and_equal_the_reference(texts: list[str], free_text: bool) -> None:
+    ascii_only = [t for t in texts if t.isascii()]
+    assert set(forms_of_many(ascii_only, free_text=free_text)) == _reference(ascii_only, free_text)
+
+
+def test_a_value_holding_nul_does_not_merge_or_split_batch_values() -> None:
+    texts = ["alice.smith@example.org", "x\0+44 20 7946 0018", "  Jane   DOE  "]
+    assert set(forms_of_many(texts)) == _reference(texts, False)
+
+
+def test_value_edges_are_trimmed_per_value_not_per_batch() -> None:
+    """A space at a value's end next to the separator is trimmed in each value, as one value alone is."""
+    texts = ["  bob.jones@example.org ", " ", "", "\t+1 (555) 010-2000\t", "Jane  Doe"]
+    assert set(forms_of_many(texts)) == _reference(texts, False)
+    assert "+1 (555) 010-2000" in forms_of_many(texts)
+
+
+def test_a_leak_in_one_value_of_a_batch_is_found_by_the_batch() -> None:
+    fingerprinter = Fingerprinter(b"k" * 32)
+    production = FingerprintFilter(1000)
+    production.add(fingerprinter.all("+44 20 7946 0018"))
+    clean = [f"masked{i}@example.net" for i in range(500)]
+    assert not production.any_of(fingerprinter.many(clean))
+    assert production.any_of(fingerprinter.many([*clean[:250], "0044-20-7946-0018", *clean[250:]]))
