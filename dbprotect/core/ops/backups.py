@@ -40,7 +40,7 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
     The outcome (the backup id and sizes, or the failure or refusal) goes to the primary store's
     audit log as ``actor`` (``cli:<user>``, ``dagster:<job>``).
     """
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     audit = AuditLog(storage, actor=actor)
     try:
         dsn = register_dsn(dsn or resolve_dsn(config, database, "production", environ))
@@ -82,7 +82,7 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
     The result (or why there was none) goes to the primary store's audit log as ``actor``
     (default: ``by``, the name recorded with each rung's result).
     """
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     audit = AuditLog(storage, actor=actor or by)
     try:
         if backup_id is None:
@@ -104,11 +104,12 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
     return report
 
 
-def locate_backup(config: Config, backup_id: str, database: str | None = None) -> BackupEntry:
+def locate_backup(config: Config, backup_id: str, database: str | None = None, *,
+                  environ: Mapping[str, str] | None = None) -> BackupEntry:
     """Find a backup by id across the configured databases' primary stores."""
     names = [database] if database else sorted(config.databases)
     for name in names:
-        storage = primary_store(config, name)
+        storage = primary_store(config, name, environ)
         try:
             return find_backup(storage, [name], backup_id)
         except NotFoundError:

@@ -13,6 +13,8 @@ manifest-only function the standalone check uses.
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
+from collections.abc import Mapping
+
 import dagster as dg
 
 from dbprotect.core.config.model import Config
@@ -21,7 +23,7 @@ from dbprotect.core.ops import database_status, verify_database_backup
 from dbprotect.core.verify.integrity import IntegrityReport
 from dbprotect.defs.helpers import core_errors_as_failures, safe_text
 from dbprotect.defs.names import INTEGRITY_CHECK, RPO_CHECK, dagster_actor, database_pool, snapshot_key
-from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, SecretsResource
 
 
 def integrity_check_key(database: str) -> dg.AssetCheckKey:
@@ -33,13 +35,16 @@ def rpo_check_key(database: str) -> dg.AssetCheckKey:
 
 
 def integrity_result(config: Config, database: str, identity: AgeIdentityResource,
-                     actor: str = "dagster") -> dg.AssetCheckResult:
-    """Rungs *stored* and *readable* on the newest backup; core records the outcome in the store."""
+                     actor: str = "dagster", environ: Mapping[str, str] | None = None) -> dg.AssetCheckResult:
+    """Rungs *stored* and *readable* on the newest backup; core records the outcome in the store.
+
+    ``environ``: the run's secrets (:class:`SecretsResource`), holding the store's credentials.
+    """
     key = integrity_check_key(database)
     with core_errors_as_failures():
         try:
             report = verify_database_backup(config, database, identity=identity.parsed(), by=actor,
-                                            actor=actor)
+                                            actor=actor, environ=environ)
         except NotFoundError as exc:
             # No backup to verify is a failed check (visible, red), not a crashed run.
             return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
@@ -63,14 +68,15 @@ def integrity_metadata(report: IntegrityReport) -> dict[str, dg.MetadataValue]:
     return metadata
 
 
-def rpo_evaluation(config: Config, database: str) -> dg.AssetCheckEvaluation:
+def rpo_evaluation(config: Config, database: str,
+                   environ: Mapping[str, str] | None = None) -> dg.AssetCheckEvaluation:
     """Whether the newest backup that passed integrity is younger than the database's RPO.
 
     Reads the store's manifests and verification records only; never a key.
     """
     key = rpo_check_key(database)
     with core_errors_as_failures():
-        status = database_status(config, database)
+        status = database_status(config, database, environ=environ)
     rpo = status.rpo
     metadata: dict[str, dg.MetadataValue] = {
         "rpo_target_hours": dg.MetadataValue.float(rpo.rpo.total_seconds() / 3600),
@@ -85,9 +91,9 @@ def rpo_evaluation(config: Config, database: str) -> dg.AssetCheckEvaluation:
                                    description=rpo.reason, metadata=metadata)
 
 
-def rpo_result(config: Config, database: str) -> dg.AssetCheckResult:
+def rpo_result(config: Config, database: str, environ: Mapping[str, str] | None = None) -> dg.AssetCheckResult:
     """:func:`rpo_evaluation` as the result of the ``rpo_met`` check itself."""
-    evaluation = rpo_evaluation(config, database)
+    evaluation = rpo_evaluation(config, database, environ)
     return dg.AssetCheckResult(asset_key=evaluation.asset_key, check_name=evaluation.check_name,
                                passed=evaluation.passed, description=evaluation.description,
                                metadata=evaluation.metadata)
@@ -107,13 +113,15 @@ def build_snapshot_checks(config: Config, database: str) -> list[dg.AssetChecksD
     )
     def backup_integrity_verified(context: dg.AssetCheckExecutionContext,
                                   dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
-                                  raw_backup_identity: dg.ResourceParam[AgeIdentityResource]) -> dg.AssetCheckResult:
+                                  raw_backup_identity: dg.ResourceParam[AgeIdentityResource],
+                                  dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             config = dbprotect_config.load()
+        environ = dbprotect_secrets.environ()
         result = integrity_result(config, database, raw_backup_identity,
-                                  dagster_actor(context.run.job_name, context.run.tags))
+                                  dagster_actor(context.run.job_name, context.run.tags), environ)
         # The RPO as it stands now that this verification is recorded (manifests only).
-        context.op_execution_context.log_event(rpo_evaluation(config, database))
+        context.op_execution_context.log_event(rpo_evaluation(config, database, environ))
         return result
 
     @dg.asset_check(
@@ -122,9 +130,10 @@ def build_snapshot_checks(config: Config, database: str) -> list[dg.AssetChecksD
         description=f"The newest backup that passed integrity is at most {rpo_hours:g} h old. Reads "
         "manifests and verification records only: it runs without any private key.",
     )
-    def rpo_met(dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
+    def rpo_met(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
             config = dbprotect_config.load()
-        return rpo_result(config, database)
+        return rpo_result(config, database, dbprotect_secrets.environ())
 
     return [backup_integrity_verified, rpo_met]
