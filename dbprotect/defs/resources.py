@@ -171,7 +171,10 @@ def build_resources(config: Config) -> dict[str, object]:
         SECRETS_RESOURCE: SecretsResource.of(config),
     }
     databases = protected_databases(config)
-    if databases:  # only a deployment that backs up production may hold the raw-backup identity
+    # Only a deployment that backs up production, or a split deployment's verification location,
+    # may hold the raw-backup identity (a production location with keys.raw.held_in: verification
+    # keeps the resource, a reference to a variable it does not have: its checks never read it).
+    if databases or config.deployment == "verification":
         resources[IDENTITY_RESOURCE] = AgeIdentityResource(
             identity=dg.EnvVar(config.keys.raw.identity_env), identity_env=config.keys.raw.identity_env,
         )

@@ -23,8 +23,8 @@ from dbprotect.core.ops.context import (
 )
 from dbprotect.core.pg.dsn import register_dsn
 from dbprotect.core.schema.stored import write_schema_snapshot
-from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups
-from dbprotect.core.store.manifest import with_kind
+from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups, recorded_verifications
+from dbprotect.core.store.manifest import Verification, with_kind
 from dbprotect.core.verify.integrity import IntegrityReport, verify_backup
 
 
@@ -102,6 +102,15 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
         raise
     audit_report(audit, database, report)
     return report
+
+
+def readability_recorded(config: Config, database: str, backup_id: str, *,
+                         environ: Mapping[str, str] | None = None) -> Verification | None:
+    """The newest rung-*readable* result recorded in the store for ``backup_id``, by whichever
+    deployment ran it (a split deployment's verification location), or None if none has."""
+    found = [check for check in recorded_verifications(primary_store(config, database, environ), database, backup_id)
+             if check.rung == "readable"]
+    return found[-1] if found else None
 
 
 def locate_backup(config: Config, backup_id: str, database: str | None = None, *,
