@@ -137,7 +137,7 @@ class TestInvalidConfiguration:
 
     def test_unknown_deployment_kind(self, tmp_path: Path) -> None:
         message = _refused(tmp_path, _mutated(lambda d: d.update(deployment="staging")))
-        assert "deployment: " in message and "'production', 'development' or 'demo'" in message
+        assert "deployment: " in message and "'production', 'development', 'demo' or 'verification'" in message
 
     def test_unknown_storage_type(self, tmp_path: Path) -> None:
         message = _refused(tmp_path, _mutated(lambda d: d["storage"]["local"].update(type="ftp")))

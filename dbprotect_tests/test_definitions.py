@@ -127,7 +127,7 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
             "rpo_checks_job": {
                 "assets": [],  # only checks: the hourly job never takes a backup
                 "checks": ["ledger_db/production_snapshot:rpo_met", "shop/production_snapshot:rpo_met"],
-                "run_tags": {},
+                "run_tags": {"dbprotect/database": "ledger-db,shop"},  # a run launched by hand names both
             },
             # retention_compliant once per code-location load (one run per database, by the sensor)
             "retention_checks_job": {

@@ -16,14 +16,14 @@ import pytest
 import yaml
 
 from dbprotect.cli.app import run
-from dbprotect.core.crypto import generate_keypair, load_identity
+from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import CredentialIsolationError, RefusedError
 from dbprotect.defs import load_definitions
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-CODE_LOCATIONS = ("code-production", "code-development")
+CODE_LOCATIONS = ("code-production", "code-verification", "code-development")
 SECRET_NAME = re.compile(r"DSN|IDENTITY|SECRET|PASSWORD|KEY", re.IGNORECASE)
 DAGSTER_STORAGE_VARS = {"DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"}
 
@@ -63,6 +63,20 @@ def test_the_production_location_has_production_and_the_warm_copy_and_no_identit
     assert env["DBPROTECT_CONFIG"] == "/etc/dbprotect/dbprotect.yaml"
 
 
+def test_the_verification_location_has_the_raw_identity_and_no_dsn() -> None:
+    env = _environment("code-verification")
+    secrets = {name for name in env if SECRET_NAME.search(name) and not name.startswith("DAGSTER_PG")}
+    assert secrets == {"DBPROTECT_RAW_IDENTITY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert env["DBPROTECT_DEPLOYMENT"] == "verification"
+    assert not any(name.endswith("_DSN") for name in env)
+    assert not any(host in value for value in env.values() for host in ("prod-db", "dev-db", "backup-db"))
+    assert _mounts("code-verification") == {
+        "/etc/dbprotect/dbprotect.yaml": ("./deploy/dbprotect.yaml", "ro"),
+        "/run/dbprotect/keys/raw-backups.agekey": ("./deploy/keys/raw-backups.agekey", "ro")}
+    assert env["DBPROTECT_RAW_IDENTITY"] == "@/run/dbprotect/keys/raw-backups.agekey"
+    assert not {"prod-db", "dev-db", "backup-db"} & set(SERVICES["code-verification"]["depends_on"])
+
+
 def test_the_development_location_has_development_and_its_identity_only() -> None:
     env = _environment("code-development")
     secrets = {name for name in env if SECRET_NAME.search(name) and not name.startswith("DAGSTER_PG")}
@@ -81,7 +95,8 @@ def test_no_other_service_sees_a_key_or_the_configuration() -> None:
             if "deploy/" in source:
                 assert mode == "ro", (service, target)
             if "keys" in source:
-                assert service == "code-development" and source.endswith("development.agekey"), service
+                assert (service, Path(source).name) in {("code-development", "development.agekey"),
+                                                        ("code-verification", "raw-backups.agekey")}, service
 
 
 def test_minio_init_gets_the_credentials_it_uses() -> None:
@@ -129,14 +144,17 @@ def _only(service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dev_key
         if name.startswith(("APP_", "DBPROTECT_", "AWS_", "TEST_")):
             monkeypatch.delenv(name)
     for name, value in _environment(service).items():
-        monkeypatch.setenv(name, value.replace("@/run/dbprotect/keys/development.agekey", f"@{dev_key}"))
+        monkeypatch.setenv(name, value.replace("@/run/dbprotect/keys/development.agekey", f"@{dev_key}")
+                           .replace("@/run/dbprotect/keys/raw-backups.agekey", f"@{dev_key.parent / 'raw.agekey'}"))
 
 
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[dict[str, str], Path]:
     dev_key = tmp_path / "development.agekey"
     assert run(["keygen", str(dev_key)]) == 0
-    raw_recipient = generate_keypair()[1]
+    raw_key = tmp_path / "raw.agekey"
+    assert run(["keygen", str(raw_key)]) == 0
+    raw_recipient = str(load_identity("K", {"K": f"@{raw_key}"}).to_public())
     dev_recipient = str(load_identity("K", {"K": f"@{dev_key}"}).to_public())
     return {"raw": raw_recipient, "development": dev_recipient}, dev_key
 
@@ -151,17 +169,37 @@ def test_each_code_location_loads_with_its_own_environment_and_sees_only_its_sec
     assert "DBPROTECT_RAW_IDENTITY" not in os.environ and "DBPROTECT_DEV_IDENTITY" not in os.environ
     assert "APP_DEV_DSN" not in os.environ
 
+    # Production's resources hold references (variable names) to secrets; the values it has are these.
+    secrets = production.resources["dbprotect_secrets"]
+    assert set(secrets.values) == {"APP_PROD_DSN", "APP_BACKUP_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert set(secrets.environ()) == set(secrets.values)  # each one set in its environment
+    assert not resources["raw_backup_identity"].identity.get_value()  # named, never held here
+
+    _only("code-verification", monkeypatch, tmp_path, dev_key)
+    verification = load_definitions(_location_config("code-verification", tmp_path, recipients))
+    ver_resources = verification.resources or {}
+    assert not any(key.endswith("_postgres") for key in ver_resources), sorted(ver_resources)
+    assert set(ver_resources["dbprotect_secrets"].values) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert str(ver_resources["raw_backup_identity"].parsed().to_public()) == recipients["raw"]
+    assert not any(name.endswith("_DSN") for name in os.environ)
+    assert {job.name for job in verification.resolve_all_job_defs()} >= {"app_readability_job"}
+    assert not any(job.name.endswith("_backup_job") for job in verification.resolve_all_job_defs())
+
     _only("code-development", monkeypatch, tmp_path, dev_key)
     development = load_definitions(_location_config("code-development", tmp_path, recipients))
     dev_resources = development.resources or {}
     assert not any("production" in key for key in dev_resources), sorted(dev_resources)
     assert "APP_PROD_DSN" not in os.environ and "DBPROTECT_RAW_IDENTITY" not in os.environ
     assert str(load_identity("DBPROTECT_DEV_IDENTITY").to_public()) == recipients["development"]
+    assert set(dev_resources["dbprotect_secrets"].values) == {
+        "APP_DEV_DSN", "DBPROTECT_DEV_IDENTITY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
 @pytest.mark.parametrize(("service", "foreign"), [
     ("code-development", "APP_PROD_DSN"), ("code-development", "DBPROTECT_RAW_IDENTITY"),
     ("code-development", "APP_BACKUP_DSN"), ("code-production", "APP_DEV_DSN"),
+    ("code-production", "DBPROTECT_RAW_IDENTITY"), ("code-verification", "APP_PROD_DSN"),
+    ("code-verification", "APP_BACKUP_DSN"), ("code-verification", "APP_DEV_DSN"),
 ])
 def test_a_location_given_another_ones_secret_refuses_to_load(
         service: str, foreign: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -75,11 +75,11 @@ def test_sanitized_copy_asset_then_sensor_promotes_it(crm, instance: dg.DagsterI
 
     sensor = defs.resolve_sensor_def("crm_promote_dev_copy_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    tick = sensor(dg.build_sensor_context(instance=instance))
+    tick = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
     [request] = tick.run_requests
     artifact = request.run_config["ops"]["promote_sanitized_copy"]["config"]["artifact_id"]
     assert tick.cursor == artifact
-    skip = sensor(dg.build_sensor_context(instance=instance, cursor=artifact))
+    skip = sensor(dg.build_sensor_context(instance=instance, cursor=artifact, resources=defs.resources))
     assert "already promoted" in skip.skip_message
 
     run = defs.resolve_job_def("promote_dev_copy").execute_in_process(run_config=request.run_config,
@@ -95,7 +95,8 @@ def test_promotion_is_off_by_default_and_a_leak_blocks_it(crm, instance: dg.Dags
     defs, dev = crm(leaky, sql=SHARED_EMAIL_SQL.replace("REFERENCES customers (email)", ""))
     sensor = defs.resolve_sensor_def("crm_promote_dev_copy_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert "promotion of 'crm' is off" in sensor(dg.build_sensor_context(instance=instance)).skip_message
+    off = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert "promotion of 'crm' is off" in off.skip_message
     _backup(defs, instance)
     result = defs.resolve_job_def("crm_sanitize_job").execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success

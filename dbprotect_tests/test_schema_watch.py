@@ -54,7 +54,8 @@ def evaluate(shop, instance: dg.DagsterInstance) -> Evaluate:
     assert sensor.job_name == backup_job_name("shop")
 
     def tick(cursor: str | None) -> SensorExecutionData:
-        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                                            resources=defs.resources))
 
     return tick
 

@@ -17,12 +17,16 @@ from dagster._core.snap import JobSnap
 from dagster_graphql.schema.run_config import default_values_yaml_from_type_snap
 
 import dbprotect.defs
+from dbprotect.core.errors import ConfigError
 from dbprotect.core.pg.dsn import dbname_of
+from dbprotect.core.store import S3Storage
+from dbprotect.core.store.s3 import s3_credentials_from_env
 from dbprotect.defs import load_definitions
 from dbprotect.defs.names import (
     INTEGRITY_CHECK,
     RESTORE_JOB,
     WARM_COPY_CHECK,
+    pre_migration_sensor_name,
     restore_verification_job_name,
     warm_copy_job_name,
 )
@@ -35,6 +39,7 @@ from dbprotect.defs.resources import (
     build_resources,
 )
 from dbprotect_tests.fixtures.fix_pg import table_counts
+from dbprotect_tests.fixtures.fix_storage import create_bucket
 
 ROWS_SQL = ("CREATE TABLE item (id int PRIMARY KEY, name text); "
             "INSERT INTO item SELECT g, 'n' || g FROM generate_series(1, 50) g;")
@@ -166,21 +171,34 @@ def test_the_secrets_resource_names_every_connection_variable_and_shows_no_value
     assert secrets.environ()[WARM_VAR].endswith("rotated@backup/shop_warm")  # never cached at load
 
 
+S3_KEY_VAR, S3_SECRET_VAR = "TEST_S3_ACCESS_KEY", "TEST_S3_SECRET_KEY"
+
+
+def _no_aws_variables() -> list[str]:
+    return sorted(name for name in os.environ if name.startswith("AWS_"))
+
+
 @pytest.mark.slow
-def test_backup_verification_warm_copy_and_restore_take_every_dsn_from_resources(
-        write_config, make_db, pg, age_keys: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+def test_backup_verification_warm_copy_and_restore_take_every_secret_from_resources(
+        write_config, make_db, pg, age_keys: tuple[str, str], s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
         instance: dg.DagsterInstance) -> None:
-    """The production DSN, the scratch server's admin DSN, the warm copy's DSN and the identity reach
-    the runs only through their resources; ``os.environ`` holds none of them, before or after."""
+    """The production DSN, the scratch server's admin DSN, the warm copy's DSN, the identity and the S3
+    store's access keys reach the runs only through their resources; ``os.environ`` holds none of
+    them (and no ``AWS_*`` variable boto3 could fall back on), before or after."""
     source = make_db(ROWS_SQL, prefix="shop")
     warm_name, restored = f"{dbname_of(source)}_warm", f"{dbname_of(source)}_restored"
-    given = {"TEST_SHOP_PROD_DSN": source, WARM_VAR: pg.dsn(warm_name), SCRATCH_VAR: pg.admin_dsn}
-    write_config(source, deployment="production", extra={
+    bucket = create_bucket(s3_endpoint)  # with the fixture's own credentials, before they are taken away
+    given = {"TEST_SHOP_PROD_DSN": source, WARM_VAR: pg.dsn(warm_name), SCRATCH_VAR: pg.admin_dsn,
+             S3_KEY_VAR: "testing", S3_SECRET_VAR: "testing-s3cret"}
+    write_config(source, deployment="production", storage={"remote": {
+        "type": "s3", "bucket": bucket, "prefix": "raw", "region": "us-east-1", "endpoint_url": s3_endpoint,
+        "access_key_env": S3_KEY_VAR, "secret_key_env": S3_SECRET_VAR}}, extra={
         "scratch": {"admin_dsn_env": SCRATCH_VAR},
         "databases": {"shop": {"environments": {"production": {"dsn_env": "TEST_SHOP_PROD_DSN"}},
-                               "warm_copy": {"dsn_env": WARM_VAR}}}})
-    for name in (*given, "TEST_RAW_IDENTITY"):
+                               "warm_copy": {"dsn_env": WARM_VAR}, "storage": ["remote"]}}})
+    for name in (*given, "TEST_RAW_IDENTITY", *_no_aws_variables()):
         monkeypatch.delenv(name, raising=False)
+    assert _no_aws_variables() == []
 
     def resources_holding_the_values(config):  # type: ignore[no-untyped-def]
         return {**build_resources(config), SECRETS_RESOURCE: SecretsResource(dict(given)),
@@ -206,16 +224,92 @@ def test_backup_verification_warm_copy_and_restore_take_every_dsn_from_resources
                 "database": "shop", "target_database": restored}}}})
         assert restore.success
         assert table_counts(pg.dsn(restored)) == table_counts(source) and sum(table_counts(source).values()) == 50
-        assert dict(os.environ) == before
+        assert dict(os.environ) == before and _no_aws_variables() == []
+        # The backups really are on S3: the store, opened with the keys given here, lists them.
+        store = S3Storage(bucket, "raw", endpoint_url=s3_endpoint, region="us-east-1",
+                          access_key="testing", secret_key="testing-s3cret")
+        assert any(info.key.startswith("shop/") for info in store.list("shop/"))
 
-        # The counter-test: the code location's own secrets resource reads os.environ's variables
-        # (EnvVar); without them the warm copy names the missing one and fails: nothing else supplied it.
+        # The counter-tests: the code location's own secrets resource reads os.environ's variables
+        # (EnvVar); without them a run names the missing one and fails: nothing else supplied it.
+        def failure(without: str) -> str:
+            lacking = SecretsResource({name: value for name, value in given.items() if name != without})
+            monkeypatch.setattr(dbprotect.defs, "build_resources", lambda config: {
+                **resources_holding_the_values(config), SECRETS_RESOURCE: lacking})
+            failed = load_definitions().resolve_job_def(warm_copy_job_name("shop")).execute_in_process(
+                instance=instance, raise_on_error=False)
+            assert not failed.success
+            return str(failed.get_step_failure_events()[0].event_specific_data.error)
+
+        assert f"${WARM_VAR} is not set" in failure(WARM_VAR)
+        # No S3 key in the resource: a one-line error naming it, not boto3's chain reading os.environ.
+        assert f"${S3_KEY_VAR} is not set" in failure(S3_KEY_VAR)
+        assert f"${S3_SECRET_VAR} is not set" in failure(S3_SECRET_VAR)
         monkeypatch.setattr(dbprotect.defs, "build_resources", lambda config: {
             **resources_holding_the_values(config), SECRETS_RESOURCE: build_resources(config)[SECRETS_RESOURCE]})
-        failed = load_definitions().resolve_job_def(warm_copy_job_name("shop")).execute_in_process(
+        failed = load_definitions().resolve_job_def("shop_backup_job").execute_in_process(
             instance=instance, raise_on_error=False)
-        assert not failed.success
-        assert f"${WARM_VAR} is not set" in str(failed.get_step_failure_events()[0].event_specific_data.error)
+        assert not failed.success and f"${S3_KEY_VAR} is not set" in str(
+            failed.get_step_failure_events()[0].event_specific_data.error)
+        assert dict(os.environ) == before
     finally:
         for name in (warm_name, f"{warm_name}__incoming", restored):
             pg.drop_database(name)
+
+
+def test_s3_credentials_are_read_from_the_mapping_given_never_from_os_environ(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(S3_KEY_VAR, "from-os-environ")
+    monkeypatch.setenv(S3_SECRET_VAR, "from-os-environ")
+    given = {S3_KEY_VAR: "given-key", S3_SECRET_VAR: "given-secret"}
+    assert s3_credentials_from_env(S3_KEY_VAR, S3_SECRET_VAR, given) == ("given-key", "given-secret")
+    with pytest.raises(ConfigError, match=rf"\${S3_SECRET_VAR} is not set"):
+        s3_credentials_from_env(S3_KEY_VAR, S3_SECRET_VAR, {S3_KEY_VAR: "given-key"})
+    # The CLI's channel, unchanged: no mapping given reads the process environment.
+    assert s3_credentials_from_env(S3_KEY_VAR, S3_SECRET_VAR) == ("from-os-environ", "from-os-environ")
+    assert s3_credentials_from_env(None, None, {}) == (None, None)  # none named: boto3's own chain
+
+
+def test_the_secrets_resource_names_the_s3_credentials_and_a_development_location_its_identity(
+        write_config, monkeypatch: pytest.MonkeyPatch, age_keys: tuple[str, str],
+        other_age_keys: tuple[str, str]) -> None:
+    s3 = {"type": "s3", "bucket": "bucket", "endpoint_url": "http://127.0.0.1:9", "access_key_env": S3_KEY_VAR,
+          "secret_key_env": S3_SECRET_VAR}
+    write_config("postgresql://u:p@db/shop", deployment="production", storage={"remote": s3})
+    assert {S3_KEY_VAR, S3_SECRET_VAR} <= set(load_definitions().resources[SECRETS_RESOURCE].values)
+    monkeypatch.delenv("TEST_SHOP_PROD_DSN")
+    monkeypatch.delenv("TEST_RAW_IDENTITY")
+    monkeypatch.setenv("TEST_SHOP_DEV_DSN", "postgresql://u:p@devdb/shop")
+    write_config(None, deployment="development", storage={"remote": s3},
+                 extra={"keys": {"raw": {"recipients": [age_keys[1]], "identity_env": "TEST_RAW_IDENTITY"},
+                                 "development": {"recipients": [other_age_keys[1]],
+                                                 "identity_env": "TEST_DEV_IDENTITY"}}})
+    monkeypatch.delenv("TEST_RAW_IDENTITY")
+    names = set(load_definitions().resources[SECRETS_RESOURCE].values)
+    assert names == {"TEST_SHOP_DEV_DSN", "TEST_DEV_IDENTITY", S3_KEY_VAR, S3_SECRET_VAR}
+
+
+@pytest.mark.slow
+def test_the_pre_migration_sensor_takes_the_production_dsn_from_the_secrets_resource(
+        write_config, make_db, monkeypatch: pytest.MonkeyPatch, instance: dg.DagsterInstance) -> None:
+    """The sensor reads production's Alembic revision with the DSN its resource holds; os.environ has none."""
+    dsn = make_db("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY); "
+                  "INSERT INTO alembic_version VALUES ('rev_in_production')")
+    write_config(dsn, deployment="production")
+    monkeypatch.delenv("TEST_SHOP_PROD_DSN")
+    monkeypatch.setattr(dbprotect.defs, "build_resources", lambda config: {
+        **build_resources(config), SECRETS_RESOURCE: SecretsResource({"TEST_SHOP_PROD_DSN": dsn})})
+    defs = load_definitions()
+    sensor = defs.get_sensor_def(pre_migration_sensor_name("shop"))
+    before = dict(os.environ)
+    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs,
+                                                         resources=defs.resources))
+    assert first.run_requests == [] and "rev_in_production" in (first.cursor or "")
+    assert dict(os.environ) == before
+
+    # The counter-test: the location's own resource reads the (unset) variable; the sensor names it.
+    monkeypatch.setattr(dbprotect.defs, "build_resources", build_resources)
+    defs = load_definitions()
+    with pytest.raises(Exception, match=r"\$TEST_SHOP_PROD_DSN is not set"):
+        defs.get_sensor_def(pre_migration_sensor_name("shop")).evaluate_tick(
+            dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))

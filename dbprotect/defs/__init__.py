@@ -18,6 +18,7 @@ Layout (as in dagster-open-platform): one folder per domain, one file per kind::
       restores/       checks.py (restore_verified, drills), schedules.py, jobs.py (the restore job)
       schema/         schema snapshots, drift check, schema_sync job, pre-migration backup sensor
       sanitize/       sanitized development copies, blocking PII checks, promotion sensor and job
+      verification.py a split deployment's verification location: readability jobs and sensors
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dbprotect.defs.restores import build_restore_definitions
 from dbprotect.defs.retention import build_retention_definitions
 from dbprotect.defs.sanitize import build_sanitize_definitions
 from dbprotect.defs.schema import build_pre_migration_definitions, build_schema_definitions
+from dbprotect.defs.verification import build_verification_definitions
 
 
 def build_definitions(config: Config) -> dg.Definitions:
@@ -47,6 +49,7 @@ def build_definitions(config: Config) -> dg.Definitions:
                                 build_schema_definitions(config), build_pre_migration_definitions(config),
                                 build_sanitize_definitions(config), build_alert_definitions(config),
                                 build_continuous_definitions(config),
+                                build_verification_definitions(config),
                                 dg.Definitions(resources=build_resources(config)))
 
 

@@ -5,10 +5,11 @@ definitions load); the UI shows a variable's *name*, never its value. Each resou
 values to :mod:`dbprotect.core` as arguments (an identity, a key, a DSN): nothing is copied into
 ``os.environ``, and core does not look there for a secret it was given. The other connection
 DSNs (restore targets, the warm copy, the scratch server's admin DSN, schema and sanitize
-lookups) reach core as one ``environ=`` mapping from :class:`SecretsResource`, holding only the
-variables the configuration names. Not yet through a resource: S3 credentials (``open_storage``
-reads ``access_key_env``/``secret_key_env`` from ``os.environ``) and the pre-migration sensor's
-production DSN.
+lookups, the pre-migration sensor's production DSN), the S3 stores' credentials and, in a
+development deployment, the development identity reach core as one ``environ=`` mapping from
+:class:`SecretsResource`, holding only the variables the configuration names. An S3 store whose
+configuration names no credential variables uses boto3's own chain (an instance role, say):
+name ``access_key_env``/``secret_key_env`` for keys to travel this channel.
 
 The configuration path and the identities are plain objects, not ``ConfigurableResource``s:
 Dagster writes a configurable resource's values into the launchpad form of every job that uses it
@@ -23,7 +24,7 @@ import pyrage
 
 from dbprotect.core.config.isolation import check_credential_isolation, protected_databases, reachable_environments
 from dbprotect.core.config.load import config_file, load_config
-from dbprotect.core.config.model import Config
+from dbprotect.core.config.model import Config, S3StorageSpec
 from dbprotect.core.crypto import load_identity
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.defs.names import postgres_resource_key
@@ -120,10 +121,12 @@ class AgeIdentityResource:
 
 
 class SecretsResource:
-    """The connection secrets a run hands core as its `environ=` argument: DSNs by variable name.
+    """The secrets a run hands core as its `environ=` argument: DSNs and store credentials by variable name.
 
     Keyed by the variable names the configuration gives (each environment's `dsn_env` this
-    deployment may reach, `warm_copy.dsn_env`, `scratch.admin_dsn_env`), each value an
+    deployment may reach, `warm_copy.dsn_env`, `scratch.admin_dsn_env`, each S3 store's
+    `access_key_env`/`secret_key_env`, and the development identity's variable where this
+    deployment reaches development only and reads the production schema snapshot), each value an
     `EnvVar` (or, where a caller holds the secret itself, its text). `environ()` reads them
     now into a fresh mapping holding only those names, so core, which looks a secret up in the
     `environ` it is given, never falls back to `os.environ` and nothing is written there.
@@ -151,8 +154,13 @@ class SecretsResource:
             names.update(spec.environments[env].dsn_env for env in reachable_environments(config, database))
             if spec.warm_copy is not None and "production" in reachable_environments(config, database):
                 names.add(spec.warm_copy.dsn_env)
+            if reachable_environments(config, database) == ["development"] and config.keys.development is not None:
+                names.add(config.keys.development.identity_env)  # the snapshot drift check reads with it
         if config.scratch.admin_dsn_env:
             names.add(config.scratch.admin_dsn_env)
+        for spec in config.storage.values():
+            if isinstance(spec, S3StorageSpec):
+                names.update(name for name in (spec.access_key_env, spec.secret_key_env) if name)
         return cls({name: dg.EnvVar(name) for name in sorted(names)})
 
 
@@ -163,7 +171,10 @@ def build_resources(config: Config) -> dict[str, object]:
         SECRETS_RESOURCE: SecretsResource.of(config),
     }
     databases = protected_databases(config)
-    if databases:  # only a deployment that backs up production may hold the raw-backup identity
+    # Only a deployment that backs up production, or a split deployment's verification location,
+    # may hold the raw-backup identity (a production location with keys.raw.held_in: verification
+    # keeps the resource, a reference to a variable it does not have: its checks never read it).
+    if databases or config.deployment == "verification":
         resources[IDENTITY_RESOURCE] = AgeIdentityResource(
             identity=dg.EnvVar(config.keys.raw.identity_env), identity_env=config.keys.raw.identity_env,
         )

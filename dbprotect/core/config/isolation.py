@@ -25,6 +25,8 @@ ALLOWED_ENVIRONMENTS: dict[str, frozenset[str]] = {
     "production": frozenset({"production"}),
     "development": frozenset({"development"}),
     "demo": frozenset({"production", "development"}),
+    # Reads raw backups with the identity (readability, drills) and connects to no database it protects.
+    "verification": frozenset(),
 }
 
 
@@ -86,7 +88,20 @@ def check_credential_isolation(config: Config, environ: Mapping[str, str] | None
             "(the raw-backup identity) is set here",
             hint="raw backups hold production data; only the production deployment may decrypt them",
         )
+    if (config.deployment == "production" and config.keys.raw.held_in == "verification"
+            and environ.get(config.keys.raw.identity_env)):
+        raise CredentialIsolationError(
+            f"production deployment refuses to load: ${config.keys.raw.identity_env} (the raw-backup identity) "
+            "is set here, but keys.raw.held_in says only the verification deployment holds it",
+            hint=f"unset {config.keys.raw.identity_env} here; it belongs to the verification code location",
+        )
     development_key = config.keys.development
+    if config.deployment == "verification" and development_key and environ.get(development_key.identity_env):
+        raise CredentialIsolationError(
+            f"verification deployment refuses to load: ${development_key.identity_env} (the development "
+            "identity) is set here",
+            hint=f"the verification location reads raw backups only; unset {development_key.identity_env}",
+        )
     if config.deployment == "production" and development_key and environ.get(development_key.identity_env):
         raise CredentialIsolationError(
             f"production deployment refuses to load: ${development_key.identity_env} (the development identity, "

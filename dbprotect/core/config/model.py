@@ -11,7 +11,7 @@ Secrets are never in the file: it names the environment variables that hold them
 
 Example::
 
-    deployment: production          # production | development | demo
+    deployment: production          # production | development | demo | verification
     databases:
       shop:
         environments:
@@ -57,7 +57,7 @@ from dbprotect.core.pg.tools import ToolDirs
 from dbprotect.core.retention.policy import KindRetention, RetentionPolicy
 from dbprotect.core.schema.lint import DEFAULT_EXCLUDED_SQUAWK_RULES
 
-Deployment = Literal["production", "development", "demo"]
+Deployment = Literal["production", "development", "demo", "verification"]
 EnvironmentName = Literal["production", "development"]
 
 
@@ -133,6 +133,10 @@ StorageSpec = Annotated[FilesystemStorageSpec | S3StorageSpec, Field(discriminat
 class KeySpec(_Strict):
     recipients: list[str] = Field(min_length=1)
     identity_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    #: Where the identity is held (``keys.raw`` only): ``this_deployment``, or only in a separate
+    #: ``verification`` deployment (a split deployment whose production side holds public keys
+    #: only); then production checks rung *stored* itself and leaves *readable* to that deployment.
+    held_in: Literal["this_deployment", "verification"] = "this_deployment"
 
     @field_validator("recipients")
     @classmethod

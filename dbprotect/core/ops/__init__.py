@@ -20,7 +20,7 @@ One module per domain::
 This package re-exports them, so callers write ``from dbprotect.core.ops import backup_database``.
 """
 
-from dbprotect.core.ops.backups import backup_database, locate_backup, verify_database_backup
+from dbprotect.core.ops.backups import backup_database, locate_backup, readability_recorded, verify_database_backup
 from dbprotect.core.ops.catalog import (
     AuditReading,
     BackupListing,
@@ -137,6 +137,7 @@ __all__ = [
     "push_schema",
     "raw_identity",
     "read_audit_log",
+    "readability_recorded",
     "refresh_warm_copy",
     "restore_database",
     "restore_target",

@@ -23,8 +23,8 @@ from dbprotect.core.ops.context import (
 )
 from dbprotect.core.pg.dsn import register_dsn
 from dbprotect.core.schema.stored import write_schema_snapshot
-from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups
-from dbprotect.core.store.manifest import with_kind
+from dbprotect.core.store.catalog import BackupEntry, find_backup, list_backups, recorded_verifications
+from dbprotect.core.store.manifest import Verification, with_kind
 from dbprotect.core.verify.integrity import IntegrityReport, verify_backup
 
 
@@ -40,7 +40,7 @@ def backup_database(config: Config, database: str, *, dsn: str | None = None,
     The outcome (the backup id and sizes, or the failure or refusal) goes to the primary store's
     audit log as ``actor`` (``cli:<user>``, ``dagster:<job>``).
     """
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     audit = AuditLog(storage, actor=actor)
     try:
         dsn = register_dsn(dsn or resolve_dsn(config, database, "production", environ))
@@ -82,7 +82,7 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
     The result (or why there was none) goes to the primary store's audit log as ``actor``
     (default: ``by``, the name recorded with each rung's result).
     """
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     audit = AuditLog(storage, actor=actor or by)
     try:
         if backup_id is None:
@@ -104,11 +104,21 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
     return report
 
 
-def locate_backup(config: Config, backup_id: str, database: str | None = None) -> BackupEntry:
+def readability_recorded(config: Config, database: str, backup_id: str, *,
+                         environ: Mapping[str, str] | None = None) -> Verification | None:
+    """The newest rung-*readable* result recorded in the store for ``backup_id``, by whichever
+    deployment ran it (a split deployment's verification location), or None if none has."""
+    found = [check for check in recorded_verifications(primary_store(config, database, environ), database, backup_id)
+             if check.rung == "readable"]
+    return found[-1] if found else None
+
+
+def locate_backup(config: Config, backup_id: str, database: str | None = None, *,
+                  environ: Mapping[str, str] | None = None) -> BackupEntry:
     """Find a backup by id across the configured databases' primary stores."""
     names = [database] if database else sorted(config.databases)
     for name in names:
-        storage = primary_store(config, name)
+        storage = primary_store(config, name, environ)
         try:
             return find_backup(storage, [name], backup_id)
         except NotFoundError:

@@ -64,7 +64,7 @@ def backup_folders(database: str) -> list[str]:
 
 
 def list_database_backups(config: Config, database: str, *, include_incomplete: bool = False,
-                          all_kinds: bool = False) -> BackupListing:
+                          all_kinds: bool = False, environ: Mapping[str, str] | None = None) -> BackupListing:
     """List ``database``'s backups from its primary store (object names and sizes; no manifest read).
 
     An unknown database name raises :class:`~dbprotect.core.errors.NotFoundError` before any store
@@ -74,7 +74,7 @@ def list_database_backups(config: Config, database: str, *, include_incomplete: 
     database's own folder (the only place where scheduled and manual backups sit side by side).
     """
     config.database(database)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     skipped: list[str] = []
     entries: list[BackupEntry] = []
     kinds: dict[str, str] = {}
@@ -96,7 +96,8 @@ def list_database_backups(config: Config, database: str, *, include_incomplete: 
     return BackupListing(database, storage.uri, entries, tuple(skipped), kinds)
 
 
-def locate_any_backup(config: Config, backup_id: str, database: str | None = None) -> tuple[str, BackupEntry]:
+def locate_any_backup(config: Config, backup_id: str, database: str | None = None, *,
+                      environ: Mapping[str, str] | None = None) -> tuple[str, BackupEntry]:
     """A backup of any kind by id: (the configured database it belongs to, its listing entry).
 
     Searches each configured database's own folder and the folders derived from its name (safety
@@ -105,7 +106,7 @@ def locate_any_backup(config: Config, backup_id: str, database: str | None = Non
     """
     names = [database] if database else sorted(config.databases)
     for name in names:
-        storage = primary_store(config, name)
+        storage = primary_store(config, name, environ)
         try:
             folders = [name] if backup_id == "latest" else backup_folders(name)  # 'latest': the database's own
             return name, find_backup(storage, folders, backup_id)
@@ -140,7 +141,8 @@ class AuditReading:
 
 
 def read_audit_log(config: Config, store_name: str, *, database: str | None = None, limit: int | None = None,
-                   verify_chain: bool = False, expect_head: tuple[int, str] | None = None) -> AuditReading:
+                   verify_chain: bool = False, expect_head: tuple[int, str] | None = None,
+                   environ: Mapping[str, str] | None = None) -> AuditReading:
     """The audit log of the storage target ``store_name``, oldest record first.
 
     ``database`` keeps only records about it; ``limit`` keeps the newest N. With ``verify_chain``
@@ -148,7 +150,7 @@ def read_audit_log(config: Config, store_name: str, *, database: str | None = No
     removed or reordered record is named in :attr:`AuditReading.chain`, and the chain must still
     hold the heads the newest manifests recorded (anchors) and ``expect_head`` (``(seq, hash)``).
     """
-    storage = open_storage(config, store_name)
+    storage = open_storage(config, store_name, environ)
     records = [r for r in audit.read(storage) if database is None or r.database == database]
     if limit:
         records = records[-limit:]

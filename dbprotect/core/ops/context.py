@@ -59,8 +59,13 @@ def audit_failure(audit: AuditLog, action: str, database: str, exc: DbprotectErr
                      data={"error": exc.code})
 
 
-def open_storage(config: Config, name: str) -> Storage:
-    """The store a configuration names; relative filesystem paths resolve against the config file."""
+def open_storage(config: Config, name: str, environ: Mapping[str, str] | None = None) -> Storage:
+    """The store a configuration names; relative filesystem paths resolve against the config file.
+
+    An S3 store's credentials come from the variables its spec names, read in ``environ``: the
+    run's secrets (Dagster's ``dbprotect_secrets`` resource) or, when None, the process
+    environment (the CLI's channel). Every function that opens a store takes the same ``environ``.
+    """
     try:
         spec = config.storage[name]
     except KeyError:
@@ -71,13 +76,13 @@ def open_storage(config: Config, name: str) -> Storage:
             path = config.base_dir() / path
         return FilesystemStorage(path)
     assert isinstance(spec, S3StorageSpec)
-    access, secret = s3_credentials_from_env(spec.access_key_env, spec.secret_key_env)
+    access, secret = s3_credentials_from_env(spec.access_key_env, spec.secret_key_env, environ)
     return S3Storage(spec.bucket, spec.prefix, region=spec.region, endpoint_url=spec.endpoint_url,
                      access_key=access, secret_key=secret)
 
 
-def primary_store(config: Config, database: str) -> Storage:
-    return open_storage(config, config.primary_storage(database))
+def primary_store(config: Config, database: str, environ: Mapping[str, str] | None = None) -> Storage:
+    return open_storage(config, config.primary_storage(database), environ)
 
 
 def raw_identity(config: Config, environ: Mapping[str, str] | None = None,
@@ -105,13 +110,13 @@ def retention_timezone(config: Config) -> tzinfo:
         return UTC
 
 
-def target_store(config: Config, database: str, target: str) -> Storage:
+def target_store(config: Config, database: str, target: str, environ: Mapping[str, str] | None = None) -> Storage:
     """One of the database's storage targets; :class:`NotFoundError` names the ones it has."""
     names = config.storage_names(database)
     if target not in names:
         raise NotFoundError(f"database {database!r} is not stored on target {target!r}",
                             hint=f"its targets: {', '.join(names)}")
-    return open_storage(config, target)
+    return open_storage(config, target, environ)
 
 
 class _TargetAuditLog(AuditLog):
@@ -127,9 +132,10 @@ class _TargetAuditLog(AuditLog):
                               data={"store": self.target_name, **(data or {})})
 
 
-def audit_log(config: Config, database: str, *, actor: str, target: str | None = None) -> AuditLog:
+def audit_log(config: Config, database: str, *, actor: str, target: str | None = None,
+              environ: Mapping[str, str] | None = None) -> AuditLog:
     """The audit log actions on ``database`` are recorded in: its primary store's, whatever the target."""
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     return _TargetAuditLog(storage, actor=actor, target=target) if target else AuditLog(storage, actor=actor)
 
 

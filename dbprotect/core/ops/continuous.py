@@ -70,7 +70,7 @@ def base_backup_database(config: Config, database: str, *, environ: Mapping[str,
                          actor: str = DEFAULT_ACTOR) -> BaseBackupRecord:
     """One base backup of the database's production server (incremental when configured and possible)."""
     spec = continuous_spec(config, database)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     audit = AuditLog(storage, actor=actor)
     try:
         dsn = register_dsn(resolve_dsn(config, database, "production", environ))
@@ -92,7 +92,7 @@ def verify_base_backups(config: Config, database: str, *, base_id: str | None = 
                         environ: Mapping[str, str] | None = None) -> list[BaseVerification]:
     """pg_verifybackup over one base backup, or every one of the database."""
     continuous_spec(config, database)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     identity = raw_identity(config, environ)
     records = [r for r in list_base_backups(storage, database) if base_id is None or r.base_id == base_id]
     if base_id is not None and not records:
@@ -114,7 +114,7 @@ def receive_database_wal(config: Config, database: str, *, stop: threading.Event
     spec = continuous_spec(config, database)
     dsn = register_dsn(resolve_dsn(config, database, "production", environ))
     with heartbeat_thread(dsn, interval_seconds=spec.heartbeat_seconds, log=log):
-        return receive_wal(database=database, dsn=dsn, storage=primary_store(config, database),
+        return receive_wal(database=database, dsn=dsn, storage=primary_store(config, database, environ),
                            recipients=config.keys.raw.recipients,
                            spool=spool or default_spool(config, database), slot=spec.slot,
                            partial_upload_seconds=spec.partial_upload_seconds, synchronous=spec.synchronous,
@@ -126,12 +126,12 @@ def fetch_database_wal(config: Config, database: str, name: str, dest: Path, *,
                        environ: Mapping[str, str] | None = None) -> str:
     """``restore_command``: decrypt WAL file ``name`` of ``database`` to ``dest``."""
     continuous_spec(config, database)
-    return fetch_wal(primary_store(config, database), database, name, raw_identity(config, environ), dest)
+    return fetch_wal(primary_store(config, database, environ), database, name, raw_identity(config, environ), dest)
 
 
 def verify_database_wal(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> WalVerification:
     continuous_spec(config, database)
-    return verify_wal(primary_store(config, database), database, raw_identity(config, environ))
+    return verify_wal(primary_store(config, database, environ), database, raw_identity(config, environ))
 
 
 @dataclass(frozen=True)
@@ -147,10 +147,10 @@ class ContinuousStatus:
                 "gaps": [{"first_missing": a, "last_missing": b} for a, b in self.gaps]}
 
 
-def continuous_status(config: Config, database: str) -> ContinuousStatus:
+def continuous_status(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> ContinuousStatus:
     """What the store holds: base backups, WAL per timeline (first, newest, count), gaps."""
     continuous_spec(config, database)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     bases = [{"base_id": r.base_id, "kind": r.kind, "parent": r.parent, "start_lsn": r.start_lsn,
               "end_lsn": r.end_lsn, "timeline": r.timeline, "stored_bytes": r.base["size"]}
              for r in list_base_backups(storage, database)]
@@ -174,7 +174,7 @@ def restore_database_to_point(config: Config, database: str, *, data_dir: Path, 
     the identity reaches it through the server's environment (``environ``), never a file we write.
     """
     continuous_spec(config, database)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     audit = AuditLog(storage, actor=actor)
     try:
         result = restore_to_point(storage=storage, database=database, identity=raw_identity(config, environ),
@@ -212,7 +212,7 @@ def pitr_drill_database(config: Config, database: str, *, environ: Mapping[str, 
     ``ok=False``; environment failures and refusals are raised and audited as what they are. The WAL is
     always relayed from this process (``relay=True``): the scratch server never holds the identity."""
     spec = continuous_spec(config, database)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     audit = AuditLog(storage, actor=actor)
     try:
         identity = raw_identity(config, environ, identity)

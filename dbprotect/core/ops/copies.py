@@ -61,7 +61,7 @@ class CopyOutcome:
 
 
 def copy_to_target(config: Config, database: str, target: str, *, backup_id: str | None = None,
-                   actor: str = DEFAULT_ACTOR) -> CopyOutcome:
+                   actor: str = DEFAULT_ACTOR, environ: Mapping[str, str] | None = None) -> CopyOutcome:
     """Copy the newest verified backup (or ``backup_id``) from the primary store to ``target``.
 
     Without ``backup_id``, nothing is copied when the target already holds the newest verified
@@ -71,8 +71,8 @@ def copy_to_target(config: Config, database: str, target: str, *, backup_id: str
         raise RefusedError(f"{target!r} is the primary store of {database!r}: backups are written there, not copied",
                            hint=f"copy targets: {', '.join(copy_targets(config, database)) or 'none configured'}",
                            refusal=Refusals.COPY_TO_PRIMARY)
-    src, dst = primary_store(config, database), target_store(config, database, target)
-    audit = audit_log(config, database, actor=actor, target=target)
+    src, dst = primary_store(config, database, environ), target_store(config, database, target, environ)
+    audit = audit_log(config, database, actor=actor, target=target, environ=environ)
     try:
         if backup_id is None:
             plan = plan_copy(src, dst, database)
@@ -94,10 +94,10 @@ def copy_to_target(config: Config, database: str, target: str, *, backup_id: str
 
 
 def verify_target_copy(config: Config, database: str, target: str, *, backup_id: str | None = None,
-                       actor: str = DEFAULT_ACTOR) -> IntegrityReport:
+                       actor: str = DEFAULT_ACTOR, environ: Mapping[str, str] | None = None) -> IntegrityReport:
     """Rung *stored* of the newest copy (or ``backup_id``) on ``target``, recorded there and audited."""
-    dst = target_store(config, database, target)
-    audit = audit_log(config, database, actor=actor, target=target)
+    dst = target_store(config, database, target, environ)
+    audit = audit_log(config, database, actor=actor, target=target, environ=environ)
     try:
         if backup_id is None:
             entries = list_backups(dst, database)
@@ -114,9 +114,10 @@ def verify_target_copy(config: Config, database: str, target: str, *, backup_id:
     return report
 
 
-def target_holdings(config: Config, database: str) -> dict[str, dict[str, BackupEntry]]:
+def target_holdings(config: Config, database: str, *,
+                    environ: Mapping[str, str] | None = None) -> dict[str, dict[str, BackupEntry]]:
     """Per storage target (primary first), the backups it holds by id: who holds which backup."""
-    return holdings({name: target_store(config, database, name) for name in config.storage_names(database)},
+    return holdings({name: target_store(config, database, name, environ) for name in config.storage_names(database)},
                     database)
 
 
@@ -152,8 +153,8 @@ def refresh_warm_copy(config: Config, database: str, *, force: bool = False, act
     The rules are :func:`dbprotect.core.restore.warm.refresh_into`'s; the refresh, or its failure,
     is in the primary store's audit log.
     """
-    storage = primary_store(config, database)
-    audit = audit_log(config, database, actor=actor)
+    storage = primary_store(config, database, environ)
+    audit = audit_log(config, database, actor=actor, environ=environ)
     backup_id = ""
     try:
         dsn = warm_copy_dsn(config, database, environ)
@@ -178,10 +179,10 @@ def refresh_warm_copy(config: Config, database: str, *, force: bool = False, act
 def verify_warm_copy(config: Config, database: str, *, actor: str = "dbprotect",
                      environ: Mapping[str, str] | None = None) -> WarmCopyVerification:
     """Compare the live warm copy with the manifest of the backup it holds; audited."""
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     report = verify_live_warm_copy(storage, database, warm_copy_dsn(config, database, environ))
     with contextlib.suppress(DbprotectError):
-        audit_log(config, database, actor=actor).record(
+        audit_log(config, database, actor=actor, environ=environ).record(
             "verify", database=database, outcome="ok" if report.ok else "failed", target=report.backup_id,
             detail=report.detail, data={"warm_copy": report.warm_database, "seconds": report.seconds})
     return report

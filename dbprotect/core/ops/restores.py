@@ -75,7 +75,7 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
     :func:`dbprotect.core.restore.oncall.restore`'s; this resolves the store, keys, tools and work folder
     from the configuration and audits the outcome (refusals included) in the store.
     """
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     folder = database
     if backup_id is None:
         backup_id = newest_verified_backup(storage, database)
@@ -124,7 +124,7 @@ def restore_verify_database(config: Config, database: str, backup_id: str | None
                             identity: pyrage.x25519.Identity | None = None,
                             progress: Progress | None = None, audit: AuditLog | None = None) -> RestoreVerification:
     """Rung 3 for one backup of a configured database (default: the newest complete one)."""
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     manifest = load_manifest(storage, database, backup_id or newest_complete_backup(storage, database))
     with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=audit or AuditLog(
             storage, actor=by), database=database) as server:
@@ -137,7 +137,7 @@ def drill_database(config: Config, database: str, *, by: str = "drill", environ:
                    identity: pyrage.x25519.Identity | None = None,
                    progress: Progress | None = None, audit: AuditLog | None = None) -> DrillResult:
     """A drill of a configured database against its ``rto_minutes``."""
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=audit or AuditLog(
             storage, actor=by), database=database) as server:
         return run_drill(storage, database, raw_identity(config, environ, identity), server,
@@ -156,7 +156,7 @@ def compare_with_backup(config: Config, database: str, backup_id: str, *, enviro
     that server (e.g. a database restored with ``--target new:NAME``). Reads only: nothing is
     written to the store or the database. Returns (the backup id, the comparison).
     """
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     entry = find_backup(storage, [database], backup_id)
     manifest = load_manifest(storage, database, entry.backup_id)
     target = restore_target(config, database, environment=environment, existing=True, name=target_name,

@@ -10,6 +10,7 @@ the ``retention_compliant`` check report exactly this.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -57,7 +58,8 @@ class TargetCleanup:
 
 
 def cleanup_database(config: Config, database: str, *, target: str | None = None, dry_run: bool = False,
-                     actor: str = DEFAULT_ACTOR, now: datetime | None = None) -> list[TargetCleanup]:
+                     actor: str = DEFAULT_ACTOR, now: datetime | None = None,
+                     environ: Mapping[str, str] | None = None) -> list[TargetCleanup]:
     """Plan and sweep retention on one target or every target of ``database`` (each with its policy).
 
     Every target is attempted even when one refuses or fails, so one broken bucket does not stop
@@ -72,7 +74,7 @@ def cleanup_database(config: Config, database: str, *, target: str | None = None
     names = [target] if target else config.storage_names(database)
     done: list[TargetCleanup] = []
     for name in names:
-        storage = target_store(config, database, name)
+        storage = target_store(config, database, name, environ)
         # mark and sweep under the database's lock (a dry run changes nothing and takes none): no
         # backup, copy or verification of this database writes into the target meanwhile
         with contextlib.ExitStack() as held:
@@ -88,7 +90,7 @@ def cleanup_database(config: Config, database: str, *, target: str | None = None
             # database's own folder comes first, and <database>/continuous/ is swept with it
             plans = plan_kind_cleanups(storage, database, spec.policy_for(name), spec.kind_retention, now,
                                        tz=retention_timezone(config), tolerance=config.clock_skew_tolerance)
-            audit = audit_log(config, database, actor=actor, target=name)
+            audit = audit_log(config, database, actor=actor, target=name, environ=environ)
             for index, plan in enumerate(plans):
                 try:
                     result = execute_cleanup(storage, plan, dry_run=dry_run, audit=audit)
@@ -129,7 +131,8 @@ def first_cleanup_error(cleanups: list[TargetCleanup]) -> DbprotectError | None:
 
 
 
-def retention_compliance_by_target(config: Config, database: str, now: datetime | None = None) -> TargetsCompliance:
+def retention_compliance_by_target(config: Config, database: str, now: datetime | None = None, *,
+                                   environ: Mapping[str, str] | None = None) -> TargetsCompliance:
     """Whether each storage target of ``database`` holds what its retention policy asks, primary first.
 
     A store that cannot be opened or listed is reported as a problem of that target, not raised.
@@ -137,7 +140,7 @@ def retention_compliance_by_target(config: Config, database: str, now: datetime 
     spec = config.database(database)
 
     def listing(target: str) -> list[BackupEntry]:
-        return list_backups(target_store(config, database, target), database, include_incomplete=True)
+        return list_backups(target_store(config, database, target, environ), database, include_incomplete=True)
 
     policies = [(target, spec.policy_for(target)) for target in config.storage_names(database)]
     return compliance_by_target(database, policies, listing, now or datetime.now(UTC))

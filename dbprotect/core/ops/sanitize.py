@@ -95,7 +95,7 @@ def build_sanitized_copy(config: Config, database: str, *, backup_id: str | None
     spec = sanitize_spec(config, database)
     rules = rules_for(config, database)
     key = masking_key(config, database, environ, value=key_value)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     backup_id = backup_id or newest_verified_backup(storage, database)
     manifest = load_manifest(storage, database, backup_id)
     try:
@@ -167,7 +167,7 @@ def promote_dev_copy(config: Config, database: str, *, confirmed: bool, artifact
     sanitize_spec(config, database)
     if config.keys.development is None:
         raise ConfigError(f"{config.source}: keys.development is missing", hint="promotion decrypts with it")
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     if artifact_id:
         manifest = load_manifest(storage, sanitized_name(database), artifact_id)
     else:
@@ -215,7 +215,7 @@ def check_sanitize_coverage(config: Config, database: str,
     need a ``large_objects:`` rule). Raises naming every unclassified column or unfit rule.
     """
     rules = rules_for(config, database)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     manifest = load_manifest(storage, database, newest_verified_backup(storage, database))
     try:
         return _check_against_catalog(config, database, rules, manifest, environ)

@@ -106,18 +106,19 @@ def lint_migrations(files: Iterable[str | Path], *, pg_version: int | None = Non
                                       environ=environ)
     result = replace(lint_files(list(files), pg_version=version, exclude=exclude), pg_version_from=source)
     if config is not None and database and result.waived:
-        audit = audit_log(config, database, actor=actor)
+        audit = audit_log(config, database, actor=actor, environ=environ)
         for finding, waiver in result.waived:
             audit.record("lint-waiver", database=database, outcome="ok", target=f"{finding.file}:{finding.line}",
                          detail=f"{finding.rule} waived because {waiver.reason}", data=waiver.to_dict())
     return result
 
 
-def fresh_verified_backup(config: Config, database: str, *, max_age: timedelta, now: datetime | None = None) -> \
+def fresh_verified_backup(config: Config, database: str, *, max_age: timedelta, now: datetime | None = None,
+                          environ: Mapping[str, str] | None = None) -> \
         ProtectingBackup | None:
     """The newest production backup that passed integrity and started within ``max_age``, if any."""
     now = now or datetime.now(UTC)
-    for entry in list_backups(primary_store(config, database), database):
+    for entry in list_backups(primary_store(config, database, environ), database):
         if entry.integrity_ok and now - entry.started_at <= max_age:
             return ProtectingBackup(database, database, entry.backup_id, entry.started_at, taken_now=False)
     return None
@@ -137,7 +138,7 @@ def take_verified_backup(config: Config, database: str, environment: str, *, why
             report = verify_database_backup(config, database, result.manifest.backup_id, by=actor,
                                             environ=environ, actor=actor, identity=identity)
         else:
-            storage = primary_store(config, database)
+            storage = primary_store(config, database, environ)
             name = store_name(database, environment)
             audit = AuditLog(storage, actor=actor)
             result = run_backup(database=name, dsn=resolve_dsn(config, database, environment, environ),
@@ -167,7 +168,7 @@ def guard_command(config: Config, database: str, environment: str, command: Sequ
         raise RefusedError("no command to guard", hint="dbprotect guard -d DB -e ENV -- COMMAND ARGS...",
                            refusal=Refusals.NO_COMMAND)
     shown = mask_arguments(command)
-    audit = AuditLog(primary_store(config, database), actor=actor)
+    audit = AuditLog(primary_store(config, database, environ), actor=actor)
     try:
         dsn = resolve_dsn(config, database, environment, environ)
         check_target(dsn, environment)
@@ -235,7 +236,7 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
     Refusals raise :class:`RefusedError` before anything changes and are recorded in the audit log
     (as is every applied push, with the backup it stands on).
     """
-    audit = AuditLog(primary_store(config, database), actor=actor)
+    audit = AuditLog(primary_store(config, database, environ), actor=actor)
     action = f"schema-push {source}->{target}"
     try:
         plan = plan_sync(config, database, source, target, environ=environ)
@@ -262,7 +263,7 @@ def push_schema(config: Config, database: str, source: str, target: str, *, conf
         proof = prove_push_plan(config, plan, target_dsn, resolve_dsn(config, database, source, environ),
                                 source=source, environ=environ)
         if target == "production":
-            backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
+            backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now, environ=environ) or \
                 take_verified_backup(config, database, "production", why=f"the schema push to {database}",
                                      actor=actor, environ=environ, identity=identity)
         apply_plan(target_dsn, plan.script())
@@ -314,7 +315,7 @@ def newest_production_snapshot(config: Config, database: str, *,
     if keys is None:
         raise ConfigError("schema snapshots are encrypted to keys.development, which is not configured",
                           hint="add keys.development (recipients and identity_env) to the configuration")
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     for entry in list_backups(storage, database):
         try:
             storage.stat(snapshot_key(database, entry.backup_id))
@@ -382,7 +383,7 @@ def push_plan_file(config: Config, plan: PlanFile, *, confirmation: str | None =
     """
     database = plan.database
     config.database(database)  # an unknown database is a ConfigError before anything else
-    audit = AuditLog(primary_store(config, database), actor=actor)
+    audit = AuditLog(primary_store(config, database, environ), actor=actor)
     action = "schema-push plan-file development->production"
     backup: ProtectingBackup | None = None
     try:
@@ -428,7 +429,7 @@ def push_plan_file(config: Config, plan: PlanFile, *, confirmation: str | None =
                 raise RefusedError(f"refused: {proof.summary()}; production was not changed",
                                    hint="the plan would not make production equal development; plan again",
                                    refusal=Refusals.SCHEMA_PLAN_UNPROVEN)
-            backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now) or \
+            backup = fresh_verified_backup(config, database, max_age=FRESH_BACKUP, now=now, environ=environ) or \
                 take_verified_backup(config, database, "production", why=f"the schema push to {database}",
                                      actor=actor, environ=environ)
             apply_plan(target_dsn, schema_plan.script())

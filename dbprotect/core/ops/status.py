@@ -5,6 +5,7 @@ Reads listings only (one LIST per 1,000 keys on S3 per target), never a manifest
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -47,7 +48,7 @@ class DatabaseStatus:
 
 
 def database_status(config: Config, database: str, now: datetime | None = None, *,
-                    targets: bool = True) -> DatabaseStatus:
+                    targets: bool = True, environ: Mapping[str, str] | None = None) -> DatabaseStatus:
     """RPO from the primary store, and (``targets``) every target's holdings and next cleanup.
 
     Reads listings only (one LIST per 1,000 keys on S3 per target), never a manifest: counts,
@@ -56,7 +57,7 @@ def database_status(config: Config, database: str, now: datetime | None = None, 
     now = now or datetime.now(UTC)
     spec = config.database(database)
     names = config.storage_names(database)
-    storage = primary_store(config, database)
+    storage = primary_store(config, database, environ)
     skipped: list[str] = []
     listed = list_backups(storage, database, include_incomplete=True, now=now,
                           tolerance=config.clock_skew_tolerance, skipped=skipped)
@@ -65,7 +66,7 @@ def database_status(config: Config, database: str, now: datetime | None = None, 
     found: list[TargetStatus] = []
     if targets:
         found.append(target_status(config, database, names[0], now, storage=storage, listed=listed))
-        found += [target_status(config, database, name, now) for name in names[1:]]
+        found += [target_status(config, database, name, now, environ=environ) for name in names[1:]]
     trusted = [entry for entry in entries if not entry.clock_skew]
     return DatabaseStatus(database, storage.uri, trusted[0] if trusted else None, len(entries), rpo, tuple(found),
                           skipped=tuple(skipped), clock_skew=tuple(e.backup_id for e in entries if e.clock_skew))
@@ -108,11 +109,11 @@ class TargetStatus:
 
 
 def target_status(config: Config, database: str, target: str, now: datetime, *, storage: Storage | None = None,
-                  listed: list[BackupEntry] | None = None) -> TargetStatus:
+                  listed: list[BackupEntry] | None = None, environ: Mapping[str, str] | None = None) -> TargetStatus:
     """A target's count, bytes, oldest and newest backup and next cleanup; a failing store is reported, not raised."""
     primary = target == config.primary_storage(database)
     try:
-        storage = storage or target_store(config, database, target)
+        storage = storage or target_store(config, database, target, environ)
         if listed is None:
             listed = list_backups(storage, database, include_incomplete=True, now=now,
                                   tolerance=config.clock_skew_tolerance)

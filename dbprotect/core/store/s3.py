@@ -21,13 +21,13 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dbprotect.core.errors import StorageError
+from dbprotect.core.errors import ConfigError, StorageError
 from dbprotect.core.redact import register
 from dbprotect.core.store.base import ObjectInfo, ObjectNotFound, WriterContext
 
@@ -296,9 +296,22 @@ class S3Storage:
         return [upload["Key"] for upload in response.get("Uploads", [])]
 
 
-def s3_credentials_from_env(access_key_env: str | None, secret_key_env: str | None) -> tuple[str | None, str | None]:
-    """Explicit credentials when the config names their variables; else boto3's default chain."""
-    access = os.environ.get(access_key_env) if access_key_env else None
-    secret = os.environ.get(secret_key_env) if secret_key_env else None
-    register(secret)  # redacted from all output
-    return access, secret
+def s3_credentials_from_env(access_key_env: str | None, secret_key_env: str | None,
+                            environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """Explicit credentials when the config names their variables, read from ``environ`` (the
+    caller's secrets: Dagster's resource; the CLI passes nothing and so reads the process
+    environment); else ``(None, None)`` and boto3's default chain.
+
+    A named variable that is unset is a one-line :class:`ConfigError`, never a silent fall back to
+    boto3's chain: that chain reads ``os.environ``, the channel a run given ``environ`` must not use.
+    """
+    environ = os.environ if environ is None else environ
+    values: list[str | None] = []
+    for name in (access_key_env, secret_key_env):
+        value = environ.get(name) if name else None
+        if name and not value:
+            raise ConfigError(f"${name} is not set (a credential of an S3 store)",
+                              hint=f"export {name}=... or remove it from the store's configuration")
+        values.append(value)
+    register(values[1])  # redacted from all output
+    return values[0], values[1]

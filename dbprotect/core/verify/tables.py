@@ -5,8 +5,9 @@ restore: pg_restore runs with ``--verbose``, and each table is digested as soon 
 reports its TABLE DATA item finished (committed; nothing later in the archive changes a table's
 rows), over one connection per job, largest table first, while pg_restore goes on loading the
 other tables and building indexes. Large tables are read through ``psql`` in big buffers, and the
-largest in page ranges over all connections at once. The digest, the session settings and the
-problems reported are those of the one-connection comparison, :func:`compare_tables`.
+largest in page ranges over all connections at once. Every table is digested under the session
+settings the manifest recorded (:func:`dbprotect.core.backup.content.pin_session`), so its checksum
+is comparable with the one taken as pg_dump streamed it, and its problems are worded by :func:`_judge`.
 """
 
 from __future__ import annotations
@@ -36,27 +37,6 @@ from dbprotect.core.errors import ToolError
 from dbprotect.core.pg.pg_restore import default_jobs
 from dbprotect.core.pg.tools import connect, require_tool_for_server, split_password
 from dbprotect.core.store.manifest import Manifest
-
-
-def compare_tables(conn: psycopg.Connection, manifest: Manifest) -> list[str]:
-    """Row count and content checksum of every table in the manifest, as restored."""
-    pin_session(conn, {**DUMP_SESSION, **manifest.checksum.get("session", {})})
-    problems = []
-    for qualified, record in sorted(manifest.tables.items()):
-        schema, name = record.location(qualified)
-        try:
-            digest = digest_table(conn, schema, name, record.column_names)
-        except psycopg.Error as exc:
-            conn.rollback()
-            problems.append(f"{qualified}: cannot be read after restore ({' '.join(str(exc).split())[:120]})")
-            continue
-        if digest.rows != record.rows:
-            problems.append(f"{qualified}: {digest.rows} rows restored, manifest says {record.rows}")
-        elif digest.checksum != record.checksum:
-            problems.append(f"{qualified}: content checksum {digest.checksum} differs from the manifest's "
-                            f"{record.checksum} ({record.rows} rows)")
-    return problems
-
 
 #: Tables with at least this many rows are digested through psql (a process start, about 20 ms,
 #: against about 2 µs a row saved); smaller ones over the worker's own psycopg connection.
@@ -112,8 +92,8 @@ class TableVerifier:
     connection it leaves the other cores idle. Tables are *released* one by one, as soon as
     pg_restore reports their data committed (:meth:`release`, given the TOC dump ids via
     :meth:`expect`), so most of them are verified while pg_restore is still loading other tables
-    and building indexes; :meth:`finish` releases the rest and returns the problems, in the same
-    words and order as :func:`compare_tables`. The digest is the same (:func:`digest_table`'s, or
+    and building indexes; :meth:`finish` releases the rest and returns the problems, one line per
+    table in table-name order (:func:`_judge`'s words). The digest is the same (:func:`digest_table`'s, or
     :func:`digest_table_psql`'s for large tables), with the session settings from the manifest.
     Use as a context manager: leaving it early (a failed restore, an interrupt) cancels the
     digests in flight and waits for the workers, so no connection outlives the block.
@@ -367,7 +347,7 @@ class TableVerifier:
 
 
 def _judge(job: _TableJob, digest: TableDigest) -> str | None:
-    """The problem with a table's digest against the manifest, in :func:`compare_tables`' words."""
+    """The problem with a table's digest against the manifest (rows first, then the checksum), or None."""
     if digest.rows != job.rows:
         return f"{job.qualified}: {digest.rows} rows restored, manifest says {job.rows}"
     if digest.checksum != job.checksum:

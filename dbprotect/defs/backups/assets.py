@@ -12,7 +12,13 @@ from dbprotect.core.ops import backup_database
 from dbprotect.core.pg.dsn import register_dsn, server_label
 from dbprotect.defs.helpers import core_errors_as_failures, keyed_resource, numeric_metadata
 from dbprotect.defs.names import dagster_actor, dagster_name, database_pool, postgres_resource_key, snapshot_key
-from dbprotect.defs.resources import CONFIG_RESOURCE, DbprotectConfigResource, PostgresResource
+from dbprotect.defs.resources import (
+    CONFIG_RESOURCE,
+    SECRETS_RESOURCE,
+    DbprotectConfigResource,
+    PostgresResource,
+    SecretsResource,
+)
 
 #: Metrics that are counts; the rest of ``BackupResult.metrics()`` are measured floats.
 _INT_METRICS = frozenset({"dump_bytes", "compressed_bytes", "stored_bytes", "tables", "total_rows"})
@@ -46,7 +52,7 @@ def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
             f"{config.primary_storage(database)!r} store. Materializing takes one new backup."
         ),
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=spec.rpo_hours)),
-        required_resource_keys={CONFIG_RESOURCE, postgres_key},
+        required_resource_keys={CONFIG_RESOURCE, SECRETS_RESOURCE, postgres_key},
         metadata={"database": database, "storage": config.primary_storage(database),
                   "rpo_target_hours": spec.rpo_hours},
     )
@@ -55,12 +61,13 @@ def build_snapshot_asset(config: Config, database: str) -> dg.AssetsDefinition:
         # decorator and takes them through keyed_resource (see there).
         settings = keyed_resource(context, CONFIG_RESOURCE, DbprotectConfigResource)
         postgres = keyed_resource(context, postgres_key, PostgresResource)
+        secrets = keyed_resource(context, SECRETS_RESOURCE, SecretsResource)
         with core_errors_as_failures():
             loaded = settings.load()
             dsn = postgres.resolved() or resolve_dsn(loaded, database)  # unset: core's one-line error naming it
             source = server_label(register_dsn(dsn))  # database and host: never a DSN in the log
             context.log.info(f"backing up {database!r} from {source}")
-            result = backup_database(loaded, database, dsn=dsn,
+            result = backup_database(loaded, database, dsn=dsn, environ=secrets.environ(),
                                      actor=dagster_actor(context.run.job_name, context.run.tags))
             context.log.info(f"stored backup {result.manifest.backup_id} at {result.uri}")
         return dg.MaterializeResult(metadata=snapshot_metadata(result, source))

@@ -51,17 +51,25 @@ def build_backup_schedule(config: Config, database: str, job: dg.UnresolvedAsset
     )
 
 
+def all_databases_tag(databases: list[str]) -> str:
+    """The ``dbprotect/database`` value of a run about several databases: their names, sorted, comma-separated
+    (no database name holds a comma: the configuration allows letters, digits, - and _)."""
+    return ",".join(sorted(databases))
+
+
 def build_rpo_checks_job(databases: list[str]) -> dg.UnresolvedAssetJobDefinition:
     """Only the ``rpo_met`` checks: it reads the store's listing, never takes a backup.
 
     One job for every database keeps the UI's job list short; the schedule launches one run per
-    database (:func:`per_database_check_requests`), each tagged with it. With one database the
-    job itself carries the tag, so a run launched by hand is tagged too.
+    database (:func:`per_database_check_requests`), each tagged with it (a request's tag replaces
+    the job's). The job itself carries a tag naming every database it checks (``ledger,shop``;
+    with one database, just it), so a run launched by hand from the launchpad is tagged too and
+    the run list's filter by database finds it.
     """
     return dg.define_asset_job(
         RPO_CHECKS_JOB,
         selection=dg.AssetSelection.checks(*(rpo_check_key(database) for database in databases)),
-        tags={DATABASE_TAG: databases[0]} if len(databases) == 1 else None,
+        tags={DATABASE_TAG: all_databases_tag(databases)},
         description="Evaluate every database's RPO from the backup store (no backup is taken); scheduled "
         "runs are one per database, tagged dbprotect/database.",
     )

@@ -8,6 +8,8 @@ targets hold which backups, so the asset page answers "where are my backups?".
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
+from collections.abc import Mapping
+
 import dagster as dg
 
 from dbprotect.core.config.model import Config
@@ -15,7 +17,7 @@ from dbprotect.core.ops import CopyOutcome, copy_to_target, target_holdings
 from dbprotect.core.store.catalog import BackupEntry
 from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import copy_key, dagster_actor, dagster_name, database_pool, snapshot_key
-from dbprotect.defs.resources import DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource, SecretsResource
 
 #: Rows in the holdings table: the newest backups (older ones are in 'dbprotect list').
 HOLDINGS_ROWS = 20
@@ -44,9 +46,10 @@ def holdings_markdown(holdings: dict[str, dict[str, BackupEntry]], rows: int = H
     return "\n".join(lines)
 
 
-def holdings_metadata(config: Config, database: str) -> dict[str, dg.MetadataValue]:
+def holdings_metadata(config: Config, database: str,
+                      environ: Mapping[str, str] | None = None) -> dict[str, dg.MetadataValue]:
     """The "who holds what" table and, per target, how many verified backups it holds (plotted)."""
-    holdings = target_holdings(config, database)
+    holdings = target_holdings(config, database, environ=environ)
     metadata: dict[str, dg.MetadataValue] = {"holdings": dg.MetadataValue.md(holdings_markdown(holdings))}
     for target, held in holdings.items():
         metadata[f"verified_on_{dagster_name(target)}"] = dg.MetadataValue.int(
@@ -93,12 +96,14 @@ def build_copy_asset(config: Config, database: str, target: str) -> dg.AssetsDef
         metadata={"database": database, "storage": target},
     )
     def backup_copy(context: dg.AssetExecutionContext,
-                    dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.MaterializeResult:
+                    dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                    dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.MaterializeResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
-            outcome = copy_to_target(loaded, database, target, actor=actor)
-            holdings = holdings_metadata(loaded, database)
+            environ = dbprotect_secrets.environ()
+            outcome = copy_to_target(loaded, database, target, actor=actor, environ=environ)
+            holdings = holdings_metadata(loaded, database, environ)
         context.log.info(outcome.plan.reason)
         return dg.MaterializeResult(metadata={**copy_metadata(outcome), **holdings})
 

@@ -13,7 +13,7 @@ from dbprotect.core.ops import verify_target_copy
 from dbprotect.defs.copies.assets import holdings_metadata
 from dbprotect.defs.helpers import core_errors_as_failures, safe_text
 from dbprotect.defs.names import COPY_INTEGRITY_CHECK, copy_key, dagster_actor, database_pool
-from dbprotect.defs.resources import DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource, SecretsResource
 
 
 def copy_check_key(database: str, target: str) -> dg.AssetCheckKey:
@@ -31,15 +31,17 @@ def build_copy_check(database: str, target: str) -> dg.AssetChecksDefinition:
         f"recorded on {target!r}.",
     )
     def copy_integrity(context: dg.AssetCheckExecutionContext,
-                       dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
+                       dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                       dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             config = dbprotect_config.load()
+            environ = dbprotect_secrets.environ()
             try:
-                report = verify_target_copy(config, database, target, actor=actor)
+                report = verify_target_copy(config, database, target, actor=actor, environ=environ)
             except NotFoundError as exc:  # nothing copied yet: red, visible, not a crashed run
                 return dg.AssetCheckResult(passed=False, description=safe_text(exc.one_line()))
-            holdings = holdings_metadata(config, database)
+            holdings = holdings_metadata(config, database, environ)
         stored = report.results[0]
         return dg.AssetCheckResult(
             passed=report.ok, description=f"{report.backup_id}: {report.summary()}",

@@ -9,6 +9,8 @@ backup it holds, so a standby that someone wrote to (or that rotted) turns red.
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
+from collections.abc import Mapping
+
 import dagster as dg
 
 from dbprotect.core.config.model import Config
@@ -35,9 +37,10 @@ PHASES = ("decrypt_seconds", "restore_seconds", "verify_seconds", "analyze_secon
           "warm_swap_seconds", "total_seconds")
 
 
-def warm_holdings_markdown(config: Config, database: str, held: str | None) -> str:
+def warm_holdings_markdown(config: Config, database: str, held: str | None,
+                           environ: Mapping[str, str] | None = None) -> str:
     """The "which targets hold which backups" table, with a column for the backup the warm copy holds."""
-    holdings = target_holdings(config, database)
+    holdings = target_holdings(config, database, environ=environ)
     primary = holdings[config.primary_storage(database)]
     column: dict[str, BackupEntry] = {held: primary[held]} if held and held in primary else {}
     return holdings_markdown({**holdings, WARM_COLUMN: column})
@@ -85,9 +88,10 @@ def build_warm_copy_asset(database: str) -> dg.AssetsDefinition:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
+            environ = dbprotect_secrets.environ()
             outcome = refresh_warm_copy(loaded, database, actor=actor, progress=phase_logger(context.log, "warm copy"),
-                                        environ=dbprotect_secrets.environ(), identity=raw_backup_identity.parsed())
-            holdings = warm_holdings_markdown(loaded, database, outcome.backup_id)
+                                        environ=environ, identity=raw_backup_identity.parsed())
+            holdings = warm_holdings_markdown(loaded, database, outcome.backup_id, environ)
         context.log.info(outcome.reason)
         return dg.MaterializeResult(metadata={**warm_copy_metadata(outcome),
                                               "holdings": dg.MetadataValue.md(holdings)})

@@ -42,10 +42,10 @@ def drill_check_key(database: str) -> dg.AssetCheckKey:
 
 def restore_verified_result(config: Config, database: str, identity: AgeIdentityResource,
                             environ: Mapping[str, str] | None = None) -> dg.AssetCheckResult:
-    """``environ``: the run's connection secrets (:class:`SecretsResource`), for the scratch server's admin DSN."""
+    """``environ``: the run's secrets (:class:`SecretsResource`): store credentials, the scratch admin DSN."""
     key = restore_check_key(database)
     with core_errors_as_failures():
-        audit = AuditLog(primary_store(config, database), actor="dagster")
+        audit = AuditLog(primary_store(config, database, environ), actor="dagster")
         try:
             verification = restore_verify_database(config, database, by="dagster", identity=identity.parsed(),
                                                    audit=audit, environ=environ)
@@ -68,7 +68,7 @@ def drill_result(config: Config, database: str, identity: AgeIdentityResource,
                  environ: Mapping[str, str] | None = None) -> dg.AssetCheckResult:
     key = drill_check_key(database)
     with core_errors_as_failures():
-        audit = AuditLog(primary_store(config, database), actor="dagster:drill")
+        audit = AuditLog(primary_store(config, database, environ), actor="dagster:drill")
         try:
             result = drill_database(config, database, by="dagster:drill", identity=identity.parsed(), audit=audit,
                                     environ=environ)

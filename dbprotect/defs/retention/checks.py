@@ -10,6 +10,8 @@ until the next evaluation.
 """
 
 # No "from __future__ import annotations": Dagster reads the context and resource annotations at runtime.
+from collections.abc import Mapping
+
 import dagster as dg
 
 from dbprotect.core.config.model import Config
@@ -17,7 +19,7 @@ from dbprotect.core.ops import retention_compliance_by_target
 from dbprotect.core.retention.compliance import TargetsCompliance
 from dbprotect.defs.helpers import core_errors_as_failures
 from dbprotect.defs.names import RETENTION_CHECK, dagster_name, database_pool, snapshot_key
-from dbprotect.defs.resources import DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource, SecretsResource
 
 
 def retention_check_key(database: str) -> dg.AssetCheckKey:
@@ -38,9 +40,10 @@ def compliance_metadata(compliance: TargetsCompliance) -> dict[str, dg.MetadataV
     return metadata
 
 
-def compliance_evaluation(config: Config, database: str) -> dg.AssetCheckEvaluation:
+def compliance_evaluation(config: Config, database: str,
+                          environ: Mapping[str, str] | None = None) -> dg.AssetCheckEvaluation:
     """The check's verdict, as an event a job can log (the cleanup job reports it after sweeping)."""
-    compliance = retention_compliance_by_target(config, database)
+    compliance = retention_compliance_by_target(config, database, environ=environ)
     key = retention_check_key(database)
     return dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=compliance.ok,
                                    metadata=compliance_metadata(compliance), description=compliance.summary())
@@ -56,9 +59,11 @@ def build_retention_check(database: str) -> dg.AssetChecksDefinition:
         description="Every storage target holds at least min_verified verified backups and nothing older than "
         "max_age (per target, with its retention policy).",
     )
-    def retention_compliant(dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
+    def retention_compliant(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                            dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
-            compliance = retention_compliance_by_target(dbprotect_config.load(), database)
+            compliance = retention_compliance_by_target(dbprotect_config.load(), database,
+                                                        environ=dbprotect_secrets.environ())
         return dg.AssetCheckResult(passed=compliance.ok, description=compliance.summary(),
                                    metadata=compliance_metadata(compliance))
 

@@ -21,7 +21,7 @@ from dbprotect.defs.names import (
     database_pool,
     snapshot_key,
 )
-from dbprotect.defs.resources import DbprotectConfigResource
+from dbprotect.defs.resources import DbprotectConfigResource, SecretsResource
 from dbprotect.defs.retention.checks import compliance_evaluation
 
 #: Metadata text is shown in full in the UI; a year of daily backups renders in ~30 kB.
@@ -62,11 +62,13 @@ def build_cleanup_job(database: str) -> dg.JobDefinition:
     @dg.op(name=f"{name}_retention_cleanup", pool=database_pool(database),
            description=f"Apply {database!r}'s retention policy on every storage target (mark, then sweep).")
     def retention_cleanup(context: dg.OpExecutionContext, config: CleanupConfig,
-                          dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> None:
+                          dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                          dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> None:
         actor = dagster_actor(context.run.job_name, dict(context.run.tags))
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
-            cleanups = cleanup_database(loaded, database, dry_run=config.dry_run, actor=actor)
+            environ = dbprotect_secrets.environ()
+            cleanups = cleanup_database(loaded, database, dry_run=config.dry_run, actor=actor, environ=environ)
         for done in cleanups:
             context.log.info(f"{done.target}: {len(done.plan.deletions)} backup(s) to delete, "
                              f"{len(done.plan.kept)} kept" + (f"; REFUSED: {done.plan.refusal}" if done.plan.refused
@@ -74,7 +76,7 @@ def build_cleanup_job(database: str) -> dg.JobDefinition:
             context.log_event(dg.AssetObservation(asset_key=snapshot_key(database),
                                                   metadata=cleanup_metadata(done, config.dry_run)))
         with core_errors_as_failures():
-            context.log_event(compliance_evaluation(loaded, database))
+            context.log_event(compliance_evaluation(loaded, database, environ))
             error = first_cleanup_error(cleanups)
             if error is not None:
                 raise error

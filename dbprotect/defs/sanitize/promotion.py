@@ -99,10 +99,11 @@ def build_promote_sensor(config: Config, database: str, job: dg.JobDefinition) -
         description=f"Promote each new sanitized copy of {database!r} that passed every blocking check into the "
         "development database (only with sanitize.promote: true).",
     )
-    def promote_new_copy(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    def promote_new_copy(context: dg.SensorEvaluationContext,
+                         dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.SensorResult | dg.SkipReason:
         if not enabled:
             return dg.SkipReason(f"promotion of {database!r} is off: set databases.{database}.sanitize.promote: true")
-        found = newest_promotable(primary_store(config, database), database)
+        found = newest_promotable(primary_store(config, database, dbprotect_secrets.environ()), database)
         if found.artifact_id is None:
             return dg.SkipReason(found.reason)
         if found.artifact_id == context.cursor:

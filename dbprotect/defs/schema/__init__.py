@@ -123,9 +123,11 @@ def build_snapshot_drift_check(database: str, rpo_hours: float) -> dg.AssetCheck
         "A snapshot older than the RPO warns.",
     )
     def schema_matches_production_snapshot(
-            dbprotect_config: dg.ResourceParam[DbprotectConfigResource]) -> dg.AssetCheckResult:
+            dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+            dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
         with core_errors_as_failures():
-            report, snapshot = drift_from_production_snapshot(dbprotect_config.load(), database)
+            report, snapshot = drift_from_production_snapshot(dbprotect_config.load(), database,
+                                                              environ=dbprotect_secrets.environ())
         return snapshot_drift_evaluation(report, snapshot, rpo_hours=rpo_hours)
 
     return schema_matches_production_snapshot

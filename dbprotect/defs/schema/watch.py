@@ -24,6 +24,7 @@ from dbprotect.core.config.model import Config
 from dbprotect.core.ops import observe_migrations
 from dbprotect.core.schema.watch import decide
 from dbprotect.defs.names import PRE_MIGRATION_REASON_TAG, backup_job_name, pre_migration_sensor_name
+from dbprotect.defs.resources import SecretsResource
 
 #: One poll a minute: short enough to catch a deploy's new files before someone runs them by
 #: hand, long enough that the production connection is noise.
@@ -43,8 +44,10 @@ def build_pre_migration_sensor(config: Config, database: str) -> dg.SensorDefini
         description=f"Back up {database!r} when its {watched} change. Polls: for a guaranteed backup before a "
         "migration, run it under 'dbprotect guard -- alembic upgrade head'.",
     )
-    def pre_migration_backup(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        decision = decide(context.cursor, observe_migrations(config, database))
+    def pre_migration_backup(context: dg.SensorEvaluationContext,
+                             dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.SensorResult:
+        # The production DSN comes from the secrets resource, as every run's does: never os.environ.
+        decision = decide(context.cursor, observe_migrations(config, database, dbprotect_secrets.environ()))
         if not decision.triggered:
             return dg.SensorResult(skip_reason=decision.skip_reason(database), cursor=decision.cursor)
         context.log.info(f"{database}: {decision.reason}: requesting a backup")
