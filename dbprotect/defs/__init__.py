@@ -18,6 +18,7 @@ Layout (as in dagster-open-platform): one folder per domain, one file per kind::
       restores/       checks.py (restore_verified, drills), schedules.py, jobs.py (the restore job)
       schema/         schema snapshots, drift check, schema_sync job, pre-migration backup sensor
       sanitize/       sanitized development copies, blocking PII checks, promotion sensor and job
+      continuous/     point-in-time drills, continuous_rpo (a sensor reports it, no runs), base-backup job + schedule
 """
 
 from __future__ import annotations

@@ -276,6 +276,8 @@ class ContinuousSpec(_Strict):
     #: The WAL receiver writes a row into ``dbprotect.heartbeat`` on the source this often: the markers
     #: point-in-time drills prove a restore against (:mod:`dbprotect.core.continuous.heartbeat`).
     heartbeat_seconds: int = Field(default=60, ge=1, le=3600)
+    #: The measured RPO's target (the ``continuous_rpo`` check fails past it): under a minute, issue 15.
+    rpo_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("base_backup_schedule")
     @classmethod
