@@ -10,7 +10,8 @@ server is kept apart (:func:`newest_stored_point`, :func:`read_server_position`)
 Everything read from the store is untrusted, and every way a record could overstate safety fails:
 
 * a sample time after the server's own ``now`` (the two are one clock: no skew to excuse it);
-* a record whose end LSN lies beyond the server's current LSN (forged, or another server's WAL);
+* a record whose end LSN lies beyond the server's current LSN (forged, or another server's WAL; a
+  partial's end is rounded up to its WAL page, so that page is allowed);
 * a sample LSN beyond the record's own end;
 * a record stamped by the store later than the store's "now" (:class:`~dbprotect.core.store.lock.
   StoreClock`, as locks judge leases) beyond the tolerance.
@@ -43,6 +44,8 @@ from dbprotect.core.store.base import ObjectNotFound
 
 #: How many of the newest completed segments are tried when newer records are unreadable.
 FALLBACK_RECORDS = 3
+#: A partial's recorded end is rounded up to its WAL page, so it may lie up to one page past the server's LSN.
+WAL_PAGE = 8192
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def evaluate_continuous_rpo(database: str, *, target_seconds: float, point: Stor
     def result(ok: bool, reason: str, measured: float | None = None) -> ContinuousRpo:
         return ContinuousRpo(
             database, target_seconds, None if measured is None else round(measured, 3),
-            None if point is None else max(0, server.current_lsn - point.end_lsn),
+            None if point is None else max(0, server.current_lsn - (point.safe_lsn or point.end_lsn)),
             None if point is None else format_lsn(point.end_lsn), None if point is None else point.safe_time,
             server.slot_wal_status, server.slot_active, newest_base, ok, reason, notes)
 
@@ -195,7 +198,9 @@ def evaluate_continuous_rpo(database: str, *, target_seconds: float, point: Stor
     if point is None:
         return result(False, "no stored WAL record carries a commit-time sample yet")
     assert point.safe_time is not None and point.safe_lsn is not None
-    if point.timeline == server.timeline and point.end_lsn > server.current_lsn:
+    current_page_end = -(-server.current_lsn // WAL_PAGE) * WAL_PAGE
+    if point.timeline == server.timeline and (point.end_lsn > current_page_end
+                                              or point.safe_lsn > server.current_lsn):
         return result(False, f"the newest WAL record claims {format_lsn(point.end_lsn)}, beyond the server's "
                              f"current {format_lsn(server.current_lsn)}: forged, or another server's WAL")
     if point.safe_lsn > point.end_lsn:
