@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 import yaml
 
@@ -20,6 +21,7 @@ from dbprotect.cli.app import run
 from dbprotect.cli.commands.backups import protection_line
 from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.rpo import newest_stored_point
+from dbprotect.core.continuous.wal import stored_segments
 from dbprotect.core.ops.continuous import base_backup_database, continuous_rpo
 from dbprotect.core.ops.status import database_status
 from dbprotect.core.store.filesystem import FilesystemStorage
@@ -54,7 +56,7 @@ def test_measured_rpo_passes_while_shipping_and_fails_stopped_or_forged(
     receiver = start_receiver(path, tmp_path / "receiver.log")
     try:
         wait_streaming(wal_server, SLOT)
-        write_rows(wal_server, 100_000, 300, switch=False)
+        write_rows(wal_server, 700_000, 300, switch=False)
         wait_for(lambda: continuous_rpo(config, "shop").ok, "a passing measured RPO", 60)
         rpo = continuous_rpo(config, "shop")
         assert rpo.newest_base == base.base_id and 0 <= rpo.measured_seconds <= TARGET
@@ -62,6 +64,15 @@ def test_measured_rpo_passes_while_shipping_and_fails_stopped_or_forged(
         # idle: no WAL is written, the receiver refreshes its sample; the RPO must not age past the target
         time.sleep(TARGET + 3)
         assert continuous_rpo(config, "shop").ok, continuous_rpo(config, "shop").reason
+        # idle after a WAL switch (every base backup ends with one): no partial follows the newest
+        # segment, whose record is write-once; the receiver's progress record keeps the RPO honest
+        with psycopg.connect(wal_server, autocommit=True) as conn:
+            switched = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+        wait_for(lambda: switched in stored_segments(storage, "shop").get(1, []), "the switched segment shipped")
+        time.sleep(TARGET + 3)
+        idle = continuous_rpo(config, "shop")
+        assert idle.ok and idle.measured_seconds <= TARGET, idle.reason
 
         # the sensor: one runless evaluation, recorded on the instance, and no run launched
         definitions = build_definitions(config)
@@ -107,7 +118,7 @@ def test_measured_rpo_passes_while_shipping_and_fails_stopped_or_forged(
         storage.put_bytes(point.record_key, honest)
 
         # stopped: writes continue, nothing ships; past rpo_seconds the check fails (and says why)
-        write_rows(wal_server, 200_000, 100, switch=False)
+        write_rows(wal_server, 800_000, 100, switch=False)
         wait_for(lambda: not continuous_rpo(config, "shop").ok, "a failing measured RPO", TARGET + 20)
         stopped = continuous_rpo(config, "shop")
         assert "over the target" in stopped.reason and stopped.slot_active is False

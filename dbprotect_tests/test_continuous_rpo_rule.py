@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from dbprotect.core.continuous.rpo import ServerPosition, StoredPoint, evaluate_continuous_rpo
+from dbprotect.core.continuous.base import format_lsn
+from dbprotect.core.continuous.rpo import ServerPosition, StoredPoint, evaluate_continuous_rpo, newest_stored_point
+from dbprotect.core.continuous.wal import SegmentRecord, progress_record_key, segment_number, segment_record_key
+from dbprotect.core.store.filesystem import FilesystemStorage
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 SERVER = ServerPosition(now=NOW, current_lsn=0x3000000, timeline=1, slot_found=True, slot_wal_status="reserved",
@@ -62,3 +67,35 @@ def test_a_partial_rounded_up_to_its_wal_page_is_not_taken_for_forged() -> None:
 def test_a_store_without_times_is_judged_by_the_server_clock_alone() -> None:
     assert judge(point=replace(POINT, modified=None), store_now=None).ok
     assert not judge(point=replace(POINT, safe_time=NOW - timedelta(seconds=31), modified=None), store_now=None).ok
+
+
+def _segment(storage, name: str, safe_time: str) -> SegmentRecord:
+    start = segment_number(name) * (16 << 20)
+    record = SegmentRecord(segment=name, kind="segment", timeline=1, start_lsn=format_lsn(start),
+                           end_lsn=format_lsn(start + (16 << 20)), plain_bytes=16 << 20, plain_sha256="0" * 64,
+                           object=f"shop/continuous/wal/00000001/{name}.zst.age", size=1, sha256="0" * 64,
+                           shipped_at=safe_time, safe_time=safe_time, safe_lsn=format_lsn(start + 100))
+    storage.put_bytes(segment_record_key("shop", name), record.to_json())
+    return record
+
+
+def test_progress_refreshes_only_the_segment_it_names_within_its_end(tmp_path: Path) -> None:
+    storage = FilesystemStorage(tmp_path / "store")
+    old, fresh = "2026-11-29T11:00:00+00:00", "2026-11-29T11:59:50+00:00"
+    _segment(storage, "000000010000000000000001", old)
+    record = _segment(storage, "000000010000000000000002", old)
+    progress = {"segment": record.segment, "timeline": 1, "end_lsn": record.end_lsn, "safe_time": fresh,
+                "safe_lsn": record.end_lsn, "written_at": fresh}
+    storage.put_bytes(progress_record_key("shop"), json.dumps(progress).encode())
+    point = newest_stored_point(storage, "shop")
+    assert point is not None and point.safe_time == datetime.fromisoformat(fresh)
+    assert point.record_key == progress_record_key("shop")
+    for forged, note in (({"segment": "000000010000000000000001"}, None),
+                         ({"end_lsn": "0/9000000", "safe_lsn": "0/9000000"}, None),
+                         ({"safe_lsn": "0/3000001"}, "beyond the segment"),
+                         ({"safe_time": "yesterday"}, "unreadable")):
+        storage.put_bytes(progress_record_key("shop"), json.dumps({**progress, **forged}).encode())
+        notes: list[str] = []
+        point = newest_stored_point(storage, "shop", notes)
+        assert point is not None and point.safe_time == datetime.fromisoformat(old), forged
+        assert (note is None and not notes) or (note is not None and note in notes[0]), (forged, notes)

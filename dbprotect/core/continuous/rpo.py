@@ -16,6 +16,11 @@ Everything read from the store is untrusted, and every way a record could overst
 * a record stamped by the store later than the store's "now" (:class:`~dbprotect.core.store.lock.
   StoreClock`, as locks judge leases) beyond the tolerance.
 
+While nothing changes, the receiver keeps the newest record's sample fresh (an idle server writes no
+WAL and must not turn red): it rewrites the partial's record, or, when no partial follows the newest
+completed segment (an idle server after a WAL switch), writes ``progress.json`` for that segment,
+which is trusted only for the segment it names and within its end.
+
 And the RPO is never younger than the record itself by the store's clock: a stale record whose
 sample was forged recent still shows its age. No base backup, a gap inside the stored WAL, a missing
 or ``lost`` slot: the WAL cannot be replayed to that point, so the check fails whatever the age.
@@ -23,16 +28,18 @@ or ``lost`` slot: the WAL cannot be replayed to that point, so the check fails w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import psycopg
 
 from dbprotect.core.continuous.base import format_lsn, parse_lsn
+from dbprotect.core.continuous.objects import read_json_record
 from dbprotect.core.continuous.wal import (
     SEGMENT_NAME,
     SegmentRecord,
     partial_record_key,
+    progress_record_key,
     segment_number,
     segment_record_key,
     stored_segments,
@@ -147,6 +154,7 @@ def newest_stored_point(storage: Storage, database: str, notes: list[str] | None
             candidates.append((partial_record_key(database, name), name))
             break
     candidates += [(segment_record_key(database, name), name) for name in reversed(completed[-FALLBACK_RECORDS:])]
+    newest_segment = completed[-1] if completed else None
     for key, name in candidates:
         try:
             point = _point(storage, database, key, name, modified.get(key))
@@ -155,10 +163,36 @@ def newest_stored_point(storage: Storage, database: str, notes: list[str] | None
         except IntegrityError as exc:
             notes.append(f"unreadable WAL record skipped: {exc.one_line()}")
             continue
+        if point.kind == "segment" and name == newest_segment:
+            point = _with_progress(storage, database, point, modified.get(progress_record_key(database)), notes)
         if point.safe_time is not None:
             return point
         notes.append(f"{name}: record carries no commit-time sample")
     return None
+
+
+def _with_progress(storage: Storage, database: str, point: StoredPoint, modified: datetime | None,
+                   notes: list[str]) -> StoredPoint:
+    """The newest completed segment with the receiver's newer sample (``progress.json``), when that names
+    this very segment and lies within its end; otherwise the point unchanged."""
+    key = progress_record_key(database)
+    try:
+        value = read_json_record(storage, key)
+        if value.get("segment") != point.segment or value.get("timeline") != point.timeline \
+                or parse_lsn(value.get("end_lsn")) != point.end_lsn:
+            return point  # about another segment (a partial followed since): not this one's
+        safe_time, safe_lsn = _parse_time(value.get("safe_time")), parse_lsn(value.get("safe_lsn"))
+    except ObjectNotFound:
+        return point
+    except IntegrityError as exc:
+        notes.append(f"unreadable WAL progress record ignored: {exc.one_line()}")
+        return point
+    if safe_time is None or safe_lsn > point.end_lsn:
+        notes.append("WAL progress record ignored: its sample lies beyond the segment it names")
+        return point
+    if point.safe_time is not None and safe_time <= point.safe_time:
+        return point
+    return replace(point, safe_time=safe_time, safe_lsn=safe_lsn, modified=modified, record_key=key)
 
 
 def read_server_position(conn: psycopg.Connection, slot: str) -> ServerPosition:

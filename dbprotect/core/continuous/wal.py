@@ -89,6 +89,11 @@ def partial_record_key(database: str, name: str) -> str:
     return f"{wal_prefix(database)}/partial/{name}.json"
 
 
+def progress_record_key(database: str) -> str:
+    """A newer commit-time sample for the newest completed segment, while no partial follows it."""
+    return f"{wal_prefix(database)}/progress.json"
+
+
 def history_object_key(database: str, name: str) -> str:
     return f"{wal_prefix(database)}/history/{name}.zst.age"
 
@@ -462,6 +467,30 @@ def refresh_partial_coverage(storage: Storage, database: str, record: SegmentRec
     return updated
 
 
+def write_progress(storage: Storage, database: str, record: SegmentRecord, safe: tuple[str, str]) -> None:
+    """Say that the newest completed segment ``record`` still holds everything through a newer sample.
+
+    After a WAL switch on an idle server (every base backup ends with one) no partial follows the
+    newest segment, and its write-once record cannot be refreshed; this small record can. The reader
+    trusts it only for the segment it names and only within that segment's recorded end.
+    """
+    storage.put_bytes(progress_record_key(database), json.dumps(
+        {"segment": record.segment, "timeline": record.timeline, "end_lsn": record.end_lsn,
+         "safe_time": safe[0], "safe_lsn": safe[1], "written_at": _now()}, sort_keys=True).encode())
+
+
+def newest_completed(storage: Storage, database: str) -> SegmentRecord | None:
+    """The newest completed segment's record of the newest timeline (None when none is readable)."""
+    segments = stored_segments(storage, database)
+    if not segments:
+        return None
+    name = segments[max(segments)][-1]
+    try:
+        return SegmentRecord.from_store(storage, segment_record_key(database, name), database=database, name=name)
+    except (ObjectNotFound, IntegrityError):
+        return None
+
+
 @dataclass
 class ReceiverStats:
     segments_shipped: int = 0
@@ -469,6 +498,8 @@ class ReceiverStats:
     partials_shipped: int = 0
     restarts: int = 0
     last_partial: SegmentRecord | None = None
+    last_segment: SegmentRecord | None = None
+    last_progress: str | None = None
 
 
 def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[str], spool: Path, slot: str,
@@ -505,6 +536,7 @@ def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[s
             raise ToolError(f"pg_receivewal cannot create the slot {slot}: {reason}")
         stats = ReceiverStats()
         sampler = CommitSampler(dsn, slot, log)
+        stats.last_segment = newest_completed(storage, database)
         _report_slot_gap(dsn, storage, database, slot, segment_size, spool, log)
         _ship_spool(storage, database, spool, age_recipients, segment_size, stats, log, sampler)
         stream_args = [*base_args, f"--directory={spool}", "--no-loop", "--status-interval=1"]
@@ -566,6 +598,10 @@ def _ship_spool(storage: Storage, database: str, spool: Path, recipients: list[p
         path = spool / name
         record, new = ship_completed(storage, database, path, recipients, segment_size,
                                      sampler.covered if sampler is not None else None)
+        if record.kind == "segment" and (stats.last_segment is None
+                                         or (record.timeline, record.segment) >= (stats.last_segment.timeline,
+                                                                                stats.last_segment.segment)):
+            stats.last_segment = record
         if new:
             stats.segments_shipped += 1
             log(f"shipped {name} ({record.start_lsn}-{record.end_lsn})")
@@ -579,6 +615,12 @@ def _ship_current_partial(storage: Storage, database: str, spool: Path, recipien
                           sampler: CommitSampler | None = None) -> tuple[str, int, int] | None:
     partials = sorted(p for p in spool.iterdir() if p.name.endswith(".partial") and SEGMENT_NAME.match(p.name[:24]))
     if not partials:
+        newest = stats.last_segment
+        if sampler is not None and newest is not None:
+            safe = sampler.covered(parse_lsn(newest.end_lsn))
+            if safe is not None and safe[0] != (stats.last_progress or newest.safe_time):
+                write_progress(storage, database, newest, safe)
+                stats.last_progress = safe[0]
         return last
     path = partials[-1]
     try:

@@ -245,7 +245,9 @@ def continuous_rpo(config: Config, database: str, *, environ: Mapping[str, str] 
     """The measured RPO of ``database`` (``continuous_rpo``): reads WAL and base records and asks the server.
 
     Holds no private key. A store or server that cannot be read is a failed result naming why, never
-    a pass: the check must say red when it cannot see.
+    a pass: the check must say red when it cannot see. The store's clock is probed (a tiny object,
+    written and deleted, as locks do); where the credential may not write, the server's clock alone
+    judges, with a note.
     """
     spec = continuous_spec(config, database)
     storage = primary_store(config, database)
@@ -258,11 +260,15 @@ def continuous_rpo(config: Config, database: str, *, environ: Mapping[str, str] 
         dsn = register_dsn(resolve_dsn(config, database, "production", environ))
         with contextlib.closing(connect(dsn, autocommit=True, application_name="dbprotect-rpo")) as conn:
             server = read_server_position(conn, spec.slot)
-        store_now = (now_store or StoreClock(storage, database)).now()
     except (DbprotectError, psycopg.Error) as exc:
         reason = exc.one_line() if isinstance(exc, DbprotectError) else " ".join(str(exc).split())
         return ContinuousRpo(database, target, None, None, None, None, None, None, None, False,
                              f"cannot measure: {reason}", tuple(notes))
+    try:
+        store_now = (now_store or StoreClock(storage, database)).now()
+    except DbprotectError as exc:  # a read-only credential: judged by the server's clock alone, and said so
+        store_now = None
+        notes.append(f"the store's clock could not be probed ({exc.one_line()}): judged by the server's clock only")
     return evaluate_continuous_rpo(database, target_seconds=target, point=point, server=server,
                                    store_now=store_now, tolerance=config.clock_skew_tolerance,
                                    newest_base=bases[-1].base_id if bases else None, gaps=gaps,
