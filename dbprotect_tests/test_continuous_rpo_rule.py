@@ -7,12 +7,22 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import pytest
+import yaml
 
+from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import format_lsn
 from dbprotect.core.continuous.rpo import ServerPosition, StoredPoint, evaluate_continuous_rpo, newest_stored_point
 from dbprotect.core.continuous.wal import SegmentRecord, progress_record_key, segment_number, segment_record_key
 from dbprotect.core.store.filesystem import FilesystemStorage
+from dbprotect.defs import build_definitions
+from dbprotect.defs.names import (
+    CONTINUOUS_RPO_CHECK,
+    base_backup_schedule_name,
+    continuous_rpo_sensor_name,
+    snapshot_key,
+)
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 SERVER = ServerPosition(now=NOW, current_lsn=0x3000000, timeline=1, slot_found=True, slot_wal_status="reserved",
@@ -99,3 +109,22 @@ def test_progress_refreshes_only_the_segment_it_names_within_its_end(tmp_path: P
         point = newest_stored_point(storage, "shop", notes)
         assert point is not None and point.safe_time == datetime.fromisoformat(old), forged
         assert (note is None and not notes) or (note is not None and note in notes[0]), (forged, notes)
+
+
+def test_only_continuous_databases_get_the_rpo_sensor_check_and_base_backup_schedule(
+        write_config, tmp_path: Path) -> None:
+    path = write_config("postgresql://nobody@127.0.0.1:1/shop")
+    logical = build_definitions(load_config(path))
+    assert not [s for s in logical.sensors or [] if s.name == continuous_rpo_sensor_name("shop")]
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["databases"]["shop"]["continuous"] = {"slot": "dbprotect_shop", "base_backup_schedule": "0 3 * * 6"}
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    config = load_config(path)
+    assert config.database("shop").continuous.rpo_seconds == 60  # the "under a minute"
+    definitions = build_definitions(config)
+    sensor = definitions.get_sensor_def(continuous_rpo_sensor_name("shop"))
+    assert 30 <= sensor.minimum_interval_seconds <= 60 and not sensor.targets  # launches no run
+    schedule = definitions.get_schedule_def(base_backup_schedule_name("shop"))
+    assert schedule.cron_schedule == "0 3 * * 6"
+    assert definitions.resolve_asset_graph().asset_check_keys >= {
+        dg.AssetCheckKey(snapshot_key("shop"), CONTINUOUS_RPO_CHECK)}
