@@ -233,3 +233,26 @@ def test_keygen_writes_a_0600_key_pair_prints_the_public_key_and_never_overwrite
     assert "DBP941" in capsys.readouterr().err and path.read_bytes() == before
     assert run(["--json", "keygen", str(tmp_path / "second.agekey")]) == 0
     assert '"mode": "0600"' in capsys.readouterr().out
+
+
+def test_the_wal_receiver_streams_production_with_the_public_key_only() -> None:
+    """Issue 15: one supervised receiver, restarted by compose, holding no identity (it only encrypts)."""
+    spec = SERVICES["wal-receiver"]
+    assert spec["command"][:4] == ["dbprotect", "wal", "receive", "app"]
+    assert spec["restart"] == "unless-stopped"
+    env = _environment("wal-receiver")
+    secrets = {name for name in env if SECRET_NAME.search(name)}
+    assert secrets == {"APP_PROD_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # no identity, no Dagster
+    assert "@prod-db:" in env["APP_PROD_DSN"] and env["DBPROTECT_CONFIG"] == "/etc/dbprotect/dbprotect.yaml"
+    mounts = _mounts("wal-receiver")
+    assert mounts["/etc/dbprotect/dbprotect.yaml"] == ("./deploy/dbprotect.yaml", "ro")
+    assert not any("keys" in source for source, _ in mounts.values())
+    spool = spec["command"][spec["command"].index("--spool") + 1]
+    assert any(spool.startswith(target) and source in COMPOSE["volumes"] for target, (source, _) in mounts.items())
+    config = yaml.safe_load((ROOT / "deploy" / "dbprotect.yaml").read_text(encoding="utf-8"))
+    assert config["databases"]["app"]["continuous"]["slot"]
+    assert config["keys"]["raw"]["recipients"] and "identity" not in config["keys"]["raw"]
+    # the server lets it: a bounded slot (dbprotect refuses an unbounded one) and replication in pg_hba
+    assert any(arg.startswith("max_slot_wal_keep_size=") for arg in SERVICES["prod-db"]["command"])
+    init = [m for m in SERVICES["prod-db"]["volumes"] if "allow-replication.sh" in m]
+    assert init and "host replication" in (ROOT / "deploy" / "allow-replication.sh").read_text(encoding="utf-8")

@@ -19,6 +19,7 @@ Layout (as in dagster-open-platform): one folder per domain, one file per kind::
       schema/         schema snapshots, drift check, schema_sync job, pre-migration backup sensor
       sanitize/       sanitized development copies, blocking PII checks, promotion sensor and job
       verification.py a split deployment's verification location: readability jobs and sensors
+      continuous/     point-in-time drills, continuous_rpo (a sensor reports it, no runs), base-backup job + schedule
 """
 
 from __future__ import annotations

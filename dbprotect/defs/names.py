@@ -130,3 +130,19 @@ def dagster_actor(job_name: str, tags: dict[str, str] | None = None) -> str:
     """Who acted, for the audit log: ``dagster:<schedule>`` for a scheduled run, else ``dagster:<job>``."""
     tags = tags or {}
     return f"dagster:{tags.get('dagster/schedule_name') or tags.get('dagster/sensor_name') or job_name}"
+
+
+#: Continuous protection (issue 15): the measured RPO, reported by a sensor without runs; base backups.
+CONTINUOUS_RPO_CHECK = "continuous_rpo"
+
+
+def continuous_rpo_sensor_name(database: str) -> str:
+    return f"{dagster_name(database)}_continuous_rpo_sensor"
+
+
+def base_backup_job_name(database: str) -> str:
+    return f"{dagster_name(database)}_base_backup_job"
+
+
+def base_backup_schedule_name(database: str) -> str:
+    return f"{dagster_name(database)}_base_backup_schedule"

@@ -55,7 +55,7 @@ def status(ui: Ui) -> int:
     rows: list[dict[str, Any]] = []
     for name in sorted(config.databases):
         try:
-            rows.append(database_status(config, name, now).to_dict())
+            rows.append(database_status(config, name, now, protection=True).to_dict())
         except DbprotectError as err:
             rows.append({"database": name, "error": error_document(err), "rpo": {"ok": False,
                          "reason": f"store cannot be read: {err.one_line()}"}})
@@ -82,12 +82,29 @@ def _print_status(ui: Ui, rows: list[dict[str, Any]], now: datetime) -> None:
                       human_age(age), escape(newest.get("status", "-")), verdict, escape(scrub(rpo["reason"])))
     ui.console().print(table)
     for row in rows:
+        if "protection" in row:
+            ui.console().print(f"{escape(row['database'])}: {escape(scrub(protection_line(row['protection'])))}",
+                               soft_wrap=True)
+    for row in rows:
         for reason in row.get("skipped_folders", []):
             ui.console().print(f"[yellow]skipped, not a backup:[/] {escape(reason)}", soft_wrap=True)
         if row.get("clock_skew"):
             ui.console().print(f"[yellow]clock-skew:[/] {escape(row['database'])}: {len(row['clock_skew'])} backup(s) "
                                f"dated in the future, ignored for latest, RPO and retention: "
                                f"{escape(', '.join(row['clock_skew'][:3]))}", soft_wrap=True)
+
+
+def protection_line(protection: dict[str, Any]) -> str:
+    """One line: logical only, or logical + continuous with its newest base, stored LSN/time and measured RPO."""
+    if protection["kind"] == "logical":
+        return "logical backups only"
+    rpo = protection["measured_rpo"] or {}
+    measured = rpo.get("rpo_seconds_measured")
+    verdict = "ok" if rpo.get("ok") else "FAILING"
+    return (f"logical + continuous: newest base {protection['newest_base'] or 'none'}, newest stored LSN "
+            f"{protection['newest_stored_lsn'] or 'none'} (commits safe through {protection['safe_through'] or '-'}), "
+            f"measured RPO {'-' if measured is None else f'{measured:.0f} s'} "
+            f"(target {rpo.get('rpo_seconds_target', 0):g} s) {verdict}: {rpo.get('reason', '')}")
 
 
 def _print_targets(ui: Ui, rows: list[dict[str, Any]], now: datetime) -> None:

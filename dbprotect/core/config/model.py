@@ -285,6 +285,8 @@ class ContinuousSpec(_Strict):
     retention_days: float = Field(default=14.0, gt=0)
     #: The newest verified full base backups kept whatever the window.
     min_full_bases: int = Field(default=1, ge=0)
+    #: The measured RPO's target (the ``continuous_rpo`` check fails past it): under a minute, issue 15.
+    rpo_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("base_backup_schedule")
     @classmethod

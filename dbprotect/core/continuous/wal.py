@@ -29,6 +29,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import fcntl
@@ -48,6 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import psycopg
 import pyrage
 
 from dbprotect.core.backup.pipeline import READ_SIZE, StderrTail, encrypt_to_store
@@ -55,7 +57,7 @@ from dbprotect.core.continuous.base import format_lsn, parse_lsn
 from dbprotect.core.continuous.checks import check_server
 from dbprotect.core.continuous.objects import decrypt_object, read_json_record
 from dbprotect.core.crypto import parse_recipients
-from dbprotect.core.errors import IntegrityError, NotFoundError, ToolError
+from dbprotect.core.errors import DbprotectError, IntegrityError, NotFoundError, ToolError
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.core.pg.tools import ToolPlace, connect, require_tool_for_server, split_password, tool_env
 from dbprotect.core.store import Storage
@@ -84,6 +86,11 @@ def segment_record_key(database: str, name: str) -> str:
 
 def partial_record_key(database: str, name: str) -> str:
     return f"{wal_prefix(database)}/partial/{name}.json"
+
+
+def progress_record_key(database: str) -> str:
+    """A newer commit-time sample for the newest completed segment, while no partial follows it."""
+    return f"{wal_prefix(database)}/progress.json"
 
 
 def history_object_key(database: str, name: str) -> str:
@@ -119,6 +126,11 @@ class SegmentRecord:
     size: int
     sha256: str
     shipped_at: str
+    #: The server's clock when a commit-time sample was taken whose flush LSN (``safe_lsn``) this object
+    #: and those before it hold: every commit acknowledged by then is in the store (measured RPO,
+    #: :mod:`dbprotect.core.continuous.rpo`). None when no sample was covered (records before it existed).
+    safe_time: str | None = None
+    safe_lsn: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -135,6 +147,9 @@ class SegmentRecord:
             raise IntegrityError(f"{key}: record names {record.segment} at {record.object}, not its own place")
         if not isinstance(record.size, int) or not isinstance(record.sha256, str):
             raise IntegrityError(f"{key}: object size or SHA-256 missing")
+        if (record.safe_time is None) != (record.safe_lsn is None) or not all(
+                isinstance(v, str | None) for v in (record.safe_time, record.safe_lsn)):
+            raise IntegrityError(f"{key}: commit-time sample incomplete")
         return record
 
 
@@ -183,8 +198,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+#: Given the LSN an object is known to hold through, the newest commit-time sample it covers
+#: (server time, flush LSN), or None.
+Coverage = Callable[[int], "tuple[str, str] | None"]
+
+
 def ship_completed(storage: Storage, database: str, path: Path, recipients: list[pyrage.x25519.Recipient],
-                   segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[SegmentRecord, bool]:
+                   segment_size: int = DEFAULT_SEGMENT_SIZE,
+                   coverage: Coverage | None = None) -> tuple[SegmentRecord, bool]:
     """Store one completed segment (or history file) from the spool; (record, whether it was new).
 
     Already stored with the same plaintext: nothing is written (a restart after a crash between the
@@ -209,10 +230,12 @@ def ship_completed(storage: Storage, database: str, path: Path, recipients: list
         timeline = int(name[:8], 16)
         start = segment_number(name, segment_size) * segment_size
         end = start + plain.bytes
+    safe = coverage(end) if coverage is not None and not history else None
     record = SegmentRecord(segment=name, kind="history" if history else "segment", timeline=timeline,
                            start_lsn=format_lsn(start), end_lsn=format_lsn(end), plain_bytes=plain.bytes,
                            plain_sha256=plain.hexdigest, object=object_key, size=stored, sha256=sha,
-                           shipped_at=_now())
+                           shipped_at=_now(), safe_time=safe[0] if safe else None,
+                           safe_lsn=safe[1] if safe else None)
     if not storage.put_if_absent(record_key, record.to_json()):
         existing = SegmentRecord.from_store(storage, record_key, database=database, name=name)
         if existing.plain_sha256 != record.plain_sha256:
@@ -238,17 +261,22 @@ def _drop_partials(storage: Storage, database: str, name: str, *, keep: str | No
 
 
 def ship_partial(storage: Storage, database: str, path: Path, recipients: list[pyrage.x25519.Recipient],
-                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> SegmentRecord:
-    """Store the current ``.partial`` segment under a fresh object, then point its record at it."""
+                 segment_size: int = DEFAULT_SEGMENT_SIZE, coverage: Coverage | None = None) -> SegmentRecord:
+    """Store the current ``.partial`` segment under a fresh object, then point its record at it.
+
+    ``coverage`` is asked with the recorded end (rounded up to a WAL page, so the caller bounds it by
+    what pg_receivewal had reported written before the file was read)."""
     name = path.name.removesuffix(".partial")
     record_key = partial_record_key(database, name)
     object_key = f"{wal_prefix(database)}/partial/{name}.{secrets.token_hex(6)}.zst.age"
     plain, stored, sha = _encrypt_file_to(storage, path, object_key, recipients)
     start = segment_number(name, segment_size) * segment_size
+    safe = coverage(start + plain.last_nonzero_page_end) if coverage is not None else None
     record = SegmentRecord(segment=name, kind="partial", timeline=int(name[:8], 16), start_lsn=format_lsn(start),
                            end_lsn=format_lsn(start + plain.last_nonzero_page_end), plain_bytes=plain.bytes,
                            plain_sha256=plain.hexdigest, object=object_key, size=stored, sha256=sha,
-                           shipped_at=_now())
+                           shipped_at=_now(), safe_time=safe[0] if safe else None,
+                           safe_lsn=safe[1] if safe else None)
     storage.put_bytes(record_key, record.to_json())
     _drop_partials(storage, database, name, keep=object_key)
     return record
@@ -364,6 +392,109 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class CommitSampler:
+    """Commit-time samples for the measured RPO, taken on the source server by the receiver.
+
+    A sample is the server's ``clock_timestamp()`` T, then (a later statement) its
+    ``pg_current_wal_flush_lsn()`` L: every commit acknowledged by T was flushed by the time L was
+    read, so an object that holds the WAL through L holds every such commit. An object's record
+    carries the newest sample it covers (``safe_time``/``safe_lsn``); nothing is guessed from the
+    receiver's own clock. Asynchronous commits acknowledged before their flush are not covered by
+    this bound (they are not durable on the server either).
+
+    For a ``.partial`` the end we can vouch for is what pg_receivewal reported *written* (its
+    ``write_lsn`` in ``pg_stat_replication``) before the file was read: the recorded end rounds up to
+    a WAL page. A failed sample leaves the coverage where it was (older, never newer).
+    """
+
+    KEEP = 900
+
+    def __init__(self, dsn: str, slot: str, log: Log, interval: float = 1.0) -> None:
+        self._dsn, self._slot, self._log, self._interval = dsn, slot, log, interval
+        self._conn: Any = None
+        self._samples: collections.deque[tuple[str, int]] = collections.deque(maxlen=self.KEEP)
+        self._last = 0.0
+        self.written_lsn: int | None = None
+        self._warned = False
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._dsn, autocommit=True, application_name="dbprotect-wal-sampler")
+        return self._conn.execute(sql, params).fetchone()
+
+    def sample(self, *, force: bool = False) -> None:
+        """Take a sample (at most one per ``interval`` unless ``force``) and read the receiver's written LSN."""
+        if not force and time.monotonic() - self._last < self._interval:
+            return
+        self._last = time.monotonic()
+        try:
+            at = self._query("SELECT clock_timestamp()")[0]
+            row = self._query(
+                "SELECT pg_current_wal_flush_lsn()::text, (SELECT r.write_lsn::text FROM pg_replication_slots s "
+                "JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = %s)", (self._slot,))
+        except (DbprotectError, psycopg.Error) as exc:
+            if not self._warned:
+                self._log(f"commit-time sample failed (the measured RPO ages until it works): "
+                          f"{' '.join(str(exc).split())[:200]}")
+                self._warned = True
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+            return
+        self._warned = False
+        self._samples.append((at.astimezone(UTC).isoformat(), parse_lsn(row[0])))
+        self.written_lsn = parse_lsn(row[1]) if row[1] else None
+
+    def covered(self, end: int) -> tuple[str, str] | None:
+        """The newest sample whose flush LSN ``end`` reaches."""
+        for at, lsn in reversed(self._samples):
+            if lsn <= end:
+                return at, format_lsn(lsn)
+        return None
+
+    def covered_written(self, end: int) -> tuple[str, str] | None:
+        """:meth:`covered`, bounded by what pg_receivewal had reported written (a ``.partial``'s end)."""
+        return None if self.written_lsn is None else self.covered(min(end, self.written_lsn))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._conn is not None:
+                self._conn.close()
+
+
+def refresh_partial_coverage(storage: Storage, database: str, record: SegmentRecord,
+                             safe: tuple[str, str]) -> SegmentRecord:
+    """Rewrite the current partial's record with a newer covered sample (same object): an idle server
+    writes no WAL, and its RPO must not age while nothing new needs shipping."""
+    updated = SegmentRecord(**{**asdict(record), "safe_time": safe[0], "safe_lsn": safe[1], "shipped_at": _now()})
+    storage.put_bytes(partial_record_key(database, record.segment), updated.to_json())
+    return updated
+
+
+def write_progress(storage: Storage, database: str, record: SegmentRecord, safe: tuple[str, str]) -> None:
+    """Say that the newest completed segment ``record`` still holds everything through a newer sample.
+
+    After a WAL switch on an idle server (every base backup ends with one) no partial follows the
+    newest segment, and its write-once record cannot be refreshed; this small record can. The reader
+    trusts it only for the segment it names and only within that segment's recorded end.
+    """
+    storage.put_bytes(progress_record_key(database), json.dumps(
+        {"segment": record.segment, "timeline": record.timeline, "end_lsn": record.end_lsn,
+         "safe_time": safe[0], "safe_lsn": safe[1], "written_at": _now()}, sort_keys=True).encode())
+
+
+def newest_completed(storage: Storage, database: str) -> SegmentRecord | None:
+    """The newest completed segment's record of the newest timeline (None when none is readable)."""
+    segments = stored_segments(storage, database)
+    if not segments:
+        return None
+    name = segments[max(segments)][-1]
+    try:
+        return SegmentRecord.from_store(storage, segment_record_key(database, name), database=database, name=name)
+    except (ObjectNotFound, IntegrityError):
+        return None
+
+
 @dataclass
 class ReceiverStats:
     segments_shipped: int = 0
@@ -371,6 +502,8 @@ class ReceiverStats:
     partials_shipped: int = 0
     restarts: int = 0
     last_partial: SegmentRecord | None = None
+    last_segment: SegmentRecord | None = None
+    last_progress: str | None = None
 
 
 def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[str], spool: Path, slot: str,
@@ -406,8 +539,10 @@ def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[s
             reason = (created.stderr.strip().splitlines() or [""])[-1].replace(dsn, mask_dsn(dsn))
             raise ToolError(f"pg_receivewal cannot create the slot {slot}: {reason}")
         stats = ReceiverStats()
+        sampler = CommitSampler(dsn, slot, log)
+        stats.last_segment = newest_completed(storage, database)
         _report_slot_gap(dsn, storage, database, slot, segment_size, spool, log)
-        _ship_spool(storage, database, spool, age_recipients, segment_size, stats, log)
+        _ship_spool(storage, database, spool, age_recipients, segment_size, stats, log, sampler)
         stream_args = [*base_args, f"--directory={spool}", "--no-loop", "--status-interval=1"]
         if synchronous:
             stream_args.append("--synchronous")
@@ -433,10 +568,12 @@ def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[s
                     backoff = min(backoff * 2, 30.0)
                 elif proc is not None:
                     backoff = 1.0
-                _ship_spool(storage, database, spool, age_recipients, segment_size, stats, log)
+                sampler.sample()
+                _ship_spool(storage, database, spool, age_recipients, segment_size, stats, log, sampler)
                 if time.monotonic() >= next_partial:
+                    sampler.sample(force=True)
                     last_partial_state = _ship_current_partial(storage, database, spool, age_recipients,
-                                                               segment_size, stats, last_partial_state)
+                                                               segment_size, stats, last_partial_state, sampler)
                     next_partial = time.monotonic() + partial_upload_seconds
                 stop.wait(poll_seconds)
         finally:
@@ -447,20 +584,28 @@ def receive_wal(*, database: str, dsn: str, storage: Storage, recipients: list[s
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        _ship_spool(storage, database, spool, age_recipients, segment_size, stats, log)
-        _ship_current_partial(storage, database, spool, age_recipients, segment_size, stats, last_partial_state)
+        sampler.sample(force=True)
+        _ship_spool(storage, database, spool, age_recipients, segment_size, stats, log, sampler)
+        _ship_current_partial(storage, database, spool, age_recipients, segment_size, stats, last_partial_state,
+                              sampler)
+        sampler.close()
         return stats
     finally:
         lock.close()
 
 
 def _ship_spool(storage: Storage, database: str, spool: Path, recipients: list[pyrage.x25519.Recipient],
-                segment_size: int, stats: ReceiverStats, log: Log) -> None:
+                segment_size: int, stats: ReceiverStats, log: Log, sampler: CommitSampler | None = None) -> None:
     """Ship every completed file in the spool, oldest first, removing each once it is stored."""
     names = sorted(p.name for p in spool.iterdir() if SEGMENT_NAME.match(p.name) or HISTORY_NAME.match(p.name))
     for name in sorted(names, key=lambda n: (not HISTORY_NAME.match(n), n)):
         path = spool / name
-        record, new = ship_completed(storage, database, path, recipients, segment_size)
+        record, new = ship_completed(storage, database, path, recipients, segment_size,
+                                     sampler.covered if sampler is not None else None)
+        if record.kind == "segment" and (stats.last_segment is None
+                                         or (record.timeline, record.segment) >= (stats.last_segment.timeline,
+                                                                                stats.last_segment.segment)):
+            stats.last_segment = record
         if new:
             stats.segments_shipped += 1
             log(f"shipped {name} ({record.start_lsn}-{record.end_lsn})")
@@ -470,10 +615,16 @@ def _ship_spool(storage: Storage, database: str, spool: Path, recipients: list[p
 
 
 def _ship_current_partial(storage: Storage, database: str, spool: Path, recipients: list[pyrage.x25519.Recipient],
-                          segment_size: int, stats: ReceiverStats,
-                          last: tuple[str, int, int] | None) -> tuple[str, int, int] | None:
+                          segment_size: int, stats: ReceiverStats, last: tuple[str, int, int] | None,
+                          sampler: CommitSampler | None = None) -> tuple[str, int, int] | None:
     partials = sorted(p for p in spool.iterdir() if p.name.endswith(".partial") and SEGMENT_NAME.match(p.name[:24]))
     if not partials:
+        newest = stats.last_segment
+        if sampler is not None and newest is not None:
+            safe = sampler.covered(parse_lsn(newest.end_lsn))
+            if safe is not None and safe[0] != (stats.last_progress or newest.safe_time):
+                write_progress(storage, database, newest, safe)
+                stats.last_progress = safe[0]
         return last
     path = partials[-1]
     try:
@@ -482,9 +633,15 @@ def _ship_current_partial(storage: Storage, database: str, spool: Path, recipien
         return last
     state = (path.name, info.st_mtime_ns, info.st_size)
     if state == last:
+        shipped = stats.last_partial
+        if sampler is not None and shipped is not None and shipped.segment == path.name[:24]:
+            safe = sampler.covered_written(parse_lsn(shipped.end_lsn))
+            if safe is not None and safe[0] != shipped.safe_time:
+                stats.last_partial = refresh_partial_coverage(storage, database, shipped, safe)
         return last
     try:
-        stats.last_partial = ship_partial(storage, database, path, recipients, segment_size)
+        stats.last_partial = ship_partial(storage, database, path, recipients, segment_size,
+                                          sampler.covered_written if sampler is not None else None)
     except FileNotFoundError:
         return last
     stats.partials_shipped += 1

@@ -7,6 +7,7 @@ logical-only database never gets a half-configured slot.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shlex
 import shutil
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pyrage
 
 from dbprotect.core.audit import AuditLog
@@ -34,6 +36,12 @@ from dbprotect.core.continuous.drill import PitrDrillResult, run_pitr_drill
 from dbprotect.core.continuous.heartbeat import Heartbeat, heartbeat_thread, write_heartbeat
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
 from dbprotect.core.continuous.verdicts import record_base_verdict
+from dbprotect.core.continuous.rpo import (
+    ContinuousRpo,
+    evaluate_continuous_rpo,
+    newest_stored_point,
+    read_server_position,
+)
 from dbprotect.core.continuous.wal import (
     ReceiverStats,
     WalVerification,
@@ -46,6 +54,8 @@ from dbprotect.core.continuous.wal import (
 from dbprotect.core.errors import ConfigError, DbprotectError
 from dbprotect.core.ops.context import DEFAULT_ACTOR, audit_failure, primary_store, raw_identity
 from dbprotect.core.pg.dsn import register_dsn
+from dbprotect.core.pg.tools import connect
+from dbprotect.core.store.lock import StoreClock
 
 #: The receiver's spool, under the configuration's folder unless ``--spool`` says otherwise.
 SPOOL_FOLDER = ".dbprotect/wal-spool"
@@ -234,3 +244,63 @@ def pitr_drill_database(config: Config, database: str, *, environ: Mapping[str, 
                  target=result.target_time, detail=result.detail,
                  data={"metrics": result.metrics(), "chain": result.chain})
     return result
+
+
+def continuous_rpo(config: Config, database: str, *, environ: Mapping[str, str] | None = None,
+                   now_store: StoreClock | None = None) -> ContinuousRpo:
+    """The measured RPO of ``database`` (``continuous_rpo``): reads WAL and base records and asks the server.
+
+    Holds no private key. A store or server that cannot be read is a failed result naming why, never
+    a pass: the check must say red when it cannot see. The store's clock is probed (a tiny object,
+    written and deleted, as locks do); where the credential may not write, the server's clock alone
+    judges, with a note.
+    """
+    spec = continuous_spec(config, database)
+    storage = primary_store(config, database, environ)
+    target = spec.rpo_seconds
+    notes: list[str] = []
+    try:
+        bases = list_base_backups(storage, database)
+        point = newest_stored_point(storage, database, notes)
+        gaps = wal_gaps(storage, database)
+        dsn = register_dsn(resolve_dsn(config, database, "production", environ))
+        with contextlib.closing(connect(dsn, autocommit=True, application_name="dbprotect-rpo")) as conn:
+            server = read_server_position(conn, spec.slot)
+    except (DbprotectError, psycopg.Error) as exc:
+        reason = exc.one_line() if isinstance(exc, DbprotectError) else " ".join(str(exc).split())
+        return ContinuousRpo(database, target, None, None, None, None, None, None, None, False,
+                             f"cannot measure: {reason}", tuple(notes))
+    try:
+        store_now = (now_store or StoreClock(storage, database)).now()
+    except DbprotectError as exc:  # a read-only credential: judged by the server's clock alone, and said so
+        store_now = None
+        notes.append(f"the store's clock could not be probed ({exc.one_line()}): judged by the server's clock only")
+    return evaluate_continuous_rpo(database, target_seconds=target, point=point, server=server,
+                                   store_now=store_now, tolerance=config.clock_skew_tolerance,
+                                   newest_base=bases[-1].base_id if bases else None, gaps=gaps,
+                                   notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class ProtectionKind:
+    """What protects a database: logical backups only, or logical plus continuous (base + WAL)."""
+
+    database: str
+    kind: str  # "logical" | "logical+continuous"
+    newest_base: str | None = None
+    newest_lsn: str | None = None
+    safe_through: datetime | None = None
+    rpo: ContinuousRpo | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "newest_base": self.newest_base, "newest_stored_lsn": self.newest_lsn,
+                "safe_through": self.safe_through.isoformat() if self.safe_through else None,
+                "measured_rpo": self.rpo.to_dict() if self.rpo else None}
+
+
+def protection_kind(config: Config, database: str, *, environ: Mapping[str, str] | None = None) -> ProtectionKind:
+    """``status``: the kind of protection, and for continuous its newest base, stored LSN/time and measured RPO."""
+    if config.database(database).continuous is None:
+        return ProtectionKind(database, "logical")
+    rpo = continuous_rpo(config, database, environ=environ)
+    return ProtectionKind(database, "logical+continuous", rpo.newest_base, rpo.newest_lsn, rpo.safe_time, rpo)

@@ -18,6 +18,7 @@ from dbprotect.core.ops.context import (
     retention_timezone,
     target_store,
 )
+from dbprotect.core.ops.continuous import ProtectionKind, protection_kind
 from dbprotect.core.retention.plan import RetentionPlan, plan_retention
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import BackupEntry, list_backups
@@ -37,6 +38,8 @@ class DatabaseStatus:
     skipped: tuple[str, ...] = ()
     #: Backups of the primary store dated in the future beyond the tolerance (``clock-skew``).
     clock_skew: tuple[str, ...] = ()
+    #: Logical only, or logical + continuous with its newest base, stored LSN and measured RPO (``protection``).
+    protection: ProtectionKind | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -44,15 +47,19 @@ class DatabaseStatus:
             "newest_backup": self.newest.to_dict() if self.newest else None, "rpo": self.rpo.to_dict(),
             "targets": [target.to_dict() for target in self.targets],
             "skipped_folders": list(self.skipped), "clock_skew": list(self.clock_skew),
+            **({"protection": self.protection.to_dict()} if self.protection else {}),
         }
 
 
 def database_status(config: Config, database: str, now: datetime | None = None, *,
-                    targets: bool = True, environ: Mapping[str, str] | None = None) -> DatabaseStatus:
+                    targets: bool = True, environ: Mapping[str, str] | None = None,
+                    protection: bool = False) -> DatabaseStatus:
     """RPO from the primary store, and (``targets``) every target's holdings and next cleanup.
 
     Reads listings only (one LIST per 1,000 keys on S3 per target), never a manifest: counts,
-    bytes, ages and the retention plan all come from object keys and sizes.
+    bytes, ages and the retention plan all come from object keys and sizes. ``protection`` adds the
+    kind of protection; for a continuous database that reads WAL records and asks the server (the
+    measured RPO), so the hourly ``rpo_met`` check leaves it off.
     """
     now = now or datetime.now(UTC)
     spec = config.database(database)
@@ -69,7 +76,8 @@ def database_status(config: Config, database: str, now: datetime | None = None, 
         found += [target_status(config, database, name, now, environ=environ) for name in names[1:]]
     trusted = [entry for entry in entries if not entry.clock_skew]
     return DatabaseStatus(database, storage.uri, trusted[0] if trusted else None, len(entries), rpo, tuple(found),
-                          skipped=tuple(skipped), clock_skew=tuple(e.backup_id for e in entries if e.clock_skew))
+                          skipped=tuple(skipped), clock_skew=tuple(e.backup_id for e in entries if e.clock_skew),
+                          protection=protection_kind(config, database) if protection else None)
 
 
 @dataclass(frozen=True)

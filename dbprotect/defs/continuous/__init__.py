@@ -1,4 +1,6 @@
-"""The continuous-protection domain in Dagster: point-in-time drills (``drills.py``).
+"""The continuous-protection domain in Dagster: point-in-time drills (``drills.py``), the measured RPO
+(``rpo.py``: the ``continuous_rpo`` check, reported by a sensor without a run per evaluation) and base
+backups (``base.py``: job and schedule).
 
 The WAL receiver is not here on purpose: it is a long-running process (``dbprotect wal receive``),
 not a run.
@@ -10,12 +12,17 @@ import dagster as dg
 
 from dbprotect.core.config.isolation import protected_databases
 from dbprotect.core.config.model import Config
+from dbprotect.defs.continuous.base import build_base_backup_definitions
 from dbprotect.defs.continuous.drills import build_pitr_drill_definitions
+from dbprotect.defs.continuous.rpo import build_continuous_rpo_definitions
 
 
 def build_continuous_definitions(config: Config) -> dg.Definitions:
     """Definitions for every database this deployment protects continuously."""
-    return build_pitr_drill_definitions(config, list(protected_databases(config)))
+    databases = list(protected_databases(config))
+    return dg.Definitions.merge(build_pitr_drill_definitions(config, databases),
+                                build_continuous_rpo_definitions(config, databases),
+                                build_base_backup_definitions(config, databases))
 
 
 __all__ = ["build_continuous_definitions"]
