@@ -94,7 +94,8 @@ def test_pitr_drill_proves_its_landing_and_fails_when_the_proof_is_wrong(
         drop_slot(wal_server, slot)
     with psycopg.connect(wal_server, autocommit=True) as conn:
         beats = read_heartbeats(conn)
-    assert beats[0].id == beat["id"]
+    # the server is shared with other receiver tests: the hand-written row is there, not necessarily first
+    assert beat["id"] in [h.id for h in beats]
     assert any(h.at > ended for h in beats), "the receiver wrote heartbeats"
 
     # the drill through the CLI: passes, records RTO and an achieved RPO below the heartbeat interval

@@ -35,13 +35,13 @@ from dbprotect.core.continuous.base import (
 from dbprotect.core.continuous.drill import PitrDrillResult, run_pitr_drill
 from dbprotect.core.continuous.heartbeat import Heartbeat, heartbeat_thread, write_heartbeat
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
-from dbprotect.core.continuous.verdicts import record_base_verdict
 from dbprotect.core.continuous.rpo import (
     ContinuousRpo,
     evaluate_continuous_rpo,
     newest_stored_point,
     read_server_position,
 )
+from dbprotect.core.continuous.verdicts import record_base_verdict
 from dbprotect.core.continuous.wal import (
     ReceiverStats,
     WalVerification,

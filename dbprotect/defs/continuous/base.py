@@ -18,13 +18,15 @@ from dbprotect.defs.names import (
     dagster_name,
     database_pool,
 )
+from dbprotect.defs.resources import SecretsResource
 
 
 def build_base_backup_job(config: Config, database: str) -> dg.JobDefinition:
     @dg.op(name=f"{dagster_name(database)}_base_backup", pool=database_pool(database))
-    def base_backup(context: dg.OpExecutionContext) -> dg.Output[None]:
+    def base_backup(context: dg.OpExecutionContext,
+                    dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.Output[None]:
         with core_errors_as_failures():
-            record = base_backup_database(config, database,
+            record = base_backup_database(config, database, environ=dbprotect_secrets.environ(),
                                           actor=dagster_actor(base_backup_job_name(database), context.run.tags))
         return dg.Output(None, metadata={"base_id": record.base_id, "kind": record.kind,
                                          "start_lsn": record.start_lsn, "end_lsn": record.end_lsn,

@@ -16,6 +16,7 @@ from dbprotect.core.continuous.rpo import ContinuousRpo
 from dbprotect.core.ops.continuous import continuous_rpo
 from dbprotect.defs.helpers import safe_text
 from dbprotect.defs.names import CONTINUOUS_RPO_CHECK, continuous_rpo_sensor_name, snapshot_key
+from dbprotect.defs.resources import SecretsResource
 
 #: Between 30 and 60 s (issue 15): the daemon ticks sensors about every 30 s.
 RPO_SENSOR_INTERVAL_SECONDS = 45
@@ -42,10 +43,14 @@ def rpo_metadata(rpo: ContinuousRpo) -> dict[str, dg.MetadataValue]:
     return metadata
 
 
-def continuous_rpo_evaluation(config: Config, database: str) -> dg.AssetCheckEvaluation:
-    """The measured RPO as a check evaluation (a failure to measure is a failed evaluation, never a pass)."""
+def continuous_rpo_evaluation(config: Config, database: str,
+                              environ: dict[str, str] | None) -> dg.AssetCheckEvaluation:
+    """The measured RPO as a check evaluation (a failure to measure is a failed evaluation, never a pass).
+
+    The production DSN and the store's credentials come from the secrets resource (``environ``), as
+    every run's do: never from the process environment."""
     key = continuous_rpo_check_key(database)
-    rpo = continuous_rpo(config, database)
+    rpo = continuous_rpo(config, database, environ=environ)
     return dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=rpo.ok,
                                    description=safe_text(rpo.reason), metadata=rpo_metadata(rpo))
 
@@ -54,8 +59,8 @@ def build_continuous_rpo_check(config: Config, database: str) -> dg.AssetChecksD
     @dg.asset_check(asset=snapshot_key(database), name=CONTINUOUS_RPO_CHECK,
                     description=f"Measured RPO of {database!r}'s continuous protection against its rpo_seconds "
                                 "(evaluated every 45 s by a sensor, without a run).")
-    def continuous_rpo_check() -> dg.AssetCheckResult:
-        evaluation = continuous_rpo_evaluation(config, database)
+    def continuous_rpo_check(dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
+        evaluation = continuous_rpo_evaluation(config, database, dbprotect_secrets.environ())
         return dg.AssetCheckResult(passed=evaluation.passed, description=evaluation.description,
                                    metadata=evaluation.metadata)
 
@@ -67,8 +72,9 @@ def build_continuous_rpo_sensor(config: Config, database: str) -> dg.SensorDefin
                default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Reports {database!r}'s continuous_rpo as a runless check evaluation every "
                            f"{RPO_SENSOR_INTERVAL_SECONDS} s (no run is launched).")
-    def continuous_rpo_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        return dg.SensorResult(asset_events=[continuous_rpo_evaluation(config, database)])
+    def continuous_rpo_sensor(context: dg.SensorEvaluationContext,
+                              dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.SensorResult:
+        return dg.SensorResult(asset_events=[continuous_rpo_evaluation(config, database, dbprotect_secrets.environ())])
 
     return continuous_rpo_sensor
 
