@@ -78,7 +78,8 @@ def test_measured_rpo_passes_while_shipping_and_fails_stopped_or_forged(
         definitions = build_definitions(config)
         sensor = definitions.get_sensor_def(continuous_rpo_sensor_name("shop"))
         with dg.instance_for_test() as instance:
-            data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=definitions))
+            data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=definitions,
+                                                                resources=definitions.resources))
             assert not data.run_requests
             [evaluation] = data.asset_events
             assert isinstance(evaluation, dg.AssetCheckEvaluation) and evaluation.passed
