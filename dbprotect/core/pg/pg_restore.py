@@ -908,6 +908,32 @@ class _PostData:
         self.raise_failure()
 
 
+class _Background:
+    """A call on its own thread; :meth:`result` waits for it and raises what it raised."""
+
+    def __init__(self, call: Callable[..., bytes], *args: object) -> None:
+        self._value = b""
+        self._failure: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = call(*args)
+            except BaseException as exc:  # handed to the thread that waits for it
+                self._failure = exc
+
+        self._thread = threading.Thread(target=run, name="dbprotect-plan", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> bytes:
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        return self._value
+
+
 def _post_data_script(choice: RestoreTool, feed: Feed) -> bytes:
     """``pg_restore --section=post-data -f -`` from a stream: the post-data SQL, read only to plan it."""
     proc = subprocess.Popen([str(choice.tool.path), "--section=post-data", "--file=-"], stdin=subprocess.PIPE,
@@ -949,8 +975,15 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
     timings = {} if timings is None else timings
     jobs = jobs or default_jobs()
     started = time.perf_counter()
-    _section(choice, feed, dsn, ["--section=pre-data"], keep_owners=keep_owners, place=pg_bin_dir,
-             progress=progress)
+    planning = None if choice.filtered else _Background(_post_data_script, choice, feed)  # beside pre-data
+    try:
+        _section(choice, feed, dsn, ["--section=pre-data"], keep_owners=keep_owners, place=pg_bin_dir,
+                 progress=progress)
+    except BaseException:
+        if planning:
+            planning.join()  # the pre-data failure is the one to report
+        raise
+    script = planning.result() if planning else b""
     timings["restore_pre_data_seconds"] = round(time.perf_counter() - started, 3)
     if choice.filtered:  # one psql connection: no parallel post-data
         started = time.perf_counter()
@@ -962,7 +995,7 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
         timings["restore_post_data_seconds"] = round(time.perf_counter() - started, 3)
         return
     started = time.perf_counter()
-    plan = plan_post_data(listing, _post_data_script(choice, feed))
+    plan = plan_post_data(listing, script)
     post = _PostData(choice, feed, dsn, plan, jobs=jobs, keep_owners=keep_owners, place=pg_bin_dir)
     try:
         _load_data(choice, feed, dsn, jobs=jobs, listing=listing, on_table_data=on_table_data, progress=progress,
