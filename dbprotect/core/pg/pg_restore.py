@@ -403,6 +403,10 @@ def _section(choice: RestoreTool, feed: Feed, dsn: str, args: list[str], *, keep
     try:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 env=tool_env(password), pass_fds=(list_read,) if items is not None else ())
+    except BaseException:
+        if items is not None:
+            os.close(list_write)
+        raise
     finally:
         if items is not None:
             os.close(list_read)
@@ -1004,9 +1008,8 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
         started = time.perf_counter()
         post.data_done()
         post.wait(progress)
-    except BaseException:
+    except BaseException:  # a failed worker's own failure is already the one raised (see _load_data)
         post.abort()
-        post.raise_failure()  # a failed index build is why the load stopped: it is the one to report
         raise
     timings["restore_post_data_groups_built_early"] = post.built_early
     rest = [line for line in listing.splitlines()
