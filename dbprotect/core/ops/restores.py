@@ -31,7 +31,12 @@ from dbprotect.core.pg.pg_restore import Progress
 from dbprotect.core.restore.drill import DrillResult, newest_complete_backup, run_drill
 from dbprotect.core.restore.interrupts import terminate_as_interrupt
 from dbprotect.core.restore.oncall import RestorePlan, RestoreResult, RestoreTarget, restore
-from dbprotect.core.restore.staged import RestoreVerification, verify_restore
+from dbprotect.core.restore.staged import (
+    ENVIRONMENT_FAILURES,
+    RestoreVerification,
+    record_environment_failure,
+    verify_restore,
+)
 from dbprotect.core.store.catalog import find_backup, load_manifest, newest_verified_backup
 from dbprotect.core.store.lock import database_lock
 from dbprotect.core.verify.compare import Comparison, compare_database
@@ -126,11 +131,16 @@ def restore_verify_database(config: Config, database: str, backup_id: str | None
     """Rung 3 for one backup of a configured database (default: the newest complete one)."""
     storage = primary_store(config, database, environ)
     manifest = load_manifest(storage, database, backup_id or newest_complete_backup(storage, database))
-    with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=audit or AuditLog(
-            storage, actor=by), database=database) as server:
-        return verify_restore(storage, manifest, raw_identity(config, environ, identity), server,
-                              pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
-                              progress=progress, audit=audit)
+    log = audit or AuditLog(storage, actor=by)
+    try:
+        with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=log,
+                                                                  database=database) as server:
+            return verify_restore(storage, manifest, raw_identity(config, environ, identity), server,
+                                  pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
+                                  progress=progress, audit=audit)
+    except ENVIRONMENT_FAILURES as exc:
+        record_environment_failure(log, "verify", database=database, backup_id=manifest.backup_id, failure=exc)
+        raise
 
 
 def drill_database(config: Config, database: str, *, by: str = "drill", environ: Mapping[str, str] | None = None,
@@ -138,11 +148,18 @@ def drill_database(config: Config, database: str, *, by: str = "drill", environ:
                    progress: Progress | None = None, audit: AuditLog | None = None) -> DrillResult:
     """A drill of a configured database against its ``rto_minutes``."""
     storage = primary_store(config, database, environ)
-    with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=audit or AuditLog(
-            storage, actor=by), database=database) as server:
-        return run_drill(storage, database, raw_identity(config, environ, identity), server,
-                         rto_minutes=config.database(database).rto_minutes, pg_bin_dir=config.tool_dirs,
-                         work_dir=config.scratch.work_dir, by=by, progress=progress, audit=audit)
+    backup_id = newest_complete_backup(storage, database)
+    log = audit or AuditLog(storage, actor=by)
+    try:
+        with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=log,
+                                                                  database=database) as server:
+            return run_drill(storage, database, raw_identity(config, environ, identity), server,
+                             rto_minutes=config.database(database).rto_minutes, backup_id=backup_id,
+                             pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
+                             progress=progress, audit=audit)
+    except ENVIRONMENT_FAILURES as exc:  # the scratch server or the tools failed: the backup was not judged
+        record_environment_failure(log, "drill", database=database, backup_id=backup_id, failure=exc)
+        raise
 
 
 

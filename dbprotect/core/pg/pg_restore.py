@@ -378,13 +378,17 @@ def _wait(proc: subprocess.Popen[bytes], progress: Progress | None) -> None:
 
 
 def _section(choice: RestoreTool, feed: Feed, dsn: str, args: list[str], *, keep_owners: bool,
-             place: ToolPlace, progress: Progress | None) -> None:
+             place: ToolPlace, progress: Progress | None, items: list[str] | None = None) -> None:
     """One section (``--section=pre-data`` / ``post-data``, or a ``-L`` list) restored from a stream.
 
     pg_restore reads the archive from its standard input and stops once it has what it needs
     (these sections live in the table of contents, at the archive's start); the feed then ends quietly.
+    ``items``: restore only these lines of the table of contents (``-L``), handed over through a
+    pipe (``/dev/fd/N``), so not even the list touches the disk.
     """
     if choice.filtered:
+        if items is not None:
+            raise ValueError("a -L list is not supported on the filtered path")
         _run_filtered(choice, feed, dsn, keep_owners=keep_owners, place=place, progress=progress,
                       extra_args=tuple(args))
         return
@@ -392,8 +396,22 @@ def _section(choice: RestoreTool, feed: Feed, dsn: str, args: list[str], *, keep
     command = [str(choice.tool.path), "--exit-on-error", "--no-password", f"--dbname={target}", *args]
     if not keep_owners:
         command += ["--no-owner", "--no-acl"]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=tool_env(password))
+    list_read = list_write = -1
+    if items is not None:
+        list_read, list_write = os.pipe()
+        command.append(f"--use-list=/dev/fd/{list_read}")
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=tool_env(password), pass_fds=(list_read,) if items is not None else ())
+    except BaseException:
+        if items is not None:
+            os.close(list_write)
+        raise
+    finally:
+        if items is not None:
+            os.close(list_read)
+    if items is not None:
+        threading.Thread(target=_write_list, args=(list_write, items), daemon=True).start()
     feeder = _Feeder(feed, proc, whole=False)
     err: list[bytes] = []
     reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
@@ -409,6 +427,12 @@ def _section(choice: RestoreTool, feed: Feed, dsn: str, args: list[str], *, keep
         lines = [line.strip() for line in b"".join(err).decode("utf-8", "replace").splitlines() if line.strip()]
         errors = [line for line in lines if "error" in line.lower()]
         raise _failure("pg_restore", proc.returncode, (errors or lines or [""])[-1])
+
+
+def _write_list(fd: int, items: list[str]) -> None:
+    """Write a ``-L`` list into the pipe pg_restore reads it from (a thread: it may exceed the pipe's buffer)."""
+    with contextlib.suppress(OSError), os.fdopen(fd, "wb") as out:
+        out.write("".join(f"{line}\n" for line in items).encode("utf-8"))
 
 
 def _table_data_ids(listing: str) -> list[int]:
@@ -506,10 +530,14 @@ class _DataLoader:
     """
 
     def __init__(self, dsn: str, *, jobs: int, rejected: tuple[bytes, ...], table_ids: list[int],
-                 on_table_data: Callable[[int], None] | None) -> None:
+                 on_table_data: Callable[[int], None] | None,
+                 on_table_loaded: Callable[[bytes], None] | None = None) -> None:
         self._dsn, self._jobs, self._rejected = dsn, jobs, rejected
         self._table_ids, self._next_table = table_ids, 0
         self._on_table_data = on_table_data
+        self._on_table_loaded = on_table_loaded
+        #: What each worker is loading: the table as the COPY names it (see :func:`_copy_target`).
+        self._loading: dict[int, bytes | None] = {}
         self._session: list[bytes] = []
         self._statement: list[bytes] = []
         self._data_started = False
@@ -522,8 +550,12 @@ class _DataLoader:
         self._lock = threading.Lock()
 
     def _worker_done(self, worker: _CopyWorker, dump_id: int | None) -> None:
-        if dump_id is not None and self._on_table_data and worker.failure is None:
-            self._on_table_data(dump_id)
+        if worker.failure is None:
+            if dump_id is not None and self._on_table_data:
+                self._on_table_data(dump_id)
+            table = self._loading.pop(id(worker), None)
+            if table is not None and self._on_table_loaded:
+                self._on_table_loaded(table)
         self._idle.put(worker)
 
     def _check_workers(self) -> None:
@@ -591,6 +623,7 @@ class _DataLoader:
             if _COPY_LINE.match(line):
                 self._data_started = True
                 worker = self._idle_worker()
+                self._loading[id(worker)] = _copy_target(line)
                 worker.start(line, self._pending_id)
                 self._pending_id = None
                 self._copying, self._at_copy_start = worker, True
@@ -626,8 +659,13 @@ class _DataLoader:
 
 
 def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing: str,
-               on_table_data: Callable[[int], None] | None, progress: Progress | None) -> None:
-    """The data section from one whole, checked pass over the archive, into ``jobs`` COPY connections."""
+               on_table_data: Callable[[int], None] | None, progress: Progress | None,
+               post_data: _PostData | None = None) -> None:
+    """The data section from one whole, checked pass over the archive, into ``jobs`` COPY connections.
+
+    ``post_data`` is told each table whose data committed (its indexes and constraints may be
+    built now) and is checked for a failure at every chunk: one failed post-data worker stops the load.
+    """
     script = subprocess.Popen([str(choice.tool.path), "--section=data", "--file=-"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tool_env(None))
     feeder = _Feeder(feed, script, whole=True)
@@ -637,10 +675,13 @@ def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing:
     loader = None
     try:
         loader = _DataLoader(dsn, jobs=jobs, rejected=choice.rejected, table_ids=_table_data_ids(listing),
-                             on_table_data=on_table_data)
+                             on_table_data=on_table_data,
+                             on_table_loaded=post_data.table_loaded if post_data else None)
         while chunk := script.stdout.read1(CHUNK):  # type: ignore[union-attr]
             if progress:
                 progress("restore")
+            if post_data:
+                post_data.raise_failure()
             loader.feed(chunk)
         script.wait()
         feeder.join()
@@ -679,6 +720,241 @@ def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing:
             loader.close()
 
 
+# -- post-data in parallel, each table's indexes as soon as its data is in -----------------------
+
+#: A possibly schema-qualified name as pg_dump prints it (``public.t``, ``"My Schema"."a ""b"""``).
+_NAME = rb'(?:"(?:[^"]|"")*"|[^\s."(]+)'
+_QUALIFIED = rb"(" + _NAME + rb"(?:\." + _NAME + rb")?)"
+_COPY_TARGET = re.compile(rb"^COPY " + _QUALIFIED + rb" ")
+#: The first statement pg_dump writes for an INDEX and for a CONSTRAINT item: the table it is on.
+_ITEM_TABLE = {"INDEX": re.compile(rb"^CREATE (?:UNIQUE )?INDEX " + _NAME + rb" ON (?:ONLY )?" + _QUALIFIED + rb" "),
+               "CONSTRAINT": re.compile(rb"^ALTER TABLE (?:ONLY )?" + _QUALIFIED + rb"$")}
+#: Post-data items built per table and in parallel: each touches only its own table. Everything
+#: else (foreign keys, index attachments, triggers, rules, policies, NOT VALID checks, comments,
+#: materialized view data, ...) runs afterwards, in archive order, on one connection.
+PER_TABLE_KINDS = tuple(_ITEM_TABLE)
+#: A ``-- Name: …; Type: …; Schema: …; Owner: …`` header of one item in ``pg_restore -f -``.
+_ITEM_HEADER = re.compile(rb"^-- Name: (.*); Type: (.*); Schema: (.*); Owner: (.*)$")
+
+
+def _copy_target(copy_line: bytes) -> bytes | None:
+    match = _COPY_TARGET.match(copy_line)
+    return match.group(1) if match else None
+
+
+@dataclass
+class PostDataPlan:
+    """The post-data section split for parallel work.
+
+    ``per_table``: the table (as pg_dump names it) -> the TOC lines of its indexes and
+    constraints, each group built once that table's data is committed; ``unmapped``: indexes and
+    constraints whose table is not known (built once all data is in); ``per_table_ids``: the dump
+    ids of all of those; the rest of the post-data section runs after them
+    (:data:`PER_TABLE_KINDS`).
+    """
+
+    per_table: dict[bytes, list[str]]
+    unmapped: list[str]
+    per_table_ids: set[int]
+
+
+def _listing_items(listing: str) -> list[tuple[int, str, str]]:
+    """(dump id, kind, line) of every item of a ``pg_restore --list`` listing whose kind is per-table."""
+    items = []
+    for line in listing.splitlines():
+        head, sep, text = line.partition("; ")
+        parts = text.split(" ", 2)
+        if sep and head.isdigit() and len(parts) == 3:
+            kind = next((k for k in PER_TABLE_KINDS if parts[2].startswith(k + " ")), None)
+            if kind and not parts[2].startswith("INDEX ATTACH "):  # an attachment needs both indexes: later
+                items.append((int(head), kind, line))
+    return items
+
+
+def plan_post_data(listing: str, script: bytes) -> PostDataPlan:
+    """Which table each index and constraint of the archive is on, from the post-data script.
+
+    ``script`` is ``pg_restore --section=post-data -f -`` (only the table of contents: no data).
+    Its item headers come in the listing's order; each per-table item's header must match its
+    listing line exactly (kind, schema, name, owner), and the item's first statement names the
+    table. If the headers and the listing do not pair up one to one (a name crafted to look like
+    a header, an unknown pg_dump format), no item is mapped: all are built after the data, still
+    in parallel. A mapping only decides *when* an item runs and on which connection; pg_restore
+    runs the archive's own items, never text parsed here.
+    """
+    items = _listing_items(listing)
+    headers: list[tuple[str, str, int]] = []  # (kind, listing text, index of the header line)
+    lines = script.split(b"\n")
+    for index, line in enumerate(lines):
+        match = _ITEM_HEADER.match(line)
+        if match and match.group(2).decode("utf-8", "replace") in PER_TABLE_KINDS:
+            tag, kind, schema, owner = (part.decode("utf-8", "replace") for part in match.groups())
+            headers.append((kind, f"{kind} {schema} {tag} {owner}", index))
+    ids = {dump_id for dump_id, _, _ in items}
+    if len(headers) != len(items):
+        return PostDataPlan({}, [line for _, _, line in items], ids)
+    per_table: dict[bytes, list[str]] = {}
+    unmapped: list[str] = []
+    for (dump_id, kind, line), (header_kind, text, at) in zip(items, headers, strict=True):
+        del dump_id
+        if header_kind != kind or line.partition("; ")[2].split(" ", 2)[2] != text:
+            return PostDataPlan({}, [line for _, _, line in items], ids)
+        table = None
+        for following in lines[at + 1:at + 12]:  # the header's closing "--", blank lines, SETs
+            match = _ITEM_TABLE[kind].match(following)
+            if match:
+                table = match.group(1)
+                break
+            if _ITEM_HEADER.match(following):
+                break
+        if table is None:
+            unmapped.append(line)
+        else:
+            per_table.setdefault(table, []).append(line)
+    return PostDataPlan(per_table, unmapped, ids)
+
+
+class _Stopped(Exception):
+    """A post-data worker is told to stop: another one, or the data load, failed."""
+
+
+class _PostData:
+    """Indexes and constraints built by ``jobs`` workers, each table's as soon as its data committed.
+
+    Each batch is one ``pg_restore --section=post-data -L`` over its own stream of the archive
+    (only the table of contents is read). The first failure stops every other worker (their
+    pg_restore is killed) and the data load; the staging database is then dropped by the caller.
+    """
+
+    def __init__(self, choice: RestoreTool, feed: Feed, dsn: str, plan: PostDataPlan, *, jobs: int,
+                 keep_owners: bool, place: ToolPlace) -> None:
+        self._choice, self._feed, self._dsn = choice, feed, dsn
+        self._keep_owners, self._place = keep_owners, place
+        self._waiting = dict(plan.per_table)
+        self._ready: list[list[str]] = []
+        self._unmapped = plan.unmapped
+        self._closing = False
+        self._stop = False
+        self.failure: BaseException | None = None
+        self.built_early = 0  # groups started before the whole data section was in
+        self._cond = threading.Condition()
+        self._workers = [threading.Thread(target=self._run, name="dbprotect-post-data", daemon=True)
+                         for _ in range(max(1, jobs))]
+        for worker in self._workers:
+            worker.start()
+
+    def table_loaded(self, table: bytes) -> None:
+        with self._cond:
+            group = self._waiting.pop(table, None)
+            if group:
+                self._ready.append(group)
+                self._cond.notify()
+
+    def data_done(self) -> None:
+        """All data is in: whatever still waits (partitioned parents, unmapped items) may be built."""
+        with self._cond:
+            self._ready.extend(self._waiting.values())
+            self._waiting.clear()
+            if self._unmapped:
+                self._ready.append(self._unmapped)
+            self._closing = True
+            self._cond.notify_all()
+
+    def _take(self) -> list[str] | None:
+        with self._cond:
+            while not self._ready and not self._closing and not self._stop:
+                self._cond.wait()
+            if self._stop or not self._ready:
+                return None
+            share = -(-len(self._ready) // len(self._workers))  # ceil: leave some for the others
+            batch = [line for group in self._ready[:share] for line in group]
+            del self._ready[:share]
+            if not self._closing:
+                self.built_early += share
+            return batch
+
+    def _check_stop(self, _phase: str) -> None:
+        if self._stop:
+            raise _Stopped
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                _section(self._choice, self._feed, self._dsn, ["--section=post-data"], keep_owners=self._keep_owners,
+                         place=self._place, progress=self._check_stop, items=batch)
+            except BaseException as exc:
+                with self._cond:
+                    if self.failure is None and not isinstance(exc, _Stopped):
+                        self.failure = exc
+                    self._stop = True
+                    self._cond.notify_all()
+                return
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def abort(self) -> None:
+        """Stop every worker (their pg_restore is killed at its next poll) and wait for them."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        for worker in self._workers:
+            worker.join()
+
+    def wait(self, progress: Progress | None) -> None:
+        """Wait until every batch is built; the first failure is raised (the others were stopped)."""
+        for worker in self._workers:
+            while worker.is_alive():
+                if progress:
+                    progress("restore")
+                worker.join(timeout=POLL_SECONDS)
+        self.raise_failure()
+
+
+class _Background:
+    """A call on its own thread; :meth:`result` waits for it and raises what it raised."""
+
+    def __init__(self, call: Callable[..., bytes], *args: object) -> None:
+        self._value = b""
+        self._failure: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = call(*args)
+            except BaseException as exc:  # handed to the thread that waits for it
+                self._failure = exc
+
+        self._thread = threading.Thread(target=run, name="dbprotect-plan", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> bytes:
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        return self._value
+
+
+def _post_data_script(choice: RestoreTool, feed: Feed) -> bytes:
+    """``pg_restore --section=post-data -f -`` from a stream: the post-data SQL, read only to plan it."""
+    proc = subprocess.Popen([str(choice.tool.path), "--section=post-data", "--file=-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tool_env(None))
+    feeder = _Feeder(feed, proc, whole=False)
+    try:
+        out = proc.stdout.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None and feeder.failure is not None:
+            proc.kill()
+        proc.wait()
+        feeder.join()
+        proc.stdout.close()  # type: ignore[union-attr]
+    feeder.raise_failure()
+    return out if proc.returncode == 0 else b""
+
+
 def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major: int, archive_major: int,
                             jobs: int | None = None, keep_owners: bool = False, pg_bin_dir: ToolPlace = None,
                             progress: Progress | None = None,
@@ -687,26 +963,57 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
     """Restore an archive that is never a file: pre-data, data, post-data, each from its own stream.
 
     Why not ``pg_restore -j``: it needs a seekable file, i.e. the plaintext archive on disk. Here
-    the sections run one after the other, each from a fresh decrypting stream of the stored object:
     pre-data and post-data live in the table of contents at the archive's start, so pg_restore
     stops reading after a few megabytes; the data section is one whole pass (SHA-256 and size
-    checked at its end, before post-data starts) whose tables load ``jobs`` at a time on their own
-    connections, each committed and reported to ``on_table_data`` as it finishes. A restore that
-    fails anywhere leaves only its staging database, which the caller drops. ``timings`` gets each
-    section's seconds (``restore_pre_data_seconds``, ``restore_data_seconds``, ``restore_post_data_seconds``).
+    checked at its end) whose tables load ``jobs`` at a time on their own connections, each
+    committed and reported to ``on_table_data`` as it finishes. Post-data, as ``pg_restore -j``
+    does it: each table's indexes and constraints are built (``jobs`` workers, ``-L`` lists) as
+    soon as that table's data committed, while the other tables still load; then the rest of the
+    post-data section (foreign keys, attachments, triggers, policies, ...) in archive order. A
+    restore that fails anywhere stops every worker and leaves only its staging database, which
+    the caller drops. ``timings`` gets ``restore_pre_data_seconds``, ``restore_data_seconds``
+    (with the indexes built meanwhile) and ``restore_post_data_seconds`` (what is left after the data).
     """
     choice = restore_tool(archive_major, _target_major(dsn), dsn=dsn, place=pg_bin_dir)
     del server_major  # the tool is chosen by the archive's pg_dump and the target
     timings = {} if timings is None else timings
+    jobs = jobs or default_jobs()
     started = time.perf_counter()
-    _section(choice, feed, dsn, ["--section=pre-data"], keep_owners=keep_owners, place=pg_bin_dir,
-             progress=progress)
+    planning = None if choice.filtered else _Background(_post_data_script, choice, feed)  # beside pre-data
+    try:
+        _section(choice, feed, dsn, ["--section=pre-data"], keep_owners=keep_owners, place=pg_bin_dir,
+                 progress=progress)
+    except BaseException:
+        if planning:
+            planning.join()  # the pre-data failure is the one to report
+        raise
+    script = planning.result() if planning else b""
     timings["restore_pre_data_seconds"] = round(time.perf_counter() - started, 3)
+    if choice.filtered:  # one psql connection: no parallel post-data
+        started = time.perf_counter()
+        _load_data(choice, feed, dsn, jobs=jobs, listing=listing, on_table_data=on_table_data, progress=progress)
+        timings["restore_data_seconds"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        _section(choice, feed, dsn, ["--section=post-data"], keep_owners=keep_owners, place=pg_bin_dir,
+                 progress=progress)
+        timings["restore_post_data_seconds"] = round(time.perf_counter() - started, 3)
+        return
     started = time.perf_counter()
-    _load_data(choice, feed, dsn, jobs=jobs or default_jobs(), listing=listing, on_table_data=on_table_data,
-               progress=progress)
-    timings["restore_data_seconds"] = round(time.perf_counter() - started, 3)
-    started = time.perf_counter()
+    plan = plan_post_data(listing, script)
+    post = _PostData(choice, feed, dsn, plan, jobs=jobs, keep_owners=keep_owners, place=pg_bin_dir)
+    try:
+        _load_data(choice, feed, dsn, jobs=jobs, listing=listing, on_table_data=on_table_data, progress=progress,
+                   post_data=post)
+        timings["restore_data_seconds"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        post.data_done()
+        post.wait(progress)
+    except BaseException:  # a failed worker's own failure is already the one raised (see _load_data)
+        post.abort()
+        raise
+    timings["restore_post_data_groups_built_early"] = post.built_early
+    rest = [line for line in listing.splitlines()
+            if line.partition("; ")[0].isdigit() and int(line.partition("; ")[0]) not in plan.per_table_ids]
     _section(choice, feed, dsn, ["--section=post-data"], keep_owners=keep_owners, place=pg_bin_dir,
-             progress=progress)
+             progress=progress, items=rest)
     timings["restore_post_data_seconds"] = round(time.perf_counter() - started, 3)

@@ -55,7 +55,14 @@ from dbprotect.core.restore.decrypt import read_archive_listing
 from dbprotect.core.restore.drill import LastDrill, last_drill
 from dbprotect.core.restore.guards import check_confirmation, check_direction, check_target_server_version
 from dbprotect.core.restore.settings import AppliedSettings, apply_database_settings
-from dbprotect.core.restore.staged import PhaseClock, prepare_server, staged_restore, swap_intent_recorder
+from dbprotect.core.restore.staged import (
+    ENVIRONMENT_FAILURE_OUTCOME,
+    ENVIRONMENT_FAILURES,
+    PhaseClock,
+    prepare_server,
+    staged_restore,
+    swap_intent_recorder,
+)
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import record_verification
 from dbprotect.core.store.manifest import Manifest, Verification, with_kind
@@ -244,7 +251,8 @@ def _audited(audit: AuditLog | None, plan_or_manifest: RestorePlan | Manifest, t
     except BaseException as exc:
         if audit:
             reason = exc.one_line() if isinstance(exc, DbprotectError) else type(exc).__name__
-            audit.record("restore", database=manifest.database, outcome="failed", target=manifest.backup_id,
+            outcome = ENVIRONMENT_FAILURE_OUTCOME if isinstance(exc, ENVIRONMENT_FAILURES) else "failed"
+            audit.record("restore", database=manifest.database, outcome=outcome, target=manifest.backup_id,
                          detail=reason, data={"restore_target": target.name, "environment": target.environment})
         raise
 

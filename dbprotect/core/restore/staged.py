@@ -40,6 +40,28 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 
+#: Failures of the environment (the scratch or target server unreachable or refusing, tools
+#: missing or of the wrong version): the backup was not judged, so they are never recorded as a
+#: failed check of it, and the audit log files them under their own outcome.
+ENVIRONMENT_FAILURES: tuple[type[DbprotectError], ...] = (DatabaseError, ToolError)
+#: The audit outcome of such a failure, distinct from ``failed`` (a backup that does not restore).
+ENVIRONMENT_FAILURE_OUTCOME = "environment_failure"
+
+
+def record_environment_failure(audit: AuditLog | None, action: str, *, database: str, backup_id: str,
+                               failure: DbprotectError) -> None:
+    """Audit a restore's or drill's environment failure as such (see :data:`ENVIRONMENT_FAILURES`).
+
+    Why its own outcome: an auditor reading "failed" against a backup id concludes the backup is
+    bad; an unreachable scratch server says nothing about it. A failure to write the record (the
+    store is the environment too) must not hide the failure being reported, so it is swallowed.
+    """
+    if audit is None:
+        return
+    with contextlib.suppress(Exception):
+        audit.record(action, database=database, outcome=ENVIRONMENT_FAILURE_OUTCOME, target=backup_id,
+                     detail=failure.one_line(), data={"failure": "environment", "error": failure.code})
+
 
 # -- rung 3 ------------------------------------------------------------------------------------
 
