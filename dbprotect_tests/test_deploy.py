@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pyrage
 import pytest
 import yaml
@@ -53,28 +54,30 @@ def test_webserver_and_daemon_hold_no_secret_of_dbprotect() -> None:
         assert [target for target in _mounts(service)] == ["/etc/dagster/workspace.yaml"], service
 
 
-def test_the_production_location_has_production_and_the_warm_copy_and_no_identity() -> None:
+def test_the_production_location_has_production_and_the_scratch_server_and_no_identity() -> None:
     env = _environment("code-production")
     secrets = {name for name in env if SECRET_NAME.search(name) and not name.startswith("DAGSTER_PG")}
-    assert secrets == {"APP_PROD_DSN", "APP_BACKUP_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    assert "@prod-db:" in env["APP_PROD_DSN"] and "@backup-db:" in env["APP_BACKUP_DSN"]
+    assert secrets == {"APP_PROD_DSN", "SCRATCH_ADMIN_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert "@prod-db:" in env["APP_PROD_DSN"] and "@scratch-db:" in env["SCRATCH_ADMIN_DSN"]
     mounts = _mounts("code-production")
     assert mounts == {"/etc/dbprotect/dbprotect.yaml": ("./deploy/dbprotect.yaml", "ro")}
     assert env["DBPROTECT_CONFIG"] == "/etc/dbprotect/dbprotect.yaml"
 
 
-def test_the_verification_location_has_the_raw_identity_and_no_dsn() -> None:
+def test_the_verification_location_has_the_raw_identity_and_no_production_or_development_dsn() -> None:
     env = _environment("code-verification")
     secrets = {name for name in env if SECRET_NAME.search(name) and not name.startswith("DAGSTER_PG")}
-    assert secrets == {"DBPROTECT_RAW_IDENTITY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert secrets == {"DBPROTECT_RAW_IDENTITY", "APP_BACKUP_DSN", "SCRATCH_ADMIN_DSN", "AWS_ACCESS_KEY_ID",
+                       "AWS_SECRET_ACCESS_KEY"}
     assert env["DBPROTECT_DEPLOYMENT"] == "verification"
-    assert not any(name.endswith("_DSN") for name in env)
-    assert not any(host in value for value in env.values() for host in ("prod-db", "dev-db", "backup-db"))
+    assert {name for name in env if name.endswith("_DSN")} == {"APP_BACKUP_DSN", "SCRATCH_ADMIN_DSN"}
+    assert not any(host in value for value in env.values() for host in ("prod-db", "dev-db"))
+    assert "@backup-db:" in env["APP_BACKUP_DSN"] and "@scratch-db:" in env["SCRATCH_ADMIN_DSN"]
     assert _mounts("code-verification") == {
         "/etc/dbprotect/dbprotect.yaml": ("./deploy/dbprotect.yaml", "ro"),
         "/run/dbprotect/keys/raw-backups.agekey": ("./deploy/keys/raw-backups.agekey", "ro")}
     assert env["DBPROTECT_RAW_IDENTITY"] == "@/run/dbprotect/keys/raw-backups.agekey"
-    assert not {"prod-db", "dev-db", "backup-db"} & set(SERVICES["code-verification"]["depends_on"])
+    assert not {"prod-db", "dev-db"} & set(SERVICES["code-verification"]["depends_on"])
 
 
 def test_the_development_location_has_development_and_its_identity_only() -> None:
@@ -171,7 +174,7 @@ def test_each_code_location_loads_with_its_own_environment_and_sees_only_its_sec
 
     # Production's resources hold references (variable names) to secrets; the values it has are these.
     secrets = production.resources["dbprotect_secrets"]
-    assert set(secrets.values) == {"APP_PROD_DSN", "APP_BACKUP_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert set(secrets.values) == {"APP_PROD_DSN", "SCRATCH_ADMIN_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert set(secrets.environ()) == set(secrets.values)  # each one set in its environment
     assert not resources["raw_backup_identity"].identity.get_value()  # named, never held here
 
@@ -179,9 +182,11 @@ def test_each_code_location_loads_with_its_own_environment_and_sees_only_its_sec
     verification = load_definitions(_location_config("code-verification", tmp_path, recipients))
     ver_resources = verification.resources or {}
     assert not any(key.endswith("_postgres") for key in ver_resources), sorted(ver_resources)
-    assert set(ver_resources["dbprotect_secrets"].values) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert set(ver_resources["dbprotect_secrets"].values) == {
+        "APP_BACKUP_DSN", "SCRATCH_ADMIN_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert set(ver_resources["dbprotect_secrets"].environ()) == set(ver_resources["dbprotect_secrets"].values)
     assert str(ver_resources["raw_backup_identity"].parsed().to_public()) == recipients["raw"]
-    assert not any(name.endswith("_DSN") for name in os.environ)
+    assert {name for name in os.environ if name.endswith("_DSN")} == {"APP_BACKUP_DSN", "SCRATCH_ADMIN_DSN"}
     assert {job.name for job in verification.resolve_all_job_defs()} >= {"app_readability_job"}
     assert not any(job.name.endswith("_backup_job") for job in verification.resolve_all_job_defs())
 
@@ -195,11 +200,109 @@ def test_each_code_location_loads_with_its_own_environment_and_sees_only_its_sec
         "APP_DEV_DSN", "DBPROTECT_DEV_IDENTITY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
+# --- every job, check, sensor and schedule can get its secrets where it is defined ----------------
+
+def _secret_names(resource: object) -> set[str]:
+    """The environment variables a resource reads its secrets from (its ``EnvVar`` references)."""
+    found: set[str] = set()
+    values = list(vars(resource).values()) if hasattr(resource, "__dict__") else []
+    while values:
+        value = values.pop()
+        if isinstance(value, dg.EnvVar):
+            found.add(value.env_var_name)
+        elif isinstance(value, dict):
+            values.extend(value.values())
+    return found
+
+
+def _requirements(defs: Any) -> dict[str, set[str]]:
+    """``<job or sensor or schedule>/<op>`` -> the resource keys it requires."""
+    needs: dict[str, set[str]] = {}
+    for job in defs.resolve_all_job_defs():
+        for node in job.all_node_defs:
+            needs[f"{job.name}/{node.name}"] = set(node.required_resource_keys)
+    for sensor in defs.sensors or []:
+        needs[f"sensor:{sensor.name}"] = set(getattr(sensor, "required_resource_keys", ()) or ())
+    for schedule in defs.schedules or []:
+        needs[f"schedule:{schedule.name}"] = set(getattr(schedule, "required_resource_keys", ()) or ())
+    return needs
+
+
+def unmet_needs(defs: Any, environ: dict[str, str]) -> list[str]:
+    """Each (definition, resource, variable) whose secret the location's environment lacks: what
+    would fail there with DBP008 (no identity) or "$VAR is not set" on its first run."""
+    resources = defs.resources or {}
+    unmet = []
+    for name, keys in sorted(_requirements(defs).items()):
+        for key in sorted(keys):
+            if key not in resources:
+                unmet.append(f"{name}: resource {key} is not defined")
+                continue
+            unmet += [f"{name}: {key} needs ${variable}" for variable in sorted(_secret_names(resources[key]))
+                      if not environ.get(variable)]
+    return unmet
+
+
+@pytest.mark.parametrize("service", CODE_LOCATIONS)
+def test_every_definition_of_a_location_can_get_its_secrets_there(
+        service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: tuple[str, str]) -> None:
+    """The test that would have caught DBP008 in compose: production's restore verification, drills,
+    warm copy and restore job all asked for the raw identity, which only code-verification holds."""
+    recipients, dev_key = keys
+    _only(service, monkeypatch, tmp_path, dev_key)
+    defs = load_definitions(_location_config(service, tmp_path, recipients))
+    requirements = _requirements(defs)
+    assert requirements, service
+    assert unmet_needs(defs, dict(os.environ)) == []
+    identity = (defs.resources or {}).get("raw_backup_identity")
+    if identity is not None and identity.identity.get_value():
+        assert str(identity.parsed().to_public()) == recipients["raw"]  # held, and the right key
+
+
+def test_the_check_fails_for_a_location_asked_to_decrypt_without_the_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: tuple[str, str]) -> None:
+    """The counter-test: production as it was (the identity expected here, not held) is caught,
+    naming what would have failed."""
+    recipients, dev_key = keys
+    _only("code-production", monkeypatch, tmp_path, dev_key)
+    config = _location_config("code-production", tmp_path, recipients)
+    config.write_text(config.read_text(encoding="utf-8").replace("held_in: verification", "held_in: this_deployment"),
+                      encoding="utf-8")
+    unmet = unmet_needs(load_definitions(config), dict(os.environ))
+    joined = "\n".join(unmet)
+    for needed in ("restore_verified", "restore_drill_within_rto", "restore", "backup_integrity_verified"):
+        assert needed in joined, needed
+    # What production lacks, and only that: the identity, and the warm copy's DSN (its refresh
+    # would be defined here again).
+    assert {line.rsplit("$", 1)[1] for line in unmet} == {"DBPROTECT_RAW_IDENTITY", "APP_BACKUP_DSN"}, unmet
+
+
+def test_the_verification_location_holds_the_warm_copy_and_scratch_dsns_and_no_production_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: tuple[str, str]) -> None:
+    recipients, dev_key = keys
+    _only("code-verification", monkeypatch, tmp_path, dev_key)
+    defs = load_definitions(_location_config("code-verification", tmp_path, recipients))
+    jobs = {job.name for job in defs.resolve_all_job_defs()}
+    assert {"app_readability_job", "app_restore_verification_job", "app_restore_drill_job",
+            "app_warm_copy_job"} <= jobs
+    assert not jobs & {"restore", "app_backup_job"}
+    assert {schedule.name for schedule in defs.schedules} == {"app_restore_drill_schedule"}
+    assert set(defs.resources["dbprotect_secrets"].values) == {
+        "APP_BACKUP_DSN", "SCRATCH_ADMIN_DSN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert "@scratch-db:" in os.environ["SCRATCH_ADMIN_DSN"] and "@backup-db:" in os.environ["APP_BACKUP_DSN"]
+
+    _only("code-production", monkeypatch, tmp_path, dev_key)
+    production = load_definitions(_location_config("code-production", tmp_path, recipients))
+    jobs = {job.name for job in production.resolve_all_job_defs()}
+    assert "app_backup_job" in jobs
+    assert not jobs & {"restore", "app_restore_verification_job", "app_restore_drill_job", "app_warm_copy_job"}
+
+
 @pytest.mark.parametrize(("service", "foreign"), [
     ("code-development", "APP_PROD_DSN"), ("code-development", "DBPROTECT_RAW_IDENTITY"),
     ("code-development", "APP_BACKUP_DSN"), ("code-production", "APP_DEV_DSN"),
     ("code-production", "DBPROTECT_RAW_IDENTITY"), ("code-verification", "APP_PROD_DSN"),
-    ("code-verification", "APP_BACKUP_DSN"), ("code-verification", "APP_DEV_DSN"),
+    ("code-verification", "APP_DEV_DSN"),
 ])
 def test_a_location_given_another_ones_secret_refuses_to_load(
         service: str, foreign: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

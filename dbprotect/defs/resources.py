@@ -22,7 +22,12 @@ from __future__ import annotations
 import dagster as dg
 import pyrage
 
-from dbprotect.core.config.isolation import check_credential_isolation, protected_databases, reachable_environments
+from dbprotect.core.config.isolation import (
+    check_credential_isolation,
+    protected_databases,
+    reachable_environments,
+    warm_copy_databases,
+)
 from dbprotect.core.config.load import config_file, load_config
 from dbprotect.core.config.model import Config, S3StorageSpec
 from dbprotect.core.crypto import load_identity
@@ -152,7 +157,7 @@ class SecretsResource:
         for database in config.databases:
             spec = config.database(database)
             names.update(spec.environments[env].dsn_env for env in reachable_environments(config, database))
-            if spec.warm_copy is not None and "production" in reachable_environments(config, database):
+            if database in warm_copy_databases(config):
                 names.add(spec.warm_copy.dsn_env)
             if reachable_environments(config, database) == ["development"] and config.keys.development is not None:
                 names.add(config.keys.development.identity_env)  # the snapshot drift check reads with it

@@ -47,13 +47,61 @@ def reachable_environments(config: Config, database: str) -> list[str]:
     return sorted(env for env in config.database(database).environments if env in allowed)
 
 
+def holds_raw_identity(config: Config) -> bool:
+    """Whether this deployment holds the raw-backup identity, so may run what decrypts a raw backup.
+
+    A split deployment (``keys.raw.held_in: verification``) gives it to the verification location
+    only; its production location encrypts and checks rung *stored*, and every definition that
+    decrypts (restore verification, drills, the warm copy, sanitized builds, the on-call restore)
+    is defined where the key is, or not at all, never where it can only fail with DBP008.
+    """
+    if config.deployment == "verification":
+        return True
+    if config.deployment == "development":
+        return False
+    return config.keys.raw.held_in == "this_deployment"
+
+
+def may_reach_warm_copy(config: Config) -> bool:
+    """Whether this deployment may hold a warm copy's DSN (a server holding restored production data).
+
+    Any deployment that may hold production credentials, and a verification location, which holds
+    the raw identity (the same production data) and refreshes the warm copy in a split deployment.
+    """
+    return "production" in ALLOWED_ENVIRONMENTS[config.deployment] or config.deployment == "verification"
+
+
+def split_verification(config: Config) -> bool:
+    """Whether this configuration's decrypting work runs in a separate verification location."""
+    return config.keys.raw.held_in == "verification"
+
+
+def warm_copy_databases(config: Config) -> list[str]:
+    """Databases whose warm copy this deployment refreshes and checks, sorted.
+
+    The refresh decrypts the newest verified backup, so it runs where the raw identity is: a
+    single deployment that backs up production, or a split deployment's *verification* location
+    (which then holds the warm copy's DSN, a server holding a restored backup, and still no
+    production DSN). A split deployment's production location defines no warm copy.
+    """
+    if not holds_raw_identity(config):
+        return []
+    return sorted(name for name, spec in config.databases.items()
+                  if spec.warm_copy is not None and "production" in spec.environments)
+
+
 def sanitized_databases(config: Config, environment: str) -> list[str]:
     """Databases with a ``sanitize:`` section whose ``environment`` side this deployment runs, sorted.
 
     The production side builds sanitized copies, the development side promotes them; a
-    deployment runs a side only if it may hold that environment's credentials.
+    deployment runs a side only if it may hold that environment's credentials. The production
+    side decrypts a raw backup, so a split deployment's production location (no identity) builds
+    none in Dagster: there, ``dbprotect sanitize build`` runs where the identity and the masking
+    key are held.
     """
     if environment not in ALLOWED_ENVIRONMENTS[config.deployment]:
+        return []
+    if environment == "production" and not holds_raw_identity(config):
         return []
     return sorted(name for name, spec in config.databases.items()
                   if spec.sanitize and environment in spec.environments)
@@ -75,7 +123,7 @@ def check_credential_isolation(config: Config, environ: Mapping[str, str] | None
                     hint=f"a {config.deployment} deployment must never hold {env_name} credentials; "
                     f"unset {env.dsn_env}",
                 )
-        if db.warm_copy and "production" not in allowed and environ.get(db.warm_copy.dsn_env):
+        if db.warm_copy and not may_reach_warm_copy(config) and environ.get(db.warm_copy.dsn_env):
             raise CredentialIsolationError(
                 f"{config.deployment} deployment refuses to load: ${db.warm_copy.dsn_env} "
                 f"(the warm copy DSN of database {db_name!r}, which holds production data) is set here",
@@ -149,5 +197,7 @@ def resolve_dsn(config: Config, database: str, environment: str = "production",
     return value
 
 
-__all__ = ["ALLOWED_ENVIRONMENTS", "check_credential_isolation", "protected_databases", "reachable_environments",
-           "resolve_dsn", "sanitized_databases"]
+__all__ = ["ALLOWED_ENVIRONMENTS", "check_credential_isolation", "holds_raw_identity", "may_reach_warm_copy",
+           "protected_databases",
+           "reachable_environments", "resolve_dsn", "sanitized_databases", "split_verification",
+           "warm_copy_databases"]

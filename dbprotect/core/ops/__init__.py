@@ -20,7 +20,14 @@ One module per domain::
 This package re-exports them, so callers write ``from dbprotect.core.ops import backup_database``.
 """
 
-from dbprotect.core.ops.backups import backup_database, locate_backup, readability_recorded, verify_database_backup
+from dbprotect.core.ops.backups import (
+    backup_database,
+    locate_backup,
+    newest_recorded_rung,
+    readability_recorded,
+    rung_recorded,
+    verify_database_backup,
+)
 from dbprotect.core.ops.catalog import (
     AuditReading,
     BackupListing,
@@ -125,6 +132,7 @@ __all__ = [
     "mark_configured_database",
     "masking_key",
     "migrations_dir",
+    "newest_recorded_rung",
     "newest_verified_backup",
     "observe_migrations",
     "open_storage",
@@ -144,6 +152,7 @@ __all__ = [
     "restore_verify_database",
     "retention_compliance_by_target",
     "rules_for",
+    "rung_recorded",
     "sanitize_spec",
     "starter_rules_for",
     "take_verified_backup",

@@ -108,9 +108,34 @@ def readability_recorded(config: Config, database: str, backup_id: str, *,
                          environ: Mapping[str, str] | None = None) -> Verification | None:
     """The newest rung-*readable* result recorded in the store for ``backup_id``, by whichever
     deployment ran it (a split deployment's verification location), or None if none has."""
+    return rung_recorded(config, database, backup_id, "readable", environ=environ)
+
+
+def rung_recorded(config: Config, database: str, backup_id: str, rung: str, *,
+                  environ: Mapping[str, str] | None = None) -> Verification | None:
+    """The newest result of ``rung`` recorded in the store for ``backup_id``, or None if none is."""
     found = [check for check in recorded_verifications(primary_store(config, database, environ), database, backup_id)
-             if check.rung == "readable"]
+             if check.rung == rung]
     return found[-1] if found else None
+
+
+def newest_recorded_rung(config: Config, database: str, rung: str, *,
+                         environ: Mapping[str, str] | None = None) -> tuple[str, Verification] | None:
+    """The newest backup (by id, newest first) with a ``rung`` result recorded, and that result.
+
+    For a check shown where it does not run (a split deployment's drill, recorded by the
+    verification location): what the store says happened, or None when nothing has been recorded,
+    which a caller must report as *no result*, never as a pass. The listing names the backups
+    that carry such a record; the record itself is read (and validated) from the store.
+    """
+    storage = primary_store(config, database, environ)
+    for entry in list_backups(storage, database):
+        if not entry.complete or not any(check.rung == rung for check in entry.checks):
+            continue
+        found = rung_recorded(config, database, entry.backup_id, rung, environ=environ)
+        if found is not None:
+            return entry.backup_id, found
+    return None
 
 
 def locate_backup(config: Config, backup_id: str, database: str | None = None, *,

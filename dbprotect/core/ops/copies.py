@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pyrage
 
-from dbprotect.core.config.isolation import ALLOWED_ENVIRONMENTS
+from dbprotect.core.config.isolation import may_reach_warm_copy
 from dbprotect.core.config.model import Config
 from dbprotect.core.copy import CopyPlan, CopyResult, copy_backup, holdings, plan_copy, verify_copy
 from dbprotect.core.errors import (
@@ -129,7 +129,7 @@ def warm_copy_dsn(config: Config, database: str, environ: Mapping[str, str] | No
         raise NotFoundError(f"database {database!r} has no warm copy configured in {config.source}",
                             hint=f"add databases.{database}.warm_copy: {{dsn_env: VARIABLE}} naming the backup "
                             "server's DSN")
-    if "production" not in ALLOWED_ENVIRONMENTS[config.deployment]:
+    if not may_reach_warm_copy(config):
         raise CredentialIsolationError(f"a {config.deployment} deployment may not reach the warm copy of "
                                        f"{database!r}: it holds production data")
     dsn = environ.get(spec.dsn_env)

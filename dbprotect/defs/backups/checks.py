@@ -134,7 +134,7 @@ def build_snapshot_checks(config: Config, database: str) -> list[dg.AssetChecksD
     asset = snapshot_key(database)
     rpo_hours = config.database(database).rpo_hours
 
-    @dg.asset_check(
+    integrity_check = dg.asset_check(
         pool=database_pool(database),
         asset=asset, name=INTEGRITY_CHECK, blocking=True,
         description=("The newest backup's SHA-256 matches its manifest; it decrypts, decompresses, "
@@ -145,27 +145,42 @@ def build_snapshot_checks(config: Config, database: str) -> list[dg.AssetChecksD
          "key: readability (decrypt, decompress, `pg_restore --list`, tables) runs in the verification code "
          "location, which records it in the store and here; until it has, this check is skipped, not passed."),
     )
+
     def backup_integrity_verified(context: dg.AssetCheckExecutionContext,
                                   dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
                                   raw_backup_identity: dg.ResourceParam[AgeIdentityResource],
+                                  dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> dg.AssetCheckResult:
+        with core_errors_as_failures():
+            config = dbprotect_config.load()
+        environ = dbprotect_secrets.environ()
+        actor = dagster_actor(context.run.job_name, context.run.tags)
+        result = integrity_result(config, database, raw_backup_identity, actor, environ)
+        # The RPO as it stands now that this verification is recorded (manifests only).
+        context.op_execution_context.log_event(rpo_evaluation(config, database, environ))
+        return result
+
+    def stored_integrity_verified(context: dg.AssetCheckExecutionContext,
+                                  dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
                                   dbprotect_secrets: dg.ResourceParam[SecretsResource]):
+        # No identity parameter: this location does not hold it (keys.raw.held_in: verification).
         # No return annotation: it may be None (a skipped check), which Dagster's type check of a
         # declared AssetCheckResult would refuse.
         with core_errors_as_failures():
             config = dbprotect_config.load()
         environ = dbprotect_secrets.environ()
         actor = dagster_actor(context.run.job_name, context.run.tags)
-        if config.keys.raw.held_in == "verification":
-            result = stored_here_readable_elsewhere_result(config, database, actor, environ)
-            if result is None:
-                context.log.info(f"{database}: rung stored passed here; readability of this backup runs in the "
-                                 "verification code location (keys.raw.held_in), which has not recorded it yet")
-                return None
-        else:
-            result = integrity_result(config, database, raw_backup_identity, actor, environ)
-        # The RPO as it stands now that this verification is recorded (manifests only).
+        result = stored_here_readable_elsewhere_result(config, database, actor, environ)
+        if result is None:
+            context.log.info(f"{database}: rung stored passed here; readability of this backup runs in the "
+                             "verification code location (keys.raw.held_in), which has not recorded it yet")
+            return None
         context.op_execution_context.log_event(rpo_evaluation(config, database, environ))
         return result
+
+    # A location without the identity defines the check without the identity parameter, so nothing
+    # it defines asks for a key it does not hold (dbprotect_tests/test_deploy.py checks each location).
+    integrity = integrity_check(stored_integrity_verified if config.keys.raw.held_in == "verification"
+                                else backup_integrity_verified)
 
     @dg.asset_check(
         pool=database_pool(database),
@@ -179,4 +194,4 @@ def build_snapshot_checks(config: Config, database: str) -> list[dg.AssetChecksD
             config = dbprotect_config.load()
         return rpo_result(config, database, dbprotect_secrets.environ())
 
-    return [backup_integrity_verified, rpo_met]
+    return [integrity, rpo_met]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dbprotect.core.config.isolation import protected_databases
+from dbprotect.core.config.isolation import holds_raw_identity, protected_databases
 from dbprotect.core.config.model import Config
 from dbprotect.defs.continuous.base import build_base_backup_definitions
 from dbprotect.defs.continuous.drills import build_pitr_drill_definitions
@@ -20,7 +20,9 @@ from dbprotect.defs.continuous.rpo import build_continuous_rpo_definitions
 def build_continuous_definitions(config: Config) -> dg.Definitions:
     """Definitions for every database this deployment protects continuously."""
     databases = list(protected_databases(config))
-    return dg.Definitions.merge(build_pitr_drill_definitions(config, databases),
+    # Point-in-time drills decrypt: not where the raw identity is not held (a split production location).
+    drilled = databases if holds_raw_identity(config) else []
+    return dg.Definitions.merge(build_pitr_drill_definitions(config, drilled),
                                 build_continuous_rpo_definitions(config, databases),
                                 build_base_backup_definitions(config, databases))
 

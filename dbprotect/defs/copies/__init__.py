@@ -1,5 +1,7 @@
 """The copies domain: per database and extra storage target, a copy asset with its integrity check,
-and per database with a ``warm_copy`` configured, the warm copy asset and ``warm_copy_verified``.
+and per database with a ``warm_copy`` configured, the warm copy asset and ``warm_copy_verified``, where
+the raw identity is held (:func:`~dbprotect.core.config.isolation.warm_copy_databases`: in a split
+deployment, the verification location).
 
 A copy runs by itself after each new snapshot whose blocking integrity check passed: the copy
 assets carry ``AutomationCondition.eager()`` and :data:`~dbprotect.defs.names.COPIES_SENSOR`
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dbprotect.core.config.isolation import protected_databases
+from dbprotect.core.config.isolation import protected_databases, warm_copy_databases
 from dbprotect.core.config.model import Config
 from dbprotect.core.ops import copy_targets
 from dbprotect.defs.copies.assets import build_copy_asset
@@ -30,16 +32,18 @@ from dbprotect.defs.names import (
 
 def build_copy_definitions(config: Config) -> dg.Definitions:
     assets, checks, jobs, keys = [], [], [], []
+    # The warm copy decrypts a backup: defined where the raw identity is (a split deployment's
+    # verification location, which then holds the warm copy's DSN and still no production DSN).
+    for database in warm_copy_databases(config):
+        assets.append(build_warm_copy_asset(database))
+        checks.append(build_warm_copy_check(database))
+        keys.append(warm_copy_key(database))
+        jobs.append(dg.define_asset_job(
+            warm_copy_job_name(database), selection=dg.AssetSelection.assets(warm_copy_key(database)),
+            tags={DATABASE_TAG: database},
+            description=f"Refresh {database!r}'s warm copy from its newest verified backup and verify it.",
+        ))
     for database in protected_databases(config):
-        if config.database(database).warm_copy is not None:
-            assets.append(build_warm_copy_asset(database))
-            checks.append(build_warm_copy_check(database))
-            keys.append(warm_copy_key(database))
-            jobs.append(dg.define_asset_job(
-                warm_copy_job_name(database), selection=dg.AssetSelection.assets(warm_copy_key(database)),
-                tags={DATABASE_TAG: database},
-                description=f"Refresh {database!r}'s warm copy from its newest verified backup and verify it.",
-            ))
         targets = copy_targets(config, database)
         if not targets:
             continue

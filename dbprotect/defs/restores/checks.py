@@ -19,9 +19,17 @@ from collections.abc import Mapping
 import dagster as dg
 
 from dbprotect.core.audit import AuditLog
+from dbprotect.core.config.isolation import holds_raw_identity
 from dbprotect.core.config.model import Config
 from dbprotect.core.errors import NotFoundError
-from dbprotect.core.ops import drill_database, primary_store, restore_verify_database
+from dbprotect.core.ops import (
+    drill_database,
+    list_database_backups,
+    newest_recorded_rung,
+    primary_store,
+    restore_verify_database,
+    rung_recorded,
+)
 from dbprotect.core.restore.drill import DrillResult
 from dbprotect.core.restore.staged import RestoreVerification
 from dbprotect.defs.helpers import core_errors_as_failures, numeric_metadata, safe_text
@@ -99,8 +107,58 @@ def drill_metrics_metadata(backup_id: str, metrics: Mapping[str, object]) -> dic
     return metadata
 
 
+def recorded_restore_result(config: Config, database: str,
+                            environ: Mapping[str, str] | None = None) -> dg.AssetCheckResult | None:
+    """``restore_verified`` where it does not run (a split deployment's production location, no
+    identity): the rung-*restored* result the verification location recorded for the newest backup.
+    None (Dagster: skipped) until one is recorded: nothing here restored it, so never a pass.
+    """
+    key = restore_check_key(database)
+    with core_errors_as_failures():
+        newest = next((entry for entry in list_database_backups(config, database, environ=environ).entries
+                       if entry.complete), None)
+        if newest is None:
+            return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
+                                       description=f"no complete backup of {database!r} to restore")
+        recorded = rung_recorded(config, database, newest.backup_id, "restored", environ=environ)
+    if recorded is None:
+        return None
+    return dg.AssetCheckResult(
+        asset_key=key.asset_key, check_name=key.name, passed=recorded.ok, metadata=recorded_metadata(
+            newest.backup_id, recorded.metrics or {}, recorded.by),
+        description=f"{newest.backup_id}: restore verification {'passed' if recorded.ok else 'FAILED'} in the "
+        f"verification location ({recorded.by}, {recorded.at:%Y-%m-%d %H:%M} UTC): {safe_text(recorded.detail)}")
+
+
+def recorded_drill_result(config: Config, database: str,
+                          environ: Mapping[str, str] | None = None) -> dg.AssetCheckResult | None:
+    """``restore_drill_within_rto`` where it does not run: the newest drill the verification
+    location recorded (of whichever backup it drilled); None (skipped) until one is recorded."""
+    key = drill_check_key(database)
+    with core_errors_as_failures():
+        found = newest_recorded_rung(config, database, "drilled", environ=environ)
+    if found is None:
+        return None
+    backup_id, recorded = found
+    return dg.AssetCheckResult(
+        asset_key=key.asset_key, check_name=key.name, passed=recorded.ok,
+        metadata=recorded_metadata(backup_id, recorded.metrics or {}, recorded.by),
+        description=f"{backup_id}: drill {'passed' if recorded.ok else 'FAILED'} in the verification location "
+        f"({recorded.by}, {recorded.at:%Y-%m-%d %H:%M} UTC): {safe_text(recorded.detail)}")
+
+
+def recorded_metadata(backup_id: str, metrics: Mapping[str, object], by: str) -> dict[str, dg.MetadataValue]:
+    return {**drill_metrics_metadata(backup_id, metrics), "recorded_by": dg.MetadataValue.text(safe_text(by))}
+
+
 def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDefinition]:
-    """``restore_verified`` and ``restore_drill_within_rto`` on ``[<database>, production_snapshot]``."""
+    """``restore_verified`` and ``restore_drill_within_rto`` on ``[<database>, production_snapshot]``.
+
+    Where the raw identity is not held (a split deployment's production location), each shows the
+    result the verification location recorded in the store, or nothing (skipped) until it has.
+    """
+    if not holds_raw_identity(config):
+        return build_recorded_restore_checks(config, database)
     spec = config.database(database)
 
     @dg.asset_check(
@@ -129,5 +187,35 @@ def build_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDe
         with core_errors_as_failures():
             loaded = dbprotect_config.load()
         return drill_result(loaded, database, raw_backup_identity, dbprotect_secrets.environ())
+
+    return [restore_verified, restore_drill_within_rto]
+
+
+def build_recorded_restore_checks(config: Config, database: str) -> list[dg.AssetChecksDefinition]:
+    """The two checks as a location without the identity shows them: recorded verdicts, no key taken."""
+    spec = config.database(database)
+
+    @dg.asset_check(
+        pool=database_pool(database), asset=snapshot_key(database), name=RESTORE_CHECK,
+        description="The newest backup restored into a scratch database and verified by content, as the "
+        "verification code location recorded it in the store (it holds the key and the scratch server). "
+        "Skipped, never passed, until it has.",
+    )
+    def restore_verified(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                         dbprotect_secrets: dg.ResourceParam[SecretsResource]):  # None: skipped
+        with core_errors_as_failures():
+            loaded = dbprotect_config.load()
+        return recorded_restore_result(loaded, database, dbprotect_secrets.environ())
+
+    @dg.asset_check(
+        pool=database_pool(database), asset=snapshot_key(database), name=DRILL_CHECK,
+        description=f"The newest restore drill (RTO target {spec.rto_minutes:g} min), as the verification code "
+        "location recorded it in the store. Skipped, never passed, until one is recorded.",
+    )
+    def restore_drill_within_rto(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                                 dbprotect_secrets: dg.ResourceParam[SecretsResource]):  # None: skipped
+        with core_errors_as_failures():
+            loaded = dbprotect_config.load()
+        return recorded_drill_result(loaded, database, dbprotect_secrets.environ())
 
     return [restore_verified, restore_drill_within_rto]
