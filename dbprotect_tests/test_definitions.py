@@ -134,7 +134,7 @@ def test_two_databases_snapshot(write_config, monkeypatch: pytest.MonkeyPatch) -
                 "assets": [],
                 "checks": ["ledger_db/production_snapshot:retention_compliant",
                            "shop/production_snapshot:retention_compliant"],
-                "run_tags": {},
+                "run_tags": {"dbprotect/database": "ledger-db,shop"},  # a run launched by hand names both
             },
             "shop_backup_job": {
                 "assets": ["shop/production_snapshot"],

@@ -17,6 +17,7 @@ import dagster as dg
 
 from dbprotect.core.config.isolation import protected_databases
 from dbprotect.core.config.model import Config
+from dbprotect.defs.backups.schedules import all_databases_tag
 from dbprotect.defs.helpers import per_database_check_requests
 from dbprotect.defs.names import DATABASE_TAG, RETENTION_CHECKS_JOB, RETENTION_ON_LOAD_SENSOR, cleanup_schedule_name
 from dbprotect.defs.retention.checks import build_retention_check, retention_check_key
@@ -33,7 +34,9 @@ def build_retention_on_load(databases: list[str]) -> tuple[dg.UnresolvedAssetJob
     keys = {database: retention_check_key(database) for database in databases}
     job = dg.define_asset_job(
         RETENTION_CHECKS_JOB, selection=dg.AssetSelection.checks(*keys.values()),
-        tags={DATABASE_TAG: databases[0]} if len(databases) == 1 else None,
+        # A run launched by hand carries every database it checks (as rpo_checks_job's does); the
+        # sensor's runs, one per database, replace it with their own.
+        tags={DATABASE_TAG: all_databases_tag(databases)},
         description="Evaluate retention_compliant from the backup stores (nothing is deleted); run when the "
         "code location loads, one run per database.")
     load_id = uuid.uuid4().hex
