@@ -49,7 +49,8 @@ from dbprotect.core.copy import TEMP_MARK, copy_backup
 from dbprotect.core.crypto import parse_identity
 from dbprotect.core.errors import DbprotectError, StorageError
 from dbprotect.core.retention.cleanup import execute_cleanup, plan_cleanup
-from dbprotect.core.retention.policy import RetentionPolicy
+from dbprotect.core.retention.kinds import plan_kind_cleanups
+from dbprotect.core.retention.policy import KindRetention, RetentionPolicy
 from dbprotect.core.store import FilesystemStorage, S3Storage, Storage
 from dbprotect.core.store.base import ObjectWriter, WriterContext
 from dbprotect.core.store.catalog import list_backups, load_manifest
@@ -576,3 +577,69 @@ def test_a_copy_killed_from_outside_while_streaming_keeps_the_target_whole(
     assert_sound(target, identity, None, must_keep=set(seed.backups[::2]), where="after the next copy")
     assert_tidy(target, "after the next copy")
     assert {seed.backups[0], newest} == {entry.backup_id for entry in list_backups(target, DB) if entry.integrity_ok}
+
+
+# -- the manifest reads of cleanup by kind (issue 11.4) ------------------------------------------------
+
+class ManifestReadFaults:
+    """A Storage whose ``at``-th read of a ``manifest.json`` fails (``fail``) or returns garbage (``garbage``).
+
+    Every other call passes through; ``reads`` records the manifest keys read, in order.
+    """
+
+    def __init__(self, inner: Storage, *, at: int | None = None, kind: str = "fail") -> None:
+        self.inner, self.uri, self.at, self.kind = inner, inner.uri, at, kind
+        self.reads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get_bytes(self, key: str) -> bytes:
+        if key.endswith("/manifest.json"):
+            self.reads.append(key)
+            if self.at is not None and len(self.reads) == self.at:
+                if self.kind == "fail":
+                    raise StorageError(f"injected read failure of {key}")
+                return b'{"backup_id": "garbage", "tables": ['
+        return self.inner.get_bytes(key)
+
+
+@pytest.mark.parametrize("kind", ["fail", "garbage"])
+def test_cleanup_by_kind_keeps_a_backup_whose_manifest_read_fails_or_is_garbage(
+        kind: str, tmp_path: Path, seed: Seed, identity: pyrage.x25519.Identity) -> None:
+    """Each manifest read of the sweep by kind (the own folder's kinds), failed or answered with garbage:
+    the backup it was about is never deleted, a store failure deletes nothing in the folder, and
+    every backup the clean plan keeps is still there."""
+    policy = RetentionPolicy.parse("keep_last=1")
+
+    def sweep(store: Storage) -> list[str]:
+        deleted = []
+        with database_lock(store, DB, owner="cli:test"):
+            for plan in plan_kind_cleanups(store, DB, policy, KindRetention(), datetime.now(UTC)):
+                deleted += [d.backup_id for d in plan.deletions]
+                execute_cleanup(store, plan, audit=AuditLog(store, actor="cli:test"))
+        return deleted
+
+    clean_copy = tmp_path / "clean"
+    shutil.copytree(seed.folder, clean_copy)
+    counted = ManifestReadFaults(FilesystemStorage(clean_copy))
+    assert set(sweep(counted)) == set(seed.backups[:-1])  # the clean plan deletes the two older ones
+    clean_reads = list(counted.reads)
+    assert clean_reads, "the sweep read no manifest"
+    for n, key in enumerate(clean_reads, 1):
+        folder = tmp_path / f"{kind}-{n}"
+        shutil.copytree(seed.folder, folder)
+        faulty = ManifestReadFaults(FilesystemStorage(folder), at=n, kind=kind)
+        where = f"{kind} at manifest read {n}/{len(clean_reads)} ({key})"
+        try:
+            deleted = sweep(faulty)  # type: ignore[arg-type]
+        except DbprotectError:
+            deleted = []  # refused cleanly: nothing may be gone
+        store = FilesystemStorage(folder)
+        listed = {e.backup_id for e in list_backups(store, DB)}
+        faulted_id = key.split("/")[1]
+        assert faulted_id in listed, f"{where}: the backup whose manifest did not read was deleted"
+        if kind == "fail":
+            assert listed == set(seed.backups), f"{where}: a store failure still deleted {sorted(deleted)}"
+        assert seed.backups[-1] in listed, where
+        assert_sound(store, identity, None, must_keep={seed.backups[-1], faulted_id}, where=where)

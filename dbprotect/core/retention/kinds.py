@@ -11,24 +11,32 @@ module does the reading).
 What is read: the manifests of the database's own folder (where scheduled, manual and guard
 backups sit side by side, so only the manifest tells them apart) and of the safety folders (which
 restore target each safety backup protects). Everything read is untrusted: a manifest that cannot
-be read or does not validate is never guessed at. In the own folder it follows the database's
-policy (as every backup did before kinds); in a safety folder it is a safety backup of an unknown
-target of its own, so it is always "the newest" of that target and kept, with a warning to look
-at it by hand. A store that fails a read is treated the same way: the plan degrades to keeping.
+be read or does not validate is never guessed at, and the backup is kept, with a warning to look
+at it by hand. In the own folder it is planned by the database's policy (as every backup was
+before kinds) but never deleted by it: its kind is unknown, and a guard backup's rule may keep it
+longer. In a safety folder it is a safety backup of an unknown target of its own, so it is always
+"the newest" of that target and kept. A store that fails a manifest read (rather than returning
+one that does not parse) keeps the whole folder this run: which backups the policy counts
+depends on the kinds it could not learn, so no deletion of that folder can be trusted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from dbprotect.core.errors import DbprotectError
+from dbprotect.core.errors import DbprotectError, StorageError
+from dbprotect.core.retention.compliance import UNREADABLE_KIND
 from dbprotect.core.retention.plan import RetentionPlan, plan_retention
 from dbprotect.core.retention.policy import KindRetention, RetentionPolicy
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import CLOCK_SKEW_TOLERANCE, BackupEntry, list_backups, load_manifest
 from dbprotect.core.store.manifest import BACKUP_KINDS, Manifest
+
+#: :func:`read_kinds`'s kind for an own-folder backup whose manifest read failed in the store
+#: (not one that does not parse: that is :data:`~dbprotect.core.retention.compliance.UNREADABLE_KIND`).
+STORE_FAILED_KIND = "store-read-failed"
 
 #: The manifest field naming the restore a safety backup protects (written by the on-call restore).
 PROTECTS_FIELD = "protects"
@@ -79,6 +87,10 @@ def read_kinds(storage: Storage, folder: str, folder_kind: str | None,
                 kinds[entry.backup_id] = "safety"
                 warnings.append(f"{folder}/{entry.backup_id}: manifest unreadable ({exc.one_line()}); kept as the "
                                 "safety backup of an unknown target until someone looks at it")
+            else:
+                kinds[entry.backup_id] = STORE_FAILED_KIND if isinstance(exc, StorageError) else UNREADABLE_KIND
+                warnings.append(f"{folder}/{entry.backup_id}: manifest unreadable ({exc.one_line()}); its kind is "
+                                "unknown, so it is kept until someone looks at it")
             continue
         if folder_kind == "safety":
             kinds[entry.backup_id] = "safety"
@@ -106,8 +118,34 @@ def plan_folder_cleanup(storage: Storage, database: str, folder: str, folder_kin
     kinds, protects, warnings = read_kinds(storage, folder, folder_kind, entries)
     plan = plan_retention(entries, policy, now, database=folder, locked=locked, tz=tz, tolerance=tolerance,
                           kinds=kinds, protects=protects, kind_policy=kind_policy)
+    plan = keep_unknown_kinds(plan, kinds)
     warnings += [f"skipped, not a backup: {reason}" for reason in skipped]
     return replace(plan, warnings=(*plan.warnings, *warnings), lock_database=database)
+
+
+def keep_unknown_kinds(plan: RetentionPlan, kinds: Mapping[str, str]) -> RetentionPlan:
+    """Turn the deletions the policy planned into keeps where a manifest read failed (see the module docstring).
+
+    A manifest that does not parse keeps its own backup; a store that failed a manifest read
+    keeps every backup of the folder (the policy counted backups whose kind it could not know).
+    The policy's own reasons stay first, so the plan still says what the policy alone would do.
+    """
+    unknown = {backup_id for backup_id, kind in kinds.items() if kind in (UNREADABLE_KIND, STORE_FAILED_KIND)}
+    if not unknown:
+        return plan
+    store_failed = STORE_FAILED_KIND in kinds.values()
+    decisions = []
+    for decision in plan.decisions:
+        if decision.backup_id in unknown:
+            reason = "its manifest could not be read, so its kind is unknown: kept until someone looks at it"
+        elif store_failed and decision.action == "delete":
+            reason = "a manifest read of this folder failed in the store: nothing here is deleted this run"
+        else:
+            decisions.append(decision)
+            continue
+        kept = decision.reasons if decision.action == "keep" else ()
+        decisions.append(replace(decision, action="keep", reasons=(*kept, reason)))
+    return replace(plan, decisions=tuple(decisions))
 
 
 def plan_kind_cleanups(storage: Storage, database: str, policy: RetentionPolicy, kind_policy: KindRetention,
@@ -123,5 +161,5 @@ def plan_kind_cleanups(storage: Storage, database: str, policy: RetentionPolicy,
     return plans
 
 
-__all__ = ["PROTECTS_FIELD", "kind_folders", "plan_folder_cleanup", "plan_kind_cleanups", "protected_target",
-           "read_kinds", "recorded_kind"]
+__all__ = ["PROTECTS_FIELD", "STORE_FAILED_KIND", "keep_unknown_kinds", "kind_folders", "plan_folder_cleanup",
+           "plan_kind_cleanups", "protected_target", "read_kinds", "recorded_kind"]
