@@ -30,7 +30,7 @@ from dbprotect.core.retention.chain_cleanup import ContinuousCleanup, plan_conti
 from dbprotect.core.retention.chains import ChainPolicy
 from dbprotect.core.retention.cleanup import CleanupResult, execute_cleanup, plan_cleanup
 from dbprotect.core.retention.compliance import TargetsCompliance, compliance_by_target
-from dbprotect.core.retention.kinds import plan_kind_cleanups
+from dbprotect.core.retention.kinds import plan_kind_cleanups, read_kinds
 from dbprotect.core.retention.plan import RetentionPlan
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import BackupEntry, list_backups
@@ -142,5 +142,8 @@ def retention_compliance_by_target(config: Config, database: str, now: datetime 
     def listing(target: str) -> list[BackupEntry]:
         return list_backups(target_store(config, database, target, environ), database, include_incomplete=True)
 
+    def kinds_of(target: str, entries: list[BackupEntry]) -> dict[str, str]:  # guard backups share the folder
+        return read_kinds(target_store(config, database, target, environ), database, None, entries)[0]
+
     policies = [(target, spec.policy_for(target)) for target in config.storage_names(database)]
-    return compliance_by_target(database, policies, listing, now or datetime.now(UTC))
+    return compliance_by_target(database, policies, listing, now or datetime.now(UTC), kinds_of=kinds_of)
