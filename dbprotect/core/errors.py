@@ -130,6 +130,8 @@ class Refusals:
     LINT_FINDINGS = Refusal("DBP924", "migration lint found problems that are not waived")
     SCHEMA_DRIFT = Refusal("DBP925", "development's schema differs from production's beyond the allowed changes")
     DATABASE_LOCKED = Refusal("DBP930", "another dbprotect writer holds the database's lock in the store")
+    DEVELOPMENT_KEY_NOT_HELD = Refusal("DBP934", "a backup encrypted to the development key (a promotion's safety "
+                                                 "backup) is read only where the development identity is held")
     PLAINTEXT_PRODUCTION_DSN = Refusal("DBP940", "a production deployment reaches production over TLS "
                                                  "(sslmode require or stronger) unless `allow_plaintext: true`")
     KEY_FILE_EXISTS = Refusal("DBP941", "`keygen` never overwrites an existing file (a lost key loses its backups)")

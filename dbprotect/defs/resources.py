@@ -31,6 +31,7 @@ from dbprotect.core.config.isolation import (
 from dbprotect.core.config.load import config_file, load_config
 from dbprotect.core.config.model import Config, S3StorageSpec
 from dbprotect.core.crypto import load_identity
+from dbprotect.core.ops import DEVELOPMENT_KEY_DEPLOYMENTS
 from dbprotect.core.pg.dsn import mask_dsn
 from dbprotect.defs.names import postgres_resource_key
 
@@ -161,6 +162,9 @@ class SecretsResource:
                 names.add(spec.warm_copy.dsn_env)
             if reachable_environments(config, database) == ["development"] and config.keys.development is not None:
                 names.add(config.keys.development.identity_env)  # the snapshot drift check reads with it
+        if config.deployment in DEVELOPMENT_KEY_DEPLOYMENTS and config.keys.development is not None:
+            # the restore job reads development-key backups (a promotion's undo) with it (core's backup_keys)
+            names.add(config.keys.development.identity_env)
         if config.scratch.admin_dsn_env:
             names.add(config.scratch.admin_dsn_env)
         for spec in config.storage.values():

@@ -41,7 +41,11 @@ from dbprotect.core.ops.catalog import (
 )
 from dbprotect.core.ops.context import (
     DEFAULT_ACTOR,
+    DEVELOPMENT_KEY_DEPLOYMENTS,
+    BackupKeys,
     audit_log,
+    backup_identity,
+    backup_keys,
     cli_actor,
     open_storage,
     primary_store,
@@ -101,7 +105,9 @@ from dbprotect.core.store.catalog import newest_verified_backup
 
 __all__ = [
     "DEFAULT_ACTOR",
+    "DEVELOPMENT_KEY_DEPLOYMENTS",
     "AuditReading",
+    "BackupKeys",
     "BackupListing",
     "CopyOutcome",
     "CoverageCheck",
@@ -110,6 +116,8 @@ __all__ = [
     "TargetStatus",
     "audit_log",
     "backup_database",
+    "backup_identity",
+    "backup_keys",
     "build_sanitized_copy",
     "check_sanitize_coverage",
     "cleanup_database",

@@ -18,8 +18,8 @@ from dbprotect.core.ops.context import (
     DEFAULT_ACTOR,
     audit_failure,
     audit_report,
+    backup_identity,
     primary_store,
-    raw_identity,
 )
 from dbprotect.core.pg.dsn import register_dsn
 from dbprotect.core.schema.stored import write_schema_snapshot
@@ -94,8 +94,8 @@ def verify_database_backup(config: Config, database: str, backup_id: str | None 
             backup_id = entries[0].backup_id
         else:
             backup_id = find_backup(storage, [folder or database], backup_id).backup_id
-        if identity is None and not stored_only:
-            identity = raw_identity(config, environ)
+        if not stored_only:
+            identity = backup_identity(config, database, folder or database, environ, raw=identity)
         report = verify_backup(storage, folder or database, backup_id, identity, by=by)
     except DbprotectError as exc:
         audit_failure(audit, "verify", database, exc, target=backup_id or "")

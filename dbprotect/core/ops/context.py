@@ -10,6 +10,7 @@ import contextlib
 import getpass
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pyrage
 
 from dbprotect.core.audit import AuditLog, AuditRecord
-from dbprotect.core.config.model import Config, FilesystemStorageSpec, S3StorageSpec
+from dbprotect.core.config.model import Config, FilesystemStorageSpec, KeySpec, S3StorageSpec
 from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import (
     ConfigError,
     CredentialIsolationError,
     DbprotectError,
     NotFoundError,
+    Refusals,
     RefusedError,
 )
 from dbprotect.core.pg.dsn import register_dsn
@@ -95,6 +97,67 @@ def raw_identity(config: Config, environ: Mapping[str, str] | None = None,
     if identity is not None:
         return identity
     return load_identity(config.keys.raw.identity_env, environ)
+
+
+#: Deployments that may hold the development identity (a production or verification deployment
+#: refuses to load with it set: :func:`dbprotect.core.config.isolation.check_credential_isolation`).
+DEVELOPMENT_KEY_DEPLOYMENTS = frozenset({"development", "demo"})
+
+
+@dataclass(frozen=True)
+class BackupKeys:
+    """Which key a backup is encrypted to, chosen by the store folder it sits in (never by its manifest).
+
+    ``key`` is ``raw`` or ``development``; ``spec`` the configured key; ``safety_folder`` where a
+    restore from this backup puts its own safety backup (encrypted to the same key).
+    """
+
+    key: str
+    spec: KeySpec
+    safety_folder: str
+
+
+def backup_keys(config: Config, database: str, folder: str) -> BackupKeys:
+    """The one rule for every command that takes a backup id (verify, restore, compare, drill, the jobs).
+
+    A promotion's safety backup (``<database>-development-safety``) and a sanitized copy
+    (``<database>-sanitized``) are encrypted to the development key: they belong to the
+    development side, read there with the development identity (the raw one is refused on that
+    side), and a restore from one puts its own safety backup in ``<database>-development-safety``,
+    to the same key. Every other folder holds raw backups, whose undo goes to
+    ``<database>-safety``. The folder decides, not the manifest: the manifest is untrusted and
+    is read only after the key is chosen.
+    """
+    if folder in (f"{database}-development-safety", f"{database}-sanitized"):
+        if config.keys.development is None:
+            raise ConfigError(f"{config.source}: keys.development is missing",
+                              hint=f"backups in {folder} are encrypted to the development key")
+        return BackupKeys("development", config.keys.development, f"{database}-development-safety")
+    return BackupKeys("raw", config.keys.raw, f"{database}-safety")
+
+
+def backup_identity(config: Config, database: str, folder: str, environ: Mapping[str, str] | None = None, *,
+                    raw: pyrage.x25519.Identity | None = None,
+                    development: pyrage.x25519.Identity | None = None) -> pyrage.x25519.Identity:
+    """The identity that decrypts a backup kept in ``folder`` (:func:`backup_keys` chooses the key).
+
+    ``raw``/``development``: identities the caller already resolved (Dagster, from its
+    resources); a passed raw identity is never used for a development-key backup. Otherwise the
+    key's variable is read in ``environ`` (the CLI's process environment; Dagster's secrets
+    resource). A deployment that may not hold the development identity refuses a
+    development-key backup in one line (DBP934) instead of failing to decrypt it with the raw key.
+    """
+    keys = backup_keys(config, database, folder)
+    if keys.key == "raw":
+        return raw_identity(config, environ, raw)
+    if development is not None:
+        return development
+    if config.deployment not in DEVELOPMENT_KEY_DEPLOYMENTS:
+        raise RefusedError(f"backup folder {folder} is encrypted to the development key, which a "
+                           f"{config.deployment} deployment never holds",
+                           hint="restore or verify it from the development deployment (the undo of a promotion "
+                           "belongs to the development side)", refusal=Refusals.DEVELOPMENT_KEY_NOT_HELD)
+    return load_identity(keys.spec.identity_env, environ)
 
 
 def audit_report(audit: AuditLog, database: str, report: IntegrityReport) -> None:

@@ -14,16 +14,15 @@ import pyrage
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
 from dbprotect.core.config.model import Config
-from dbprotect.core.crypto import load_identity
 from dbprotect.core.errors import (
-    ConfigError,
     Refusals,
     RefusedError,
 )
 from dbprotect.core.ops.catalog import backup_folders
 from dbprotect.core.ops.context import (
+    backup_identity,
+    backup_keys,
     primary_store,
-    raw_identity,
     scratch_server_from_config,
 )
 from dbprotect.core.pg.dsn import with_dbname
@@ -69,13 +68,16 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
                      existing: bool = False, target_name: str | None = None, confirmation: str | None = None,
                      dry_run: bool = False, by: str = "dbprotect", environ: Mapping[str, str] | None = None,
                      identity: pyrage.x25519.Identity | None = None,
+                     development_identity: pyrage.x25519.Identity | None = None,
                      progress: Callable[[str], None] | None = None,
                      analyze: bool | None = None) -> RestorePlan | RestoreResult:
     """The on-call restore of a configured database: what ``dbprotect restore`` and the ``restore`` job call.
 
     ``backup_id`` defaults to the newest verified backup (:func:`newest_verified_backup`); any
     other id may be a backup of any kind of ``database`` (a safety backup, a guard backup: the undo
-    path, :func:`~dbprotect.core.ops.catalog.backup_folders`). A new database's name defaults to
+    path, :func:`~dbprotect.core.ops.catalog.backup_folders`), decrypted with the key its folder
+    says (:func:`~dbprotect.core.ops.context.backup_keys`; ``identity`` is the raw identity,
+    ``development_identity`` the development one, when the caller resolved them). A new database's name defaults to
     :func:`default_restore_name`. Every guard is
     :func:`dbprotect.core.restore.oncall.restore`'s; this resolves the store, keys, tools and work folder
     from the configuration and audits the outcome (refusals included) in the store.
@@ -87,7 +89,8 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
     else:
         entry = find_backup(storage, [database] if backup_id == "latest" else backup_folders(database), backup_id)
         backup_id, folder = entry.backup_id, entry.database
-    identity, recipients, safety_folder = _keys_for_folder(config, database, folder, environ, identity)
+    keys = backup_keys(config, database, folder)
+    identity = backup_identity(config, database, folder, environ, raw=identity, development=development_identity)
     if not existing and not target_name:
         target_name = default_restore_name(database, backup_id)
     target = restore_target(config, database, environment=environment, existing=existing, name=target_name,
@@ -100,28 +103,10 @@ def restore_database(config: Config, database: str, backup_id: str | None = None
         if not dry_run:
             held.enter_context(database_lock(storage, database, owner=by))
         return restore(storage, manifest, identity, target, confirmation=confirmation,
-                       recipients=recipients, dry_run=dry_run,
+                       recipients=keys.spec.recipients, dry_run=dry_run,
                        audit=AuditLog(storage, actor=by), pg_bin_dir=config.tool_dirs,
                        work_dir=config.scratch.work_dir, by=by, progress=progress, analyze=analyze,
-                       safety_database=safety_folder)
-
-
-def _keys_for_folder(config: Config, database: str, folder: str, environ: Mapping[str, str] | None,
-                     identity: pyrage.x25519.Identity | None) -> tuple[pyrage.x25519.Identity, list[str], str]:
-    """(identity, recipients, safety folder) of a restore of a backup kept in ``folder``.
-
-    A promotion's safety backup (``<database>-development-safety``) is encrypted to the development
-    key: it is the development side's undo, restored there with the development identity (the
-    raw one is refused on that side), and the restore's own safety backup goes beside it, to the
-    same key. Every other backup is the raw key's, and its undo goes to ``<database>-safety``.
-    """
-    if folder == f"{database}-development-safety":
-        keys = config.keys.development
-        if keys is None:
-            raise ConfigError(f"{config.source}: keys.development is missing",
-                              hint=f"backups in {folder} are encrypted to the development key")
-        return identity or load_identity(keys.identity_env, environ), keys.recipients, folder
-    return raw_identity(config, environ, identity), config.keys.raw.recipients, f"{database}-safety"
+                       safety_database=keys.safety_folder)
 
 
 def restore_verify_database(config: Config, database: str, backup_id: str | None = None, *,
@@ -132,10 +117,11 @@ def restore_verify_database(config: Config, database: str, backup_id: str | None
     storage = primary_store(config, database, environ)
     manifest = load_manifest(storage, database, backup_id or newest_complete_backup(storage, database))
     log = audit or AuditLog(storage, actor=by)
+    decrypting = backup_identity(config, database, database, environ, raw=identity)  # its own folder: the raw key
     try:
         with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=log,
                                                                   database=database) as server:
-            return verify_restore(storage, manifest, raw_identity(config, environ, identity), server,
+            return verify_restore(storage, manifest, decrypting, server,
                                   pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
                                   progress=progress, audit=audit)
     except ENVIRONMENT_FAILURES as exc:
@@ -150,10 +136,11 @@ def drill_database(config: Config, database: str, *, by: str = "drill", environ:
     storage = primary_store(config, database, environ)
     backup_id = newest_complete_backup(storage, database)
     log = audit or AuditLog(storage, actor=by)
+    decrypting = backup_identity(config, database, database, environ, raw=identity)  # its own folder: the raw key
     try:
         with terminate_as_interrupt(), scratch_server_from_config(config, environ, audit=log,
                                                                   database=database) as server:
-            return run_drill(storage, database, raw_identity(config, environ, identity), server,
+            return run_drill(storage, database, decrypting, server,
                              rto_minutes=config.database(database).rto_minutes, backup_id=backup_id,
                              pg_bin_dir=config.tool_dirs, work_dir=config.scratch.work_dir, by=by,
                              progress=progress, audit=audit)
@@ -170,12 +157,14 @@ def compare_with_backup(config: Config, database: str, backup_id: str, *, enviro
     """``dbprotect compare``: a database against one backup of a configured database, with core's one comparison.
 
     The compared database is the one ``environment``'s configured DSN names, or ``target_name`` on
-    that server (e.g. a database restored with ``--target new:NAME``). Reads only: nothing is
+    that server (e.g. a database restored with ``--target new:NAME``). ``backup_id`` may be a
+    backup of any kind (a safety backup: was the undo complete?); only its manifest is read, so no
+    key is needed. Reads only: nothing is
     written to the store or the database. Returns (the backup id, the comparison).
     """
     storage = primary_store(config, database, environ)
-    entry = find_backup(storage, [database], backup_id)
-    manifest = load_manifest(storage, database, entry.backup_id)
+    entry = find_backup(storage, [database] if backup_id == "latest" else backup_folders(database), backup_id)
+    manifest = load_manifest(storage, entry.database, entry.backup_id)
     target = restore_target(config, database, environment=environment, existing=True, name=target_name,
                             environ=environ)
     with terminate_as_interrupt():

@@ -120,8 +120,11 @@ class WarmCopyOutcome:
     rows: int = 0
     objects: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    #: Housekeeping after the swap's commit point that failed (the refresh itself succeeded).
+    #: Housekeeping after the swap's commit point that failed (the refresh itself succeeded), and
+    #: database settings of the backup that were not applied (why).
     warnings: list[str] = field(default_factory=list)
+    #: The backup's database settings applied to the warm copy (``name`` or ``role: name``).
+    settings_applied: list[str] = field(default_factory=list)
 
     def backup_age_hours(self, now: datetime | None = None) -> float:
         """How old the data in the warm copy is: hours since the backup's snapshot."""
@@ -131,7 +134,8 @@ class WarmCopyOutcome:
         return {"database": self.database, "warm_database": self.warm_database, "server": self.server,
                 "backup_id": self.backup_id, "previous": self.previous, "refreshed": self.refreshed,
                 "reason": self.reason, "backup_age_hours": self.backup_age_hours(), "tables": self.tables,
-                "rows": self.rows, "objects": self.objects, "timings": self.timings, "warnings": self.warnings}
+                "rows": self.rows, "objects": self.objects, "timings": self.timings, "warnings": self.warnings,
+                "settings_applied": self.settings_applied}
 
 
 @dataclass
@@ -294,8 +298,9 @@ def _swap_in(dsn: str, incoming: str, backup_id: str, server: str, *, audit: Aud
 # -- verification of the live warm copy ----------------------------------------------------------
 
 def compare_warm_copy(dsn: str, manifest: Manifest) -> list[str]:
-    """The live warm copy against ``manifest``: the one full comparison (:func:`compare_database`), owners included."""
-    return compare_database(dsn, manifest, owners=True, workers=1).differences
+    """The live warm copy against ``manifest``: the one full comparison (:func:`compare_database`), owners
+    and the database's own settings included (the refresh applies them, as the on-call restore does)."""
+    return compare_database(dsn, manifest, owners=True, workers=1, settings=True).differences
 
 
 
@@ -351,6 +356,9 @@ def refresh_into(storage: Storage, manifest: Manifest, identity: pyrage.x25519.I
                                     hint="the warm copy DSN's role needs CREATEDB and to own the warm copy") from None
             raise
     outcome.warnings = result.warnings + ([done.warning] if done.warning else [])
+    if result.settings is not None:  # the backup's database settings, applied by the one restore (safe subset)
+        outcome.settings_applied = list(result.settings.applied)
+        outcome.warnings += [f"database setting not applied: {line}" for line in result.settings.not_applied]
     timings = dict(result.timings)
     timings["warm_swap_seconds"] = round(time.perf_counter() - swap_started, 3)
     timings["total_seconds"] = round(time.perf_counter() - started, 3)

@@ -18,7 +18,10 @@ restore never runs beside another restore, backup or check of the same database.
 The target DSNs come from the ``dbprotect_secrets`` resource (``EnvVar``s read when the run needs
 them, handed to core as its ``environ=`` mapping; a missing variable of one database must not
 stop the restore of another, so an unset one is core's one-line error only where it is used); the
-raw-backup identity comes from its ``EnvVar`` resource as an argument. Neither resource has run
+raw-backup identity comes from its ``EnvVar`` resource as an argument. Which key a backup needs is
+core's one rule (:func:`dbprotect.core.ops.backup_keys`, by the backup's folder): a promotion's
+safety backup is read with the development identity from the secrets resource in a deployment
+that may hold it (demo), and refused in one line (DBP934) in one that may not (production). Neither resource has run
 config, so the launchpad form holds only the restore's own fields (no ``resources:`` block).
 """
 
