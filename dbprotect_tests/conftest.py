@@ -4,7 +4,9 @@
   the Chinook and Northwind fixtures, and helpers to look inside a database (``psql``, ``table_counts``);
 * ``fix_storage``: a real S3 HTTP endpoint (moto server), a bucket per test, ``store`` on both kinds;
 * ``fix_config``: age keys, ``identity`` and ``write_config`` (a dbprotect.yaml with its variables exported);
-* ``fix_dagster``: ``instance``, a Dagster test instance per module.
+* ``fix_dagster``: ``instance``, a Dagster test instance per module;
+* ``fix_continuous``: ``wal_server``, a PostgreSQL 18 of its own for the WAL tests;
+* ``other_pg``: ``pg15_server``, the machine's PostgreSQL 15, one per session.
 
 Plugins rather than one long conftest (as psycopg's suite does): each file holds one concept, and a
 test imports its helpers from that file (``from dbprotect_tests.fixtures.fix_pg import psql``), never
@@ -37,4 +39,5 @@ pytest_plugins = [
     "dbprotect_tests.fixtures.fix_config",
     "dbprotect_tests.fixtures.fix_dagster",
     "dbprotect_tests.fixtures.fix_continuous",
+    "dbprotect_tests.fixtures.other_pg",
 ]

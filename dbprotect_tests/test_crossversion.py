@@ -9,12 +9,8 @@ a Unix socket only, and is stopped in teardown.
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -27,6 +23,7 @@ from dbprotect.core.errors import ToolError
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.verify.integrity import verify_backup
 from dbprotect_tests.fixtures.fix_pg import fixture_sql, load_sql_file, pg_bin, table_counts
+from dbprotect_tests.fixtures.other_pg import OtherServer
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -37,42 +34,10 @@ pytestmark = [
 ]
 
 
-def _as_postgres_user() -> tuple[list[str], tuple[int, int] | None]:
-    """Command prefix and (uid, gid) to run the server as; PostgreSQL will not run as root."""
-    if os.geteuid() != 0:
-        return [], None
-    try:
-        user = pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("running as root and there is no 'postgres' OS user to run PostgreSQL 15 as")
-    return ["runuser", "-u", "postgres", "--"], (user.pw_uid, user.pw_gid)
-
-
 @pytest.fixture(scope="module")
-def pg15() -> Iterator[str]:
-    """Admin DSN of a throwaway PostgreSQL 15 server listening on a private Unix socket."""
-    prefix, owner = _as_postgres_user()
-    base = Path(tempfile.mkdtemp(prefix="dbprotect-pg15-"))  # under /tmp: reachable by 'postgres'
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    if owner:
-        for path in (base, sock):
-            os.chown(path, *owner)
-    run = {"check": True, "capture_output": True, "text": True, "timeout": 120}
-    try:
-        subprocess.run([*prefix, str(PG15_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                        "--encoding=UTF8", "--locale=C.UTF-8"], **run)  # type: ignore[call-overload]
-        subprocess.run([*prefix, str(PG15_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"),
-                        "-o", f"-c listen_addresses='' -k {sock}", "-w", "start"], **run)  # type: ignore[call-overload]
-    except subprocess.CalledProcessError as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"PostgreSQL 15 did not start: {exc.stderr}")
-    try:
-        yield f"postgresql://postgres@/postgres?host={sock}"
-    finally:
-        subprocess.run([*prefix, str(PG15_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
+def pg15(pg15_server: OtherServer) -> str:
+    """Admin DSN of the session's PostgreSQL 15 (``fixtures.other_pg``), on a private Unix socket."""
+    return pg15_server.socket_dsn()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -30,7 +30,7 @@ from dbprotect.core.restore.staged import PhaseClock, staged_restore, verify_res
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups, recorded_verifications
 from dbprotect.core.verify.integrity import verify_backup
-from dbprotect_tests.fixtures.other_pg import PG15_BIN, OtherServer, needs_pg15, start_server
+from dbprotect_tests.fixtures.other_pg import PG15_BIN, OtherServer, needs_pg15
 
 pytestmark = [pytest.mark.slow, needs_pg15]
 
@@ -47,10 +47,8 @@ SELECT lo_from_bytea(0, 'a large object');
 
 
 @pytest.fixture(scope="module")
-def pg15() -> Iterator[OtherServer]:
-    server = start_server(PG15_BIN)
-    yield server
-    server.stop()
+def pg15(pg15_server: OtherServer) -> OtherServer:
+    return pg15_server
 
 
 def _database(admin_dsn: str, name: str) -> str:
