@@ -67,10 +67,10 @@ def test_by_hand_pitr_with_stock_tools_as_documented(
         take_base_backup(database="shop", dsn=wal_server, storage=storage, recipients=config.keys.raw.recipients,
                          incremental=False)
         time.sleep(1.1)
-        _insert(wal_server, "pitr-hand-a", range(200_000, 200_300))
-        target, _ = _insert(wal_server, "pitr-hand-b", range(200_300, 200_320))
+        _insert(wal_server, "pitr-hand-a", range(300_000, 300_300))
+        target, _ = _insert(wal_server, "pitr-hand-b", range(300_300, 300_320))
         time.sleep(1.1)
-        _insert(wal_server, "pitr-hand-c", range(200_320, 200_400))
+        _insert(wal_server, "pitr-hand-c", range(300_320, 300_400))
         last = current_segment(wal_server)
         with psycopg.connect(wal_server, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")

@@ -54,9 +54,12 @@ def _insert(dsn: str, note: str, ids: range) -> tuple[datetime, str]:
     return row[0], row[1]
 
 
-def _notes(dsn: str) -> dict[str, int]:
+def _notes(dsn: str, prefix: str = "pitr-") -> dict[str, int]:
+    """Rows per note among this test's own notes (``prefix`` + one letter): the WAL server is shared by
+    the continuous tests, and a point-in-time restore brings back every earlier test's rows too."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT note, count(*) FROM events WHERE note LIKE 'pitr-%' GROUP BY note").fetchall()
+        rows = conn.execute("SELECT note, count(*) FROM events WHERE starts_with(note, %s) AND length(note) = %s "
+                            "GROUP BY note", (prefix, len(prefix) + 1)).fetchall()
     return {note: int(count) for note, count in rows}
 
 

@@ -106,14 +106,14 @@ def test_window_over_the_newest_full_removes_the_old_chain_and_a_killed_sweep_lo
         wait_streaming(wal_server, slot)
         old = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                recipients=config.keys.raw.recipients, incremental=False)
-        _insert(wal_server, "pitr-a", range(200_000, 200_300))
+        _insert(wal_server, "keep-a", range(200_000, 200_300))
         with psycopg.connect(wal_server, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")
         time.sleep(1.5)  # WAL summaries catch up before the incremental
         incremental = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                        recipients=config.keys.raw.recipients, incremental=True, identity=identity)
         assert incremental.parent == old.base_id
-        _insert(wal_server, "pitr-b", range(200_300, 200_400))
+        _insert(wal_server, "keep-b", range(200_300, 200_400))
         with psycopg.connect(wal_server, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")
         newest = take_base_backup(database="shop", dsn=wal_server, storage=storage,
@@ -121,10 +121,10 @@ def test_window_over_the_newest_full_removes_the_old_chain_and_a_killed_sweep_lo
         time.sleep(1.1)  # the window starts after the newest base finished and before the target
         window_start = datetime.now(UTC)
         time.sleep(1.1)
-        _insert(wal_server, "pitr-c", range(200_400, 200_450))
-        target_time, _ = _insert(wal_server, "pitr-d", range(200_450, 200_470))
+        _insert(wal_server, "keep-c", range(200_400, 200_450))
+        target_time, _ = _insert(wal_server, "keep-d", range(200_450, 200_470))
         time.sleep(1.1)
-        _insert(wal_server, "pitr-e", range(200_470, 200_480))
+        _insert(wal_server, "keep-e", range(200_470, 200_480))
         last = current_segment(wal_server)
         with psycopg.connect(wal_server, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")
@@ -180,6 +180,6 @@ def test_window_over_the_newest_full_removes_the_old_chain_and_a_killed_sweep_lo
     restored = restore_database_to_point(config, "shop", data_dir=tmp_path / "in-window", to_time=target_time)
     try:
         assert restored.chain == [newest.base_id]
-        assert _notes(restored.dsn()) == {"pitr-a": 300, "pitr-b": 100, "pitr-c": 50, "pitr-d": 20}
+        assert _notes(restored.dsn(), "keep-") == {"keep-a": 300, "keep-b": 100, "keep-c": 50, "keep-d": 20}
     finally:
         stop_restored(restored)

@@ -49,10 +49,10 @@ def test_base_backup_wal_receive_and_pitr_restore_on_s3(
         base = base_backup_database(config, "shop")
         assert base.kind == "full"
         time.sleep(1.1)  # the base's finished_at stays before the target
-        _insert(wal_server, "pitr-s3-a", range(200_000, 200_300))
-        target_time, _ = _insert(wal_server, "pitr-s3-b", range(200_300, 200_350))
+        _insert(wal_server, "pitr-s3-a", range(400_000, 400_300))
+        target_time, _ = _insert(wal_server, "pitr-s3-b", range(400_300, 400_350))
         time.sleep(1.1)
-        _insert(wal_server, "pitr-s3-c", range(200_350, 200_400))
+        _insert(wal_server, "pitr-s3-c", range(400_350, 400_400))
         last = current_segment(wal_server)
         with psycopg.connect(wal_server, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")
@@ -67,7 +67,7 @@ def test_base_backup_wal_receive_and_pitr_restore_on_s3(
     restored = restore_database_to_point(config, "shop", data_dir=tmp_path / "restored", to_time=target_time)
     try:
         assert restored.chain == [base.base_id]
-        notes = {note: count for note, count in _notes(restored.dsn()).items() if note.startswith("pitr-s3-")}
+        notes = _notes(restored.dsn(), "pitr-s3-")
         assert notes == {"pitr-s3-a": 300, "pitr-s3-b": 50}
     finally:
         stop_restored(restored)
