@@ -19,6 +19,7 @@ from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
     WrittenCheck,
+    e164_forms,
     forms,
 )
 
@@ -64,3 +65,19 @@ def test_batch_verdicts_equal_the_per_value_verdicts(texts: list[str]) -> None:
     check = _check(PRODUCTION)
     outputs = [text.encode("utf-8", "surrogatepass") for text in texts]
     assert check.verdicts(outputs) == [check.verdict(output) for output in outputs]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.from_regex(r"\A\+[0-9]{0,24}\Z"), st.from_regex(r"\A\+00[0-9]{0,20}\Z"),
+                 st.text(alphabet="+0123456789٣ -", max_size=24)))
+def test_e164_shortcut_equals_the_forms_of_the_value(text: str) -> None:
+    """The stream's phone test takes a shortcut for ``+digits``; it must give exactly :func:`forms`."""
+    shortcut = e164_forms(text)
+    if shortcut is not None:
+        assert set(shortcut) == forms(text)
+
+
+def test_a_masked_phone_equal_to_production_in_any_form_is_known() -> None:
+    check = _check(["(20) 7946 0018", "0044 161 496 0000"])
+    assert check.known(b"+442079460018") and check.known(b"+4401614960000") and check.known(b"+00441614960000")
+    assert not check.known(b"+442079460019")
