@@ -7,14 +7,17 @@ against the same warm server, and the ratio is what is reported.
    least ``--size-gb`` with :mod:`backup_bench`'s realistic rows.
 2. **(a) Base backup**: plain ``pg_basebackup -Ft -D - -X none > /dev/null`` against
    :func:`dbprotect.core.continuous.base.take_base_backup` (pg_basebackup → zstd → age → SHA-256 →
-   filesystem store), interleaved ``--runs`` times, best of each. Target <= 1.5x.
+   filesystem store), interleaved ``--runs`` times, best of each. Target <= 1.5x. Beside them, in
+   the same rounds, each stage alone, so the table shows where the time goes: stock ``zstd`` and
+   ``zstd | age`` behind pg_basebackup, and our Python reading (tar watcher only), reading and
+   compressing (no age), reading and encrypting (no zstd). ``--base-only`` stops after this table.
 3. **(b) Restore**: with the WAL receiver running, one base backup and one logical backup (verified),
    then a marker row; time the point-in-time restore to just after the marker into a new data
    directory, promoted, and checked (marker present, row counts equal the source's), against
    ``dbprotect restore`` of the logical backup (:func:`dbprotect.core.ops.restores.restore_database`,
    which checks each table as it commits). Both times and the ratio are printed.
 
-Run: ``.venv/bin/python bench/continuous_bench.py [--size-gb 1.0] [--runs 2] [--workdir DIR --keep]``.
+Run: ``.venv/bin/python bench/continuous_bench.py [--size-gb 1.0] [--runs 2] [--base-only] [--workdir DIR --keep]``.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +52,100 @@ def counts(dsn: str) -> dict[str, int]:
                 for table in TABLES}
 
 
+def basebackup_args(dsn: str) -> list[str]:
+    return [str(pg_bin() / "pg_basebackup"), "--format=tar", "--pgdata=-", "--wal-method=none",
+            "--checkpoint=fast", "--no-password", f"--dbname={dsn}"]
+
+
 def time_plain_basebackup(dsn: str) -> float:
     started = time.perf_counter()
-    subprocess.run([str(pg_bin() / "pg_basebackup"), "--format=tar", "--pgdata=-", "--wal-method=none",
-                    "--checkpoint=fast", "--no-password", f"--dbname={dsn}"], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(basebackup_args(dsn), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     return time.perf_counter() - started
+
+
+def time_shell_pipeline(dsn: str, tail: str) -> float:
+    """pg_basebackup piped into stock tools (``tail``), every stage's exit status checked."""
+    command = f"set -o pipefail; {shlex.join(basebackup_args(dsn))} 2>/dev/null {tail} > /dev/null"
+    started = time.perf_counter()
+    subprocess.run(["bash", "-c", command], check=True)
+    return time.perf_counter() - started
+
+
+def time_python_stage(dsn: str, stage: str, recipient: str, zstd_level: int, zstd_threads: int) -> float:
+    """pg_basebackup read by our own code, with one part of the pipeline: ``read`` (large reads through
+    the tar watcher), ``zstd`` (and SHA-256, no age) or ``age`` (and SHA-256, no zstd)."""
+    import hashlib
+
+    import pyrage
+    import zstandard
+
+    from dbprotect.core.backup.pipeline import READ_SIZE, enlarge_pipe
+    from dbprotect.core.continuous.base import TarWatcher
+
+    class Digest:
+        def __init__(self) -> None:
+            self.hash = hashlib.sha256()
+
+        def write(self, data: bytes) -> int:
+            self.hash.update(data)
+            return len(data)
+
+        def flush(self) -> None:
+            pass
+
+    class Watched:
+        def __init__(self, stream: Any) -> None:
+            self.stream, self.watcher = stream, TarWatcher()
+
+        def read(self, size: int = -1) -> bytes:
+            data = self.stream.read(size if size > 0 else READ_SIZE)
+            self.watcher.feed(data)
+            return data
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(basebackup_args(dsn), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    enlarge_pipe(proc.stdout)
+    source, digest = Watched(proc.stdout), Digest()
+    if stage == "read":
+        while source.read(READ_SIZE):
+            pass
+    elif stage == "zstd":
+        compressor = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
+        compressor.copy_stream(source, digest, read_size=READ_SIZE, write_size=READ_SIZE)
+    else:
+        pyrage.encrypt_io(source, digest, [pyrage.x25519.Recipient.from_str(recipient)])
+    assert proc.wait() == 0 and source.watcher.ended, f"pg_basebackup failed in stage {stage}"
+    return time.perf_counter() - started
+
+
+def base_stage_table(dsn: str, recipient: str, runs: int, take_ours: Callable[[], float],
+                     zstd_level: int = 1, zstd_threads: int = 2) -> dict[str, list[float]]:
+    """Every stage alone and the whole stream, interleaved ``runs`` times against the same server."""
+    stages: dict[str, Callable[[], float]] = {
+        "pg_basebackup > /dev/null": lambda: time_plain_basebackup(dsn),
+        f"| zstd -T{zstd_threads} -{zstd_level}": lambda: time_shell_pipeline(
+            dsn, f"| zstd -q -T{zstd_threads} -{zstd_level}"),
+        f"| zstd -T{zstd_threads} -{zstd_level} | age": lambda: time_shell_pipeline(
+            dsn, f"| zstd -q -T{zstd_threads} -{zstd_level} | age -r {recipient}"),
+        "python: read + tar watcher": lambda: time_python_stage(dsn, "read", recipient, zstd_level, zstd_threads),
+        "python: read + zstd + sha256 (no age)": lambda: time_python_stage(
+            dsn, "zstd", recipient, zstd_level, zstd_threads),
+        "python: read + age + sha256 (no zstd)": lambda: time_python_stage(
+            dsn, "age", recipient, zstd_level, zstd_threads),
+        "dbprotect take_base_backup": take_ours,
+    }
+    times: dict[str, list[float]] = {name: [] for name in stages}
+    for run in range(runs):
+        for name, stage in stages.items():
+            times[name].append(stage())
+        print(f"Run {run + 1}/{runs}: " + ", ".join(f"{name.split(':')[-1].strip()} {t[-1]:.2f} s"
+                                                   for name, t in times.items()), flush=True)
+    plain = min(times["pg_basebackup > /dev/null"])
+    print(f"\n  {'stage (best of ' + str(runs) + ')':<42} {'seconds':>8} {'x plain':>8}")
+    for name, values in times.items():
+        print(f"  {name:<42} {min(values):8.2f} {min(values) / plain:8.2f}")
+    return times
 
 
 def write_config(work: Path, server: Server, recipient: str) -> Path:
@@ -87,6 +181,7 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=1.0, help="size of the database on disk")
     parser.add_argument("--runs", type=int, default=2, help="timed base backups of each kind (best is kept)")
     parser.add_argument("--workdir", type=Path, help="folder for the server and outputs (default: a new temp dir)")
+    parser.add_argument("--base-only", action="store_true", help="stop after the base backup's stage table")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (its server is reused by --workdir)")
     args = parser.parse_args()
 
@@ -117,20 +212,31 @@ def main() -> None:
         dsn = server.dsn(DB)
         source_counts = counts(dsn)
 
-        # (a) base backup through the stream vs plain pg_basebackup to /dev/null, interleaved
-        plain, ours = [], []
-        for run in range(args.runs):
-            plain.append(time_plain_basebackup(server.admin_dsn))
-            scratch = work / f"base-store-{run}"
+        # (a) base backup through the stream vs plain pg_basebackup to /dev/null, each stage alone, interleaved
+        stored: list[str] = []
+
+        def take_ours() -> float:
+            scratch = work / "base-store"
             started = time.perf_counter()
             record = take_base_backup(database=DB, dsn=server.admin_dsn, storage=FilesystemStorage(scratch),
                                       recipients=[recipient], incremental=False, pg_bin_dir=pg_bin())
-            ours.append(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
             shutil.rmtree(scratch, ignore_errors=True)
-            print(f"Run {run + 1}/{args.runs}: pg_basebackup {plain[-1]:.2f} s, dbprotect {ours[-1]:.2f} s "
-                  f"({record.base['tar_bytes'] / 1e6:.0f} MB tar, {record.base['size'] / 1e6:.0f} MB stored)",
-                  flush=True)
+            stored.append(f"{record.base['tar_bytes'] / 1e6:.0f} MB tar, {record.base['size'] / 1e6:.0f} MB stored")
+            return seconds
+
+        stage_times = base_stage_table(server.admin_dsn, recipient, args.runs, take_ours)
+        plain, ours = stage_times["pg_basebackup > /dev/null"], stage_times["dbprotect take_base_backup"]
+        print(f"  ({stored[-1]})")
         base_ratio = min(ours) / min(plain)
+        if args.base_only:
+            verdict = "PASS" if base_ratio <= TARGET_BASE_RATIO else "FAIL"
+            print(f"\n  {verdict}  base backup {min(ours):.2f} s vs pg_basebackup > /dev/null {min(plain):.2f} s: "
+                  f"{base_ratio:.2f}x (target <= {TARGET_BASE_RATIO}x), load average {os.getloadavg()[0]:.1f}")
+            print(json.dumps({"database_bytes": size, "runs": args.runs, "statistic": "best",
+                              "stages_s": {name: [round(x, 3) for x in values] for name, values in stage_times.items()},
+                              "base_ratio": round(base_ratio, 3), "load_average_1min": round(os.getloadavg()[0], 2)}))
+            return
 
         # (b) PITR restore vs logical restore of the same data
         for leftover in ("store", "spool", "restored"):  # a --keep run's
@@ -189,6 +295,7 @@ def main() -> None:
             "database_bytes": size, "runs": args.runs, "statistic": "best",
             "pg_basebackup_s": round(min(plain), 3), "dbprotect_base_s": round(min(ours), 3),
             "pg_basebackup_all_s": [round(x, 3) for x in plain], "dbprotect_base_all_s": [round(x, 3) for x in ours],
+            "stages_s": {name: [round(x, 3) for x in values] for name, values in stage_times.items()},
             "base_ratio": round(base_ratio, 3), "pitr_restore_s": round(pitr_seconds, 3),
             "logical_restore_s": round(logical_seconds, 3),
             "logical_over_pitr": round(logical_seconds / pitr_seconds, 3), "load_average_1min": round(load, 2),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import queue
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -48,64 +49,203 @@ class StoredStream:
     sha256: str
 
 
-class _CountingReader:
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
+_QUEUE_DEPTH = 4  # chunks in flight between two stages: memory stays a few MB whatever the size
+_WRITE_SIZE = 1 << 20  # age's 64 KB chunks gathered into this much before each store write
+_DONE = object()
+_GIVE_UP_SECONDS = 2.0  # how long a failed pipeline waits for its reading thread
+
+
+class _Stage:
+    """A bounded hand-over between two threads that either side can cancel.
+
+    Why not a bare :class:`queue.Queue`: when one side fails the other must not block for ever on
+    a full or empty queue, so every wait also watches the shared ``cancelled`` event.
+    """
+
+    def __init__(self, cancelled: threading.Event) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._cancelled = cancelled
+
+    def put(self, item: Any) -> bool:
+        """False when the pipeline was cancelled (the item is dropped)."""
+        while not self._cancelled.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self) -> Any:
+        while not self._cancelled.is_set():
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _DONE
+
+
+class _Compressing(threading.Thread):
+    """Reads the source with large reads and compresses it, in its own thread.
+
+    Why a thread: reading the child's pipe and zstd both release the GIL, so this overlaps with
+    age and SHA-256 in the calling thread (pyrage pulls its input in 8 KB reads, which are then
+    served from memory, not from a pipe and a compressor each time).
+    """
+
+    def __init__(self, source: Readable, compressor: zstandard.ZstdCompressor, out: _Stage,
+                 cancelled: threading.Event) -> None:
+        super().__init__(daemon=True, name="dbprotect-compress")
+        self._source = source
+        self._compressor = compressor
+        self._out = out
+        self._cancelled = cancelled
         self.bytes = 0
         self.error: BaseException | None = None
 
-    def read(self, size: int = -1) -> bytes:
+    def run(self) -> None:
         try:
-            data = self._inner.read(size)
-        except BaseException as exc:  # pyrage would hide it behind its own error
+            compress = self._compressor.compressobj(size=-1)
+            while not self._cancelled.is_set():
+                data = self._source.read(READ_SIZE)
+                if not data:
+                    self._emit(compress.flush())
+                    break
+                self._emit(compress.compress(data))
+        except BaseException as exc:  # surfaced by the reading side, never lost in this thread
             self.error = exc
-            raise
-        self.bytes += len(data)
+            self._cancelled.set()
+        finally:
+            self._out.put(_DONE)
+
+    def _emit(self, chunk: bytes) -> None:
+        if chunk:
+            self.bytes += len(chunk)
+            self._out.put(chunk)
+
+
+class _StageReader:
+    """What pyrage reads: the compressed chunks, served from memory in whatever sizes it asks for."""
+
+    def __init__(self, stage: _Stage, producer: _Compressing) -> None:
+        self._stage = stage
+        self._producer = producer
+        self._chunk = memoryview(b"")
+        self._ended = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._chunk and not self._ended:
+            item = self._stage.get()
+            if item is _DONE:
+                self._ended = True
+                if self._producer.error is not None:
+                    raise OSError("the compressing stage failed")  # the real cause is read from it
+            else:
+                self._chunk = memoryview(item)
+        if size is None or size < 0:
+            size = len(self._chunk)
+        data = bytes(self._chunk[:size])
+        self._chunk = self._chunk[size:]
         return data
 
 
-class _HashingWriter:
-    def __init__(self, inner: ObjectWriter) -> None:
-        self._inner = inner
+class _Storing(threading.Thread):
+    """Hashes and writes the encrypted bytes to the store in its own thread (an upload overlaps age)."""
+
+    def __init__(self, writer: ObjectWriter, stage: _Stage, cancelled: threading.Event) -> None:
+        super().__init__(daemon=True, name="dbprotect-store")
+        self._writer = writer
+        self._stage = stage
+        self._cancelled = cancelled
         self._hash = hashlib.sha256()
         self.bytes = 0
         self.error: BaseException | None = None
 
-    def write(self, data: bytes) -> int:
+    def run(self) -> None:
         try:
-            self._inner.write(data)
+            while (item := self._stage.get()) is not _DONE:
+                self._writer.write(item)
+                self._hash.update(item)
+                self.bytes += len(item)
+            if not self._cancelled.is_set():
+                self._writer.flush()
         except BaseException as exc:
             self.error = exc
-            raise
-        self._hash.update(data)
-        self.bytes += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._inner.flush()
+            self._cancelled.set()
 
     @property
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
 
+class _StageWriter:
+    """What pyrage writes to: gathers its 64 KB chunks into large ones for :class:`_Storing`."""
+
+    def __init__(self, stage: _Stage, consumer: _Storing) -> None:
+        self._stage = stage
+        self._consumer = consumer
+        self._pending = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._pending += data
+        if len(self._pending) >= _WRITE_SIZE:
+            self._hand_over()
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: pyrage's last chunk is handed over by :meth:`close`, the store flushed by the stage."""
+
+    def close(self) -> None:
+        if self._pending:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._stage.put(bytes(self._pending)):
+            raise OSError("the storing stage failed")  # the real cause is read from it
+        self._pending.clear()
+
+
 def encrypt_to_store(source: Readable, writer: ObjectWriter, recipients: list[pyrage.x25519.Recipient], *,
                      storage: Storage, zstd_level: int = 1, zstd_threads: int = 0) -> StoredStream:
     """Read ``source`` to its end through zstd and age into ``writer``, hashing what is written.
 
+    Three stages in three threads, each handing bounded chunks to the next (memory stays constant
+    and nothing touches the disk but the store's writer): read and compress; encrypt (pyrage, in
+    this thread); hash and write. Each of them spends its time in C with the GIL released, so a
+    base backup streams at close to the speed of its slowest stage rather than their sum.
+
     Nothing is committed here. A failure of the source or the store surfaces as what it was (a
     :class:`DbprotectError` raised by either is re-raised as is; any other as :class:`StorageError`),
     never as pyrage's "encryption failed"; an age failure of its own is a :class:`ToolError`.
-    ``zstd_threads`` 0 compresses in this thread (small objects: WAL files); more starts zstd's workers.
+    ``zstd_threads`` 0 compresses in the compressing thread (small objects: WAL files); more starts
+    zstd's workers.
     """
-    compressor = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads)
-    compressed = _CountingReader(compressor.stream_reader(source, read_size=READ_SIZE))
-    sink = _HashingWriter(writer)
+    cancelled = threading.Event()
+    compressed, encrypted = _Stage(cancelled), _Stage(cancelled)
+    producer = _Compressing(source, zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads), compressed,
+                            cancelled)
+    consumer = _Storing(writer, encrypted, cancelled)
+    sink = _StageWriter(encrypted, consumer)
+    producer.start()
+    consumer.start()
+    failure: BaseException | None = None
     try:
-        pyrage.encrypt_io(compressed, sink, recipients)
-    except Exception as exc:
-        raise _real_cause(exc, compressed, sink, storage) from None
-    return StoredStream(compressed.bytes, sink.bytes, sink.hexdigest)
+        pyrage.encrypt_io(_StageReader(compressed, producer), sink, recipients)
+        sink.close()
+        encrypted.put(_DONE)
+    except BaseException as exc:  # an interrupt too: no stage may be left waiting for the other
+        failure = exc
+        cancelled.set()
+    # On success both threads finish on their own. On a failure the storing thread ends after its
+    # current write; the compressing one after its current read, which the caller ends by stopping
+    # the child: it is not waited for past a moment.
+    producer.join(timeout=None if failure is None else _GIVE_UP_SECONDS)
+    consumer.join()
+    if failure is not None and not isinstance(failure, Exception):
+        raise failure
+    if failure is not None or producer.error is not None or consumer.error is not None:
+        raise _real_cause(failure, producer.error, consumer.error, storage) from None
+    return StoredStream(producer.bytes, consumer.bytes, consumer.hexdigest)
 
 
 def encrypt_bytes(data: bytes, recipients: list[pyrage.x25519.Recipient]) -> bytes:
@@ -113,9 +253,10 @@ def encrypt_bytes(data: bytes, recipients: list[pyrage.x25519.Recipient]) -> byt
     return bytes(pyrage.encrypt(data, recipients))
 
 
-def _real_cause(exc: Exception, reader: _CountingReader, sink: _HashingWriter, storage: Storage) -> DbprotectError:
-    """Recover the real cause of a failure that surfaced through pyrage."""
-    for cause in (sink.error, reader.error):
+def _real_cause(exc: Exception | None, source_error: BaseException | None, store_error: BaseException | None,
+                storage: Storage) -> DbprotectError:
+    """Recover the real cause of a failure that surfaced through pyrage or one of the stages."""
+    for cause in (store_error, source_error):
         if isinstance(cause, DbprotectError):
             return cause
         if cause is not None:
