@@ -101,7 +101,6 @@ def test_progress_refreshes_only_the_segment_it_names_within_its_end(tmp_path: P
     assert point is not None and point.safe_time == datetime.fromisoformat(fresh)
     assert point.record_key == progress_record_key("shop")
     for forged, note in (({"segment": "000000010000000000000001"}, None),
-                         ({"end_lsn": "0/9000000", "safe_lsn": "0/9000000"}, None),
                          ({"safe_lsn": "0/3000001"}, "beyond the segment"),
                          ({"safe_time": "yesterday"}, "unreadable")):
         storage.put_bytes(progress_record_key("shop"), json.dumps({**progress, **forged}).encode())
@@ -109,6 +108,27 @@ def test_progress_refreshes_only_the_segment_it_names_within_its_end(tmp_path: P
         point = newest_stored_point(storage, "shop", notes)
         assert point is not None and point.safe_time == datetime.fromisoformat(old), forged
         assert (note is None and not notes) or (note is not None and note in notes[0]), (forged, notes)
+
+
+@pytest.mark.parametrize(("end_lsn", "reason"), [
+    ("FF/0", "beyond the server's current"),  # what the receiver test forges when progress.json is newest
+    ("0/2FFFFFF", "forged or corrupt"),  # another end for the same segment, within the server's LSN
+])
+def test_a_progress_record_naming_the_segment_with_another_end_fails_as_forged(
+        tmp_path: Path, end_lsn: str, reason: str) -> None:
+    """Once set aside as "about another segment", which let the check fall back to older evidence and
+    fail (or pass) for an unrelated reason: which record was newest then decided the verdict's reason
+    (a partial after an idle WAL switch appears only when the server logs its next standby snapshot)."""
+    storage = FilesystemStorage(tmp_path / "store")
+    fresh = "2026-11-29T11:59:50+00:00"
+    record = _segment(storage, "000000010000000000000002", fresh)
+    progress = {"segment": record.segment, "timeline": 1, "end_lsn": end_lsn, "safe_time": fresh,
+                "safe_lsn": record.end_lsn, "written_at": fresh}
+    storage.put_bytes(progress_record_key("shop"), json.dumps(progress).encode())
+    point = newest_stored_point(storage, "shop")
+    assert point is not None and point.record_key == progress_record_key("shop")
+    rpo = judge(point=replace(point, modified=NOW - timedelta(seconds=1)))
+    assert not rpo.ok and reason in rpo.reason, rpo.reason
 
 
 def test_only_continuous_databases_get_the_rpo_sensor_check_and_base_backup_schedule(

@@ -68,6 +68,9 @@ class StoredPoint:
     safe_lsn: int | None
     #: The record's ``modified`` time, stamped by the store (None when the store keeps no times).
     modified: datetime | None
+    #: Why the record contradicts the object it speaks for (a progress record naming this segment with
+    #: another end: only forgery or corruption writes one); such a point always fails.
+    conflict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,15 +181,23 @@ def _with_progress(storage: Storage, database: str, point: StoredPoint, modified
     key = progress_record_key(database)
     try:
         value = read_json_record(storage, key)
-        if value.get("segment") != point.segment or value.get("timeline") != point.timeline \
-                or parse_lsn(value.get("end_lsn")) != point.end_lsn:
+        if value.get("segment") != point.segment or value.get("timeline") != point.timeline:
             return point  # about another segment (a partial followed since): not this one's
+        claimed_end = parse_lsn(value.get("end_lsn"))
         safe_time, safe_lsn = _parse_time(value.get("safe_time")), parse_lsn(value.get("safe_lsn"))
     except ObjectNotFound:
         return point
     except IntegrityError as exc:
         notes.append(f"unreadable WAL progress record ignored: {exc.one_line()}")
         return point
+    if claimed_end != point.end_lsn:
+        # The receiver writes the segment's own end here, and a completed segment's end never changes:
+        # another end for this very segment is forged or corrupt, and judged as the claim it makes
+        # (beyond the server's LSN it is "forged"), never quietly set aside.
+        return replace(point, end_lsn=claimed_end, safe_time=safe_time or point.safe_time,
+                       safe_lsn=safe_lsn, modified=modified, record_key=key,
+                       conflict=f"{key} names {point.segment} ending at {format_lsn(claimed_end)}, but the "
+                                f"segment's record ends at {format_lsn(point.end_lsn)}: forged or corrupt")
     if safe_time is None or safe_lsn > point.end_lsn:
         notes.append("WAL progress record ignored: its sample lies beyond the segment it names")
         return point
@@ -237,6 +248,8 @@ def evaluate_continuous_rpo(database: str, *, target_seconds: float, point: Stor
                                               or point.safe_lsn > server.current_lsn):
         return result(False, f"the newest WAL record claims {format_lsn(point.end_lsn)}, beyond the server's "
                              f"current {format_lsn(server.current_lsn)}: forged, or another server's WAL")
+    if point.conflict is not None:
+        return result(False, point.conflict)
     if point.safe_lsn > point.end_lsn:
         return result(False, f"{point.segment}: its commit-time sample lies beyond the object's end")
     if point.safe_time > server.now:
