@@ -3,7 +3,13 @@
 Order, and why:
 
 1. The base: the newest one that *ended* before the target (a base is consistent only at its end),
-   and its chain of incrementals back to a full one (:func:`~.base.base_chain`).
+   and its chain of incrementals back to a full one (:func:`~.base.base_chain`). A newer base that
+   cannot serve must not block a restore an older one can (:func:`usable_bases`): a base whose
+   ``base.json`` or chain cannot be read, or whose chain holds a base ``pg_verifybackup`` failed
+   (:mod:`~.verdicts`), is passed over; one whose objects fail to fetch (SHA-256, decryption, tar,
+   ``pg_combinebackup``) is removed and the next older one tried. Every base passed over is named in
+   the result (``skipped``). Unverified bases are tried: the fetch checks each object's SHA-256 and
+   recovery checks the rest, and a base just taken has no verdict yet.
 2. Each base is decrypted straight into ``tar -x`` (the SHA-256 of the stored object is checked as it
    passes; a mismatch fails the restore and the folder is removed). A chain goes into private work
    folders first, then ``pg_combinebackup`` writes the data directory and the work folders are removed.
@@ -42,12 +48,14 @@ import psycopg
 import pyrage
 
 from dbprotect.core.continuous.base import (
+    BASE_ID_PATTERN,
+    BASE_RECORD,
     BaseBackupRecord,
     base_chain,
-    list_base_backups,
     parse_lsn,
     read_base_tar,
 )
+from dbprotect.core.continuous.verdicts import base_state
 from dbprotect.core.continuous.wal import fetch_wal
 from dbprotect.core.errors import (
     DatabaseError,
@@ -73,25 +81,69 @@ class PitrResult:
     target: str
     seconds: float
     in_recovery: bool
+    #: Newer bases passed over, each with why (``"<base_id>: <reason>"``), newest first.
+    skipped: tuple[str, ...] = ()
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@/{dbname}?host={self.socket_dir}&port={self.port}"
 
 
+def usable_bases(storage: Storage, database: str, *, to_time: datetime | None, to_lsn: str | None,
+                 skipped: list[str]) -> list[list[BaseBackupRecord]]:
+    """The chains of every base that ended before the target, newest first, that may serve it.
+
+    Passed over, each named in ``skipped``: a base whose ``base.json`` cannot be read (everything read is
+    untrusted), whose chain cannot be resolved, or whose chain holds a base with a failed verdict.
+    :class:`NotFoundError` when no base ended before the target, or none of those may serve.
+    """
+    ids: set[str] = set()
+    for info in storage.list(f"{database}/continuous/base/"):
+        parts = info.key.split("/")
+        if len(parts) == 5 and parts[4] == BASE_RECORD and BASE_ID_PATTERN.match(parts[3]):
+            ids.add(parts[3])
+    target_lsn = parse_lsn(to_lsn) if to_lsn is not None else None
+    chains: list[list[BaseBackupRecord]] = []
+    fitting = 0
+    for base_id in sorted(ids, reverse=True):
+        try:
+            record = BaseBackupRecord.from_store(storage, database, base_id)
+            if target_lsn is not None:
+                fits = record.end <= target_lsn
+            else:
+                assert to_time is not None
+                fits = datetime.fromisoformat(record.finished_at) <= to_time
+        except (DbprotectError, ValueError, TypeError) as exc:
+            skipped.append(f"{base_id}: base.json unreadable ({_one_line(exc)})")
+            continue
+        if not fits:
+            continue
+        fitting += 1
+        try:
+            chain = base_chain(storage, database, base_id)
+        except (DbprotectError, ValueError, TypeError) as exc:
+            skipped.append(f"{base_id}: its chain cannot be read ({_one_line(exc)})")
+            continue
+        failed = [b.base_id for b in chain if base_state(storage, b) == "failed"]
+        if failed:
+            skipped.append(f"{base_id}: pg_verifybackup failed on {', '.join(failed)}")
+            continue
+        chains.append(chain)
+    if not chains:
+        usable = "usable " if fitting else ""
+        raise NotFoundError(f"no {usable}base backup of {database} ended before {to_lsn or to_time}: the target "
+                            f"cannot be reached{'; passed over: ' + '; '.join(skipped) if skipped else ''}",
+                            hint="'dbprotect wal status' lists the base backups")
+    return chains
+
+
 def choose_base(storage: Storage, database: str, *, to_time: datetime | None,
                 to_lsn: str | None) -> BaseBackupRecord:
-    """The newest base backup that ended before the target; :class:`NotFoundError` when none did."""
-    candidates = list_base_backups(storage, database)
-    if to_lsn is not None:
-        target = parse_lsn(to_lsn)
-        fitting = [b for b in candidates if b.end <= target]
-    else:
-        assert to_time is not None
-        fitting = [b for b in candidates if datetime.fromisoformat(b.finished_at) <= to_time]
-    if not fitting:
-        raise NotFoundError(f"no base backup of {database} ended before {to_lsn or to_time}: "
-                            "the target cannot be reached", hint="'dbprotect wal status' lists the base backups")
-    return fitting[-1]
+    """The newest usable base backup that ended before the target (:func:`usable_bases`)."""
+    return usable_bases(storage, database, to_time=to_time, to_lsn=to_lsn, skipped=[])[0][-1]
+
+
+def _one_line(exc: BaseException) -> str:
+    return exc.one_line() if isinstance(exc, DbprotectError) else " ".join(str(exc).split())
 
 
 def free_port() -> int:
@@ -162,29 +214,26 @@ def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise RefusedError(f"{data_dir} exists and is not empty; a point-in-time restore writes a new data "
                            "directory only", refusal=Refusals.TARGET_EXISTS, hint="name a new folder")
-    base = choose_base(storage, database, to_time=to_time, to_lsn=to_lsn)
-    chain = base_chain(storage, database, base.base_id)
-    major = int(base.server_version.split(".")[0]) if base.server_version[:2].isdigit() else 18
+    skipped: list[str] = []
+    chains = usable_bases(storage, database, to_time=to_time, to_lsn=to_lsn, skipped=skipped)
     user = _server_user()
     created = not data_dir.exists()
     try:
-        if len(chain) == 1:
-            _extract(storage, chain[0], identity, data_dir)
-        else:
-            combine = require_tool_for_server("pg_combinebackup", major, pg_bin_dir)
-            work = Path(tempfile.mkdtemp(prefix="dbprotect-pitr-", dir=work_dir))
+        for index, chain in enumerate(chains):
+            major = _major(chain[-1])
             try:
-                folders = []
-                for index, record in enumerate(chain):
-                    folder = work / f"{index:04d}"
-                    _extract(storage, record, identity, folder)
-                    folders.append(str(folder))
-                done = subprocess.run([str(combine.path), *folders, "-o", str(data_dir)], capture_output=True,
-                                      text=True, timeout=24 * 3600)
-                if done.returncode != 0:
-                    raise ToolError(f"pg_combinebackup failed: {(done.stderr.strip().splitlines() or [''])[-1]}")
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+                _unpack_chain(storage, chain, identity, data_dir, major, pg_bin_dir, work_dir)
+                break
+            except (IntegrityError, ToolError, NotFoundError) as exc:
+                shutil.rmtree(data_dir, ignore_errors=True)
+                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                skipped.append(f"{chain[-1].base_id}: {_one_line(exc)}")
+                log(f"base backup {chain[-1].base_id} cannot serve ({_one_line(exc)}); trying an older one")
+                if index == len(chains) - 1:
+                    raise NotFoundError(f"no base backup of {database} that ended before {to_lsn or to_time} "
+                                        f"could be fetched; passed over: {'; '.join(skipped)}",
+                                        hint="'dbprotect wal verify' and 'wal base-verify' check the "
+                                             "stored objects") from None
         (data_dir / "recovery.signal").touch()
         (data_dir / "standby.signal").unlink(missing_ok=True)
         data_dir.chmod(0o700)
@@ -204,7 +253,36 @@ def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519
         raise
     port, socket_dir, in_recovery = result
     return PitrResult(data_dir, port, socket_dir, [b.base_id for b in chain], to_lsn or str(to_time),
-                      time.perf_counter() - started, in_recovery)
+                      time.perf_counter() - started, in_recovery, tuple(skipped))
+
+
+def _major(record: BaseBackupRecord) -> int:
+    return int(record.server_version.split(".")[0]) if record.server_version[:2].isdigit() else 18
+
+
+def _unpack_chain(storage: Storage, chain: list[BaseBackupRecord], identity: pyrage.x25519.Identity,
+                  data_dir: Path, major: int, pg_bin_dir: ToolPlace,
+                  work_dir: str | os.PathLike[str] | None) -> None:
+    """One base into ``data_dir``, or a chain through private work folders and ``pg_combinebackup``."""
+    if len(chain) == 1:
+        _extract(storage, chain[0], identity, data_dir)
+        return
+    combine = require_tool_for_server("pg_combinebackup", major, pg_bin_dir)
+    work = Path(tempfile.mkdtemp(prefix="dbprotect-pitr-", dir=work_dir))
+    try:
+        folders = []
+        for index, record in enumerate(chain):
+            folder = work / f"{index:04d}"
+            _extract(storage, record, identity, folder)
+            folders.append(str(folder))
+        if data_dir.exists():
+            data_dir.rmdir()  # pg_combinebackup creates its output folder (empty here: checked before)
+        done = subprocess.run([str(combine.path), *folders, "-o", str(data_dir)], capture_output=True,
+                              text=True, timeout=24 * 3600)
+        if done.returncode != 0:
+            raise ToolError(f"pg_combinebackup failed: {(done.stderr.strip().splitlines() or [''])[-1]}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ logical-only database never gets a half-configured slot.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shlex
 import shutil
@@ -24,7 +25,7 @@ import pyrage
 
 from dbprotect.core.audit import AuditLog
 from dbprotect.core.config.isolation import resolve_dsn
-from dbprotect.core.config.model import Config, ContinuousSpec
+from dbprotect.core.config.model import Config, ContinuousSpec, S3StorageSpec
 from dbprotect.core.continuous.base import (
     BaseBackupRecord,
     BaseVerification,
@@ -175,29 +176,68 @@ def dbprotect_command() -> str:
     return str(beside) if beside.is_file() else (shutil.which("dbprotect") or "dbprotect")
 
 
+#: What a subprocess needs of this process's environment to run at all — find its tools (``runuser``,
+#: ``pg_ctl``'s helpers), speak its locale, have a home and a temporary folder. None of it is secret.
+BASIC_ENVIRONMENT = ("PATH", "LANG", "LANGUAGE", "HOME", "TMPDIR", "TZ", "USER", "LOGNAME", "SHELL")
+#: The variables boto reads its credentials from when an S3 store names no ``access_key_env``.
+AWS_DEFAULT_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                           "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+                           "AWS_ENDPOINT_URL", "AWS_CA_BUNDLE")
+
+
+def restore_server_environment(config: Config, database: str, environ: Mapping[str, str] | None, *,
+                               relayed: bool) -> dict[str, str]:
+    """The environment of the restored server (and so of its ``restore_command``).
+
+    Always this process's non-secret basics (:data:`BASIC_ENVIRONMENT`, ``LC_*``): a run's ``environ``
+    holds secrets only (Dagster's secrets resource), and a server started with it alone has no ``PATH``
+    (``runuser`` not found). Plus exactly the secrets ``dbprotect wal fetch`` needs — the raw identity
+    and the primary store's credentials, taken from ``environ`` (or this process's environment) — and
+    none when this process relays the WAL (the server then fetches nothing itself). Never the DSNs.
+    """
+    env = {name: value for name, value in os.environ.items() if name in BASIC_ENVIRONMENT or name.startswith("LC_")}
+    if relayed:
+        return env
+    source = os.environ if environ is None else environ
+    names = [config.keys.raw.identity_env]
+    store = config.storage[config.primary_storage(database)]
+    if isinstance(store, S3StorageSpec):
+        explicit = [name for name in (store.access_key_env, store.secret_key_env) if name]
+        names += explicit or list(AWS_DEFAULT_CREDENTIALS)
+    env.update({name: source[name] for name in names if name in source})
+    return env
+
+
 def restore_database_to_point(config: Config, database: str, *, data_dir: Path, to_time: datetime | None = None,
                               to_lsn: str | None = None, environ: Mapping[str, str] | None = None,
-                              actor: str = DEFAULT_ACTOR) -> PitrResult:
+                              actor: str = DEFAULT_ACTOR,
+                              identity: pyrage.x25519.Identity | None = None) -> PitrResult:
     """Restore ``database``'s server to ``to_time``/``to_lsn`` into the new ``data_dir``, started and promoted.
 
     The server's ``restore_command`` is ``dbprotect --config <this file> wal fetch %f %p --database DB``;
-    the identity reaches it through the server's environment (``environ``), never a file we write.
+    the identity reaches it through the server's environment (:func:`restore_server_environment`), never a
+    file we write. A caller that holds the identity itself (Dagster, from its resource) passes
+    ``identity``: this process then relays the WAL and the server gets no secret at all.
     """
     continuous_spec(config, database)
     storage = primary_store(config, database, environ)
     audit = AuditLog(storage, actor=actor)
+    relayed = identity is not None
     try:
-        result = restore_to_point(storage=storage, database=database, identity=raw_identity(config, environ),
+        identity = raw_identity(config, environ, identity)
+        result = restore_to_point(storage=storage, database=database, identity=identity,
                                   data_dir=data_dir, restore_command=fetch_command(config, database),
-                                  to_time=to_time, to_lsn=to_lsn,
-                                  pg_bin_dir=config.tool_dirs, server_environ=environ,
-                                  work_dir=config.scratch.work_dir)
+                                  to_time=to_time, to_lsn=to_lsn, pg_bin_dir=config.tool_dirs,
+                                  server_environ=restore_server_environment(config, database, environ,
+                                                                            relayed=relayed),
+                                  work_dir=config.scratch.work_dir, relay=relayed)
     except DbprotectError as exc:
         audit_failure(audit, "pitr-restore", database, exc)
         raise
+    passed_over = f"; newer bases passed over: {'; '.join(result.skipped)}" if result.skipped else ""
     audit.record("pitr-restore", database=database, outcome="ok", target=str(data_dir),
-                 detail=f"restored to {result.target} from {', '.join(result.chain)}",
-                 data={"seconds": round(result.seconds, 3), "chain": result.chain})
+                 detail=f"restored to {result.target} from {', '.join(result.chain)}{passed_over}",
+                 data={"seconds": round(result.seconds, 3), "chain": result.chain, "skipped": list(result.skipped)})
     return result
 
 
@@ -232,6 +272,8 @@ def pitr_drill_database(config: Config, database: str, *, environ: Mapping[str, 
         def restore(to_time: datetime, data_dir: Path) -> PitrResult:
             return restore_to_point(storage=storage, database=database, identity=identity, data_dir=data_dir,
                                     restore_command=command, to_time=to_time, pg_bin_dir=config.tool_dirs,
+                                    server_environ=restore_server_environment(config, database, environ,
+                                                                              relayed=True),
                                     work_dir=config.scratch.work_dir, relay=True)
 
         result = run_pitr_drill(storage=storage, database=database, source_dsn=source, restore=restore,

@@ -1,0 +1,161 @@
+"""A newer base backup that cannot serve must not block a restore an older one can (issue 15, gap 1).
+
+Against the embedded PostgreSQL 18: two full base backups with the receiver running, rows before and
+after a moment T after the newer base's end. The newer base's object is corrupted: ``restore
+--to-time T`` still holds exactly the rows committed before T, from the older base, and names the
+newer one as passed over. Then the newer base's ``base.json`` is made unreadable, and a failed
+verdict is recorded: the restore to an LSN still lands on the older base and says why each time.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from dbprotect.core.config.load import load_config
+from dbprotect.core.continuous.base import BaseVerification, take_base_backup
+from dbprotect.core.continuous.objects import BASE_OBJECT, BASE_RECORD, base_folder
+from dbprotect.core.continuous.pitr import PitrResult, stop_restored
+from dbprotect.core.continuous.verdicts import record_base_verdict
+from dbprotect.core.continuous.wal import stored_segments
+from dbprotect.core.ops.continuous import restore_database_to_point
+from dbprotect.core.store.filesystem import FilesystemStorage
+from dbprotect.defs import load_definitions
+from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, SecretsResource
+from dbprotect_tests.fixtures.cli import run_json
+from dbprotect_tests.test_continuous_pitr import _insert, _open_for_server
+from dbprotect_tests.test_continuous_wal import (
+    continuous_config,
+    current_segment,
+    drop_slot,
+    start_receiver,
+    wait_for,
+    wait_streaming,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _notes(dsn: str) -> dict[str, int]:
+    """This test's rows only (``fb-``): the server and its ``events`` table are shared with other tests."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT note, count(*) FROM events WHERE note LIKE 'fb-%' GROUP BY note").fetchall()
+    return {note: int(count) for note, count in rows}
+
+
+def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
+        wal_server: str, write_config: Callable[..., Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], instance: dg.DagsterInstance) -> None:
+    slot = "dbprotect_test_pitr_fallback"
+    config_path = continuous_config(write_config, wal_server, slot)
+    _open_for_server(tmp_path)
+    storage = FilesystemStorage(tmp_path / "store")
+    config = load_config(config_path)
+    receiver = start_receiver(config_path, tmp_path / "receiver.log")
+    try:
+        wait_streaming(wal_server, slot)
+        older = take_base_backup(database="shop", dsn=wal_server, storage=storage,
+                                 recipients=config.keys.raw.recipients, incremental=False)
+        _insert(wal_server, "fb-a", range(300_000, 300_400))
+        time.sleep(1.1)
+        newer = take_base_backup(database="shop", dsn=wal_server, storage=storage,
+                                 recipients=config.keys.raw.recipients, incremental=False)
+        assert newer.base_id > older.base_id
+        time.sleep(1.1)  # the newer base's finished_at stays before the target
+        _, lsn_after_b = _insert(wal_server, "fb-b", range(300_400, 300_500))
+        target_time, _ = _insert(wal_server, "fb-c", range(300_500, 300_530))
+        time.sleep(1.1)
+        _insert(wal_server, "fb-d", range(300_530, 300_560))
+        last = current_segment(wal_server)
+        with psycopg.connect(wal_server, autocommit=True) as conn:
+            conn.execute("SELECT pg_switch_wal()")
+        wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped", 60)
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=30)
+        drop_slot(wal_server, slot)
+    _open_for_server(tmp_path / "store")
+    for path in (tmp_path / "store").rglob("*"):
+        path.chmod(path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0))
+
+    # one flipped byte in the newer base's object: its SHA-256 no longer matches its record
+    stored = tmp_path / "store" / base_folder("shop", newer.base_id) / BASE_OBJECT
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    code, document, err = run_json(capsys, "restore", "shop", "--to-time", target_time.isoformat(),
+                                   "--data-dir", str(tmp_path / "by-time"))
+    assert code == 0, err
+    by_time = PitrResult(Path(document["data_dir"]), document["port"], Path(document["socket_dir"]),
+                         document["base_backups"], document["target"], document["seconds"], False)
+    try:
+        assert by_time.chain == [older.base_id]
+        [skipped] = document["skipped_base_backups"]
+        assert skipped.startswith(f"{newer.base_id}: base backup {newer.base_id}"), skipped
+        assert _notes(by_time.dsn()) == {"fb-a": 400, "fb-b": 100, "fb-c": 30}
+    finally:
+        stop_restored(by_time)
+
+    # a failed verdict: the newer base is not even fetched
+    record_base_verdict(storage, newer, BaseVerification(newer.base_id, False, "checksum mismatch", 0.1))
+    by_verdict = restore_database_to_point(config, "shop", data_dir=tmp_path / "by-verdict", to_lsn=lsn_after_b)
+    try:
+        assert by_verdict.chain == [older.base_id]
+        assert by_verdict.skipped == (f"{newer.base_id}: pg_verifybackup failed on {newer.base_id}",)
+        assert _notes(by_verdict.dsn()) == {"fb-a": 400, "fb-b": 100}
+    finally:
+        stop_restored(by_verdict)
+
+    # an unreadable base.json: passed over and named
+    record_path = tmp_path / "store" / base_folder("shop", newer.base_id) / BASE_RECORD
+    record_path.write_text(json.dumps({"base_id": newer.base_id}))
+    by_lsn = restore_database_to_point(config, "shop", data_dir=tmp_path / "by-lsn", to_lsn=lsn_after_b)
+    try:
+        assert by_lsn.chain == [older.base_id]
+        [skipped] = by_lsn.skipped
+        assert skipped.startswith(f"{newer.base_id}: base.json unreadable")
+        assert _notes(by_lsn.dsn()) == {"fb-a": 400, "fb-b": 100}
+    finally:
+        stop_restored(by_lsn)
+
+    # Under Dagster (resources only: the secrets resource's environ holds secrets, no PATH) the restore
+    # still starts its server — through runuser when root — and that server holds no secret: this
+    # process relays the WAL with the identity from its resource.
+    landed: dict[str, object] = {}
+
+    @dg.op
+    def restore_under_dagster(dbprotect_config: dg.ResourceParam[DbprotectConfigResource],
+                              raw_backup_identity: dg.ResourceParam[AgeIdentityResource],
+                              dbprotect_secrets: dg.ResourceParam[SecretsResource]) -> None:
+        environ = dbprotect_secrets.environ()
+        assert "PATH" not in environ
+        result = restore_database_to_point(dbprotect_config.load(), "shop", data_dir=tmp_path / "by-dagster",
+                                           to_lsn=lsn_after_b, environ=environ, actor="dagster:test",
+                                           identity=raw_backup_identity.parsed())
+        pid = (result.data_dir / "postmaster.pid").read_text().splitlines()[0]
+        server_env = dict(line.split("=", 1) for line in
+                          Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in line)
+        landed.update(result=result, server_env=server_env)
+
+    definitions = load_definitions(config_path)
+    job = dg.GraphDefinition(name="restore_under_dagster", node_defs=[restore_under_dagster]).to_job()
+    run = job.execute_in_process(instance=instance, resources=definitions.resources)
+    assert run.success
+    by_dagster = landed["result"]
+    assert isinstance(by_dagster, PitrResult)
+    try:
+        assert by_dagster.chain == [older.base_id]
+        assert _notes(by_dagster.dsn()) == {"fb-a": 400, "fb-b": 100}
+        server_env = landed["server_env"]
+        assert isinstance(server_env, dict) and server_env.get("PATH")
+        assert config.keys.raw.identity_env not in server_env  # relayed: the server fetches nothing itself
+        assert not any(name.endswith("_DSN") for name in server_env), sorted(server_env)
+    finally:
+        stop_restored(by_dagster)
