@@ -241,6 +241,29 @@ def test_records_from_the_future_cause_no_deletion(history: History, policy: Cha
     assert {(d.kind, d.name) for d in with_forged.deletions} <= {(d.kind, d.name) for d in plan.deletions}
 
 
+@PROPERTY
+@given(histories(), policies, st.data(), st.sampled_from([-200, -30, -5, -1, 1, 5, 30, 200]))
+def test_a_base_recorded_with_a_skewed_clock_keeps_every_point_of_the_window(
+        history: History, policy: ChainPolicy, data: st.DataObject, skew_hours: int) -> None:
+    """One base's ``finished_at`` was stamped by a clock running behind (negative) or ahead: judged by the
+    true times, every point of the window a restore could reach before the cleanup it still can."""
+    if not history.bases:
+        return
+    index = data.draw(st.integers(0, len(history.bases) - 1))
+    true = history.bases[index]
+    recorded = ChainBase(true.base_id, true.parent, true.timeline, true.start_lsn, true.end_lsn,
+                         true.finished_at + timedelta(hours=skew_hours), true.state)
+    skewed = [*history.bases[:index], recorded, *history.bases[index + 1:]]
+    now = data.draw(clocks(history))
+    plan = plan_chain_retention(skewed, history.wal, history.histories, policy, now)
+    deleted = {(d.kind, d.name) for d in plan.deletions}
+    kept_bases = [b for b in history.bases if ("base", b.base_id) not in deleted]  # with their true times
+    kept_wal = [w for w in history.wal if ("wal" if w.kind == "segment" else "partial", w.segment) not in deleted]
+    for point in history.points:
+        if now - policy.window <= point[0] <= now and restorable(point, history.bases, history.wal):
+            assert restorable(point, kept_bases, kept_wal), (skew_hours, true.base_id, point, plan.render())
+
+
 # --- scenarios with exact answers ---------------------------------------------------------------
 
 def base(base_id: str, hour: float, start: int, end: int, *, parent: str | None = None, timeline: int = 1,

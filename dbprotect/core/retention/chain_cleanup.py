@@ -45,7 +45,7 @@ from dbprotect.core.retention.chains import (
     plan_chain_retention,
 )
 from dbprotect.core.store import ObjectInfo, Storage
-from dbprotect.core.store.lock import ensure_lock_held
+from dbprotect.core.store.lock import StoreClock, ensure_lock_held
 
 
 @dataclass
@@ -69,9 +69,15 @@ class ContinuousCleanup:
                 "bytes_freed": self.bytes_freed}
 
 
-def plan_continuous_cleanup(storage: Storage, database: str, policy: ChainPolicy,
-                            now: datetime) -> ContinuousCleanup | None:
+def plan_continuous_cleanup(storage: Storage, database: str, policy: ChainPolicy, now: datetime, *,
+                            store_clock: StoreClock | None = None) -> ContinuousCleanup | None:
     """The mark for ``<database>/continuous/``: list records, ask :func:`plan_chain_retention`. Deletes nothing.
+
+    ``now`` is the earlier of the caller's (the host's) clock and the store's (:class:`StoreClock`, as
+    locks judge leases): every decision is monotone in ``now``, so the earlier clock deletes no more,
+    and a host clock running fast never causes a deletion. A store that keeps no times, or whose clock
+    cannot be probed (no write permission: then the sweep cannot take or re-check its lock, and deletes
+    nothing), leaves the host's clock.
 
     None when the database has no continuous objects. A record that cannot be read (everything read is
     untrusted) refuses the continuous sweep (DBP970): a base whose parent or LSNs are unknown could
@@ -93,8 +99,17 @@ def plan_continuous_cleanup(storage: Storage, database: str, policy: ChainPolicy
         raise RefusedError(f"continuous retention of {database}: a record cannot be read ({one_line}); "
                            "no base backup or WAL was deleted", refusal=Refusals.CONTINUOUS_RECORD_UNREADABLE,
                            hint="look at the record named; 'dbprotect wal verify' checks the stream") from None
-    plan = plan_chain_retention(bases, wal, histories, policy, now, database=database)
+    plan = plan_chain_retention(bases, wal, histories, policy, _earlier_clock(storage, database, now, store_clock),
+                                database=database)
     return ContinuousCleanup(plan, _leftovers(database, objects, records, plan, segment_size, partial_objects))
+
+
+def _earlier_clock(storage: Storage, database: str, now: datetime, store_clock: StoreClock | None) -> datetime:
+    try:
+        store_now = (store_clock or StoreClock(storage, database)).now()
+    except DbprotectError:
+        return now
+    return now if store_now is None else min(now, store_now)
 
 
 def _leftovers(database: str, objects: list[ObjectInfo], records: list[BaseBackupRecord], plan: ChainPlan,
