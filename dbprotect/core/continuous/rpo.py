@@ -28,6 +28,7 @@ or ``lost`` slot: the WAL cannot be replayed to that point, so the check fails w
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -36,10 +37,12 @@ import psycopg
 from dbprotect.core.continuous.base import format_lsn, parse_lsn
 from dbprotect.core.continuous.objects import read_json_record
 from dbprotect.core.continuous.wal import (
+    HISTORY_NAME,
     SEGMENT_NAME,
     SegmentRecord,
     partial_record_key,
     progress_record_key,
+    segment_name,
     segment_number,
     segment_record_key,
     stored_segments,
@@ -204,6 +207,53 @@ def _with_progress(storage: Storage, database: str, point: StoredPoint, modified
     if point.safe_time is not None and safe_time <= point.safe_time:
         return point
     return replace(point, safe_time=safe_time, safe_lsn=safe_lsn, modified=modified, record_key=key)
+
+
+def timeline_switch_gaps(segments: dict[int, list[str]], partials: list[str], histories: set[int], *,
+                         from_timeline: int) -> list[tuple[str, str]]:
+    """Where recovery from a base on ``from_timeline`` cannot follow a later timeline switch (pure).
+
+    At a switch in segment *n*, the old timeline ends with *n* (completed or partial) and the new one
+    begins with its own *n*; recovery needs ``<T>.history`` to follow into *T*. So for each stored
+    timeline *T* after ``from_timeline``: its history file must be stored, and its first stored file
+    (completed or partial) must follow the previous stored timeline's last one without a hole. The
+    switch LSN itself is inside the encrypted history file, which this check (holding no key) cannot
+    read: the rule is by segment position, which is what the store can show. Gaps inside a timeline
+    are :func:`~.wal.wal_gaps`' part.
+    """
+    by_timeline: dict[int, list[int]] = {}
+    for timeline, names in segments.items():
+        by_timeline.setdefault(timeline, []).extend(segment_number(name) for name in names)
+    for name in partials:
+        by_timeline.setdefault(int(name[:8], 16), []).append(segment_number(name))
+    timelines = sorted(t for t in by_timeline if t >= from_timeline)
+    gaps: list[tuple[str, str]] = []
+    for previous, timeline in itertools.pairwise(timelines):
+        if timeline not in histories:
+            history = f"{timeline:08X}.history"
+            gaps.append((history, history))
+        last, first = max(by_timeline[previous]), min(by_timeline[timeline])
+        if first > last + 1:
+            gaps.append((segment_name(timeline, last + 1), segment_name(timeline, first - 1)))
+    return gaps
+
+
+def stored_timeline_switch_gaps(storage: Storage, database: str, *, from_timeline: int) -> list[tuple[str, str]]:
+    """:func:`timeline_switch_gaps` over what the store lists (records only: nothing is decrypted)."""
+    prefix = wal_prefix(database) + "/"
+    partials: list[str] = []
+    histories: set[int] = set()
+    for info in storage.list(prefix):
+        rest = info.key[len(prefix):].split("/")
+        if len(rest) != 2 or not rest[1].endswith(".json"):
+            continue
+        name = rest[1].removesuffix(".json")
+        if rest[0] == "partial" and SEGMENT_NAME.match(name):
+            partials.append(name)
+        elif rest[0] == "history" and HISTORY_NAME.match(name):
+            histories.add(int(name[:8], 16))
+    return timeline_switch_gaps(stored_segments(storage, database), partials, histories,
+                                from_timeline=from_timeline)
 
 
 def read_server_position(conn: psycopg.Connection, slot: str) -> ServerPosition:

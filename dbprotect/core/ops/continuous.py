@@ -41,6 +41,7 @@ from dbprotect.core.continuous.rpo import (
     evaluate_continuous_rpo,
     newest_stored_point,
     read_server_position,
+    stored_timeline_switch_gaps,
 )
 from dbprotect.core.continuous.verdicts import record_base_verdict
 from dbprotect.core.continuous.wal import (
@@ -305,6 +306,8 @@ def continuous_rpo(config: Config, database: str, *, environ: Mapping[str, str] 
         bases = list_base_backups(storage, database)
         point = newest_stored_point(storage, database, notes)
         gaps = wal_gaps(storage, database)
+        if bases:  # recovery starts on the newest base's timeline and must follow every switch after it
+            gaps += stored_timeline_switch_gaps(storage, database, from_timeline=bases[-1].timeline)
         dsn = register_dsn(resolve_dsn(config, database, "production", environ))
         with contextlib.closing(connect(dsn, autocommit=True, application_name="dbprotect-rpo")) as conn:
             server = read_server_position(conn, spec.slot)
