@@ -10,6 +10,7 @@ verdict is recorded: the restore to an LSN still lands on the older base and say
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -19,12 +20,14 @@ import dagster as dg
 import psycopg
 import pytest
 
+from dbprotect.cli.app import run
 from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import BaseVerification, take_base_backup
 from dbprotect.core.continuous.objects import BASE_OBJECT, BASE_RECORD, base_folder
-from dbprotect.core.continuous.pitr import PitrResult, stop_restored
+from dbprotect.core.continuous.pitr import PitrResult, smoke_check, stop_restored
 from dbprotect.core.continuous.verdicts import record_base_verdict
 from dbprotect.core.continuous.wal import stored_segments
+from dbprotect.core.errors import IntegrityError
 from dbprotect.core.ops.continuous import restore_database_to_point
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect.defs import load_definitions
@@ -100,8 +103,22 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
         [skipped] = document["skipped_base_backups"]
         assert skipped.startswith(f"{newer.base_id}: base backup {newer.base_id}"), skipped
         assert _notes(by_time.dsn()) == {"fb-a": 400, "fb-b": 100, "fb-c": 30}
+        # the content check says what it is, and read the table the rows are in
+        check = document["content_check"]
+        assert check["kind"] == "smoke check (not a comparison)" and check["tables"] >= 1
+        assert check["rows"] >= 530
     finally:
         stop_restored(by_time)
+
+    # the text output names the check and the base passed over
+    code = run(["restore", "shop", "--to-time", target_time.isoformat(), "--data-dir", str(tmp_path / "by-text")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "smoke check, not a comparison: every table of" in out
+    assert f"passed over newer base backup {newer.base_id}: " in out
+    answering = re.search(r"host=(\S+)&port=(\d+)", out)
+    assert answering is not None, out
+    stop_restored(PitrResult(tmp_path / "by-text", int(answering[2]), Path(answering[1]), [], "", 0, False))
 
     # a failed verdict: the newer base is not even fetched
     record_base_verdict(storage, newer, BaseVerification(newer.base_id, False, "checksum mismatch", 0.1))
@@ -122,6 +139,12 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
         [skipped] = by_lsn.skipped
         assert skipped.startswith(f"{newer.base_id}: base.json unreadable")
         assert _notes(by_lsn.dsn()) == {"fb-a": 400, "fb-b": 100}
+        # the smoke check fails on a table the restored server cannot read (its heap file gone)
+        with psycopg.connect(by_lsn.dsn(), autocommit=True) as conn:
+            relation_file = conn.execute("SELECT pg_relation_filepath('events')").fetchone()[0]
+        (by_lsn.data_dir / relation_file).unlink()
+        with pytest.raises(IntegrityError, match=r"smoke check: table public\.events of database postgres cannot"):
+            smoke_check(by_lsn.dsn)
     finally:
         stop_restored(by_lsn)
 
@@ -146,8 +169,8 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
 
     definitions = load_definitions(config_path)
     job = dg.GraphDefinition(name="restore_under_dagster", node_defs=[restore_under_dagster]).to_job()
-    run = job.execute_in_process(instance=instance, resources=definitions.resources)
-    assert run.success
+    dagster_run = job.execute_in_process(instance=instance, resources=definitions.resources)
+    assert dagster_run.success
     by_dagster = landed["result"]
     assert isinstance(by_dagster, PitrResult)
     try:

@@ -224,12 +224,15 @@ def point_in_time_restore(ui: Ui, database: str, *, backup_id: str | None, to_ti
     document = {"database": database, "data_dir": str(result.data_dir), "port": result.port,
                 "socket_dir": str(result.socket_dir), "dsn": result.dsn(), "base_backups": result.chain,
                 "target": result.target, "seconds": round(result.seconds, 3),
-                "skipped_base_backups": list(result.skipped)}
+                "skipped_base_backups": list(result.skipped),
+                "content_check": result.smoke.to_dict() if result.smoke else None}
     if ui.json:
         ui.emit(document)
     else:
         click.echo(f"restored {database} to {result.target} into {result.data_dir} in {result.seconds:.1f} s "
                    f"(bases {', '.join(result.chain)}); promoted and answering at {result.dsn()}")
+        if result.smoke:
+            click.echo(f"  {result.smoke.describe()}")
         for skipped in result.skipped:
             click.echo(f"  passed over newer base backup {skipped}")
         click.echo(f"  stop it with: pg_ctl -D {result.data_dir} stop")

@@ -238,7 +238,8 @@ def restore_database_to_point(config: Config, database: str, *, data_dir: Path, 
     passed_over = f"; newer bases passed over: {'; '.join(result.skipped)}" if result.skipped else ""
     audit.record("pitr-restore", database=database, outcome="ok", target=str(data_dir),
                  detail=f"restored to {result.target} from {', '.join(result.chain)}{passed_over}",
-                 data={"seconds": round(result.seconds, 3), "chain": result.chain, "skipped": list(result.skipped)})
+                 data={"seconds": round(result.seconds, 3), "chain": result.chain, "skipped": list(result.skipped),
+                       "content_check": result.smoke.to_dict() if result.smoke else None})
     return result
 
 
