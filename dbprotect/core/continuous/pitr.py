@@ -166,7 +166,7 @@ def usable_bases(storage: Storage, database: str, *, to_time: datetime | None, t
             else:
                 assert to_time is not None
                 fits = datetime.fromisoformat(record.finished_at) <= to_time
-        except (DbprotectError, ValueError, TypeError) as exc:
+        except (IntegrityError, NotFoundError, ValueError, TypeError) as exc:  # a store failure is raised
             skipped.append(f"{base_id}: base.json unreadable ({_one_line(exc)})")
             continue
         if not fits:
@@ -174,7 +174,7 @@ def usable_bases(storage: Storage, database: str, *, to_time: datetime | None, t
         fitting += 1
         try:
             chain = base_chain(storage, database, base_id)
-        except (DbprotectError, ValueError, TypeError) as exc:
+        except (IntegrityError, NotFoundError, ValueError, TypeError) as exc:
             skipped.append(f"{base_id}: its chain cannot be read ({_one_line(exc)})")
             continue
         failed = [b.base_id for b in chain if base_state(storage, b) == "failed"]
