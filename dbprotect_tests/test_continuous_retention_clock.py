@@ -17,6 +17,7 @@ from dbprotect.core.continuous.verdicts import record_base_verdict
 from dbprotect.core.retention.chain_cleanup import plan_continuous_cleanup
 from dbprotect.core.retention.chains import ChainPolicy
 from dbprotect.core.store.filesystem import FilesystemStorage
+from dbprotect.core.store.lock import StoreClock
 from dbprotect_tests.test_continuous_retention_store import SEG, put_segments
 
 POLICY = ChainPolicy(timedelta(hours=5), 0)
@@ -46,12 +47,14 @@ def test_a_host_clock_running_fast_deletes_nothing_the_store_clock_keeps(tmp_pat
     newer = put_base(storage, real_now - timedelta(hours=1), 4, "bbbb")
     put_segments(storage, 1, 6)
 
-    fast = plan_continuous_cleanup(storage, "shop", POLICY, real_now + timedelta(hours=10))
+    fast = plan_continuous_cleanup(storage, "shop", POLICY, real_now + timedelta(hours=10),
+                                   store_clock=StoreClock(storage, "shop"))
     assert fast is not None and fast.plan.deletions == [], fast.render()
     assert fast.plan.now <= datetime.now(UTC) + timedelta(minutes=1)  # the store's clock, not the host's
 
     # a host clock running behind is the earlier one: used as given (and deletes nothing here either)
-    behind = plan_continuous_cleanup(storage, "shop", POLICY, real_now - timedelta(hours=2))
+    behind = plan_continuous_cleanup(storage, "shop", POLICY, real_now - timedelta(hours=2),
+                                     store_clock=StoreClock(storage, "shop"))
     assert behind is not None and behind.plan.now == real_now - timedelta(hours=2)
     assert behind.plan.deletions == []
 
@@ -61,7 +64,8 @@ def test_a_host_clock_running_fast_deletes_nothing_the_store_clock_keeps(tmp_pat
     gone = put_base(aged, real_now - timedelta(hours=30), 1, "cccc")
     anchor = put_base(aged, real_now - timedelta(hours=20), 4, "dddd")
     put_segments(aged, 1, 6)
-    due = plan_continuous_cleanup(aged, "shop", POLICY, real_now + timedelta(hours=10))
+    due = plan_continuous_cleanup(aged, "shop", POLICY, real_now + timedelta(hours=10),
+                                 store_clock=StoreClock(aged, "shop"))
     assert due is not None and due.plan.anchor == anchor
     assert {d.name for d in due.plan.deletions if d.kind == "base"} == {gone}
     assert older < newer

@@ -34,7 +34,7 @@ from dbprotect.core.retention.kinds import plan_kind_cleanups, read_kinds
 from dbprotect.core.retention.plan import RetentionPlan
 from dbprotect.core.store import Storage
 from dbprotect.core.store.catalog import BackupEntry, list_backups
-from dbprotect.core.store.lock import database_lock
+from dbprotect.core.store.lock import StoreClock, database_lock
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _continuous_cleanup(config: Config, database: str, storage: Storage, now: da
     policy = ChainPolicy(timedelta(days=spec.retention_days), spec.min_full_bases)
     continuous = None
     try:
-        continuous = plan_continuous_cleanup(storage, database, policy, now)
+        continuous = plan_continuous_cleanup(storage, database, policy, now, store_clock=StoreClock(storage, database))
         if continuous is not None:
             sweep_continuous(storage, continuous, dry_run=dry_run, audit=audit)
     except DbprotectError as exc:

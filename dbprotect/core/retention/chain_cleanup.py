@@ -73,10 +73,11 @@ def plan_continuous_cleanup(storage: Storage, database: str, policy: ChainPolicy
                             store_clock: StoreClock | None = None) -> ContinuousCleanup | None:
     """The mark for ``<database>/continuous/``: list records, ask :func:`plan_chain_retention`. Deletes nothing.
 
-    ``now`` is the earlier of the caller's (the host's) clock and the store's (:class:`StoreClock`, as
-    locks judge leases): every decision is monotone in ``now``, so the earlier clock deletes no more,
-    and a host clock running fast never causes a deletion. A store that keeps no times, or whose clock
-    cannot be probed (no write permission: then the sweep cannot take or re-check its lock, and deletes
+    With ``store_clock`` (:func:`dbprotect.core.ops.retention.cleanup_database` always passes one), ``now``
+    is the earlier of the caller's (the host's) clock and the store's (:class:`StoreClock`, as locks
+    judge leases): every decision is monotone in ``now``, so the earlier clock deletes no more, and a
+    host clock running fast never causes a deletion. A store that keeps no times, or whose clock cannot
+    be probed (no write permission: then the sweep cannot take or re-check its lock, and deletes
     nothing), leaves the host's clock.
 
     None when the database has no continuous objects. A record that cannot be read (everything read is
@@ -105,8 +106,10 @@ def plan_continuous_cleanup(storage: Storage, database: str, policy: ChainPolicy
 
 
 def _earlier_clock(storage: Storage, database: str, now: datetime, store_clock: StoreClock | None) -> datetime:
+    if store_clock is None:
+        return now
     try:
-        store_now = (store_clock or StoreClock(storage, database)).now()
+        store_now = store_clock.now()
     except DbprotectError:
         return now
     return now if store_now is None else min(now, store_now)
