@@ -45,7 +45,11 @@ def _open_for_server(path: Path) -> None:
 
 
 def _insert(dsn: str, note: str, ids: range) -> tuple[datetime, str]:
-    """Commit rows; (server time just after the commit, insert LSN after it)."""
+    """Commit rows; (server time just after the commit, insert LSN after it).
+
+    The WAL server's ``events`` table is shared by every continuous test file, each with its own ids:
+    wal 10k to 60k, pitr 100k, retention 200k, by-hand 300k, S3 400k, faults 500k, fallback 600k, rpo 700k
+    and 800k, S3 cleanup 900k."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO events SELECT g, %s FROM generate_series(%s::int, %s::int) g",
                      (note, ids.start, ids.stop - 1))

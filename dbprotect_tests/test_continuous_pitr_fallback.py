@@ -66,16 +66,16 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
         wait_streaming(wal_server, slot)
         older = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                  recipients=config.keys.raw.recipients, incremental=False)
-        _insert(wal_server, "fb-a", range(300_000, 300_400))
+        _insert(wal_server, "fb-a", range(600_000, 600_400))
         time.sleep(1.1)
         newer = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                  recipients=config.keys.raw.recipients, incremental=False)
         assert newer.base_id > older.base_id
         time.sleep(1.1)  # the newer base's finished_at stays before the target
-        _, lsn_after_b = _insert(wal_server, "fb-b", range(300_400, 300_500))
-        target_time, _ = _insert(wal_server, "fb-c", range(300_500, 300_530))
+        _, lsn_after_b = _insert(wal_server, "fb-b", range(600_400, 600_500))
+        target_time, _ = _insert(wal_server, "fb-c", range(600_500, 600_530))
         time.sleep(1.1)
-        _insert(wal_server, "fb-d", range(300_530, 300_560))
+        _insert(wal_server, "fb-d", range(600_530, 600_560))
         last = current_segment(wal_server)
         with psycopg.connect(wal_server, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")

@@ -58,14 +58,14 @@ def test_chain_cleanup_on_s3_keeps_the_window_restorable(
     try:
         wait_streaming(wal_server, slot)
         older = base_backup_database(config, "shop")
-        before_window, _ = _insert(wal_server, "s3c-a", range(400_000, 400_200))
+        before_window, _ = _insert(wal_server, "s3c-a", range(900_000, 900_200))
         time.sleep(1.1)
         newer = base_backup_database(config, "shop")
         time.sleep(1.1)  # the newer base's finished_at stays before the window's start and the target
-        _insert(wal_server, "s3c-b", range(400_200, 400_300))
-        target_time, _ = _insert(wal_server, "s3c-c", range(400_300, 400_330))
+        _insert(wal_server, "s3c-b", range(900_200, 900_300))
+        target_time, _ = _insert(wal_server, "s3c-c", range(900_300, 900_330))
         time.sleep(1.1)
-        _insert(wal_server, "s3c-d", range(400_330, 400_360))
+        _insert(wal_server, "s3c-d", range(900_330, 900_360))
         last = current_segment(wal_server)
         with psycopg.connect(wal_server, autocommit=True) as conn:
             conn.execute("SELECT pg_switch_wal()")
