@@ -12,7 +12,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,15 +23,14 @@ import pytest
 from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.continuous.pitr import free_port
-from dbprotect.core.continuous.wal import stored_segments
 from dbprotect.core.pg.tools import require_tool_for_server
 from dbprotect.core.store.filesystem import FilesystemStorage
-from dbprotect_tests.test_continuous_pitr import _insert, _open_for_server
+from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
 from dbprotect_tests.test_continuous_wal import (
     continuous_config,
-    current_segment,
-    drop_slot,
     start_receiver,
+    stop_receiver,
+    switch_and_wait_shipped,
     wait_for,
     wait_streaming,
 )
@@ -48,11 +46,6 @@ def _doc_line(pattern: str) -> str:
     [line] = [line for line in DOC.read_text(encoding="utf-8").splitlines() if re.match(pattern, line)]
     return line
 
-
-def _notes(dsn: str) -> dict[str, int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT note, count(*) FROM events WHERE note LIKE 'pitr-hand-%' GROUP BY note").fetchall()
-    return {note: int(count) for note, count in rows}
 
 
 def test_by_hand_pitr_with_stock_tools_as_documented(
@@ -71,14 +64,9 @@ def test_by_hand_pitr_with_stock_tools_as_documented(
         target, _ = _insert(wal_server, "pitr-hand-b", range(300_300, 300_320))
         time.sleep(1.1)
         _insert(wal_server, "pitr-hand-c", range(300_320, 300_400))
-        last = current_segment(wal_server)
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            conn.execute("SELECT pg_switch_wal()")
-        wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped", 60)
+        switch_and_wait_shipped(wal_server, storage)
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
 
     # the key as an operator keeps it: a file only the server's OS user (which runs restore_command) reads
     keys = tmp_path / "keys"
@@ -138,6 +126,6 @@ def test_by_hand_pitr_with_stock_tools_as_documented(
             return bool(row is not None and not row[0])
 
         wait_for(promoted, "the by-hand restore to reach its target and promote", 120)
-        assert _notes(dsn) == {"pitr-hand-a": 300, "pitr-hand-b": 20}
+        assert _notes(dsn, "pitr-hand-") == {"pitr-hand-a": 300, "pitr-hand-b": 20}
     finally:
         subprocess.run([*as_user, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)

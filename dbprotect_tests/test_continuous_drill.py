@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -27,14 +26,19 @@ from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.continuous.drill import PitrDrillResult, choose_moment, recorded_pitr_drills, run_pitr_drill
 from dbprotect.core.continuous.heartbeat import Heartbeat, read_heartbeats, run_heartbeats
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
-from dbprotect.core.continuous.wal import stored_segments
 from dbprotect.core.errors import Refusals, RefusedError, ToolError
 from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect.defs import load_definitions
 from dbprotect.defs.continuous.drills import PITR_DRILL_CHECK, pitr_drill_job_name
 from dbprotect_tests.fixtures.cli import run, run_json
-from dbprotect_tests.test_continuous_wal import current_segment, drop_slot, start_receiver, wait_for, wait_streaming
+from dbprotect_tests.test_continuous_wal import (
+    start_receiver,
+    stop_receiver,
+    switch_and_wait_shipped,
+    wait_for,
+    wait_streaming,
+)
 
 
 def test_a_failing_heartbeat_insert_logs_one_line_and_keeps_ticking() -> None:
@@ -84,14 +88,9 @@ def test_pitr_drill_proves_its_landing_and_fails_when_the_proof_is_wrong(
                 return len(read_heartbeats(conn, after=ended))
 
         wait_for(lambda: beats_after_base() >= 6, "six heartbeats after the base backup", 60)
-        last = current_segment(wal_server)
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            conn.execute("SELECT pg_switch_wal()")
-        wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped", 60)
+        switch_and_wait_shipped(wal_server, storage)
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
     with psycopg.connect(wal_server, autocommit=True) as conn:
         beats = read_heartbeats(conn)
     # the server is shared with other receiver tests: the hand-written row is there, not necessarily first

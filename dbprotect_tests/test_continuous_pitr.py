@@ -6,7 +6,6 @@ exactly the rows committed before T, and the restore to an LSN exactly those bef
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -27,8 +26,8 @@ from dbprotect_tests.fixtures.cli import run_json
 from dbprotect_tests.test_continuous_wal import (
     continuous_config,
     current_segment,
-    drop_slot,
     start_receiver,
+    stop_receiver,
     wait_for,
     wait_streaming,
 )
@@ -98,9 +97,7 @@ def test_restore_to_a_time_and_to_an_lsn_holds_exactly_the_rows_before_it(
             conn.execute("SELECT pg_switch_wal()")
         wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped", 60)
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
     _open_for_server(tmp_path / "store")
     for path in (tmp_path / "store").rglob("*"):
         path.chmod(path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0))

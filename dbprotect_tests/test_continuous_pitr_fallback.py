@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,31 +25,23 @@ from dbprotect.core.continuous.base import BaseVerification, take_base_backup
 from dbprotect.core.continuous.objects import BASE_OBJECT, BASE_RECORD, base_folder
 from dbprotect.core.continuous.pitr import PitrResult, smoke_check, stop_restored
 from dbprotect.core.continuous.verdicts import record_base_verdict
-from dbprotect.core.continuous.wal import stored_segments
 from dbprotect.core.errors import IntegrityError
 from dbprotect.core.ops.continuous import restore_database_to_point
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect.defs import load_definitions
 from dbprotect.defs.resources import AgeIdentityResource, DbprotectConfigResource, SecretsResource
 from dbprotect_tests.fixtures.cli import run_json
-from dbprotect_tests.test_continuous_pitr import _insert, _open_for_server
+from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
 from dbprotect_tests.test_continuous_wal import (
     continuous_config,
-    current_segment,
-    drop_slot,
     start_receiver,
-    wait_for,
+    stop_receiver,
+    switch_and_wait_shipped,
     wait_streaming,
 )
 
 pytestmark = pytest.mark.slow
 
-
-def _notes(dsn: str) -> dict[str, int]:
-    """This test's rows only (``fb-``): the server and its ``events`` table are shared with other tests."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT note, count(*) FROM events WHERE note LIKE 'fb-%' GROUP BY note").fetchall()
-    return {note: int(count) for note, count in rows}
 
 
 def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
@@ -76,14 +67,9 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
         target_time, _ = _insert(wal_server, "fb-c", range(600_500, 600_530))
         time.sleep(1.1)
         _insert(wal_server, "fb-d", range(600_530, 600_560))
-        last = current_segment(wal_server)
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            conn.execute("SELECT pg_switch_wal()")
-        wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped", 60)
+        switch_and_wait_shipped(wal_server, storage)
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
     _open_for_server(tmp_path / "store")
     for path in (tmp_path / "store").rglob("*"):
         path.chmod(path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0))
@@ -102,7 +88,7 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
         assert by_time.chain == [older.base_id]
         [skipped] = document["skipped_base_backups"]
         assert skipped.startswith(f"{newer.base_id}: base backup {newer.base_id}"), skipped
-        assert _notes(by_time.dsn()) == {"fb-a": 400, "fb-b": 100, "fb-c": 30}
+        assert _notes(by_time.dsn(), "fb-") == {"fb-a": 400, "fb-b": 100, "fb-c": 30}
         # the content check says what it is, and read the table the rows are in
         check = document["content_check"]
         assert check["kind"] == "smoke check (not a comparison)" and check["tables"] >= 1
@@ -126,7 +112,7 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
     try:
         assert by_verdict.chain == [older.base_id]
         assert by_verdict.skipped == (f"{newer.base_id}: pg_verifybackup failed on {newer.base_id}",)
-        assert _notes(by_verdict.dsn()) == {"fb-a": 400, "fb-b": 100}
+        assert _notes(by_verdict.dsn(), "fb-") == {"fb-a": 400, "fb-b": 100}
     finally:
         stop_restored(by_verdict)
 
@@ -138,7 +124,7 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
         assert by_lsn.chain == [older.base_id]
         [skipped] = by_lsn.skipped
         assert skipped.startswith(f"{newer.base_id}: base.json unreadable")
-        assert _notes(by_lsn.dsn()) == {"fb-a": 400, "fb-b": 100}
+        assert _notes(by_lsn.dsn(), "fb-") == {"fb-a": 400, "fb-b": 100}
         # the smoke check fails on a table the restored server cannot read (its heap file gone)
         with psycopg.connect(by_lsn.dsn(), autocommit=True) as conn:
             relation_file = conn.execute("SELECT pg_relation_filepath('events')").fetchone()[0]
@@ -175,7 +161,7 @@ def test_a_corrupt_newer_base_falls_back_to_the_older_one_and_says_so(
     assert isinstance(by_dagster, PitrResult)
     try:
         assert by_dagster.chain == [older.base_id]
-        assert _notes(by_dagster.dsn()) == {"fb-a": 400, "fb-b": 100}
+        assert _notes(by_dagster.dsn(), "fb-") == {"fb-a": 400, "fb-b": 100}
         server_env = landed["server_env"]
         assert isinstance(server_env, dict) and server_env.get("PATH")
         assert config.keys.raw.identity_env not in server_env  # relayed: the server fetches nothing itself

@@ -36,10 +36,9 @@ from dbprotect.core.store.lock import database_lock
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
 from dbprotect_tests.test_continuous_wal import (
     continuous_config,
-    current_segment,
-    drop_slot,
     start_receiver,
-    wait_for,
+    stop_receiver,
+    switch_and_wait_shipped,
     wait_streaming,
 )
 
@@ -125,14 +124,9 @@ def test_window_over_the_newest_full_removes_the_old_chain_and_a_killed_sweep_lo
         target_time, _ = _insert(wal_server, "keep-d", range(200_450, 200_470))
         time.sleep(1.1)
         _insert(wal_server, "keep-e", range(200_470, 200_480))
-        last = current_segment(wal_server)
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            conn.execute("SELECT pg_switch_wal()")
-        wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped", 60)
+        switch_and_wait_shipped(wal_server, storage)
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
     now = datetime.now(UTC)
     window = now - window_start
     doc = yaml.safe_load(config_path.read_text(encoding="utf-8"))

@@ -6,7 +6,6 @@ the base passes pg_verifybackup and the WAL verifies, read back from the bucket.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,13 @@ from dbprotect.core.ops.continuous import base_backup_database, restore_database
 from dbprotect.core.store import S3Storage
 from dbprotect_tests.fixtures.fix_storage import create_bucket
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
-from dbprotect_tests.test_continuous_wal import current_segment, drop_slot, start_receiver, wait_for, wait_streaming
+from dbprotect_tests.test_continuous_wal import (
+    current_segment,
+    start_receiver,
+    stop_receiver,
+    wait_for,
+    wait_streaming,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +63,7 @@ def test_base_backup_wal_receive_and_pitr_restore_on_s3(
             conn.execute("SELECT pg_switch_wal()")
         wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped to S3", 90)
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
     assert all(result.ok for result in verify_base_backups(config, "shop")), "pg_verifybackup failed on S3"
     wal = verify_wal(storage, "shop", identity)
     assert wal.ok and wal.checked >= 1, (wal.problems, wal.gaps)

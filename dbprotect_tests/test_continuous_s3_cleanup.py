@@ -5,7 +5,6 @@ point-in-time restore inside the window, read back from the bucket, holds exactl
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,17 +27,17 @@ from dbprotect.core.retention.chains import ChainPolicy
 from dbprotect.core.store import S3Storage
 from dbprotect.core.store.lock import StoreClock
 from dbprotect_tests.fixtures.fix_storage import create_bucket
-from dbprotect_tests.test_continuous_pitr import _insert, _open_for_server
-from dbprotect_tests.test_continuous_wal import current_segment, drop_slot, start_receiver, wait_for, wait_streaming
+from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
+from dbprotect_tests.test_continuous_wal import (
+    current_segment,
+    start_receiver,
+    stop_receiver,
+    wait_for,
+    wait_streaming,
+)
 
 pytestmark = pytest.mark.slow
 
-
-def _notes(dsn: str) -> dict[str, int]:
-    """This test's rows only: the server is shared with other tests."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT note, count(*) FROM events WHERE note LIKE 's3c-%' GROUP BY note").fetchall()
-    return {note: int(count) for note, count in rows}
 
 
 def test_chain_cleanup_on_s3_keeps_the_window_restorable(
@@ -71,9 +70,7 @@ def test_chain_cleanup_on_s3_keeps_the_window_restorable(
             conn.execute("SELECT pg_switch_wal()")
         wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped to S3", 90)
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
     assert all(result.ok for result in verify_base_backups(config, "shop"))  # the verdicts anchoring needs
     segments_before = stored_segments(storage, "shop")[1]
 
@@ -96,7 +93,7 @@ def test_chain_cleanup_on_s3_keeps_the_window_restorable(
     restored = restore_database_to_point(config, "shop", data_dir=tmp_path / "restored", to_time=target_time)
     try:
         assert restored.chain == [newer.base_id] and restored.skipped == ()
-        assert _notes(restored.dsn()) == {"s3c-a": 200, "s3c-b": 100, "s3c-c": 30}
+        assert _notes(restored.dsn(), "s3c-") == {"s3c-a": 200, "s3c-b": 100, "s3c-c": 30}
     finally:
         stop_restored(restored)
     # before the window: the older base is gone, and nothing pretends to reach that moment

@@ -29,6 +29,7 @@ from dbprotect.core.continuous.wal import (
     wal_gaps,
 )
 from dbprotect.core.errors import NotFoundError
+from dbprotect.core.store import Storage
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect_tests.fixtures.cli import run_json
 
@@ -91,6 +92,21 @@ def drop_slot(dsn: str, slot: str) -> None:
                      "WHERE slot_name = %s AND NOT active", (slot,))
 
 
+def switch_and_wait_shipped(dsn: str, storage: Storage, database: str = "shop", timeout: float = 60.0) -> None:
+    """Close the current WAL segment and wait until the receiver has shipped it to ``storage``."""
+    last = current_segment(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_switch_wal()")
+    wait_for(lambda: last in stored_segments(storage, database).get(1, []), f"segment {last} shipped", timeout)
+
+
+def stop_receiver(receiver: subprocess.Popen[bytes], dsn: str, slot: str, timeout: float = 30.0) -> None:
+    """SIGTERM the receiver (it ships its spool first), wait for it, and drop the test's slot."""
+    receiver.send_signal(signal.SIGTERM)
+    receiver.wait(timeout=timeout)
+    drop_slot(dsn, slot)
+
+
 def test_receiver_survives_sigkill_mid_segment_without_gap_or_duplicate(
         wal_server: str, write_config: Callable[..., Path], tmp_path: Path,
         identity: pyrage.x25519.Identity) -> None:
@@ -124,9 +140,7 @@ def test_receiver_survives_sigkill_mid_segment_without_gap_or_duplicate(
         write_rows(wal_server, 55_000, 10, switch=True)  # ``last`` itself completes too
         wait_for(lambda: last in stored_segments(storage, "shop").get(1, []), f"segment {last} shipped", 60)
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
     names = stored_segments(storage, "shop")[1]
     numbers = [segment_number(n) for n in names]
     assert numbers == list(range(numbers[0], numbers[-1] + 1)), f"gap in {names}"
@@ -158,9 +172,7 @@ def test_a_flipped_byte_in_a_wal_object_is_caught(wal_server: str, write_config:
             write_rows(wal_server, first, 100, switch=True)
         wait_for(lambda: len(stored_segments(storage, "shop").get(1, [])) >= 3, "three shipped segments")
     finally:
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(timeout=30)
-        drop_slot(wal_server, slot)
+        stop_receiver(receiver, wal_server, slot)
     assert verify_wal(storage, "shop", identity).ok
     name = stored_segments(storage, "shop")[1][0]
     # restore_command as PostgreSQL runs it: 'dbprotect wal fetch %f %p --database shop'
