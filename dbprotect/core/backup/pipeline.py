@@ -206,7 +206,8 @@ class _StageWriter:
 
 
 def encrypt_to_store(source: Readable, writer: ObjectWriter, recipients: list[pyrage.x25519.Recipient], *,
-                     storage: Storage, zstd_level: int = 1, zstd_threads: int = 0) -> StoredStream:
+                     storage: Storage, zstd_level: int = 1, zstd_threads: int = 0,
+                     zstd_params: zstandard.ZstdCompressionParameters | None = None) -> StoredStream:
     """Read ``source`` to its end through zstd and age into ``writer``, hashing what is written.
 
     Three stages in three threads, each handing bounded chunks to the next (memory stays constant
@@ -218,12 +219,14 @@ def encrypt_to_store(source: Readable, writer: ObjectWriter, recipients: list[py
     :class:`DbprotectError` raised by either is re-raised as is; any other as :class:`StorageError`),
     never as pyrage's "encryption failed"; an age failure of its own is a :class:`ToolError`.
     ``zstd_threads`` 0 compresses in the compressing thread (small objects: WAL files); more starts
-    zstd's workers.
+    zstd's workers. ``zstd_params``, when given, replaces ``zstd_level``'s parameters (a writer
+    tuned for its own data: the logical backup's archive), its worker count included.
     """
     cancelled = threading.Event()
     compressed, encrypted = _Stage(cancelled), _Stage(cancelled)
-    producer = _Compressing(source, zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads), compressed,
-                            cancelled)
+    compressor = (zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads) if zstd_params is None
+                  else zstandard.ZstdCompressor(compression_params=zstd_params))
+    producer = _Compressing(source, compressor, compressed, cancelled)
     consumer = _Storing(writer, encrypted, cancelled)
     sink = _StageWriter(encrypted, consumer)
     producer.start()
