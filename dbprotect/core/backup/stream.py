@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 import psycopg
+import zstandard
 
 import dbprotect
 from dbprotect.core.audit import audit_head
@@ -81,12 +82,30 @@ from dbprotect.core.store.manifest import (
     new_backup_id,
 )
 
-#: zstd level 1 keeps the backup within 1.8x of bare extraction on two cores. It is 0.7% larger
-#: than pg_dump's own gzip on the demo's rows (2.5% on the hex-heavy benchmark) because a -Z0
-#: archive carries a 5-byte header per row; level 2 (``compression_level: 2``) is 1% *smaller* than
-#: gzip on the demo's rows for about 0.5 CPU-seconds more per GB. Levels 3-4 are not smaller on
-#: hex-heavy data. Figures in bench/README.md.
+#: zstd level 1 keeps the backup within 1.8x of bare extraction on two cores. Level 1 is
+#: compressed with :data:`ARCHIVE_ZSTD_PARAMS`, not zstd's own level-1 table; other levels (the
+#: ``compression_level`` setting) keep zstd's own. Figures in bench/README.md.
 DEFAULT_ZSTD_LEVEL = 1
+
+#: zstd parameters for level 1 on a ``pg_dump -Fc -Z0`` archive. Why not zstd's own level 1: that
+#: archive carries a 5-byte length header before every row, which breaks the matches zstd's ``fast``
+#: strategy finds with its small hash table, and its output was 2.6% *larger* than plain
+#: ``pg_dump -Fc`` (gzip -6), on every size measured since the first bench: the bytes were lost in
+#: zstd, not in age (17 KB per 70 MB) nor in the pipeline's chunking (one frame, flushed once).
+#: ``greedy`` with a 128 K-entry hash table, a 2-step search and 6-byte minimum matches is 1% smaller
+#: than gzip on the same archive; 4- and 5-byte minimum matches are worse (they match across the
+#: headers), ``dfast`` and larger ``fast`` tables stay above gzip.
+ARCHIVE_ZSTD_PARAMS = {"strategy": zstandard.STRATEGY_GREEDY, "window_log": 19, "chain_log": 16, "hash_log": 17,
+                       "search_log": 2, "min_match": 6, "target_length": 0}
+
+
+def archive_zstd_params(level: int, threads: int) -> zstandard.ZstdCompressionParameters | None:
+    """The logical archive's zstd parameters for ``level``; None means zstd's own for that level."""
+    if level != DEFAULT_ZSTD_LEVEL:
+        return None
+    return zstandard.ZstdCompressionParameters(**ARCHIVE_ZSTD_PARAMS, threads=threads)
+
+
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -215,7 +234,8 @@ def _take_backup(*, database: str, dsn: str, storage: Storage, recipients: list[
             with storage.open_writer(key) as writer:
                 dump_reader = _DumpReader(proc.stdout, inspector, progress, snapshot.size_bytes)
                 stored = encrypt_to_store(dump_reader, writer, age_recipients, storage=storage,
-                                          zstd_level=zstd_level, zstd_threads=zstd_threads)
+                                          zstd_level=zstd_level, zstd_threads=zstd_threads,
+                                          zstd_params=archive_zstd_params(zstd_level, zstd_threads))
                 returncode = proc.wait()
                 stderr.join(timeout=5)
                 if returncode != 0:
