@@ -13,7 +13,11 @@ What it does:
 2. Times ``pg_dump -Fc -Z0 > /dev/null`` (pure extraction), plain ``pg_dump -Fc`` to a file (what
    users do today) and :func:`dbprotect.core.backup.stream.run_backup` to a filesystem store with a
    fresh age key, the last in a child process so that its peak RSS is its own.
-3. Prints the times, the ratios against the targets of issue 2 with PASS/FAIL, and one JSON line.
+   In the same rounds, the same backup compressed with zstd's own level-1 parameters (what
+   dbprotect used before :data:`~dbprotect.core.backup.stream.ARCHIVE_ZSTD_PARAMS`), so the cost
+   of the tuned compression is measured against the same neighbours (``--no-compare`` skips it).
+3. Prints the times, CPU seconds, stored/plain, the ratios against the targets of issue 2 with
+   PASS/FAIL, and one JSON line.
 
 Run: ``.venv/bin/python bench/backup_bench.py [--size-gb 1.0] [--runs 2] [--keep]``.
 """
@@ -244,6 +248,10 @@ def child_backup(params: dict[str, Any]) -> None:
     from dbprotect.core.store import FilesystemStorage
 
     storage = FilesystemStorage(params["store"])
+    if params.get("zstd_own_level1"):  # the comparison: zstd's own level-1 table, as before the tuning
+        from dbprotect.core.backup import stream
+
+        stream.archive_zstd_params = lambda level, threads: None  # type: ignore[assignment]
     started = time.perf_counter()
     result = run_backup(database="bench", dsn=params["dsn"], storage=storage, recipients=[params["recipient"]],
                         pg_bin_dir=params["pg_bin"])
@@ -261,9 +269,10 @@ def child_backup(params: dict[str, Any]) -> None:
     }))
 
 
-def run_dbprotect(dsn: str, store: Path, recipient: str) -> dict[str, Any]:
-    """One dbprotect backup in a child process; adds its peak RSS as seen by the parent (wait4)."""
-    params = {"dsn": dsn, "store": str(store), "recipient": recipient, "pg_bin": str(pg_bin())}
+def run_dbprotect(dsn: str, store: Path, recipient: str, *, zstd_own_level1: bool = False) -> dict[str, Any]:
+    """One dbprotect backup in a child process; adds its peak RSS and CPU seconds (with pg_dump's) from wait4."""
+    params = {"dsn": dsn, "store": str(store), "recipient": recipient, "pg_bin": str(pg_bin()),
+              "zstd_own_level1": zstd_own_level1}
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(params)], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     out = proc.stdout.read()
@@ -274,6 +283,7 @@ def run_dbprotect(dsn: str, store: Path, recipient: str) -> dict[str, Any]:
         raise SystemExit(f"dbprotect backup failed (exit {proc.returncode})")
     figures: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     figures["tree_maxrss_kb"] = usage.ru_maxrss  # max over the child and what it waited for (pg_dump)
+    figures["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # the child and pg_dump, not the server
     shutil.rmtree(store, ignore_errors=True)
     return figures
 
@@ -286,6 +296,7 @@ class Results:
     plain_bytes: int = 0
     dbprotect: list[dict[str, Any]] = field(default_factory=list)
     small: list[dict[str, Any]] = field(default_factory=list)
+    own_level1: list[dict[str, Any]] = field(default_factory=list)  # zstd's own level-1 table, same rounds
 
 
 def _verdict(ok: bool) -> str:
@@ -318,11 +329,24 @@ def report(res: Results, big_size: int, small_size: int) -> dict[str, Any]:
         "paired_ratio_vs_extraction_median": round(statistics.median(
             r["seconds"] / e for r, e in zip(res.dbprotect, res.extraction, strict=True)), 3),
         "load_average_1min": round(os.getloadavg()[0], 2),
+        "stored_over_plain": round(stored / res.plain_bytes, 4),
+        "dbprotect_cpu_s": round(best_db["cpu_seconds"], 3),
     }
+    if res.own_level1:
+        best_own = min(res.own_level1, key=lambda r: r["seconds"])
+        figures.update({
+            "own_level1_s": round(best_own["seconds"], 3),
+            "own_level1_all_s": [round(r["seconds"], 3) for r in res.own_level1],
+            "own_level1_cpu_s": round(best_own["cpu_seconds"], 3),
+            "own_level1_stored_bytes": best_own["bytes"]["stored"],
+            "tuned_over_own_level1_s": round(ours / best_own["seconds"], 3),
+            "tuned_over_own_level1_paired_median": round(statistics.median(
+                r["seconds"] / o["seconds"] for r, o in zip(res.dbprotect, res.own_level1, strict=True)), 3),
+        })
     checks = {
         "dbprotect <= 0.5x plain pg_dump -Fc": ours / plain <= TARGET_VS_PLAIN,
         "dbprotect <= 1.8x pure extraction": ours / extraction <= TARGET_VS_EXTRACTION,
-        "stored bytes <= plain pg_dump -Fc file": stored <= res.plain_bytes,
+        "stored / plain pg_dump -Fc <= 1": stored <= res.plain_bytes,
         "peak RSS < 150 MB": rss_mb < TARGET_RSS_MB,
         "peak RSS does not grow with size": rss_mb <= small_rss_mb * 1.15 + 5,
         "row counts and checksums captured": best_db["checksum_source"] == "archive-stream" and all(
@@ -336,8 +360,16 @@ def report(res: Results, big_size: int, small_size: int) -> dict[str, Any]:
     print(f"  pg_dump -Fc -Z0 > /dev/null  {extraction:8.2f} s   runs {figures['extraction_all_s']}")
     print(f"  pg_dump -Fc > file           {plain:8.2f} s   runs {figures['plain_all_s']}")
     print(f"  dbprotect backup             {ours:8.2f} s   runs {figures['dbprotect_all_s']}")
-    print(f"Sizes: dump {best_db['bytes']['dump'] / 1e6:.0f} MB -> zstd {best_db['bytes']['compressed'] / 1e6:.0f}"
+    print(f"Sizes: dump {best_db['bytes']['dump'] / 1e6:.0f} MB -> zstd {best_db['bytes']['compressed'] / 1e6:.1f}"
           f" MB -> stored {stored / 1e6:.1f} MB; plain pg_dump -Fc file {res.plain_bytes / 1e6:.1f} MB")
+    print(f"CPU of the dbprotect backup (its process and pg_dump, not the server): {best_db['cpu_seconds']:.2f} s")
+    if res.own_level1:
+        print(f"Same rounds, zstd's own level-1 table (before the tuning): {figures['own_level1_s']:.2f} s   runs "
+              f"{figures['own_level1_all_s']}, CPU {figures['own_level1_cpu_s']:.2f} s, stored "
+              f"{figures['own_level1_stored_bytes'] / 1e6:.1f} MB = "
+              f"{figures['own_level1_stored_bytes'] / res.plain_bytes:.4f} x plain; tuned / own: "
+              f"{figures['tuned_over_own_level1_s']:.3f} on the best runs, "
+              f"{figures['tuned_over_own_level1_paired_median']:.3f} paired median")
     print(f"Checksums: {best_db['checksum_seconds']:.2f} s in the inspector = {share:.1%} of the backup "
           f"({best_db['checksum_source']})")
     print(f"Peak RSS of the dbprotect process: {rss_mb:.1f} MB ({small_rss_mb:.1f} MB on the 1/{SMALL_FRACTION} "
@@ -350,8 +382,8 @@ def report(res: Results, big_size: int, small_size: int) -> dict[str, Any]:
           f"{ours / plain:.2f} (<= {TARGET_VS_PLAIN})")
     print(f"  {_verdict(checks['dbprotect <= 1.8x pure extraction'])}  dbprotect / pure extraction = "
           f"{ours / extraction:.2f} (<= {TARGET_VS_EXTRACTION})")
-    print(f"  {_verdict(checks['stored bytes <= plain pg_dump -Fc file'])}  stored {stored:,} B <= plain "
-          f"{res.plain_bytes:,} B")
+    print(f"  {_verdict(checks['stored / plain pg_dump -Fc <= 1'])}  stored / plain pg_dump -Fc = "
+          f"{stored / res.plain_bytes:.4f} (<= 1: stored {stored:,} B, plain {res.plain_bytes:,} B)")
     print(f"  {_verdict(checks['peak RSS < 150 MB'])}  peak RSS {rss_mb:.1f} MB < {TARGET_RSS_MB:.0f} MB")
     print(f"  {_verdict(checks['peak RSS does not grow with size'])}  peak RSS {rss_mb:.1f} MB vs "
           f"{small_rss_mb:.1f} MB at 1/{SMALL_FRACTION} the size")
@@ -366,6 +398,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="timed runs of each command (best is kept)")
     parser.add_argument("--workdir", type=Path, help="folder for the server and outputs (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (reused by a later --workdir run)")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="skip the same-round backup with zstd's own level-1 table")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -400,6 +434,9 @@ def main() -> None:
             print(f"plain {res.plain[-1]:.2f} s,", end=" ", flush=True)
             res.dbprotect.append(run_dbprotect(big, workdir / "store", recipient))
             print(f"dbprotect {res.dbprotect[-1]['seconds']:.2f} s,", end=" ", flush=True)
+            if not args.no_compare:
+                res.own_level1.append(run_dbprotect(big, workdir / "store", recipient, zstd_own_level1=True))
+                print(f"own level 1 {res.own_level1[-1]['seconds']:.2f} s,", end=" ", flush=True)
             res.small.append(run_dbprotect(small, workdir / "store", recipient))
             print(f"small {res.small[-1]['seconds']:.2f} s", flush=True)
         figures = report(res, big_size, small_size)
