@@ -82,26 +82,30 @@ from dbprotect.core.store.manifest import (
     new_backup_id,
 )
 
-#: zstd level 1 keeps the backup within 1.8x of bare extraction on two cores. Level 1 is
-#: compressed with :data:`ARCHIVE_ZSTD_PARAMS`, not zstd's own level-1 table; other levels (the
-#: ``compression_level`` setting) keep zstd's own. Figures in bench/README.md.
+#: zstd level 1 keeps the backup within 1.8x of bare extraction on two cores; it stores about 2.6%
+#: more than plain ``pg_dump -Fc``. Level 2 (``compression_level: 2``) compresses with
+#: :data:`ARCHIVE_ZSTD_PARAMS` instead of zstd's own level-2 table and stores about 1% less than
+#: plain ``pg_dump -Fc``, for about 1.7x the backup's CPU. Other levels keep zstd's own tables.
+#: Figures in bench/README.md.
 DEFAULT_ZSTD_LEVEL = 1
+SMALLER_THAN_GZIP_LEVEL = 2
 
-#: zstd parameters for level 1 on a ``pg_dump -Fc -Z0`` archive. Why not zstd's own level 1: that
-#: archive carries a 5-byte length header before every row, which breaks the matches zstd's ``fast``
-#: strategy finds with its small hash table, and its output was 2.6% *larger* than plain
-#: ``pg_dump -Fc`` (gzip -6), on every size measured since the first bench: the bytes were lost in
-#: zstd, not in age (17 KB per 70 MB) nor in the pipeline's chunking (one frame, flushed once).
-#: ``greedy`` with a 128 K-entry hash table, a 2-step search and 6-byte minimum matches is 1% smaller
-#: than gzip on the same archive; 4- and 5-byte minimum matches are worse (they match across the
-#: headers), ``dfast`` and larger ``fast`` tables stay above gzip.
+#: zstd parameters for level 2 on a ``pg_dump -Fc -Z0`` archive. Why not zstd's own: that archive
+#: carries a 5-byte length header before every row, which breaks the matches zstd's ``fast``
+#: strategy (levels 1 and 2) finds with its small hash table: level 1 stored 2.6% *more* than plain
+#: ``pg_dump -Fc`` (gzip -6) on every size measured since the first bench, and level 2 2.2% more.
+#: The bytes are lost in zstd, not in age (17 KB per 70 MB) nor in the pipeline's chunking (the
+#: pipeline of session 4 and the one before it write the same compressed bytes). ``greedy`` with a
+#: 128 K-entry hash table, a 2-step search and 6-byte minimum matches is 1% smaller than gzip;
+#: 4- and 5-byte minimum matches are worse (they match across the headers), ``dfast`` and larger
+#: ``fast`` tables stay above gzip. No setting found beats gzip at level 1's CPU.
 ARCHIVE_ZSTD_PARAMS = {"strategy": zstandard.STRATEGY_GREEDY, "window_log": 19, "chain_log": 16, "hash_log": 17,
                        "search_log": 2, "min_match": 6, "target_length": 0}
 
 
 def archive_zstd_params(level: int, threads: int) -> zstandard.ZstdCompressionParameters | None:
     """The logical archive's zstd parameters for ``level``; None means zstd's own for that level."""
-    if level != DEFAULT_ZSTD_LEVEL:
+    if level != SMALLER_THAN_GZIP_LEVEL:
         return None
     return zstandard.ZstdCompressionParameters(**ARCHIVE_ZSTD_PARAMS, threads=threads)
 
