@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -426,7 +427,10 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                 row = conn.execute("SELECT pg_is_in_recovery(), count(*) FROM pg_class").fetchone()
         except psycopg.OperationalError as exc:
-            raise DatabaseError(f"the restored server does not answer: {str(exc).splitlines()[0]}") from None
+            # a server that opened for reads (consistent) and then stopped recovering short of its target
+            # exits: the cause is in its log (e.g. a WAL file restore_command could not fetch), not here
+            raise DatabaseError(f"the restored server does not answer: {str(exc).splitlines()[0]}; "
+                                f"its log: {_log_tail(log)}") from None
         in_recovery = bool(row and row[0])
         if not in_recovery:
             return port, socket_dir, False
@@ -436,13 +440,27 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
         time.sleep(0.2)
 
 
+#: How ``dbprotect wal fetch`` (run by the server as ``restore_command``) reports a failure: its one line on
+#: stderr, which the server writes into its log.
+_FETCH_ERROR = re.compile(r"^error\[(DBP\d{3})\]: .+$")
+
+
 def _log_tail(log: Path) -> str:
+    """The server log's last FATAL/ERROR/PANIC line; and, when ``dbprotect wal fetch`` failed for another
+    reason than "not in the store" (which ends every recovery), its own last line too. PostgreSQL reads a
+    failed ``restore_command`` as a missing file, so a missing or wrong key surfaces only as "could not
+    locate required checkpoint record": the cause is the fetch's line, not the server's."""
     try:
         lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except OSError:
         return "no server log"
     important = [line for line in lines if "FATAL" in line or "ERROR" in line or "PANIC" in line]
-    return (important or lines or ["empty server log"])[-1]
+    tail = (important or lines or ["empty server log"])[-1]
+    fetch_failures = [line for line in lines
+                      if (match := _FETCH_ERROR.match(line)) and match.group(1) != NotFoundError.code]
+    if fetch_failures:
+        return f"{tail}; restore_command failed: {fetch_failures[-1][:300]}"
+    return tail
 
 
 def _stop_quietly(data_dir: Path, major: int, pg_bin_dir: ToolPlace, user: pwd.struct_passwd | None) -> None:
