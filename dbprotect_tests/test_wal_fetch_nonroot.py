@@ -33,6 +33,10 @@ import pytest
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
+from dbprotect.core.continuous.pitr import restore_to_point
+from dbprotect.core.crypto import parse_identity
+from dbprotect.core.errors import DbprotectError
+from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.pg.tools import require_tool_for_server
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
@@ -161,7 +165,7 @@ def test_a_non_root_server_fetches_every_wal_through_dbprotect_wal_fetch(
     _give(home, user)
     fetch_log = home / "fetches.log"
     python = _installation(tmp_path / "install", user, fetch_log)
-    basic_env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    basic_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
     data_dir = home / "restored"
 
     done = subprocess.run([*_as_user(user), "env", "-i", *[f"{k}={v}" for k, v in basic_env.items()],
@@ -250,3 +254,14 @@ def test_a_non_root_server_fetches_every_wal_through_dbprotect_wal_fetch(
     assert "\n" not in "".join(outcome[case][0] for case in cases)
     assert age_keys[0] not in done.stdout + done.stderr and other_age_keys[0] not in done.stdout + done.stderr
     assert time.monotonic() - started < 300
+
+    # the same damaged segment served by the relay (root restores, drills): the relay's failure reaches the
+    # server log in the fetch's own form, so the restore names it the same way
+    relayed_dir = tmp_path / "relayed"
+    with pytest.raises(DbprotectError) as relayed:
+        restore_to_point(storage=FilesystemStorage(tmp_path / "store"), database="shop",
+                         identity=parse_identity(age_keys[0], source="test"), data_dir=relayed_dir,
+                         restore_command=fetch_command(config, "shop"), to_time=target, server_environ=basic_env,
+                         relay=True)
+    assert f"restore_command failed: error[DBP007]: WAL {target_segment}" in relayed.value.one_line()
+    assert not relayed_dir.exists()

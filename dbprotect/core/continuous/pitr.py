@@ -20,7 +20,10 @@ Order, and why:
    root the server runs as ``postgres``, which may be unable to run this Python (or should not see the
    identity): then a *relay* serves the WAL instead — ``restore_command`` writes the request into a
    FIFO, this process (which holds the identity) fetches the file into ``pg_wal`` with the same
-   :func:`~.wal.fetch_wal` and answers through a second FIFO.
+   :func:`~.wal.fetch_wal` and answers through a second FIFO. PostgreSQL reads any failed
+   ``restore_command`` as a missing file, so a fetch that fails otherwise (a missing or wrong key, a
+   damaged object) leaves its ``error[CODE]: …`` line in the server log (``wal fetch`` on its stderr, the
+   relay by appending it), and a restore that stops short names that line beside PostgreSQL's.
 4. The server starts on a free port (and a private socket folder) — as the ``postgres`` OS user when
    this runs as root, since PostgreSQL refuses root — replays, promotes; then a *smoke check*
    (:func:`smoke_check`) reads every table of every database in full and counts its rows. It is named
@@ -74,6 +77,8 @@ from dbprotect.core.pg.tools import ToolPlace, require_tool_for_server
 from dbprotect.core.store import Storage
 
 PROMOTE_TIMEOUT_SECONDS = 600
+#: The restored server's log, inside its data directory (``pg_ctl -l``).
+SERVER_LOG = "pitr-server.log"
 
 
 @dataclass(frozen=True)
@@ -377,6 +382,7 @@ def _wal_relay(storage: Storage, database: str, identity: pyrage.x25519.Identity
                 pass
             except (DbprotectError, ValueError, OSError) as exc:
                 log(f"restore_command {line!r}: {exc}")
+                _note_in_server_log(data_dir / SERVER_LOG, exc)
             with open(reply, "w", encoding="utf-8") as outgoing:
                 outgoing.write(f"{status}\n")
 
@@ -390,6 +396,20 @@ def _wal_relay(storage: Storage, database: str, identity: pyrage.x25519.Identity
             os.close(os.open(request, os.O_WRONLY | os.O_NONBLOCK))
         server.join(timeout=5)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _note_in_server_log(log: Path, exc: Exception) -> None:
+    """Append a relayed fetch's failure to the server log as ``dbprotect wal fetch`` would have written it
+    (``error[CODE]: message``), so :func:`_log_tail` names it whichever way the WAL was served. Appended,
+    never created: the server (another OS user) owns its log."""
+    code = exc.code if isinstance(exc, DbprotectError) else DbprotectError.code
+    message = exc.one_line() if isinstance(exc, DbprotectError) else " ".join(str(exc).split())
+    with contextlib.suppress(OSError):
+        descriptor = os.open(log, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(descriptor, f"error[{code}]: {message[:300]}\n".encode(errors="replace"))
+        finally:
+            os.close(descriptor)
 
 
 def _as_user(user: pwd.struct_passwd | None) -> list[str]:
@@ -413,7 +433,7 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
     port = free_port()
     options = f"-c port={port} -c listen_addresses='' -k {socket_dir} -c hot_standby=on"
     env = dict(server_environ if server_environ is not None else os.environ)
-    log = data_dir / "pitr-server.log"
+    log = data_dir / SERVER_LOG
     done = subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(data_dir), "-l", str(log), "-o", options,
                            "-w", "-t", str(PROMOTE_TIMEOUT_SECONDS), "start"], capture_output=True, text=True,
                           env=env, timeout=PROMOTE_TIMEOUT_SECONDS + 30)
