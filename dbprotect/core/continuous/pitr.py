@@ -20,7 +20,10 @@ Order, and why:
    root the server runs as ``postgres``, which may be unable to run this Python (or should not see the
    identity): then a *relay* serves the WAL instead — ``restore_command`` writes the request into a
    FIFO, this process (which holds the identity) fetches the file into ``pg_wal`` with the same
-   :func:`~.wal.fetch_wal` and answers through a second FIFO.
+   :func:`~.wal.fetch_wal` and answers through a second FIFO. PostgreSQL reads any failed
+   ``restore_command`` as a missing file, so a fetch that fails otherwise (a missing or wrong key, a
+   damaged object) leaves its ``error[CODE]: …`` line in the server log (``wal fetch`` on its stderr, the
+   relay by appending it), and a restore that stops short names that line beside PostgreSQL's.
 4. The server starts on a free port (and a private socket folder) — as the ``postgres`` OS user when
    this runs as root, since PostgreSQL refuses root — replays, promotes; then a *smoke check*
    (:func:`smoke_check`) reads every table of every database in full and counts its rows. It is named
@@ -36,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -73,6 +77,8 @@ from dbprotect.core.pg.tools import ToolPlace, require_tool_for_server
 from dbprotect.core.store import Storage
 
 PROMOTE_TIMEOUT_SECONDS = 600
+#: The restored server's log, inside its data directory (``pg_ctl -l``).
+SERVER_LOG = "pitr-server.log"
 
 
 @dataclass(frozen=True)
@@ -376,6 +382,7 @@ def _wal_relay(storage: Storage, database: str, identity: pyrage.x25519.Identity
                 pass
             except (DbprotectError, ValueError, OSError) as exc:
                 log(f"restore_command {line!r}: {exc}")
+                _note_in_server_log(data_dir / SERVER_LOG, exc)
             with open(reply, "w", encoding="utf-8") as outgoing:
                 outgoing.write(f"{status}\n")
 
@@ -389,6 +396,20 @@ def _wal_relay(storage: Storage, database: str, identity: pyrage.x25519.Identity
             os.close(os.open(request, os.O_WRONLY | os.O_NONBLOCK))
         server.join(timeout=5)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _note_in_server_log(log: Path, exc: Exception) -> None:
+    """Append a relayed fetch's failure to the server log as ``dbprotect wal fetch`` would have written it
+    (``error[CODE]: message``), so :func:`_log_tail` names it whichever way the WAL was served. Appended,
+    never created: the server (another OS user) owns its log."""
+    code = exc.code if isinstance(exc, DbprotectError) else DbprotectError.code
+    message = exc.one_line() if isinstance(exc, DbprotectError) else " ".join(str(exc).split())
+    with contextlib.suppress(OSError):
+        descriptor = os.open(log, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(descriptor, f"error[{code}]: {message[:300]}\n".encode(errors="replace"))
+        finally:
+            os.close(descriptor)
 
 
 def _as_user(user: pwd.struct_passwd | None) -> list[str]:
@@ -412,7 +433,7 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
     port = free_port()
     options = f"-c port={port} -c listen_addresses='' -k {socket_dir} -c hot_standby=on"
     env = dict(server_environ if server_environ is not None else os.environ)
-    log = data_dir / "pitr-server.log"
+    log = data_dir / SERVER_LOG
     done = subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(data_dir), "-l", str(log), "-o", options,
                            "-w", "-t", str(PROMOTE_TIMEOUT_SECONDS), "start"], capture_output=True, text=True,
                           env=env, timeout=PROMOTE_TIMEOUT_SECONDS + 30)
@@ -426,7 +447,10 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                 row = conn.execute("SELECT pg_is_in_recovery(), count(*) FROM pg_class").fetchone()
         except psycopg.OperationalError as exc:
-            raise DatabaseError(f"the restored server does not answer: {str(exc).splitlines()[0]}") from None
+            # a server that opened for reads (consistent) and then stopped recovering short of its target
+            # exits: the cause is in its log (e.g. a WAL file restore_command could not fetch), not here
+            raise DatabaseError(f"the restored server does not answer: {str(exc).splitlines()[0]}; "
+                                f"its log: {_log_tail(log)}") from None
         in_recovery = bool(row and row[0])
         if not in_recovery:
             return port, socket_dir, False
@@ -436,13 +460,27 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
         time.sleep(0.2)
 
 
+#: How ``dbprotect wal fetch`` (run by the server as ``restore_command``) reports a failure: its one line on
+#: stderr, which the server writes into its log.
+_FETCH_ERROR = re.compile(r"^error\[(DBP\d{3})\]: .+$")
+
+
 def _log_tail(log: Path) -> str:
+    """The server log's last FATAL/ERROR/PANIC line; and, when ``dbprotect wal fetch`` failed for another
+    reason than "not in the store" (which ends every recovery), its own last line too. PostgreSQL reads a
+    failed ``restore_command`` as a missing file, so a missing or wrong key surfaces only as "could not
+    locate required checkpoint record": the cause is the fetch's line, not the server's."""
     try:
         lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except OSError:
         return "no server log"
     important = [line for line in lines if "FATAL" in line or "ERROR" in line or "PANIC" in line]
-    return (important or lines or ["empty server log"])[-1]
+    tail = (important or lines or ["empty server log"])[-1]
+    fetch_failures = [line for line in lines
+                      if (match := _FETCH_ERROR.match(line)) and match.group(1) != NotFoundError.code]
+    if fetch_failures:
+        return f"{tail}; restore_command failed: {fetch_failures[-1][:300]}"
+    return tail
 
 
 def _stop_quietly(data_dir: Path, major: int, pg_bin_dir: ToolPlace, user: pwd.struct_passwd | None) -> None:
