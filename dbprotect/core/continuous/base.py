@@ -151,6 +151,14 @@ class _ObservedStream:
             self._watcher.feed(data)
         return data
 
+    def readinto(self, buffer: memoryview) -> int:
+        """Into the pipeline's reused buffer (no new 1 MB object per read); the watcher sees the same bytes."""
+        size = self._stream.readinto(buffer) or 0
+        if size:
+            self.bytes += size
+            self._watcher.feed(buffer[:size])
+        return size
+
 
 @dataclass(frozen=True)
 class BaseBackupRecord:
