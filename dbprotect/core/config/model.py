@@ -287,6 +287,10 @@ class ContinuousSpec(_Strict):
     min_full_bases: int = Field(default=1, ge=0)
     #: The measured RPO's target (the ``continuous_rpo`` check fails past it): under a minute, issue 15.
     rpo_seconds: float = Field(default=60.0, gt=0)
+    #: zstd level of base backups (negative: zstd's fast levels). Not the logical backups'
+    #: ``compression_level``: a base is the whole cluster, CPU-bound on small machines; the default's why
+    #: is in :data:`dbprotect.core.continuous.base.DEFAULT_BASE_ZSTD_LEVEL`.
+    base_compression_level: int = Field(default=1, ge=-7, le=19)
 
     @field_validator("base_backup_schedule")
     @classmethod

@@ -90,7 +90,7 @@ def base_backup_database(config: Config, database: str, *, environ: Mapping[str,
         record = take_base_backup(database=database, dsn=dsn, storage=storage,
                                   recipients=config.keys.raw.recipients, incremental=spec.incremental,
                                   identity=identity, pg_bin_dir=config.tool_dirs,
-                                  zstd_level=config.database(database).compression_level, owner=actor)
+                                  zstd_level=spec.base_compression_level, owner=actor)
     except DbprotectError as exc:
         audit_failure(audit, "base-backup", database, exc)
         raise
