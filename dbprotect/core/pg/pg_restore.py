@@ -755,7 +755,7 @@ def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing:
                              on_table_data=on_table_data,
                              on_table_loaded=post_data.table_loaded if post_data else None)
         started = time.thread_time()
-        while chunk := script.stdout.read1(CHUNK):  # type: ignore[union-attr]
+        while chunk := script.stdout.read(CHUNK):  # type: ignore[union-attr]  # whole blocks: fewer hand-overs
             if progress:
                 progress("restore")
             if post_data:
