@@ -18,7 +18,8 @@ What it does:
    ``dbprotect restore bench <id> --target new:NAME --json`` end to end: reading the manifest,
    planning (the archive's table of contents), then the streaming restore: the stored object
    goes through SHA-256, age and zstd straight into pg_restore, pre-data, then the data section
-   (one whole, checked pass; tables loaded ``<cores>`` at a time on their own connections), then
+   (one whole, checked pass; tables loaded ``<cores>`` at a time on their own connections, and a
+   large table's rows spread in blocks over all of them), then
    post-data (each table's indexes and constraints built as soon as its data is in, 2 at a time,
    foreign keys and the rest after), into a staging database (no plaintext file at any point: a watcher checks the work
    folder and the temporary folder all along), comparing
@@ -30,7 +31,10 @@ What it does:
 4. Prints both times, the ratios (best runs, and the median of same-round ratios) against the
    target (<= 1.4x), the ratio against pg_restore + ANALYZE for comparison, and dbprotect's phase
    breakdown with each phase's share of the wall time (start-up, i.e. ``dbprotect --help`` timed
-   just before the restore, on its own), then one JSON line.
+   just before the restore, on its own); where the data section's client CPU went (fetching,
+   SHA-256, age and zstd; pg_restore writing the script; routing; psycopg's COPY writes); the CPU
+   seconds of each side, client and server (the postmaster's ended children), and dbprotect's
+   peak RSS (``wait4``); then one JSON line.
 
 Run: ``.venv/bin/python bench/restore_bench.py [--size-gb 0.5] [--runs 2] [--workdir DIR --keep]``.
 """
@@ -63,6 +67,32 @@ WITHIN = {"analyze_seconds": "alongside verify", "restore_pre_data_seconds": "wi
 DATABASE = "bench_big"
 
 
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str, float, float]:
+    """Run ``argv``; its exit status, output, CPU seconds (itself and the children it waited for:
+    pg_restore's ``-j`` workers, dbprotect's pg_restore and psql) and peak RSS in MB, from ``wait4``."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out: dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda n=n, s=s: out.__setitem__(n, s.read()), daemon=True)
+               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
+    return (proc.returncode, out["out"].decode(), out["err"].decode(), usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss / 1024)
+
+
+def server_cpu(server: Server) -> float:
+    """CPU seconds the server's processes have used and ended with (backends count once they exit:
+    the postmaster's children times), read from ``/proc``; compared before and after a restore."""
+    pid = (server.datadir / "postmaster.pid").read_text().split()[0]
+    time.sleep(0.3)  # the last backends of the restore exit and are reaped
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def drop(server: Server, name: str) -> None:
     import psycopg
 
@@ -70,25 +100,31 @@ def drop(server: Server, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def time_plain_restore(server: Server, dump_file: Path, jobs: int) -> tuple[float, float]:
+def time_plain_restore(server: Server, dump_file: Path, jobs: int) -> tuple[float, float, dict[str, float]]:
     """``createdb`` then ``pg_restore -j`` of a plain custom-format dump: seconds for both; then
     the seconds of the ``ANALYZE`` that pg_restore's documentation recommends after a restore
-    (reported separately: the target compares with pg_restore alone)."""
+    (reported separately: the target compares with pg_restore alone); then the CPU seconds of
+    pg_restore and of the server during the restore."""
     import psycopg
 
     drop(server, "plain_restore")
+    server_before = server_cpu(server)
     started = time.perf_counter()
     with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
         admin.execute('CREATE DATABASE "plain_restore" TEMPLATE template0')
-    subprocess.run([str(pg_bin() / "pg_restore"), f"--jobs={jobs}", "--exit-on-error", "--no-password",
-                    f"--dbname={server.dsn('plain_restore')}", str(dump_file)], check=True)
+    code, _, err, client, _ = run_measured([str(pg_bin() / "pg_restore"), f"--jobs={jobs}", "--exit-on-error",
+                                            "--no-password", f"--dbname={server.dsn('plain_restore')}",
+                                            str(dump_file)])
     seconds = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"plain pg_restore failed (exit {code}): {err.strip()}")
+    cpu = {"client": client, "server": server_cpu(server) - server_before}
     started = time.perf_counter()
     with psycopg.connect(server.dsn("plain_restore"), autocommit=True) as conn:
         conn.execute("ANALYZE")
     analyze = time.perf_counter() - started
     drop(server, "plain_restore")
-    return seconds, analyze
+    return seconds, analyze, cpu
 
 
 def write_config(workdir: Path, recipient: str) -> Path:
@@ -107,12 +143,15 @@ def write_config(workdir: Path, recipient: str) -> Path:
     return path
 
 
-def dbprotect(env: dict[str, str], *args: str) -> dict[str, Any]:
+def dbprotect(env: dict[str, str], *args: str, usage: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run the console script with ``--json``; its document. ``usage`` gets its CPU seconds and peak RSS."""
     script = Path(sys.executable).with_name("dbprotect")
-    out = subprocess.run([str(script), *args, "--json"], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"dbprotect {' '.join(args)} failed (exit {out.returncode}): {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    code, out, err, cpu, rss = run_measured([str(script), *args, "--json"], env=env)
+    if code != 0:
+        raise SystemExit(f"dbprotect {' '.join(args)} failed (exit {code}): {err.strip()}")
+    if usage is not None:
+        usage.update({"client": cpu, "peak_rss_mb": rss})
+    return json.loads(out)
 
 
 class PlaintextWatch:
@@ -155,13 +194,17 @@ def time_dbprotect_restore(server: Server, env: dict[str, str], backup_id: str, 
     drop(server, "dbprotect_restore")
     private_tmp = work.parent / "tmp"
     private_tmp.mkdir(exist_ok=True)
+    usage: dict[str, float] = {}
+    server_before = server_cpu(server)
     with PlaintextWatch(work, private_tmp) as watch:
         started = time.perf_counter()
         doc = dbprotect({**env, "TMPDIR": str(private_tmp)}, "restore", "bench", backup_id,
-                        "--target", "new:dbprotect_restore")
+                        "--target", "new:dbprotect_restore", usage=usage)
         seconds = time.perf_counter() - started
     drop(server, "dbprotect_restore")
-    return {"seconds": seconds, "metrics": doc["metrics"], "plaintext_files": sorted(watch.seen), "startup": startup}
+    usage["server"] = server_cpu(server) - server_before
+    return {"seconds": seconds, "metrics": doc["metrics"], "plaintext_files": sorted(watch.seen), "startup": startup,
+            "cpu": usage}
 
 
 def main() -> None:
@@ -197,18 +240,21 @@ def main() -> None:
               f"{backup['stored_bytes'] / 1e6:.0f} MB stored, {backup['total_rows']:,} rows", flush=True)
 
         plain: list[float] = []
+        plain_cpu: list[dict[str, float]] = []
         analyzed: list[float] = []
         ours: list[dict[str, Any]] = []
         for run in range(1, args.runs + 1):  # interleaved, so a noisy neighbour hurts both alike
             print(f"Run {run}/{args.runs}:", end=" ", flush=True)
-            seconds, analyze = time_plain_restore(server, dump_file, jobs)
+            seconds, analyze, cpu = time_plain_restore(server, dump_file, jobs)
             plain.append(seconds)
+            plain_cpu.append(cpu)
             analyzed.append(seconds + analyze)
             print(f"pg_restore -j {jobs} {seconds:.2f} s (then ANALYZE {analyze:.2f} s),", end=" ", flush=True)
             ours.append(time_dbprotect_restore(server, env, backup["backup_id"], workdir / "work"))
             print(f"dbprotect restore {ours[-1]['seconds']:.2f} s", flush=True)
 
         best_plain = min(plain)
+        best_plain_cpu = plain_cpu[plain.index(best_plain)]
         best = min(ours, key=lambda r: r["seconds"])
         ratio = best["seconds"] / best_plain
         phases = {k: v for k, v in best["metrics"].items() if k.endswith("_seconds")}
@@ -226,6 +272,18 @@ def main() -> None:
               + f"; start-up (interpreter and imports, 'dbprotect --help') {startup:.2f} s "
                 f"({100 * startup / best['seconds']:.0f}%); planning and the rest {rest:.2f} s "
                 f"({100 * rest / best['seconds']:.0f}%)")
+        metrics, cpu = best["metrics"], best["cpu"]
+        data = {k.removeprefix("restore_data_").removesuffix("_cpu"): v for k, v in metrics.items()
+                if k.startswith("restore_data_") and k.endswith("_cpu")}
+        if data:
+            named = {"feed": "store + SHA-256 + age + zstd", "tool": "pg_restore writing the script",
+                     "route": "Python routing of COPY blocks", "copy": "psycopg copy.write (all connections)"}
+            print(f"  data section ({metrics.get('restore_data_seconds', 0):.2f} s wall), client CPU: " + ", ".join(
+                f"{named.get(k, k)} {v:.2f} s" for k, v in data.items())
+                  + f"; tables spread over several connections: {int(metrics.get('restore_data_tables_split', 0))}")
+        print(f"  CPU seconds, client / server: plain pg_restore {best_plain_cpu['client']:.2f} / "
+              f"{best_plain_cpu['server']:.2f}; dbprotect (with its pg_restore and psql) {cpu['client']:.2f} / "
+              f"{cpu['server']:.2f}; dbprotect peak RSS {cpu['peak_rss_mb']:.0f} MB")
         early = best["metrics"].get("restore_post_data_groups_built_early")
         if early is not None:
             print(f"  tables whose indexes and constraints were built while other tables still loaded: {int(early)}")
@@ -253,6 +311,7 @@ def main() -> None:
                           "plain_pg_restore_analyze_s": round(min(analyzed), 3),
                           "median_paired_ratio_vs_restore_and_analyze": round(with_analyze, 3),
                           "phases": phases, "plaintext_files": plaintext,
+                          "data_section_cpu": data, "cpu": {"plain": best_plain_cpu, "dbprotect": cpu},
                           "phase_shares": {**{k: round(v / best["seconds"], 3) for k, v in phases.items()},
                                            "startup_seconds": round(startup / best["seconds"], 3),
                                            "planning_and_rest_seconds": round(rest / best["seconds"], 3)},

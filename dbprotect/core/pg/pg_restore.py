@@ -322,6 +322,8 @@ class _Feeder:
         self.finished = False
         self._aborted = False
         self._consumer_gone = False
+        #: CPU time of the feeding thread: fetching, SHA-256, age and zstd (and the pipe writes).
+        self.cpu = 0.0
         self._thread = threading.Thread(target=self._run, name="dbprotect-feed", daemon=True)
         self._thread.start()
 
@@ -344,12 +346,14 @@ class _Feeder:
         self._aborted = True
 
     def _run(self) -> None:
+        started = time.thread_time()
         try:
             self.finished = self._feed(self._write, self._whole)
         except BaseException as exc:  # handed to the thread that waits for it
             if not self._aborted:  # after an abort, the failure that caused it is the one to report
                 self.failure = exc
         finally:
+            self.cpu = time.thread_time() - started
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()  # type: ignore[union-attr]
 
@@ -447,66 +451,92 @@ def _table_data_ids(listing: str) -> list[int]:
 
 
 _ABORT = object()
+_END = object()
+_STOP = object()
+
+#: A table's COPY stays on one connection until this many bytes of it were routed; beyond that,
+#: each further block of rows goes to the least busy connection, so a large table loads over all
+#: of them at once (pg_restore -j loads a table on one connection only, but it has a seekable
+#: file and loads two tables at once; one stream can only be split by rows).
+SPLIT_MIN_BYTES = 8 << 20
 
 
 class _Aborted(Exception):
     """Raised inside a COPY to roll it back."""
 
 
-class _CopyWorker:
-    """One connection loading one table at a time with COPY, committed per table, on its own thread."""
+class _TableLoad:
+    """One table's COPY from the script, in one part per connection that got some of its rows.
 
-    def __init__(self, dsn: str, session: list[bytes], done: Callable[[_CopyWorker, int | None], None]) -> None:
+    The table is loaded (committed, final) once the router has passed its terminator and every
+    part has committed; only then is it reported, so a table is never verified or indexed while
+    one of its parts is still loading.
+    """
+
+    def __init__(self, statement: bytes, dump_id: int | None, table: bytes | None) -> None:
+        self.statement, self.dump_id, self.table = statement, dump_id, table
+        self.workers: list[_CopyWorker] = []
+        self.routed = 0
+        self.committed = 0
+        self.all_routed = False
+
+
+class _CopyWorker:
+    """One connection loading COPY parts, each committed on its own, on its own thread.
+
+    Its inbox holds, in order: a :class:`_TableLoad` (open its COPY), blocks of whole rows, and
+    ``_END`` (commit that part); ``_STOP`` ends the thread, ``_ABORT`` rolls back what is open.
+    """
+
+    def __init__(self, dsn: str, session: list[bytes], done: Callable[[_CopyWorker, _TableLoad | None], None]) -> None:
         self._dsn, self._session, self._done = dsn, session, done
-        self._jobs: queue.Queue[tuple[bytes, int | None] | None] = queue.Queue()
-        self._chunks: queue.Queue[bytes | object | None] = queue.Queue(maxsize=8)
+        self.inbox: queue.Queue[object] = queue.Queue(maxsize=8)
         self.failure: BaseException | None = None
+        self.cpu = 0.0
         self._aborting = False
         self._thread = threading.Thread(target=self._run, name="dbprotect-copy", daemon=True)
         self._thread.start()
 
-    def start(self, statement: bytes, dump_id: int | None) -> None:
-        self._jobs.put((statement, dump_id))
-
-    def write(self, data: bytes) -> None:
-        while data:
+    def put(self, item: object) -> None:
+        """Hand the worker a message; waits while its inbox is full, raising the worker's failure."""
+        while True:
             if self.failure is not None:
                 raise self.failure  # the table failed to load: the restore stops here
             with contextlib.suppress(queue.Full):
-                self._chunks.put(data, timeout=POLL_SECONDS)
+                self.inbox.put(item, timeout=POLL_SECONDS)
                 return
 
-    def end(self) -> None:
-        self._chunks.put(None)
-
     def stop(self) -> None:
-        self._jobs.put(None)
+        self.put(_STOP)
         self._thread.join()
 
     def abort(self) -> None:
-        """Roll back the table being loaded, if any, and end the thread (the restore failed)."""
+        """Roll back the part being loaded, if any, and end the thread (the restore failed)."""
         self._aborting = True
-        self._jobs.put(None)
         with contextlib.suppress(queue.Full):
-            self._chunks.put_nowait(_ABORT)
+            self.inbox.put_nowait(_ABORT)
         self._thread.join(timeout=30)
+
+    def _next(self) -> object:
+        item = self.inbox.get()
+        if item is _ABORT or self._aborting:
+            raise _Aborted
+        return item
 
     def _run(self) -> None:
         conn = None
+        started = time.thread_time()
         try:
             conn = connect(self._dsn, application_name="dbprotect-restore")
             for statement in self._session:
                 conn.execute(statement.decode("utf-8"))
             conn.commit()
-            while (job := self._jobs.get()) is not None:
-                statement, dump_id = job
-                with conn.cursor() as cur, cur.copy(statement.decode("utf-8")) as copy:
-                    while (chunk := self._chunks.get()) is not None:
-                        if chunk is _ABORT or self._aborting:
-                            raise _Aborted
-                        copy.write(chunk)  # type: ignore[arg-type]
+            while isinstance(load := self._next(), _TableLoad):
+                with conn.cursor() as cur, cur.copy(load.statement.decode("utf-8")) as copy:
+                    while (block := self._next()) is not _END:
+                        copy.write(block)  # type: ignore[arg-type]
                 conn.commit()
-                self._done(self, dump_id)
+                self._done(self, load)
         except _Aborted:
             return
         except BaseException as exc:  # handed to the loader, which stops the restore
@@ -514,67 +544,100 @@ class _CopyWorker:
             self._done(self, None)
             with contextlib.suppress(queue.Empty):  # unblock the loader if it was writing to us
                 while True:
-                    self._chunks.get_nowait()
+                    self.inbox.get_nowait()
         finally:
+            self.cpu = time.thread_time() - started
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
 
 
 class _DataLoader:
-    """The data section of ``pg_restore -f -``, routed table by table into parallel COPY connections.
+    """The data section of ``pg_restore -f -``, routed by blocks of rows into parallel COPY connections.
 
     Statements outside COPY (settings, sequence values, large objects) run in order on one
-    connection; each table's COPY goes to an idle worker, so ``jobs`` tables load at once while
-    the one stream goes on. Each table is committed on its own and reported to ``on_table_data``.
+    connection. COPY data is passed through as blocks of whole rows (up to a read's size, cut at
+    the last row end: no per-row work in Python). A table starts on the least busy connection;
+    a large one (over :data:`SPLIT_MIN_BYTES`) is then spread over all ``jobs`` connections, each
+    with its own COPY of the same table, while the next tables already start on whichever is
+    free. Each part is committed on its own; a table is reported to ``on_table_data`` and
+    ``on_table_loaded`` once all its parts are in. Any failure aborts every part still open
+    and the caller drops the staging database.
     """
 
     def __init__(self, dsn: str, *, jobs: int, rejected: tuple[bytes, ...], table_ids: list[int],
                  on_table_data: Callable[[int], None] | None,
                  on_table_loaded: Callable[[bytes], None] | None = None) -> None:
-        self._dsn, self._jobs, self._rejected = dsn, jobs, rejected
+        self._dsn, self._jobs, self._rejected = dsn, max(1, jobs), rejected
         self._table_ids, self._next_table = table_ids, 0
         self._on_table_data = on_table_data
         self._on_table_loaded = on_table_loaded
-        #: What each worker is loading: the table as the COPY names it (see :func:`_copy_target`).
-        self._loading: dict[int, bytes | None] = {}
         self._session: list[bytes] = []
         self._statement: list[bytes] = []
         self._data_started = False
         self._control = connect(dsn, autocommit=True, application_name="dbprotect-restore")
         self._workers: list[_CopyWorker] = []
-        self._idle: queue.Queue[_CopyWorker] = queue.Queue()
-        self._copying: _CopyWorker | None = None
+        self._copying: _TableLoad | None = None
+        self._current: _CopyWorker | None = None  # the worker taking the rows of the open COPY
+        self._row_start = True  # the buffer begins at a row's start (where ``\.`` ends the data)
         self._pending_id: int | None = None
         self._buffer = b""
         self._lock = threading.Lock()
+        #: Tables whose rows went over more than one connection.
+        self.tables_split = 0
 
-    def _worker_done(self, worker: _CopyWorker, dump_id: int | None) -> None:
-        if worker.failure is None:
-            if dump_id is not None and self._on_table_data:
-                self._on_table_data(dump_id)
-            table = self._loading.pop(id(worker), None)
-            if table is not None and self._on_table_loaded:
-                self._on_table_loaded(table)
-        self._idle.put(worker)
+    @property
+    def copy_cpu_seconds(self) -> float:
+        """CPU time of the COPY threads (psycopg's ``copy.write``), known once they ended."""
+        return sum(worker.cpu for worker in self._workers)
+
+    def _part_done(self, worker: _CopyWorker, load: _TableLoad | None) -> None:
+        if worker.failure is not None or load is None:
+            return
+        with self._lock:
+            load.committed += 1
+            finished = load.all_routed and load.committed == len(load.workers)
+        if finished:
+            self._table_done(load)
+
+    def _table_done(self, load: _TableLoad) -> None:
+        if load.dump_id is not None and self._on_table_data:
+            self._on_table_data(load.dump_id)
+        if load.table is not None and self._on_table_loaded:
+            self._on_table_loaded(load.table)
 
     def _check_workers(self) -> None:
         for worker in self._workers:
             if worker.failure is not None:
                 raise worker.failure
 
-    def _idle_worker(self) -> _CopyWorker:
-        if len(self._workers) < self._jobs and self._idle.empty():
-            worker = _CopyWorker(self._dsn, list(self._session), self._worker_done)
+    def _least_busy(self) -> _CopyWorker:
+        if len(self._workers) < self._jobs:
+            worker = _CopyWorker(self._dsn, list(self._session), self._part_done)
             self._workers.append(worker)
             return worker
-        worker = self._idle.get()
-        self._check_workers()
-        return worker
+        return min(self._workers, key=lambda w: w.inbox.qsize())
+
+    def _send(self, block: bytes) -> None:
+        """Rows of the open COPY to a worker: where the row began, or (at a row start) where it fits best."""
+        load = self._copying
+        assert load is not None
+        worker = self._current
+        if worker is None or (self._row_start and load.routed >= SPLIT_MIN_BYTES and self._jobs > 1):
+            worker = self._least_busy()
+        if worker not in load.workers:
+            with self._lock:
+                load.workers.append(worker)
+            if len(load.workers) == 2:
+                self.tables_split += 1
+            worker.put(load)
+        self._current = worker
+        worker.put(block)
+        load.routed += len(block)
 
     def feed(self, data: bytes) -> None:
         """Take the next bytes of the script."""
-        self._buffer += data
+        self._buffer = self._buffer + data if self._buffer else data
         while self._buffer:
             if self._copying is not None:
                 if not self._copy_part():
@@ -587,28 +650,43 @@ class _DataLoader:
             self._line(line)
 
     def _copy_part(self) -> bool:
-        """Forward COPY data up to its terminator; False when more input is needed."""
-        worker = self._copying
-        assert worker is not None
+        """Forward the open COPY's rows up to its terminator; False when more input is needed."""
         buffer = self._buffer
-        if self._at_copy_start and buffer.startswith(b"\\.\n"):  # an empty table
-            data_end, rest_start = 0, 3
-        else:
-            index = buffer.find(_COPY_END)
-            if index < 0:  # keep what may be the terminator's beginning
-                keep = len(_COPY_END) - 1
-                if len(buffer) > keep:
-                    worker.write(buffer[:-keep])
-                    self._buffer = buffer[-keep:]
-                    self._at_copy_start = False
-                return False
-            data_end, rest_start = index + 1, index + len(_COPY_END)
-        worker.write(buffer[:data_end])
-        worker.end()
-        self._buffer = buffer[rest_start:]
-        self._copying = None
+        if self._row_start and buffer[:3] == b"\\.\n":  # the terminator at a row start
+            self._end_copy(3)
+            return True
+        if self._row_start and len(buffer) < 3 and b"\\.\n".startswith(buffer):
+            return False  # maybe the terminator's beginning
+        index = buffer.find(_COPY_END)
+        if index >= 0:
+            self._send(buffer[:index + 1])
+            self._end_copy(index + len(_COPY_END))
+            return True
+        last = buffer.rfind(b"\n")
+        if last >= 0:  # whole rows; the rest is a row's beginning (or the terminator's)
+            self._send(buffer[:last + 1])
+            self._buffer = buffer[last + 1:]
+            self._row_start = True
+            return False
+        if len(buffer) >= CHUNK:  # inside one long row: on to where it began
+            self._send(buffer)
+            self._buffer = b""
+            self._row_start = False
+        return False
+
+    def _end_copy(self, consumed: int) -> None:
+        load = self._copying
+        assert load is not None
+        self._buffer = self._buffer[consumed:]
+        self._copying, self._current, self._row_start = None, None, True
+        with self._lock:
+            load.all_routed = True
+            finished = load.committed == len(load.workers)
+        for worker in load.workers:
+            worker.put(_END)
+        if finished:  # an empty table: no part at all
+            self._table_done(load)
         self._check_workers()
-        return True
 
     def _line(self, line: bytes) -> None:
         line = line.rstrip(b"\r")
@@ -622,11 +700,9 @@ class _DataLoader:
                 return
             if _COPY_LINE.match(line):
                 self._data_started = True
-                worker = self._idle_worker()
-                self._loading[id(worker)] = _copy_target(line)
-                worker.start(line, self._pending_id)
+                self._copying = _TableLoad(line, self._pending_id, _copy_target(line))
                 self._pending_id = None
-                self._copying, self._at_copy_start = worker, True
+                self._current, self._row_start = None, True
                 return
             if line in self._rejected:
                 return
@@ -650,21 +726,20 @@ class _DataLoader:
             self.close()
 
     def close(self) -> None:
-        """End every worker: a table still loading is rolled back (idempotent)."""
+        """End every worker: a part still loading is rolled back (idempotent)."""
         for worker in self._workers:
             worker.abort()
-        self._workers = []
         with contextlib.suppress(Exception):
             self._control.close()
 
-
 def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing: str,
                on_table_data: Callable[[int], None] | None, progress: Progress | None,
-               post_data: _PostData | None = None) -> None:
+               post_data: _PostData | None = None, usage: dict[str, float] | None = None) -> None:
     """The data section from one whole, checked pass over the archive, into ``jobs`` COPY connections.
 
     ``post_data`` is told each table whose data committed (its indexes and constraints may be
     built now) and is checked for a failure at every chunk: one failed post-data worker stops the load.
+    ``usage`` gets where the client's CPU time went (see :data:`DATA_USAGE`), for the bench.
     """
     script = subprocess.Popen([str(choice.tool.path), "--section=data", "--file=-"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tool_env(None))
@@ -673,23 +748,32 @@ def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing:
     reader = threading.Thread(target=lambda: err.append(script.stderr.read()), daemon=True)  # type: ignore[union-attr]
     reader.start()
     loader = None
+    routing = 0.0
+    tool_cpu = 0.0
     try:
         loader = _DataLoader(dsn, jobs=jobs, rejected=choice.rejected, table_ids=_table_data_ids(listing),
                              on_table_data=on_table_data,
                              on_table_loaded=post_data.table_loaded if post_data else None)
-        while chunk := script.stdout.read1(CHUNK):  # type: ignore[union-attr]
+        started = time.thread_time()
+        while chunk := script.stdout.read(CHUNK):  # type: ignore[union-attr]  # whole blocks: fewer hand-overs
             if progress:
                 progress("restore")
             if post_data:
                 post_data.raise_failure()
             loader.feed(chunk)
-        script.wait()
+        routing = time.thread_time() - started
+        tool_cpu = _reap(script)
         feeder.join()
         feeder.raise_failure()  # damaged, truncated, or not the manifest's object: before anything else
         if script.returncode != 0:
             lines = [line.strip() for line in b"".join(err).decode("utf-8", "replace").splitlines() if line.strip()]
             raise _failure("pg_restore", script.returncode, (lines or [""])[-1])
         loader.finish()
+        if usage is not None:
+            usage.update({"restore_data_feed_cpu": round(feeder.cpu, 3), "restore_data_tool_cpu": round(tool_cpu, 3),
+                          "restore_data_route_cpu": round(routing, 3),
+                          "restore_data_copy_cpu": round(loader.copy_cpu_seconds, 3),
+                          "restore_data_tables_split": loader.tables_split})
     except psycopg.Error as exc:
         feeder.abort()
         if script.poll() is None:
@@ -718,6 +802,24 @@ def _load_data(choice: RestoreTool, feed: Feed, dsn: str, *, jobs: int, listing:
             stream.close()  # type: ignore[union-attr]
         if loader is not None:
             loader.close()
+
+
+#: What ``usage`` of :func:`_load_data` holds: CPU seconds of the feeding thread (store, SHA-256,
+#: age, zstd), of pg_restore writing the script, of the routing thread, and of the COPY threads.
+DATA_USAGE = ("restore_data_feed_cpu", "restore_data_tool_cpu", "restore_data_route_cpu", "restore_data_copy_cpu")
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> float:
+    """Wait for ``proc`` and return its CPU seconds (user + system), from ``wait4``."""
+    if proc.returncode is not None:
+        return 0.0
+    try:
+        _, status, rusage = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # reaped elsewhere
+        proc.wait()
+        return 0.0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return rusage.ru_utime + rusage.ru_stime
 
 
 # -- post-data in parallel, each table's indexes as soon as its data is in -----------------------
@@ -965,14 +1067,16 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
     Why not ``pg_restore -j``: it needs a seekable file, i.e. the plaintext archive on disk. Here
     pre-data and post-data live in the table of contents at the archive's start, so pg_restore
     stops reading after a few megabytes; the data section is one whole pass (SHA-256 and size
-    checked at its end) whose tables load ``jobs`` at a time on their own connections, each
-    committed and reported to ``on_table_data`` as it finishes. Post-data, as ``pg_restore -j``
+    checked at its end) whose tables load ``jobs`` at a time on their own connections (a large
+    table's rows spread over all of them, :class:`_DataLoader`), each committed and reported to
+    ``on_table_data`` once all of it is in. Post-data, as ``pg_restore -j``
     does it: each table's indexes and constraints are built (``jobs`` workers, ``-L`` lists) as
     soon as that table's data committed, while the other tables still load; then the rest of the
     post-data section (foreign keys, attachments, triggers, policies, ...) in archive order. A
     restore that fails anywhere stops every worker and leaves only its staging database, which
     the caller drops. ``timings`` gets ``restore_pre_data_seconds``, ``restore_data_seconds``
-    (with the indexes built meanwhile) and ``restore_post_data_seconds`` (what is left after the data).
+    (with the indexes built meanwhile) and ``restore_post_data_seconds`` (what is left after the data),
+    and the data section's CPU use (:data:`DATA_USAGE`).
     """
     choice = restore_tool(archive_major, _target_major(dsn), dsn=dsn, place=pg_bin_dir)
     del server_major  # the tool is chosen by the archive's pg_dump and the target
@@ -991,7 +1095,8 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
     timings["restore_pre_data_seconds"] = round(time.perf_counter() - started, 3)
     if choice.filtered:  # one psql connection: no parallel post-data
         started = time.perf_counter()
-        _load_data(choice, feed, dsn, jobs=jobs, listing=listing, on_table_data=on_table_data, progress=progress)
+        _load_data(choice, feed, dsn, jobs=jobs, listing=listing, on_table_data=on_table_data, progress=progress,
+                   usage=timings)
         timings["restore_data_seconds"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         _section(choice, feed, dsn, ["--section=post-data"], keep_owners=keep_owners, place=pg_bin_dir,
@@ -1003,7 +1108,7 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
     post = _PostData(choice, feed, dsn, plan, jobs=jobs, keep_owners=keep_owners, place=pg_bin_dir)
     try:
         _load_data(choice, feed, dsn, jobs=jobs, listing=listing, on_table_data=on_table_data, progress=progress,
-                   post_data=post)
+                   post_data=post, usage=timings)
         timings["restore_data_seconds"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         post.data_done()
