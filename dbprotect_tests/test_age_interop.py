@@ -27,8 +27,11 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def chinook_backup(chinook_dsn: str, tmp_path: Path, age_keys: tuple[str, str]) -> tuple[Path, Path, BackupResult]:
+@pytest.fixture(scope="module")
+def chinook_backup(chinook_dsn: str, tmp_path_factory: pytest.TempPathFactory,
+                   age_keys: tuple[str, str]) -> tuple[Path, Path, BackupResult]:
+    """One backup for the module: the tests only read it (list, restore elsewhere, a wrong key)."""
+    tmp_path = tmp_path_factory.mktemp("age-interop")
     storage = FilesystemStorage(tmp_path / "store")
     result = run_backup(database="chinook", dsn=chinook_dsn, storage=storage, recipients=[age_keys[1]])
     key_file = tmp_path / "raw.key"

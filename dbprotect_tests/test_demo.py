@@ -46,19 +46,27 @@ def _env_file(path: Path) -> dict[str, str]:
     return values
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "demo"
+FirstRun = tuple[Path, subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
+    """The demo's first run from nothing, once for the module: (its folder, the run).
+
+    Both tests start from it (a demo run is most of each one's time); neither writes anything the
+    other reads except one more backup, which only the twice-run test counts.
+    """
+    folder = tmp_path_factory.mktemp("demo-home") / "demo"
     try:
-        yield folder
+        yield folder, _demo(folder, "--rows", str(ROWS), "--json")
     finally:
         stopped = _demo(folder, "--stop")
         assert stopped.returncode == 0, stopped.stderr
         assert not (folder / "pgdata" / "postmaster.pid").exists()
 
 
-def test_demo_runs_twice_from_nothing(workdir: Path) -> None:
-    first = _demo(workdir, "--rows", str(ROWS), "--json")
+def test_demo_runs_twice_from_nothing(first_run: FirstRun) -> None:
+    workdir, first = first_run
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     key_file = workdir.parent / "keys" / "raw-backups.agekey"
@@ -109,8 +117,8 @@ def test_demo_runs_twice_from_nothing(workdir: Path) -> None:
     assert masking_key == masking_file.read_text().strip()
 
 
-def test_demo_data_is_the_fintech_schema_with_its_guards(workdir: Path) -> None:
-    result = _demo(workdir, "--rows", str(ROWS), "--json")
+def test_demo_data_is_the_fintech_schema_with_its_guards(first_run: FirstRun) -> None:
+    workdir, result = first_run
     assert result.returncode == 0, result.stderr
     dsn = _env_file(workdir / "demo.env")["DBPROTECT_DEMO_PROD_DSN"]
     # The environment marker destructive steps check, and row-level security on tenant data.

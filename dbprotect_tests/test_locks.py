@@ -21,6 +21,7 @@ import pytest
 
 from dbprotect.core.errors import NotFoundError, Refusals, RefusedError
 from dbprotect.core.store import FilesystemStorage, Storage
+from dbprotect.core.store import lock as lock_module
 from dbprotect.core.store.catalog import list_backups, load_manifest, record_verification, recorded_verifications
 from dbprotect.core.store.filesystem import PARTIAL_GRACE_SECONDS, PARTIAL_MARK
 from dbprotect.core.store.lock import DatabaseLock, current_holder, database_lock, lock_key, lock_prefix
@@ -252,16 +253,20 @@ def test_a_verification_waits_for_a_cleanup_holding_the_lock_then_refuses_a_dele
 @pytest.mark.slow
 def test_a_backup_from_the_cli_while_another_writer_holds_the_lock_exits_9_naming_it(
         write_config: Callable[..., Path], make_db: Callable[..., str], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CLI's writer waits DEFAULT_WAIT_SECONDS (15 s) for the lock; what is tested is the refusal after it
+    monkeypatch.setattr(lock_module, "DEFAULT_WAIT_SECONDS", 1.0)
     write_config(make_db("create table t (id int primary key); insert into t values (1);"))
     store = FilesystemStorage(tmp_path / "store")
     other = DatabaseLock(store, DB, owner="dagster:shop_cleanup_job", wait_seconds=1)
     other.acquire()
+    started = time.monotonic()
     try:
         code, out, err = run_json(capsys, "backup", DB)
     finally:
         other.release()
     assert code == 9, (out, err)
+    assert time.monotonic() - started >= 1.0  # it waited for the holder before refusing
     assert out["error"]["code"] == "DBP930" and "dagster:shop_cleanup_job" in out["error"]["message"]
     assert list_backups(store, DB, include_incomplete=True) == []
     code, out, err = run_json(capsys, "backup", DB)  # released: the next backup runs

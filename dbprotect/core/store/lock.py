@@ -263,12 +263,13 @@ class DatabaseLock:
     """One writer's hold on ``database`` in ``storage``; use :func:`database_lock`."""
 
     def __init__(self, storage: Storage, database: str, *, owner: str, lease: timedelta = DEFAULT_LEASE,
-                 wait_seconds: float = DEFAULT_WAIT_SECONDS) -> None:
+                 wait_seconds: float | None = None) -> None:
         self.storage = storage
         self.database = database
         self.owner = owner
         self.lease = lease
-        self.wait_seconds = wait_seconds
+        # the module's default is read per lock, not bound at import: a test shortens it for one test
+        self.wait_seconds = DEFAULT_WAIT_SECONDS if wait_seconds is None else wait_seconds
         self.token = secrets.token_hex(16)
         self.generation: int | None = None
         self.acquired_at: datetime | None = None
@@ -463,7 +464,7 @@ def ensure_lock_held(storage: Storage, database: str, what: str) -> None:
 
 @contextlib.contextmanager
 def database_lock(storage: Storage, database: str, *, owner: str, lease: timedelta = DEFAULT_LEASE,
-                  wait_seconds: float = DEFAULT_WAIT_SECONDS) -> Iterator[DatabaseLock]:
+                  wait_seconds: float | None = None) -> Iterator[DatabaseLock]:
     """Hold ``database``'s writer lock in ``storage`` for the ``with`` block (re-entrant, see module doc)."""
     held = _HELD.get() or {}
     slot = (storage.uri, database)
