@@ -118,6 +118,10 @@ def test_window_over_the_newest_full_removes_the_old_chain_and_a_killed_sweep_lo
         newest = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                   recipients=config.keys.raw.recipients, incremental=False)
         time.sleep(1.1)  # the window starts after the newest base finished and before the target
+        # and after the WAL dates the newest base: a stored sample reaching its end (chains.py rule 9)
+        with psycopg.connect(wal_server, autocommit=True) as conn:  # WAL to switch (the base ended one)
+            conn.execute("SELECT pg_logical_emit_message(false, 'dbprotect-test', 'date the base')")
+        switch_and_wait_shipped(wal_server, storage)
         window_start = datetime.now(UTC)
         time.sleep(1.1)
         _insert(wal_server, "keep-c", range(200_400, 200_450))

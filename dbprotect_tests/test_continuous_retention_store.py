@@ -49,7 +49,11 @@ def put_segments(storage: FilesystemStorage, first: int, last: int) -> None:
         storage.put_bytes(segment_record_key("shop", name), SegmentRecord(
             segment=name, kind="segment", timeline=1, start_lsn=format_lsn(number * SEG),
             end_lsn=format_lsn((number + 1) * SEG), plain_bytes=SEG, plain_sha256="0" * 64,
-            object=segment_object_key("shop", name), size=3, sha256="0" * 64, shipped_at=T0.isoformat()).to_json())
+            object=segment_object_key("shop", name), size=3, sha256="0" * 64, shipped_at=T0.isoformat(),
+            # the receiver's commit-time sample: the server reached this segment's end 1 + (n-1)*10/3 hours
+            # after T0 (after the bases put on it here), which dates each base by the WAL (chains.py rule 9)
+            safe_time=(T0 + timedelta(hours=1 + (number - 1) * 10 / 3)).isoformat(),
+            safe_lsn=format_lsn((number + 1) * SEG - 1)).to_json())
 
 
 def store(tmp_path: Path) -> FilesystemStorage:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -32,6 +32,7 @@ from dbprotect_tests.test_continuous_wal import (
     current_segment,
     start_receiver,
     stop_receiver,
+    switch_and_wait_shipped,
     wait_for,
     wait_streaming,
 )
@@ -61,6 +62,10 @@ def test_chain_cleanup_on_s3_keeps_the_window_restorable(
         time.sleep(1.1)
         newer = base_backup_database(config, "shop")
         time.sleep(1.1)  # the newer base's finished_at stays before the window's start and the target
+        with psycopg.connect(wal_server, autocommit=True) as conn:  # WAL to switch (the base ended one)
+            conn.execute("SELECT pg_logical_emit_message(false, 'dbprotect-test', 'date the base')")
+        switch_and_wait_shipped(wal_server, storage)  # a stored sample dates the newer base (chains.py rule 9)
+        window_start = datetime.now(UTC)
         _insert(wal_server, "s3c-b", range(900_200, 900_300))
         target_time, _ = _insert(wal_server, "s3c-c", range(900_300, 900_330))
         time.sleep(1.1)
@@ -77,7 +82,6 @@ def test_chain_cleanup_on_s3_keeps_the_window_restorable(
     # a window that starts just after the newer base finished: only it (and the WAL from its start) is needed
     store_now = StoreClock(storage, "shop").now()
     assert store_now is not None
-    window_start = datetime.fromisoformat(newer.finished_at) + timedelta(seconds=0.5)
     policy = ChainPolicy(store_now - window_start, 0)
     cleanup = plan_continuous_cleanup(storage, "shop", policy, datetime.now(UTC))
     assert cleanup is not None and cleanup.plan.anchor == newer.base_id, cleanup.render()

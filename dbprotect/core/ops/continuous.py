@@ -34,7 +34,7 @@ from dbprotect.core.continuous.base import (
     verify_base_backup,
 )
 from dbprotect.core.continuous.drill import PitrDrillResult, run_pitr_drill
-from dbprotect.core.continuous.heartbeat import Heartbeat, heartbeat_thread, write_heartbeat
+from dbprotect.core.continuous.heartbeat import Heartbeat, heartbeat_thread, prune_window, write_heartbeat
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
 from dbprotect.core.continuous.rpo import (
     ContinuousRpo,
@@ -125,7 +125,8 @@ def receive_database_wal(config: Config, database: str, *, stop: threading.Event
     heartbeat writer (every ``continuous.heartbeat_seconds``; a failed insert is logged, never fatal)."""
     spec = continuous_spec(config, database)
     dsn = register_dsn(resolve_dsn(config, database, "production", environ))
-    with heartbeat_thread(dsn, interval_seconds=spec.heartbeat_seconds, log=log):
+    with heartbeat_thread(dsn, interval_seconds=spec.heartbeat_seconds, log=log,
+                          keep=prune_window(spec.retention_days)):
         return receive_wal(database=database, dsn=dsn, storage=primary_store(config, database, environ),
                            recipients=config.keys.raw.recipients,
                            spool=spool or default_spool(config, database), slot=spec.slot,

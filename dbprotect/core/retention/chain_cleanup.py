@@ -30,6 +30,7 @@ from dbprotect.core.continuous.wal import (
     history_object_key,
     history_record_key,
     partial_record_key,
+    segment_name,
     segment_number,
     segment_object_key,
     segment_record_key,
@@ -92,6 +93,7 @@ def plan_continuous_cleanup(storage: Storage, database: str, policy: ChainPolicy
         bases = [ChainBase(r.base_id, r.parent, r.timeline, r.start, r.end, datetime.fromisoformat(r.finished_at),
                            base_state(storage, r)) for r in records]
         wal, histories, segment_size = _continuous_wal(storage, database, objects)
+        wal = _with_samples(storage, database, wal, bases, segment_size)
         partial_objects = {p.segment: SegmentRecord.from_store(storage, partial_record_key(database, p.segment),
                                                                database=database, name=p.segment).object
                            for p in wal if p.kind == "partial"}
@@ -184,8 +186,44 @@ def _continuous_wal(storage: Storage, database: str,
         wal.append(ChainWal(name, "segment", int(name[:8], 16), start, start + segment_size))
     for name in partials:
         record = SegmentRecord.from_store(storage, partial_record_key(database, name), database=database, name=name)
-        wal.append(ChainWal(name, "partial", record.timeline, parse_lsn(record.start_lsn), parse_lsn(record.end_lsn)))
+        wal.append(ChainWal(name, "partial", record.timeline, parse_lsn(record.start_lsn), parse_lsn(record.end_lsn),
+                            *_sample_of(record)))
     return wal, histories, segment_size
+
+
+#: Completed segments read for their commit-time sample from each base's end onward: the first that holds
+#: a sample reaching the base's end proves when it became consistent (rule 9 of chains.py).
+SAMPLED_SEGMENTS_PER_BASE = 3
+
+
+def _sample_of(record: SegmentRecord) -> tuple[datetime, int] | tuple[()]:
+    if record.safe_time is None or record.safe_lsn is None:
+        return ()
+    when = datetime.fromisoformat(record.safe_time)
+    if when.tzinfo is None:
+        raise ValueError(f"WAL {record.segment}: commit-time sample {record.safe_time!r} has no time zone")
+    return when, parse_lsn(record.safe_lsn)
+
+
+def _with_samples(storage: Storage, database: str, wal: list[ChainWal], bases: list[ChainBase],
+                  segment_size: int) -> list[ChainWal]:
+    """Completed segments listed by name carry no sample; read the records of the few segments from each
+    base's end LSN onward (on its timeline), which date the base by the server's clock. A handful of
+    reads per base, not one per segment (there are thousands)."""
+    wanted: set[str] = set()
+    for base in bases:
+        first = base.end_lsn // segment_size
+        wanted |= {segment_name(base.timeline, n, segment_size)
+                   for n in range(first, first + SAMPLED_SEGMENTS_PER_BASE)}
+    dated = []
+    for record in wal:
+        if record.kind == "segment" and record.segment in wanted:
+            stored = SegmentRecord.from_store(storage, segment_record_key(database, record.segment),
+                                              database=database, name=record.segment)
+            record = ChainWal(record.segment, record.kind, record.timeline, record.start_lsn, record.end_lsn,
+                              *_sample_of(stored))
+        dated.append(record)
+    return dated
 
 
 def _continuous_keys(storage: Storage, database: str, decision: ChainDecision) -> list[ObjectInfo]:

@@ -9,7 +9,8 @@ The rules, and why:
 
 1. **The window.** Every moment in ``[now - window, now]`` must stay restorable. A point-in-time
    restore starts from a base that *finished* before the target and replays WAL from that base's
-   start, so the *anchor* is the newest (by start LSN) base finished at or before the window's start whose
+   start, so the *anchor* is the newest (by start LSN) base finished at or before the window's start
+   (by its own stamp *and* by a WAL sample, rule 9) whose
    whole chain (the base and every parent an incremental was taken against) is verified and whose
    own WAL (start to end LSN, without which it is not even consistent) is stored. The anchor, every
    base finished inside the window and every base starting after the anchor in the WAL are kept,
@@ -84,6 +85,11 @@ class ChainWal:
     timeline: int
     start_lsn: int
     end_lsn: int
+    #: The record's commit-time sample (:class:`~dbprotect.core.continuous.wal.SegmentRecord`): the server's
+    #: clock read *before* its flush LSN, so every LSN up to ``safe_lsn`` was written by ``safe_time``.
+    #: The server's clock is the one recovery targets are judged by; None where no sample was covered.
+    safe_time: datetime | None = None
+    safe_lsn: int | None = None
 
     @property
     def position(self) -> str:
@@ -192,6 +198,15 @@ def wal_covers(wal: Iterable[ChainWal], timeline: int, start: int, end: int) -> 
     return end <= start
 
 
+def wal_proves_consistent_by(wal: Iterable[ChainWal], base: ChainBase, moment: datetime) -> bool:
+    """Whether a stored WAL sample proves, by the server's clock, that ``base``'s end LSN (where a restore
+    from it becomes consistent) was written at or before ``moment``: a sample on the base's timeline
+    whose flush LSN reaches the base's end and whose clock reading is not later than ``moment``. The
+    base's own ``finished_at`` (another host's clock, perhaps running behind) is never enough alone."""
+    return any(w.timeline == base.timeline and w.safe_lsn is not None and w.safe_time is not None
+               and w.safe_lsn >= base.end_lsn and w.safe_time <= moment for w in wal)
+
+
 def plan_chain_retention(bases: Iterable[ChainBase], wal: Iterable[ChainWal], histories: Iterable[int],
                          policy: ChainPolicy, now: datetime, *, database: str = "?") -> ChainPlan:
     """Decide, for every base, WAL record and history file, keep or delete, with reasons. Pure."""
@@ -207,7 +222,8 @@ def plan_chain_retention(bases: Iterable[ChainBase], wal: Iterable[ChainWal], hi
         return (chain is not None and all(member.state == "verified" for member in chain)
                 and wal_covers(wal, base.timeline, base.start_lsn, base.end_lsn))
 
-    anchors = sorted((b for b in bases if b.finished_at <= window_start and restorable(b)),
+    anchors = sorted((b for b in bases if b.finished_at <= window_start and restorable(b)
+                      and wal_proves_consistent_by(wal, b, window_start)),
                      key=lambda b: (b.start_lsn, b.finished_at, b.base_id))
     anchor = anchors[-1] if anchors else None
     for base in bases:
@@ -275,4 +291,4 @@ def plan_chain_retention(bases: Iterable[ChainBase], wal: Iterable[ChainWal], hi
 
 
 __all__ = ["BaseState", "ChainBase", "ChainDecision", "ChainPlan", "ChainPolicy", "ChainWal", "chain_of",
-           "plan_chain_retention", "wal_covers"]
+           "plan_chain_retention", "wal_covers", "wal_proves_consistent_by"]
