@@ -164,8 +164,10 @@ class TestInvalidConfiguration:
         assert load_config(_write(tmp_path, doc)).database("shop").backup_schedule == cron
 
     # The last one differs from a real key in its final character (its bech32 checksum then fails).
+    # Fixed ids: the key is new in each process, and xdist refuses workers that collect different ids.
     @pytest.mark.parametrize("recipient", ["ssh-ed25519 AAAAC3Nza", "age1notarealkeyatall",
-                                           RECIPIENT[:-1] + ("y" if RECIPIENT.endswith("x") else "x")])
+                                           RECIPIENT[:-1] + ("y" if RECIPIENT.endswith("x") else "x")],
+                             ids=["ssh-key", "not-bech32", "bad-checksum"])
     def test_bad_age_recipient(self, tmp_path: Path, recipient: str) -> None:
         message = _refused(tmp_path, _mutated(lambda d: d["keys"]["raw"].update(recipients=[recipient])))
         assert "keys.raw.recipients: " in message and "is not an age X25519 recipient" in message
