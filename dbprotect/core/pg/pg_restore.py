@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -835,6 +835,12 @@ _ITEM_TABLE = {"INDEX": re.compile(rb"^CREATE (?:UNIQUE )?INDEX " + _NAME + rb" 
 #: else (foreign keys, index attachments, triggers, rules, policies, NOT VALID checks, comments,
 #: materialized view data, ...) runs afterwards, in archive order, on one connection.
 PER_TABLE_KINDS = tuple(_ITEM_TABLE)
+#: A foreign key as pg_dump writes it: ``ALTER TABLE [ONLY] <table>`` then, on the next line,
+#: ``    ADD CONSTRAINT <name> FOREIGN KEY (<columns>) REFERENCES <table>(``.
+FOREIGN_KEY = "FK CONSTRAINT"
+_FK_TABLE = re.compile(rb"^ALTER TABLE (?:ONLY )?" + _QUALIFIED + rb"$")
+_FK_REFERENCES = re.compile(rb"^    ADD CONSTRAINT " + _NAME + rb" FOREIGN KEY \(" + _NAME + rb"(?:, " + _NAME
+                            + rb")*\) REFERENCES " + _QUALIFIED + rb"\(")
 #: A ``-- Name: …; Type: …; Schema: …; Owner: …`` header of one item in ``pg_restore -f -``.
 _ITEM_HEADER = re.compile(rb"^-- Name: (.*); Type: (.*); Schema: (.*); Owner: (.*)$")
 
@@ -858,17 +864,20 @@ class PostDataPlan:
     per_table: dict[bytes, list[str]]
     unmapped: list[str]
     per_table_ids: set[int]
+    #: Foreign keys that may run before the data is all in: (dump id, TOC line, its table, the
+    #: table it references). Empty unless every index and constraint was paired with its table.
+    foreign: list[tuple[int, str, bytes, bytes]] = field(default_factory=list)
 
 
-def _listing_items(listing: str) -> list[tuple[int, str, str]]:
-    """(dump id, kind, line) of every item of a ``pg_restore --list`` listing whose kind is per-table."""
+def _listing_items(listing: str, kinds: tuple[str, ...] = PER_TABLE_KINDS) -> list[tuple[int, str, str]]:
+    """(dump id, kind, line) of every item of a ``pg_restore --list`` listing whose kind is one of ``kinds``."""
     items = []
     for line in listing.splitlines():
         head, sep, text = line.partition("; ")
         parts = text.split(" ", 2)
         if sep and head.isdigit() and len(parts) == 3:
-            kind = next((k for k in PER_TABLE_KINDS if parts[2].startswith(k + " ")), None)
-            if kind and not parts[2].startswith("INDEX ATTACH "):  # an attachment needs both indexes: later
+            kind = next((k for k in kinds if parts[2].startswith(k + " ")), None)
+            if kind and not (kind == "INDEX" and parts[2].startswith("INDEX ATTACH ")):  # needs both indexes: later
                 items.append((int(head), kind, line))
     return items
 
@@ -913,7 +922,45 @@ def plan_post_data(listing: str, script: bytes) -> PostDataPlan:
             unmapped.append(line)
         else:
             per_table.setdefault(table, []).append(line)
-    return PostDataPlan(per_table, unmapped, ids)
+    foreign = _plan_foreign_keys(listing, lines) if not unmapped else []
+    return PostDataPlan(per_table, unmapped, ids, foreign)
+
+
+def _plan_foreign_keys(listing: str, lines: list[bytes]) -> list[tuple[int, str, bytes, bytes]]:
+    """Each foreign key of the archive with its table and the table it references; [] unless all pair.
+
+    Paired like the indexes (headers and listing lines one to one, in order, exactly equal); a
+    foreign key whose two statements do not read as pg_dump writes them (a crafted name, another
+    form) makes the whole list empty: every foreign key then runs after the data, as before. A
+    wrong pairing could only start a foreign key early, which would fail a good backup; hence
+    all or nothing. Why only with every index paired (the caller's rule): a foreign key needs the
+    unique index it references, which must be built before it, and only a paired index is known
+    to be built with its table. Nor with partitions (attachments in the listing): an index on a
+    partitioned table is valid only once every partition's is attached, after the data.
+    """
+    if _listing_items(listing, ("TABLE ATTACH", "INDEX ATTACH")):
+        return []  # partitions: a partitioned table's unique index is valid only once every part is attached
+    items = _listing_items(listing, (FOREIGN_KEY,))
+    headers: list[tuple[str, int]] = []
+    for index, line in enumerate(lines):
+        match = _ITEM_HEADER.match(line)
+        if match and match.group(2) == FOREIGN_KEY.encode():
+            tag, kind, schema, owner = (part.decode("utf-8", "replace") for part in match.groups())
+            headers.append((f"{kind} {schema} {tag} {owner}", index))
+    if len(headers) != len(items):
+        return []
+    foreign = []
+    for (dump_id, _, line), (text, at) in zip(items, headers, strict=True):
+        if line.partition("; ")[2].split(" ", 2)[2] != text:
+            return []
+        following = [candidate for candidate in lines[at + 1:at + 12] if candidate and candidate != b"--"
+                     and not candidate.startswith((b"SET ", b"SELECT pg_catalog.set_config"))]
+        table = _FK_TABLE.match(following[0]) if following else None
+        referenced = _FK_REFERENCES.match(following[1]) if len(following) > 1 else None
+        if table is None or referenced is None:
+            return []
+        foreign.append((dump_id, line, table.group(1), referenced.group(1)))
+    return foreign
 
 
 class _Stopped(Exception):
@@ -933,64 +980,118 @@ class _PostData:
         self._choice, self._feed, self._dsn = choice, feed, dsn
         self._keep_owners, self._place = keep_owners, place
         self._waiting = dict(plan.per_table)
-        self._ready: list[list[str]] = []
+        self._ready: list[tuple[bytes | None, list[str]]] = []
         self._unmapped = plan.unmapped
         self._closing = False
         self._stop = False
         self.failure: BaseException | None = None
         self.built_early = 0  # groups started before the whole data section was in
+        #: Tables whose data committed and whose indexes and constraints (if any) are built.
+        self._settled: set[bytes] = set()
+        self._loaded: set[bytes] = set()
+        self._foreign = list(plan.foreign)  # in archive order; taken by the foreign-key lane
+        #: Dump ids of the foreign keys the lane took: they are left out of what runs after the data.
+        self.foreign_ids: set[int] = set()
         self._cond = threading.Condition()
         self._workers = [threading.Thread(target=self._run, name="dbprotect-post-data", daemon=True)
                          for _ in range(max(1, jobs))]
+        if self._foreign:
+            self._workers.append(threading.Thread(target=self._run_foreign, name="dbprotect-foreign-keys",
+                                                  daemon=True))
         for worker in self._workers:
             worker.start()
 
     def table_loaded(self, table: bytes) -> None:
         with self._cond:
+            self._loaded.add(table)
             group = self._waiting.pop(table, None)
             if group:
-                self._ready.append(group)
-                self._cond.notify()
+                self._ready.append((table, group))
+            elif table not in self._settled:
+                self._settled.add(table)  # no index or constraint of its own to wait for
+            self._cond.notify_all()
 
     def data_done(self) -> None:
         """All data is in: whatever still waits (partitioned parents, unmapped items) may be built."""
         with self._cond:
-            self._ready.extend(self._waiting.values())
+            self._ready.extend(self._waiting.items())
             self._waiting.clear()
             if self._unmapped:
-                self._ready.append(self._unmapped)
+                self._ready.append((None, self._unmapped))
             self._closing = True
             self._cond.notify_all()
 
-    def _take(self) -> list[str] | None:
+    def _take(self) -> tuple[list[bytes], list[str]] | None:
         with self._cond:
             while not self._ready and not self._closing and not self._stop:
                 self._cond.wait()
             if self._stop or not self._ready:
                 return None
-            share = -(-len(self._ready) // len(self._workers))  # ceil: leave some for the others
-            batch = [line for group in self._ready[:share] for line in group]
+            builders = len(self._workers) - (1 if self._foreign_lane else 0)
+            share = -(-len(self._ready) // builders)  # ceil: leave some for the others
+            taken = self._ready[:share]
             del self._ready[:share]
             if not self._closing:
                 self.built_early += share
-            return batch
+            return ([table for table, _ in taken if table is not None],
+                    [line for _, group in taken for line in group])
+
+    @property
+    def _foreign_lane(self) -> bool:
+        return bool(self._workers) and self._workers[-1].name == "dbprotect-foreign-keys"
+
+    def _take_foreign(self) -> list[str] | None:
+        """The foreign keys whose two tables are settled, in archive order; None once the data is all in.
+
+        Why one lane, one batch at a time: a foreign key locks both its tables (SHARE ROW
+        EXCLUSIVE, which conflicts with itself), so two running at once on crossed tables could
+        deadlock; one after another they cannot. A table is settled once its data committed and
+        its own indexes and constraints were built (the unique index a key references among them;
+        a failed build never settles its table, so nothing depending on it runs). Whatever is not
+        taken before the data is all in runs after it with the rest of post-data, as before.
+        """
+        with self._cond:
+            while True:
+                if self._stop or self._closing:
+                    return None
+                ready = [item for item in self._foreign if item[2] in self._settled and item[3] in self._settled]
+                if ready:
+                    self._foreign = [item for item in self._foreign if item not in ready]
+                    self.foreign_ids.update(dump_id for dump_id, _, _, _ in ready)
+                    return [line for _, line, _, _ in ready]
+                self._cond.wait()
+
+    def _run_foreign(self) -> None:
+        while (batch := self._take_foreign()) is not None:
+            if not self._build(batch):
+                return
 
     def _check_stop(self, _phase: str) -> None:
         if self._stop:
             raise _Stopped
 
     def _run(self) -> None:
-        while (batch := self._take()) is not None:
-            try:
-                _section(self._choice, self._feed, self._dsn, ["--section=post-data"], keep_owners=self._keep_owners,
-                         place=self._place, progress=self._check_stop, items=batch)
-            except BaseException as exc:
-                with self._cond:
-                    if self.failure is None and not isinstance(exc, _Stopped):
-                        self.failure = exc
-                    self._stop = True
-                    self._cond.notify_all()
+        while (taken := self._take()) is not None:
+            tables, batch = taken
+            if not self._build(batch):
                 return
+            with self._cond:
+                self._settled.update(table for table in tables if table in self._loaded)
+                self._cond.notify_all()
+
+    def _build(self, batch: list[str]) -> bool:
+        """One ``-L`` batch; False (every worker told to stop) when it failed."""
+        try:
+            _section(self._choice, self._feed, self._dsn, ["--section=post-data"], keep_owners=self._keep_owners,
+                     place=self._place, progress=self._check_stop, items=batch)
+        except BaseException as exc:
+            with self._cond:
+                if self.failure is None and not isinstance(exc, _Stopped):
+                    self.failure = exc
+                self._stop = True
+                self._cond.notify_all()
+            return False
+        return True
 
     def raise_failure(self) -> None:
         if self.failure is not None:
@@ -1117,8 +1218,10 @@ def run_pg_restore_streamed(feed: Feed, dsn: str, *, listing: str, server_major:
         post.abort()
         raise
     timings["restore_post_data_groups_built_early"] = post.built_early
+    timings["restore_foreign_keys_built_early"] = len(post.foreign_ids)
     rest = [line for line in listing.splitlines()
-            if line.partition("; ")[0].isdigit() and int(line.partition("; ")[0]) not in plan.per_table_ids]
+            if line.partition("; ")[0].isdigit()
+            and int(line.partition("; ")[0]) not in plan.per_table_ids | post.foreign_ids]
     _section(choice, feed, dsn, ["--section=post-data"], keep_owners=keep_owners, place=pg_bin_dir,
              progress=progress, items=rest)
     timings["restore_post_data_seconds"] = round(time.perf_counter() - started, 3)
