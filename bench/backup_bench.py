@@ -13,9 +13,10 @@ What it does:
 2. Times ``pg_dump -Fc -Z0 > /dev/null`` (pure extraction), plain ``pg_dump -Fc`` to a file (what
    users do today) and :func:`dbprotect.core.backup.stream.run_backup` to a filesystem store with a
    fresh age key, the last in a child process so that its peak RSS is its own.
-   In the same rounds, the same backup at ``compression_level: 2``
-   (:data:`~dbprotect.core.backup.stream.ARCHIVE_ZSTD_PARAMS`, smaller than gzip), so the size and
-   the cost of both levels are measured against the same neighbours (``--no-compare`` skips it).
+   In the same rounds, the same backup with each ``--compare`` candidate of :data:`CANDIDATES`
+   (default: ``level2``, i.e. ``compression_level: 2`` with
+   :data:`~dbprotect.core.backup.stream.ARCHIVE_ZSTD_PARAMS`), so the size and the cost of every
+   setting are measured against the same neighbours (``--no-compare`` skips them).
 3. Prints the times, CPU seconds, stored/plain, the ratios against the targets of issue 2 with
    PASS/FAIL, and one JSON line.
 
@@ -42,6 +43,21 @@ TARGET_VS_PLAIN = 0.5
 TARGET_VS_EXTRACTION = 1.8
 TARGET_RSS_MB = 150.0
 SMALL_FRACTION = 8
+
+#: zstd settings the bench can time beside the default in the same rounds (``--compare NAME ...``):
+#: name -> (``compression_level``, explicit parameters that replace that level's, or None).
+#: Why here and not in the product: they are the frontier measured so far (bench/README.md), kept
+#: so a later attempt re-measures them against the same neighbours rather than quoting old runs.
+_ARCHIVE = {"window_log": 19, "min_match": 6, "target_length": 0}
+CANDIDATES: dict[str, tuple[int, dict[str, int] | None]] = {
+    "level1": (1, None),
+    "level2": (2, None),
+    "greedy-s0": (2, {**_ARCHIVE, "strategy": 3, "chain_log": 14, "hash_log": 17, "search_log": 0}),
+    "lazy-small": (2, {**_ARCHIVE, "strategy": 4, "chain_log": 12, "hash_log": 15, "search_log": 1}),
+    "lazy-s0": (2, {**_ARCHIVE, "strategy": 4, "chain_log": 12, "hash_log": 16, "search_log": 0}),
+    "lazy-c10": (2, {**_ARCHIVE, "strategy": 4, "chain_log": 10, "hash_log": 15, "search_log": 0}),
+    "dfast-17": (2, {**_ARCHIVE, "strategy": 2, "chain_log": 16, "hash_log": 17, "search_log": 1}),
+}
 
 FIRST_NAMES = ["Olivia", "Liam", "Emma", "Noah", "Amelia", "Oliver", "Ava", "Elijah", "Sophia", "Mateo",
                "Isabella", "Lucas", "Mia", "Levi", "Charlotte", "Asher", "Harper", "James", "Evelyn", "Leo",
@@ -244,8 +260,12 @@ def time_pg_dump(dsn: str, args: list[str], output: Path | None) -> float:
 
 def child_backup(params: dict[str, Any]) -> None:
     """Runs in the child process: one backup, then its figures as one JSON line on stdout."""
+    from dbprotect.core.backup import stream
     from dbprotect.core.backup.stream import run_backup
     from dbprotect.core.store import FilesystemStorage
+
+    if params.get("zstd_params"):  # a candidate's parameters in place of the level's (bench only)
+        stream.ARCHIVE_ZSTD_PARAMS = params["zstd_params"]
 
     storage = FilesystemStorage(params["store"])
     started = time.perf_counter()
@@ -265,10 +285,16 @@ def child_backup(params: dict[str, Any]) -> None:
     }))
 
 
-def run_dbprotect(dsn: str, store: Path, recipient: str, *, zstd_level: int = 1) -> dict[str, Any]:
-    """One dbprotect backup in a child process; adds its peak RSS and CPU seconds (with pg_dump's) from wait4."""
+def run_dbprotect(dsn: str, store: Path, recipient: str, *, zstd_level: int | None = None,
+                  zstd_params: dict[str, int] | None = None) -> dict[str, Any]:
+    """One dbprotect backup in a child process; adds its peak RSS and CPU seconds (with pg_dump's) from wait4.
+
+    ``zstd_level`` None is the product's default level.
+    """
+    from dbprotect.core.backup.stream import DEFAULT_ZSTD_LEVEL
+
     params = {"dsn": dsn, "store": str(store), "recipient": recipient, "pg_bin": str(pg_bin()),
-              "zstd_level": zstd_level}
+              "zstd_level": DEFAULT_ZSTD_LEVEL if zstd_level is None else zstd_level, "zstd_params": zstd_params}
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(params)], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     out = proc.stdout.read()
@@ -292,7 +318,7 @@ class Results:
     plain_bytes: int = 0
     dbprotect: list[dict[str, Any]] = field(default_factory=list)
     small: list[dict[str, Any]] = field(default_factory=list)
-    level2: list[dict[str, Any]] = field(default_factory=list)  # compression_level 2, same rounds
+    compared: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # --compare candidates, same rounds
 
 
 def _verdict(ok: bool) -> str:
@@ -328,19 +354,19 @@ def report(res: Results, big_size: int, small_size: int) -> dict[str, Any]:
         "stored_over_plain": round(stored / res.plain_bytes, 4),
         "dbprotect_cpu_s": round(best_db["cpu_seconds"], 3),
     }
-    if res.level2:
-        best_l2 = min(res.level2, key=lambda r: r["seconds"])
-        figures.update({
-            "level2_s": round(best_l2["seconds"], 3),
-            "level2_all_s": [round(r["seconds"], 3) for r in res.level2],
-            "level2_cpu_s": round(best_l2["cpu_seconds"], 3),
-            "level2_stored_bytes": best_l2["bytes"]["stored"],
-            "level2_stored_over_plain": round(best_l2["bytes"]["stored"] / res.plain_bytes, 4),
-            "level2_over_level1_s": round(best_l2["seconds"] / ours, 3),
-            "level2_over_level1_paired_median": round(statistics.median(
-                o["seconds"] / r["seconds"] for r, o in zip(res.dbprotect, res.level2, strict=True)), 3),
-            "level2_over_extraction": round(best_l2["seconds"] / extraction, 3),
-        })
+    for name, runs in res.compared.items():
+        best = min(runs, key=lambda r: r["seconds"])
+        figures[f"{name}_figures"] = {
+            "s": round(best["seconds"], 3), "all_s": [round(r["seconds"], 3) for r in runs],
+            "cpu_s": round(best["cpu_seconds"], 3), "stored_bytes": best["bytes"]["stored"],
+            "stored_over_plain": round(best["bytes"]["stored"] / res.plain_bytes, 4),
+            "over_default_s": round(best["seconds"] / ours, 3),
+            "over_default_paired_median": round(statistics.median(
+                o["seconds"] / r["seconds"] for r, o in zip(res.dbprotect, runs, strict=True)), 3),
+            "over_extraction": round(best["seconds"] / extraction, 3),
+            "paired_over_extraction_median": round(statistics.median(
+                o["seconds"] / e for o, e in zip(runs, res.extraction, strict=True)), 3),
+        }
     checks = {
         "dbprotect <= 0.5x plain pg_dump -Fc": ours / plain <= TARGET_VS_PLAIN,
         "dbprotect <= 1.8x pure extraction": ours / extraction <= TARGET_VS_EXTRACTION,
@@ -361,13 +387,15 @@ def report(res: Results, big_size: int, small_size: int) -> dict[str, Any]:
     print(f"Sizes: dump {best_db['bytes']['dump'] / 1e6:.0f} MB -> zstd {best_db['bytes']['compressed'] / 1e6:.1f}"
           f" MB -> stored {stored / 1e6:.1f} MB; plain pg_dump -Fc file {res.plain_bytes / 1e6:.1f} MB")
     print(f"CPU of the dbprotect backup (its process and pg_dump, not the server): {best_db['cpu_seconds']:.2f} s")
-    if res.level2:
-        print(f"Same rounds, compression_level 2 (greedy, smaller than gzip): {figures['level2_s']:.2f} s   runs "
-              f"{figures['level2_all_s']}, CPU {figures['level2_cpu_s']:.2f} s, stored "
-              f"{figures['level2_stored_bytes'] / 1e6:.1f} MB = {figures['level2_stored_over_plain']:.4f} x plain; "
-              f"level 2 / level 1: {figures['level2_over_level1_s']:.3f} on the best runs, "
-              f"{figures['level2_over_level1_paired_median']:.3f} paired median; "
-              f"{figures['level2_over_extraction']:.2f} x pure extraction")
+    if res.compared:
+        print("Same rounds, each candidate (best run; stored/plain; x default; x pure extraction, best and paired "
+              "median):")
+    for name in res.compared:
+        f = figures[f"{name}_figures"]
+        print(f"  {name:12s} {f['s']:7.2f} s  runs {f['all_s']}  CPU {f['cpu_s']:.2f} s  stored "
+              f"{f['stored_over_plain']:.4f} x plain  {f['over_default_s']:.2f} x default "
+              f"(paired {f['over_default_paired_median']:.2f})  {f['over_extraction']:.2f} x extraction "
+              f"(paired {f['paired_over_extraction_median']:.2f})")
     print(f"Checksums: {best_db['checksum_seconds']:.2f} s in the inspector = {share:.1%} of the backup "
           f"({best_db['checksum_source']})")
     print(f"Peak RSS of the dbprotect process: {rss_mb:.1f} MB ({small_rss_mb:.1f} MB on the 1/{SMALL_FRACTION} "
@@ -396,8 +424,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="timed runs of each command (best is kept)")
     parser.add_argument("--workdir", type=Path, help="folder for the server and outputs (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (reused by a later --workdir run)")
-    parser.add_argument("--no-compare", action="store_true",
-                        help="skip the same-round backup at compression_level 2")
+    parser.add_argument("--compare", nargs="*", default=["level2"], choices=sorted(CANDIDATES),
+                        help="zstd settings (CANDIDATES) timed beside the default in the same rounds")
+    parser.add_argument("--no-compare", action="store_true", help="time only the default setting")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -432,9 +461,12 @@ def main() -> None:
             print(f"plain {res.plain[-1]:.2f} s,", end=" ", flush=True)
             res.dbprotect.append(run_dbprotect(big, workdir / "store", recipient))
             print(f"dbprotect {res.dbprotect[-1]['seconds']:.2f} s,", end=" ", flush=True)
-            if not args.no_compare:
-                res.level2.append(run_dbprotect(big, workdir / "store", recipient, zstd_level=2))
-                print(f"level 2 {res.level2[-1]['seconds']:.2f} s,", end=" ", flush=True)
+            for name in [] if args.no_compare else args.compare:
+                level, zstd_params = CANDIDATES[name]
+                runs = res.compared.setdefault(name, [])
+                runs.append(run_dbprotect(big, workdir / "store", recipient, zstd_level=level,
+                                          zstd_params=zstd_params))
+                print(f"{name} {runs[-1]['seconds']:.2f} s,", end=" ", flush=True)
             res.small.append(run_dbprotect(small, workdir / "store", recipient))
             print(f"small {res.small[-1]['seconds']:.2f} s", flush=True)
         figures = report(res, big_size, small_size)
