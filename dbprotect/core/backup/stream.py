@@ -90,15 +90,18 @@ from dbprotect.core.store.manifest import (
 DEFAULT_ZSTD_LEVEL = 1
 SMALLER_THAN_GZIP_LEVEL = 2
 
-#: zstd parameters for level 2 on a ``pg_dump -Fc -Z0`` archive. Why not zstd's own: that archive
-#: carries a 5-byte length header before every row, which breaks the matches zstd's ``fast``
-#: strategy (levels 1 and 2) finds with its small hash table: level 1 stored 2.6% *more* than plain
-#: ``pg_dump -Fc`` (gzip -6) on every size measured since the first bench, and level 2 2.2% more.
-#: The bytes are lost in zstd, not in age (17 KB per 70 MB) nor in the pipeline's chunking (the
-#: pipeline of session 4 and the one before it write the same compressed bytes). ``greedy`` with a
-#: 128 K-entry hash table, a 2-step search and 6-byte minimum matches is 1% smaller than gzip;
-#: 4- and 5-byte minimum matches are worse (they match across the headers), ``dfast`` and larger
-#: ``fast`` tables stay above gzip. No setting found beats gzip at level 1's CPU.
+#: zstd parameters for level 2 on a ``pg_dump -Fc -Z0`` archive. Why level 1 cannot match plain
+#: ``pg_dump -Fc``: the ``-Z0`` archive carries a 5-byte chunk header (sign byte and row length)
+#: before every row, about 4.5 MB of nearly incompressible bytes on the 192 MB bench archive, while
+#: plain ``pg_dump -Fc`` gzips each table's rows without them. On the *same* bytes zstd level 1 is
+#: as good as gzip -6 (+0.3% with the headers, -0.7% with them stripped); the headers alone cost
+#: level 1 about 2.3 MB there, the whole gap to plain (+2.6%). Stripping them would change the
+#: stored archive (the stock-tools restore reads it as is), and the embedded pg_dump is built
+#: without zstd and lz4, so pg_dump cannot compress inside the archive cheaply. What remains is
+#: finding more matches elsewhere: ``greedy`` with a 128 K-entry hash table, a 2-step search and
+#: 6-byte minimum matches is 1% smaller than gzip, for about 3-4x level 1's zstd CPU; ``lazy``
+#: with the smallest search is no cheaper, ``dfast`` and larger ``fast`` tables stay above gzip.
+#: No setting found beats gzip at level 1's CPU (the frontier is in bench/README.md).
 ARCHIVE_ZSTD_PARAMS = {"strategy": zstandard.STRATEGY_GREEDY, "window_log": 19, "chain_log": 16, "hash_log": 17,
                        "search_log": 2, "min_match": 6, "target_length": 0}
 
