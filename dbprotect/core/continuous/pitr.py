@@ -531,9 +531,12 @@ def _stop_quietly(data_dir: Path, major: int, pg_bin_dir: ToolPlace, user: pwd.s
 
 
 def stop_restored(result: PitrResult, *, pg_bin_dir: ToolPlace = None) -> None:
-    """Stop a server :func:`restore_to_point` started (fast shutdown)."""
-    user = _server_user()
-    pg_ctl = require_tool_for_server("pg_ctl", 18, pg_bin_dir)
-    subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(result.data_dir), "-m", "fast", "stop"],
-                   capture_output=True, timeout=120)
-    shutil.rmtree(result.socket_dir, ignore_errors=True)
+    """Stop a server :func:`restore_to_point` started (fast shutdown); its socket folder is removed even
+    when stopping fails (``pg_ctl stop`` signals through the pid file, not the socket)."""
+    try:
+        user = _server_user()
+        pg_ctl = require_tool_for_server("pg_ctl", 18, pg_bin_dir)
+        subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(result.data_dir), "-m", "fast", "stop"],
+                       capture_output=True, timeout=120)
+    finally:
+        shutil.rmtree(result.socket_dir, ignore_errors=True)
