@@ -49,7 +49,8 @@ def _insert(dsn: str, note: str, ids: range) -> tuple[datetime, str]:
     The WAL server's ``events`` table is shared by every continuous test file, each with its own ids:
     wal 10k to 60k, pitr 100k, retention 200k, by-hand 300k, S3 400k, faults 500k, fallback 600k, rpo 700k
     and 800k, S3 cleanup 900k,
-    by-hand incremental and non-root ``wal fetch`` 1.1M (test_pitr_by_hand_incremental, test_wal_fetch_nonroot)."""
+    by-hand incremental and non-root ``wal fetch`` 1.1M (test_pitr_by_hand_incremental, test_wal_fetch_nonroot),
+    PITR loose ends 1.37M (test_pitr_loose_ends)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO events SELECT g, %s FROM generate_series(%s::int, %s::int) g",
                      (note, ids.start, ids.stop - 1))

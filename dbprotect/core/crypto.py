@@ -4,18 +4,21 @@ Backups are encrypted with age X25519 recipients, the standard format, so ``age 
 decrypts them when dbprotect is unavailable. Public keys live in the configuration; a private key
 is read from an environment variable, only at the moment something must be decrypted, and is
 never logged or stored in a manifest (only a fingerprint of the public key is).
+A private key kept in a file (``@path``) is read only when the file is its owner's alone: one that its
+group or others may access is refused, as ssh refuses such a private key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import pyrage
 
-from dbprotect.core.errors import CryptoError
+from dbprotect.core.errors import CryptoError, Refusals, RefusedError
 from dbprotect.core.redact import register
 
 
@@ -63,12 +66,41 @@ def load_identity(env_var: str, environ: Mapping[str, str] | None = None) -> pyr
             hint=f"put the secret key line from age-keygen in {env_var}, or @/path/to/key.txt",
         )
     if value.startswith("@"):
-        path = Path(value[1:]).expanduser()
-        try:
-            value = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CryptoError(f"${env_var} points at {path}, which cannot be read: {exc.strerror}") from None
+        return read_identity_file(Path(value[1:]).expanduser(), source=f"${env_var}")
     return parse_identity(value, source=f"${env_var}")
+
+
+#: Permission bits a file holding a secret key must not have (as ssh refuses a private key): any access
+#: by the group or by others.
+_GROUP_OR_OTHERS = stat.S_IRWXG | stat.S_IRWXO
+
+
+def read_identity_file(path: Path, *, source: str | None = None) -> pyrage.x25519.Identity:
+    """The identity in the key file ``path``, refused (DBP989) when its group or others may access it.
+
+    Why refuse rather than warn: a key another user can read decrypts every backup, and a warning in a
+    restore_command's log is never read. The mode is taken from the opened file itself (``fstat``), so a
+    file swapped between the check and the read is still the file checked. ``source`` names where the
+    path came from (a variable name), never a value.
+    """
+    named = f"key file {path}" + (f" (from {source})" if source else "")
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise CryptoError(f"{named} cannot be read: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        if mode & _GROUP_OR_OTHERS:
+            raise RefusedError(f"{named} is accessible by its group or others (mode {mode:04o}): an age identity "
+                               "must be readable by its owner only", refusal=Refusals.IDENTITY_FILE_TOO_OPEN,
+                               hint=f"chmod 600 {path}")
+        try:
+            text = handle.read().decode("utf-8")
+        except OSError as exc:
+            raise CryptoError(f"{named} cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CryptoError(f"{named} is not a text file: it holds no age identity") from None
+    return parse_identity(text, source=source or f"key file {path}")
 
 
 def identity_recipient(identity: pyrage.x25519.Identity) -> str:

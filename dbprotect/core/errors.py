@@ -152,6 +152,8 @@ class Refusals:
                                          "retained range to prove where a restore landed")
     CONTINUOUS_RECORD_UNREADABLE = Refusal("DBP970", "continuous retention deletes nothing while a base backup or "
                                                      "WAL record it must weigh cannot be read")
+    IDENTITY_FILE_TOO_OPEN = Refusal("DBP989", "an age identity is never read from a key file its group or "
+                                                "others may access (as ssh refuses such a private key)")
 
     @classmethod
     def all(cls) -> tuple[Refusal, ...]:

@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from dbprotect.core.crypto import identity_recipient, parse_identity, write_key_file
+from dbprotect.core.crypto import identity_recipient, read_identity_file, write_key_file
 from dbprotect.core.errors import DbprotectError
 
 
@@ -18,7 +18,7 @@ def ensure_key(path: Path) -> str:
     """An age recipient of the demo; creates the identity file (0600) on the first run only."""
     if not path.exists():
         return write_key_file(path)
-    identity = parse_identity(path.read_text(encoding="utf-8"), source=str(path))
+    identity = read_identity_file(path)  # refused (DBP989) once its group or others may read it
     return identity_recipient(identity)
 
 

@@ -51,7 +51,7 @@ import psycopg
 from dbprotect.core.continuous.base import format_lsn, list_base_backups, parse_lsn
 from dbprotect.core.continuous.heartbeat import APPLICATION_NAME, Heartbeat, read_heartbeats
 from dbprotect.core.continuous.objects import read_json_record
-from dbprotect.core.continuous.pitr import PitrResult, stop_restored
+from dbprotect.core.continuous.pitr import PitrResult, does_not_answer, stop_restored
 from dbprotect.core.continuous.wal import (
     SegmentRecord,
     partial_record_key,
@@ -210,8 +210,8 @@ def run_pitr_drill(*, storage: Storage, database: str, source_dsn: str, restore:
         try:
             with psycopg.connect(restored.dsn(dbname), autocommit=True, connect_timeout=30) as restored_conn:
                 newest_at, problem = prove_landing(restored_conn, moment)
-        except psycopg.OperationalError as exc:
-            raise ToolError(f"the restored server does not answer: {str(exc).splitlines()[0]}") from None
+        except psycopg.OperationalError as exc:  # named with its log's tail, as the restore names it
+            raise ToolError(does_not_answer(exc, restored.data_dir)) from None
         return _finish(storage, database, by, now, moment, started, newest_at, problem, restored.chain)
     finally:
         if restored is not None:

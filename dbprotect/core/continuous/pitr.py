@@ -278,6 +278,8 @@ def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519
     chains = usable_bases(storage, database, to_time=to_time, to_lsn=to_lsn, skipped=skipped)
     user = _server_user()
     created = not data_dir.exists()
+    major = _major(chains[0][-1])
+    socket_dir: Path | None = None
     try:
         for index, chain in enumerate(chains):
             major = _major(chain[-1])
@@ -304,21 +306,27 @@ def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519
                                                                  relay_user, log))
             with open(data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
                 conf.write(_recovery_settings(restore_command, to_time, to_lsn))
-            result = _start_and_promote(data_dir, major=major, pg_bin_dir=pg_bin_dir, user=user,
-                                        server_environ=server_environ)
-        port, socket_dir, in_recovery = result
+            socket_dir = Path(tempfile.mkdtemp(prefix="dbp-pitr-sock-"))
+            port, in_recovery = _start_and_promote(data_dir, socket_dir, major=major, pg_bin_dir=pg_bin_dir,
+                                                   user=user, server_environ=server_environ)
         smoke = smoke_check(lambda dbname: f"postgresql://postgres@/{dbname}?host={socket_dir}&port={port}")
     except BaseException:
+        # every way out that is not a promoted, checked server: no server left running (also in a folder
+        # that existed empty), no half-recovered data directory we created, no socket folder in /tmp
+        _stop_quietly(data_dir, major, pg_bin_dir, user)
         if created:
-            _stop_quietly(data_dir, major, pg_bin_dir, user)
             shutil.rmtree(data_dir, ignore_errors=True)
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         raise
+    assert socket_dir is not None
     return PitrResult(data_dir, port, socket_dir, [b.base_id for b in chain], to_lsn or str(to_time),
                       time.perf_counter() - started, in_recovery, tuple(skipped), smoke)
 
 
 def _major(record: BaseBackupRecord) -> int:
-    return int(record.server_version.split(".")[0]) if record.server_version[:2].isdigit() else 18
+    leading = re.match(r"\d+", record.server_version)  # "18.1", "18beta1", "18devel"
+    return int(leading.group()) if leading else 18
 
 
 def _unpack_chain(storage: Storage, chain: list[BaseBackupRecord], identity: pyrage.x25519.Identity,
@@ -412,8 +420,29 @@ def _note_in_server_log(log: Path, exc: Exception) -> None:
             os.close(descriptor)
 
 
+#: Where ``runuser`` (util-linux) is looked for first, by absolute path: the PATH a restore is given (a
+#: Dagster run's, a cron job's, ``server_environ``'s) often lacks the sbin folders, and as root a PATH
+#: entry is not to be trusted before the system's own folders.
+RUNUSER_DIRS: tuple[str, ...] = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+
+
+def _runuser() -> str:
+    """The absolute path of ``runuser``: in :data:`RUNUSER_DIRS`, else on this process's PATH; one line
+    (DBP005) naming it when it is nowhere."""
+    for folder in RUNUSER_DIRS:
+        candidate = os.path.join(folder, "runuser")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("runuser")
+    if found:
+        return os.path.abspath(found)
+    raise ToolError(f"runuser was not found (looked in {', '.join(RUNUSER_DIRS)} and PATH): this runs as root, "
+                    "and the restored server must run as the 'postgres' OS user through it, since PostgreSQL "
+                    "refuses root", hint="install util-linux (it provides runuser), or restore as an unprivileged user")
+
+
 def _as_user(user: pwd.struct_passwd | None) -> list[str]:
-    return ["runuser", "-u", user.pw_name, "--"] if user else []
+    return [_runuser(), "-u", user.pw_name, "--"] if user else []
 
 
 def _chown_tree(path: Path, user: pwd.struct_passwd) -> None:
@@ -423,10 +452,12 @@ def _chown_tree(path: Path, user: pwd.struct_passwd) -> None:
             os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
-def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, user: pwd.struct_passwd | None,
-                       server_environ: Mapping[str, str] | None) -> tuple[int, Path, bool]:
+def _start_and_promote(data_dir: Path, socket_dir: Path, *, major: int, pg_bin_dir: ToolPlace,
+                       user: pwd.struct_passwd | None, server_environ: Mapping[str, str] | None) -> tuple[int, bool]:
+    """Start the server on a free port with its socket in ``socket_dir`` (the caller's, which removes it on
+    every way out) and wait until it has promoted: (port, still in recovery)."""
     pg_ctl = require_tool_for_server("pg_ctl", major, pg_bin_dir)
-    socket_dir = Path(tempfile.mkdtemp(prefix="dbp-pitr-sock-"))
+    as_user = _as_user(user)
     if user:
         _chown_tree(data_dir, user)
         os.chown(socket_dir, user.pw_uid, user.pw_gid)
@@ -434,11 +465,10 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
     options = f"-c port={port} -c listen_addresses='' -k {socket_dir} -c hot_standby=on"
     env = dict(server_environ if server_environ is not None else os.environ)
     log = data_dir / SERVER_LOG
-    done = subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(data_dir), "-l", str(log), "-o", options,
+    done = subprocess.run([*as_user, str(pg_ctl.path), "-D", str(data_dir), "-l", str(log), "-o", options,
                            "-w", "-t", str(PROMOTE_TIMEOUT_SECONDS), "start"], capture_output=True, text=True,
                           env=env, timeout=PROMOTE_TIMEOUT_SECONDS + 30)
     if done.returncode != 0:
-        shutil.rmtree(socket_dir, ignore_errors=True)
         raise ToolError(f"the restored server did not start: {_log_tail(log)}")
     dsn = f"postgresql://postgres@/postgres?host={socket_dir}&port={port}"
     deadline = time.monotonic() + PROMOTE_TIMEOUT_SECONDS
@@ -449,15 +479,23 @@ def _start_and_promote(data_dir: Path, *, major: int, pg_bin_dir: ToolPlace, use
         except psycopg.OperationalError as exc:
             # a server that opened for reads (consistent) and then stopped recovering short of its target
             # exits: the cause is in its log (e.g. a WAL file restore_command could not fetch), not here
-            raise DatabaseError(f"the restored server does not answer: {str(exc).splitlines()[0]}; "
-                                f"its log: {_log_tail(log)}") from None
+            raise DatabaseError(does_not_answer(exc, data_dir)) from None
         in_recovery = bool(row and row[0])
         if not in_recovery:
-            return port, socket_dir, False
+            return port, False
         if time.monotonic() > deadline:
             raise ToolError(f"the restored server did not reach its target and promote within "
                             f"{PROMOTE_TIMEOUT_SECONDS} s: {_log_tail(log)}")
         time.sleep(0.2)
+
+
+def does_not_answer(exc: psycopg.OperationalError, data_dir: Path) -> str:
+    """One line for a restored server (data directory ``data_dir``) that does not answer: the connection's
+    own first line, then its log's tail (:func:`_log_tail`), where the cause is — a server that stopped
+    recovering exits, and a fetch that failed left its ``error[CODE]`` line there. Shared by the restore
+    and the drill, so both name the cause the same way."""
+    first = (str(exc).strip().splitlines() or ["no reason given"])[0]
+    return f"the restored server does not answer: {first}; its log: {_log_tail(data_dir / SERVER_LOG)}"
 
 
 #: How ``dbprotect wal fetch`` (run by the server as ``restore_command``) reports a failure: its one line on
@@ -493,9 +531,12 @@ def _stop_quietly(data_dir: Path, major: int, pg_bin_dir: ToolPlace, user: pwd.s
 
 
 def stop_restored(result: PitrResult, *, pg_bin_dir: ToolPlace = None) -> None:
-    """Stop a server :func:`restore_to_point` started (fast shutdown)."""
-    user = _server_user()
-    pg_ctl = require_tool_for_server("pg_ctl", 18, pg_bin_dir)
-    subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(result.data_dir), "-m", "fast", "stop"],
-                   capture_output=True, timeout=120)
-    shutil.rmtree(result.socket_dir, ignore_errors=True)
+    """Stop a server :func:`restore_to_point` started (fast shutdown); its socket folder is removed even
+    when stopping fails (``pg_ctl stop`` signals through the pid file, not the socket)."""
+    try:
+        user = _server_user()
+        pg_ctl = require_tool_for_server("pg_ctl", 18, pg_bin_dir)
+        subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(result.data_dir), "-m", "fast", "stop"],
+                       capture_output=True, timeout=120)
+    finally:
+        shutil.rmtree(result.socket_dir, ignore_errors=True)
