@@ -10,7 +10,9 @@ S3 (moto server; the first call of each kind and the last).
 
 The seed store holds two full bases whose objects match their ``base.json``: a good one, and a copy of
 it whose ``backup_manifest`` (its own checksum changed, re-encrypted — anyone with the public key can)
-fails ``pg_verifybackup``. After each fault and after the next verification:
+fails ``pg_verifybackup``; a second seed adds what earlier runs left (the good base's passing verdict,
+a torn one beside the failing base), so each write also overwrites. After each fault and after the
+next verification:
 
 - no base is verified (by :func:`base_state`, by retention's plan, by point-in-time restore's choice)
   unless ``pg_verifybackup`` passes it, and a good base is never *failed*;
@@ -105,11 +107,27 @@ def verdict_seed(tmp_path_factory: pytest.TempPathFactory, wal_server: str, age_
     return VerdictSeed(folder, good.base_id, bad.base_id, {info.key: info.size for info in store.list("")})
 
 
+@pytest.fixture(scope="module")
+def verdict_seed_with_earlier(tmp_path_factory: pytest.TempPathFactory, verdict_seed: VerdictSeed) -> VerdictSeed:
+    """The same bases with what earlier runs left: the good base's passing verdict, and a torn
+    ``verified.json`` beside the failing base (as a non-atomic writer killed mid-write would leave)."""
+    folder = tmp_path_factory.mktemp("verdict-seed-earlier") / "store"
+    shutil.copytree(verdict_seed.folder, folder)
+    store = FilesystemStorage(folder)
+    good, bad = (BaseBackupRecord.from_store(store, DB, base_id) for base_id in (verdict_seed.good, verdict_seed.bad))
+    record_base_verdict(store, good, BaseVerification(good.base_id, True, "pg_verifybackup passed", 0.1))
+    record_base_verdict(store, bad, BaseVerification(bad.base_id, True, "pg_verifybackup passed", 0.1))
+    passing = store.get_bytes(verdict_key(bad))
+    store.put_bytes(verdict_key(bad), passing[: passing.index(b'"ok"')])
+    return replace(verdict_seed, folder=folder)
+
+
 def assert_verdicts_sound(store: Storage, seed: VerdictSeed, where: str) -> None:
     """No base believed verified unless it passes; nothing deleted; after the next run, the truth exactly."""
     finished = "then the next command" in where
     sizes = {info.key: info.size for info in store.list("")}
-    lost = sorted(key for key, size in seed.objects.items() if sizes.get(key) != size)
+    lost = sorted(key for key, size in seed.objects.items()
+                  if sizes.get(key) != size and not key.endswith("/verified.json"))
     assert not lost, f"{where}: objects lost or changed: {lost}"
     records = {record.base_id: record for record in list_base_backups(store, DB)}
     assert set(records) == {seed.good, seed.bad}, f"{where}: listed {sorted(records)}"
@@ -137,11 +155,13 @@ def assert_verdicts_sound(store: Storage, seed: VerdictSeed, where: str) -> None
         assert usable == {seed.good}, f"{where}: point-in-time restore would use {usable}"
 
 
+@pytest.mark.parametrize("earlier", [False, True], ids=["first", "over-earlier-verdicts"])
 @pytest.mark.parametrize("kind", ["filesystem", "s3"])
 def test_the_base_verdict_writer_survives_every_fault(
-        kind: str, tmp_path: Path, request: pytest.FixtureRequest, identity: pyrage.x25519.Identity,
-        verdict_seed: VerdictSeed) -> None:
+        kind: str, earlier: bool, tmp_path: Path, request: pytest.FixtureRequest, identity: pyrage.x25519.Identity,
+        verdict_seed: VerdictSeed, verdict_seed_with_earlier: VerdictSeed) -> None:
     maker = _maker(kind, tmp_path, request)
+    seed = verdict_seed_with_earlier if earlier else verdict_seed
 
     def verify(store: Storage) -> None:
         """What ``dbprotect wal verify`` does for the bases (ops.continuous.verify_base_backups)."""
@@ -149,11 +169,11 @@ def test_the_base_verdict_writer_survives_every_fault(
             verify_and_record(store, record, identity)
 
     def check(store: Storage, where: str) -> None:
-        assert_verdicts_sound(store, verdict_seed, where)
+        assert_verdicts_sound(store, seed, where)
 
-    calls = run_through_every_fault(maker, verdict_seed.folder, verify, check, verify, tmp_path)
+    calls = run_through_every_fault(maker, seed.folder, verify, check, verify, tmp_path)
     assert calls == [f"put_bytes {DB}/continuous/base/{base_id}/verified.json"
-                     for base_id in sorted((verdict_seed.good, verdict_seed.bad))], calls
+                     for base_id in sorted((seed.good, seed.bad))], calls
 
 
 def test_a_verdict_written_before_its_check_completes_is_caught(
