@@ -5,17 +5,29 @@
 point-in-time window (:mod:`dbprotect.core.retention.chains`), so the verdict names the SHA-256 of
 both stored objects: a verdict that does not match the base's own record (a replaced object, a
 forged or copied verdict) makes the base *unverified*, never verified. Everything read is untrusted.
+
+Crash safety: the verdict is one whole-object write made only after ``pg_verifybackup`` has returned
+(:func:`verify_and_record`), so a writer killed or failed at any point leaves the previous verdict or
+none: never a verdict about a check that did not finish. A torn or foreign ``verified.json`` reads as
+*unverified*, and the next verification overwrites it (it never reads the old verdict to skip work).
+What a verdict cannot prove is who wrote it: like every record in the store, one written with
+matching SHA-256s by someone holding store write access is believed by retention until the next
+verification replaces it (``dbprotect_tests/test_continuous_verdict_faults.py`` shows that it does).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from typing import Literal
 
-from dbprotect.core.continuous.base import BaseBackupRecord, BaseVerification
+import pyrage
+
+from dbprotect.core.continuous.base import BaseBackupRecord, BaseVerification, verify_base_backup
 from dbprotect.core.continuous.objects import base_folder, read_json_record
 from dbprotect.core.errors import IntegrityError
+from dbprotect.core.pg.tools import ToolPlace
 from dbprotect.core.store import Storage
 from dbprotect.core.store.base import ObjectNotFound
 
@@ -37,6 +49,20 @@ def record_base_verdict(storage: Storage, record: BaseBackupRecord, verification
     storage.put_bytes(verdict_key(record), json.dumps(verdict, indent=2, sort_keys=True).encode())
 
 
+def verify_and_record(storage: Storage, record: BaseBackupRecord, identity: pyrage.x25519.Identity, *,
+                      pg_bin_dir: ToolPlace = None, work_dir: str | os.PathLike[str] | None = None) -> BaseVerification:
+    """Run ``pg_verifybackup`` over ``record``, then store its verdict: the order is the guarantee.
+
+    The one writer of ``verified.json`` (``dbprotect wal verify`` calls it through
+    :func:`dbprotect.core.ops.continuous.verify_base_backups`): the verdict is written from the
+    finished check's result only, so no fault can leave a base reported verified whose check did
+    not complete.
+    """
+    verification = verify_base_backup(storage, record, identity, pg_bin_dir=pg_bin_dir, work_dir=work_dir)
+    record_base_verdict(storage, record, verification)
+    return verification
+
+
 def base_state(storage: Storage, record: BaseBackupRecord) -> BaseState:
     """``verified`` only for a passing verdict about exactly these objects; ``failed`` for a failing one."""
     try:
@@ -51,4 +77,4 @@ def base_state(storage: Storage, record: BaseBackupRecord) -> BaseState:
     return "failed" if verdict.get("ok") is False else "unverified"
 
 
-__all__ = ["VERDICT_OBJECT", "base_state", "record_base_verdict", "verdict_key"]
+__all__ = ["VERDICT_OBJECT", "base_state", "record_base_verdict", "verdict_key", "verify_and_record"]

@@ -31,7 +31,6 @@ from dbprotect.core.continuous.base import (
     BaseVerification,
     list_base_backups,
     take_base_backup,
-    verify_base_backup,
 )
 from dbprotect.core.continuous.drill import PitrDrillResult, run_pitr_drill
 from dbprotect.core.continuous.heartbeat import Heartbeat, heartbeat_thread, prune_window, write_heartbeat
@@ -43,7 +42,7 @@ from dbprotect.core.continuous.rpo import (
     read_server_position,
     stored_timeline_switch_gaps,
 )
-from dbprotect.core.continuous.verdicts import record_base_verdict
+from dbprotect.core.continuous.verdicts import verify_and_record
 from dbprotect.core.continuous.wal import (
     ReceiverStats,
     WalVerification,
@@ -111,10 +110,9 @@ def verify_base_backups(config: Config, database: str, *, base_id: str | None = 
         raise ConfigError(f"no base backup {base_id} of {database}")
     results = []
     for record in records:
-        verification = verify_base_backup(storage, record, identity, pg_bin_dir=config.tool_dirs,
-                                          work_dir=config.scratch.work_dir)
-        record_base_verdict(storage, record, verification)  # what retention's anchor needs
-        results.append(verification)
+        # what retention's anchor needs: the verdict, written only once the check has finished
+        results.append(verify_and_record(storage, record, identity, pg_bin_dir=config.tool_dirs,
+                                         work_dir=config.scratch.work_dir))
     return results
 
 
