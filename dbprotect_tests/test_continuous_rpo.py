@@ -20,6 +20,7 @@ import yaml
 from dbprotect.cli.app import run
 from dbprotect.cli.commands.backups import protection_line
 from dbprotect.core.config.load import load_config
+from dbprotect.core.config.model import Config
 from dbprotect.core.continuous.rpo import newest_stored_point
 from dbprotect.core.continuous.wal import stored_segments
 from dbprotect.core.ops.continuous import base_backup_database, continuous_rpo
@@ -68,13 +69,17 @@ def server_now(dsn: str) -> datetime:
     return row[0]
 
 
-def wait_refreshed_while_idle(storage: FilesystemStorage, dsn: str, what: str) -> None:
+def wait_refreshed_while_idle(config: Config, storage: FilesystemStorage, dsn: str, what: str) -> None:
     """Wait (instead of sleeping a fixed time) until the newest stored record carries a commit-time
-    sample taken ``IDLE_REFRESH_SECONDS`` after the idle period began: a receiver that stops refreshing
-    its sample on an idle server never gets there, and the wait fails."""
+    sample taken ``IDLE_REFRESH_SECONDS`` after the idle period began, with the measured RPO passing at
+    every look on the way: a receiver that stops refreshing its sample on an idle server lets the RPO age
+    past the target before anything else refreshes it (a standby snapshot's WAL, every 15 s), and fails."""
     idle_since = server_now(dsn)
 
     def refreshed() -> bool:
+        rpo = continuous_rpo(config, "shop")
+        assert rpo.ok and rpo.measured_seconds is not None and rpo.measured_seconds <= TARGET, \
+            f"{what}: {rpo.reason}"
         point = newest_stored_point(storage, "shop")
         return (point is not None and point.safe_time is not None
                 and point.safe_time >= idle_since + timedelta(seconds=IDLE_REFRESH_SECONDS))
@@ -100,7 +105,7 @@ def test_measured_rpo_passes_while_shipping_and_fails_stopped_or_forged(
         assert rpo.newest_base == base.base_id and 0 <= rpo.measured_seconds <= TARGET
         assert rpo.lag_bytes is not None and rpo.slot_wal_status in ("reserved", "extended") and rpo.slot_active
         # idle: no WAL is written, the receiver refreshes its sample; the RPO must not age past the target
-        wait_refreshed_while_idle(storage, wal_server, "idle")
+        wait_refreshed_while_idle(config, storage, wal_server, "idle")
         idle = continuous_rpo(config, "shop")
         assert idle.ok and idle.measured_seconds <= TARGET, idle.reason
         # idle after a WAL switch (every base backup ends with one): no partial follows the newest
@@ -109,7 +114,7 @@ def test_measured_rpo_passes_while_shipping_and_fails_stopped_or_forged(
             switched = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
             conn.execute("SELECT pg_switch_wal()")
         wait_for(lambda: switched in stored_segments(storage, "shop").get(1, []), "the switched segment shipped")
-        wait_refreshed_while_idle(storage, wal_server, "idle after a WAL switch")
+        wait_refreshed_while_idle(config, storage, wal_server, "idle after a WAL switch")
         idle = continuous_rpo(config, "shop")
         assert idle.ok and idle.measured_seconds <= TARGET, idle.reason
 
