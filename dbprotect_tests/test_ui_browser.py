@@ -66,13 +66,31 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def demo_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
-    """The demo run once (smallest data), and its webserver; yields the base URL and the demo's JSON."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """The demo started once (smallest data), not waited for: the browser starts while it runs."""
     workdir = tmp_path_factory.mktemp("ui") / ".dbprotect" / "demo"
-    done = subprocess.run([str(BIN / "dbprotect"), "demo", "--dir", str(workdir), "--rows", "1000", "--json"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
+    demo = subprocess.Popen([str(BIN / "dbprotect"), "demo", "--dir", str(workdir), "--rows", "1000", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield workdir, demo
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+
+
+@pytest.fixture(scope="module")
+def demo_ui(demo_run: tuple[Path, subprocess.Popen[str]], browser: object) -> Iterator[tuple[str, dict]]:
+    """The demo's result and its webserver; yields the base URL and the demo's JSON. (It takes the
+    browser only so that Chromium starts while the demo runs.)"""
+    workdir, demo = demo_run
+    try:
+        stdout, stderr = demo.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        demo.kill()
+        pytest.fail("the demo did not finish within 600 s")
+    assert demo.returncode == 0, stderr[-2000:]
+    result = json.loads(stdout)
     port = _free_port()
     env = {**os.environ, **_env_file(workdir / "demo.env")}
     web = subprocess.Popen([str(BIN / "dagster-webserver"), "-m", LOCATION, "-h", "127.0.0.1", "-p", str(port)],
@@ -100,7 +118,8 @@ def demo_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser(demo_run: tuple[Path, subprocess.Popen[str]]) -> Iterator[object]:
+    """Headless Chromium, started after the demo (``demo_run``) so the two start-ups overlap."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
