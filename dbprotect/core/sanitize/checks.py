@@ -44,6 +44,7 @@ from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
     forms,
+    forms_of_many,
     looks_like_card,
     looks_like_email,
     looks_like_phone,
@@ -156,14 +157,15 @@ def _json_paths(rule: ColumnRule) -> list[tuple[list[str], str]]:
 
 
 def fingerprint_capacity(columns: dict[str, list[ColumnInfo]], rules: RuleSet, rows: dict[str, int]) -> int:
-    """How many fingerprints the filter is sized for: per row of a personal column, 4 forms of a phone
-    (digits with and without prefix), 16 per JSON document, 2 otherwise (a folded form, a compact one).
+    """How many fingerprints the filter is sized for: per row of a personal column, 5 for a phone (4 forms:
+    digits with and without prefix; its tail, :func:`~.fingerprints.phone_tails`), 16 per JSON document,
+    2 otherwise (a folded form, a compact one).
 
     An e-mail, a name or an address has one form or two (measured: 1.5 per value over the bench's
     columns); sizing for 4 made the 2 M-user filter 173 MB. Exceeding the capacity only raises the
     false-positive rate (printed, computed from the entries held), which can only fail the check.
     """
-    per_value = {"phone": 4, "json": 16}
+    per_value = {"phone": 5, "json": 16}
     total = 0
     for table, infos in columns.items():
         for info in infos:
@@ -200,7 +202,7 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
                         continue
                     for parts, kind in paths:
                         for leaf in _json_leaves(doc, parts):
-                            found.add(fingerprinter.all(leaf, free_text=_free_text(kind)))
+                            found.add_forms(fingerprinter, list(forms(leaf, free_text=_free_text(kind))))
                 continue
             query = leaf_query(catalog, table, info.name) or sql.SQL(
                 "SELECT DISTINCT format('%s', {c}) COLLATE \"C\" FROM {t} WHERE {c} IS NOT NULL").format(
@@ -208,12 +210,15 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
             if rule.transformer == "name" and rule.options().get("part") in ("first", "last"):
                 for leaf in _lines(src, query):  # one word alone: its own, weaker tier (fingerprints.name_part)
                     part = fingerprinter.part(leaf)
-                    found.add([part] if part is not None else fingerprinter.all(leaf))
+                    if part is not None:
+                        found.add_part(part)
+                    else:
+                        found.add_forms(fingerprinter, list(forms(leaf)))
                 continue
             # The hot path, in bulk: a fetched batch normalized by whole-batch C calls, into the filter.
             free_text = _free_text(rule.transformer)
             for texts in _line_batches(src, query):
-                found.add(fingerprinter.many(texts, free_text=free_text))
+                found.add_forms(fingerprinter, forms_of_many(texts, free_text=free_text))
     found.flush()
     return found
 

@@ -309,6 +309,27 @@ class Fingerprinter:
 
         #: Fingerprint of one form (a str, encoded UTF-8).
         self.of: Callable[[str], int] = of
+        self._fresh = fresh
+
+    def of_many(self, found: list[str]) -> list[int]:
+        """The fingerprints of ``found`` (forms), as :attr:`of` gives them one by one.
+
+        Why: ``map(of, ...)`` paid a Python frame and an ``encode`` per form; here one ``encode`` of
+        the batch joined by NUL (split in C) and a loop without a call frame (measured ~25% less per
+        form). A batch holding a NUL (the separator would be ambiguous) goes form by form.
+        """
+        joined = "\0".join(found)
+        if joined.count("\0") != len(found) - 1:
+            return list(map(self.of, found))
+        fresh = self._fresh
+        from_bytes = int.from_bytes
+        out = []
+        append = out.append
+        for data in joined.encode("utf-8", "surrogatepass").split(b"\0") if found else ():
+            mac = fresh()
+            mac.update(data)
+            append(from_bytes(mac.digest()))
+        return out
 
     def part(self, text: str) -> int | None:
         """The fingerprint of a value as a name part (its own domain), or None when it is not one word."""
@@ -320,20 +341,66 @@ class Fingerprinter:
 
     def many(self, texts: list[str], *, free_text: bool = False) -> list[int]:
         """The fingerprints of every form of every value of ``texts`` (:func:`forms_of_many`), flat."""
-        return list(map(self.of, forms_of_many(texts, free_text=free_text)))
+        return self.of_many(forms_of_many(texts, free_text=free_text))
+
+
+#: The domain of phone tails (:func:`phone_tails`) in the filter: never the fingerprint of a form.
+TAIL_DOMAIN = "\0tail\0"
+
+
+def phone_tails(found: Iterable[str]) -> set[str]:
+    """The last :data:`MIN_DIGITS` digits of every form that is ASCII digits (after leading ``+``) and at
+    least that long.
+
+    Why: the stream tests every masked phone against production (:meth:`WrittenCheck.known`), and an
+    E.164 output has up to five forms (the value, its digits, without a 1-3 digit country prefix):
+    five keyed hashes and five lookups per phone, the stream's largest check cost (py-spy, 200 k
+    users). Every form of such an output is a suffix of it at least :data:`MIN_DIGITS` digits long
+    (or the value itself), so every one ends in the output's last 9 digits; a production form equal
+    to one of them is digits of that length too (or ``+`` and digits), so it ends in the same 9
+    digits and left this tail in the filter. One lookup of the output's tail is therefore a superset
+    of the five: it never misses a production value; a tail shared with a different real number
+    only costs one deterministic retry.
+    """
+    tails = set()
+    for form in found:
+        digits = form.lstrip("+")
+        if len(digits) >= MIN_DIGITS and digits.isdigit() and digits.isascii():
+            tails.add(digits[-MIN_DIGITS:])
+    return tails
 
 
 class FingerprintFilter:
-    """A Bloom filter of production fingerprints sized for ``capacity`` entries at :data:`FALSE_POSITIVE_RATE`."""
+    """A Bloom filter of production fingerprints sized for ``capacity`` entries at :data:`FALSE_POSITIVE_RATE`.
+
+    ``tails_complete``: every form added so far came with its phone tails (:meth:`add_forms`), so the
+    one-lookup phone test is sound; fingerprints added without their forms (:meth:`add`) clear it and
+    :meth:`WrittenCheck.known` tests every form.
+    """
 
     def __init__(self, capacity: int, rate: float = FALSE_POSITIVE_RATE) -> None:
         self.capacity = max(1000, capacity)
         self.rate = rate
         self.bloom = Bloom(self.capacity, rate)
+        self.tails_complete = True
 
     def add(self, fingerprints: Iterable[int]) -> None:
-        """Add fingerprints in bulk: the iterable is consumed inside rbloom (Rust), never listed in Python."""
+        """Add fingerprints in bulk: the iterable is consumed inside rbloom (Rust), never listed in Python.
+
+        Their forms are unknown here, so no phone tail is added: the phone shortcut is off from now on.
+        """
+        self.tails_complete = False
         self.bloom.update(fingerprints)
+
+    def add_part(self, fingerprint: int) -> None:
+        """Add a name part's fingerprint (:meth:`Fingerprinter.part`: its own domain, no form, no tail)."""
+        self.bloom.add(fingerprint)
+
+    def add_forms(self, fingerprinter: Fingerprinter, found: list[str]) -> None:
+        """Add the fingerprints of ``found`` (normalized forms) and of their phone tails (:func:`phone_tails`)."""
+        of = fingerprinter.of
+        self.bloom.update(fingerprinter.of_many(found))
+        self.bloom.update([of(TAIL_DOMAIN + tail) for tail in phone_tails(found)])
 
     def flush(self) -> None:
         """Nothing is buffered (kept for callers that finish with it)."""
@@ -342,8 +409,7 @@ class FingerprintFilter:
         return fingerprint in self.bloom
 
     def any_of(self, fingerprints: Iterable[int]) -> bool:
-        bloom = self.bloom
-        return any(f in bloom for f in fingerprints)
+        return any(map(self.bloom.__contains__, fingerprints))
 
     @property
     def entries(self) -> int:
@@ -391,6 +457,13 @@ class WrittenCheck:
         bloom = self.production.bloom
         of = self.fingerprinter.of
         text = output.decode("utf-8", "replace")
+        digits = text[1:]
+        if (self.production.tails_complete and text[:1] == "+" and digits.isdigit() and digits.isascii()
+                and len(digits) >= (MIN_DIGITS + 2 if digits.startswith("00") else MIN_DIGITS)):
+            # Every form of this E.164 value (e164_forms) is it or a suffix of its digits at least
+            # MIN_DIGITS long ("00" is cut before the country prefix: 2 more digits needed), so one
+            # lookup of its tail answers for all of them (phone_tails).
+            return of(TAIL_DOMAIN + digits[-MIN_DIGITS:]) in bloom
         return any(of(form) in bloom for form in (e164_forms(text) or forms(text)))
 
     def verdict(self, output: bytes, exempt: Set[int] = frozenset(), *, known: bool | None = None) -> int:
