@@ -14,11 +14,11 @@ import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dbprotect.core.sanitize.checks import production_fingerprints
+from dbprotect.core.sanitize.checks import no_pii_leaked, production_fingerprints
 from dbprotect.core.sanitize.coverage import source_columns
 from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, WrittenCheck, forms, phone_tails
 from dbprotect.core.sanitize.rules import parse_rules
-from dbprotect.core.sanitize.stream import sanitize_table
+from dbprotect.core.sanitize.stream import TableStats, sanitize_table
 from dbprotect.core.sanitize.transformers import Masker
 
 KEY = os.urandom(32)
@@ -126,3 +126,21 @@ def test_a_stream_retries_every_phone_equal_to_production_in_another_writing(mak
     _, every_form = _checks([*national, *(f"+442079460{i:03d}" for i in range(1, 61))])
     assert not any(every_form.known(phone.encode()) for phone in second)
     assert all(every_form.known(phone.encode()) for phone in first)  # the counter-case: the first outputs are known
+
+
+def test_lookups_are_counted_and_the_streams_enter_the_false_report_budget(make_db) -> None:
+    """The tail test is one lookup, the five forms five; the stream's lookups are added to those read back."""
+    tails, full = _checks(["(020) 7946-0018"])
+    tails.known(b"+442079460019")
+    full.known(b"+442079460019")
+    assert (tails.lookups, full.lookups) == (1, 5)
+    dst = make_db("CREATE TABLE notes (id int, body text);"
+                  "INSERT INTO notes SELECT i, 'ticket reference ' || i || ' closed' FROM generate_series(1, 50) i;")
+    rules = parse_rules("version: 1\ntables:\n  public.notes: {id: keep, body: keep}\n")
+    with psycopg.connect(dst, autocommit=True) as conn:
+        check = no_pii_leaked(conn, source_columns(conn), rules, [TableStats("public.other", lookups=10_000)],
+                              FINGERPRINTER, tails.production)
+    assert check.ok and check.metrics["in_stream_lookups"] == 10_000
+    rate = check.metrics["filter_false_positive_rate"]
+    assert check.metrics["expected_false_reports"] == rate * (check.metrics["fingerprint_lookups"] + 10_000)
+    assert "10,000 in the stream" in check.detail and "budget 1e-06" in check.detail

@@ -450,6 +450,9 @@ class WrittenCheck:
         self.fingerprinter = fingerprinter
         self.production = production
         self.exempt = exempt
+        #: Filter lookups made so far (at most: a batch's lookups stop at its first hit): each is a
+        #: chance of a false report, so the check counts them in its false-report budget.
+        self.lookups = 0
 
     def known(self, output: bytes) -> bool:
         """Whether any form of ``output`` is in the production filter (the stream's retry test; stricter
@@ -463,8 +466,11 @@ class WrittenCheck:
             # Every form of this E.164 value (e164_forms) is it or a suffix of its digits at least
             # MIN_DIGITS long ("00" is cut before the country prefix: 2 more digits needed), so one
             # lookup of its tail answers for all of them (phone_tails).
+            self.lookups += 1
             return of(TAIL_DOMAIN + digits[-MIN_DIGITS:]) in bloom
-        return any(of(form) in bloom for form in (e164_forms(text) or forms(text)))
+        found = e164_forms(text) or forms(text)
+        self.lookups += len(found)
+        return any(of(form) in bloom for form in found)
 
     def verdict(self, output: bytes, exempt: Set[int] = frozenset(), *, known: bool | None = None) -> int:
         """0, :data:`PRODUCTION_VALUE` or :data:`NAME_PART` for one value written in a column whose rule
@@ -476,14 +482,19 @@ class WrittenCheck:
         bloom = self.production.bloom
         if known is not False:
             of = self.fingerprinter.of
-            for form in forms(text):
+            found = forms(text)
+            self.lookups += len(found)
+            for form in found:
                 fingerprint = of(form)
                 if fingerprint in bloom and fingerprint not in exempt:
                     return PRODUCTION_VALUE
         if "@" in text or _ASCII_DIGIT(text):
             return 0  # name_part keeps "@" and digits after folding: never one word
         part = self.fingerprinter.part(text)
-        return NAME_PART if part is not None and part in bloom else 0
+        if part is None:
+            return 0
+        self.lookups += 1
+        return NAME_PART if part in bloom else 0
 
     def verdicts(self, outputs: list[bytes], exempt: Set[int] = frozenset(), *, cleared: bool = False) -> list[int]:
         """:meth:`verdict` of each of ``outputs`` (written in one column), decided a batch at a time.
@@ -496,8 +507,10 @@ class WrittenCheck:
         value is decided in full. Same answers as :meth:`verdict`, value by value (tested).
         ``cleared``: :meth:`known` already answered no for every one of ``outputs``.
         """
-        maybe = not cleared and self.production.any_of(self.fingerprinter.many(
-            [output.decode("utf-8", "replace") for output in outputs]))
+        fingerprints = [] if cleared else self.fingerprinter.many([output.decode("utf-8", "replace")
+                                                                   for output in outputs])
+        self.lookups += len(fingerprints)
+        maybe = self.production.any_of(fingerprints)
         verdict = self.verdict
         known = None if maybe else False
         return [verdict(output, exempt, known=known) for output in outputs]

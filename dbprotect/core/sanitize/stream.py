@@ -70,6 +70,9 @@ class TableStats:
     #: The transaction that wrote the rows (32-bit xid, as ``xmin`` shows it) when ``written`` is set:
     #: the check trusts ``written`` only if every row of the copy still carries it.
     writer_xid: int | None = None
+    #: Production filter lookups the stream made for this table (the phone test, the written check):
+    #: part of the check's false-report budget (:func:`~.checks.no_pii_leaked`).
+    lookups: int = 0
 
 
 @dataclass
@@ -140,6 +143,7 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
                sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(names, target, where))
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)
     rows = 0
+    lookups_before = written.lookups if written is not None else 0
     try:
         with src.cursor().copy(out_sql) as reader, dst.cursor().copy(in_sql) as writer:
             if not plans:  # nothing masked: pass the bytes through
@@ -152,6 +156,7 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
         raise load_failure(table, columns, rules, exc) from None
     stats.rows = rows
     stats.seconds = time.perf_counter() - started
+    stats.lookups = written.lookups - lookups_before if written is not None else 0
     return stats
 
 
