@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from dbprotect.core.sanitize.checks import no_pii_leaked, production_fingerprints
 from dbprotect.core.sanitize.coverage import source_columns
-from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, WrittenCheck, forms, phone_tails
+from dbprotect.core.sanitize.fingerprints import (
+    Fingerprinter,
+    FingerprintFilter,
+    WrittenCheck,
+    forms,
+    forms_of_many,
+    phone_tails,
+)
 from dbprotect.core.sanitize.rules import parse_rules
 from dbprotect.core.sanitize.stream import TableStats, sanitize_table
 from dbprotect.core.sanitize.transformers import Masker
@@ -144,3 +151,36 @@ def test_lookups_are_counted_and_the_streams_enter_the_false_report_budget(make_
     rate = check.metrics["filter_false_positive_rate"]
     assert check.metrics["expected_false_reports"] == rate * (check.metrics["fingerprint_lookups"] + 10_000)
     assert "10,000 in the stream" in check.detail and "budget 1e-06" in check.detail
+
+
+def _tails_form_by_form(found: list[str]) -> set[str]:
+    """:func:`phone_tails` as its docstring says it, one form at a time (the reference)."""
+    tails = set()
+    for form in found:
+        digits = form.lstrip("+")
+        if len(digits) >= 9 and digits.isdigit() and digits.isascii():
+            tails.add(digits[-9:])
+    return tails
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.from_regex(r"\A\+{0,2}[0-9]{0,14}\Z"), st.text(alphabet="+0123456789a \0٣", max_size=16)),
+                max_size=12))
+def test_phone_tails_of_a_batch_hold_every_tail_form_by_form(found: list[str]) -> None:
+    """The batch regex never misses a tail (a NUL inside a form may only add one)."""
+    assert phone_tails(found) >= _tails_form_by_form(found)
+    if not any("\0" in form for form in found):
+        assert phone_tails(found) == _tails_form_by_form(found)
+
+
+_VALUES = st.one_of(st.from_regex(r"\A\+?(00)?[0-9 .()\-]{0,22}\Z"), st.from_regex(r"\A[0-9a-z@.+ ]{0,24}\Z"),
+                    st.text(alphabet="+0123456789a٣\uff11\0 -.", max_size=20), st.text(max_size=12))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_VALUES, max_size=12), st.booleans())
+def test_the_tails_a_batch_leaves_hold_every_tail_of_its_forms(texts: list[str], free_text: bool) -> None:
+    """Production adds the tails forms_of_many derives per value: never fewer than the forms' own."""
+    tails: list[str] = []
+    found = forms_of_many(texts, free_text=free_text, tails=tails)
+    assert set(tails) >= _tails_form_by_form(found)

@@ -220,7 +220,8 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
             # The hot path, in bulk: a fetched batch normalized by whole-batch C calls, into the filter.
             free_text = _free_text(rule.transformer)
             for texts in _line_batches(src, query):
-                found.add_forms(fingerprinter, forms_of_many(texts, free_text=free_text))
+                tails: list[str] = []
+                found.add_forms(fingerprinter, forms_of_many(texts, free_text=free_text, tails=tails), tails)
     found.flush()
     return found
 

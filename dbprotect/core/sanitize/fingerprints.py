@@ -173,9 +173,11 @@ def e164_forms(text: str) -> list[str] | None:
 
 
 _NON_DIGIT_BUT_NUL = bytes(i for i in range(1, 256) if not 48 <= i <= 57)
+#: An ASCII value made only of these can have a form that is all digits (after ``+``): see forms_of_many.
+_TAIL_CHARS = _PHONE_BODY + "+"
 
 
-def forms_of_many(texts: list[str], *, free_text: bool = False) -> list[str]:
+def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str] | None = None) -> list[str]:
     """The normalized forms of every value of ``texts``, flat (a form may repeat): the union of
     :func:`forms` over them, computed a batch at a time.
 
@@ -185,19 +187,31 @@ def forms_of_many(texts: list[str], *, free_text: bool = False) -> list[str]:
     separators by one C call each over the whole batch; what stays per value is a comprehension
     choosing the forms. Non-ASCII values (and any batch holding a NUL) go through :func:`forms`.
     The property test holds this equal to the reference, batch by batch.
+
+    ``tails``: the :func:`phone_tails` of the forms are appended to it (a superset: a tail may repeat,
+    and an ASCII value made only of ``+``, digits and separators leaves its tail even when none of its
+    forms is all digits). Why per value: a form that is ``+`` and digits only comes from such a value
+    (any other character survives folding and compacting) and every one is a suffix of the value's
+    digits, so its tail is theirs; testing each form in Python cost as much as hashing it (measured).
     """
     plain = [text for text in texts if text.isascii()]
     found: list[str] = []
     if len(plain) != len(texts):
         for text in texts:
             if not text.isascii():
-                found.extend(forms(text, free_text=free_text))
+                some = forms(text, free_text=free_text)
+                found.extend(some)
+                if tails is not None:
+                    tails.extend(phone_tails(some))
     if not plain:
         return found
     joined = "\0".join(plain)
     if joined.count("\0") != len(plain) - 1:  # a value holding a NUL: the separator is ambiguous
         for text in plain:
-            found.extend(forms(text, free_text=free_text))
+            some = forms(text, free_text=free_text)
+            found.extend(some)
+            if tails is not None:
+                tails.extend(phone_tails(some))
         return found
     # Whitespace collapsed over the whole batch, then trimmed at each value's ends (one space at most).
     collapsed = " ".join(joined.lower().split()).replace(" \0", "\0").replace("\0 ", "\0")
@@ -215,6 +229,8 @@ def forms_of_many(texts: list[str], *, free_text: bool = False) -> list[str]:
     for text, digits in zip(plain, digits_all, strict=True):
         if len(digits) >= MIN_DIGITS:
             found += digit_forms(text, digits)
+            if tails is not None and not text.strip(_TAIL_CHARS):
+                tails.append(digits[-MIN_DIGITS:])
     return found
 
 
@@ -396,11 +412,12 @@ class FingerprintFilter:
         """Add a name part's fingerprint (:meth:`Fingerprinter.part`: its own domain, no form, no tail)."""
         self.bloom.add(fingerprint)
 
-    def add_forms(self, fingerprinter: Fingerprinter, found: list[str]) -> None:
-        """Add the fingerprints of ``found`` (normalized forms) and of their phone tails (:func:`phone_tails`)."""
+    def add_forms(self, fingerprinter: Fingerprinter, found: list[str], tails: Iterable[str] | None = None) -> None:
+        """Add the fingerprints of ``found`` (normalized forms) and of their phone tails: ``tails`` when the
+        caller has them (:func:`forms_of_many`: at least :func:`phone_tails` of ``found``), else computed."""
         of = fingerprinter.of
         self.bloom.update(fingerprinter.of_many(found))
-        self.bloom.update([of(TAIL_DOMAIN + tail) for tail in phone_tails(found)])
+        self.bloom.update([of(TAIL_DOMAIN + tail) for tail in set(phone_tails(found) if tails is None else tails)])
 
     def flush(self) -> None:
         """Nothing is buffered (kept for callers that finish with it)."""
