@@ -228,8 +228,12 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
               if d and len(d) < len(f) and len(c) >= minimum and c != f and c != d and "@" not in f]
     for text, digits in zip(plain, digits_all, strict=True):
         if len(digits) >= MIN_DIGITS:
-            found += digit_forms(text, digits)
-            if tails is not None and not text.strip(_TAIL_CHARS):
+            some = digit_forms(text, digits)
+            found += some
+            # An all-digit form is a digit form, or holds a "+" (folded, compact), or is folded digits too long
+            # for digit forms (20+); an IPv4 address or a decimal without "+" has none (its tail would only
+            # fill the filter).
+            if tails is not None and (some or "+" in text or len(digits) > 19) and not text.strip(_TAIL_CHARS):
                 tails.append(digits[-MIN_DIGITS:])
     return found
 
