@@ -26,8 +26,13 @@ markers can tell). Both go into the audit record and a check record at
 logical drill's *drilled* rung.
 
 Environment failures (no pg_ctl, no free port, a server that will not start for reasons of its own) are
-raised as they are and recorded as such — never as a failed backup. The scratch data directory is always
-stopped and removed.
+raised as they are and recorded as such — never as a failed backup. A damaged backup object is never
+reported as the environment either: the restore reads the failed fetch's own ``error[DBPnnn]`` line in
+the scratch server's log (:func:`~.pitr._classified`), so a WAL segment that fails its SHA-256, does not
+decrypt or is truncated fails the drill (recorded, naming the segment), before or after the server opened
+for reads, while a store that cannot be reached mid-recovery is raised and recorded against nothing —
+even when PostgreSQL, which reads any failed fetch as "no such file", then says recovery ended before
+the target. The scratch data directory is always stopped and removed.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ import psycopg
 from dbprotect.core.continuous.base import format_lsn, list_base_backups, parse_lsn
 from dbprotect.core.continuous.heartbeat import APPLICATION_NAME, Heartbeat, read_heartbeats
 from dbprotect.core.continuous.objects import read_json_record
-from dbprotect.core.continuous.pitr import PitrResult, does_not_answer, stop_restored
+from dbprotect.core.continuous.pitr import FETCH_FAILED, PitrResult, does_not_answer, stop_restored
 from dbprotect.core.continuous.wal import (
     SegmentRecord,
     partial_record_key,
@@ -204,8 +209,8 @@ def run_pitr_drill(*, storage: Storage, database: str, source_dsn: str, restore:
         except OSError as exc:  # a tool missing or unrunnable, a disk full: the environment
             raise ToolError(f"the scratch server for the drill could not be run: {exc}") from None
         except ToolError as exc:
-            if "recovery ended before" not in str(exc):
-                raise  # the environment, not the backup
+            if "recovery ended before" not in str(exc) or FETCH_FAILED in str(exc):
+                raise  # the environment (the WAL stopped coming because a fetch failed so), not the backup
             return _finish(storage, database, by, now, moment, started, None, exc.one_line(), [])
         try:
             with psycopg.connect(restored.dsn(dbname), autocommit=True, connect_timeout=30) as restored_conn:

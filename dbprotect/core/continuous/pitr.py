@@ -23,7 +23,10 @@ Order, and why:
    :func:`~.wal.fetch_wal` and answers through a second FIFO. PostgreSQL reads any failed
    ``restore_command`` as a missing file, so a fetch that fails otherwise (a missing or wrong key, a
    damaged object) leaves its ``error[CODE]: …`` line in the server log (``wal fetch`` on its stderr, the
-   relay by appending it), and a restore that stops short names that line beside PostgreSQL's.
+   relay by appending it), and a restore that stops short names that line beside PostgreSQL's. That
+   line also decides what the failure is (:func:`_classified`): a damaged object (DBP007) makes it an
+   integrity failure (exit 7) whether the server had opened for reads or not; anything else (the store
+   unreachable, a tool missing) stays an environment failure.
 4. The server starts on a free port (and a private socket folder) — as the ``postgres`` OS user when
    this runs as root, since PostgreSQL refuses root — replays, promotes; then a *smoke check*
    (:func:`smoke_check`) reads every table of every database in full and counts its rows. It is named
@@ -93,6 +96,8 @@ class PitrResult:
     #: Newer bases passed over, each with why (``"<base_id>: <reason>"``), newest first.
     skipped: tuple[str, ...] = ()
     smoke: SmokeCheck | None = None
+    #: The restored cluster's major version: :func:`stop_restored` stops it with that major's ``pg_ctl``.
+    major: int = 18
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@/{dbname}?host={self.socket_dir}&port={self.port}"
@@ -321,7 +326,7 @@ def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519
         raise
     assert socket_dir is not None
     return PitrResult(data_dir, port, socket_dir, [b.base_id for b in chain], to_lsn or str(to_time),
-                      time.perf_counter() - started, in_recovery, tuple(skipped), smoke)
+                      time.perf_counter() - started, in_recovery, tuple(skipped), smoke, major)
 
 
 def _major(record: BaseBackupRecord) -> int:
@@ -469,7 +474,7 @@ def _start_and_promote(data_dir: Path, socket_dir: Path, *, major: int, pg_bin_d
                            "-w", "-t", str(PROMOTE_TIMEOUT_SECONDS), "start"], capture_output=True, text=True,
                           env=env, timeout=PROMOTE_TIMEOUT_SECONDS + 30)
     if done.returncode != 0:
-        raise ToolError(f"the restored server did not start: {_log_tail(log)}")
+        raise _classified(ToolError, f"the restored server did not start: {_log_tail(log)}", log)
     dsn = f"postgresql://postgres@/postgres?host={socket_dir}&port={port}"
     deadline = time.monotonic() + PROMOTE_TIMEOUT_SECONDS
     while True:
@@ -479,13 +484,13 @@ def _start_and_promote(data_dir: Path, socket_dir: Path, *, major: int, pg_bin_d
         except psycopg.OperationalError as exc:
             # a server that opened for reads (consistent) and then stopped recovering short of its target
             # exits: the cause is in its log (e.g. a WAL file restore_command could not fetch), not here
-            raise DatabaseError(does_not_answer(exc, data_dir)) from None
+            raise _classified(DatabaseError, does_not_answer(exc, data_dir), log) from None
         in_recovery = bool(row and row[0])
         if not in_recovery:
             return port, False
         if time.monotonic() > deadline:
-            raise ToolError(f"the restored server did not reach its target and promote within "
-                            f"{PROMOTE_TIMEOUT_SECONDS} s: {_log_tail(log)}")
+            raise _classified(ToolError, f"the restored server did not reach its target and promote within "
+                                         f"{PROMOTE_TIMEOUT_SECONDS} s: {_log_tail(log)}", log)
         time.sleep(0.2)
 
 
@@ -503,6 +508,35 @@ def does_not_answer(exc: psycopg.OperationalError, data_dir: Path) -> str:
 _FETCH_ERROR = re.compile(r"^error\[(DBP\d{3})\]: .+$")
 
 
+#: What :func:`_log_tail` puts before a failed fetch's own line: a caller that reads "recovery ended before
+#: the target" as the backup's fault first checks the WAL did not stop coming for an environment reason.
+FETCH_FAILED = "restore_command failed: "
+
+
+def _fetch_failures(log: Path) -> list[tuple[str, str]]:
+    """Every ``error[CODE]: …`` line a failed fetch left in the server log, as (code, line), oldest first;
+    "not in the store" (which ends every recovery) left out."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    return [(match.group(1), line) for line in lines
+            if (match := _FETCH_ERROR.match(line)) and match.group(1) != NotFoundError.code]
+
+
+def _classified(environment: type[DbprotectError], message: str, log: Path) -> DbprotectError:
+    """A restored server that stopped short, as the error its cause makes it. When the last fetch that
+    failed failed on the stored object itself (SHA-256 or size mismatch, does not decrypt or decompress,
+    a record that does not parse: :class:`IntegrityError`, DBP007) the backup is damaged: an integrity
+    failure, whether the server had opened for reads or not. Anything else — an unreachable store, a
+    missing tool, the server itself — stays the ``environment`` error it was: never recorded against the
+    backup. The last failure decides: recovery ends at the first WAL file it cannot get."""
+    failures = _fetch_failures(log)
+    if failures and failures[-1][0] == IntegrityError.code:
+        return IntegrityError(message)
+    return environment(message)
+
+
 def _log_tail(log: Path) -> str:
     """The server log's last FATAL/ERROR/PANIC line; and, when ``dbprotect wal fetch`` failed for another
     reason than "not in the store" (which ends every recovery), its own last line too. PostgreSQL reads a
@@ -514,10 +548,9 @@ def _log_tail(log: Path) -> str:
         return "no server log"
     important = [line for line in lines if "FATAL" in line or "ERROR" in line or "PANIC" in line]
     tail = (important or lines or ["empty server log"])[-1]
-    fetch_failures = [line for line in lines
-                      if (match := _FETCH_ERROR.match(line)) and match.group(1) != NotFoundError.code]
+    fetch_failures = _fetch_failures(log)
     if fetch_failures:
-        return f"{tail}; restore_command failed: {fetch_failures[-1][:300]}"
+        return f"{tail}; {FETCH_FAILED}{fetch_failures[-1][1][:300]}"
     return tail
 
 
@@ -535,7 +568,7 @@ def stop_restored(result: PitrResult, *, pg_bin_dir: ToolPlace = None) -> None:
     when stopping fails (``pg_ctl stop`` signals through the pid file, not the socket)."""
     try:
         user = _server_user()
-        pg_ctl = require_tool_for_server("pg_ctl", 18, pg_bin_dir)
+        pg_ctl = require_tool_for_server("pg_ctl", result.major, pg_bin_dir)
         subprocess.run([*_as_user(user), str(pg_ctl.path), "-D", str(result.data_dir), "-m", "fast", "stop"],
                        capture_output=True, timeout=120)
     finally:
