@@ -50,7 +50,7 @@ def _insert(dsn: str, note: str, ids: range) -> tuple[datetime, str]:
     wal 10k to 60k, pitr 100k, retention 200k, by-hand 300k, S3 400k, faults 500k, fallback 600k, rpo 700k
     and 800k, S3 cleanup 900k,
     by-hand incremental and non-root ``wal fetch`` 1.1M (test_pitr_by_hand_incremental, test_wal_fetch_nonroot),
-    PITR loose ends 1.37M (test_pitr_loose_ends)."""
+    PITR loose ends 1.37M (test_pitr_loose_ends), drill on damaged WAL 1.30M (test_pitr_drill_damaged_wal)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO events SELECT g, %s FROM generate_series(%s::int, %s::int) g",
                      (note, ids.start, ids.stop - 1))

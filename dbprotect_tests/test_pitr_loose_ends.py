@@ -36,7 +36,7 @@ from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.continuous.drill import run_pitr_drill
 from dbprotect.core.continuous.heartbeat import read_heartbeats, write_heartbeat
 from dbprotect.core.continuous.pitr import SERVER_LOG, PitrResult, restore_to_point, stop_restored
-from dbprotect.core.errors import DatabaseError, DbprotectError, ToolError
+from dbprotect.core.errors import DbprotectError, IntegrityError, ToolError
 from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
@@ -178,7 +178,8 @@ def test_failed_restores_and_drills_leave_nothing_and_name_their_cause(
     with pytest.raises(DbprotectError) as failed:
         restore_to_point(storage=slow, database="shop", identity=identity, data_dir=tmp_path / "damaged",
                          restore_command=command, to_time=target, server_environ=NO_SBIN, relay=True)
-    assert isinstance(failed.value, DatabaseError), failed.value.one_line()  # it had opened for reads
+    # a damaged object, not the environment, although the server had opened for reads (exit 7, not 4)
+    assert isinstance(failed.value, IntegrityError), failed.value.one_line()
     line = failed.value.one_line()
     assert line.startswith("the restored server does not answer: ")
     assert f"restore_command failed: error[DBP007]: WAL {target_segment}" in line
