@@ -10,6 +10,7 @@ fetch fails (the case that used to surface as an environment failure, exit 4).
   failed point-in-time drill whose detail names the segment and the fetch's DBP007;
 - the store unreachable for that segment mid-recovery: raised as an environment failure, nothing
   recorded against the backup;
+- the same two before the server opened for reads (the base's first segment, needed for consistency);
 - ``stop_restored`` stops a cluster with the ``pg_ctl`` of the cluster's own major.
 
 Rows 1.30M on the shared WAL server, notes ``drillwal-``.
@@ -150,6 +151,31 @@ def test_a_damaged_segment_fails_the_drill_and_an_unreachable_store_does_not(
     [record] = recorded_pitr_drills(storage, "shop")
     assert record["ok"] is False and segment in record["detail"] and "DBP007" in record["detail"]
     assert not list(tmp_path.glob("**/pitr-server.log")), "a scratch server's folder was left behind"
+
+    # before the server opened for reads (the base's own first segment, needed to reach consistency): the
+    # store unreachable stays the environment; damaged, the drill fails as the backup's fault
+    with psycopg.connect(wal_server, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (base.start_lsn,)).fetchone()
+    assert row is not None
+    first = str(row[0])
+    with pytest.raises(ToolError) as not_started:
+        drill(restore_from(lambda _name: SlowSegmentStore(root, first, pause=0, unreachable=True)), seed=11)
+    assert "did not start" in not_started.value.one_line() and "error[DBP006]" in not_started.value.one_line()
+    assert not isinstance(not_started.value, IntegrityError), not_started.value.one_line()
+    assert len(recorded_pitr_drills(storage, "shop")) == 1
+    early = drill(restore_from(lambda _name: flipped(first)), seed=11)
+    assert not early.ok and f"error[DBP007]: WAL {first}" in early.detail, early.detail
+    assert [r["ok"] for r in recorded_pitr_drills(storage, "shop")] == [False, False]
+
+    # PostgreSQL reads any failed fetch as "no such file" and may then say recovery ended before its
+    # target: when the fetch failed for the environment, that is still not the backup's fault
+    def ended_for_lack_of_store(to_time: datetime, data_dir: Path) -> PitrResult:
+        raise ToolError("the restored server did not start: FATAL:  recovery ended before configured recovery "
+                        "target was reached; restore_command failed: error[DBP006]: cannot reach the store")
+
+    with pytest.raises(ToolError):
+        drill(ended_for_lack_of_store, seed=11)
+    assert len(recorded_pitr_drills(storage, "shop")) == 2
 
 
 def test_stop_restored_uses_the_pg_ctl_of_the_restored_clusters_major(tmp_path: Path) -> None:
