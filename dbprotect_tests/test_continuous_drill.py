@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,6 @@ import dagster as dg
 import psycopg
 import pyrage
 import pytest
-import yaml
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
@@ -31,39 +29,20 @@ from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect.defs import load_definitions
 from dbprotect.defs.continuous.drills import PITR_DRILL_CHECK, pitr_drill_job_name
+from dbprotect_tests.continuous_helpers import heartbeat_config, receiving, stop_after_lines, wait_heartbeats_after
 from dbprotect_tests.fixtures.cli import run, run_json
 from dbprotect_tests.test_continuous_wal import (
-    start_receiver,
-    stop_receiver,
     switch_and_wait_shipped,
-    wait_for,
-    wait_streaming,
 )
 
 
 def test_a_failing_heartbeat_insert_logs_one_line_and_keeps_ticking() -> None:
     """No server there: the writer logs each failure and carries on until stopped (never raises)."""
-    stop = threading.Event()
-    lines: list[str] = []
-
-    def log(line: str) -> None:
-        lines.append(line)
-        if len(lines) == 2:
-            stop.set()
-
+    stop, lines, log = stop_after_lines(2)
     written = run_heartbeats("postgresql://nobody:secret@127.0.0.1:1/none", interval_seconds=0.05, stop=stop,
                              log=log)
     assert written == 0 and len(lines) == 2
     assert all(line.startswith("heartbeat not written") and "secret" not in line for line in lines)
-
-
-def _config(write_config: Callable[..., Path], dsn: str, slot: str) -> Path:
-    path = write_config(dsn)
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    doc["databases"]["shop"]["continuous"] = {"slot": slot, "partial_upload_seconds": 1, "incremental": False,
-                                              "heartbeat_seconds": 1}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
 
 
 @pytest.mark.slow
@@ -71,26 +50,17 @@ def test_pitr_drill_proves_its_landing_and_fails_when_the_proof_is_wrong(
         wal_server: str, write_config: Callable[..., Path], tmp_path: Path,
         identity: pyrage.x25519.Identity, capsys: pytest.CaptureFixture[str], instance: dg.DagsterInstance) -> None:
     slot = "dbprotect_test_drill"
-    config_path = _config(write_config, wal_server, slot)
+    config_path = heartbeat_config(write_config, wal_server, slot)
     config = load_config(config_path)
     storage = FilesystemStorage(tmp_path / "store")
     code, beat, err = run_json(capsys, "wal", "heartbeat", "shop")  # one by hand; creates the table
     assert code == 0, err
-    receiver = start_receiver(config_path, tmp_path / "receiver.log")
-    try:
-        wait_streaming(wal_server, slot)
+    with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):
         base = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                 recipients=config.keys.raw.recipients, incremental=False)
         ended = datetime.fromisoformat(base.finished_at)
-
-        def beats_after_base() -> int:
-            with psycopg.connect(wal_server, autocommit=True) as conn:
-                return len(read_heartbeats(conn, after=ended))
-
-        wait_for(lambda: beats_after_base() >= 6, "six heartbeats after the base backup", 60)
+        wait_heartbeats_after(wal_server, ended, 6)
         switch_and_wait_shipped(wal_server, storage)
-    finally:
-        stop_receiver(receiver, wal_server, slot)
     with psycopg.connect(wal_server, autocommit=True) as conn:
         beats = read_heartbeats(conn)
     # the server is shared with other receiver tests: the hand-written row is there, not necessarily first

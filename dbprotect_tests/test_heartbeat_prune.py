@@ -25,6 +25,7 @@ from dbprotect.core.continuous.heartbeat import (
     write_heartbeat,
 )
 from dbprotect.core.errors import RefusedError
+from dbprotect_tests.continuous_helpers import stop_after_lines
 
 
 def _seed(dsn: str, *, every_minutes: int, days: float) -> None:
@@ -94,14 +95,7 @@ def test_a_failing_prune_logs_one_line_and_the_writer_carries_on(make_db: Callab
         conn.execute("CREATE FUNCTION dbprotect.refuse() RETURNS trigger LANGUAGE plpgsql AS "
                      "$$BEGIN RAISE EXCEPTION 'no deletes here'; END$$")
         conn.execute(f"CREATE TRIGGER refuse BEFORE DELETE ON {TABLE} FOR EACH ROW EXECUTE FUNCTION dbprotect.refuse()")
-    stop = threading.Event()
-    lines: list[str] = []
-
-    def log(line: str) -> None:
-        lines.append(line)
-        if len(lines) == 2:
-            stop.set()
-
+    stop, lines, log = stop_after_lines(2)
     written = run_heartbeats(dsn, interval_seconds=0.05, stop=stop, log=log, keep=timedelta(days=1),
                              prune_every_seconds=0.1)
     assert written >= 2 and len(lines) == 2

@@ -25,27 +25,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-import psycopg
 import pyrage
 import pytest
-import yaml
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous import pitr
 from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.continuous.drill import run_pitr_drill
-from dbprotect.core.continuous.heartbeat import read_heartbeats, write_heartbeat
+from dbprotect.core.continuous.heartbeat import write_heartbeat
 from dbprotect.core.continuous.pitr import SERVER_LOG, PitrResult, restore_to_point, stop_restored
 from dbprotect.core.errors import DbprotectError, IntegrityError, ToolError
 from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.store.filesystem import FilesystemStorage
+from dbprotect_tests.continuous_helpers import (
+    heartbeat_config,
+    receiving,
+    segment_of,
+    switch_wal,
+    wait_heartbeats_after,
+)
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
 from dbprotect_tests.test_continuous_wal import (
-    start_receiver,
-    stop_receiver,
     switch_and_wait_shipped,
-    wait_for,
-    wait_streaming,
 )
 
 pytestmark = pytest.mark.slow
@@ -88,39 +89,21 @@ def test_failed_restores_and_drills_leave_nothing_and_name_their_cause(
         wal_server: str, write_config: Callable[..., Path], tmp_path: Path, identity: pyrage.x25519.Identity,
         private_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     slot = "dbprotect_test_pitrfix"
-    config_path = write_config(wal_server)
-    doc = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    doc["databases"]["shop"]["continuous"] = {"slot": slot, "partial_upload_seconds": 1, "incremental": False,
-                                              "heartbeat_seconds": 1}
-    config_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    config_path = heartbeat_config(write_config, wal_server, slot)
     config = load_config(config_path)
     storage = FilesystemStorage(tmp_path / "store")
     write_heartbeat(wal_server)  # creates the table before the receiver's writer starts
-    receiver = start_receiver(config_path, tmp_path / "receiver.log")
-    try:
-        wait_streaming(wal_server, slot)
+    with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):
         base = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                 recipients=config.keys.raw.recipients, incremental=False)
-        ended = datetime.fromisoformat(base.finished_at)
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            conn.execute("SELECT pg_switch_wal()")  # the rows go into a segment after the base's end
+        switch_wal(wal_server)  # the rows go into a segment after the base's end
         time.sleep(1.1)
         _insert(wal_server, PREFIX + "a", range(1_370_000, 1_370_100))
         target, target_lsn = _insert(wal_server, PREFIX + "b", range(1_370_100, 1_370_110))
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (target_lsn,)).fetchone()
-        assert row is not None
-        target_segment = str(row[0])
-
-        def beats_after_base() -> int:
-            with psycopg.connect(wal_server, autocommit=True) as conn:
-                return len(read_heartbeats(conn, after=ended))
-
-        wait_for(lambda: beats_after_base() >= 6, "six heartbeats after the base backup", 60)
+        target_segment = segment_of(wal_server, target_lsn)
+        wait_heartbeats_after(wal_server, datetime.fromisoformat(base.finished_at), 6)
         _insert(wal_server, PREFIX + "c", range(1_370_110, 1_370_111))  # after the target
         switch_and_wait_shipped(wal_server, storage)
-    finally:
-        stop_receiver(receiver, wal_server, slot)
     _open_for_server(tmp_path)
     command = fetch_command(config, "shop")
     assert _left_in(private_tmp) == []

@@ -25,7 +25,7 @@ from dbprotect.core.pg.pg_restore import _DataLoader
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.manifest import dump_key
-from dbprotect_tests.fixtures.cli import run_json
+from dbprotect_tests.fixtures.cli import backup_with_scratch, run_json
 from dbprotect_tests.fixtures.fix_pg import content
 
 ROWS = 3000
@@ -114,13 +114,7 @@ def split_setup(make_db, pg, write_config, monkeypatch, tmp_path, capsys):
     source = make_db("CREATE TABLE t (x int PRIMARY KEY, payload text); "
                      "INSERT INTO t SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 60000) g; "
                      "CREATE TABLE u (y text); INSERT INTO u VALUES ('a'), ('\\.')", prefix="src")
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
-    write_config(source, database="shop", extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN",
-                                                             "work_dir": str(work)}})
-    code, backup, _ = run_json(capsys, "backup", "shop")
-    assert code == 0
+    backup = backup_with_scratch(capsys, monkeypatch, write_config, source, pg.admin_dsn, tmp_path / "work")
     return FilesystemStorage(tmp_path / "store"), str(backup["backup_id"]), source
 
 

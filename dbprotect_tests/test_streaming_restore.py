@@ -22,7 +22,7 @@ from dbprotect.core.pg.pg_restore import _DataLoader
 from dbprotect.core.pg.scratch import ScratchServer, leftover_scratch_databases
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.manifest import dump_key
-from dbprotect_tests.fixtures.cli import run_json
+from dbprotect_tests.fixtures.cli import backup_with_scratch
 from dbprotect_tests.fixtures.fix_pg import content
 
 SOURCE_SQL = ("CREATE TABLE t (x int PRIMARY KEY, payload text); "
@@ -35,12 +35,7 @@ def overwrite_setup(make_db, pg, write_config, monkeypatch, tmp_path, capsys):
     """A verified backup of ``shop``, a marked production target of other content, a private work folder."""
     source = make_db(SOURCE_SQL, prefix="src")
     work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv("TEST_SCRATCH_ADMIN_DSN", pg.admin_dsn)
-    write_config(source, database="shop", extra={"scratch": {"admin_dsn_env": "TEST_SCRATCH_ADMIN_DSN",
-                                                             "work_dir": str(work)}})
-    code, backup, _ = run_json(capsys, "backup", "shop")
-    assert code == 0
+    backup = backup_with_scratch(capsys, monkeypatch, write_config, source, pg.admin_dsn, work)
     assert run(["verify", backup["backup_id"]]) == 0
     target = make_db("CREATE TABLE kept (x int); INSERT INTO kept SELECT g FROM generate_series(1, 77) g",
                      prefix="prod")

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from dbprotect.core.config.load import load_config
@@ -39,13 +38,11 @@ from dbprotect.core.errors import DbprotectError
 from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.pg.tools import require_tool_for_server
 from dbprotect.core.store.filesystem import FilesystemStorage
+from dbprotect_tests.continuous_helpers import receiving, segment_of, switch_wal
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
 from dbprotect_tests.test_continuous_wal import (
     continuous_config,
-    start_receiver,
-    stop_receiver,
     switch_and_wait_shipped,
-    wait_streaming,
 )
 
 pytestmark = pytest.mark.slow
@@ -127,25 +124,17 @@ def test_a_non_root_server_fetches_every_wal_through_dbprotect_wal_fetch(
     config_path = continuous_config(write_config, wal_server, slot)
     config = load_config(config_path)
     storage = FilesystemStorage(tmp_path / "store")
-    receiver = start_receiver(config_path, tmp_path / "receiver.log")
-    try:
-        wait_streaming(wal_server, slot)
+    with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):
         take_base_backup(database="shop", dsn=wal_server, storage=storage, recipients=config.keys.raw.recipients,
                          incremental=False)
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            conn.execute("SELECT pg_switch_wal()")  # the rows go into a segment after the base's end
+        switch_wal(wal_server)  # the rows go into a segment after the base's end
         time.sleep(1.1)  # the base's finished_at stays before the target
         _insert(wal_server, PREFIX + "a", range(1_150_000, 1_150_200))
         target, target_lsn = _insert(wal_server, PREFIX + "b", range(1_150_200, 1_150_210))
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (target_lsn,)).fetchone()
-        assert row is not None
-        target_segment = str(row[0])
+        target_segment = segment_of(wal_server, target_lsn)
         time.sleep(1.1)
         _insert(wal_server, PREFIX + "c", range(1_150_210, 1_150_211))  # after the target
         switch_and_wait_shipped(wal_server, storage)
-    finally:
-        stop_receiver(receiver, wal_server, slot)
 
     # what the restoring user holds: the store and the config to read (it writes its audit record), its
     # own key file readable by it alone, a home, and a folder for the new data directory
