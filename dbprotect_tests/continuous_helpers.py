@@ -20,11 +20,20 @@ import psycopg
 import pytest
 import yaml
 
+from dbprotect.core.config.load import load_config
+from dbprotect.core.config.model import Config
 from dbprotect.core.continuous.heartbeat import read_heartbeats
 from dbprotect.core.continuous.pitr import free_port
 from dbprotect.core.pg.tools import require_tool_for_server
+from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect_tests.test_continuous_pitr import _open_for_server
-from dbprotect_tests.test_continuous_wal import start_receiver, stop_receiver, wait_for, wait_streaming
+from dbprotect_tests.test_continuous_wal import (
+    continuous_config,
+    start_receiver,
+    stop_receiver,
+    wait_for,
+    wait_streaming,
+)
 
 #: The document whose by-hand commands the by-hand tests run as written.
 STORE_FORMAT_DOC = Path(__file__).resolve().parents[1] / "docs" / "store-format.md"
@@ -55,6 +64,14 @@ def heartbeat_config(write_config: Callable[..., Path], dsn: str, slot: str) -> 
                                               "heartbeat_seconds": 1}
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
+
+
+def continuous_setup(write_config: Callable[..., Path], dsn: str, slot: str, tmp_path: Path, *,
+                     heartbeats: bool = False) -> tuple[Path, Config, FilesystemStorage]:
+    """A continuous test's start: the config file (``shop`` streaming from ``slot``; with a heartbeat a
+    second when ``heartbeats``), that config loaded, and the filesystem store under ``tmp_path``."""
+    config_path = (heartbeat_config if heartbeats else continuous_config)(write_config, dsn, slot)
+    return config_path, load_config(config_path), FilesystemStorage(tmp_path / "store")
 
 
 @contextmanager

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
-from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect_tests.continuous_helpers import (
     NEEDS_STOCK_TOOLS,
+    continuous_setup,
     documented_restore_line,
     operator_key,
     receiving,
@@ -28,7 +27,6 @@ from dbprotect_tests.continuous_helpers import (
 )
 from dbprotect_tests.test_continuous_pitr import _insert, _notes
 from dbprotect_tests.test_continuous_wal import (
-    continuous_config,
     switch_and_wait_shipped,
 )
 
@@ -38,9 +36,7 @@ pytestmark = [pytest.mark.slow, NEEDS_STOCK_TOOLS]
 def test_by_hand_pitr_with_stock_tools_as_documented(
         wal_server: str, write_config: Callable[..., Path], tmp_path: Path, age_keys: tuple[str, str]) -> None:
     slot = "dbprotect_test_byhand"
-    config_path = continuous_config(write_config, wal_server, slot)
-    config = load_config(config_path)
-    storage = FilesystemStorage(tmp_path / "store")
+    config_path, config, storage = continuous_setup(write_config, wal_server, slot, tmp_path)
     with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):
         take_base_backup(database="shop", dsn=wal_server, storage=storage, recipients=config.keys.raw.recipients,
                          incremental=False)

@@ -19,17 +19,20 @@ import psycopg
 import pyrage
 import pytest
 
-from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.continuous.drill import PitrDrillResult, choose_moment, recorded_pitr_drills, run_pitr_drill
 from dbprotect.core.continuous.heartbeat import Heartbeat, read_heartbeats, run_heartbeats
 from dbprotect.core.continuous.pitr import PitrResult, restore_to_point
 from dbprotect.core.errors import Refusals, RefusedError, ToolError
 from dbprotect.core.ops.continuous import fetch_command
-from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect.defs import load_definitions
 from dbprotect.defs.continuous.drills import PITR_DRILL_CHECK, pitr_drill_job_name
-from dbprotect_tests.continuous_helpers import heartbeat_config, receiving, stop_after_lines, wait_heartbeats_after
+from dbprotect_tests.continuous_helpers import (
+    continuous_setup,
+    receiving,
+    stop_after_lines,
+    wait_heartbeats_after,
+)
 from dbprotect_tests.fixtures.cli import run, run_json
 from dbprotect_tests.test_continuous_wal import (
     switch_and_wait_shipped,
@@ -50,9 +53,7 @@ def test_pitr_drill_proves_its_landing_and_fails_when_the_proof_is_wrong(
         wal_server: str, write_config: Callable[..., Path], tmp_path: Path,
         identity: pyrage.x25519.Identity, capsys: pytest.CaptureFixture[str], instance: dg.DagsterInstance) -> None:
     slot = "dbprotect_test_drill"
-    config_path = heartbeat_config(write_config, wal_server, slot)
-    config = load_config(config_path)
-    storage = FilesystemStorage(tmp_path / "store")
+    config_path, config, storage = continuous_setup(write_config, wal_server, slot, tmp_path, heartbeats=True)
     code, beat, err = run_json(capsys, "wal", "heartbeat", "shop")  # one by hand; creates the table
     assert code == 0, err
     with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):

@@ -19,13 +19,12 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.pg.tools import require_tool_for_server
-from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect_tests.continuous_helpers import (
     NEEDS_STOCK_TOOLS,
     STORE_FORMAT_DOC,
+    continuous_setup,
     documented_restore_line,
     operator_key,
     receiving,
@@ -34,7 +33,6 @@ from dbprotect_tests.continuous_helpers import (
 )
 from dbprotect_tests.test_continuous_pitr import _insert, _notes
 from dbprotect_tests.test_continuous_wal import (
-    continuous_config,
     switch_and_wait_shipped,
 )
 
@@ -58,9 +56,7 @@ def test_by_hand_pitr_from_a_full_base_and_an_incremental_with_stock_tools(
         wal_server: str, write_config: Callable[..., Path], tmp_path: Path, age_keys: tuple[str, str],
         identity: pyrage.x25519.Identity) -> None:
     slot = "dbprotect_test_byhand_incr"
-    config_path = continuous_config(write_config, wal_server, slot)
-    config = load_config(config_path)
-    storage = FilesystemStorage(tmp_path / "store")
+    config_path, config, storage = continuous_setup(write_config, wal_server, slot, tmp_path)
     with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):
         full = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                 recipients=config.keys.raw.recipients, incremental=False)

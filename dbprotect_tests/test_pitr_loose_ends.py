@@ -28,7 +28,6 @@ from typing import BinaryIO
 import pyrage
 import pytest
 
-from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous import pitr
 from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.continuous.drill import run_pitr_drill
@@ -38,7 +37,7 @@ from dbprotect.core.errors import DbprotectError, IntegrityError, ToolError
 from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect_tests.continuous_helpers import (
-    heartbeat_config,
+    continuous_setup,
     receiving,
     segment_of,
     switch_wal,
@@ -89,9 +88,7 @@ def test_failed_restores_and_drills_leave_nothing_and_name_their_cause(
         wal_server: str, write_config: Callable[..., Path], tmp_path: Path, identity: pyrage.x25519.Identity,
         private_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     slot = "dbprotect_test_pitrfix"
-    config_path = heartbeat_config(write_config, wal_server, slot)
-    config = load_config(config_path)
-    storage = FilesystemStorage(tmp_path / "store")
+    config_path, config, storage = continuous_setup(write_config, wal_server, slot, tmp_path, heartbeats=True)
     write_heartbeat(wal_server)  # creates the table before the receiver's writer starts
     with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):
         base = take_base_backup(database="shop", dsn=wal_server, storage=storage,

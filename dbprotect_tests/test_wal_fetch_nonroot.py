@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pytest
 
-from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.continuous.pitr import restore_to_point
 from dbprotect.core.crypto import parse_identity
@@ -38,10 +37,9 @@ from dbprotect.core.errors import DbprotectError
 from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.pg.tools import require_tool_for_server
 from dbprotect.core.store.filesystem import FilesystemStorage
-from dbprotect_tests.continuous_helpers import receiving, segment_of, switch_wal
+from dbprotect_tests.continuous_helpers import continuous_setup, receiving, segment_of, switch_wal
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
 from dbprotect_tests.test_continuous_wal import (
-    continuous_config,
     switch_and_wait_shipped,
 )
 
@@ -121,9 +119,7 @@ def test_a_non_root_server_fetches_every_wal_through_dbprotect_wal_fetch(
         other_age_keys: tuple[str, str]) -> None:
     user = _server_user()
     slot = "dbprotect_test_nonroot_fetch"
-    config_path = continuous_config(write_config, wal_server, slot)
-    config = load_config(config_path)
-    storage = FilesystemStorage(tmp_path / "store")
+    config_path, config, storage = continuous_setup(write_config, wal_server, slot, tmp_path)
     with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):
         take_base_backup(database="shop", dsn=wal_server, storage=storage, recipients=config.keys.raw.recipients,
                          incremental=False)
