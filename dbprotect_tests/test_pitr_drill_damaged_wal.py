@@ -29,9 +29,7 @@ from typing import BinaryIO
 import psycopg
 import pyrage
 import pytest
-import yaml
 
-from dbprotect.core.config.load import load_config
 from dbprotect.core.continuous.base import take_base_backup
 from dbprotect.core.continuous.drill import recorded_pitr_drills, run_pitr_drill
 from dbprotect.core.continuous.heartbeat import read_heartbeats, write_heartbeat
@@ -40,13 +38,16 @@ from dbprotect.core.errors import DatabaseError, IntegrityError, StorageError, T
 from dbprotect.core.ops.continuous import fetch_command
 from dbprotect.core.store import Storage
 from dbprotect.core.store.filesystem import FilesystemStorage
+from dbprotect_tests.continuous_helpers import (
+    continuous_setup,
+    receiving,
+    segment_of,
+    switch_wal,
+    wait_heartbeats_after,
+)
 from dbprotect_tests.test_continuous_pitr import _insert, _open_for_server
 from dbprotect_tests.test_continuous_wal import (
-    start_receiver,
-    stop_receiver,
     switch_and_wait_shipped,
-    wait_for,
-    wait_streaming,
 )
 
 PREFIX = "drillwal-"
@@ -75,42 +76,23 @@ def _segment_after(dsn: str, to_time: datetime) -> str:
     it (that heartbeat's commit is what tells it the target is passed)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         after = next(h for h in read_heartbeats(conn) if h.at > to_time)
-        row = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (after.lsn,)).fetchone()
-    assert row is not None
-    return str(row[0])
+    return segment_of(dsn, after.lsn)
 
 
 @pytest.mark.slow
 def test_a_damaged_segment_fails_the_drill_and_an_unreachable_store_does_not(
         wal_server: str, write_config: Callable[..., Path], tmp_path: Path, identity: pyrage.x25519.Identity) -> None:
     slot = "dbprotect_test_drillwal"
-    config_path = write_config(wal_server)
-    doc = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    doc["databases"]["shop"]["continuous"] = {"slot": slot, "partial_upload_seconds": 1, "incremental": False,
-                                              "heartbeat_seconds": 1}
-    config_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    config = load_config(config_path)
+    config_path, config, storage = continuous_setup(write_config, wal_server, slot, tmp_path, heartbeats=True)
     root = tmp_path / "store"
-    storage = FilesystemStorage(root)
     write_heartbeat(wal_server)  # creates the table before the receiver's writer starts
-    receiver = start_receiver(config_path, tmp_path / "receiver.log")
-    try:
-        wait_streaming(wal_server, slot)
+    with receiving(config_path, wal_server, slot, tmp_path / "receiver.log"):
         base = take_base_backup(database="shop", dsn=wal_server, storage=storage,
                                 recipients=config.keys.raw.recipients, incremental=False)
-        ended = datetime.fromisoformat(base.finished_at)
-        with psycopg.connect(wal_server, autocommit=True) as conn:
-            conn.execute("SELECT pg_switch_wal()")
+        switch_wal(wal_server)
         _insert(wal_server, PREFIX + "a", range(1_300_000, 1_300_100))
-
-        def beats_after_base() -> int:
-            with psycopg.connect(wal_server, autocommit=True) as conn:
-                return len(read_heartbeats(conn, after=ended))
-
-        wait_for(lambda: beats_after_base() >= 6, "six heartbeats after the base backup", 60)
+        wait_heartbeats_after(wal_server, datetime.fromisoformat(base.finished_at), 6)
         switch_and_wait_shipped(wal_server, storage)
-    finally:
-        stop_receiver(receiver, wal_server, slot)
     _open_for_server(tmp_path)
     command = fetch_command(config, "shop")
     needed: list[str] = []
@@ -154,10 +136,7 @@ def test_a_damaged_segment_fails_the_drill_and_an_unreachable_store_does_not(
 
     # before the server opened for reads (the base's own first segment, needed to reach consistency): the
     # store unreachable stays the environment; damaged, the drill fails as the backup's fault
-    with psycopg.connect(wal_server, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (base.start_lsn,)).fetchone()
-    assert row is not None
-    first = str(row[0])
+    first = segment_of(wal_server, base.start_lsn)
     with pytest.raises(ToolError) as not_started:
         drill(restore_from(lambda _name: SlowSegmentStore(root, first, pause=0, unreachable=True)), seed=11)
     assert "did not start" in not_started.value.one_line() and "error[DBP006]" in not_started.value.one_line()
