@@ -26,9 +26,7 @@ from dbprotect_tests.continuous_helpers import (
     store_format_line,
 )
 from dbprotect_tests.test_continuous_pitr import _insert, _notes
-from dbprotect_tests.test_continuous_wal import (
-    switch_and_wait_shipped,
-)
+from dbprotect_tests.test_continuous_wal import switch_and_wait_shipped
 
 pytestmark = [pytest.mark.slow, NEEDS_STOCK_TOOLS]
 

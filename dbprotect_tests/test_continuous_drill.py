@@ -34,9 +34,7 @@ from dbprotect_tests.continuous_helpers import (
     wait_heartbeats_after,
 )
 from dbprotect_tests.fixtures.cli import run, run_json
-from dbprotect_tests.test_continuous_wal import (
-    switch_and_wait_shipped,
-)
+from dbprotect_tests.test_continuous_wal import switch_and_wait_shipped
 
 
 def test_a_failing_heartbeat_insert_logs_one_line_and_keeps_ticking() -> None:

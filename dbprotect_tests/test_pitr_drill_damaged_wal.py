@@ -46,9 +46,7 @@ from dbprotect_tests.continuous_helpers import (
     wait_heartbeats_after,
 )
 from dbprotect_tests.test_continuous_pitr import _insert, _open_for_server
-from dbprotect_tests.test_continuous_wal import (
-    switch_and_wait_shipped,
-)
+from dbprotect_tests.test_continuous_wal import switch_and_wait_shipped
 
 PREFIX = "drillwal-"
 #: The server's environment (the WAL is relayed: it needs no secret).

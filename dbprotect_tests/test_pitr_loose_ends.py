@@ -44,9 +44,7 @@ from dbprotect_tests.continuous_helpers import (
     wait_heartbeats_after,
 )
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
-from dbprotect_tests.test_continuous_wal import (
-    switch_and_wait_shipped,
-)
+from dbprotect_tests.test_continuous_wal import switch_and_wait_shipped
 
 pytestmark = pytest.mark.slow
 

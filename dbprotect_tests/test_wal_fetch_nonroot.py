@@ -39,9 +39,7 @@ from dbprotect.core.pg.tools import require_tool_for_server
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect_tests.continuous_helpers import continuous_setup, receiving, segment_of, switch_wal
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
-from dbprotect_tests.test_continuous_wal import (
-    switch_and_wait_shipped,
-)
+from dbprotect_tests.test_continuous_wal import switch_and_wait_shipped
 
 pytestmark = pytest.mark.slow
 
