@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -57,8 +58,8 @@ def _start_restore(name: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
 
 
-def _wait_for_data_loading(pg, work: Path, proc: subprocess.Popen[str]) -> None:
-    """Until the staging database holds the table being loaded (the restore is mid-way), or fail.
+def _wait_for_data_loading(pg, work: Path, proc: subprocess.Popen[str]) -> str:
+    """Until the staging database holds the table being loaded (the restore is mid-way), or fail; its name.
 
     Meanwhile the work folder stays empty: the archive is streamed, never written in plaintext.
     """
@@ -68,11 +69,33 @@ def _wait_for_data_loading(pg, work: Path, proc: subprocess.Popen[str]) -> None:
         for name in _staging(pg):
             with contextlib.suppress(psycopg.Error), psycopg.connect(pg.dsn(name), connect_timeout=5) as conn:
                 if conn.execute("SELECT to_regclass('public.events') IS NOT NULL").fetchone() == (True,):
-                    return
+                    return name
         if proc.poll() is not None:
             raise AssertionError(f"restore ended before it loaded data: {proc.communicate()}")
         time.sleep(0.01)
     raise AssertionError("the restore never started loading data")
+
+
+@contextlib.contextmanager
+def _held_mid_restore(pg, staging: str) -> Iterator[None]:
+    """Hold the restore mid-way: an ACCESS EXCLUSIVE lock on the table it loads, in its staging database.
+
+    The 30 MB restore takes about a second; on a loaded machine (the suite runs in parallel) it could
+    finish between "the table exists" and the signal, and the test would signal a process that already
+    exited 0. With the lock held, the load or its verification waits on it, so the signal always lands
+    while the restore runs. The restore's cleanup drops the staging database ``WITH (FORCE)``, which
+    ends this connection: its errors on the way out are expected.
+    """
+    blocker = psycopg.connect(pg.dsn(staging))
+    try:
+        blocker.execute("SET lock_timeout = '60s'")
+        blocker.execute("LOCK TABLE public.events IN ACCESS EXCLUSIVE MODE")
+        yield
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            blocker.rollback()
+        with contextlib.suppress(psycopg.Error):
+            blocker.close()
 
 
 def _staging(pg) -> list[str]:
@@ -84,9 +107,12 @@ def test_a_signalled_restore_removes_its_plaintext_and_staging_and_leaves_the_ta
     work, target, name = overwrite_setup
     before = content(target)
     proc = _start_restore(name)
-    _wait_for_data_loading(pg, work, proc)
-    assert _staging(pg)  # mid-restore: the staging database exists
-    proc.send_signal(sig)
+    staging = _wait_for_data_loading(pg, work, proc)
+    with _held_mid_restore(pg, staging):
+        assert _staging(pg)  # mid-restore: the staging database exists
+        assert proc.poll() is None  # and the restore is still running when it is signalled
+        proc.send_signal(sig)
+        time.sleep(0.5)  # the signal is handled while the restore still waits on the lock
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert "Traceback" not in err
