@@ -55,7 +55,18 @@ def overwrite_setup(make_db, pg, write_config, monkeypatch, tmp_path):
 def _start_restore(name: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "dbprotect.cli.app", "restore", "shop", "--target",
                              f"production:{name}", "--confirm", name], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy(), preexec_fn=_as_from_a_terminal)
+
+
+def _as_from_a_terminal() -> None:
+    """In the child: SIGINT and SIGTERM as an operator's shell leaves them (default, unblocked).
+
+    A test runner started in the background of a non-interactive shell ignores SIGINT, and its workers
+    may block signals; the child would inherit that and the test would signal a deaf process.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _wait_for_data_loading(pg, work: Path, proc: subprocess.Popen[str]) -> str:
