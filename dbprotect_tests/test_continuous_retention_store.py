@@ -4,6 +4,7 @@ killed sweep or ship are swept, and a dry run deletes nothing."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -103,6 +104,24 @@ def test_an_unreadable_record_refuses_and_deletes_nothing(tmp_path: Path) -> Non
     with pytest.raises(RefusedError) as refused:
         plan_continuous_cleanup(storage, "shop", POLICY, NOW)
     assert refused.value.code == "DBP970"
+
+
+@pytest.mark.parametrize("safe_time", ["2026-03-01T05:00:00", "yesterday", 7], ids=["no-zone", "not-a-time", "number"])
+def test_a_commit_time_sample_that_does_not_parse_refuses_and_deletes_nothing(tmp_path: Path,
+                                                                             safe_time: object) -> None:
+    """The sample dates a base for the anchor (rule 9): one read from the store that is not an aware time
+    (whose clock would a naive one be?) refuses the sweep, as any unreadable record does."""
+    storage = store(tmp_path)
+    keys = sorted(i.key for i in storage.list("shop/"))
+    key = segment_record_key("shop", segment_name(1, 4))  # read for the newer base's sample
+    record = json.loads(storage.get_bytes(key))
+    storage.put_bytes(key, json.dumps({**record, "safe_time": safe_time}).encode())
+    with pytest.raises(RefusedError) as refused:
+        plan_continuous_cleanup(storage, "shop", POLICY, NOW)
+    assert refused.value.code == "DBP970"
+    expected = {"2026-03-01T05:00:00": "has no time zone", "yesterday": "is not a time"}
+    assert expected.get(safe_time, "commit-time sample incomplete") in str(refused.value)  # type: ignore[call-overload]
+    assert sorted(i.key for i in storage.list("shop/")) == keys
 
 
 def test_leftovers_of_a_killed_sweep_or_ship_are_swept(tmp_path: Path) -> None:

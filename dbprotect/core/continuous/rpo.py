@@ -40,6 +40,7 @@ from dbprotect.core.continuous.wal import (
     HISTORY_NAME,
     SEGMENT_NAME,
     SegmentRecord,
+    parse_record_time,
     partial_record_key,
     progress_record_key,
     segment_name,
@@ -112,25 +113,12 @@ class ContinuousRpo:
                 "newest_base": self.newest_base, "reason": self.reason, "notes": list(self.notes)}
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise IntegrityError(f"{text!r} is not a time") from None
-    if value.tzinfo is None:
-        raise IntegrityError(f"{text!r} has no time zone")
-    return value
-
-
 def _point(storage: Storage, database: str, key: str, name: str, modified: datetime | None) -> StoredPoint:
     record = SegmentRecord.from_store(storage, key, database=database, name=name)
     if record.kind not in ("segment", "partial") or record.timeline != int(name[:8], 16):
         raise IntegrityError(f"{key}: a {record.kind} record of timeline {record.timeline} in a segment's place")
     return StoredPoint(key, record.kind, name, record.timeline, parse_lsn(record.end_lsn),
-                       _parse_time(record.safe_time),
-                       parse_lsn(record.safe_lsn) if record.safe_lsn is not None else None, modified)
+                       *(record.sample() or (None, None)), modified)
 
 
 def newest_stored_point(storage: Storage, database: str, notes: list[str] | None = None) -> StoredPoint | None:
@@ -187,7 +175,7 @@ def _with_progress(storage: Storage, database: str, point: StoredPoint, modified
         if value.get("segment") != point.segment or value.get("timeline") != point.timeline:
             return point  # about another segment (a partial followed since): not this one's
         claimed_end = parse_lsn(value.get("end_lsn"))
-        safe_time, safe_lsn = _parse_time(value.get("safe_time")), parse_lsn(value.get("safe_lsn"))
+        safe_time, safe_lsn = parse_record_time(value.get("safe_time")), parse_lsn(value.get("safe_lsn"))
     except ObjectNotFound:
         return point
     except IntegrityError as exc:

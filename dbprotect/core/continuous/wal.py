@@ -152,6 +152,30 @@ class SegmentRecord:
             raise IntegrityError(f"{key}: commit-time sample incomplete")
         return record
 
+    def sample(self) -> tuple[datetime, int] | None:
+        """The commit-time sample as (server time, flush LSN), checked (:class:`IntegrityError` for a time
+        without a zone or anything that is not a time or an LSN); None when the record holds none. The one
+        reading of a stored sample: the measured RPO and chain retention's anchor both judge by it."""
+        if self.safe_time is None or self.safe_lsn is None:
+            return None
+        when = parse_record_time(self.safe_time)
+        assert when is not None
+        return when, parse_lsn(self.safe_lsn)
+
+
+def parse_record_time(text: object) -> datetime | None:
+    """A time read from a store record (untrusted): an aware ISO 8601 time, or None for None;
+    :class:`IntegrityError` for anything else, a naive time included (whose clock would it be?)."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise IntegrityError(f"{text!r} is not a time") from None
+    if value.tzinfo is None:
+        raise IntegrityError(f"{text!r} has no time zone")
+    return value
+
 
 class _PlainHasher:
     """A file being read for shipping: hashes and counts the plaintext as it passes."""

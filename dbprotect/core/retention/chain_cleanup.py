@@ -187,22 +187,13 @@ def _continuous_wal(storage: Storage, database: str,
     for name in partials:
         record = SegmentRecord.from_store(storage, partial_record_key(database, name), database=database, name=name)
         wal.append(ChainWal(name, "partial", record.timeline, parse_lsn(record.start_lsn), parse_lsn(record.end_lsn),
-                            *_sample_of(record)))
+                            *(record.sample() or ())))
     return wal, histories, segment_size
 
 
 #: Completed segments read for their commit-time sample from each base's end onward: the first that holds
 #: a sample reaching the base's end proves when it became consistent (rule 9 of chains.py).
 SAMPLED_SEGMENTS_PER_BASE = 3
-
-
-def _sample_of(record: SegmentRecord) -> tuple[datetime, int] | tuple[()]:
-    if record.safe_time is None or record.safe_lsn is None:
-        return ()
-    when = datetime.fromisoformat(record.safe_time)
-    if when.tzinfo is None:
-        raise ValueError(f"WAL {record.segment}: commit-time sample {record.safe_time!r} has no time zone")
-    return when, parse_lsn(record.safe_lsn)
 
 
 def _with_samples(storage: Storage, database: str, wal: list[ChainWal], bases: list[ChainBase],
@@ -221,7 +212,7 @@ def _with_samples(storage: Storage, database: str, wal: list[ChainWal], bases: l
             stored = SegmentRecord.from_store(storage, segment_record_key(database, record.segment),
                                               database=database, name=record.segment)
             record = ChainWal(record.segment, record.kind, record.timeline, record.start_lsn, record.end_lsn,
-                              *_sample_of(stored))
+                              *(stored.sample() or ()))
         dated.append(record)
     return dated
 
