@@ -153,6 +153,11 @@ def test_failed_restores_and_drills_leave_nothing_and_name_their_cause(
     content[len(content) // 2] ^= 0x01
     damaged.write_bytes(bytes(content))
     slow = SlowSegmentStore(tmp_path / "store", target_segment, pause=4.0)
+    (tmp_path / "damaged-in-a-folder").mkdir(mode=0o700)  # one the operator made, empty: empty again after
+    with pytest.raises(IntegrityError):
+        restore_to_point(storage=slow, database="shop", identity=identity, data_dir=tmp_path / "damaged-in-a-folder",
+                         restore_command=command, to_time=target, server_environ=NO_SBIN, relay=True)
+    assert list((tmp_path / "damaged-in-a-folder").iterdir()) == [], "a half-recovered cluster was left"
     with pytest.raises(DbprotectError) as failed:
         restore_to_point(storage=slow, database="shop", identity=identity, data_dir=tmp_path / "damaged",
                          restore_command=command, to_time=target, server_environ=NO_SBIN, relay=True)

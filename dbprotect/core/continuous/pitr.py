@@ -321,12 +321,25 @@ def restore_to_point(*, storage: Storage, database: str, identity: pyrage.x25519
         _stop_quietly(data_dir, major, pg_bin_dir, user)
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)
+        else:  # it existed empty (checked above): empty again, never a half-recovered cluster left in it
+            _empty_folder(data_dir)
         if socket_dir is not None:
             shutil.rmtree(socket_dir, ignore_errors=True)
         raise
     assert socket_dir is not None
     return PitrResult(data_dir, port, socket_dir, [b.base_id for b in chain], to_lsn or str(to_time),
                       time.perf_counter() - started, in_recovery, tuple(skipped), smoke, major)
+
+
+def _empty_folder(folder: Path) -> None:
+    """Remove everything inside ``folder`` (not the folder: its owner and mode are the caller's)."""
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
 
 
 def _major(record: BaseBackupRecord) -> int:
