@@ -245,6 +245,12 @@ def pganonymize_env(admin_dsn: str) -> tuple[list[str], dict[str, str]]:
     return args, env
 
 
+def pganonymize_tool() -> str | None:
+    """pganonymize on PATH or beside this interpreter; None when it is not installed."""
+    beside = Path(sys.executable).parent / "pganonymize"
+    return shutil.which("pganonymize") or (str(beside) if beside.exists() else None)
+
+
 def run_pganonymize(admin_dsn: str, source: str, rows: int, folder: Path, schema: str,
                     name: str) -> tuple[float, str]:
     target = create_db(admin_dsn, name)
@@ -261,7 +267,8 @@ def run_pganonymize(admin_dsn: str, source: str, rows: int, folder: Path, schema
         dst.commit()
     schema_file = folder / f"{name}.yml"
     schema_file.write_text(schema)
-    tool = shutil.which("pganonymize") or str(Path(sys.executable).parent / "pganonymize")
+    tool = pganonymize_tool()
+    assert tool is not None, "checked before the build (main)"
     args, env = pganonymize_env(admin_dsn)
     started = time.perf_counter()
     proc = subprocess.run([tool, "--schema", str(schema_file), "--dbname", name, *args],
@@ -286,6 +293,9 @@ def main() -> int:
               f"(interpreter and imports {before:.0f} MB), false-positive rate {rate:.1e} "
               f"({'PASS' if after < 300 else 'FAIL'}: target < 300 MB)", flush=True)
         return 0
+    if pganonymize_tool() is None:  # before minutes of building, not after
+        print("pganonymize is not installed: .venv/bin/pip install pganonymize (the comparison tool)")
+        return 1
     folder = Path(tempfile.mkdtemp(prefix="dbprotect-sanitize-bench-"))
     server = None
     try:
