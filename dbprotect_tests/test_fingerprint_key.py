@@ -43,13 +43,15 @@ def test_another_masking_key_gives_other_fingerprints() -> None:
 
 
 def test_fingerprint_is_keyed_blake2b_under_the_derived_key() -> None:
-    """Pinned: a fingerprint is BLAKE2b-64 of the form under HMAC-SHA256(masking key, label); neither
-    the masking key itself nor an unkeyed hash of the form."""
-    derived = hmac.digest(KEY, b"dbprotect fingerprint v1", "sha256")
-    assert FINGERPRINT_KEY_LABEL == b"dbprotect fingerprint v1" and fingerprint_key(KEY) == derived
+    """Pinned: a fingerprint is BLAKE2b-128 of the form under HMAC-SHA256(masking key, label "v2"); neither
+    the masking key itself nor an unkeyed hash of the form. A batch gives the same fingerprints as two words."""
+    derived = hmac.digest(KEY, b"dbprotect fingerprint v2", "sha256")
+    assert FINGERPRINT_KEY_LABEL == b"dbprotect fingerprint v2" and fingerprint_key(KEY) == derived
     form = "alice@example.org"
-    expected = int.from_bytes(hashlib.blake2b(form.encode(), key=derived, digest_size=8).digest())
+    expected = int.from_bytes(hashlib.blake2b(form.encode(), key=derived, digest_size=16).digest())
     assert Fingerprinter(KEY).of(form) == expected
-    assert expected != int.from_bytes(hashlib.blake2b(form.encode(), key=KEY, digest_size=8).digest())
-    assert expected != int.from_bytes(hashlib.blake2b(form.encode(), digest_size=8).digest())
+    assert Fingerprinter(KEY).array_of_many([form, "x"])[0].tolist() == [expected >> 64, expected & (2**64 - 1)]
+    assert Fingerprinter(KEY).of_many([form]) == [expected]
+    assert expected != int.from_bytes(hashlib.blake2b(form.encode(), key=KEY, digest_size=16).digest())
+    assert expected != int.from_bytes(hashlib.blake2b(form.encode(), digest_size=16).digest())
     assert Fingerprinter(KEY).of(form) != hash(form)

@@ -1,0 +1,120 @@
+"""The production fingerprints are an exact set (issue 12, performance): what goes in is found, what
+did not is not, duplicates count once, adding after a lookup still works; and the fast ways of filling
+it (one COPY per table, worker processes) give exactly the set the per-column queries give.
+
+Each test here fails against a wrong implementation: a set that drops a fingerprint at a bucket edge,
+a COPY path that decodes escapes or NULLs differently from ``textsend``, or workers that lose a batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import psycopg
+import pytest
+
+from dbprotect.core.sanitize import checks
+from dbprotect.core.sanitize.checks import production_fingerprints
+from dbprotect.core.sanitize.coverage import source_columns
+from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter
+from dbprotect.core.sanitize.rules import parse_rules
+
+KEY = os.urandom(32)
+FINGERPRINTER = Fingerprinter(KEY)
+
+
+def _contents(found: FingerprintFilter) -> list[list[int]]:
+    found.flush()
+    return [parts[0].tolist() for parts in found._buckets]
+
+
+def test_the_set_is_exact_across_buckets_and_after_more_adds() -> None:
+    found = FingerprintFilter(1000)
+    found.SPILL_ROWS = 5_000  # several spills, so buckets hold several parts before the first lookup
+    added = [f"person{i}@example.org" for i in range(20_000)]
+    others = [f"other{i}@example.org" for i in range(20_000)]
+    found.add_forms(FINGERPRINTER, added)
+    found.add_forms(FINGERPRINTER, added[:100])  # duplicates count once
+    assert found.entries == 20_000
+    assert found.hits(FINGERPRINTER.array_of_many(added)).all()
+    assert not found.hits(FINGERPRINTER.array_of_many(others)).any()
+    # Every bucket is used and sorted (a lookup is a binary search).
+    assert all(len(values) and values == sorted(values) for values in _contents(found))
+    # Added after lookups: found too, and the old entries still are.
+    found.add_forms(FINGERPRINTER, others[:10])
+    assert found.hits(FINGERPRINTER.array_of_many(others[:10])).all() and FINGERPRINTER.of(added[-1]) in found
+    assert not found.any_of(FINGERPRINTER.array_of_many(others[10:]))
+    assert found.false_positive_rate() == found.entries / 2.0**70
+
+
+def test_ints_and_arrays_are_the_same_fingerprints() -> None:
+    found = FingerprintFilter(1000)
+    found.add(map(FINGERPRINTER.of, ["alice@example.org", "bob@example.org"]))
+    assert FINGERPRINTER.of("alice@example.org") in found and FINGERPRINTER.of("carol@example.org") not in found
+    assert found.hits(FINGERPRINTER.array_of_many(["bob@example.org", "carol@example.org"])).tolist() == [True, False]
+    assert not found.hits(np.empty((0, 2), dtype=np.uint64)).size
+
+
+TABLE = r"""
+CREATE DOMAIN contact_email AS varchar(200);
+CREATE TABLE people (id int, email contact_email, note text, code char(12), ip inet, first_name text,
+                     phone text);
+INSERT INTO people VALUES
+  (1, 'Ann.Lee@Example.org', E'line one\nline two\twith tab and \\ backslash 12345678', 'AB-1234-XY  ', '10.1.2.3',
+   'Zoë'),
+  (2, NULL, NULL, NULL, NULL, NULL),
+  (3, 'bob@example.org', E'caf\u00e9 au lait, rue de la Paix 12, Paris', 'CD 9876 ZZ', '2001:db8::1', 'Bob'),
+  (4, 'bob@example.org', '\N is not null here: +44 20 7946 0018', 'AB-1234-XY', '10.1.2.3/32', 'Ann Marie');
+UPDATE people SET phone = '+44 20 7946 0018' WHERE id = 4;
+INSERT INTO people SELECT i, 'user' || i || '@example.org', 'note ' || i || ' at 1 Long Street', 'C' || i,
+  ('10.0.0.0'::inet + i), (ARRAY['Anna', 'Ben', 'Chloé'])[1 + i % 3] FROM generate_series(5, 3000) i;
+ANALYZE people;
+"""
+RULES = """
+version: 1
+tables:
+  public.people:
+    id: keep
+    email: email
+    note: text
+    code: {transformer: hash}
+    ip: ip
+    first_name: {transformer: name, part: first}
+    phone: phone
+"""
+
+
+def _production(dsn: str, monkeypatch: pytest.MonkeyPatch, *, utf8: bool | None = None,
+                workers: int | None = None) -> FingerprintFilter:
+    if utf8 is not None:
+        monkeypatch.setattr(checks, "_utf8", lambda conn: utf8)
+    if workers is not None:
+        monkeypatch.setattr(checks, "fingerprint_workers", lambda src, table: workers)
+    with psycopg.connect(dsn) as src:
+        columns = source_columns(src)
+        return production_fingerprints(src, columns, parse_rules(RULES), FINGERPRINTER, 100_000)
+
+
+def test_one_copy_and_workers_give_the_set_the_per_column_queries_give(make_db, monkeypatch) -> None:
+    """Escapes (newline, tab, backslash, a literal \\N), NULLs, accents, padded char(n), a domain over
+    varchar, inet and a name-part column: one COPY in this process, and one COPY fingerprinted by two
+    worker processes, hold exactly the fingerprints of the DISTINCT query per column."""
+    dsn = make_db(TABLE)
+    by_queries = _production(dsn, monkeypatch, utf8=False)
+    in_process = _production(dsn, monkeypatch, utf8=True, workers=0)
+    by_workers = _production(dsn, monkeypatch, utf8=True, workers=2)
+    assert by_queries.entries > 3000 * 2
+    assert _contents(in_process) == _contents(by_queries)
+    assert _contents(by_workers) == _contents(by_queries)
+    tail = FINGERPRINTER.array_of_many(["\0tail\0" + "079460018"])[0, 0]
+    assert int(tail) in by_workers.tails and int(tail) in by_queries.tails  # the phone's tail
+
+
+def test_workers_are_used_for_a_large_table_only(make_db) -> None:
+    dsn = make_db("CREATE TABLE small (v text); CREATE TABLE large (v text);"
+                  "INSERT INTO large SELECT 'x' FROM generate_series(1, 250000); ANALYZE small; ANALYZE large;")
+    with psycopg.connect(dsn) as src:
+        assert checks.fingerprint_workers(src, "public.small") == 0
+        cores = len(os.sched_getaffinity(0))
+        assert checks.fingerprint_workers(src, "public.large") == (min(2, cores) if cores > 1 else 0)
