@@ -118,3 +118,36 @@ def test_workers_are_used_for_a_large_table_only(make_db) -> None:
         assert checks.fingerprint_workers(src, "public.small") == 0
         cores = len(os.sched_getaffinity(0))
         assert checks.fingerprint_workers(src, "public.large") == (min(2, cores) if cores > 1 else 0)
+
+
+COPY_TABLE = """
+CREATE TABLE contacts (id bigint, note text);
+INSERT INTO contacts SELECT i, 'ticket ' || i || ' closed by the team' FROM generate_series(1, 6000) i;
+INSERT INTO contacts VALUES (6001, 'Jane.Roe@Example.org'), (6002, ' jane.roe@example.org'),
+  (6003, 'JANE.ROE@EXAMPLE.ORG'),  (6004, 'someone@elsewhere.example.com'), (6005, '+44 20 7946 0018');
+"""
+COPY_RULES = "version: 1\ntables:\n  public.contacts: {id: keep, note: keep}\n"
+
+
+def test_read_back_by_workers_finds_what_this_process_finds(make_db, monkeypatch) -> None:
+    """A column past PARALLEL_VALUES is checked by forked workers, a batch each: the leak (one production
+    e-mail written three ways), the detectors' counts and the lookups are the same as in this process;
+    without the production value it passes."""
+    dst = make_db(COPY_TABLE)
+    production = FingerprintFilter(1000)
+    production.add_forms(FINGERPRINTER, ["jane.roe@example.org"])
+    rules = parse_rules(COPY_RULES)
+
+    def run(parallel_values: int, found: FingerprintFilter) -> tuple[list[str], dict[str, float]]:
+        monkeypatch.setattr(checks, "PARALLEL_VALUES", parallel_values)
+        monkeypatch.setattr(checks, "FETCH_ROWS", 500)
+        with psycopg.connect(dst, autocommit=True) as conn:
+            return checks.copy_findings(conn, source_columns(conn), rules, FINGERPRINTER, found)
+
+    here, by_workers = run(10**9, production), run(1000, production)
+    assert by_workers == here
+    findings = by_workers[0]
+    assert "public.contacts.note (keep): 3 value(s) equal personal values of production" in findings
+    assert "public.contacts.note (keep): 4 value(s) hold an e-mail address" in findings
+    assert "public.contacts.note (keep): 1 value(s) hold a phone number" in findings
+    assert not any("equal personal values" in f for f in run(1000, FingerprintFilter(1000))[0])

@@ -378,7 +378,6 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
     """
     catalog = TypeCatalog(dst)
     fixed_by_column = fixed_fingerprints(rules, fingerprinter)
-    of = fingerprinter.of
     findings: list[str] = []
     scanned = columns_scanned = detector_findings = written_columns = lookups = 0
     by_table = {s.table: s for s in stats or []}
@@ -409,39 +408,15 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
             fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
             hits = emails = phones = cards = distinct = parts = part_rows = 0
-            for batch in _counted_batches(dst, query):
-                distinct += len(batch)
-                leaves = [leaf for leaf, _ in batch]
-                # Every form of the whole batch at once: when none is in the set (the usual case) no
-                # value of the batch is a hit, and the per-value forms are never computed.
-                fingerprints = fingerprinter.many(leaves)
-                lookups += len(fingerprints)
-                maybe = production.any_of(fingerprints)
-                undecided = []
-                for leaf, count in batch:
-                    if maybe and _production_value(production, of, leaf, fixed):
-                        hits += count
-                    # A name part is one word: a value holding "@" or an ASCII digit keeps it after folding
-                    # (fingerprints.name_part), so the second fold is skipped for e-mails, phones, IDs.
-                    elif "@" not in leaf and not _HAS_DIGIT(leaf) and (part := fingerprinter.part(leaf)) is not None:
-                        undecided.append((part, count))
-                if undecided:  # the name-part test of the batch, in one lookup
-                    lookups += len(undecided)
-                    for (_, count), hit in zip(undecided, production.hits([p for p, _ in undecided]).tolist(),
-                                               strict=True):
-                        if hit:
-                            parts += 1
-                            part_rows += count
-                if keep:
-                    for leaf, count in batch:
-                        if looks_like_email(leaf):
-                            emails += count
-                        elif len(leaf) < 8:  # a phone number has 8 digits or more, a card 13: ids, codes, words
-                            pass
-                        elif looks_like_card(leaf):
-                            cards += count
-                        elif looks_like_phone(leaf):
-                            phones += count
+            for counts in _read_back(dst, query, fingerprinter, production, fixed, keep):
+                distinct += counts.distinct
+                lookups += counts.lookups
+                hits += counts.hits
+                parts += counts.parts
+                part_rows += counts.part_rows
+                emails += counts.emails
+                phones += counts.phones
+                cards += counts.cards
             scanned += distinct
             where = f"{table}.{info.name}" + (" (keep)" if keep else "")
             target = findings
@@ -459,6 +434,103 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                     target.append(f"{where}: {count} value(s) hold {what}")
     return findings, {"scanned_values": scanned, "scanned_columns": columns_scanned, "fingerprint_lookups": lookups,
                       "keep_column_findings": detector_findings, "columns_checked_as_written": written_columns}
+
+
+@dataclass
+class BatchFindings:
+    """What one batch of a read-back column holds (:func:`batch_findings`): counts, never values."""
+
+    distinct: int = 0
+    lookups: int = 0
+    hits: int = 0
+    parts: int = 0
+    part_rows: int = 0
+    emails: int = 0
+    phones: int = 0
+    cards: int = 0
+
+
+def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
+                   fixed: Set[int], keep: bool) -> BatchFindings:
+    """The findings of a batch of (value, occurrences) of one column of the copy: production values,
+    production name parts, and (``keep``) the detectors. A pure function, so workers can run it."""
+    of = fingerprinter.of
+    counts = BatchFindings(distinct=len(batch))
+    # Every form of the whole batch at once: when none is in the set (the usual case) no
+    # value of the batch is a hit, and the per-value forms are never computed.
+    fingerprints = fingerprinter.many([leaf for leaf, _ in batch])
+    counts.lookups += len(fingerprints)
+    maybe = production.any_of(fingerprints)
+    undecided = []
+    for leaf, count in batch:
+        if maybe and _production_value(production, of, leaf, fixed):
+            counts.hits += count
+        # A name part is one word: a value holding "@" or an ASCII digit keeps it after folding
+        # (fingerprints.name_part), so the second fold is skipped for e-mails, phones, IDs.
+        elif "@" not in leaf and not _HAS_DIGIT(leaf) and (part := fingerprinter.part(leaf)) is not None:
+            undecided.append((part, count))
+    if undecided:  # the name-part test of the batch, in one lookup
+        counts.lookups += len(undecided)
+        for (_, count), hit in zip(undecided, production.hits([p for p, _ in undecided]).tolist(), strict=True):
+            if hit:
+                counts.parts += 1
+                counts.part_rows += count
+    if keep:
+        for leaf, count in batch:
+            if looks_like_email(leaf):
+                counts.emails += count
+            elif len(leaf) < 8:  # a phone number has 8 digits or more, a card 13: ids, codes, words
+                pass
+            elif looks_like_card(leaf):
+                counts.cards += count
+            elif looks_like_phone(leaf):
+                counts.phones += count
+    return counts
+
+
+#: A read-back column is checked by worker processes once it has given this many distinct values.
+PARALLEL_VALUES = 100_000
+_reader_state: tuple[Fingerprinter, FingerprintFilter] | None = None
+
+
+def _worker_findings(batch: list[tuple[str, int]], fixed: Set[int], keep: bool) -> BatchFindings:
+    assert _reader_state is not None, "set before the fork (_read_back)"
+    return batch_findings(*_reader_state, batch, fixed, keep)
+
+
+def _read_back(dst: psycopg.Connection, query: sql.Composable, fingerprinter: Fingerprinter,
+               production: FingerprintFilter, fixed: Set[int], keep: bool) -> Iterator[BatchFindings]:
+    """:func:`batch_findings` of every fetched batch of ``query`` (a counted leaf query).
+
+    The first :data:`PARALLEL_VALUES` values are checked here; a column with more is handed to forked
+    worker processes (at most 2, one per core), a batch each, while this process fetches the next:
+    the per-value work is Python's, one core's. The workers inherit the production set (forked after
+    it is complete, so its pages are shared, never copied) and return counts only.
+    """
+    global _reader_state
+    seen = 0
+    pool: ProcessPoolExecutor | None = None
+    pending: deque[Future[BatchFindings]] = deque()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        for batch in _counted_batches(dst, query):
+            seen += len(batch)
+            if pool is None and seen > PARALLEL_VALUES and cores > 1:
+                production.flush()  # sorted before the fork: the workers only read it
+                _reader_state = (fingerprinter, production)
+                pool = ProcessPoolExecutor(min(2, cores), mp_context=multiprocessing.get_context("fork"))
+            if pool is None:
+                yield batch_findings(fingerprinter, production, batch, fixed, keep)
+                continue
+            pending.append(pool.submit(_worker_findings, batch, fixed, keep))
+            while len(pending) > IN_FLIGHT:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        _reader_state = None
 
 
 def _production_value(production: FingerprintFilter, of: Callable[[str], int], leaf: str, fixed: Set[int]) -> bool:
