@@ -29,8 +29,6 @@ readable by exactly the people it must not reach.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Set
@@ -42,6 +40,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from dbprotect.core.sanitize import parallel
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.fingerprints import (
     NAME_PART_MIN,
@@ -273,11 +272,6 @@ def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str
     return (np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.uint64)), tail_keys
 
 
-#: A table estimated at this many rows or more has its personal columns fingerprinted by worker processes.
-PARALLEL_ROWS = 200_000
-#: Batches handed to the workers and not yet collected, at most (bounds memory: ~2 MB each).
-IN_FLIGHT = 4
-
 _worker_fingerprinter: Fingerprinter | None = None
 
 
@@ -292,13 +286,8 @@ def _worker_batch(kinds: list[dict[str, bool]], data: bytes) -> tuple[np.ndarray
 
 
 def fingerprint_workers(src: psycopg.Connection, table: str) -> int:
-    """How many worker processes fingerprint ``table``: one per core (at most 2) for a large table, else 0
-    (in this process: starting workers costs more than a small table)."""
-    schema, _, name = table.partition(".")
-    row = src.execute("SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                      "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(2, cores) if row is not None and row[0] >= PARALLEL_ROWS and cores > 1 else 0
+    """How many worker processes fingerprint ``table`` (:func:`.parallel.workers_for`)."""
+    return parallel.workers_for(src, table)
 
 
 def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple[str, ColumnRule]],
@@ -317,11 +306,8 @@ def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple
         sql.SQL(", ").join(sql.Identifier(column) for column, _ in copied), sql.Identifier(schema, name))
     kinds = [_value_kind(rule) for _, rule in copied]
     workers = fingerprint_workers(src, table) if workers is None else workers
-    # fork, not spawn: spawn re-imports the main module of whatever started us (a script without a
-    # __main__ guard would run again); a forked worker runs only _worker_batch and leaves by os._exit,
-    # so it never touches the inherited connections.
-    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
-                                initargs=(fingerprinter.derived_key,)) if workers else None)
+    pool = (parallel.fork_pool(workers, initializer=_worker_start, initargs=(fingerprinter.derived_key,))
+            if workers else None)
     pending: deque[Future[tuple[np.ndarray, list[int]]]] = deque()
 
     def settle(rows: list[bytes]) -> None:
@@ -330,7 +316,7 @@ def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple
             found.add_pairs(*copied_batch_fingerprints(fingerprinter, kinds, data))
             return
         pending.append(pool.submit(_worker_batch, kinds, data))
-        while len(pending) > IN_FLIGHT:
+        while len(pending) > parallel.IN_FLIGHT:
             found.add_pairs(*pending.popleft().result())
 
     try:
@@ -511,19 +497,19 @@ def _read_back(dst: psycopg.Connection, query: sql.Composable, fingerprinter: Fi
     seen = 0
     pool: ProcessPoolExecutor | None = None
     pending: deque[Future[BatchFindings]] = deque()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = parallel.cores()
     try:
         for batch in _counted_batches(dst, query):
             seen += len(batch)
             if pool is None and seen > PARALLEL_VALUES and cores > 1:
                 production.flush()  # sorted before the fork: the workers only read it
                 _reader_state = (fingerprinter, production)
-                pool = ProcessPoolExecutor(min(2, cores), mp_context=multiprocessing.get_context("fork"))
+                pool = parallel.fork_pool(min(2, cores))
             if pool is None:
                 yield batch_findings(fingerprinter, production, batch, fixed, keep)
                 continue
             pending.append(pool.submit(_worker_findings, batch, fixed, keep))
-            while len(pending) > IN_FLIGHT:
+            while len(pending) > parallel.IN_FLIGHT:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

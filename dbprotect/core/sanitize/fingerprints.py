@@ -51,7 +51,7 @@ MIN_DIGITS = 9
 MIN_FREE_TEXT = 12
 MIN_PROSE = 32
 #: The phone-tail Bloom filter's design false-positive rate (a false positive costs the stream one retry).
-TAIL_FALSE_POSITIVE_RATE = 1e-6
+TAIL_FALSE_POSITIVE_RATE = 1e-5
 
 _SEPARATOR_TABLE = {ord(ch): None for ch in " \t\n\r\f\v-./()"}
 _SEPARATOR_BYTES = b" \t\n\r\f\v-./()"
@@ -441,11 +441,12 @@ class FingerprintFilter:
     BUCKET_BITS = 6
     BUCKETS = 1 << BUCKET_BITS
     #: Pending fingerprints are spread into their arrays every this many (bounds the unsorted buffer).
-    SPILL_ROWS = 1 << 20
+    SPILL_ROWS = 1 << 18
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1000, capacity)
-        self.tails = Bloom(max(1000, self.capacity // 4), TAIL_FALSE_POSITIVE_RATE)
+        # At most one tail a phone, and fingerprint_capacity counts 5 entries a phone.
+        self.tails = Bloom(max(1000, self.capacity // 5), TAIL_FALSE_POSITIVE_RATE)
         self.tails_complete = True
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
@@ -463,20 +464,16 @@ class FingerprintFilter:
             self._spill()
 
     def _spill(self) -> None:
-        """Move the pending pairs into their buckets (second words only, unsorted yet)."""
+        """Move the pending pairs into their buckets (second words only, unsorted yet), a bucket at a time:
+        the transient memory is one mask and one bucket's slice, not a sorted copy of the pending pairs."""
         if not self._pending:
             return
         pairs = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending, self._pending_rows = [], 0
-        bucket = (pairs[:, 0] >> np.uint64(64 - self.BUCKET_BITS)).astype(np.intp)
-        order = np.argsort(bucket, kind="stable")
-        values = pairs[order, 1]
-        ends = np.cumsum(np.bincount(bucket, minlength=self.BUCKETS))
-        start = 0
-        for index, end in enumerate(ends.tolist()):
-            if end > start:
-                self._buckets[index].append(values[start:end].copy())
-            start = end
+        bucket = pairs[:, 0] >> np.uint64(64 - self.BUCKET_BITS)
+        second = pairs[:, 1]
+        for index in np.flatnonzero(np.bincount(bucket.astype(np.intp), minlength=self.BUCKETS)).tolist():
+            self._buckets[index].append(second[bucket == index])
 
     def flush(self) -> None:
         """Sort what was added since the last lookup into place (done by the first lookup otherwise)."""

@@ -1,0 +1,42 @@
+"""Worker processes for the sanitizing build's Python work (fingerprints, verdicts): when and how.
+
+Normalizing and hashing values is Python work, one core's; a large table hands it to forked workers
+a batch at a time while this process reads the next batch. Fork, not spawn: spawn re-imports the
+main module of whatever started us (a script without a ``__main__`` guard would run again); a
+forked worker inherits what it needs (the finished production set: its pages are shared, never
+copied), runs only the function it is given, and leaves by ``os._exit``, so it never touches the
+connections it inherited. Workers get the derived fingerprint key, never the masking key, and
+return counts or fingerprints, never values.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import psycopg
+
+#: A table estimated at this many rows or more is worked on by worker processes.
+PARALLEL_ROWS = 200_000
+#: Batches handed to the workers and not yet collected, at most (bounds memory: a few MB each).
+IN_FLIGHT = 4
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def workers_for(conn: psycopg.Connection, table: str) -> int:
+    """How many workers a table gets: one per core (at most 2) when it is large, else 0 (in this process:
+    starting workers costs more than a small table)."""
+    schema, _, name = table.partition(".")
+    row = conn.execute("SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+    available = cores()
+    return min(2, available) if row is not None and row[0] >= PARALLEL_ROWS and available > 1 else 0
+
+
+def fork_pool(workers: int, **options: object) -> ProcessPoolExecutor:
+    """A pool of forked workers (see the module docstring for why fork)."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), **options)  # type: ignore[arg-type]
