@@ -6,12 +6,12 @@
 A users table with a unique e-mail, an E.164 phone, a name, an ``inet`` address and a birth date
 is generated server-side in an embedded PostgreSQL 18 (or the server of ``$DBPROTECT_BENCH_DSN``).
 
-dbprotect: the production fingerprints of the personal columns (a Bloom filter), then ``COPY users
+dbprotect: the production fingerprints of the personal columns (an exact set), then ``COPY users
 TO STDOUT`` → keyed transformers (email, phone, name, ip, date; masked phones avoid real numbers) →
 ``COPY FROM STDIN`` into an empty table, then the primary key and the unique e-mail index are
 built, as the sanitized copy does (data before indexes), then the ``no_pii_leaked`` check reads
 every text value of the copy back. Its rows/s counts all four phases; the check's share, the
-filter's false-positive rate and the peak memory (RSS) are printed, and a filter holding
+set's false-positive rate and the peak memory (RSS) are printed, and a set holding
 ``--fingerprints`` (16 M) fingerprints is measured for memory on its own.
 
 pganonymize 0.13 anonymizes in place (UPDATE per chunk, indexes present) at a few thousand rows
