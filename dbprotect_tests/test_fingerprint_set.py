@@ -19,6 +19,7 @@ from dbprotect.core.sanitize.checks import production_fingerprints
 from dbprotect.core.sanitize.coverage import source_columns
 from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter
 from dbprotect.core.sanitize.rules import parse_rules
+from dbprotect.core.sanitize.transformers import SanitizeError
 
 KEY = os.urandom(32)
 FINGERPRINTER = Fingerprinter(KEY)
@@ -26,7 +27,7 @@ FINGERPRINTER = Fingerprinter(KEY)
 
 def _contents(found: FingerprintFilter) -> list[list[int]]:
     found.flush()
-    return [parts[0].tolist() for parts in found._buckets]
+    return [runs[0].tolist() if runs else [] for runs in found._buckets]
 
 
 def test_the_set_is_exact_across_buckets_and_after_more_adds() -> None:
@@ -151,3 +152,24 @@ def test_read_back_by_workers_finds_what_this_process_finds(make_db, monkeypatch
     assert "public.contacts.note (keep): 4 value(s) hold an e-mail address" in findings
     assert "public.contacts.note (keep): 1 value(s) hold a phone number" in findings
     assert not any("equal personal values" in f for f in run(1000, FingerprintFilter(1000))[0])
+
+
+def _dies(*_: object) -> None:
+    """A worker killed mid-batch (kill -9, the OOM killer): it leaves without a result."""
+    os._exit(9)
+
+
+def test_a_worker_that_dies_is_one_line_and_the_build_stops(make_db, monkeypatch) -> None:
+    """A dead fingerprinting worker or read-back worker stops the check with a SanitizeError (the sanitize
+    family's exit code, one line), never a traceback and never a partial set taken as complete."""
+    dsn = make_db(TABLE)
+    monkeypatch.setattr(checks, "_worker_batch", _dies)
+    with pytest.raises(SanitizeError, match="fingerprinting production died before it finished; nothing was stored"):
+        _production(dsn, monkeypatch, utf8=True, workers=2)
+    dst = make_db(COPY_TABLE)
+    monkeypatch.setattr(checks, "_worker_findings", _dies)
+    monkeypatch.setattr(checks, "PARALLEL_VALUES", 1000)
+    monkeypatch.setattr(checks, "FETCH_ROWS", 500)
+    with psycopg.connect(dst, autocommit=True) as conn, pytest.raises(SanitizeError, match="checking the copy died"):
+        checks.copy_findings(conn, source_columns(conn), parse_rules(COPY_RULES), FINGERPRINTER,
+                             FingerprintFilter(1000))

@@ -33,6 +33,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator, Set
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -317,7 +318,7 @@ def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple
             return
         pending.append(pool.submit(_worker_batch, kinds, data))
         while len(pending) > parallel.IN_FLIGHT:
-            found.add_pairs(*pending.popleft().result())
+            found.add_pairs(*parallel.collect(pending.popleft(), "fingerprinting production"))
 
     try:
         rows: list[bytes] = []
@@ -330,7 +331,9 @@ def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple
         if rows:
             settle(rows)
         while pending:
-            found.add_pairs(*pending.popleft().result())
+            found.add_pairs(*parallel.collect(pending.popleft(), "fingerprinting production"))
+    except BrokenProcessPool:  # raised by submit once a worker died
+        raise parallel.died("fingerprinting production") from None
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -510,9 +513,11 @@ def _read_back(dst: psycopg.Connection, query: sql.Composable, fingerprinter: Fi
                 continue
             pending.append(pool.submit(_worker_findings, batch, fixed, keep))
             while len(pending) > parallel.IN_FLIGHT:
-                yield pending.popleft().result()
+                yield parallel.collect(pending.popleft(), "checking the copy")
         while pending:
-            yield pending.popleft().result()
+            yield parallel.collect(pending.popleft(), "checking the copy")
+    except BrokenProcessPool:  # raised by submit once a worker died
+        raise parallel.died("checking the copy") from None
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

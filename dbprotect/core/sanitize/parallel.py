@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
 import psycopg
+
+from dbprotect.core.sanitize.transformers import SanitizeError
+
+T = TypeVar("T")
 
 #: A table estimated at this many rows or more is worked on by worker processes.
 PARALLEL_ROWS = 200_000
@@ -40,3 +46,19 @@ def workers_for(conn: psycopg.Connection, table: str) -> int:
 def fork_pool(workers: int, **options: object) -> ProcessPoolExecutor:
     """A pool of forked workers (see the module docstring for why fork)."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), **options)  # type: ignore[arg-type]
+
+
+def died(what: str) -> SanitizeError:
+    """The one line for a worker that died (killed, out of memory): the build stops and stores nothing,
+    like any other failure of the build."""
+    return SanitizeError(f"a worker process {what} died before it finished; nothing was stored",
+                         hint="check the machine's memory and the kernel log (dmesg) for a killed process, "
+                              "then run the build again")
+
+
+def collect(future: Future[T], what: str) -> T:
+    """A worker's result (:func:`died` when its worker died)."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise died(what) from None

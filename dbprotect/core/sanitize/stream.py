@@ -325,12 +325,14 @@ class _Written:
     ``cleared``: outputs the ``avoid`` loop just tested (no form in the production filter), so only
     their name-part test remains."""
 
-    __slots__ = ("cleared", "counts", "exempt", "pending", "verdicts", "written")
+    __slots__ = ("cleared", "counts", "exempt", "pending", "unique", "verdicts", "written")
 
-    def __init__(self, counts: list[int], written: WrittenCheck, exempt: Set[int]) -> None:
+    def __init__(self, counts: list[int], written: WrittenCheck, exempt: Set[int], unique: bool = False) -> None:
         self.counts = counts
         self.written = written
         self.exempt = exempt
+        #: A unique column's outputs never repeat: its decisions are not cached (65 k entries, ~10 MB, no hit).
+        self.unique = unique
         self.pending: list[bytes] = []
         self.cleared: list[bytes] = []
         self.verdicts: dict[bytes, int] = {}
@@ -352,7 +354,7 @@ class _Written:
                 counts[0] += 1
             elif verdict == NAME_PART:
                 counts[1] += 1
-        if len(known) < CACHE_ENTRIES:
+        if not self.unique and len(known) < CACHE_ENTRIES:
             known.update(list(decided.items())[:CACHE_ENTRIES - len(known)])
         self.pending.clear()
         self.cleared.clear()
@@ -368,7 +370,8 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     """
     steps = [(p.index, p.fn.fn, p.fn.remaps, p.fn.cache, p.fn.safe, SeenOutputs() if p.unique else None,
               p.column if p.check_unchanged else None, p.avoid,
-              _Written(stats.written[p.column], written, written.exempt.get((stats.table, p.column), frozenset()))
+              _Written(stats.written[p.column], written, written.exempt.get((stats.table, p.column), frozenset()),
+                       p.unique)
               if p.check_written and written is not None else None) for p in plans]
     checks = [s[-1] for s in steps if s[-1] is not None]
     unchanged = stats.unchanged
@@ -392,7 +395,7 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
                     out = cache.get(value, null)
                     if out is null:
                         out = fn(value, 0)
-                        if len(cache) < CACHE_ENTRIES:
+                        if seen is None and len(cache) < CACHE_ENTRIES:  # a unique column's values never repeat
                             cache[value] = out
                     if seen is not None or avoid is not None:
                         attempt = 0
