@@ -363,6 +363,12 @@ class Fingerprinter:
             append(mac.digest())
         return np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64).reshape(-1, 2)
 
+    def first_word(self, data: bytes) -> int:
+        """The first 64 bits of the fingerprint of an encoded form (``of(form) >> 64``), without the str."""
+        mac = self._fresh()
+        mac.update(data)
+        return int.from_bytes(mac.digest()[:8])
+
     def of_many(self, found: list[str]) -> list[int]:
         """The fingerprints of ``found`` as :attr:`of` gives them one by one (ints)."""
         return [int(hi) << 64 | int(lo) for hi, lo in self.array_of_many(found).tolist()]
@@ -383,6 +389,7 @@ class Fingerprinter:
 
 #: The domain of phone tails (:func:`phone_tails`) in the filter: never the fingerprint of a form.
 TAIL_DOMAIN = "\0tail\0"
+_TAIL_DOMAIN_BYTES = TAIL_DOMAIN.encode()
 
 
 def phone_tails(found: Iterable[str]) -> set[str]:
@@ -553,6 +560,10 @@ class FingerprintFilter:
     def any_of(self, fingerprints: np.ndarray | Iterable[int]) -> bool:
         return bool(self.hits(fingerprints).any())
 
+    def tails_first_word_known(self, first_word: int) -> bool:
+        """:meth:`tail_known` of a fingerprint's first word (:meth:`Fingerprinter.first_word`)."""
+        return first_word in self.tails
+
     def tail_known(self, fingerprint: int) -> bool:
         """Whether a phone tail's fingerprint (:data:`TAIL_DOMAIN`) was added (Bloom: may say yes wrongly).
         The filter holds a tail's first 64 bits (a fingerprint's first word, as :meth:`add_forms` adds it)."""
@@ -634,14 +645,16 @@ class WrittenCheck:
     def known(self, output: bytes) -> bool:
         """Whether any form of ``output`` is in the production set (the stream's retry test; stricter
         than :meth:`verdict`: rule constants are not exempt)."""
-        text = output.decode("utf-8", "replace")
-        digits = text[1:]
-        if (self.production.tails_complete and text[:1] == "+" and digits.isdigit() and digits.isascii()
-                and len(digits) >= (MIN_DIGITS + 2 if digits.startswith("00") else MIN_DIGITS)):
+        digits = output[1:]
+        if (self.production.tails_complete and output[:1] == b"+" and digits.isdigit()
+                and len(digits) >= (MIN_DIGITS + 2 if digits.startswith(b"00") else MIN_DIGITS)):
             # Every form of this E.164 value (e164_forms) is it or a suffix of its digits at least
             # MIN_DIGITS long ("00" is cut before the country prefix: 2 more digits needed), so one
-            # lookup of its tail answers for all of them (phone_tails).
-            return self.production.tail_known(self.fingerprinter.of(TAIL_DOMAIN + digits[-MIN_DIGITS:]))
+            # lookup of its tail answers for all of them (phone_tails). Bytes throughout (bytes.isdigit
+            # is ASCII digits only): no decode, no str, per masked phone.
+            return self.production.tails_first_word_known(
+                self.fingerprinter.first_word(_TAIL_DOMAIN_BYTES + digits[-MIN_DIGITS:]))
+        text = output.decode("utf-8", "replace")
         found = e164_forms(text) or list(forms(text))
         return bool(found) and self.production.any_of(self.fingerprinter.array_of_many(found))
 
