@@ -627,7 +627,7 @@ class WrittenCheck:
     the stream already holds those values, so it asks here instead (and the check reads the column
     back only when it cannot prove the copy holds exactly what the stream wrote: see
     :func:`~.checks.copy_findings`). The test is the final check's, form by form: a value is a
-    finding when one of its fingerprints is in the production filter and is not a rule constant
+    finding when one of its fingerprints is in the production set and is not a rule constant
     of its own column (``exempt``, per (table, column)), or, failing that, when it is a single word
     that is a production name part.
     """
@@ -692,7 +692,7 @@ class WrittenCheck:
         Why: :meth:`verdict` computes a value's forms one value at a time (2-7 µs each, the stream's
         biggest check cost for unique columns such as e-mails). Here the forms of the whole batch are
         fingerprinted by whole-batch C calls (:meth:`Fingerprinter.many`); when none of them is in the
-        production filter (the usual case) no value of the batch can share a fingerprint with
+        production set (the usual case) no value of the batch can share a fingerprint with
         production, and each value is asked only its name-part test (``known=False``). Otherwise every
         value is decided in full. Same answers as :meth:`verdict`, value by value (tested).
         ``cleared``: :meth:`known` already answered no for every one of ``outputs``.

@@ -70,7 +70,7 @@ class TableStats:
     #: The transaction that wrote the rows (32-bit xid, as ``xmin`` shows it) when ``written`` is set:
     #: the check trusts ``written`` only if every row of the copy still carries it.
     writer_xid: int | None = None
-    #: Production filter lookups the stream made for this table (the phone test, the written check):
+    #: Production set lookups the stream made for this table (the written check; not the phone retry test):
     #: part of the check's false-report budget (:func:`~.checks.no_pii_leaked`).
     lookups: int = 0
 
@@ -322,7 +322,7 @@ class _Written:
     """A column checked as written: its outputs wait in ``pending`` and are decided a batch at a time
     (:meth:`~.fingerprints.WrittenCheck.verdicts`) when the stream flushes a batch; ``verdicts`` caches
     the decisions of repeated outputs (a name column repeats a few outputs millions of times).
-    ``cleared``: outputs the ``avoid`` loop just tested (no form in the production filter), so only
+    ``cleared``: outputs the ``avoid`` loop just tested (no form in the production set), so only
     their name-part test remains."""
 
     __slots__ = ("cleared", "counts", "exempt", "pending", "unique", "verdicts", "written")
