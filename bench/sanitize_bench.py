@@ -149,6 +149,13 @@ class TimedWrittenCheck(WrittenCheck):
             self.seconds += perf_counter() - started
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children: the build's fingerprint and read-back
+    workers are children (joined when their phase ends), so their CPU counts where their work belongs."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def run_dbprotect(source: str, target: str, rows: int) -> dict[str, float]:
     key = os.urandom(32)
     masker = Masker(key)
@@ -159,32 +166,32 @@ def run_dbprotect(source: str, target: str, rows: int) -> dict[str, float]:
     with psycopg.connect(source) as src, psycopg.connect(target) as dst:
         tables = source_columns(src)
         columns = tables["public.users"]
-        cpu_started = time.process_time()
+        cpu_started = cpu_seconds()
         started = time.perf_counter()
         production = production_fingerprints(src, tables, rules, fingerprinter,
                                              fingerprint_capacity(tables, rules, {"public.users": rows}))
         fingerprints = time.perf_counter() - started
-        fingerprints_cpu = time.process_time() - cpu_started
+        fingerprints_cpu = cpu_seconds() - cpu_started
 
         written = TimedWrittenCheck(fingerprinter, production, fixed_fingerprints(rules, fingerprinter))
         started = time.perf_counter()
-        stream_cpu_started = time.process_time()
+        stream_cpu_started = cpu_seconds()
         stats = sanitize_table(src, dst, "public.users", columns, rules, masker, written=written)
         dst.commit()
         stream = time.perf_counter() - started
         # The in-stream check is timed in wall seconds; its CPU seconds, at the stream's CPU/wall ratio.
-        in_stream_cpu = written.seconds * (time.process_time() - stream_cpu_started) / stream if stream else 0.0
+        in_stream_cpu = written.seconds * (cpu_seconds() - stream_cpu_started) / stream if stream else 0.0
     started = time.perf_counter()
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute(INDEXES)
     indexes = time.perf_counter() - started
     started = time.perf_counter()
-    check_cpu_started = time.process_time()
+    check_cpu_started = cpu_seconds()
     with psycopg.connect(target, autocommit=True) as dst:
         check = no_pii_leaked(dst, tables, rules, [stats], fingerprinter, production)
     checking = time.perf_counter() - started
-    checking_cpu = time.process_time() - check_cpu_started
-    cpu = time.process_time() - cpu_started
+    checking_cpu = cpu_seconds() - check_cpu_started
+    cpu = cpu_seconds() - cpu_started
     assert stats.rows == rows, (stats.rows, rows)
     assert check.ok, check.detail
     total = fingerprints + stream + indexes + checking
@@ -328,7 +335,7 @@ def main() -> int:
               f"false-positive rate {ours['fp_rate']:.1e} per lookup ({ours['lookups']:,.0f} lookups of the copy read "
               f"back + {ours['in_stream_lookups']:,.0f} in the stream: {ours['false_reports']:.1e} false reports "
               f"expected, {'PASS' if ours['false_reports'] <= 1e-6 else 'FAIL'}: budget <= 1e-6); "
-              f"CPU time of this process: check "
+              f"CPU time of this process and its workers: check "
               f"{ours['check_cpu_share']:.0%} "
               f"(wall time shares move with the machine's load); peak memory {ours['peak_mb']:.0f} MB "
               f"({'PASS' if ours['peak_mb'] < 300 else 'FAIL'}: target < 300 MB)", flush=True)
