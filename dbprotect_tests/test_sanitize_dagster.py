@@ -110,3 +110,25 @@ def test_promotion_is_off_by_default_and_a_leak_blocks_it(crm, instance: dg.Dags
     assert "nothing to promote" in str(failure.event_specific_data.error)
     with psycopg.connect(dev) as conn:
         assert conn.execute("SELECT to_regclass('newsletter')").fetchone() == (None,)
+
+
+def test_in_a_dagster_run_the_forked_workers_check_the_same(crm, instance: dg.DagsterInstance, monkeypatch) -> None:
+    """Workers forced on every table and every read-back column (as for tables of 200 k rows and more),
+    inside an in-process Dagster run (a process with threads): the clean copy passes and the leaky one is
+    still refused for the kept e-mails."""
+    from dbprotect.core.sanitize import checks, parallel
+
+    monkeypatch.setattr(parallel, "PARALLEL_ROWS", -1)  # reltuples is -1 before the first ANALYZE
+    monkeypatch.setattr(checks, "PARALLEL_VALUES", 0)
+    monkeypatch.setattr(checks, "FETCH_ROWS", 100)
+    defs, _ = crm()
+    _backup(defs, instance)
+    clean = defs.resolve_job_def("crm_sanitize_job").execute_in_process(instance=instance)
+    assert clean.success and _checks(clean)["no_pii_leaked"].passed
+    leaky = SHARED_EMAIL_RULES.replace("newsletter: {id: keep, email: email", "newsletter: {id: keep, email: keep")
+    defs, _ = crm(leaky, sql=SHARED_EMAIL_SQL.replace("REFERENCES customers (email)", ""))
+    _backup(defs, instance)
+    result = defs.resolve_job_def("crm_sanitize_job").execute_in_process(instance=instance, raise_on_error=False)
+    leak = _checks(result)["no_pii_leaked"]
+    assert not result.success and not leak.passed
+    assert "newsletter.email (keep): 800 value(s) equal personal values of production" in (leak.description or "")
