@@ -14,7 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from dbprotect.core.sanitize import checks
+from dbprotect.core.sanitize import checks, parallel
 from dbprotect.core.sanitize.checks import production_fingerprints
 from dbprotect.core.sanitize.coverage import source_columns
 from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter
@@ -89,9 +89,9 @@ tables:
 def _production(dsn: str, monkeypatch: pytest.MonkeyPatch, *, utf8: bool | None = None,
                 workers: int | None = None) -> FingerprintFilter:
     if utf8 is not None:
-        monkeypatch.setattr(checks, "_utf8", lambda conn: utf8)
+        monkeypatch.setattr(checks, "copy_bytes_are_textsend", lambda conn: utf8)
     if workers is not None:
-        monkeypatch.setattr(checks, "fingerprint_workers", lambda src, table: workers)
+        monkeypatch.setattr(parallel, "workers_for", lambda src, table: workers)
     with psycopg.connect(dsn) as src:
         columns = source_columns(src)
         return production_fingerprints(src, columns, parse_rules(RULES), FINGERPRINTER, 100_000)
@@ -116,9 +116,9 @@ def test_workers_are_used_for_a_large_table_only(make_db) -> None:
     dsn = make_db("CREATE TABLE small (v text); CREATE TABLE large (v text);"
                   "INSERT INTO large SELECT 'x' FROM generate_series(1, 250000); ANALYZE small; ANALYZE large;")
     with psycopg.connect(dsn) as src:
-        assert checks.fingerprint_workers(src, "public.small") == 0
+        assert parallel.workers_for(src, "public.small") == 0
         cores = len(os.sched_getaffinity(0))
-        assert checks.fingerprint_workers(src, "public.large") == (min(2, cores) if cores > 1 else 0)
+        assert parallel.workers_for(src, "public.large") == (min(2, cores) if cores > 1 else 0)
 
 
 COPY_TABLE = """
@@ -173,3 +173,33 @@ def test_a_worker_that_dies_is_one_line_and_the_build_stops(make_db, monkeypatch
     with psycopg.connect(dst, autocommit=True) as conn, pytest.raises(SanitizeError, match="checking the copy died"):
         checks.copy_findings(conn, source_columns(conn), parse_rules(COPY_RULES), FINGERPRINTER,
                              FingerprintFilter(1000))
+
+
+def test_a_latin1_database_read_by_a_utf8_client_finds_the_same_either_way(pg, monkeypatch) -> None:
+    """A LATIN1 database read by a UTF-8 client (the sessions COPY is not used for): the per-column
+    queries find a kept accented name equal to a production name, and COPY, forced on, gives the same
+    set (COPY and ``textsend`` both convert to the client encoding), so the guard costs speed only."""
+    name = f"latin_{os.urandom(4).hex()}"
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        dsn = pg.dsn(name)
+        with psycopg.connect(dsn, autocommit=True, client_encoding="UTF8") as conn:
+            conn.execute("CREATE TABLE people (name text, nick text);"
+                         "INSERT INTO people VALUES ('Zoë Müller-Ørsted', 'Zoë Müller-Ørsted')")
+            assert not checks.copy_bytes_are_textsend(conn)
+        rules = parse_rules("version: 1\ntables:\n  public.people: {name: name, nick: keep}\n")
+
+        def check() -> tuple[list[list[int]], list[str]]:
+            with psycopg.connect(dsn, client_encoding="UTF8") as conn:
+                columns = source_columns(conn)
+                production = production_fingerprints(conn, columns, rules, FINGERPRINTER, 1000)
+                conn.commit()
+                return _contents(production), checks.copy_findings(conn, columns, rules, FINGERPRINTER, production)[0]
+
+        by_queries = check()
+        assert "public.people.nick (keep): 1 value(s) equal personal values of production" in by_queries[1]
+        monkeypatch.setattr(checks, "copy_bytes_are_textsend", lambda conn: True)
+        assert check() == by_queries
+    finally:
+        pg.drop_database(name)

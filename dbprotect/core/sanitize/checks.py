@@ -29,9 +29,8 @@ readable by exactly the people it must not reach.
 from __future__ import annotations
 
 import json
-import re
 from collections import deque
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Iterator, Set
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -52,9 +51,11 @@ from dbprotect.core.sanitize.fingerprints import (
     looks_like_card,
     looks_like_email,
     looks_like_phone,
+    one_word_part,
+    production_value,
     value_fingerprints,
 )
-from dbprotect.core.sanitize.leaves import TypeCatalog, leaf_query, plain_text_columns
+from dbprotect.core.sanitize.leaves import TypeCatalog, copy_bytes_are_textsend, leaf_query, plain_text_columns
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 from dbprotect.core.sanitize.stream import TableStats
 from dbprotect.core.sanitize.transformers import copy_unescape, json_path
@@ -86,8 +87,6 @@ FALSE_REPORT_BUDGET = 1e-6
 def _free_text(kind: str) -> bool:
     return kind == "text"
 
-
-_HAS_DIGIT = re.compile(r"[0-9]").search
 
 #: Rows fetched per round trip when reading values: the server-side cursor keeps memory bounded, and
 #: fetching thousands of rows at once keeps the per-value cost in C (psycopg), not in a Python generator.
@@ -194,7 +193,7 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
     """
     catalog = TypeCatalog(src)
     found = FingerprintFilter(capacity)
-    utf8 = _utf8(src)
+    utf8 = copy_bytes_are_textsend(src)
     for table, infos in sorted(columns.items()):
         schema, _, name = table.partition(".")
         plain = plain_text_columns(src, table) if utf8 else set()
@@ -229,13 +228,6 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
             _copied_fingerprints(src, table, copied, fingerprinter, found)
     found.flush()
     return found
-
-
-def _utf8(conn: psycopg.Connection) -> bool:
-    """Whether COPY gives the bytes ``textsend`` gives (server and client encoding UTF-8): the copy's side
-    reads values through ``textsend``, so production's must be the same bytes."""
-    row = conn.execute("SELECT current_setting('server_encoding'), current_setting('client_encoding')").fetchone()
-    return row is not None and tuple(row) == ("UTF8", "UTF8")
 
 
 def _add_values(found: FingerprintFilter, fingerprinter: Fingerprinter, rule: ColumnRule, texts: list[str]) -> None:
@@ -286,15 +278,10 @@ def _worker_batch(kinds: list[dict[str, bool]], data: bytes) -> tuple[np.ndarray
     return copied_batch_fingerprints(_worker_fingerprinter, kinds, data)
 
 
-def fingerprint_workers(src: psycopg.Connection, table: str) -> int:
-    """How many worker processes fingerprint ``table`` (:func:`.parallel.workers_for`)."""
-    return parallel.workers_for(src, table)
-
-
 def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple[str, ColumnRule]],
                          fingerprinter: Fingerprinter, found: FingerprintFilter, workers: int | None = None) -> None:
     """One ``COPY`` of a table's scalar personal columns, fingerprinted :data:`FETCH_ROWS` rows at a time
-    (:func:`copied_batch_fingerprints`), by ``workers`` processes (default :func:`fingerprint_workers`).
+    (:func:`copied_batch_fingerprints`), by ``workers`` processes (default :func:`.parallel.workers_for`).
 
     Why one COPY: a ``SELECT DISTINCT`` per column made the server sort every column (2 M e-mails:
     3.3 s; the four personal columns of the bench: 10.4 s, one COPY of them 2.6 s). COPY writes a
@@ -306,7 +293,7 @@ def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple
     query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
         sql.SQL(", ").join(sql.Identifier(column) for column, _ in copied), sql.Identifier(schema, name))
     kinds = [_value_kind(rule) for _, rule in copied]
-    workers = fingerprint_workers(src, table) if workers is None else workers
+    workers = parallel.workers_for(src, table) if workers is None else workers
     pool = (parallel.fork_pool(workers, initializer=_worker_start, initargs=(fingerprinter.derived_key,))
             if workers else None)
     pending: deque[Future[tuple[np.ndarray, list[int]]]] = deque()
@@ -443,7 +430,6 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
                    fixed: Set[int], keep: bool) -> BatchFindings:
     """The findings of a batch of (value, occurrences) of one column of the copy: production values,
     production name parts, and (``keep``) the detectors. A pure function, so workers can run it."""
-    of = fingerprinter.of
     counts = BatchFindings(distinct=len(batch))
     # Every form of the whole batch at once: when none is in the set (the usual case) no
     # value of the batch is a hit, and the per-value forms are never computed.
@@ -452,11 +438,13 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
     maybe = production.any_of(fingerprints)
     undecided = []
     for leaf, count in batch:
-        if maybe and _production_value(production, of, leaf, fixed):
-            counts.hits += count
-        # A name part is one word: a value holding "@" or an ASCII digit keeps it after folding
-        # (fingerprints.name_part), so the second fold is skipped for e-mails, phones, IDs.
-        elif "@" not in leaf and not _HAS_DIGIT(leaf) and (part := fingerprinter.part(leaf)) is not None:
+        if maybe:
+            hit, lookups = production_value(production, fingerprinter, leaf, fixed)
+            counts.lookups += lookups
+            if hit:
+                counts.hits += count
+                continue
+        if (part := one_word_part(fingerprinter, leaf)) is not None:
             undecided.append((part, count))
     if undecided:  # the name-part test of the batch, in one lookup
         counts.lookups += len(undecided)
@@ -522,13 +510,6 @@ def _read_back(dst: psycopg.Connection, query: sql.Composable, fingerprinter: Fi
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         _reader_state = None
-
-
-def _production_value(production: FingerprintFilter, of: Callable[[str], int], leaf: str, fixed: Set[int]) -> bool:
-    """Whether a form of ``leaf`` is a production fingerprint other than a rule constant of its column."""
-    fingerprints = [of(form) for form in forms(leaf)]
-    return any(hit and f not in fixed for f, hit in zip(fingerprints, production.hits(fingerprints).tolist(),
-                                                         strict=True))
 
 
 def untouched_since_stream(dst: psycopg.Connection, stats: TableStats) -> bool:

@@ -524,10 +524,8 @@ class FingerprintFilter:
     def add_forms(self, fingerprinter: Fingerprinter, found: list[str], tails: Iterable[str] | None = None) -> None:
         """Add the fingerprints of ``found`` (normalized forms) and of their phone tails: ``tails`` when the
         caller has them (:func:`forms_of_many`: at least :func:`phone_tails` of ``found``), else computed."""
-        self._append(fingerprinter.array_of_many(found))
-        keys = [TAIL_DOMAIN + tail for tail in set(phone_tails(found) if tails is None else tails)]
-        if keys:
-            self.tails.update(fingerprinter.array_of_many(keys)[:, 0].tolist())
+        self.add_pairs(fingerprinter.array_of_many(found),
+                       tail_keys(fingerprinter, phone_tails(found) if tails is None else tails))
 
     def add_pairs(self, pairs: np.ndarray, tail_keys: list[int]) -> None:
         """Add what :func:`value_fingerprints` computed (possibly in another process)."""
@@ -610,8 +608,33 @@ def value_fingerprints(fingerprinter: Fingerprinter, texts: list[str], *, free_t
     pairs = fingerprinter.array_of_many(found)
     if parts:
         pairs = np.concatenate([pairs, _as_array(parts)])
+    return pairs, tail_keys(fingerprinter, tails)
+
+
+def tail_keys(fingerprinter: Fingerprinter, tails: Iterable[str]) -> list[int]:
+    """What the tail filter holds for ``tails`` (:func:`phone_tails`): the first 64 bits of each distinct
+    tail's fingerprint in :data:`TAIL_DOMAIN` (:meth:`FingerprintFilter.tails_first_word_known` asks it)."""
     keys = [TAIL_DOMAIN + tail for tail in set(tails)]
-    return pairs, (fingerprinter.array_of_many(keys)[:, 0].tolist() if keys else [])
+    return fingerprinter.array_of_many(keys)[:, 0].tolist() if keys else []
+
+
+def production_value(production: FingerprintFilter, fingerprinter: Fingerprinter, text: str,
+                     exempt: Set[int]) -> tuple[bool, int]:
+    """Whether a form of ``text`` is in the production set and is not one of ``exempt`` (a column's rule
+    constants), and the lookups it took: the value-by-value test of the written check and of the
+    read-back alike, used once a batch's fingerprints said "maybe"."""
+    of = fingerprinter.of
+    fingerprints = [of(form) for form in forms(text)]
+    hits = production.hits(fingerprints).tolist()
+    return any(hit and f not in exempt for f, hit in zip(fingerprints, hits, strict=True)), len(fingerprints)
+
+
+def one_word_part(fingerprinter: Fingerprinter, text: str) -> int | None:
+    """:meth:`Fingerprinter.part` of a value, skipping the fold for values holding "@" or an ASCII digit
+    (name_part keeps both after folding: never one word): e-mails, phones and IDs cost no second fold."""
+    if "@" in text or _ASCII_DIGIT(text):
+        return None
+    return fingerprinter.part(text)
 
 
 #: :meth:`WrittenCheck.verdict`: the value shares a fingerprint with production (not a rule constant).
@@ -674,17 +697,12 @@ class WrittenCheck:
         return NAME_PART if part in self.production else 0
 
     def _production_value(self, text: str, exempt: Set[int]) -> bool:
-        """Whether a form of ``text`` is in the production set and is not one of ``exempt``."""
-        of = self.fingerprinter.of
-        fingerprints = [of(form) for form in forms(text)]
-        self.lookups += len(fingerprints)
-        return any(hit and fingerprint not in exempt
-                   for fingerprint, hit in zip(fingerprints, self.production.hits(fingerprints).tolist(), strict=True))
+        found, lookups = production_value(self.production, self.fingerprinter, text, exempt)
+        self.lookups += lookups
+        return found
 
     def _part(self, text: str) -> int | None:
-        if "@" in text or _ASCII_DIGIT(text):
-            return None  # name_part keeps "@" and digits after folding: never one word
-        return self.fingerprinter.part(text)
+        return one_word_part(self.fingerprinter, text)
 
     def verdicts(self, outputs: list[bytes], exempt: Set[int] = frozenset(), *, cleared: bool = False) -> list[int]:
         """:meth:`verdict` of each of ``outputs`` (written in one column), decided a batch at a time.

@@ -170,3 +170,14 @@ def plain_text_columns(conn: psycopg.Connection, table: str) -> set[str]:
     """
     schema, _, name = table.partition(".")
     return {str(row[0]) for row in conn.execute(_PLAIN_TEXT_COLUMNS, (schema, name)).fetchall()}
+
+
+def copy_bytes_are_textsend(conn: psycopg.Connection) -> bool:
+    """Whether this session's server and client encoding are both UTF-8: the sessions in which COPY's
+    text is known to be, byte for byte, what the check reads (``textsend``, decoded as UTF-8) and what
+    the server stores from a written string. The stream checks values as written only then, and
+    production is read by one COPY only then (elsewhere by the per-column queries: COPY and
+    ``textsend`` both convert to the client encoding, so the result is the same, tested on a LATIN1
+    database; the narrower condition only costs speed)."""
+    row = conn.execute("SELECT current_setting('server_encoding'), current_setting('client_encoding')").fetchone()
+    return row is not None and tuple(row) == ("UTF8", "UTF8")

@@ -33,7 +33,7 @@ from rbloom import Bloom
 
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.fingerprints import NAME_PART, PRODUCTION_VALUE, WrittenCheck
-from dbprotect.core.sanitize.leaves import plain_text_columns
+from dbprotect.core.sanitize.leaves import copy_bytes_are_textsend, plain_text_columns
 from dbprotect.core.sanitize.rules import RuleSet
 from dbprotect.core.sanitize.transformers import (
     UNCHANGED_EXEMPT,
@@ -179,8 +179,7 @@ def _written_columns(dst: psycopg.Connection, table: str) -> set[str]:
     stream's transaction, :data:`TableStats.writer_xid`); otherwise the column is read back.
     """
     schema, _, name = table.partition(".")
-    encoding = dst.execute("SELECT current_setting('server_encoding'), current_setting('client_encoding')").fetchone()
-    if encoding is None or tuple(encoding) != ("UTF8", "UTF8"):
+    if not copy_bytes_are_textsend(dst):
         return set()
     triggers = dst.execute(_TRIGGERS, (schema, name)).fetchone()
     if triggers is None or triggers[0]:
