@@ -27,7 +27,7 @@ FINGERPRINTER = Fingerprinter(KEY)
 
 def _contents(found: FingerprintFilter) -> list[list[int]]:
     found.flush()
-    return [runs[0].tolist() if runs else [] for runs in found._buckets]
+    return [keys.sorted().tolist() for keys in found._buckets]
 
 
 def test_the_set_is_exact_across_buckets_and_after_more_adds() -> None:

@@ -301,6 +301,27 @@ def test_transformers_are_keyed_deterministic_and_shaped() -> None:
     assert a.key_id() != b.key_id() and len(a.key_id()) == 12
 
 
+def test_the_masking_hmac_is_hmac_sha256_and_outputs_do_not_move() -> None:
+    """The per-value HMAC takes the stdlib's keyed states (cheaper copies than OpenSSL's context): it must be
+    HMAC-SHA256 exactly, for any key length and value, and the masked outputs must stay what they were
+    (pinned values: the same key masks the same in every version, so copies built before still join)."""
+    import hashlib
+    import hmac
+
+    from dbprotect.core.sanitize.rules import ColumnRule
+    from dbprotect.core.sanitize.transformers import Masker
+
+    for key in (b"k" * 16, secrets.token_bytes(32), secrets.token_bytes(64), secrets.token_bytes(100)):
+        masker = Masker(key)
+        for value in (b"", b"jane@corp.org", secrets.token_bytes(200), b"\0\xff" * 40):
+            assert masker.digest(b"email", value) == hmac.digest(key, b"email\0" + value, hashlib.sha256)
+    masker = Masker(b"pinned masking key, 32 bytes...!")
+    assert masker.transformer(ColumnRule("email")).fn(b"jane@corp.org", 0) == b"u21b91e20c76064fb597e@example.com"
+    assert masker.transformer(ColumnRule("ip")).fn(b"10.1.2.3/24", 0) == b"245.68.229.21/24"
+    assert masker.transformer(ColumnRule("ip")).fn(b"10.1.2.4", 0) == b"243.253.23.210"
+    assert masker.transformer(ColumnRule("phone")).fn(b"+4915112345678", 0) == b"+4986465053021"
+
+
 def test_starter_rules_mark_every_guess_for_review(demo_dsn: str) -> None:
     from dbprotect.core.sanitize.starter import starter_rules
 

@@ -108,7 +108,7 @@ def test_seen_outputs_never_forget_an_output_as_they_grow() -> None:
     """Unique columns remember outputs in Bloom filters (bounded memory): no false negative, ever, across growth."""
     from dbprotect.core.sanitize.stream import SeenOutputs
 
-    seen = SeenOutputs(capacity=1000)
+    seen = SeenOutputs()
     outputs = [f"user{i}@example.invalid".encode() for i in range(10_000)]
     for output in outputs:
         seen.add(output)

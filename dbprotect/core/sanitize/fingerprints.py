@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Set
 import numpy as np
 from rbloom import Bloom
 
+from dbprotect.core.sanitize.keyset import KeySet
+
 #: Shortest folded form fingerprinted (characters); shorter values collide by chance.
 MIN_FORM = 6
 #: Shortest digit form fingerprinted: 9 digits (a national number without its trunk 0). Shorter digit
@@ -365,9 +367,18 @@ class Fingerprinter:
 
     def first_word(self, data: bytes) -> int:
         """The first 64 bits of the fingerprint of an encoded form (``of(form) >> 64``), without the str."""
-        mac = self._fresh()
-        mac.update(data)
-        return int.from_bytes(mac.digest()[:8])
+        return self.first_words([data])[0]
+
+    def first_words(self, datas: list[bytes]) -> list[int]:
+        """:meth:`first_word` of each of ``datas``."""
+        fresh = self._fresh
+        digests = []
+        append = digests.append
+        for data in datas:
+            mac = fresh()
+            mac.update(data)
+            append(mac.digest())
+        return np.frombuffer(b"".join(digests), dtype=">u8")[::2].tolist()
 
     def of_many(self, found: list[str]) -> list[int]:
         """The fingerprints of ``found`` as :attr:`of` gives them one by one (ints)."""
@@ -457,8 +468,8 @@ class FingerprintFilter:
         self.tails_complete = True
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
-        #: Per bucket: sorted, distinct runs of second words (one after :meth:`flush`, none while empty).
-        self._buckets: list[list[np.ndarray]] = [[] for _ in range(self.BUCKETS)]
+        #: Per bucket: the second words (one sorted run each after :meth:`flush`).
+        self._buckets: list[KeySet] = [KeySet() for _ in range(self.BUCKETS)]
         self._sorted = True
 
     def _append(self, pairs: np.ndarray) -> None:
@@ -470,23 +481,9 @@ class FingerprintFilter:
         if self._pending_rows >= self.SPILL_ROWS:
             self._spill()
 
-    @staticmethod
-    def _merged(runs: list[np.ndarray]) -> np.ndarray:
-        """One sorted, distinct array of ``runs``: a stable sort (timsort, which merges sorted runs in linear
-        time; np.unique was measured 36x slower than sort and mask here)."""
-        merged = np.concatenate(runs) if len(runs) > 1 else runs[0]
-        merged.sort(kind="stable")
-        distinct = np.empty(len(merged), dtype=bool)
-        distinct[:1] = True
-        np.not_equal(merged[1:], merged[:-1], out=distinct[1:])
-        return merged[distinct]
-
     def _spill(self) -> None:
-        """Move the pending pairs into their buckets (second words only), a bucket at a time, each as a
-        sorted run merged with the bucket's last run while that is at most twice as long (a binary
-        counter: every entry is merged about log2(spills) times). Why not append and sort once at the end:
-        the pieces (tens of KB each) and the sorted copy were both alive at the end, twice the set (a
-        16 M set peaked at 301 MB); here the transient memory is one bucket's merge."""
+        """Move the pending pairs into their buckets (second words only), a bucket at a time (each a
+        :class:`~.keyset.KeySet`: the transient memory is one bucket's merge)."""
         if not self._pending:
             return
         pairs = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
@@ -494,19 +491,15 @@ class FingerprintFilter:
         bucket = pairs[:, 0] >> np.uint64(64 - self.BUCKET_BITS)
         second = pairs[:, 1]
         for index in np.flatnonzero(np.bincount(bucket.astype(np.intp), minlength=self.BUCKETS)).tolist():
-            runs = self._buckets[index]
-            runs.append(self._merged([second[bucket == index]]))
-            while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
-                runs[-2:] = [self._merged(runs[-2:])]
+            self._buckets[index].add(second[bucket == index])
 
     def flush(self) -> None:
         """Merge what was added since the last lookup into place (done by the first lookup otherwise)."""
         if self._sorted:
             return
         self._spill()
-        for runs in self._buckets:
-            if len(runs) > 1:
-                runs[:] = [self._merged(runs)]
+        for keys in self._buckets:
+            keys.compact()
         self._sorted = True
 
     def add(self, fingerprints: np.ndarray | Iterable[int]) -> None:
@@ -542,14 +535,9 @@ class FingerprintFilter:
             return found
         bucket = (pairs[:, 0] >> np.uint64(64 - self.BUCKET_BITS)).astype(np.intp)
         for index in np.unique(bucket).tolist():
-            if not self._buckets[index]:
-                continue
-            stored = self._buckets[index][0]
-            where = np.flatnonzero(bucket == index)
-            values = pairs[where, 1]
-            at = np.searchsorted(stored, values)
-            at[at == len(stored)] = 0
-            found[where] = stored[at] == values
+            if len(self._buckets[index]):
+                where = np.flatnonzero(bucket == index)
+                found[where] = self._buckets[index].hits(pairs[where, 1])
         return found
 
     def __contains__(self, fingerprint: int) -> bool:
@@ -571,7 +559,7 @@ class FingerprintFilter:
     def entries(self) -> int:
         """Distinct fingerprints in the set."""
         self.flush()
-        return sum(len(runs[0]) for runs in self._buckets if runs)
+        return sum(len(keys) for keys in self._buckets)
 
     def false_positive_rate(self) -> float:
         """Per lookup of a fingerprint never added: the chance one of its bucket's entries has its 64 bits."""
@@ -580,7 +568,7 @@ class FingerprintFilter:
     @property
     def bytes(self) -> int:
         self.flush()
-        return sum(runs[0].nbytes for runs in self._buckets if runs) + self.tails.size_in_bits // 8
+        return sum(keys.nbytes for keys in self._buckets) + self.tails.size_in_bits // 8
 
 
 def value_fingerprints(fingerprinter: Fingerprinter, texts: list[str], *, free_text: bool = False,
@@ -680,6 +668,27 @@ class WrittenCheck:
         text = output.decode("utf-8", "replace")
         found = e164_forms(text) or list(forms(text))
         return bool(found) and self.production.any_of(self.fingerprinter.array_of_many(found))
+
+    def known_many(self, outputs: list[bytes]) -> list[bool]:
+        """:meth:`known` of each of ``outputs``; the E.164 ones (a phone column's, usually all) by one
+        batch of tail fingerprints, the others one at a time."""
+        found = [False] * len(outputs)
+        rows: list[int] = []
+        tails: list[bytes] = []
+        complete = self.production.tails_complete
+        for row, output in enumerate(outputs):
+            digits = output[1:]
+            if (complete and output[:1] == b"+" and digits.isdigit()
+                    and len(digits) >= (MIN_DIGITS + 2 if digits.startswith(b"00") else MIN_DIGITS)):
+                rows.append(row)
+                tails.append(_TAIL_DOMAIN_BYTES + digits[-MIN_DIGITS:])
+            else:
+                found[row] = self.known(output)
+        if rows:
+            known = self.production.tails.__contains__
+            for row, word in zip(rows, self.fingerprinter.first_words(tails), strict=True):
+                found[row] = known(word)
+        return found
 
     def verdict(self, output: bytes, exempt: Set[int] = frozenset(), *, known: bool | None = None) -> int:
         """0, :data:`PRODUCTION_VALUE` or :data:`NAME_PART` for one value written in a column whose rule

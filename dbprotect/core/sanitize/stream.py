@@ -20,6 +20,7 @@ fingerprints, collected before the stream) is asked for every output of those tr
 
 from __future__ import annotations
 
+import heapq
 import re
 import time
 from collections.abc import Callable, Set
@@ -29,10 +30,10 @@ from zlib import crc32 as _crc32
 
 import psycopg
 from psycopg import sql
-from rbloom import Bloom
 
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.fingerprints import NAME_PART, PRODUCTION_VALUE, WrittenCheck
+from dbprotect.core.sanitize.keyset import KeySet
 from dbprotect.core.sanitize.leaves import copy_bytes_are_textsend, plain_text_columns
 from dbprotect.core.sanitize.rules import RuleSet
 from dbprotect.core.sanitize.transformers import (
@@ -45,8 +46,6 @@ from dbprotect.core.sanitize.transformers import (
 )
 
 BATCH_BYTES = 1 << 19
-#: False-positive rate of each filter of :class:`SeenOutputs` (a false positive costs one retry).
-SEEN_FALSE_POSITIVE_RATE = 1e-9
 MAX_ATTEMPTS = 1000
 #: Transformers whose outputs are checked against production values (``avoid``) and retried on a hit.
 AVOIDING_KINDS = frozenset({"phone"})
@@ -151,7 +150,7 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
                     writer.write(chunk)
                     rows += 1
             else:
-                rows = _masked_rows(reader, writer, plans, stats, composite, written)
+                rows = _masked_rows(reader, writer, plans, stats, composite, written, len(columns))
     except psycopg.Error as exc:
         raise load_failure(table, columns, rules, exc) from None
     stats.rows = rows
@@ -227,42 +226,38 @@ _TRANSFORM_ERRORS = (SanitizeError, ValueError, TypeError, ArithmeticError, KeyE
 
 
 class SeenOutputs:
-    """The outputs of a unique masked column so far, in bounded memory: Bloom filters, not a set of values.
+    """The outputs of a unique masked column so far, in bounded memory: a 64-bit key of each in an exact
+    :class:`~.keyset.KeySet` (8 bytes an output), asked a batch at a time.
 
-    A set held every output (2 M e-mails: ~170 MB). A Bloom filter has no false negatives, so a
-    repeated output is always seen and retried (uniqueness holds); a false positive (rate
-    :data:`SEEN_FALSE_POSITIVE_RATE`) only costs one extra, deterministic attempt. Outputs are
-    hashed by :meth:`_key` (stable across processes, so the same rules and key give the same copy);
-    when one filter is full a twice larger one is added (a scalable Bloom filter), so no table
-    size needs to be known in advance.
+    A set held every output (2 M e-mails: ~170 MB); a Bloom filter at 1e-9 cost a fifth of the stream
+    (30 cache lines per insert and per test, py-spy). A repeated output always has the same key, so it
+    is always seen (uniqueness holds); two outputs sharing a key by chance only cost one deterministic
+    retry. Keys are :meth:`key` (stable across processes, so the same rules and key give the same copy).
     """
 
-    def __init__(self, capacity: int = 1 << 20) -> None:
-        self._capacity = capacity
-        self._filters = [Bloom(capacity, SEEN_FALSE_POSITIVE_RATE)]
-        self._room = capacity
+    def __init__(self) -> None:
+        self._keys = KeySet()
 
     @staticmethod
-    def _key(output: bytes) -> int:
+    def key(output: bytes) -> int:
         """64 bits of the output, the same in every process: CRC-32 and Adler-32 side by side (C, no
         object per call: a third of BLAKE2b's cost, measured). No collision resistance is needed: a
-        repeated output always has the same key, so it is always seen (uniqueness holds whatever
-        the hash); two outputs sharing a key only cost one deterministic retry, and the outputs
-        come from keyed HMACs nobody can steer."""
+        repeated output always has the same key; two outputs sharing a key only cost one deterministic
+        retry, and the outputs come from keyed HMACs nobody can steer."""
         return _crc32(output) << 32 | _adler32(output)
 
+    def known(self, keys: list[int]) -> list[bool]:
+        """Per key, whether an output with it was added."""
+        return self._keys.hits(keys).tolist() if keys else []
+
+    def add_keys(self, keys: list[int]) -> None:
+        self._keys.add(keys)
+
     def __contains__(self, output: bytes) -> bool:
-        key = self._key(output)
-        return any(key in found for found in self._filters)
+        return self.key(output) in self._keys
 
     def add(self, output: bytes) -> None:
-        if not self._room:
-            self._capacity *= 2
-            self._filters.append(Bloom(self._capacity, SEEN_FALSE_POSITIVE_RATE))
-            self._room = self._capacity
-        self._filters[-1].add(self._key(output))
-        self._room -= 1
-
+        self._keys.add([self.key(output)])
 
 
 class _CompositeKey:
@@ -359,86 +354,231 @@ class _Written:
         self.cleared.clear()
 
 
-def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats,
-                 composite: list[_CompositeKey] | None = None, written: WrittenCheck | None = None) -> int:
-    """The hot loop: kept as flat as Python allows (locals, no per-field function for kept columns).
+_MISSING = object()
 
-    A transformer that raises becomes one line naming table, column and transformer (never the
-    value): ``step`` is the column being masked when it raised. A column checked as written collects
-    its outputs and decides them a batch at a time (:class:`_Written`) each time a batch is written.
+
+class _Column:
+    """One masked column as the stream runs it: its transformer's function and memory, its tests.
+
+    ``seen``: the outputs so far of a unique column; ``avoid``: the production test of outputs that can be
+    real data (a batch at a time); ``check``: the column is checked as written (:class:`_Written`);
+    ``unchanged``: the column's name when "a masked value differs from its source" is counted.
     """
-    steps = [(p.index, p.fn.fn, p.fn.remaps, p.fn.cache, p.fn.safe, SeenOutputs() if p.unique else None,
-              p.column if p.check_unchanged else None, p.avoid,
-              _Written(stats.written[p.column], written, written.exempt.get((stats.table, p.column), frozenset()),
-                       p.unique)
-              if p.check_written and written is not None else None) for p in plans]
-    checks = [s[-1] for s in steps if s[-1] is not None]
-    unchanged = stats.unchanged
-    null = b"\\N"
-    batch: list[bytes] = []
+
+    __slots__ = ("avoid", "cache", "check", "fn", "index", "remaps", "safe", "seen", "unchanged")
+
+    def __init__(self, plan: _Plan, avoid: Callable[[list[bytes]], list[bool]] | None, check: _Written | None) -> None:
+        self.index = plan.index
+        self.fn = plan.fn.fn
+        self.remaps = plan.fn.remaps
+        self.cache = plan.fn.cache
+        self.safe = plan.fn.safe
+        self.seen = SeenOutputs() if plan.unique else None
+        self.avoid = avoid if plan.avoid is not None else None
+        self.check = check
+        self.unchanged = plan.column if plan.check_unchanged else None
+
+    def mask(self, fields: list[bytes], stats: TableStats) -> list[bytes]:
+        """The masked COPY fields of this column of one batch (``fields``: its COPY fields, in row order).
+
+        Same outputs as masking the rows one at a time: a value's remap (an output chosen by an earlier
+        retry) wins, else its cached or computed first output; outputs of a unique column or of an
+        avoiding transformer are then tested a batch at a time (:meth:`_retry`), and the few that one at
+        a time would have been retried are retried in row order.
+        """
+        null = b"\\N"
+        if b"\\" in b"".join(fields):  # a NULL or an escaped character somewhere in this column's batch
+            values = [field if b"\\" not in field else None if field == null else copy_unescape(field)
+                      for field in fields]
+        else:
+            values = fields
+        fn, cache, remaps = self.fn, self.cache, self.remaps
+        missing = _MISSING
+        if self.seen is not None:  # a unique column's values never repeat: nothing cached
+            outputs = [None if value is None else fn(value, 0) for value in values]
+        else:
+            get_cached = cache.get
+            outputs = [None if value is None else get_cached(value, missing) for value in values]
+            computed: dict[bytes, bytes | None] = {}
+            for row in [row for row, out in enumerate(outputs) if out is missing]:
+                value = values[row]
+                out = computed.get(value, missing)
+                outputs[row] = computed[value] = fn(value, 0) if out is missing else out
+            room = CACHE_ENTRIES - len(cache)
+            if room > 0 and computed:
+                cache.update(list(computed.items())[:room])
+        # Rows whose output is a first attempt (no remap): the tests apply to them. A remap (an output an
+        # earlier retry chose for the same value) wins over the first attempt.
+        if remaps:
+            fresh = []
+            for row, value in enumerate(values):
+                if value is not None:
+                    out = remaps.get(value, missing)
+                    if out is missing:
+                        fresh.append(row)
+                    else:
+                        outputs[row] = out
+        else:
+            fresh = [row for row, value in enumerate(values) if value is not None]
+        if self.seen is not None or self.avoid is not None:
+            self._retry(values, outputs, fresh, stats)
+        if self.unchanged is not None:
+            stats.unchanged[self.unchanged] += sum(1 for out, value in zip(outputs, values, strict=True)
+                                                   if out is not None and out == value)
+        check = self.check
+        if check is not None:
+            if self.avoid is not None:  # the fresh outputs passed the avoid test: only the name-part test remains
+                cleared = set(fresh)
+                check.cleared.extend(out for row, out in enumerate(outputs) if out is not None and row in cleared)
+                check.pending.extend(out for row, out in enumerate(outputs) if out is not None and row not in cleared)
+            else:
+                check.pending.extend(out for out in outputs if out is not None)
+        if self.safe:
+            return [null if out is None else out for out in outputs]
+        return [null if out is None else copy_escape(out) for out in outputs]
+
+    def _retry(self, values: list[bytes | None], outputs: list[bytes | None], fresh: list[int],
+               stats: TableStats) -> None:
+        """Retry, in row order, every fresh output one-at-a-time masking would have retried: one an earlier
+        row (of an earlier batch, or of this one) already wrote in a unique column, or one ``avoid`` knows.
+
+        The batch is tested at once; only the rows it flags are walked one at a time. A retried output
+        can take the first output of a later row, which then is flagged in turn (one at a time, the later
+        row would have met it), so the flagged rows are a heap walked in order.
+        """
+        seen, avoid = self.seen, self.avoid
+        flagged: list[int] = []
+        if avoid is not None:
+            tested = [row for row in fresh if outputs[row] is not None]
+            flagged = [row for row, hit in zip(tested, avoid([outputs[row] for row in tested]), strict=True) if hit]
+        keys: list[int | None] = []
+        owner: dict[int, int] = {}  # key -> the row that wrote it (so far, in row order)
+        if seen is not None:
+            key = SeenOutputs.key
+            keys = [None if out is None else key(out) for out in outputs]
+            present = [k for k in keys if k is not None]
+            earlier = iter(seen.known(present))
+            fresh_rows = set(fresh)
+            bad = set(flagged)
+            for row, k in enumerate(keys):
+                if k is None:
+                    continue
+                if next(earlier) or k in owner:  # written before this row: one at a time, it is retried
+                    if row in fresh_rows:
+                        bad.add(row)
+                    elif k not in owner:
+                        owner[k] = row
+                elif row not in bad:
+                    owner[k] = row
+            flagged = sorted(bad)
+        heapq.heapify(flagged)
+        while flagged:
+            row = heapq.heappop(flagged)
+            value = values[row]
+            assert value is not None
+            remapped = self.remaps.get(value, _MISSING)
+            if remapped is not _MISSING:  # an earlier row of this batch retried the same value
+                out = remapped
+            else:
+                out, attempt = outputs[row], 0
+                while out is not None and ((seen is not None and self._taken(out, row, owner, flagged)) or
+                                           (avoid is not None and avoid([out])[0])):
+                    attempt += 1
+                    if attempt > MAX_ATTEMPTS:
+                        raise SanitizeError(f"no unique masked value for a value of a unique column after "
+                                            f"{MAX_ATTEMPTS} attempts",
+                                            hint="use a transformer with a larger output space (hash, email)")
+                    out = self.fn(value, attempt)
+                if attempt:
+                    self.remaps[value] = out
+                    stats.retries += attempt
+            outputs[row] = out
+            if seen is not None and out is not None:
+                keys[row] = k = SeenOutputs.key(out)
+                later = owner.get(k)
+                if later is not None and later > row:  # one at a time, that later row would meet this output
+                    heapq.heappush(flagged, later)
+                owner[k] = row
+        if seen is not None:
+            seen.add_keys([k for k in keys if k is not None])
+
+    def _taken(self, out: bytes, row: int, owner: dict[int, int], flagged: list[int]) -> bool:
+        """Whether a unique column's ``out`` was written before ``row``: by an earlier batch, or an earlier row."""
+        assert self.seen is not None
+        k = SeenOutputs.key(out)
+        if self.seen.known([k])[0]:
+            return True
+        earlier = owner.get(k)
+        return earlier is not None and earlier < row
+
+
+def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats,
+                 composite: list[_CompositeKey] | None = None, written: WrittenCheck | None = None,
+                 width: int = 0) -> int:
+    """The hot loop, a batch of rows at a time and a column at a time (:meth:`_Column.mask`).
+
+    Why columns: masking row by row paid the interpreter for every field of every row (unpacking,
+    tests, a call per field): two thirds of the stream's time (py-spy, 2 M users). A batch's COPY
+    text is split into fields by two C calls (tabs and newlines are escaped inside values, so every
+    raw tab or newline separates fields), a column is a slice of that list, and the rows are joined
+    back by C calls too. A transformer that raises becomes one line naming table, column and
+    transformer (never the value). A column checked as written collects its outputs and decides them
+    a batch at a time (:class:`_Written`) each time a batch is written.
+    """
+    avoid_many = written.known_many if written is not None else None
+    columns = [_Column(p, avoid_many if avoid_many is not None else _one_at_a_time(p.avoid),
+                       _Written(stats.written[p.column], written, written.exempt.get((stats.table, p.column),
+                                                                                     frozenset()), p.unique)
+                       if p.check_written and written is not None else None) for p in plans]
+    checks = [c.check for c in columns if c.check is not None]
+    chunks: list[bytes] = []
     size = 0
     rows = 0
-    step = 0
-    try:
-        for chunk in reader:
-            fields = bytes(chunk)[:-1].split(b"\t")
-            original = fields.copy() if composite else fields
-            for step, (index, fn, remaps, cache, safe, seen, column, avoid, check) in enumerate(steps):  # noqa: B007
-                raw = fields[index]
-                if raw == null:
-                    continue
-                value = copy_unescape(raw) if b"\\" in raw else raw
-                out = remaps.get(value, null) if remaps else null
-                cleared = False
-                if out is null:
-                    out = cache.get(value, null)
-                    if out is null:
-                        out = fn(value, 0)
-                        if seen is None and len(cache) < CACHE_ENTRIES:  # a unique column's values never repeat
-                            cache[value] = out
-                    if seen is not None or avoid is not None:
-                        attempt = 0
-                        while out is not None and ((seen is not None and out in seen) or
-                                                   (avoid is not None and avoid(out))):
-                            attempt += 1
-                            if attempt > MAX_ATTEMPTS:
-                                raise SanitizeError(f"no unique masked value for a value of a unique column after "
-                                                    f"{MAX_ATTEMPTS} attempts",
-                                                    hint="use a transformer with a larger output space (hash, email)")
-                            out = fn(value, attempt)
-                        if attempt:
-                            remaps[value] = out
-                            stats.retries += attempt
-                        cleared = avoid is not None
-                if seen is not None and out is not None:
-                    seen.add(out)
-                if out is None:
-                    fields[index] = null
-                else:
-                    if check is not None:
-                        (check.cleared if cleared else check.pending).append(out)
-                    if column is not None and out == value:
-                        unchanged[column] += 1
-                    fields[index] = out if safe else copy_escape(out)
-            if composite:
+
+    def flush() -> None:
+        nonlocal size, rows
+        data = b"".join(chunks)
+        count = len(chunks)
+        chunks.clear()
+        size = 0
+        fields = data.replace(b"\n", b"\t").split(b"\t")
+        fields.pop()  # after the last newline
+        if len(fields) != count * width:
+            raise SanitizeError(f"the COPY rows of {stats.table} do not have {width} fields each",
+                                hint="a column was added or dropped while the copy was built: build again")
+        original = fields.copy() if composite else fields
+        for step, column in enumerate(columns):
+            try:
+                fields[column.index::width] = column.mask(fields[column.index::width], stats)
+            except _TRANSFORM_ERRORS as exc:
+                plan = plans[step]
+                raise _transform_failure(stats.table, plan.column, plan.fn.kind, exc) from None
+        if composite:
+            for start in range(0, len(fields), width):
+                row, raw = fields[start:start + width], original[start:start + width]
                 for key in composite:
-                    step = plans.index(key.plan)
-                    key.resolve(fields, original, stats)
-            line = b"\t".join(fields) + b"\n"
-            batch.append(line)
-            size += len(line)
-            rows += 1
-            if size >= BATCH_BYTES:
-                writer.write(b"".join(batch))
-                batch.clear()
-                size = 0
-                for check in checks:
-                    check.settle()
-        if batch:
-            writer.write(b"".join(batch))
+                    try:
+                        key.resolve(row, raw, stats)
+                    except _TRANSFORM_ERRORS as exc:
+                        raise _transform_failure(stats.table, key.plan.column, key.plan.fn.kind, exc) from None
+                fields[start:start + width] = row
+        writer.write(b"\n".join(map(b"\t".join, zip(*(fields[i::width] for i in range(width)), strict=True))) + b"\n")
+        rows += count
         for check in checks:
             check.settle()
-        return rows
-    except _TRANSFORM_ERRORS as exc:
-        plan = plans[step]
-        raise _transform_failure(stats.table, plan.column, plan.fn.kind, exc) from None
+
+    for chunk in reader:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= BATCH_BYTES:
+            flush()
+    if chunks:
+        flush()
+    return rows
+
+
+def _one_at_a_time(avoid: Callable[[bytes], bool] | None) -> Callable[[list[bytes]], list[bool]] | None:
+    """A single-value ``avoid`` asked for a batch."""
+    if avoid is None:
+        return None
+    return lambda outputs: [avoid(output) for output in outputs]
