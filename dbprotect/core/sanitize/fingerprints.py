@@ -229,14 +229,17 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
         found += [f for f in folded_all if len(f) >= MIN_FORM]
     found += [c for f, d, c in zip(folded_all, digits_all, compact_all, strict=True)
               if d and len(d) < len(f) and len(c) >= minimum and c != f and c != d and "@" not in f]
+    # Digit forms and tails need a value made only of "+", digits and separators (digit_forms: ASCII whitespace
+    # is what str.strip() removes): str.strip with that set answers it in C, so an e-mail or an ID holding
+    # nine digits among its letters costs no call.
     for text, digits in zip(plain, digits_all, strict=True):
-        if len(digits) >= MIN_DIGITS:
+        if len(digits) >= MIN_DIGITS and not text.strip(_TAIL_CHARS):
             some = digit_forms(text, digits)
             found += some
             # An all-digit form is a digit form, or holds a "+" (folded, compact), or is folded digits too long
             # for digit forms (20+); an IPv4 address or a decimal without "+" has none (its tail would only
             # fill the filter).
-            if tails is not None and (some or "+" in text or len(digits) > 19) and not text.strip(_TAIL_CHARS):
+            if tails is not None and (some or "+" in text or len(digits) > 19):
                 tails.append(digits[-MIN_DIGITS:])
     return found
 
