@@ -35,9 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Set
+from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter
+from typing import TypeVar
 
 import psycopg
 
@@ -69,6 +70,8 @@ SELECT i, 'user' || i || '.' || substr(md5(i::text), 1, 6) || '@mail' || (i % 97
 FROM generate_series(1, {rows}) AS i
 """
 INDEXES = "ALTER TABLE users ADD PRIMARY KEY (id); CREATE UNIQUE INDEX users_email ON users (email)"
+T = TypeVar("T")
+
 RULES = """
 version: 1
 tables:
@@ -122,31 +125,37 @@ def peak_rss_mb() -> float:
 
 
 class TimedWrittenCheck(WrittenCheck):
-    """The stream's share of the check, timed: its test of every written value (and of every masked phone
-    against production) is check work done inside the stream, so it counts as check, not stream.
+    """The stream's own share of the check, timed: its test of every masked phone against production
+    (``avoid``) is check work done inside the stream, so it counts as check, not stream. The decisions on
+    every written value are timed by the stream itself (:attr:`TableStats.check_seconds`, CPU seconds):
+    for a large table they run in a worker process, beside the stream.
 
-    Timed with ``perf_counter`` only (a vDSO read): ``process_time`` is a system call per value, and
-    timing every value with it made the timer itself ~15% of the build (py-spy), inflating the check's
-    share. Its CPU seconds are estimated at the stream's CPU/wall ratio.
+    Timed with ``perf_counter`` only (a vDSO read): ``process_time`` is a system call, and timing every
+    value with it made the timer itself ~15% of the build (py-spy), inflating the check's share. Its CPU
+    seconds are estimated at the stream's CPU/wall ratio.
     """
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.seconds = 0.0
+        self._timing = False
+
+    def _timed(self, call: Callable[[], T]) -> T:
+        if self._timing:  # known_many asks known for some values: timed once
+            return call()
+        self._timing = True
+        started = perf_counter()
+        try:
+            return call()
+        finally:
+            self.seconds += perf_counter() - started
+            self._timing = False
 
     def known(self, output: bytes) -> bool:
-        started = perf_counter()
-        try:
-            return super().known(output)
-        finally:
-            self.seconds += perf_counter() - started
+        return self._timed(lambda: super(TimedWrittenCheck, self).known(output))
 
-    def verdicts(self, outputs: list[bytes], exempt: Set[int] = frozenset(), *, cleared: bool = False) -> list[int]:
-        started = perf_counter()
-        try:
-            return super().verdicts(outputs, exempt, cleared=cleared)
-        finally:
-            self.seconds += perf_counter() - started
+    def known_many(self, outputs: list[bytes]) -> list[bool]:
+        return self._timed(lambda: super(TimedWrittenCheck, self).known_many(outputs))
 
 
 def cpu_seconds() -> float:
@@ -180,7 +189,12 @@ def run_dbprotect(source: str, target: str, rows: int) -> dict[str, float]:
         dst.commit()
         stream = time.perf_counter() - started
         # The in-stream check is timed in wall seconds; its CPU seconds, at the stream's CPU/wall ratio.
-        in_stream_cpu = written.seconds * (cpu_seconds() - stream_cpu_started) / stream if stream else 0.0
+        # The avoid test in this process: CPU estimated at the stream's CPU/wall ratio (this process only:
+        # the decisions' worker, if any, is not reaped yet). The decisions: their own CPU seconds.
+        stream_cpu = cpu_seconds() - stream_cpu_started
+        in_stream_cpu = (written.seconds * stream_cpu / stream if stream else 0.0) + stats.check_seconds
+        # Wall time the check took from the stream: the avoid test, and the decisions when they ran here.
+        in_stream_wall = written.seconds + (0.0 if stats.checked_in_worker else stats.check_seconds)
     started = time.perf_counter()
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute(INDEXES)
@@ -197,8 +211,9 @@ def run_dbprotect(source: str, target: str, rows: int) -> dict[str, float]:
     total = fingerprints + stream + indexes + checking
     return {"fingerprint_s": fingerprints, "stream_s": stream, "index_s": indexes, "check_s": checking,
             "rows": stats.rows, "retries": stats.retries, "rows_per_s": rows / total,
-            "in_stream_check_s": written.seconds,
-            "check_share": (fingerprints + written.seconds + checking) / total,
+            "in_stream_check_s": in_stream_wall, "in_stream_check_cpu_s": in_stream_cpu,
+            "decisions_in_worker": stats.checked_in_worker,
+            "check_share": (fingerprints + in_stream_wall + checking) / total,
             "check_cpu_share": (fingerprints_cpu + in_stream_cpu + checking_cpu) / cpu if cpu else 0.0,
             "entries": production.entries,
             "fp_rate": production.false_positive_rate(), "filter_mb": production.bytes / 1e6,
@@ -328,16 +343,19 @@ def main() -> int:
               f"stream {ours['stream_s']:.1f} s + pk/unique index {ours['index_s']:.1f} s + no_pii_leaked "
               f"{ours['check_s']:.1f} s = {ours['rows_per_s']:,.0f} rows/s ({ours['retries']:.0f} collisions "
               f"resolved)", flush=True)
-        share_verdict = "PASS" if ours["check_share"] <= 0.30 else "FAIL"
-        print(f"check (fingerprints + in-stream check {ours['in_stream_check_s']:.1f} s (timed, part of the stream) + "
-              f"no_pii_leaked): {ours['check_share']:.0%} of the build ({share_verdict}: "
-              f"target <= 30%); filter {ours['entries']:,.0f} fingerprints in {ours['filter_mb']:.0f} MB, "
+        # Judged on the larger of the two shares: decisions run in a worker beside the stream cost no wall
+        # time on an idle second core, but they are CPU the check takes.
+        share_verdict = "PASS" if max(ours["check_share"], ours["check_cpu_share"]) <= 0.30 else "FAIL"
+        where = "in a worker beside the stream" if ours["decisions_in_worker"] else "in the stream"
+        print(f"check (fingerprints + in-stream check {ours['in_stream_check_s']:.1f} s of the stream's wall time "
+              f"(its decisions on written values: {ours['in_stream_check_cpu_s']:.1f} CPU-s, {where}) + "
+              f"no_pii_leaked): {ours['check_share']:.0%} of the build's wall time, "
+              f"{ours['check_cpu_share']:.0%} of its CPU time ({share_verdict}: target <= 30%); "
+              f"filter {ours['entries']:,.0f} fingerprints in {ours['filter_mb']:.0f} MB, "
               f"false-positive rate {ours['fp_rate']:.1e} per lookup ({ours['lookups']:,.0f} lookups of the copy read "
               f"back + {ours['in_stream_lookups']:,.0f} in the stream: {ours['false_reports']:.1e} false reports "
               f"expected, {'PASS' if ours['false_reports'] <= 1e-6 else 'FAIL'}: budget <= 1e-6); "
-              f"CPU time of this process and its workers: check "
-              f"{ours['check_cpu_share']:.0%} "
-              f"(wall time shares move with the machine's load); peak memory {ours['peak_mb']:.0f} MB "
+              f"(shares move with the machine's load); peak memory {ours['peak_mb']:.0f} MB "
               f"({'PASS' if ours['peak_mb'] < 300 else 'FAIL'}: target < 300 MB)", flush=True)
         if options.fingerprints:  # in a fresh process: the peak RSS is the filter's, not the build's
             subprocess.run([sys.executable, __file__, "--filter-only", str(options.fingerprints)], check=True)

@@ -491,10 +491,16 @@ class FingerprintFilter:
             return
         pairs = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending, self._pending_rows = [], 0
-        bucket = pairs[:, 0] >> np.uint64(64 - self.BUCKET_BITS)
-        second = pairs[:, 1]
-        for index in np.flatnonzero(np.bincount(bucket.astype(np.intp), minlength=self.BUCKETS)).tolist():
-            self._buckets[index].add(second[bucket == index])
+        bucket = (pairs[:, 0] >> np.uint64(64 - self.BUCKET_BITS)).astype(np.uint8)
+        # Grouped by bucket in one stable sort (radix, for 8-bit keys) rather than one pass of the batch per bucket.
+        order = np.argsort(bucket, kind="stable")
+        second = pairs[order, 1]
+        ends = np.cumsum(np.bincount(bucket, minlength=self.BUCKETS)).tolist()
+        start = 0
+        for index, end in enumerate(ends):
+            if end > start:
+                self._buckets[index].add(second[start:end])
+            start = end
 
     def flush(self) -> None:
         """Merge what was added since the last lookup into place (done by the first lookup otherwise)."""
@@ -689,8 +695,9 @@ class WrittenCheck:
                 found[row] = self.known(output)
         if rows:
             known = self.production.tails.__contains__
-            for row, word in zip(rows, self.fingerprinter.first_words(tails), strict=True):
-                found[row] = known(word)
+            found_tail = [known(word) for word in self.fingerprinter.first_words(tails)]
+            for row, hit in zip(rows, found_tail, strict=True):
+                found[row] = hit
         return found
 
     def verdict(self, output: bytes, exempt: Set[int] = frozenset(), *, known: bool | None = None) -> int:

@@ -23,7 +23,10 @@ from __future__ import annotations
 import heapq
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Set
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from zlib import adler32 as _adler32
 from zlib import crc32 as _crc32
@@ -31,6 +34,7 @@ from zlib import crc32 as _crc32
 import psycopg
 from psycopg import sql
 
+from dbprotect.core.sanitize import parallel
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.fingerprints import NAME_PART, PRODUCTION_VALUE, WrittenCheck
 from dbprotect.core.sanitize.keyset import KeySet
@@ -72,6 +76,9 @@ class TableStats:
     #: Production set lookups the stream made for this table (the written check; not the phone retry test):
     #: part of the check's false-report budget (:func:`~.checks.no_pii_leaked`).
     lookups: int = 0
+    #: CPU seconds the written check's decisions took, in this process or (``checked_in_worker``) in its worker.
+    check_seconds: float = 0.0
+    checked_in_worker: bool = False
 
 
 @dataclass
@@ -143,6 +150,8 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)
     rows = 0
     lookups_before = written.lookups if written is not None else 0
+    pool = _WrittenPool(written) if written is not None and stats.written and parallel.workers_for(src, table) else None
+    stats.checked_in_worker = pool is not None
     try:
         with src.cursor().copy(out_sql) as reader, dst.cursor().copy(in_sql) as writer:
             if not plans:  # nothing masked: pass the bytes through
@@ -150,9 +159,12 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
                     writer.write(chunk)
                     rows += 1
             else:
-                rows = _masked_rows(reader, writer, plans, stats, composite, written, len(columns))
+                rows = _masked_rows(reader, writer, plans, stats, composite, written, len(columns), pool)
     except psycopg.Error as exc:
         raise load_failure(table, columns, rules, exc) from None
+    finally:
+        if pool is not None:
+            pool.close()
     stats.rows = rows
     stats.seconds = time.perf_counter() - started
     stats.lookups = written.lookups - lookups_before if written is not None else 0
@@ -312,17 +324,82 @@ def _composite_keys(columns: list[ColumnInfo], plans: list[_Plan],
     return found
 
 
+def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], unique: bool,
+            pending: list[bytes], cleared: list[bytes]) -> tuple[int, int]:
+    """Decide one batch of a column's written outputs: (values sharing a production fingerprint, values that
+    are one production name part). ``known`` caches the decisions of repeated outputs (a name column repeats
+    a few outputs millions of times; a unique column's never repeat, so they are not cached).
+    ``cleared``: outputs the ``avoid`` test just passed (no form in the production set): only their
+    name-part test remains."""
+    decided: dict[bytes, int] = {}
+    for outputs, passed in ((pending, False), (cleared, True)):
+        fresh = [output for output in dict.fromkeys(outputs) if output not in known and output not in decided]
+        if fresh:
+            decided.update(zip(fresh, written.verdicts(fresh, exempt, cleared=passed), strict=True))
+    production = parts = 0
+    for output in pending + cleared:
+        verdict = known.get(output)
+        if verdict is None:
+            verdict = decided[output]
+        if verdict == PRODUCTION_VALUE:
+            production += 1
+        elif verdict == NAME_PART:
+            parts += 1
+    if not unique and len(known) < CACHE_ENTRIES:
+        known.update(list(decided.items())[:CACHE_ENTRIES - len(known)])
+    return production, parts
+
+
+#: In a written-check worker: the check (inherited at the fork) and each column's cache of decisions.
+_worker_check: WrittenCheck | None = None
+_worker_known: dict[tuple[str, str], dict[bytes, int]] = {}
+
+
+def _decide_in_worker(column: tuple[str, str], exempt: Set[int], unique: bool, pending: list[bytes],
+                      cleared: list[bytes]) -> tuple[int, int, int, float]:
+    """:func:`_decide` in a worker process, with the lookups it made and the CPU seconds it took."""
+    assert _worker_check is not None, "set before the fork (_WrittenPool)"
+    started, lookups = time.process_time(), _worker_check.lookups
+    production, parts = _decide(_worker_check, _worker_known.setdefault(column, {}), exempt, unique, pending, cleared)
+    return production, parts, _worker_check.lookups - lookups, time.process_time() - started
+
+
+class _WrittenPool:
+    """One forked worker that decides the written outputs of a large table while this process streams.
+
+    Why: the stream is this process's Python work, one core's, and the server's share of a COPY is
+    small (measured: 5 s of the backends' CPU in a 37 s stream), so the other core was idle while this
+    one decided every written value (a fifth of the stream). The worker inherits the finished
+    production set (its pages are shared) and returns counts only; a worker that dies stops the build
+    with one line (:func:`.parallel.died`).
+    """
+
+    def __init__(self, written: WrittenCheck) -> None:
+        global _worker_check
+        written.production.flush()  # sorted before the fork: the worker only reads it
+        _worker_check = written
+        self.pool = parallel.fork_pool(1)
+        self.written = written
+
+    def close(self) -> None:
+        global _worker_check
+        self.pool.shutdown(cancel_futures=True)
+        _worker_check = None
+
+
 class _Written:
-    """A column checked as written: its outputs wait in ``pending`` and are decided a batch at a time
-    (:meth:`~.fingerprints.WrittenCheck.verdicts`) when the stream flushes a batch; ``verdicts`` caches
-    the decisions of repeated outputs (a name column repeats a few outputs millions of times).
-    ``cleared``: outputs the ``avoid`` loop just tested (no form in the production set), so only
-    their name-part test remains."""
+    """A column checked as written: its outputs wait in ``pending`` (``cleared``: passed ``avoid``) and are
+    decided a batch at a time (:func:`_decide`) each time the stream writes a batch, here or, for a large
+    table, in a :class:`_WrittenPool` worker while the next batch is masked."""
 
-    __slots__ = ("cleared", "counts", "exempt", "pending", "unique", "verdicts", "written")
+    __slots__ = ("cleared", "column", "counts", "exempt", "futures", "pending", "pool", "stats", "unique",
+                 "verdicts", "written")
 
-    def __init__(self, counts: list[int], written: WrittenCheck, exempt: Set[int], unique: bool = False) -> None:
-        self.counts = counts
+    def __init__(self, stats: TableStats, column: str, written: WrittenCheck, exempt: Set[int], unique: bool = False,
+                 pool: _WrittenPool | None = None) -> None:
+        self.stats = stats
+        self.column = column
+        self.counts = stats.written[column]
         self.written = written
         self.exempt = exempt
         #: A unique column's outputs never repeat: its decisions are not cached (65 k entries, ~10 MB, no hit).
@@ -330,28 +407,44 @@ class _Written:
         self.pending: list[bytes] = []
         self.cleared: list[bytes] = []
         self.verdicts: dict[bytes, int] = {}
+        self.pool = pool
+        self.futures: deque[Future[tuple[int, int, int, float]]] = deque()
 
     def settle(self) -> None:
-        """Decide every pending output and count the findings: [production values, name parts]."""
-        known = self.verdicts
-        decided: dict[bytes, int] = {}
-        for outputs, cleared in ((self.pending, False), (self.cleared, True)):
-            fresh = [output for output in dict.fromkeys(outputs) if output not in known and output not in decided]
-            if fresh:
-                decided.update(zip(fresh, self.written.verdicts(fresh, self.exempt, cleared=cleared), strict=True))
-        counts = self.counts
-        for output in self.pending + self.cleared:
-            verdict = known.get(output)
-            if verdict is None:
-                verdict = decided[output]
-            if verdict == PRODUCTION_VALUE:
-                counts[0] += 1
-            elif verdict == NAME_PART:
-                counts[1] += 1
-        if not self.unique and len(known) < CACHE_ENTRIES:
-            known.update(list(decided.items())[:CACHE_ENTRIES - len(known)])
-        self.pending.clear()
-        self.cleared.clear()
+        """Decide every pending output (or hand them to the worker) and count the findings."""
+        if not self.pending and not self.cleared:
+            return
+        if self.pool is None:
+            started = time.process_time()
+            self._count(*_decide(self.written, self.verdicts, self.exempt, self.unique, self.pending, self.cleared))
+            self.stats.check_seconds += time.process_time() - started
+            self.pending.clear()
+            self.cleared.clear()
+            return
+        try:
+            self.futures.append(self.pool.pool.submit(_decide_in_worker, (self.stats.table, self.column), self.exempt,
+                                                      self.unique, self.pending, self.cleared))
+        except BrokenProcessPool:  # raised by submit once the worker died
+            raise parallel.died("checking the written values") from None
+        self.pending, self.cleared = [], []
+        while len(self.futures) > parallel.IN_FLIGHT:
+            self._collect()
+
+    def finish(self) -> None:
+        """Settle the last outputs and wait for every decision handed to the worker."""
+        self.settle()
+        while self.futures:
+            self._collect()
+
+    def _collect(self) -> None:
+        production, parts, lookups, seconds = parallel.collect(self.futures.popleft(), "checking the written values")
+        self._count(production, parts)
+        self.written.lookups += lookups
+        self.stats.check_seconds += seconds
+
+    def _count(self, production: int, parts: int) -> None:
+        self.counts[0] += production
+        self.counts[1] += parts
 
 
 _MISSING = object()
@@ -514,7 +607,7 @@ class _Column:
 
 def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats,
                  composite: list[_CompositeKey] | None = None, written: WrittenCheck | None = None,
-                 width: int = 0) -> int:
+                 width: int = 0, pool: _WrittenPool | None = None) -> int:
     """The hot loop, a batch of rows at a time and a column at a time (:meth:`_Column.mask`).
 
     Why columns: masking row by row paid the interpreter for every field of every row (unpacking,
@@ -527,8 +620,8 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     """
     avoid_many = written.known_many if written is not None else None
     columns = [_Column(p, avoid_many if avoid_many is not None else _one_at_a_time(p.avoid),
-                       _Written(stats.written[p.column], written, written.exempt.get((stats.table, p.column),
-                                                                                     frozenset()), p.unique)
+                       _Written(stats, p.column, written, written.exempt.get((stats.table, p.column), frozenset()),
+                                p.unique, pool)
                        if p.check_written and written is not None else None) for p in plans]
     checks = [c.check for c in columns if c.check is not None]
     chunks: list[bytes] = []
@@ -574,6 +667,8 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
             flush()
     if chunks:
         flush()
+    for check in checks:
+        check.finish()
     return rows
 
 
