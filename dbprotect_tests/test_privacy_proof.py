@@ -155,6 +155,22 @@ LEAKS = {
         "CREATE TABLE calls (id int PRIMARY KEY, dialled bigint);"
         "INSERT INTO calls SELECT id, regexp_replace(phone, '[^0-9]', '', 'g')::bigint FROM people;",
         {"calls": {"id": "keep", "dialled": "keep"}}, "public.calls.dialled (keep): 300 value(s)"),
+    # A column a unique index holds alone is read without the server grouping it (leaves.unique_columns):
+    # the same findings, counted once a row.
+    "unique_text_holding_emails": (
+        "CREATE TABLE logins (id int PRIMARY KEY, login text UNIQUE);"
+        "INSERT INTO logins SELECT id, upper(email) FROM people;",
+        {"logins": {"id": "keep", "login": "keep"}}, "public.logins.login (keep): 300 value(s) equal personal"),
+    "unique_bigint_holding_phone_digits": (
+        "CREATE TABLE lines (id int PRIMARY KEY, dialled bigint UNIQUE);"
+        "INSERT INTO lines SELECT id, regexp_replace(phone, '[^0-9]', '', 'g')::bigint FROM people;",
+        {"lines": {"id": "keep", "dialled": "keep"}}, "public.lines.dialled (keep): 300 value(s)"),
+    "unique_names_alone": (
+        "CREATE TABLE signers (id int PRIMARY KEY, surname text);"
+        "INSERT INTO signers SELECT min(id), upper(last_name) FROM people GROUP BY upper(last_name);"
+        "CREATE UNIQUE INDEX signers_surname ON signers (surname);",
+        {"signers": {"id": "keep", "surname": "keep"}},
+        "public.signers.surname (keep): 26 value(s) equal first or last names of production (26 of 26"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",

@@ -55,7 +55,13 @@ from dbprotect.core.sanitize.fingerprints import (
     production_value,
     value_fingerprints,
 )
-from dbprotect.core.sanitize.leaves import TypeCatalog, copy_bytes_are_textsend, leaf_query, plain_text_columns
+from dbprotect.core.sanitize.leaves import (
+    TypeCatalog,
+    copy_bytes_are_textsend,
+    leaf_query,
+    plain_text_columns,
+    unique_columns,
+)
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 from dbprotect.core.sanitize.stream import TableStats
 from dbprotect.core.sanitize.transformers import copy_unescape, json_path
@@ -359,6 +365,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
     by_table = {s.table: s for s in stats or []}
     for table, infos in sorted(columns.items()):
         table_stats = by_table.get(table)
+        unique_in_copy = unique_columns(dst, table)
         decided: dict[str, list[int]] = {}
         if table_stats is not None and table_stats.written and untouched_since_stream(dst, table_stats):
             decided = {column: counts for column, counts in table_stats.written.items() if not counts[1]}
@@ -370,15 +377,17 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 if hits:
                     findings.append(f"{table}.{info.name}: {hits} value(s) equal personal values of production")
                 continue
-            query = leaf_query(catalog, table, info.name, counted=True)
+            unique = info.name in unique_in_copy
+            query = leaf_query(catalog, table, info.name, counted=True, unique=unique)
             if query is None:
                 # Not text-like (inet, bigint, uuid, numeric, …): production fingerprints such columns
                 # as their text form (production_fingerprints), so the copy is read the same way; a
                 # keep inet column holding the real addresses of a masked one must not pass.
                 schema, _, name = table.partition(".")
-                query = sql.SQL("SELECT v COLLATE \"C\", count(*) FROM (SELECT format('%s', {c}) AS v FROM {t}) leaves "
-                                "WHERE v IS NOT NULL GROUP BY 1").format(c=sql.Identifier(info.name),
-                                                                        t=sql.Identifier(schema, name))
+                query = sql.SQL("SELECT v COLLATE \"C\", {n} FROM (SELECT format('%s', {c}) AS v FROM {t}) leaves "
+                                "WHERE v IS NOT NULL {g}").format(
+                    c=sql.Identifier(info.name), t=sql.Identifier(schema, name),
+                    n=sql.SQL("1" if unique else "count(*)"), g=sql.SQL("" if unique else "GROUP BY 1"))
             rule = rules.rule(table, info.name)
             keep = rule is None or rule.transformer == "keep"
             fixed = fixed_by_column.get((table, info.name), frozenset())

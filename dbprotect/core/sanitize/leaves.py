@@ -112,11 +112,15 @@ def _leaf_paths(catalog: TypeCatalog, expr: sql.Composable, oid: int, joins: lis
     return []
 
 
-def leaf_query(catalog: TypeCatalog, table: str, column: str, *, counted: bool = False) -> sql.Composable | None:
+def leaf_query(catalog: TypeCatalog, table: str, column: str, *, counted: bool = False,
+               unique: bool = False) -> sql.Composable | None:
     """One query listing the distinct non-null text-like leaves of ``table.column``; None when it has none.
 
     ``counted``: a second column says how many times each leaf occurs (findings count rows, not
-    distinct values, while Python sees each distinct value once).
+    distinct values, while Python sees each distinct value once). ``unique``: the column holds each
+    value once (:func:`unique_columns`): a scalar column's values are then listed as they are, each
+    counted once, without the server grouping them (2 M values: a hash aggregate larger than
+    ``work_mem``, spilled to disk); a column with several leaves a row (arrays, JSON) is grouped.
     """
     schema, _, name = table.partition(".")
     paths = _leaf_paths(catalog, sql.SQL("t.{}").format(sql.Identifier(column)),
@@ -126,11 +130,30 @@ def leaf_query(catalog: TypeCatalog, table: str, column: str, *, counted: bool =
     parts = [sql.SQL("SELECT {} AS v FROM {} t {}").format(leaf, sql.Identifier(schema, name), sql.SQL(" ").join(joins))
              for joins, leaf in paths]
     union = sql.SQL(" UNION ALL ").join(parts)
+    if counted and unique and len(paths) == 1 and not paths[0][0]:
+        return sql.SQL('SELECT v COLLATE "C", 1 FROM ({}) leaves WHERE v IS NOT NULL').format(union)
     # COLLATE "C": distinct by bytes (memcmp), not by the database's collation (strcoll per comparison);
     # equal under a deterministic collation means equal bytes, so the rows are the same, only cheaper.
     if counted:
         return sql.SQL('SELECT v COLLATE "C", count(*) FROM ({}) leaves WHERE v IS NOT NULL GROUP BY 1').format(union)
     return sql.SQL('SELECT DISTINCT v COLLATE "C" FROM ({}) leaves WHERE v IS NOT NULL').format(union)
+
+
+_UNIQUE_COLUMNS = """
+    SELECT a.attname::text FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1
+      AND i.indpred IS NULL AND i.indexprs IS NULL
+"""
+
+
+def unique_columns(conn: psycopg.Connection, table: str) -> set[str]:
+    """The columns of ``table`` a valid unique index holds alone (no predicate, no expression): each of
+    their non-null values is in one row only. Any equality an index uses (a collation, numeric ``1.0 =
+    1.00``) is coarser than equal text, so their text forms are distinct too."""
+    schema, _, name = table.partition(".")
+    return {str(row[0]) for row in conn.execute(_UNIQUE_COLUMNS, (schema, name)).fetchall()}
 
 
 def is_text_like(catalog: TypeCatalog, table: str, column: str) -> bool:
