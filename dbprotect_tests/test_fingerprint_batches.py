@@ -16,7 +16,10 @@ _TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\n\u0
                 max_size=30)
 _PHONE_LIKE = st.from_regex(r"\s?(\+|00)?[0-9 .()\-/]{0,4}[0-9]{9,14}[ .]?[0-9]{0,4}\s?", fullmatch=True)
 _ASCII = st.text(st.sampled_from("aZ09 \t\x0b\x1c\x1f-./()+@_"), max_size=40)
-_VALUE = _TEXT | _PHONE_LIKE | _ASCII | st.text(max_size=30)
+# forms_of_many takes two shapes without digit_forms' call: "+" and digits only (E.164), and IPv4 addresses.
+_E164 = st.from_regex(r"\+(00)?[0-9]{7,21}", fullmatch=True)
+_IPV4_LIKE = st.from_regex(r"\s?[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(/[0-9]{1,2})?\s?", fullmatch=True)
+_VALUE = _TEXT | _PHONE_LIKE | _ASCII | _E164 | _IPV4_LIKE | st.text(max_size=30)
 
 
 def _reference(texts: list[str], free_text: bool) -> set[str]:
@@ -33,7 +36,7 @@ def test_batch_forms_equal_the_reference(texts: list[str], free_text: bool) -> N
 
 
 @settings(max_examples=300, deadline=None)
-@given(texts=st.lists(_ASCII | _PHONE_LIKE, min_size=1, max_size=12), free_text=st.booleans())
+@given(texts=st.lists(_ASCII | _PHONE_LIKE | _E164 | _IPV4_LIKE, min_size=1, max_size=12), free_text=st.booleans())
 def test_ascii_batches_take_the_bulk_path_and_equal_the_reference(texts: list[str], free_text: bool) -> None:
     ascii_only = [t for t in texts if t.isascii()]
     assert set(forms_of_many(ascii_only, free_text=free_text)) == _reference(ascii_only, free_text)

@@ -234,6 +234,20 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
     # nine digits among its letters costs no call.
     for text, digits in zip(plain, digits_all, strict=True):
         if len(digits) >= MIN_DIGITS and not text.strip(_TAIL_CHARS):
+            if text[:1] == "+" and text[1:] == digits and len(digits) <= 19:
+                # E.164 ("+" and digits only: a masked or a production phone), digit_forms inline: its digits,
+                # without "00", without a 1-3 digit country prefix (9 digits left at least).
+                if tails is not None:
+                    tails.append(digits[-MIN_DIGITS:])
+                some = [digits]
+                if digits.startswith("00"):
+                    digits = digits[2:]
+                    some.append(digits)
+                some += [digits[cc:] for cc in (1, 2, 3) if len(digits) - cc >= MIN_DIGITS]
+                found += some
+                continue
+            if text.count(".") == 3 and _IPV4.match(text.strip()):
+                continue  # an IPv4 address: no digit form, no tail (digit_forms' rule, without its call)
             some = digit_forms(text, digits)
             found += some
             # An all-digit form is a digit form, or holds a "+" (folded, compact), or is folded digits too long
