@@ -28,6 +28,7 @@ from collections.abc import Callable, Set
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import TypeVar
 from zlib import adler32 as _adler32
 from zlib import crc32 as _crc32
 
@@ -48,6 +49,8 @@ from dbprotect.core.sanitize.transformers import (
     copy_escape,
     copy_unescape,
 )
+
+T = TypeVar("T")
 
 BATCH_BYTES = 1 << 19
 MAX_ATTEMPTS = 1000
@@ -150,8 +153,7 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
     in_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)
     rows = 0
     lookups_before = written.lookups if written is not None else 0
-    pool = _WrittenPool(written) if written is not None and stats.written and parallel.workers_for(src, table) else None
-    stats.checked_in_worker = pool is not None
+    helper = bool(plans) and not composite and parallel.workers_for(src, table) > 0
     try:
         with src.cursor().copy(out_sql) as reader, dst.cursor().copy(in_sql) as writer:
             if not plans:  # nothing masked: pass the bytes through
@@ -159,12 +161,9 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
                     writer.write(chunk)
                     rows += 1
             else:
-                rows = _masked_rows(reader, writer, plans, stats, composite, written, len(columns), pool)
+                rows = _masked_rows(reader, writer, plans, stats, composite, written, len(columns), helper)
     except psycopg.Error as exc:
         raise load_failure(table, columns, rules, exc) from None
-    finally:
-        if pool is not None:
-            pool.close()
     stats.rows = rows
     stats.seconds = time.perf_counter() - started
     stats.lookups = written.lookups - lookups_before if written is not None else 0
@@ -350,53 +349,80 @@ def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], un
     return production, parts
 
 
-#: In a written-check worker: the check (inherited at the fork) and each column's cache of decisions.
+#: In the stream's worker (inherited at the fork): the written check, each column's cache of decisions, and
+#: the columns it masks (by field index).
 _worker_check: WrittenCheck | None = None
 _worker_known: dict[tuple[str, str], dict[bytes, int]] = {}
+_worker_columns: dict[int, _Column] = {}
 
 
 def _decide_in_worker(column: tuple[str, str], exempt: Set[int], unique: bool, pending: list[bytes],
                       cleared: list[bytes]) -> tuple[int, int, int, float]:
-    """:func:`_decide` in a worker process, with the lookups it made and the CPU seconds it took."""
-    assert _worker_check is not None, "set before the fork (_WrittenPool)"
+    """:func:`_decide` in the worker, with the lookups it made and the CPU seconds it took."""
+    assert _worker_check is not None, "set before the fork (_StreamWorker)"
     started, lookups = time.process_time(), _worker_check.lookups
     production, parts = _decide(_worker_check, _worker_known.setdefault(column, {}), exempt, unique, pending, cleared)
     return production, parts, _worker_check.lookups - lookups, time.process_time() - started
 
 
-class _WrittenPool:
-    """One forked worker that decides the written outputs of a large table while this process streams.
+def _mask_in_worker(table: str, index: int, fields: list[bytes]) -> tuple[list[bytes], int, int, int, int, float]:
+    """:meth:`_Column.mask` of one column of a batch in the worker, and its written check there: the masked
+    fields, the values left unchanged, the findings (production values, name parts), lookups, CPU seconds."""
+    column = _worker_columns[index]
+    stats = TableStats(table, unchanged={column.unchanged: 0} if column.unchanged else {})
+    try:
+        masked = column.mask(fields, stats)
+    except _TRANSFORM_ERRORS as exc:
+        raise _transform_failure(table, column.name, column.kind, exc) from None
+    check = column.check
+    if check is None:
+        return masked, sum(stats.unchanged.values()), 0, 0, 0, 0.0
+    started, lookups = time.process_time(), check.written.lookups
+    production, parts = _decide(check.written, check.verdicts, check.exempt, check.unique, check.pending, check.cleared)
+    check.pending, check.cleared = [], []
+    return (masked, sum(stats.unchanged.values()), production, parts, check.written.lookups - lookups,
+            time.process_time() - started)
 
-    Why: the stream is this process's Python work, one core's, and the server's share of a COPY is
-    small (measured: 5 s of the backends' CPU in a 37 s stream), so the other core was idle while this
-    one decided every written value (a fifth of the stream). The worker inherits the finished
-    production set (its pages are shared) and returns counts only; a worker that dies stops the build
-    with one line (:func:`.parallel.died`).
+
+class _StreamWorker:
+    """One forked worker beside a large table's stream: it masks the columns that need nothing of the
+    stream's memory (:func:`_offloaded`) and decides the written values, while this process masks the rest.
+
+    Why: the stream is this process's Python work, one core's, and the server's share of a COPY is small
+    (measured: 5 s of the backends' CPU in a 37 s stream), so the other core was idle. The worker inherits
+    the columns, their transformers and the finished production set (its pages are shared), and returns
+    masked fields and counts; a worker that dies stops the build with one line (:func:`.parallel.died`).
     """
 
-    def __init__(self, written: WrittenCheck) -> None:
-        global _worker_check
-        written.production.flush()  # sorted before the fork: the worker only reads it
-        _worker_check = written
+    def __init__(self, written: WrittenCheck | None, offloaded: list[_Column]) -> None:
+        global _worker_check, _worker_columns
+        if written is not None:
+            written.production.flush()  # sorted before the fork: the worker only reads it
+        _worker_check, _worker_columns = written, {column.index: column for column in offloaded}
         self.pool = parallel.fork_pool(1)
-        self.written = written
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        try:
+            return self.pool.submit(fn, *args)
+        except BrokenProcessPool:  # raised by submit once the worker died
+            raise parallel.died("streaming beside this one") from None
 
     def close(self) -> None:
-        global _worker_check
+        global _worker_check, _worker_columns
         self.pool.shutdown(cancel_futures=True)
-        _worker_check = None
+        _worker_check, _worker_columns = None, {}
 
 
 class _Written:
     """A column checked as written: its outputs wait in ``pending`` (``cleared``: passed ``avoid``) and are
     decided a batch at a time (:func:`_decide`) each time the stream writes a batch, here or, for a large
-    table, in a :class:`_WrittenPool` worker while the next batch is masked."""
+    table, in the :class:`_StreamWorker` while the next batch is masked."""
 
     __slots__ = ("cleared", "column", "counts", "exempt", "futures", "pending", "pool", "stats", "unique",
                  "verdicts", "written")
 
     def __init__(self, stats: TableStats, column: str, written: WrittenCheck, exempt: Set[int], unique: bool = False,
-                 pool: _WrittenPool | None = None) -> None:
+                 pool: _StreamWorker | None = None) -> None:
         self.stats = stats
         self.column = column
         self.counts = stats.written[column]
@@ -421,11 +447,8 @@ class _Written:
             self.pending.clear()
             self.cleared.clear()
             return
-        try:
-            self.futures.append(self.pool.pool.submit(_decide_in_worker, (self.stats.table, self.column), self.exempt,
-                                                      self.unique, self.pending, self.cleared))
-        except BrokenProcessPool:  # raised by submit once the worker died
-            raise parallel.died("checking the written values") from None
+        self.futures.append(self.pool.submit(_decide_in_worker, (self.stats.table, self.column), self.exempt,
+                                             self.unique, self.pending, self.cleared))
         self.pending, self.cleared = [], []
         while len(self.futures) > parallel.IN_FLIGHT:
             self._collect()
@@ -437,7 +460,7 @@ class _Written:
             self._collect()
 
     def _collect(self) -> None:
-        production, parts, lookups, seconds = parallel.collect(self.futures.popleft(), "checking the written values")
+        production, parts, lookups, seconds = parallel.collect(self.futures.popleft(), "streaming beside this one")
         self._count(production, parts)
         self.written.lookups += lookups
         self.stats.check_seconds += seconds
@@ -458,10 +481,12 @@ class _Column:
     ``unchanged``: the column's name when "a masked value differs from its source" is counted.
     """
 
-    __slots__ = ("avoid", "cache", "check", "fn", "index", "remaps", "safe", "seen", "unchanged")
+    __slots__ = ("avoid", "cache", "check", "fn", "index", "kind", "name", "remaps", "safe", "seen", "unchanged")
 
     def __init__(self, plan: _Plan, avoid: Callable[[list[bytes]], list[bool]] | None, check: _Written | None) -> None:
         self.index = plan.index
+        self.name = plan.column
+        self.kind = plan.fn.kind
         self.fn = plan.fn.fn
         self.remaps = plan.fn.remaps
         self.cache = plan.fn.cache
@@ -607,7 +632,7 @@ class _Column:
 
 def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats,
                  composite: list[_CompositeKey] | None = None, written: WrittenCheck | None = None,
-                 width: int = 0, pool: _WrittenPool | None = None) -> int:
+                 width: int = 0, helper: bool = False) -> int:
     """The hot loop, a batch of rows at a time and a column at a time (:meth:`_Column.mask`).
 
     Why columns: masking row by row paid the interpreter for every field of every row (unpacking,
@@ -621,9 +646,36 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     avoid_many = written.known_many if written is not None else None
     columns = [_Column(p, avoid_many if avoid_many is not None else _one_at_a_time(p.avoid),
                        _Written(stats, p.column, written, written.exempt.get((stats.table, p.column), frozenset()),
-                                p.unique, pool)
+                                p.unique)
                        if p.check_written and written is not None else None) for p in plans]
-    checks = [c.check for c in columns if c.check is not None]
+    offloaded = _offloaded(columns) if helper else []
+    own = [(step, column) for step, column in enumerate(columns) if column not in offloaded]
+    checks = [column.check for _, column in own if column.check is not None]
+    worker = _StreamWorker(written, offloaded) if helper and (offloaded or checks) else None
+    stats.checked_in_worker = worker is not None and bool(stats.written)
+    for check in checks:
+        check.pool = worker
+    try:
+        return _batches(reader, writer, plans, stats, composite, own, offloaded, checks, worker, width)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _offloaded(columns: list[_Column]) -> list[_Column]:
+    """The columns the stream's worker can mask: their outputs never need this process's memory. No unique
+    outputs to remember, no ``avoid`` retries, and no column of the table that has either shares their
+    transformer (whose remaps, the outputs retries chose, would change under the worker's inherited copy)."""
+    retrying = {id(column.fn) for column in columns if column.seen is not None or column.avoid is not None}
+    return [column for column in columns
+            if column.seen is None and column.avoid is None and id(column.fn) not in retrying]
+
+
+def _batches(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats,
+             composite: list[_CompositeKey] | None, own: list[tuple[int, _Column]],
+             offloaded: list[_Column], checks: list[_Written], worker: _StreamWorker | None, width: int) -> int:
+    """The stream's batches (see :func:`_masked_rows`): ``own`` columns masked here, ``offloaded`` ones by
+    ``worker`` at the same time."""
     chunks: list[bytes] = []
     size = 0
     rows = 0
@@ -640,12 +692,25 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
             raise SanitizeError(f"the COPY rows of {stats.table} do not have {width} fields each",
                                 hint="a column was added or dropped while the copy was built: build again")
         original = fields.copy() if composite else fields
-        for step, column in enumerate(columns):
+        jobs = [(column, worker.submit(_mask_in_worker, stats.table, column.index, fields[column.index::width]))
+                for column in offloaded] if worker is not None else []
+        for step, column in own:
             try:
                 fields[column.index::width] = column.mask(fields[column.index::width], stats)
             except _TRANSFORM_ERRORS as exc:
                 plan = plans[step]
                 raise _transform_failure(stats.table, plan.column, plan.fn.kind, exc) from None
+        for column, job in jobs:
+            masked, unchanged, production, parts, lookups, seconds = parallel.collect(job, "streaming beside this one")
+            fields[column.index::width] = masked
+            if column.unchanged is not None:
+                stats.unchanged[column.unchanged] += unchanged
+            if column.check is not None:
+                counts = stats.written[column.name]
+                counts[0] += production
+                counts[1] += parts
+                column.check.written.lookups += lookups
+                stats.check_seconds += seconds
         if composite:
             for start in range(0, len(fields), width):
                 row, raw = fields[start:start + width], original[start:start + width]
