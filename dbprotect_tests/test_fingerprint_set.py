@@ -17,7 +17,7 @@ import pytest
 from dbprotect.core.sanitize import checks, parallel
 from dbprotect.core.sanitize.checks import production_fingerprints
 from dbprotect.core.sanitize.coverage import source_columns
-from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter
+from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, value_fingerprints
 from dbprotect.core.sanitize.rules import parse_rules
 from dbprotect.core.sanitize.transformers import SanitizeError
 
@@ -203,3 +203,18 @@ def test_a_latin1_database_read_by_a_utf8_client_finds_the_same_either_way(pg, m
         assert check() == by_queries
     finally:
         pg.drop_database(name)
+
+
+def test_the_set_knows_the_lengths_of_its_integer_shaped_forms_until_forms_are_unknown() -> None:
+    """The copy's integer columns are read back only at these lengths (checks._integer_filter): every form added
+    with its text must leave its length when it is digits with at most a leading "-"; fingerprints added
+    without their forms make the lengths unknown, and then every integer is read."""
+    found = FingerprintFilter(1000)
+    found.add_forms(FINGERPRINTER, ["1234567", "-12345678", "abc123", "+441234567890", "441234567890"])
+    assert found.integer_lengths == {7, 9, 12} and found.integer_lengths_complete
+    pairs, keys, lengths = value_fingerprints(FINGERPRINTER, ["+44 20 7946 0018", "Jane Doe", "00123456"])
+    assert lengths == {8, 12, 11, 10, 9}  # "00123456" folded; the phone's digits, without a 1-3 digit prefix
+    found.add_pairs(pairs, keys, lengths)
+    assert found.integer_lengths == {7, 8, 9, 10, 11, 12}
+    found.add([FINGERPRINTER.of("anything")])
+    assert not found.integer_lengths_complete

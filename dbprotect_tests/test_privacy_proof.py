@@ -171,6 +171,19 @@ LEAKS = {
         "CREATE UNIQUE INDEX signers_surname ON signers (surname);",
         {"signers": {"id": "keep", "surname": "keep"}},
         "public.signers.surname (keep): 26 value(s) equal first or last names of production (26 of 26"),
+    # An integer column is read back only where its length can meet a production form (checks._integer_filter):
+    # a badge number masked in one table and kept as an integer in another still fails, and so do card numbers.
+    "integer_holding_a_masked_number": (
+        "CREATE TABLE badges (id int PRIMARY KEY, number text);"
+        "INSERT INTO badges SELECT id, (1000000 + id)::text FROM people;"
+        "CREATE TABLE scans (id int PRIMARY KEY, badge int);"
+        "INSERT INTO scans SELECT id, 1000000 + id FROM people;",
+        {"badges": {"id": "keep", "number": "hash"}, "scans": {"id": "keep", "badge": "keep"}},
+        "public.scans.badge (keep): 300 value(s) equal personal values of production"),
+    "bigint_holding_card_numbers": (
+        "CREATE TABLE payments (id int PRIMARY KEY, card bigint);"
+        "INSERT INTO payments SELECT id, 4111111111111111 FROM people;",
+        {"payments": {"id": "keep", "card": "keep"}}, "public.payments.card (keep): 300 value(s) hold a payment card"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",

@@ -45,6 +45,7 @@ from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.fingerprints import (
     NAME_PART_MIN,
     NAME_PART_SHARE,
+    Added,
     Fingerprinter,
     FingerprintFilter,
     forms,
@@ -57,6 +58,7 @@ from dbprotect.core.sanitize.fingerprints import (
 )
 from dbprotect.core.sanitize.leaves import (
     TypeCatalog,
+    base_type,
     copy_bytes_are_textsend,
     leaf_query,
     plain_text_columns,
@@ -247,8 +249,7 @@ def _value_kind(rule: ColumnRule) -> dict[str, bool]:
             "name_part": rule.transformer == "name" and rule.options().get("part") in ("first", "last")}
 
 
-def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str, bool]],
-                              data: bytes) -> tuple[np.ndarray, list[int]]:
+def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str, bool]], data: bytes) -> Added:
     """The production fingerprints of a batch of COPY rows (``data``: whole rows, text format) of the
     columns whose :func:`_value_kind` are ``kinds``: split into fields by two C calls, each column's
     values made distinct in the batch (a name column repeats a few values millions of times), unescaped
@@ -258,6 +259,7 @@ def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str
     count = (len(fields) - 1) // width
     pairs: list[np.ndarray] = []
     tail_keys: list[int] = []
+    lengths: set[int] = set()
     for index, kind in enumerate(kinds):
         values = dict.fromkeys(fields[index:count * width:width])
         values.pop(b"\\N", None)
@@ -265,10 +267,12 @@ def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str
             # Decoded in one call: no PostgreSQL text holds a NUL, and a NUL ends any broken UTF-8
             # sequence before it, so each value decodes as it would alone.
             joined = b"\0".join(copy_unescape(raw) if b"\\" in raw else raw for raw in values)
-            some, keys = value_fingerprints(fingerprinter, joined.decode("utf-8", "replace").split("\0"), **kind)
+            some, keys, some_lengths = value_fingerprints(fingerprinter, joined.decode("utf-8", "replace").split("\0"),
+                                                          **kind)
             pairs.append(some)
             tail_keys += keys
-    return (np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.uint64)), tail_keys
+            lengths |= some_lengths
+    return (np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.uint64)), tail_keys, lengths
 
 
 _worker_fingerprinter: Fingerprinter | None = None
@@ -279,7 +283,7 @@ def _worker_start(derived_key: bytes) -> None:
     _worker_fingerprinter = Fingerprinter(b"", derived=derived_key)
 
 
-def _worker_batch(kinds: list[dict[str, bool]], data: bytes) -> tuple[np.ndarray, list[int]]:
+def _worker_batch(kinds: list[dict[str, bool]], data: bytes) -> Added:
     assert _worker_fingerprinter is not None, "started by _worker_start"
     return copied_batch_fingerprints(_worker_fingerprinter, kinds, data)
 
@@ -302,7 +306,7 @@ def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple
     workers = parallel.workers_for(src, table) if workers is None else workers
     pool = (parallel.fork_pool(workers, initializer=_worker_start, initargs=(fingerprinter.derived_key,))
             if workers else None)
-    pending: deque[Future[tuple[np.ndarray, list[int]]]] = deque()
+    pending: deque[Future[Added]] = deque()
 
     def settle(rows: list[bytes]) -> None:
         data = b"".join(rows)
@@ -377,6 +381,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 if hits:
                     findings.append(f"{table}.{info.name}: {hits} value(s) equal personal values of production")
                 continue
+            rule = rules.rule(table, info.name)
+            keep = rule is None or rule.transformer == "keep"
             unique = info.name in unique_in_copy
             query = leaf_query(catalog, table, info.name, counted=True, unique=unique)
             if query is None:
@@ -385,11 +391,10 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 # keep inet column holding the real addresses of a masked one must not pass.
                 schema, _, name = table.partition(".")
                 query = sql.SQL("SELECT v COLLATE \"C\", {n} FROM (SELECT format('%s', {c}) AS v FROM {t}) leaves "
-                                "WHERE v IS NOT NULL {g}").format(
+                                "WHERE v IS NOT NULL {w} {g}").format(
                     c=sql.Identifier(info.name), t=sql.Identifier(schema, name),
-                    n=sql.SQL("1" if unique else "count(*)"), g=sql.SQL("" if unique else "GROUP BY 1"))
-            rule = rules.rule(table, info.name)
-            keep = rule is None or rule.transformer == "keep"
+                    n=sql.SQL("1" if unique else "count(*)"), g=sql.SQL("" if unique else "GROUP BY 1"),
+                    w=_integer_filter(catalog, table, info.name, production, keep))
             fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
             hits = emails = phones = cards = distinct = parts = part_rows = 0
@@ -419,6 +424,35 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                     target.append(f"{where}: {count} value(s) hold {what}")
     return findings, {"scanned_values": scanned, "scanned_columns": columns_scanned, "fingerprint_lookups": lookups,
                       "keep_column_findings": detector_findings, "columns_checked_as_written": written_columns}
+
+
+_INTEGERS = frozenset({"int2", "int4", "int8"})
+#: Digits of a payment card (looks_like_card): a keep integer column's values this long meet the detectors.
+_CARD_LENGTHS = (13, 19)
+
+
+def _integer_filter(catalog: TypeCatalog, table: str, column: str, production: FingerprintFilter,
+                    keep: bool) -> sql.Composable:
+    """For an integer column: a condition keeping the values that can be findings, the rest never leave the
+    server (an ID or a count column of millions of rows was read back and hashed value by value).
+
+    The text of an integer is ``-?[0-9]+``. Its forms are that text and, at nine digits or more, its digits:
+    so it can equal only a production form of digits with at most a leading ``-``, of its length or one
+    less (:attr:`~.fingerprints.FingerprintFilter.integer_lengths`, collected with every form). It is never
+    a name part (it has digits). Of the keep detectors only the card number can match it (no ``@``, no
+    ``+`` or separator for a phone), at 13 to 19 digits. When the set does not know its forms' lengths
+    (fingerprints added without them), every value is read.
+    """
+    found = base_type(catalog, table, column)
+    if found is None or found.name not in _INTEGERS or found.schema != "pg_catalog":
+        return sql.SQL("")
+    if not production.integer_lengths_complete:
+        return sql.SQL("")
+    lengths = sorted(production.integer_lengths | {length + 1 for length in production.integer_lengths})
+    condition = sql.SQL("length(v) = ANY({})").format(sql.Literal(lengths))
+    if keep:
+        condition = sql.SQL("({} OR length(v) BETWEEN {} AND {})").format(condition, *map(sql.Literal, _CARD_LENGTHS))
+    return sql.SQL("AND {}").format(condition)
 
 
 @dataclass

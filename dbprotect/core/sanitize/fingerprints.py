@@ -483,6 +483,11 @@ class FingerprintFilter:
         # At most one tail a phone, and fingerprint_capacity counts 5 entries a phone.
         self.tails = Bloom(max(1000, self.capacity // 5), TAIL_FALSE_POSITIVE_RATE)
         self.tails_complete = True
+        #: The lengths of every form added that is digits with at most a leading "-" (``complete``: every form
+        #: added came with its own, :meth:`add` clears it): an integer's text can equal no other form, so the
+        #: copy's integer columns are read back only where their length is one of these (checks.copy_findings).
+        self.integer_lengths: set[int] = set()
+        self.integer_lengths_complete = True
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         #: Per bucket: the second words (one sorted run each after :meth:`flush`).
@@ -531,6 +536,7 @@ class FingerprintFilter:
         Their forms are unknown here, so no phone tail is added: the phone shortcut is off from now on.
         """
         self.tails_complete = False
+        self.integer_lengths_complete = False
         self._append(_as_array(fingerprints))
 
     def add_part(self, fingerprint: int) -> None:
@@ -541,10 +547,12 @@ class FingerprintFilter:
         """Add the fingerprints of ``found`` (normalized forms) and of their phone tails: ``tails`` when the
         caller has them (:func:`forms_of_many`: at least :func:`phone_tails` of ``found``), else computed."""
         self.add_pairs(fingerprinter.array_of_many(found),
-                       tail_keys(fingerprinter, phone_tails(found) if tails is None else tails))
+                       tail_keys(fingerprinter, phone_tails(found) if tails is None else tails),
+                       integer_shaped_lengths(found))
 
-    def add_pairs(self, pairs: np.ndarray, tail_keys: list[int]) -> None:
+    def add_pairs(self, pairs: np.ndarray, tail_keys: list[int], integer_lengths: set[int]) -> None:
         """Add what :func:`value_fingerprints` computed (possibly in another process)."""
+        self.integer_lengths |= integer_lengths
         self._append(pairs)
         if tail_keys:
             self.tails.update(tail_keys)
@@ -594,11 +602,22 @@ class FingerprintFilter:
         return sum(keys.nbytes for keys in self._buckets) + self.tails.size_in_bits // 8
 
 
+def integer_shaped_lengths(found: Iterable[str]) -> set[int]:
+    """The lengths of the forms in ``found`` made of digits, with at most a leading ``-``: the only forms the
+    text of an integer can equal (:attr:`FingerprintFilter.integer_lengths`)."""
+    return {len(form) for form in found if form.isdigit() or (form[:1] == "-" and form[1:].isdigit())}
+
+
+#: What one batch of production values adds to the set: fingerprints, tail keys, integer-shaped form lengths.
+Added = tuple[np.ndarray, list[int], set[int]]
+
+
 def value_fingerprints(fingerprinter: Fingerprinter, texts: list[str], *, free_text: bool = False,
-                       name_part: bool = False) -> tuple[np.ndarray, list[int]]:
+                       name_part: bool = False) -> Added:
     """What one batch of a personal column's values adds to the production set: the fingerprints of
-    their forms (or, ``name_part``, of each one-word value as a name part, :meth:`Fingerprinter.part`)
-    and the tail keys of their phone tails (:meth:`FingerprintFilter.add_forms` says the same in place).
+    their forms (or, ``name_part``, of each one-word value as a name part, :meth:`Fingerprinter.part`),
+    the tail keys of their phone tails and the lengths of their integer-shaped forms
+    (:meth:`FingerprintFilter.add_forms` says the same in place).
 
     A pure function of the values and the key, so that worker processes can compute it.
     """
@@ -619,7 +638,7 @@ def value_fingerprints(fingerprinter: Fingerprinter, texts: list[str], *, free_t
     pairs = fingerprinter.array_of_many(found)
     if parts:
         pairs = np.concatenate([pairs, _as_array(parts)])
-    return pairs, tail_keys(fingerprinter, tails)
+    return pairs, tail_keys(fingerprinter, tails), integer_shaped_lengths(found)
 
 
 def tail_keys(fingerprinter: Fingerprinter, tails: Iterable[str]) -> list[int]:
