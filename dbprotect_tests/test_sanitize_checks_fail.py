@@ -105,7 +105,8 @@ def test_ipv4_addresses_are_not_phone_numbers() -> None:
 
 
 def test_seen_outputs_never_forget_an_output_as_they_grow() -> None:
-    """Unique columns remember outputs in Bloom filters (bounded memory): no false negative, ever, across growth."""
+    """Unique columns remember outputs as 64-bit keys in an exact set (bounded memory): no false negative, ever,
+    across growth (runs merged as they are added)."""
     from dbprotect.core.sanitize.stream import SeenOutputs
 
     seen = SeenOutputs()

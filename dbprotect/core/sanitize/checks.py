@@ -266,7 +266,9 @@ def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str
         if values:
             # Decoded in one call: no PostgreSQL text holds a NUL, and a NUL ends any broken UTF-8
             # sequence before it, so each value decodes as it would alone.
-            joined = b"\0".join(copy_unescape(raw) if b"\\" in raw else raw for raw in values)
+            joined = b"\0".join(values)
+            if b"\\" in joined:  # an escaped character somewhere: unescaped value by value
+                joined = b"\0".join(copy_unescape(raw) if b"\\" in raw else raw for raw in values)
             some, keys, some_lengths = value_fingerprints(fingerprinter, joined.decode("utf-8", "replace").split("\0"),
                                                           **kind)
             pairs.append(some)

@@ -605,7 +605,10 @@ class FingerprintFilter:
 def integer_shaped_lengths(found: Iterable[str]) -> set[int]:
     """The lengths of the forms in ``found`` made of digits, with at most a leading ``-``: the only forms the
     text of an integer can equal (:attr:`FingerprintFilter.integer_lengths`)."""
-    return {len(form) for form in found if form.isdigit() or (form[:1] == "-" and form[1:].isdigit())}
+    lengths = set(map(len, filter(str.isdigit, found)))  # C loops: called on every production form
+    if any(form[:1] == "-" for form in found):
+        lengths.update(len(form) for form in found if form[:1] == "-" and form[1:].isdigit())
+    return lengths
 
 
 #: What one batch of production values adds to the set: fingerprints, tail keys, integer-shaped form lengths.

@@ -1,12 +1,14 @@
-"""Worker processes for the sanitizing build's Python work (fingerprints, verdicts): when and how.
+"""Worker processes for the sanitizing build's Python work (fingerprints, verdicts, masking): when and how.
 
 Normalizing and hashing values is Python work, one core's; a large table hands it to forked workers
 a batch at a time while this process reads the next batch. Fork, not spawn: spawn re-imports the
 main module of whatever started us (a script without a ``__main__`` guard would run again); a
 forked worker inherits what it needs (the finished production set: its pages are shared, never
 copied), runs only the function it is given, and leaves by ``os._exit``, so it never touches the
-connections it inherited. Workers get the derived fingerprint key, never the masking key, and
-return counts or fingerprints, never values.
+connections it inherited. Nothing secret is sent to a worker: what it needs of a key it inherits with
+the process's memory (the fingerprint workers use the derived fingerprint key; the stream's worker masks,
+so it uses the masking key). Workers return counts, fingerprints or masked values of the copy, never
+production's values.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """The sanitizing stream: ``COPY table TO STDOUT`` → transformers → ``COPY table FROM STDIN``.
 
 One table at a time, one pass, constant memory apart from what unique columns need: the rows
-are read in COPY's text format, split on tabs, only the masked fields are unescaped, transformed
-and escaped again, and the rows are written in batches to the sanitized database. The target
-holds only the schema's tables at this point (indexes and constraints come after the data, as
-``pg_restore`` does), which is what makes the load fast.
+are read in COPY's text format, a batch at a time, split into fields, masked a column at a time
+(:func:`_masked_rows`; only masked fields are unescaped and escaped again), and written in batches
+to the sanitized database. The target holds only the schema's tables at this point (indexes and
+constraints come after the data, as ``pg_restore`` does), which is what makes the load fast. A
+large table's stateless columns are masked by a forked worker beside the stream (:class:`_StreamWorker`).
 
-Unique columns: each output is remembered (per column, in Bloom filters: :class:`SeenOutputs`)
+Unique columns: each output is remembered (per column, 64 bits each in an exact set: :class:`SeenOutputs`)
 and a collision is resolved by asking the transformer again with the next attempt number, which
 is deterministic; the chosen output is remembered on the (shared) transformer, so the same source
-value in a table streamed later gets the same output.
+value in a table streamed later gets the same output. A batch gives the outputs one row at a time
+would give (:meth:`_Column._retry`).
 Tables with unique masked columns are streamed first for that reason.
 
 Outputs that can be real data: a masked phone number is a random number with the source's
