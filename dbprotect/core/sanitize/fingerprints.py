@@ -373,6 +373,10 @@ class Fingerprinter:
             datas = [form.encode("utf-8", "surrogatepass") for form in found]
         else:
             datas = joined.encode("utf-8", "surrogatepass").split(b"\0") if found else []
+        return np.frombuffer(self._digests(datas), dtype=">u8").astype(np.uint64).reshape(-1, 2)
+
+    def _digests(self, datas: list[bytes]) -> bytes:
+        """The fingerprints of encoded forms, end to end: a loop without a call frame per form."""
         fresh = self._fresh
         digests = []
         append = digests.append
@@ -380,7 +384,7 @@ class Fingerprinter:
             mac = fresh()
             mac.update(data)
             append(mac.digest())
-        return np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64).reshape(-1, 2)
+        return b"".join(digests)
 
     def first_word(self, data: bytes) -> int:
         """The first 64 bits of the fingerprint of an encoded form (``of(form) >> 64``), without the str."""
@@ -388,14 +392,7 @@ class Fingerprinter:
 
     def first_words(self, datas: list[bytes]) -> list[int]:
         """:meth:`first_word` of each of ``datas``."""
-        fresh = self._fresh
-        digests = []
-        append = digests.append
-        for data in datas:
-            mac = fresh()
-            mac.update(data)
-            append(mac.digest())
-        return np.frombuffer(b"".join(digests), dtype=">u8")[::2].tolist()
+        return np.frombuffer(self._digests(datas), dtype=">u8")[::2].tolist()
 
     def of_many(self, found: list[str]) -> list[int]:
         """The fingerprints of ``found`` as :attr:`of` gives them one by one (ints)."""
