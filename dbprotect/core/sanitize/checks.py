@@ -385,7 +385,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 continue
             rule = rules.rule(table, info.name)
             keep = rule is None or rule.transformer == "keep"
-            unique = info.name in unique_in_copy
+            # A composite's text fields can repeat between distinct (unique) composites: grouped.
+            unique = info.name in unique_in_copy and getattr(base_type(catalog, table, info.name), "kind", "c") != "c"
             query = leaf_query(catalog, table, info.name, counted=True, unique=unique)
             if query is None:
                 # Not text-like (inet, bigint, uuid, numeric, …): production fingerprints such columns

@@ -605,7 +605,7 @@ class _Column:
                 out = remapped
             else:
                 out, attempt = outputs[row], 0
-                while out is not None and ((seen is not None and self._taken(out, row, owner, flagged)) or
+                while out is not None and ((seen is not None and self._taken(out, row, owner)) or
                                            (avoid is not None and avoid([out])[0])):
                     attempt += 1
                     if attempt > MAX_ATTEMPTS:
@@ -626,7 +626,7 @@ class _Column:
         if seen is not None:
             seen.add_keys([k for k in keys if k is not None])
 
-    def _taken(self, out: bytes, row: int, owner: dict[int, int], flagged: list[int]) -> bool:
+    def _taken(self, out: bytes, row: int, owner: dict[int, int]) -> bool:
         """Whether a unique column's ``out`` was written before ``row``: by an earlier batch, or an earlier row."""
         assert self.seen is not None
         k = SeenOutputs.key(out)
