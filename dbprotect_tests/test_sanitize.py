@@ -316,10 +316,43 @@ def test_the_masking_hmac_is_hmac_sha256_and_outputs_do_not_move() -> None:
         for value in (b"", b"jane@corp.org", secrets.token_bytes(200), b"\0\xff" * 40):
             assert masker.digest(b"email", value) == hmac.digest(key, b"email\0" + value, hashlib.sha256)
     masker = Masker(b"pinned masking key, 32 bytes...!")
-    assert masker.transformer(ColumnRule("email")).fn(b"jane@corp.org", 0) == b"u21b91e20c76064fb597e@example.com"
+    pinned_email = masker.transformer(ColumnRule("email")).fn(b"jane@corp.org", 0)
+    assert pinned_email == b"u21b91e20c76064fb597e@example.com"
     assert masker.transformer(ColumnRule("ip")).fn(b"10.1.2.3/24", 0) == b"245.68.229.21/24"
     assert masker.transformer(ColumnRule("ip")).fn(b"10.1.2.4", 0) == b"243.253.23.210"
     assert masker.transformer(ColumnRule("phone")).fn(b"+4915112345678", 0) == b"+4986465053021"
+
+
+@pytest.mark.parametrize("python_hmac", ["without keyed states", "with wrong keyed states"])
+def test_the_masking_hmac_falls_back_to_openssl_when_the_stdlib_states_are_missing_or_wrong(monkeypatch,
+                                                                                           python_hmac: str) -> None:
+    """A Python whose hmac module keeps no ``_inner``/``_outer`` states, or keeps others, must still mask with
+    HMAC-SHA256: the self-test against ``hmac.digest`` sends it to OpenSSL's context (the same outputs)."""
+    import hashlib
+    import hmac
+
+    from dbprotect.core.sanitize import transformers
+    from dbprotect.core.sanitize.rules import ColumnRule
+    from dbprotect.core.sanitize.transformers import Masker
+
+    real = hmac.HMAC
+
+    class Changed(real):  # type: ignore[misc, valid-type]
+        """The stdlib's HMAC; over a hash constructor it cannot hand to OpenSSL, without or with other states."""
+
+        def __init__(self, key: bytes, msg: bytes | None = None, digestmod: Any = "") -> None:
+            super().__init__(key, msg, digestmod)
+            if callable(digestmod) and digestmod is not hashlib.sha256:
+                if python_hmac == "without keyed states":
+                    del self._inner, self._outer
+                else:
+                    self._inner, self._outer = hashlib.sha256(b"x"), hashlib.sha256(b"y")
+
+    monkeypatch.setattr(transformers.hmac, "HMAC", Changed)
+    key = b"pinned masking key, 32 bytes...!"
+    masker = Masker(key)
+    assert masker.digest(b"email", b"jane@corp.org") == hmac.digest(key, b"email\0jane@corp.org", hashlib.sha256)
+    assert masker.transformer(ColumnRule("email")).fn(b"jane@corp.org", 0) == b"u21b91e20c76064fb597e@example.com"
 
 
 def test_starter_rules_mark_every_guess_for_review(demo_dsn: str) -> None:
