@@ -113,3 +113,16 @@ def test_a_retry_that_takes_a_later_rows_output_makes_that_row_retry(make_db) ->
         d.commit()
         codes = [row[0] for row in d.execute("SELECT code FROM codes")]
     assert sorted(codes) == sorted("0123456789abcdef") and stats.retries > 0
+
+
+def test_a_value_the_worker_cannot_mask_is_one_line_naming_the_column(make_db, monkeypatch) -> None:
+    """A transformer that raises in the worker (a date column holding no ISO date, masked there: it is
+    stateless) stops the build with the same one line as in this process, never the value or a traceback."""
+    src = make_db(SOURCE + "ALTER TABLE people ALTER COLUMN born TYPE text; UPDATE people SET born = 'day 7' "
+                  "WHERE id = 450;")
+    dst = make_db(TABLE.replace("born date", "born text"))
+    with pytest.raises(SanitizeError) as raised:
+        _stream(src, dst, FingerprintFilter(1000), True, monkeypatch)
+    message = str(raised.value)
+    assert message.startswith("public.people.born (transformer date): a value could not be masked"), message
+    assert "day 7" not in message and "nothing was stored" in message
