@@ -360,8 +360,9 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
     ``keep`` column with a ``waiver:`` go to ``waived`` (when given) instead.
 
     A masked column the stream checked as it wrote it (``stats``: :attr:`TableStats.written`) is not
-    read back when its table is :func:`untouched_since_stream` and no written value was a production
-    name part (that finding depends on the column's distinct values, counted here); its hits count
+    read back when its table is :func:`untouched_since_stream`, no written value was a production
+    name part (that finding depends on the column's distinct values, counted here) and every written
+    value had the shape its type stores unchanged (an ``inet`` column's: canonical IPv4); its hits count
     as they would here. Keep columns and every other column are always read from the copy.
     """
     catalog = TypeCatalog(dst)
@@ -374,7 +375,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
         unique_in_copy = unique_columns(dst, table)
         decided: dict[str, list[int]] = {}
         if table_stats is not None and table_stats.written and untouched_since_stream(dst, table_stats):
-            decided = {column: counts for column, counts in table_stats.written.items() if not counts[1]}
+            decided = {column: counts for column, counts in table_stats.written.items()
+                       if not counts[1] and not counts[2]}
         for info in infos:
             if info.name in decided:
                 hits = decided[info.name][0]

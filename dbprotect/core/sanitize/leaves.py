@@ -177,9 +177,11 @@ _PLAIN_TEXT_COLUMNS = """
       UNION ALL
         SELECT r.attname, t.typbasetype, r.depth + 1 FROM resolved r JOIN pg_type t ON t.oid = r.typid
         WHERE t.typtype = 'd' AND r.depth < 12)
-    SELECT r.attname FROM resolved r JOIN pg_type t ON t.oid = r.typid
-    WHERE t.typtype = 'b' AND t.typnamespace = 'pg_catalog'::regnamespace AND t.typname IN ('text', 'varchar', 'bpchar')
+    SELECT r.attname, t.typname::text FROM resolved r JOIN pg_type t ON t.oid = r.typid
+    WHERE t.typtype = 'b' AND t.typnamespace = 'pg_catalog'::regnamespace
+      AND t.typname IN ('text', 'varchar', 'bpchar', 'inet')
 """
+_PLAIN_TEXT_TYPES = frozenset({"text", "varchar", "bpchar"})
 
 
 def plain_text_columns(conn: psycopg.Connection, table: str) -> set[str]:
@@ -191,8 +193,25 @@ def plain_text_columns(conn: psycopg.Connection, table: str) -> set[str]:
     the written value are those the copy holds. Arrays, composites, JSON and other types are
     re-written by their input functions and are left out.
     """
+    return {column for column, type_name in _base_types(conn, table) if type_name in _PLAIN_TEXT_TYPES}
+
+
+def inet_columns(conn: psycopg.Connection, table: str) -> set[str]:
+    """The columns of ``table`` of type ``inet`` or a domain over it.
+
+    An IPv4 address written in canonical form (four decimal octets, no leading zero, no mask) is
+    stored as that host and read back (``inet_out``) as the very string written; any other input
+    (a mask, a leading zero, IPv6) may come back rewritten. The stream checks such a column as
+    written only when every written value had that form (:data:`~.stream.CANONICAL_IPV4`).
+    """
+    return {column for column, type_name in _base_types(conn, table) if type_name == "inet"}
+
+
+def _base_types(conn: psycopg.Connection, table: str) -> list[tuple[str, str]]:
+    """(column, base type name) of the columns of ``table`` whose base type is a text type or ``inet``."""
     schema, _, name = table.partition(".")
-    return {str(row[0]) for row in conn.execute(_PLAIN_TEXT_COLUMNS, (schema, name)).fetchall()}
+    return [(str(column), str(type_name)) for column, type_name in
+            conn.execute(_PLAIN_TEXT_COLUMNS, (schema, name)).fetchall()]
 
 
 def copy_bytes_are_textsend(conn: psycopg.Connection) -> bool:

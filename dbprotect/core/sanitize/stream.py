@@ -41,7 +41,7 @@ from dbprotect.core.sanitize import parallel
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.fingerprints import NAME_PART, PRODUCTION_VALUE, WrittenCheck
 from dbprotect.core.sanitize.keyset import KeySet
-from dbprotect.core.sanitize.leaves import copy_bytes_are_textsend, plain_text_columns
+from dbprotect.core.sanitize.leaves import copy_bytes_are_textsend, inet_columns, plain_text_columns
 from dbprotect.core.sanitize.rules import RuleSet
 from dbprotect.core.sanitize.transformers import (
     UNCHANGED_EXEMPT,
@@ -60,6 +60,10 @@ MAX_ATTEMPTS = 1000
 AVOIDING_KINDS = frozenset({"phone"})
 #: Per transformer: how many first-attempt outputs are remembered (bounded memory, ~100 B each).
 CACHE_ENTRIES = 1 << 16
+_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: Outputs joined by newlines (and ended by one) that are all canonical IPv4 addresses: what an ``inet``
+#: column stores and reads back as the very string written (:func:`.leaves.inet_columns`).
+CANONICAL_IPV4 = re.compile(rb"(?:%s\.%s\.%s\.%s\n)*" % ((_OCTET,) * 4))
 
 
 @dataclass
@@ -73,7 +77,8 @@ class TableStats:
     retries: int = 0
     unchanged: dict[str, int] = field(default_factory=dict)
     #: Masked columns checked as they were written (:class:`~.fingerprints.WrittenCheck`): column ->
-    #: [values sharing a production fingerprint, values that are one production name part].
+    #: [values sharing a production fingerprint, values that are one production name part, values of a
+    #: shape the column may store rewritten (an ``inet`` value that is not a canonical IPv4 address)].
     written: dict[str, list[int]] = field(default_factory=dict)
     #: The transaction that wrote the rows (32-bit xid, as ``xmin`` shows it) when ``written`` is set:
     #: the check trusts ``written`` only if every row of the copy still carries it.
@@ -95,6 +100,8 @@ class _Plan:
     check_unchanged: bool
     avoid: Callable[[bytes], bool] | None = None
     check_written: bool = False
+    #: What every written value must be for the column to count as checked as written (None: anything).
+    written_shape: re.Pattern[bytes] | None = None
 
 
 def table_plan(table: str, columns: list[ColumnInfo], rules: RuleSet, masker: Masker,
@@ -146,7 +153,8 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
         for plan in plans:
             if plan.column in checked and id(plan) not in rewritten:
                 plan.check_written = True
-                stats.written[plan.column] = [0, 0]
+                plan.written_shape = checked[plan.column]
+                stats.written[plan.column] = [0, 0, 0]
         if stats.written:
             stats.writer_xid = _transaction_xid(dst)
     started = time.perf_counter()
@@ -178,7 +186,7 @@ _TRIGGERS = """
 """
 
 
-def _written_columns(dst: psycopg.Connection, table: str) -> set[str]:
+def _written_columns(dst: psycopg.Connection, table: str) -> dict[str, re.Pattern[bytes] | None]:
     """The columns whose stored values are provably what the stream writes, so a value can be checked as it
     is written instead of being read back from the copy.
 
@@ -189,14 +197,19 @@ def _written_columns(dst: psycopg.Connection, table: str) -> set[str]:
     as the bytes written (client and server encoding UTF-8, the encoding the check decodes). That
     nothing changed the rows afterwards is proven by the check itself (every row's ``xmin`` is the
     stream's transaction, :data:`TableStats.writer_xid`); otherwise the column is read back.
+
+    An ``inet`` column qualifies with a shape (:data:`CANONICAL_IPV4`): it counts as checked as written
+    only if every value written had it, otherwise it is read back (:attr:`TableStats.written`).
     """
     schema, _, name = table.partition(".")
     if not copy_bytes_are_textsend(dst):
-        return set()
+        return {}
     triggers = dst.execute(_TRIGGERS, (schema, name)).fetchone()
     if triggers is None or triggers[0]:
-        return set()
-    return plain_text_columns(dst, table)
+        return {}
+    columns: dict[str, re.Pattern[bytes] | None] = dict.fromkeys(plain_text_columns(dst, table))
+    columns.update(dict.fromkeys(inet_columns(dst, table), CANONICAL_IPV4))
+    return columns
 
 
 def _transaction_xid(dst: psycopg.Connection) -> int | None:
@@ -326,10 +339,11 @@ def _composite_keys(columns: list[ColumnInfo], plans: list[_Plan],
 
 
 def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], unique: bool,
-            pending: list[bytes], cleared: list[bytes]) -> tuple[int, int]:
+            pending: list[bytes], cleared: list[bytes], shape: re.Pattern[bytes] | None = None) -> tuple[int, int, int]:
     """Decide one batch of a column's written outputs: (values sharing a production fingerprint, values that
-    are one production name part). ``known`` caches the decisions of repeated outputs (a name column repeats
-    a few outputs millions of times; a unique column's never repeat, so they are not cached).
+    are one production name part, values not of ``shape`` when it is given). ``known`` caches the decisions
+    of repeated outputs (a name column repeats a few outputs millions of times; a unique column's never
+    repeat, so they are not cached).
     ``cleared``: outputs the ``avoid`` test just passed (no form in the production set): only their
     name-part test remains."""
     decided: dict[bytes, int] = {}
@@ -348,7 +362,10 @@ def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], un
             parts += 1
     if not unique and len(known) < CACHE_ENTRIES:
         known.update(list(decided.items())[:CACHE_ENTRIES - len(known)])
-    return production, parts
+    off_shape = 0
+    if shape is not None and shape.fullmatch(b"\n".join(pending + cleared) + b"\n") is None:
+        off_shape = sum(1 for output in pending + cleared if shape.fullmatch(output + b"\n") is None)
+    return production, parts, off_shape
 
 
 #: In the stream's worker (inherited at the fork): the written check, each column's cache of decisions, and
@@ -359,21 +376,23 @@ _worker_columns: dict[int, _Column] = {}
 
 
 def _decide_in_worker(column: tuple[str, str], exempt: Set[int], unique: bool, pending: list[bytes],
-                      cleared: list[bytes]) -> tuple[int, int, int, float]:
+                      cleared: list[bytes], shape: re.Pattern[bytes] | None) -> tuple[int, int, int, int, float]:
     """:func:`_decide` in the worker, with the lookups it made and the CPU seconds it took."""
     assert _worker_check is not None, "set before the fork (_StreamWorker)"
     started, lookups = time.process_time(), _worker_check.lookups
-    production, parts = _decide(_worker_check, _worker_known.setdefault(column, {}), exempt, unique, pending, cleared)
-    return production, parts, _worker_check.lookups - lookups, time.process_time() - started
+    production, parts, off_shape = _decide(_worker_check, _worker_known.setdefault(column, {}), exempt, unique,
+                                           pending, cleared, shape)
+    return production, parts, off_shape, _worker_check.lookups - lookups, time.process_time() - started
 
 
 #: What :func:`_mask_in_worker` returns.
-_MaskedInWorker = tuple[list[bytes], int, int, int, int, float]
+_MaskedInWorker = tuple[list[bytes], int, int, int, int, int, float]
 
 
 def _mask_in_worker(table: str, index: int, fields: list[bytes]) -> _MaskedInWorker:
     """:meth:`_Column.mask` of one column of a batch in the worker, and its written check there: the masked
-    fields, the values left unchanged, the findings (production values, name parts), lookups, CPU seconds."""
+    fields, the values left unchanged, the findings (production values, name parts, values off the column's
+    shape), lookups, CPU seconds."""
     column = _worker_columns[index]
     stats = TableStats(table, unchanged={column.unchanged: 0} if column.unchanged else {})
     try:
@@ -382,11 +401,12 @@ def _mask_in_worker(table: str, index: int, fields: list[bytes]) -> _MaskedInWor
         raise _transform_failure(table, column.name, column.kind, exc) from None
     check = column.check
     if check is None:
-        return masked, sum(stats.unchanged.values()), 0, 0, 0, 0.0
+        return masked, sum(stats.unchanged.values()), 0, 0, 0, 0, 0.0
     started, lookups = time.process_time(), check.written.lookups
-    production, parts = _decide(check.written, check.verdicts, check.exempt, check.unique, check.pending, check.cleared)
+    production, parts, off_shape = _decide(check.written, check.verdicts, check.exempt, check.unique, check.pending,
+                                           check.cleared, check.shape)
     check.pending, check.cleared = [], []
-    return (masked, sum(stats.unchanged.values()), production, parts, check.written.lookups - lookups,
+    return (masked, sum(stats.unchanged.values()), production, parts, off_shape, check.written.lookups - lookups,
             time.process_time() - started)
 
 
@@ -424,11 +444,11 @@ class _Written:
     decided a batch at a time (:func:`_decide`) each time the stream writes a batch, here or, for a large
     table, in the :class:`_StreamWorker` while the next batch is masked."""
 
-    __slots__ = ("cleared", "column", "counts", "exempt", "futures", "pending", "pool", "stats", "unique",
+    __slots__ = ("cleared", "column", "counts", "exempt", "futures", "pending", "pool", "shape", "stats", "unique",
                  "verdicts", "written")
 
     def __init__(self, stats: TableStats, column: str, written: WrittenCheck, exempt: Set[int], unique: bool = False,
-                 pool: _StreamWorker | None = None) -> None:
+                 pool: _StreamWorker | None = None, shape: re.Pattern[bytes] | None = None) -> None:
         self.stats = stats
         self.column = column
         self.counts = stats.written[column]
@@ -440,7 +460,9 @@ class _Written:
         self.cleared: list[bytes] = []
         self.verdicts: dict[bytes, int] = {}
         self.pool = pool
-        self.futures: deque[Future[tuple[int, int, int, float]]] = deque()
+        #: What every output must be for the column to count as checked as written (:data:`_Plan.written_shape`).
+        self.shape = shape
+        self.futures: deque[Future[tuple[int, int, int, int, float]]] = deque()
 
     def settle(self) -> None:
         """Decide every pending output (or hand them to the worker) and count the findings."""
@@ -448,13 +470,14 @@ class _Written:
             return
         if self.pool is None:
             started = time.process_time()
-            self._count(*_decide(self.written, self.verdicts, self.exempt, self.unique, self.pending, self.cleared))
+            self._count(*_decide(self.written, self.verdicts, self.exempt, self.unique, self.pending, self.cleared,
+                                 self.shape))
             self.stats.check_seconds += time.process_time() - started
             self.pending.clear()
             self.cleared.clear()
             return
         self.futures.append(self.pool.submit(_decide_in_worker, (self.stats.table, self.column), self.exempt,
-                                             self.unique, self.pending, self.cleared))
+                                             self.unique, self.pending, self.cleared, self.shape))
         self.pending, self.cleared = [], []
         while len(self.futures) > parallel.IN_FLIGHT:
             self._collect()
@@ -466,14 +489,16 @@ class _Written:
             self._collect()
 
     def _collect(self) -> None:
-        production, parts, lookups, seconds = parallel.collect(self.futures.popleft(), "streaming beside this one")
-        self._count(production, parts)
+        production, parts, off_shape, lookups, seconds = parallel.collect(self.futures.popleft(),
+                                                                          "streaming beside this one")
+        self._count(production, parts, off_shape)
         self.written.lookups += lookups
         self.stats.check_seconds += seconds
 
-    def _count(self, production: int, parts: int) -> None:
+    def _count(self, production: int, parts: int, off_shape: int) -> None:
         self.counts[0] += production
         self.counts[1] += parts
+        self.counts[2] += off_shape
 
 
 _MISSING = object()
@@ -652,7 +677,7 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     avoid_many = written.known_many if written is not None else None
     columns = [_Column(p, avoid_many if avoid_many is not None else _one_at_a_time(p.avoid),
                        _Written(stats, p.column, written, written.exempt.get((stats.table, p.column), frozenset()),
-                                p.unique)
+                                p.unique, shape=p.written_shape)
                        if p.check_written and written is not None else None) for p in plans]
     offloaded = _offloaded(columns) if helper else []
     own = [(step, column) for step, column in enumerate(columns) if column not in offloaded]
@@ -718,7 +743,8 @@ def _batches(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], sta
         nonlocal rows
         fields, original, count, jobs = waiting.pop(0)
         for column, job in jobs:
-            masked, unchanged, production, parts, lookups, seconds = parallel.collect(job, "streaming beside this one")
+            masked, unchanged, production, parts, off_shape, lookups, seconds = parallel.collect(
+                job, "streaming beside this one")
             fields[column.index::width] = masked
             if column.unchanged is not None:
                 stats.unchanged[column.unchanged] += unchanged
@@ -726,6 +752,7 @@ def _batches(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], sta
                 counts = stats.written[column.name]
                 counts[0] += production
                 counts[1] += parts
+                counts[2] += off_shape
                 column.check.written.lookups += lookups
                 stats.check_seconds += seconds
         if composite:
