@@ -599,11 +599,12 @@ class FingerprintFilter:
         return sum(keys.nbytes for keys in self._buckets) + self.tails.size_in_bits // 8
 
 
-def integer_shaped_lengths(found: Iterable[str]) -> set[int]:
+def integer_shaped_lengths(found: list[str]) -> set[int]:
     """The lengths of the forms in ``found`` made of digits, with at most a leading ``-``: the only forms the
     text of an integer can equal (:attr:`FingerprintFilter.integer_lengths`)."""
     lengths = set(map(len, filter(str.isdigit, found)))  # C loops: called on every production form
-    if any(form[:1] == "-" for form in found):
+    joined = "\0".join(found)  # a form starting with "-", found by one C search (a generator cost 0.3 µs a form)
+    if joined[:1] == "-" or "\0-" in joined:
         lengths.update(len(form) for form in found if form[:1] == "-" and form[1:].isdigit())
     return lengths
 

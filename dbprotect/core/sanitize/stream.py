@@ -346,6 +346,22 @@ def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], un
     repeat, so they are not cached).
     ``cleared``: outputs the ``avoid`` test just passed (no form in the production set): only their
     name-part test remains."""
+    if unique:  # every output decided once, as it comes: nothing repeats, so nothing to merge or cache
+        verdicts = ((written.verdicts(pending, exempt) if pending else [])
+                    + (written.verdicts(cleared, exempt, cleared=True) if cleared else []))
+        production, parts = verdicts.count(PRODUCTION_VALUE), verdicts.count(NAME_PART)
+    else:
+        production, parts = _decide_repeated(written, known, exempt, pending, cleared)
+    off_shape = 0
+    if shape is not None and shape.fullmatch(b"\n".join(pending + cleared) + b"\n") is None:
+        off_shape = sum(1 for output in pending + cleared if shape.fullmatch(output + b"\n") is None)
+    return production, parts, off_shape
+
+
+def _decide_repeated(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], pending: list[bytes],
+                     cleared: list[bytes]) -> tuple[int, int]:
+    """(production values, name parts) among the outputs of a column whose outputs repeat: each distinct output
+    decided once, the first :data:`CACHE_ENTRIES` decisions kept in ``known`` for the next batches."""
     decided: dict[bytes, int] = {}
     for outputs, passed in ((pending, False), (cleared, True)):
         fresh = [output for output in dict.fromkeys(outputs) if output not in known and output not in decided]
@@ -360,12 +376,9 @@ def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], un
             production += 1
         elif verdict == NAME_PART:
             parts += 1
-    if not unique and len(known) < CACHE_ENTRIES:
+    if len(known) < CACHE_ENTRIES:
         known.update(list(decided.items())[:CACHE_ENTRIES - len(known)])
-    off_shape = 0
-    if shape is not None and shape.fullmatch(b"\n".join(pending + cleared) + b"\n") is None:
-        off_shape = sum(1 for output in pending + cleared if shape.fullmatch(output + b"\n") is None)
-    return production, parts, off_shape
+    return production, parts
 
 
 #: In the stream's worker (inherited at the fork): the written check, each column's cache of decisions, and
