@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, forms_of_many
+from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, forms_of_many, phone_tails
 from dbprotect_tests import fingerprint_reference
 
 _TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\n\u00a0\u0301\x1c\x85\u2003\u3000_x٣"),
@@ -40,6 +40,22 @@ def test_batch_forms_equal_the_reference(texts: list[str], free_text: bool) -> N
 def test_ascii_batches_take_the_bulk_path_and_equal_the_reference(texts: list[str], free_text: bool) -> None:
     ascii_only = [t for t in texts if t.isascii()]
     assert set(forms_of_many(ascii_only, free_text=free_text)) == _reference(ascii_only, free_text)
+
+
+_OCTET = st.integers(0, 255).map(str) | st.from_regex(r"0[0-9]{1,2}|[0-9]{3}", fullmatch=True)
+_IPV4_EXACT = st.builds(lambda octets, prefix: ".".join(octets) + prefix, st.lists(_OCTET, min_size=4, max_size=4),
+                        st.sampled_from(["", "/24", "/32", "/0", "/123"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_IPV4_EXACT, min_size=1, max_size=12), free_text=st.booleans())
+def test_batches_of_addresses_take_the_ipv4_shortcut_and_equal_the_reference(texts: list[str], free_text: bool) -> None:
+    """Batches made only of dotted quads (canonical, with leading zeros, octets over 255, prefix lengths): the
+    shortcut takes the batch only when every value is an address PostgreSQL writes; forms and tails both equal
+    the reference."""
+    tails: list[str] = []
+    assert set(forms_of_many(texts, free_text=free_text, tails=tails)) == _reference(texts, free_text)
+    assert set(tails) >= phone_tails(_reference(texts, free_text))
 
 
 def test_a_value_holding_nul_does_not_merge_or_split_batch_values() -> None:

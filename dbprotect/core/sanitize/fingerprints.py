@@ -65,8 +65,12 @@ _PHONE_BODY_UNICODE = _PHONE_BODY + "".join(ch for ch in map(chr, range(0x80, 0x
 _DECIMAL = re.compile(r"^[+-]?[0-9]*\.[0-9]+$")
 #: An IPv4 address as PostgreSQL writes it (no leading zeros, octets <= 255, optional prefix length): its
 #: digits are no phone number ("24.0.123.156" and "240.12.31.56" share them by chance).
-_IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:/[0-9]{1,2})?$")
+_IPV4_BODY = (r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+              r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:/[0-9]{1,2})?")
+_IPV4 = re.compile(f"^{_IPV4_BODY}$")
+#: Values joined by NUL that are all IPv4 addresses as PostgreSQL writes them (an ``inet`` column, as production
+#: and the copy give it and as the ip transformer writes it): forms_of_many's shortcut.
+_IPV4_BATCH = re.compile(f"(?:{_IPV4_BODY}\0)*{_IPV4_BODY}")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE_PATTERNS = (
     re.compile(r"^\+[1-9][0-9]{0,3}(?:[\s.\-/]?\(?[0-9]{1,5}\)?){1,6}$"),  # +44 20 7946 0018, +44-20-..., +4420...
@@ -216,12 +220,16 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
             if tails is not None:
                 tails.extend(phone_tails(some))
         return found
+    minimum = MIN_FREE_TEXT if free_text else MIN_FORM
+    if _IPV4_BATCH.fullmatch(joined):
+        # Only IPv4 addresses (one regex over the batch): an address has digits, so its only form is itself
+        # (nothing to fold; compacted it is its digits; no digit form: digit_forms' rule), and no tail.
+        return found + [text for text in plain if len(text) >= minimum]
     # Whitespace collapsed over the whole batch, then trimmed at each value's ends (one space at most).
     collapsed = " ".join(joined.lower().split()).replace(" \0", "\0").replace("\0 ", "\0")
     folded_all = collapsed.split("\0")
     digits_all = joined.encode().translate(None, _NON_DIGIT_BUT_NUL).decode().split("\0")
     compact_all = collapsed.encode().translate(None, _SEPARATOR_BYTES).decode().split("\0")
-    minimum = MIN_FREE_TEXT if free_text else MIN_FORM
     if free_text:  # no digit: prose only (MIN_PROSE); with a digit: MIN_FREE_TEXT (as forms decides)
         found += [f for f, d in zip(folded_all, digits_all, strict=True)
                   if len(f) >= (MIN_FREE_TEXT if d else MIN_PROSE)]
