@@ -6,10 +6,19 @@ missing) or a masked copy could fail by chance (a form invented)."""
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, forms_of_many, phone_tails
+from dbprotect.core.sanitize.fingerprints import (
+    Fingerprinter,
+    FingerprintFilter,
+    all_hold_digit_or_at,
+    forms_of_many,
+    one_word_part,
+    phone_tails,
+)
 from dbprotect_tests import fingerprint_reference
 
 _TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\n\u00a0\u0301\x1c\x85\u2003\u3000_x٣"),
@@ -56,6 +65,19 @@ def test_batches_of_addresses_take_the_ipv4_shortcut_and_equal_the_reference(tex
     tails: list[str] = []
     assert set(forms_of_many(texts, free_text=free_text, tails=tails)) == _reference(texts, free_text)
     assert set(tails) >= phone_tails(_reference(texts, free_text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts=st.lists(_VALUE | st.sampled_from(["", "\0", "a\0b", "jane", "o'brien", "@", "7"]), max_size=8))
+def test_the_batch_answer_skipping_name_parts_is_the_per_value_answer(texts: list[str]) -> None:
+    """The written check skips a batch's name-part test only when every value holds an ASCII digit or "@":
+    never when one value could be a name part (a false "all" would hide production first names)."""
+    each = all("@" in text or re.search(r"[0-9]", text) for text in texts) and bool(texts)
+    fingerprinter = Fingerprinter(b"k" * 32)
+    if all_hold_digit_or_at(texts):
+        assert each and all(one_word_part(fingerprinter, text) is None for text in texts)
+    else:
+        assert not each or any("\0" in text for text in texts)
 
 
 def test_a_value_holding_nul_does_not_merge_or_split_batch_values() -> None:

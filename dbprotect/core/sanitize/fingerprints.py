@@ -668,6 +668,20 @@ def production_value(production: FingerprintFilter, fingerprinter: Fingerprinter
     return any(hit and f not in exempt for f, hit in zip(fingerprints, hits, strict=True)), len(fingerprints)
 
 
+_ALL_BUT_NUL_DIGITS_AT = bytes(i for i in range(256) if i and not 48 <= i <= 57 and i != ord("@"))
+
+
+def all_hold_digit_or_at(texts: list[str]) -> bool:
+    """Whether every one of ``texts`` holds an ASCII digit or "@" (so none is a name part: one_word_part),
+    answered by C calls over the whole batch: joined by NUL, everything else deleted, no two NULs may meet.
+    A value holding a NUL would blur the boundaries: such a batch answers False (each value then asked)."""
+    joined = "\0".join(texts).encode("utf-8", "surrogatepass")
+    if joined.count(b"\0") != len(texts) - 1:
+        return False
+    kept = joined.translate(None, _ALL_BUT_NUL_DIGITS_AT)
+    return bool(texts) and kept[:1] != b"\0" and kept[-1:] != b"\0" and b"\0\0" not in kept and kept != b""
+
+
 def one_word_part(fingerprinter: Fingerprinter, text: str) -> int | None:
     """:meth:`Fingerprinter.part` of a value, skipping the fold for values holding "@" or an ASCII digit
     (name_part keeps both after folding: never one word): e-mails, phones and IDs cost no second fold."""
@@ -785,6 +799,8 @@ class WrittenCheck:
             maybe = self.production.any_of(fingerprints)
         found = [PRODUCTION_VALUE if maybe and self._production_value(text, exempt) else 0 for text in texts]
         # The name-part test of every value still at 0, in one lookup of the batch.
+        if all_hold_digit_or_at(texts):  # e-mails, addresses, phones: never one word (one_word_part)
+            return found
         parts = [(i, part) for i, text in enumerate(texts) if not found[i] and (part := self._part(text)) is not None]
         if parts:
             self.lookups += len(parts)
