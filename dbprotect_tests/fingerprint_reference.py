@@ -65,6 +65,10 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
             found.add(compact)
     if len(digits) >= MIN_DIGITS:
         found.update(digit_forms(text, digits))
+    # Digits of any script or width, read as ASCII digits (compatibility forms folded first).
+    view = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in unicodedata.normalize("NFKC", text))
+    if view != text:
+        found.update(digit_forms(view))
     return found
 
 

@@ -21,7 +21,8 @@ from dbprotect.core.sanitize.fingerprints import (
 )
 from dbprotect_tests import fingerprint_reference
 
-_TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\n\u00a0\u0301\x1c\x85\u2003\u3000_x٣"),
+_TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\n\u00a0\u0301\x1c\x85\u2003\u3000_x٣"
+                                "\uff10\uff11\uff19\uff0b\uff0d\uff08\uff09\u0660\u0669\u00b2"),
                 max_size=30)
 _PHONE_LIKE = st.from_regex(r"\s?(\+|00)?[0-9 .()\-/]{0,4}[0-9]{9,14}[ .]?[0-9]{0,4}\s?", fullmatch=True)
 _ASCII = st.text(st.sampled_from("aZ09 \t\x0b\x1c\x1f-./()+@_"), max_size=40)

@@ -106,6 +106,9 @@ def leak_detail(result: Any, tmp_path: Path) -> str:
     return str(check.detail)
 
 
+_FULL_WIDTH_DIGITS = "".join(map(chr, range(0xFF10, 0xFF1A)))
+_ARABIC_INDIC_DIGITS = "".join(map(chr, range(0x0660, 0x066A)))
+
 LEAKS = {
     "domain_over_text": (
         "CREATE DOMAIN contact_email AS text CHECK (VALUE LIKE '%@%');"
@@ -128,6 +131,18 @@ LEAKS = {
         "INSERT INTO prefs SELECT id, hstore('mobile', regexp_replace(phone, '^\\+44(..)(...)(.*)$', '0\\1 \\2 \\3')) "
         "FROM people;",
         {"prefs": {"id": "keep", "extra": "keep"}}, "public.prefs.extra (keep): 300 value(s) equal personal"),
+    # Full-width digits (Japanese and Chinese data entry writes phones so): read as the digits they are,
+    # or the national writing of a production phone would pass where the ASCII one fails.
+    "phones_in_full_width_digits": (
+        "CREATE TABLE callers (id int PRIMARY KEY, number text);"
+        "INSERT INTO callers SELECT id, translate(regexp_replace(phone, '^\\+44(..)(...)(.*)$', '0\\1-\\2-\\3'), "
+        f"'0123456789-', '{_FULL_WIDTH_DIGITS}\uff0d') FROM people;",
+        {"callers": {"id": "keep", "number": "keep"}}, "public.callers.number (keep): 300 value(s) equal personal"),
+    "phones_in_arabic_indic_digits": (
+        "CREATE TABLE callers (id int PRIMARY KEY, number text);"
+        "INSERT INTO callers SELECT id, translate(regexp_replace(phone, '^\\+44(..)(...)(.*)$', '0\\1 \\2 \\3'), "
+        f"'0123456789', '{_ARABIC_INDIC_DIGITS}') FROM people;",
+        {"callers": {"id": "keep", "number": "keep"}}, "public.callers.number (keep): 300 value(s) equal personal"),
     "jsonb_three_levels_deep": (
         "CREATE TABLE events (id int PRIMARY KEY, payload jsonb);"
         "INSERT INTO events SELECT id, jsonb_build_object('a', jsonb_build_object('b', "
@@ -250,6 +265,12 @@ def test_e164_phones_are_not_cards() -> None:
         assert looks_like_phone(phone)
     for other in ("2024-01-05", "10.1.2.3", "12345", "v1.2.3"):
         assert not looks_like_phone(other)
+    # Digits of another width or script are the same digits to the detectors.
+    wide, arabic = str.maketrans("0123456789()-+ ", _FULL_WIDTH_DIGITS + "\uff08\uff09\uff0d\uff0b\u3000"), \
+        str.maketrans("0123456789", _ARABIC_INDIC_DIGITS)
+    assert looks_like_phone("(555) 010-2000".translate(wide)) and looks_like_phone("+44 20 7946 0018".translate(arabic))
+    assert looks_like_card("4111 1111 1111 1111".translate(wide))
+    assert not looks_like_card("+4915112345678".translate(wide))
 
 
 _SEPARATOR = st.sampled_from([" ", "-", ".", "", "  "])

@@ -90,6 +90,24 @@ def fold(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def ascii_digit_view(text: str) -> str | None:
+    """A non-ASCII value as its digits are read: compatibility characters folded (NFKC: full-width digits,
+    plus and minus signs and brackets, the ideographic space) and every decimal digit of any script written
+    as its ASCII digit; None when that changes nothing (an ASCII value never changes).
+
+    Why: a production phone written ``+81 3 1234 5678`` and a copy holding ``03-1234-5678`` in full-width
+    characters (as Japanese and Chinese data entry often writes it) or in Arabic-Indic digits share digits,
+    not characters; digit forms and the phone and card detectors read this view, so the writing of the
+    digits hides nothing.
+    """
+    if text.isascii():
+        return None
+    view = unicodedata.normalize("NFKC", text)
+    if not view.isascii():
+        view = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in view)
+    return None if view == text else view
+
+
 def _digits(text: str) -> str:
     if text.isascii():
         return text.encode().translate(None, _NON_DIGIT_BYTES).decode()
@@ -153,6 +171,8 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
             found.add(compact)
     if len(digits) >= MIN_DIGITS:
         found.update(digit_forms(text, digits))
+    if not is_ascii and (view := ascii_digit_view(text)) is not None:
+        found.update(digit_forms(view))
     return found
 
 
@@ -301,8 +321,9 @@ def looks_like_email(text: str) -> bool:
 
 
 def looks_like_phone(text: str) -> bool:
-    """A phone number as people write it (international, NANP, with a bracketed area code); 8-15 digits."""
-    stripped = text.strip()
+    """A phone number as people write it (international, NANP, with a bracketed area code); 8-15 digits.
+    Digits of any script or width count (:func:`ascii_digit_view`)."""
+    stripped = (ascii_digit_view(text) or text).strip()
     if not any(p.match(stripped) for p in _PHONE_PATTERNS):
         return False
     return 8 <= sum(ch.isdigit() for ch in stripped) <= 15 or stripped.startswith("(")
@@ -311,9 +332,10 @@ def looks_like_phone(text: str) -> bool:
 def looks_like_card(text: str) -> bool:
     """A payment card number: 13-19 digits (spaces or dashes between groups), issuer digit 2-6, Luhn-valid.
 
-    A leading ``+`` or ``00`` makes it a phone number, never a card.
+    A leading ``+`` or ``00`` makes it a phone number, never a card. Digits of any script or width count
+    (:func:`ascii_digit_view`).
     """
-    stripped = text.strip()
+    stripped = (ascii_digit_view(text) or text).strip()
     if not _CARD.match(stripped):
         return False
     digits = "".join(ch for ch in stripped if ch.isdigit())
