@@ -29,7 +29,13 @@ _ASCII = st.text(st.sampled_from("aZ09 \t\x0b\x1c\x1f-./()+@_"), max_size=40)
 # forms_of_many takes two shapes without digit_forms' call: "+" and digits only (E.164), and IPv4 addresses.
 _E164 = st.from_regex(r"\+(00)?[0-9]{7,21}", fullmatch=True)
 _IPV4_LIKE = st.from_regex(r"\s?[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(/[0-9]{1,2})?\s?", fullmatch=True)
-_VALUE = _TEXT | _PHONE_LIKE | _ASCII | _E164 | _IPV4_LIKE | st.text(max_size=30)
+# Phone-like values in full-width characters or Arabic-Indic digits (read as their ASCII digits).
+_OTHER_DIGITS = st.sampled_from([
+    str.maketrans("0123456789+-() ", "".join(map(chr, range(0xFF10, 0xFF1A))) + "\uff0b\uff0d\uff08\uff09\u3000"),
+    str.maketrans("0123456789", "".join(map(chr, range(0x0660, 0x066A)))),
+])
+_PHONE_OTHER_DIGITS = st.builds(str.translate, _PHONE_LIKE | _E164, _OTHER_DIGITS)
+_VALUE = _TEXT | _PHONE_LIKE | _ASCII | _E164 | _IPV4_LIKE | _PHONE_OTHER_DIGITS | st.text(max_size=30)
 
 
 def _reference(texts: list[str], free_text: bool) -> set[str]:
@@ -79,6 +85,16 @@ def test_the_batch_answer_skipping_name_parts_is_the_per_value_answer(texts: lis
         assert each and all(one_word_part(fingerprinter, text) is None for text in texts)
     else:
         assert not each or any("\0" in text for text in texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_PHONE_LIKE | _E164, table=_OTHER_DIGITS)
+def test_a_phone_in_other_digits_has_the_digit_forms_of_its_ascii_writing(text: str, table: dict) -> None:
+    """The same number in full-width or Arabic-Indic digits: every digit form of the ASCII writing is a form
+    of it too (so a production phone kept in either writing meets its fingerprints)."""
+    other = text.translate(table)
+    digit_forms = set(fingerprint_reference.digit_forms(text))
+    assert digit_forms <= set(forms_of_many([other])) and digit_forms <= fingerprint_reference.forms(other)
 
 
 def test_a_value_holding_nul_does_not_merge_or_split_batch_values() -> None:
