@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.ops import backup_database, build_sanitized_copy, verify_database_backup
+from dbprotect.core.sanitize.checks import batch_findings
 from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
@@ -143,6 +144,13 @@ LEAKS = {
         "INSERT INTO callers SELECT id, translate(regexp_replace(phone, '^\\+44(..)(...)(.*)$', '0\\1 \\2 \\3'), "
         f"'0123456789', '{_ARABIC_INDIC_DIGITS}') FROM people;",
         {"callers": {"id": "keep", "number": "keep"}}, "public.callers.number (keep): 300 value(s) equal personal"),
+    # Inside prose (a support note): the run of a production phone's digits, in a writing no detector knows.
+    "phone_inside_prose": (
+        "CREATE TABLE tickets (id int PRIMARY KEY, note text);"
+        "INSERT INTO tickets SELECT id, 'Customer called from ' || "
+        "regexp_replace(phone, '^\\+44(..)(...)(.*)$', '0\\1 \\2 \\3') || ' about invoice 2024-01-05.' FROM people;",
+        {"tickets": {"id": "keep", "note": "keep"}},
+        "public.tickets.note (keep): 300 value(s) hold a phone number of production inside longer text"),
     "jsonb_three_levels_deep": (
         "CREATE TABLE events (id int PRIMARY KEY, payload jsonb);"
         "INSERT INTO events SELECT id, jsonb_build_object('a', jsonb_build_object('b', "
@@ -244,11 +252,14 @@ def test_phones_written_with_separators_fail_the_check(build, tmp_path: Path, la
 def test_masked_people_with_unrelated_keep_columns_pass(build) -> None:
     """Postal codes, statuses and e-mail-free JSON in keep columns are not findings; masked columns pass."""
     result = build(
-        "CREATE TABLE shops (id int PRIMARY KEY, postal text, status text, opts jsonb, tags text[], owner text);"
+        "CREATE TABLE shops (id int PRIMARY KEY, postal text, status text, opts jsonb, tags text[], owner text, "
+        "memo text);"
         "INSERT INTO shops SELECT i, lpad(i::text, 5, '0'), 'active', '{\"theme\": \"dark\", \"n\": 42}', "
-        "ARRAY['retail', 'eu'], CASE WHEN i = 1 THEN 'Nakamurab' ELSE 'Shop ' || i END "
+        "ARRAY['retail', 'eu'], CASE WHEN i = 1 THEN 'Nakamurab' ELSE 'Shop ' || i END, "
+        "'Order ' || (100000 + i) || ' of 2024-01-05 10.30, total 1,234.56 EUR, ref 00123/' || i "
         "FROM generate_series(1, 300) i;",
-        {"shops": {"id": "keep", "postal": "keep", "status": "keep", "opts": "keep", "tags": "keep", "owner": "keep"}})
+        {"shops": {"id": "keep", "postal": "keep", "status": "keep", "opts": "keep", "tags": "keep", "owner": "keep",
+                   "memo": "keep"}})
     check = {c.name: c for c in result.checks}["no_pii_leaked"]
     assert result.ok and check.ok, check.detail
     assert check.metrics["production_fingerprints"] > 900 and "false-positive rate" in check.detail
@@ -440,3 +451,22 @@ def test_transformer_and_load_failures_are_one_line(build, tmp_path: Path, extra
     assert expected in message and "nothing was stored" in message, message
     assert caught.value.exit_code == 13 and "pixel" not in message and "not json" not in message
     assert not list_backups(FilesystemStorage(tmp_path / "store"), "crm-sanitized")
+
+
+def test_phones_inside_prose_are_found_by_value_and_by_shape() -> None:
+    """A keep column's longer text: a production phone in any writing counts as production's, a phone the
+    detector knows counts as a phone number, and dates, amounts and references are neither."""
+    fingerprinter = Fingerprinter(b"k" * 32)
+    production = FingerprintFilter(1000)
+    production.add_forms(fingerprinter, list(forms("+44 20 7946 0018")))
+    found = batch_findings(fingerprinter, production, [
+        ("Called from 020 7946 0018 at 10.30", 2),                         # production, national writing
+        ("Ring +44-20-7946-0018 please", 3),                               # production, and a phone by shape
+        ("Fax (555) 010-2000, office", 5),                                 # not production: a phone by shape
+        ("Order 100245 of 2024-01-05, total 1,234.56, ref 00123/7", 7),    # neither
+        ("+44 20 7946 0018", 11),                                          # the whole value: forms() takes it
+    ], frozenset(), keep=True)
+    assert found.embedded == 2 + 3 and found.phones == 3 + 5 + 11 and found.hits == 11
+    clean = batch_findings(fingerprinter, production, [("Order 100245 of 2024-01-05, ref 00123/7", 1)],
+                           frozenset(), keep=True)
+    assert clean.embedded == 0 and clean.phones == 0

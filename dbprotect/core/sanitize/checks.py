@@ -48,10 +48,13 @@ from dbprotect.core.sanitize.fingerprints import (
     Added,
     Fingerprinter,
     FingerprintFilter,
+    digit_forms,
+    embedded_phone_runs,
     forms,
     looks_like_card,
     looks_like_email,
     looks_like_phone,
+    may_hold_phone_runs,
     one_word_part,
     production_value,
     value_fingerprints,
@@ -402,7 +405,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                     w=_integer_filter(catalog, table, info.name, production, keep))
             fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
-            hits = emails = phones = cards = distinct = parts = part_rows = 0
+            hits = emails = phones = cards = distinct = parts = part_rows = embedded = 0
             for counts in _read_back(dst, query, fingerprinter, production, fixed, keep):
                 distinct += counts.distinct
                 lookups += counts.lookups
@@ -412,6 +415,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 emails += counts.emails
                 phones += counts.phones
                 cards += counts.cards
+                embedded += counts.embedded
             scanned += distinct
             where = f"{table}.{info.name}" + (" (keep)" if keep else "")
             target = findings
@@ -419,6 +423,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 where, target = f"{table}.{info.name} (keep, waived: {rule.waiver})", waived
             if hits:
                 target.append(f"{where}: {hits} value(s) equal personal values of production")
+            if embedded:
+                target.append(f"{where}: {embedded} value(s) hold a phone number of production inside longer text")
             if parts >= max(NAME_PART_MIN, NAME_PART_SHARE * distinct):
                 target.append(f"{where}: {part_rows} value(s) equal first or last names of production "
                                 f"({parts} of {distinct} distinct values)")
@@ -472,6 +478,8 @@ class BatchFindings:
     emails: int = 0
     phones: int = 0
     cards: int = 0
+    #: Values holding a production phone number inside longer text (keep columns: embedded_phone_runs).
+    embedded: int = 0
 
 
 def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
@@ -501,16 +509,44 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
                 counts.parts += 1
                 counts.part_rows += count
     if keep:
-        for leaf, count in batch:
+        detected = set()
+        for row, (leaf, count) in enumerate(batch):
             if looks_like_email(leaf):
                 counts.emails += count
             elif len(leaf) < 8:  # a phone number has 8 digits or more, a card 13: ids, codes, words
-                pass
+                continue
             elif looks_like_card(leaf):
                 counts.cards += count
             elif looks_like_phone(leaf):
                 counts.phones += count
+            else:
+                continue
+            detected.add(row)
+        _embedded_phones(fingerprinter, production, batch, fixed, detected, counts)
     return counts
+
+
+def _embedded_phones(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
+                     fixed: Set[int], detected: set[int], counts: BatchFindings) -> None:
+    """The phone numbers inside a keep column's longer values (:func:`~.fingerprints.embedded_phone_runs`): a
+    value holding a production phone number in any writing (its runs' digit forms in the set, not a rule
+    constant) counts in ``embedded``; one holding a run the phone detector knows counts as a phone number
+    (unless a detector already counted the value)."""
+    if not may_hold_phone_runs([leaf for leaf, _ in batch]):
+        return
+    for row, (leaf, count) in enumerate(batch):
+        runs = embedded_phone_runs(leaf)
+        if not runs:
+            continue
+        found = [form for run in runs for form in digit_forms(run)]
+        if found:
+            fingerprints = fingerprinter.of_many(found)
+            counts.lookups += len(fingerprints)
+            hits = production.hits(fingerprints).tolist()
+            if any(hit and f not in fixed for f, hit in zip(fingerprints, hits, strict=True)):
+                counts.embedded += count
+        if row not in detected and any(map(looks_like_phone, runs)):
+            counts.phones += count
 
 
 #: A read-back column is checked by worker processes once it has given this many distinct values.

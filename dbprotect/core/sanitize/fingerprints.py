@@ -316,6 +316,32 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+#: A run of a phone number's characters (digits, spaces, ``-./()``, a leading ``+``), nine characters or more,
+#: starting where no letter, digit or ``+`` precedes it: where a phone number written inside prose may be.
+_RUN_NON_DIGITS = {ord(ch): None for ch in " +-./()"}
+_PHONE_RUN = re.compile(r"(?<![0-9A-Za-z+])\+?[0-9(][0-9 \-./()]{7,}[0-9]")
+
+
+def embedded_phone_runs(text: str) -> list[str]:
+    """The phone-shaped runs of :data:`MIN_DIGITS` digits or more inside a longer value (``call 020 7946 0018
+    after 5``), never the value itself (:func:`forms` and the detectors take that): digits of any width or
+    script read as ASCII (:func:`ascii_digit_view`). A keep column's prose holding a production phone number
+    is found through their :func:`digit_forms`, and a run the phone detector knows counts as a phone number.
+    Why nine digits: prose is full of shorter references (``00123/245``, a date) the detector's ``00`` rule
+    would take for a phone; a phone number with its area code has nine digits or more."""
+    view = ascii_digit_view(text) or text
+    whole = view.strip()
+    return [run for run in _PHONE_RUN.findall(view)
+            if run != whole and len(run.translate(_RUN_NON_DIGITS)) >= MIN_DIGITS]
+
+
+def may_hold_phone_runs(texts: list[str]) -> bool:
+    """Whether any of ``texts`` may hold a run (:func:`embedded_phone_runs`): one search over the batch joined
+    by NUL (no run crosses a NUL), so a batch of words, codes and short numbers costs no per-value search."""
+    joined = "\0".join(texts)
+    return _PHONE_RUN.search(ascii_digit_view(joined) or joined) is not None
+
+
 def looks_like_email(text: str) -> bool:
     return "@" in text and _EMAIL.search(text) is not None
 
