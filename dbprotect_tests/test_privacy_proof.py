@@ -391,6 +391,8 @@ def test_starter_never_keeps_personal_looking_values() -> None:
     assert guess(code, ["a@corp.example.org"] * 3, "text").transformer == "email"
     assert guess(ColumnInfo("public.t", "ref_id", "text"), ["+44 20 7946 0018"] * 3, "text").transformer == "phone"
     assert guess(ColumnInfo("public.t", "status", "text"), ["active"] * 30, "text").transformer == "keep"
+    note = guess(ColumnInfo("public.t", "remark", "text"), ["Call +44 20 7946 0018 after 5"] * 3, "text")
+    assert note.transformer == "text" and note.review
     doc = guess(ColumnInfo("public.t", "payload", "jsonb"), ["x@corp.example.org", "1"], "json")
     assert doc.transformer == "json" and doc.options() == {"paths": {"*": "text"}}
     assert guess(ColumnInfo("public.t", "settings", "jsonb"), ["dark", "42"], "json").transformer == "keep"

@@ -20,7 +20,12 @@ import psycopg
 from psycopg import sql
 
 from dbprotect.core.sanitize.coverage import ColumnInfo, large_object_count, source_columns
-from dbprotect.core.sanitize.fingerprints import looks_like_card, looks_like_email, looks_like_phone
+from dbprotect.core.sanitize.fingerprints import (
+    embedded_phone_runs,
+    looks_like_card,
+    looks_like_email,
+    looks_like_phone,
+)
 from dbprotect.core.sanitize.leaves import TypeCatalog, base_type, leaf_query
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 
@@ -50,13 +55,16 @@ _PERSONAL_NAME = re.compile("|".join(p.pattern for p, _ in _BY_NAME[:6]) + "|" +
 
 
 def personal_kind(samples: list[str]) -> str | None:
-    """The transformer sampled leaf values call for, when any looks personal (e-mail, card, phone)."""
+    """The transformer sampled leaf values call for, when any looks personal (e-mail, card, phone, or prose
+    holding a phone number)."""
     if any(looks_like_email(v) for v in samples):
         return "email"
     if any(looks_like_card(v) for v in samples):
         return "hash"
     if any(looks_like_phone(v) for v in samples):
         return "phone"
+    if any(looks_like_phone(run) for v in samples for run in embedded_phone_runs(v)):
+        return "text"  # prose holding phone numbers (no_pii_leaked reads them there too)
     return None
 
 
