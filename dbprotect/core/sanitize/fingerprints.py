@@ -317,9 +317,10 @@ def luhn_ok(digits: str) -> bool:
 
 
 #: A run of a phone number's characters (digits, spaces, ``-./()``, a leading ``+``), nine characters or more,
-#: starting where no letter, digit or ``+`` precedes it: where a phone number written inside prose may be.
+#: standing alone as a token: no word character or ``+-./`` before it, no word character (or ``-./`` and one)
+#: after it. Where a phone number written inside prose may be; never a piece of a UUID, a path or a code.
+_PHONE_RUN = re.compile(r"(?<![\w+\-./])\+?[0-9(][0-9 \-./()]{7,}[0-9](?!\w|[\-./]\w)")
 _RUN_NON_DIGITS = {ord(ch): None for ch in " +-./()"}
-_PHONE_RUN = re.compile(r"(?<![0-9A-Za-z+])\+?[0-9(][0-9 \-./()]{7,}[0-9]")
 
 
 def embedded_phone_runs(text: str) -> list[str]:
