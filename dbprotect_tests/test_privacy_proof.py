@@ -471,8 +471,10 @@ def test_phones_inside_prose_are_found_by_value_and_by_shape() -> None:
     assert found.embedded == 2 + 3 and found.phones == 3 + 5 + 11 and found.hits == 11
     # Digit runs that are pieces of tokens: UUIDs (a segment "0012-3456-..." looks like a 00-prefixed phone), paths,
     # versions. Found by the demo's uuid keep columns.
-    clean = batch_findings(fingerprinter, production, [
-        ("Order 100245 of 2024-01-05, ref 00123/7", 1), ("a1b2c3d4-0012-3456-7890-abcdef123456", 1),
-        ("see /var/lib/0012-3456-7890/x and v1.0012.3456.7890-rc", 1), ("id 8f14e45f-0020-7946-0018-9a8b7c6d5e4f", 1),
-    ], frozenset(), keep=True)
+    tokens = [("Order 100245 of 2024-01-05, ref 00123/7", 1), ("a1b2c3d4-0012-3456-7890-abcdef123456", 1),
+              ("see /var/lib/0012-3456-7890/x and v1.0012.3456.7890-rc", 1),
+              ("id 8f14e45f-0020-7946-0018-9a8b7c6d5e4f", 1), ("paid 2024-01-05 10:30 by card", 1)]
+    clean = batch_findings(fingerprinter, production, tokens, frozenset(), keep=True)
     assert clean.embedded == 0 and clean.phones == 0
+    # No run was looked up: the lookups are the values' own forms, as for a masked column (no prose scan).
+    assert clean.lookups == batch_findings(fingerprinter, production, tokens, frozenset(), keep=False).lookups

@@ -321,6 +321,8 @@ def luhn_ok(digits: str) -> bool:
 #: after it. Where a phone number written inside prose may be; never a piece of a UUID, a path or a code.
 _PHONE_RUN = re.compile(r"(?<![\w+\-./])\+?[0-9(][0-9 \-./()]{7,}[0-9](?!\w|[\-./]\w)")
 _RUN_NON_DIGITS = {ord(ch): None for ch in " +-./()"}
+#: A run that starts with an ISO date (``2024-01-05 10:30``: the date and the hour make ten digits) is a timestamp.
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?![0-9])")
 
 
 def embedded_phone_runs(text: str) -> list[str]:
@@ -333,7 +335,7 @@ def embedded_phone_runs(text: str) -> list[str]:
     view = ascii_digit_view(text) or text
     whole = view.strip()
     return [run for run in _PHONE_RUN.findall(view)
-            if run != whole and len(run.translate(_RUN_NON_DIGITS)) >= MIN_DIGITS]
+            if run != whole and len(run.translate(_RUN_NON_DIGITS)) >= MIN_DIGITS and not _ISO_DATE.match(run)]
 
 
 def may_hold_phone_runs(texts: list[str]) -> bool:
