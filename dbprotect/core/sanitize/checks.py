@@ -51,6 +51,7 @@ from dbprotect.core.sanitize.fingerprints import (
     digit_forms,
     embedded_phone_runs,
     forms,
+    known_forms,
     looks_like_card,
     looks_like_email,
     looks_like_phone,
@@ -538,13 +539,11 @@ def _embedded_phones(fingerprinter: Fingerprinter, production: FingerprintFilter
         runs = embedded_phone_runs(leaf)
         if not runs:
             continue
-        found = [form for run in runs for form in digit_forms(run)]
-        if found:
-            fingerprints = fingerprinter.of_many(found)
-            counts.lookups += len(fingerprints)
-            hits = production.hits(fingerprints).tolist()
-            if any(hit and f not in fixed for f, hit in zip(fingerprints, hits, strict=True)):
-                counts.embedded += count
+        known, lookups = known_forms(production, fingerprinter, [form for run in runs for form in digit_forms(run)],
+                                     fixed)
+        counts.lookups += lookups
+        if known:
+            counts.embedded += count
         if row not in detected and any(map(looks_like_phone, runs)):
             counts.phones += count
 

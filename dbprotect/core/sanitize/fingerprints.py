@@ -65,8 +65,10 @@ _PHONE_BODY_UNICODE = _PHONE_BODY + "".join(ch for ch in map(chr, range(0x80, 0x
 _DECIMAL = re.compile(r"^[+-]?[0-9]*\.[0-9]+$")
 #: An IPv4 address as PostgreSQL writes it (no leading zeros, octets <= 255, optional prefix length): its
 #: digits are no phone number ("24.0.123.156" and "240.12.31.56" share them by chance).
-_IPV4_BODY = (r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-              r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:/[0-9]{1,2})?")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: An IPv4 host address as PostgreSQL's ``inet`` prints it: four octets, no leading zero, no prefix length.
+IPV4_HOST = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+_IPV4_BODY = IPV4_HOST + r"(?:/[0-9]{1,2})?"
 _IPV4 = re.compile(f"^{_IPV4_BODY}$")
 #: Values joined by NUL that are all IPv4 addresses as PostgreSQL writes them (an ``inet`` column, as production
 #: and the copy give it and as the ip transformer writes it): forms_of_many's shortcut.
@@ -320,7 +322,6 @@ def luhn_ok(digits: str) -> bool:
 #: standing alone as a token: no word character or ``+-./`` before it, no word character (or ``-./`` and one)
 #: after it. Where a phone number written inside prose may be; never a piece of a UUID, a path or a code.
 _PHONE_RUN = re.compile(r"(?<![\w+\-./])\+?[0-9(][0-9 \-./()]{7,}[0-9](?!\w|[\-./]\w)")
-_RUN_NON_DIGITS = {ord(ch): None for ch in " +-./()"}
 #: A run that starts with an ISO date (``2024-01-05 10:30``: the date and the hour make ten digits) is a timestamp.
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?![0-9])")
 
@@ -335,7 +336,7 @@ def embedded_phone_runs(text: str) -> list[str]:
     view = ascii_digit_view(text) or text
     whole = view.strip()
     return [run for run in _PHONE_RUN.findall(view)
-            if run != whole and len(run.translate(_RUN_NON_DIGITS)) >= MIN_DIGITS and not _ISO_DATE.match(run)]
+            if run != whole and len(_digits(run)) >= MIN_DIGITS and not _ISO_DATE.match(run)]
 
 
 def may_hold_phone_runs(texts: list[str]) -> bool:
@@ -713,8 +714,15 @@ def production_value(production: FingerprintFilter, fingerprinter: Fingerprinter
     """Whether a form of ``text`` is in the production set and is not one of ``exempt`` (a column's rule
     constants), and the lookups it took: the value-by-value test of the written check and of the
     read-back alike, used once a batch's fingerprints said "maybe"."""
-    of = fingerprinter.of
-    fingerprints = [of(form) for form in forms(text)]
+    return known_forms(production, fingerprinter, list(forms(text)), exempt)
+
+
+def known_forms(production: FingerprintFilter, fingerprinter: Fingerprinter, found: list[str],
+                exempt: Set[int]) -> tuple[bool, int]:
+    """Whether one of the forms ``found`` is in the production set and is not one of ``exempt``, and the
+    lookups it took (:func:`production_value` for a value's forms; the read-back for the digit forms of
+    phone runs inside prose)."""
+    fingerprints = fingerprinter.of_many(found) if found else []
     hits = production.hits(fingerprints).tolist()
     return any(hit and f not in exempt for f, hit in zip(fingerprints, hits, strict=True)), len(fingerprints)
 

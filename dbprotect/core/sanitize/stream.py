@@ -39,7 +39,7 @@ from psycopg import sql
 
 from dbprotect.core.sanitize import parallel
 from dbprotect.core.sanitize.coverage import ColumnInfo
-from dbprotect.core.sanitize.fingerprints import NAME_PART, PRODUCTION_VALUE, WrittenCheck
+from dbprotect.core.sanitize.fingerprints import IPV4_HOST, NAME_PART, PRODUCTION_VALUE, WrittenCheck
 from dbprotect.core.sanitize.keyset import KeySet
 from dbprotect.core.sanitize.leaves import copy_bytes_are_textsend, inet_columns, plain_text_columns
 from dbprotect.core.sanitize.rules import RuleSet
@@ -60,10 +60,9 @@ MAX_ATTEMPTS = 1000
 AVOIDING_KINDS = frozenset({"phone"})
 #: Per transformer: how many first-attempt outputs are remembered (bounded memory, ~100 B each).
 CACHE_ENTRIES = 1 << 16
-_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 #: Outputs joined by newlines (and ended by one) that are all canonical IPv4 addresses: what an ``inet``
 #: column stores and reads back as the very string written (:func:`.leaves.inet_columns`).
-CANONICAL_IPV4 = re.compile(rb"(?:%s\.%s\.%s\.%s\n)*" % ((_OCTET,) * 4))
+CANONICAL_IPV4 = re.compile(f"(?:{IPV4_HOST}\n)*".encode())
 
 
 @dataclass
