@@ -17,7 +17,12 @@ import pytest
 from dbprotect.core.sanitize import checks, parallel
 from dbprotect.core.sanitize.checks import production_fingerprints
 from dbprotect.core.sanitize.coverage import source_columns
-from dbprotect.core.sanitize.fingerprints import Fingerprinter, FingerprintFilter, value_fingerprints
+from dbprotect.core.sanitize.fingerprints import (
+    Fingerprinter,
+    FingerprintFilter,
+    integer_shaped_lengths,
+    value_fingerprints,
+)
 from dbprotect.core.sanitize.rules import parse_rules
 from dbprotect.core.sanitize.transformers import SanitizeError
 
@@ -218,3 +223,5 @@ def test_the_set_knows_the_lengths_of_its_integer_shaped_forms_until_forms_are_u
     assert found.integer_lengths == {7, 8, 9, 10, 11, 12}
     found.add([FINGERPRINTER.of("anything")])
     assert not found.integer_lengths_complete
+    # A negative integer's form first in its batch (the batch is searched joined: its start counts too).
+    assert integer_shaped_lengths(["-123456789", "x"]) == {10} and integer_shaped_lengths(["x", "-12"]) == {3}

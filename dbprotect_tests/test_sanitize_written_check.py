@@ -200,3 +200,20 @@ def test_an_inet_value_the_type_rewrites_is_read_back(make_db, written: str) -> 
     assert stats.written["addr"] == [0, 0, 40]
     assert not found["check"].ok and found["check"].metrics["columns_checked_as_written"] == 0
     assert "public.hosts.addr: 40 value(s) equal personal values of production" in found["check"].detail
+
+
+def test_a_unique_columns_written_values_are_each_decided(make_db) -> None:
+    """A unique column's outputs are decided without merging repeats: each written production value still
+    counts, and the column still fails (the e-mails of a UNIQUE column, production holding all 40)."""
+    unique_table = "CREATE TABLE people (id int, email text UNIQUE, nick varchar(40));"
+    src = make_db(unique_table + SOURCE.removeprefix(TABLE))
+    scratch, dst = make_db(unique_table), make_db(unique_table)
+    _stream(src, scratch, _production())
+    with psycopg.connect(scratch) as conn:
+        outputs = [row[0] for row in conn.execute("SELECT email FROM people")]
+    production = _production(*outputs[:25])
+    stats, columns = _stream(src, dst, production)
+    assert [c.unique for c in columns["public.people"] if c.name == "email"] == [True]
+    assert stats.written["email"] == [25, 0, 0] and stats.retries == 0
+    check = _check(dst, columns, stats, production)
+    assert not check.ok and "public.people.email: 25 value(s) equal personal values of production" in check.detail
