@@ -33,6 +33,7 @@ from dbprotect.core.retention.chain_cleanup import plan_continuous_cleanup, swee
 from dbprotect.core.retention.chains import ChainPolicy
 from dbprotect.core.store.filesystem import FilesystemStorage
 from dbprotect.core.store.lock import database_lock
+from dbprotect_tests.fixtures.fix_fork import wait_status
 from dbprotect_tests.test_continuous_pitr import _insert, _notes, _open_for_server
 from dbprotect_tests.test_continuous_wal import (
     continuous_config,
@@ -75,8 +76,7 @@ def _killed_sweep(root: Path, policy: ChainPolicy, now: datetime, kill_at: int) 
                 sweep_continuous(storage, plan, dry_run=False, audit=AuditLog(storage, actor="killed"))  # type: ignore[arg-type]
         finally:
             os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return status
+    return wait_status(pid)
 
 
 def _kept_intact(storage: FilesystemStorage, policy: ChainPolicy, now: datetime, keep_id: str,

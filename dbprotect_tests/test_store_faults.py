@@ -59,6 +59,7 @@ from dbprotect.core.store.filesystem import PARTIAL_MARK
 from dbprotect.core.store.lock import current_holder, database_lock, lock_prefix
 from dbprotect.core.store.manifest import dump_key, manifest_key
 from dbprotect.core.verify.integrity import check_integrity, verify_backup
+from dbprotect_tests.fixtures.fix_fork import wait_status
 from dbprotect_tests.fixtures.fix_pg import PgServer, pg_bin, psql, table_counts
 from dbprotect_tests.fixtures.fix_storage import create_bucket
 
@@ -170,8 +171,7 @@ def in_child(work: Callable[[], None], *, report: Path | None = None) -> int:
             traceback.print_exc()
             code = CRASHED
         os._exit(code)
-    _pid, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return os.waitstatus_to_exitcode(wait_status(pid))
 
 
 # -- stores -------------------------------------------------------------------------------------
@@ -600,7 +600,7 @@ def test_a_copy_killed_from_outside_while_streaming_keeps_the_target_whole(
         time.sleep(0.02)
     time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == -signal.SIGKILL
+    assert os.waitstatus_to_exitcode(wait_status(pid)) == -signal.SIGKILL
     assert [p for p in target.root.rglob("*") if PARTIAL_MARK in p.name], "killed mid-stream: a partial write is left"
     assert [entry.backup_id for entry in list_backups(target, DB)] == [seed.backups[0]]
     assert {key: target.get_bytes(key) for key in before} == before  # the verified copy untouched
