@@ -69,6 +69,7 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
     view = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in unicodedata.normalize("NFKC", text))
     if view != text:
         found.update(digit_forms(view))
-    return found
+    # "+" and nine or more ASCII digits is one number with its digits: fingerprinted as the digits.
+    return {form[1:] if re.fullmatch(rf"\+[0-9]{{{MIN_DIGITS},}}", form) else form for form in found}
 
 

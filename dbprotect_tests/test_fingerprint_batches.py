@@ -15,6 +15,9 @@ from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
     all_hold_digit_or_at,
+    digit_forms,
+    e164_forms,
+    forms,
     forms_of_many,
     one_word_part,
     phone_tails,
@@ -116,3 +119,24 @@ def test_a_leak_in_one_value_of_a_batch_is_found_by_the_batch() -> None:
     clean = [f"masked{i}@example.net" for i in range(500)]
     assert not production.any_of(fingerprinter.many(clean))
     assert production.any_of(fingerprinter.many([*clean[:250], "0044-20-7946-0018", *clean[250:]]))
+
+
+def test_a_plus_and_digits_form_is_fingerprinted_as_its_digits() -> None:
+    """"+442079460018" is fingerprinted as its digits (one hash fewer a phone): every way of computing forms
+    gives the digits and the suffixes, never the "+" form, so the two writings meet each other."""
+    expected = {"442079460018", "42079460018", "2079460018", "079460018"}
+    assert forms("+442079460018") == expected
+    assert set(forms_of_many(["+442079460018", " +442079460018 "])) == expected
+    assert set(e164_forms("+442079460018") or []) == expected
+    assert forms("tel +442079460018") >= {"tel +442079460018"}  # a longer form keeps its "+"
+    twenty = "+" + "1" * 20  # too long for a digit form: its digits stand for it
+    assert "1" * 20 in forms(twenty) and "1" * 20 in forms_of_many([twenty]) and twenty not in forms(twenty)
+
+
+def test_a_value_folding_to_plus_and_digits_meets_production_without_digit_forms_of_its_own() -> None:
+    """A combining mark makes a phone no phone shape (no digit form), yet it folds to "+" and digits: that
+    fold becomes the digits, so it still meets production's number (dropping the fold would hide it)."""
+    marked = "+4\u03032079460018"
+    assert not digit_forms(marked)
+    assert forms(marked) & forms("+442079460018")
+    assert set(forms_of_many([marked])) & set(forms_of_many(["+442079460018"]))
