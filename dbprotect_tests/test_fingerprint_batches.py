@@ -61,6 +61,24 @@ def test_ascii_batches_take_the_bulk_path_and_equal_the_reference(texts: list[st
     assert set(forms_of_many(ascii_only, free_text=free_text)) == _reference(ascii_only, free_text)
 
 
+# forms_of_many's e-mail shortcut: batches of lower-case values holding "@", no whitespace (and near misses).
+_LOWER_AT = st.from_regex(r"[a-z0-9._%+\-!~]{0,12}@[a-z0-9.\-@+]{0,14}", fullmatch=True)
+_NEAR_LOWER_AT = st.from_regex(r"[a-zA-Z0-9 +\-]{0,6}@?[a-z0-9.\t\x1c\x7f]{0,8}", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_LOWER_AT, min_size=1, max_size=12), other=st.lists(_NEAR_LOWER_AT, max_size=1),
+       free_text=st.booleans())
+def test_batches_of_lower_case_addresses_take_the_email_shortcut_and_equal_the_reference(
+        texts: list[str], other: list[str], free_text: bool) -> None:
+    """Batches of e-mail-like values (digits, "+", a second "@", nine digits and more), with at most one near
+    miss (upper case, whitespace, no "@", DEL) that must send the batch down the general path."""
+    batch = texts + other
+    tails: list[str] = []
+    assert set(forms_of_many(batch, free_text=free_text, tails=tails)) == _reference(batch, free_text)
+    assert set(tails) >= phone_tails(_reference(batch, free_text))
+
+
 _OCTET = st.integers(0, 255).map(str) | st.from_regex(r"0[0-9]{1,2}|[0-9]{3}", fullmatch=True)
 _IPV4_EXACT = st.builds(lambda octets, prefix: ".".join(octets) + prefix, st.lists(_OCTET, min_size=4, max_size=4),
                         st.sampled_from(["", "/24", "/32", "/0", "/123"]))

@@ -73,6 +73,10 @@ _IPV4 = re.compile(f"^{_IPV4_BODY}$")
 #: Values joined by NUL that are all IPv4 addresses as PostgreSQL writes them (an ``inet`` column, as production
 #: and the copy give it and as the ip transformer writes it): forms_of_many's shortcut.
 _IPV4_BATCH = re.compile(f"(?:{_IPV4_BODY}\0)*{_IPV4_BODY}")
+#: Values joined by NUL that are each printable ASCII without upper case or whitespace and hold an "@" (e-mail
+#: addresses as they are usually stored, and as the email transformer writes them): forms_of_many's shortcut.
+_LOWER_AT_VALUE = r"[!-?\[-~]*@[!-@\[-~]*"  # printable ASCII but A-Z: none before the first "@", then any
+_LOWER_AT_BATCH = re.compile(f"(?:{_LOWER_AT_VALUE}\0)*{_LOWER_AT_VALUE}")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE_PATTERNS = (
     re.compile(r"^\+[1-9][0-9]{0,3}(?:[\s.\-/]?\(?[0-9]{1,5}\)?){1,6}$"),  # +44 20 7946 0018, +44-20-..., +4420...
@@ -262,6 +266,10 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
         # Only IPv4 addresses (one regex over the batch): an address has digits, so its only form is itself
         # (nothing to fold; compacted it is its digits; no digit form: digit_forms' rule), and no tail.
         return found + [text for text in plain if len(text) >= minimum]
+    if not free_text and _LOWER_AT_BATCH.fullmatch(joined):
+        # Only lower-case values holding "@", no whitespace (one regex over the batch): folded, each is itself;
+        # with "@" there is no compact form, and no digit form or tail (digit_forms needs a phone's characters).
+        return found + [text for text in plain if len(text) >= MIN_FORM]
     # Whitespace collapsed over the whole batch, then trimmed at each value's ends (one space at most).
     collapsed = " ".join(joined.lower().split()).replace(" \0", "\0").replace("\0 ", "\0")
     folded_all = collapsed.split("\0")
