@@ -763,11 +763,20 @@ def all_hold_digit_or_at(texts: list[str]) -> bool:
     """Whether every one of ``texts`` holds an ASCII digit or "@" (so none is a name part: one_word_part),
     answered by C calls over the whole batch: joined by NUL, everything else deleted, no two NULs may meet.
     A value holding a NUL would blur the boundaries: such a batch answers False (each value then asked)."""
-    joined = "\0".join(texts).encode("utf-8", "surrogatepass")
-    if joined.count(b"\0") != len(texts) - 1:
+    return _joined_hold_digit_or_at("\0".join(texts).encode("utf-8", "surrogatepass"), len(texts))
+
+
+def all_encoded_hold_digit_or_at(datas: list[bytes]) -> bool:
+    """:func:`all_hold_digit_or_at` of UTF-8 bytes (their decoded text holds the same ASCII digits and "@",
+    replacement characters or not): the written check asks it of outputs without decoding them."""
+    return _joined_hold_digit_or_at(b"\0".join(datas), len(datas))
+
+
+def _joined_hold_digit_or_at(joined: bytes, count: int) -> bool:
+    if joined.count(b"\0") != count - 1:
         return False
     kept = joined.translate(None, _ALL_BUT_NUL_DIGITS_AT)
-    return bool(texts) and kept[:1] != b"\0" and kept[-1:] != b"\0" and b"\0\0" not in kept and kept != b""
+    return bool(count) and kept[:1] != b"\0" and kept[-1:] != b"\0" and b"\0\0" not in kept and kept != b""
 
 
 def one_word_part(fingerprinter: Fingerprinter, text: str) -> int | None:
@@ -878,6 +887,8 @@ class WrittenCheck:
         value is decided in full. Same answers as :meth:`verdict`, value by value (tested).
         ``cleared``: :meth:`known` already answered no for every one of ``outputs``.
         """
+        if cleared and all_encoded_hold_digit_or_at(outputs):
+            return [0] * len(outputs)  # no form is production's (known), and none is one word (masked phones)
         texts = [output.decode("utf-8", "replace") for output in outputs]
         if cleared:
             maybe = False
