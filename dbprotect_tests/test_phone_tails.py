@@ -23,6 +23,8 @@ from dbprotect.core.sanitize.fingerprints import (
     forms,
     forms_of_many,
     phone_tails,
+    tail_keys,
+    value_fingerprints,
 )
 from dbprotect.core.sanitize.rules import parse_rules
 from dbprotect.core.sanitize.stream import TableStats, sanitize_table
@@ -188,3 +190,21 @@ def test_the_tails_a_batch_leaves_hold_every_tail_of_its_forms(texts: list[str],
     tails: list[str] = []
     found = forms_of_many(texts, free_text=free_text, tails=tails)
     assert set(tails) >= _tails_form_by_form(found)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.from_regex(r"\+(00)?[0-9]{5,21}", fullmatch=True) | st.sampled_from(["+442079460018", "x@y.org"]),
+                min_size=1, max_size=10))
+def test_tails_read_off_the_forms_fingerprints_are_the_tails_own_keys(values: list[str]) -> None:
+    """Production's tail keys, where a tail is a phone's last form, are taken from that form's fingerprint:
+    they must be exactly the keys of the tails themselves (a wrong position would leave real numbers unknown
+    to the stream's one-lookup test), and each phone is then known in its own writing."""
+    _pairs, keys, _lengths = value_fingerprints(FINGERPRINTER, values)
+    own = set(tail_keys(FINGERPRINTER, phone_tails(set().union(*map(forms, values)))))
+    assert set(keys) >= own
+    assert set(keys) <= own | set(tail_keys(FINGERPRINTER, [v.lstrip("+")[-9:] for v in values]))
+    found = FingerprintFilter(1000)
+    found.add_pairs(*value_fingerprints(FINGERPRINTER, values))
+    check = WrittenCheck(FINGERPRINTER, found, {})
+    for value in values:
+        assert check.known(value.encode()) == bool(forms(value)), value

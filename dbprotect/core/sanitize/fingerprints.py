@@ -225,7 +225,8 @@ _NON_DIGIT_BUT_NUL = bytes(i for i in range(1, 256) if not 48 <= i <= 57)
 _TAIL_CHARS = _PHONE_BODY + "+"
 
 
-def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str] | None = None) -> list[str]:
+def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str] | None = None,
+                  tail_forms: list[int] | None = None) -> list[str]:
     """The normalized forms of every value of ``texts``, flat (a form may repeat): the union of
     :func:`forms` over them, computed a batch at a time.
 
@@ -241,6 +242,10 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
     forms is all digits). Why per value: a form that is ``+`` and digits only comes from such a value
     (any other character survives folding and compacting) and every one is a suffix of the value's
     digits, so its tail is theirs; testing each form in Python cost as much as hashing it (measured).
+
+    ``tail_forms`` (with ``tails``): an E.164 value whose last form is its tail (nine digits: a number of
+    nine to twelve digits after its prefix, as most are) puts that form's position in the returned list here
+    instead of the tail in ``tails``, so the tail's key is read off the form's fingerprint, not hashed again.
     """
     plain = [text for text in texts if text.isascii()]
     found: list[str] = []
@@ -296,14 +301,18 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
             if text[:1] == "+" and text[1:] == digits and len(digits) <= 19:
                 # E.164 ("+" and digits only: a masked or a production phone), digit_forms inline: its digits,
                 # without "00", without a 1-3 digit country prefix (9 digits left at least).
-                if tails is not None:
-                    tails.append(digits[-MIN_DIGITS:])
+                tail = digits[-MIN_DIGITS:]
                 some = [digits]
                 if digits.startswith("00"):
                     digits = digits[2:]
                     some.append(digits)
                 some += [digits[cc:] for cc in (1, 2, 3) if len(digits) - cc >= MIN_DIGITS]
                 found += some
+                if tails is not None:
+                    if tail_forms is not None and len(some[-1]) == MIN_DIGITS:  # the last form is the tail
+                        tail_forms.append(len(found) - 1)
+                    else:
+                        tails.append(tail)
                 continue
             if text.count(".") == 3 and _IPV4.match(text.strip()):
                 continue  # an IPv4 address: no digit form, no tail (digit_forms' rule, without its call)
@@ -501,11 +510,6 @@ class Fingerprinter:
         return self.array_of_many(forms_of_many(texts, free_text=free_text))
 
 
-#: The domain of phone tails (:func:`phone_tails`) in the filter: never the fingerprint of a form.
-TAIL_DOMAIN = "\0tail\0"
-_TAIL_DOMAIN_BYTES = TAIL_DOMAIN.encode()
-
-
 def phone_tails(found: Iterable[str]) -> set[str]:
     """The last :data:`MIN_DIGITS` digits of every form that is ASCII digits (after leading ``+``) and at
     least that long.
@@ -668,7 +672,7 @@ class FingerprintFilter:
         return first_word in self.tails
 
     def tail_known(self, fingerprint: int) -> bool:
-        """Whether a phone tail's fingerprint (:data:`TAIL_DOMAIN`) was added (Bloom: may say yes wrongly).
+        """Whether a phone tail's fingerprint (:func:`tail_keys`) was added (Bloom: may say yes wrongly).
         The filter holds a tail's first 64 bits (a fingerprint's first word, as :meth:`add_forms` adds it)."""
         return fingerprint >> 64 in self.tails
 
@@ -713,6 +717,7 @@ def value_fingerprints(fingerprinter: Fingerprinter, texts: list[str], *, free_t
     """
     found: list[str] = []
     tails: list[str] = []
+    tail_forms: list[int] = []
     parts: list[int] = []
     if name_part:
         for text in texts:  # one word alone: its own, weaker tier (name_part)
@@ -724,17 +729,20 @@ def value_fingerprints(fingerprinter: Fingerprinter, texts: list[str], *, free_t
                 found.extend(some)
                 tails.extend(phone_tails(some))
     else:
-        found = forms_of_many(texts, free_text=free_text, tails=tails)
+        found = forms_of_many(texts, free_text=free_text, tails=tails, tail_forms=tail_forms)
     pairs = fingerprinter.array_of_many(found)
+    keys = tail_keys(fingerprinter, tails) + (pairs[tail_forms, 0].tolist() if tail_forms else [])
     if parts:
         pairs = np.concatenate([pairs, _as_array(parts)])
-    return pairs, tail_keys(fingerprinter, tails), integer_shaped_lengths(found)
+    return pairs, keys, integer_shaped_lengths(found)
 
 
 def tail_keys(fingerprinter: Fingerprinter, tails: Iterable[str]) -> list[int]:
     """What the tail filter holds for ``tails`` (:func:`phone_tails`): the first 64 bits of each distinct
-    tail's fingerprint in :data:`TAIL_DOMAIN` (:meth:`FingerprintFilter.tails_first_word_known` asks it)."""
-    keys = [TAIL_DOMAIN + tail for tail in set(tails)]
+    tail's fingerprint (:meth:`FingerprintFilter.tails_first_word_known` asks it). The tail filter holds
+    nothing else and is asked nothing else, so a tail is fingerprinted as the form it is: when it is one of
+    its value's forms, its key is that form's (forms_of_many's ``tail_forms``)."""
+    keys = list(set(tails))
     return fingerprinter.array_of_many(keys)[:, 0].tolist() if keys else []
 
 
@@ -826,7 +834,7 @@ class WrittenCheck:
             # lookup of its tail answers for all of them (phone_tails). Bytes throughout (bytes.isdigit
             # is ASCII digits only): no decode, no str, per masked phone.
             return self.production.tails_first_word_known(
-                self.fingerprinter.first_word(_TAIL_DOMAIN_BYTES + digits[-MIN_DIGITS:]))
+                self.fingerprinter.first_word(digits[-MIN_DIGITS:]))
         text = output.decode("utf-8", "replace")
         found = e164_forms(text) or list(forms(text))
         return bool(found) and self.production.any_of(self.fingerprinter.array_of_many(found))
@@ -843,7 +851,7 @@ class WrittenCheck:
             if (complete and output[:1] == b"+" and digits.isdigit()
                     and len(digits) >= (MIN_DIGITS + 2 if digits.startswith(b"00") else MIN_DIGITS)):
                 rows.append(row)
-                tails.append(_TAIL_DOMAIN_BYTES + digits[-MIN_DIGITS:])
+                tails.append(digits[-MIN_DIGITS:])
             else:
                 found[row] = self.known(output)
         if rows:
