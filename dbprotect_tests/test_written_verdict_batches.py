@@ -22,6 +22,7 @@ from dbprotect.core.sanitize.fingerprints import (
     e164_forms,
     forms,
 )
+from dbprotect.core.sanitize.stream import _decide
 
 KEY = os.urandom(32)
 PRODUCTION = ["jane.doe@corp.example.com", "+44 20 7946 0018", "DE89 3704 0044 0532 0130 00"]
@@ -93,3 +94,14 @@ def test_a_masked_phone_equal_to_production_in_any_form_is_known() -> None:
     check = _check(["(20) 7946 0018", "0044 161 496 0000"])
     assert check.known(b"+442079460018") and check.known(b"+4401614960000") and check.known(b"+00441614960000")
     assert not check.known(b"+442079460019")
+
+
+def test_a_cleared_batch_is_decided_whole_only_when_no_output_can_be_a_name_part() -> None:
+    """The stream's decision of outputs ``avoid`` cleared skips them as a batch only when each holds a digit or
+    "@": a production first name among masked phones still counts, unique column or not."""
+    check = _check(PRODUCTION)
+    phones = [b"+15550100%03d" % i for i in range(50)]
+    for unique in (False, True):
+        assert _decide(check, {}, frozenset(), unique, [], phones) == (0, 0, 0)
+        assert _decide(check, {}, frozenset(), unique, [], [*phones, b"madalena"]) == (0, 1, 0)
+        assert _decide(check, {}, frozenset(), unique, [b"jane.doe@corp.example.com"], phones) == (1, 0, 0)

@@ -39,7 +39,13 @@ from psycopg import sql
 
 from dbprotect.core.sanitize import parallel
 from dbprotect.core.sanitize.coverage import ColumnInfo
-from dbprotect.core.sanitize.fingerprints import IPV4_HOST, NAME_PART, PRODUCTION_VALUE, WrittenCheck
+from dbprotect.core.sanitize.fingerprints import (
+    IPV4_HOST,
+    NAME_PART,
+    PRODUCTION_VALUE,
+    WrittenCheck,
+    all_encoded_hold_digit_or_at,
+)
 from dbprotect.core.sanitize.keyset import KeySet
 from dbprotect.core.sanitize.leaves import copy_bytes_are_textsend, inet_columns, plain_text_columns
 from dbprotect.core.sanitize.rules import RuleSet
@@ -345,7 +351,11 @@ def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], un
     repeat, so they are not cached).
     ``cleared``: outputs the ``avoid`` test just passed (no form in the production set): only their
     name-part test remains."""
-    if unique:  # every output decided once, as it comes: nothing repeats, so nothing to merge or cache
+    if not pending and all_encoded_hold_digit_or_at(cleared):
+        # Every output passed avoid (no form is production's) and holds a digit or "@" (no name part): masked
+        # phones, decided by one C pass over the batch, neither cached nor looked at one by one.
+        production = parts = 0
+    elif unique:  # every output decided once, as it comes: nothing repeats, so nothing to merge or cache
         verdicts = ((written.verdicts(pending, exempt) if pending else [])
                     + (written.verdicts(cleared, exempt, cleared=True) if cleared else []))
         production, parts = verdicts.count(PRODUCTION_VALUE), verdicts.count(NAME_PART)
