@@ -208,3 +208,19 @@ def test_tails_read_off_the_forms_fingerprints_are_the_tails_own_keys(values: li
     check = WrittenCheck(FINGERPRINTER, found, {})
     for value in values:
         assert check.known(value.encode()) == bool(forms(value)), value
+
+
+_PHONES = st.from_regex(r"\+(00)?[0-9]{6,14}", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(production=st.lists(_PHONES, min_size=1, max_size=8),
+       others=st.lists(_PHONES | st.text(max_size=14), max_size=8), data=st.data())
+def test_known_many_equals_known_output_by_output(production: list[str], others: list[str],
+                                                  data: st.DataObject) -> None:
+    """A batch of outputs (all E.164 or mixed, short or long, with "00") is answered as each output alone is."""
+    check = _checks(production)[0]
+    pool = [*production, *others]
+    drawn = data.draw(st.lists(st.sampled_from(pool), max_size=12))
+    outputs = [text.encode("utf-8", "surrogatepass") for text in drawn]
+    assert check.known_many(outputs) == [check.known(output) for output in outputs]
