@@ -917,9 +917,8 @@ class WrittenCheck:
             found_in_batch = self.production.hits(fingerprints)
             if found_in_batch.any():
                 hit = {high << 64 | low for high, low in fingerprints[found_in_batch].tolist()}.difference(exempt)
-        of_many = self.fingerprinter.of_many
-        found = [PRODUCTION_VALUE if hit and (some := forms(text)) and not hit.isdisjoint(of_many(list(some))) else 0
-                 for text in texts]
+        of = self.fingerprinter.of
+        found = [PRODUCTION_VALUE if hit and not hit.isdisjoint(map(of, forms(text))) else 0 for text in texts]
         # The name-part test of every value still at 0, in one lookup of the batch.
         if all_hold_digit_or_at(texts):  # e-mails, addresses, phones: never one word (one_word_part)
             return found
