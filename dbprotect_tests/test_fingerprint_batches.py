@@ -79,6 +79,20 @@ def test_batches_of_lower_case_addresses_take_the_email_shortcut_and_equal_the_r
     assert set(tails) >= phone_tails(_reference(batch, free_text))
 
 
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.from_regex(r"\+[0-9]{9,19}", fullmatch=True), min_size=1, max_size=12),
+       other=st.lists(_E164 | st.sampled_from(["+44 20 7946 0018", "+0012345678901"]), max_size=1),
+       free_text=st.booleans())
+def test_batches_of_phones_take_the_e164_shortcut_and_equal_the_reference(texts: list[str], other: list[str],
+                                                                         free_text: bool) -> None:
+    """Batches of "+" and 9-19 digits (with "00" or not), with at most one value that must send the batch down
+    the general path (too short or long, "+00", a space): forms and tails equal the reference's."""
+    batch = texts + other
+    tails: list[str] = []
+    assert set(forms_of_many(batch, free_text=free_text, tails=tails)) == _reference(batch, free_text)
+    assert set(tails) >= phone_tails(_reference(batch, free_text))
+
+
 _OCTET = st.integers(0, 255).map(str) | st.from_regex(r"0[0-9]{1,2}|[0-9]{3}", fullmatch=True)
 _IPV4_EXACT = st.builds(lambda octets, prefix: ".".join(octets) + prefix, st.lists(_OCTET, min_size=4, max_size=4),
                         st.sampled_from(["", "/24", "/32", "/0", "/123"]))

@@ -194,7 +194,8 @@ def test_the_tails_a_batch_leaves_hold_every_tail_of_its_forms(texts: list[str],
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.from_regex(r"\+(00)?[0-9]{5,21}", fullmatch=True) | st.sampled_from(["+442079460018", "x@y.org"]),
-                min_size=1, max_size=10))
+                min_size=1, max_size=10)
+       | st.lists(st.from_regex(r"\+[0-9]{9,20}", fullmatch=True), min_size=1, max_size=10))  # E.164 batches
 def test_tails_read_off_the_forms_fingerprints_are_the_tails_own_keys(values: list[str]) -> None:
     """Production's tail keys, where a tail is a phone's last form, are taken from that form's fingerprint:
     they must be exactly the keys of the tails themselves (a wrong position would leave real numbers unknown

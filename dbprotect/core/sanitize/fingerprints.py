@@ -77,6 +77,9 @@ _IPV4_BATCH = re.compile(f"(?:{_IPV4_BODY}\0)*{_IPV4_BODY}")
 #: addresses as they are usually stored, and as the email transformer writes them): forms_of_many's shortcut.
 _LOWER_AT_VALUE = r"[!-?\[-~]*@[!-@\[-~]*"  # printable ASCII but A-Z: none before the first "@", then any
 _LOWER_AT_BATCH = re.compile(f"(?:{_LOWER_AT_VALUE}\0)*{_LOWER_AT_VALUE}")
+#: Values joined by NUL that are each "+" and 9-19 ASCII digits, not "+00" (E.164 phones as production usually
+#: stores them and as the phone transformer writes them): forms_of_many's shortcut (:func:`_e164_batch_forms`).
+_E164_BATCH = re.compile(r"(?:\+(?!00)[0-9]{9,19}\0)*\+(?!00)[0-9]{9,19}")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE_PATTERNS = (
     re.compile(r"^\+[1-9][0-9]{0,3}(?:[\s.\-/]?\(?[0-9]{1,5}\)?){1,6}$"),  # +44 20 7946 0018, +44-20-..., +4420...
@@ -271,6 +274,8 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
         # Only IPv4 addresses (one regex over the batch): an address has digits, so its only form is itself
         # (nothing to fold; compacted it is its digits; no digit form: digit_forms' rule), and no tail.
         return found + [text for text in plain if len(text) >= minimum]
+    if _E164_BATCH.fullmatch(joined):
+        return found + _e164_batch_forms(plain, tails, tail_forms, len(found))
     if not free_text and _LOWER_AT_BATCH.fullmatch(joined):
         # Only lower-case values holding "@", no whitespace (one regex over the batch): folded, each is itself;
         # with "@" there is no compact form, and no digit form or tail (digit_forms needs a phone's characters).
@@ -324,6 +329,30 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
             if tails is not None and (some or "+" in text or len(digits) > 19):
                 tails.append(digits[-MIN_DIGITS:])
     return found
+
+
+def _e164_batch_forms(plain: list[str], tails: list[str] | None, tail_forms: list[int] | None,
+                      start: int) -> list[str]:
+    """forms_of_many of a batch of E.164 phones (:data:`_E164_BATCH`), a list comprehension per form instead of
+    a loop over the values: each value's digits (its own form: plus_digits) and its digits without a 1, 2 or
+    3 digit country prefix while nine digits are left (digit_forms of an international number), grouped by
+    cut. A value's tail (its last nine digits) is its last cut when it has 9-12 digits: its position goes to
+    ``tail_forms`` (``start``: where these forms begin in forms_of_many's list), else the tail to ``tails``."""
+    digits = [text[1:] for text in plain]
+    cuts = [digits, *([d[cut:] for d in digits if len(d) - cut >= MIN_DIGITS] for cut in (1, 2, 3))]
+    if tails is not None:
+        lengths = np.fromiter(map(len, digits), dtype=np.int64, count=len(digits))
+        last_cut = lengths - MIN_DIGITS  # the cut that leaves nine digits: the tail, when it is 0-3
+        if tail_forms is None:
+            tails.extend(d[-MIN_DIGITS:] for d in digits)
+        else:
+            offset = start
+            for cut, forms_of_cut in enumerate(cuts):
+                rank = np.cumsum(lengths - cut >= MIN_DIGITS) - 1  # each value's place among those cut so
+                tail_forms.extend((offset + rank[last_cut == cut]).tolist())
+                offset += len(forms_of_cut)
+            tails.extend(digits[i][-MIN_DIGITS:] for i in np.flatnonzero(last_cut > 3).tolist())
+    return [form for forms_of_cut in cuts for form in forms_of_cut]
 
 
 _WORD = re.compile(r"^[^\W\d_]+(?:['\-][^\W\d_]+)*$")
