@@ -141,14 +141,13 @@ def peak_rss_mb() -> float:
 
 
 class TimedWrittenCheck(WrittenCheck):
-    """The stream's own share of the check, timed: its test of every masked phone against production
-    (``avoid``) is check work done inside the stream, so it counts as check, not stream. The decisions on
-    every written value are timed by the stream itself (:attr:`TableStats.check_seconds`, CPU seconds):
-    for a large table they run in a worker process, beside the stream.
+    """The wall time the check takes from the stream's own process: its test of masked phones against
+    production (``avoid``) when it runs here (for a large table it runs in the stream's worker with the
+    phone column). The CPU seconds of the avoid tests and of the decisions on every written value, wherever
+    they ran, are counted by the stream itself (:attr:`TableStats.check_seconds`, a batch at a time).
 
     Timed with ``perf_counter`` only (a vDSO read): ``process_time`` is a system call, and timing every
-    value with it made the timer itself ~15% of the build (py-spy), inflating the check's share. Its CPU
-    seconds are estimated at the stream's CPU/wall ratio.
+    value with it made the timer itself ~15% of the build (py-spy), inflating the check's share.
     """
 
     def __init__(self, *args: object) -> None:
@@ -200,17 +199,15 @@ def run_dbprotect(source: str, target: str, rows: int) -> dict[str, float]:
 
         written = TimedWrittenCheck(fingerprinter, production, fixed_fingerprints(rules, fingerprinter))
         started = time.perf_counter()
-        stream_cpu_started = cpu_seconds()
         stats = sanitize_table(src, dst, "public.users", columns, rules, masker, written=written)
         dst.commit()
         stream = time.perf_counter() - started
-        # The in-stream check is timed in wall seconds; its CPU seconds, at the stream's CPU/wall ratio.
-        # The avoid test in this process: CPU estimated at the stream's CPU/wall ratio (this process only:
-        # the decisions' worker, if any, is not reaped yet). The decisions: their own CPU seconds.
-        stream_cpu = cpu_seconds() - stream_cpu_started
-        in_stream_cpu = (written.seconds * stream_cpu / stream if stream else 0.0) + stats.check_seconds
-        # Wall time the check took from the stream: the avoid test, and the decisions when they ran here.
-        in_stream_wall = written.seconds + (0.0 if stats.checked_in_worker else stats.check_seconds)
+        # The in-stream check's CPU seconds: the stream's own count of its avoid tests and decisions, in this
+        # process and in its worker. Wall time it took from this process: the avoid tests run here (timed
+        # here), and the decisions when they ran here.
+        in_stream_cpu = stats.check_seconds
+        in_stream_wall = written.seconds + (0.0 if stats.checked_in_worker
+                                            else max(0.0, stats.check_seconds - written.seconds))
     started = time.perf_counter()
     with psycopg.connect(target, autocommit=True) as conn:
         conn.execute(INDEXES)
