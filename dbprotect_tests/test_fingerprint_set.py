@@ -13,14 +13,17 @@ import os
 import numpy as np
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbprotect.core.sanitize import checks, parallel
-from dbprotect.core.sanitize.checks import production_fingerprints
+from dbprotect.core.sanitize.checks import integer_text_ranges, production_fingerprints
 from dbprotect.core.sanitize.coverage import source_columns
 from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
     integer_shaped_lengths,
+    tail_keys,
     value_fingerprints,
 )
 from dbprotect.core.sanitize.rules import parse_rules
@@ -113,7 +116,7 @@ def test_one_copy_and_workers_give_the_set_the_per_column_queries_give(make_db, 
     assert by_queries.entries > 3000 * 2
     assert _contents(in_process) == _contents(by_queries)
     assert _contents(by_workers) == _contents(by_queries)
-    tail = FINGERPRINTER.array_of_many(["\0tail\0" + "079460018"])[0, 0]
+    tail = tail_keys(FINGERPRINTER, ["079460018"])[0]
     assert int(tail) in by_workers.tails and int(tail) in by_queries.tails  # the phone's tail
 
 
@@ -225,3 +228,14 @@ def test_the_set_knows_the_lengths_of_its_integer_shaped_forms_until_forms_are_u
     assert not found.integer_lengths_complete
     # A negative integer's form first in its batch (the batch is searched joined: its start counts too).
     assert integer_shaped_lengths(["-123456789", "x"]) == {10} and integer_shaped_lengths(["x", "-12"]) == {3}
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.integers(-(2**63), 2**63 - 1) | st.integers(-10**6, 10**6)
+       | st.sampled_from([0, -1, 9, 10, -9, -10, 99999999, 100000000, -(2**63), 2**63 - 1]),
+       lengths=st.sets(st.integers(0, 22), max_size=8))
+def test_integer_text_ranges_hold_exactly_the_integers_of_those_lengths(value: int, lengths: set[int]) -> None:
+    """The integer read-back filter's ranges: a value is in one exactly when its text has one of the lengths
+    (an integer column is then read back where it can meet production, and only there)."""
+    inside = any(low <= value <= high for low, high in integer_text_ranges(lengths))
+    assert inside == (len(str(value)) in lengths)
