@@ -217,3 +217,49 @@ def test_a_unique_columns_written_values_are_each_decided(make_db) -> None:
     assert stats.written["email"] == [25, 0, 0] and stats.retries == 0
     check = _check(dst, columns, stats, production)
     assert not check.ok and "public.people.email: 25 value(s) equal personal values of production" in check.detail
+
+
+EVENTS = "CREATE TABLE events (id int, day date);"
+EVENTS_SOURCE = EVENTS + "INSERT INTO events SELECT i, date '1980-01-01' + i * 40 FROM generate_series(1, 40) i;"
+
+
+def _stream_events(src_dsn: str, dst_dsn: str, production: FingerprintFilter, rule: str,
+                   datestyle: str = "ISO, MDY") -> tuple[TableStats, CheckResult]:
+    rules = parse_rules(f"version: 1\ntables:\n  public.events: {{id: keep, day: {rule}}}\n")
+    with psycopg.connect(src_dsn) as src, psycopg.connect(dst_dsn, options=f"-c DateStyle={datestyle.replace(' ', '')}"
+                                                          ) as dst:
+        columns = source_columns(src)
+        written = WrittenCheck(Fingerprinter(KEY), production, {})
+        stats = sanitize_table(src, dst, "public.events", columns["public.events"], rules, Masker(KEY), written=written)
+        dst.commit()
+    with psycopg.connect(dst_dsn, autocommit=True) as dst:
+        check = no_pii_leaked(dst, columns, rules, [stats], Fingerprinter(KEY), production)
+    return stats, check
+
+
+def test_a_date_column_of_iso_outputs_is_checked_as_written(make_db) -> None:
+    """The date transformer writes ``YYYY-MM-DD``, which ``date`` stores and prints back unchanged (DateStyle ISO):
+    checked as written, and written days equal to production's personal values still fail the check."""
+    src, scratch, dst = make_db(EVENTS_SOURCE), make_db(EVENTS), make_db(EVENTS)
+    stats, check = _stream_events(src, scratch, _production("1901-01-01"), "date")
+    assert stats.written == {"day": [0, 0, 0]}
+    assert check.ok and check.metrics["columns_checked_as_written"] == 1
+    with psycopg.connect(scratch) as conn:
+        outputs = [row[0] for row in conn.execute("SELECT format('%s', day) FROM events")]
+    stats, check = _stream_events(src, dst, _production(*outputs), "date")
+    assert stats.written["day"] == [40, 0, 0]
+    assert not check.ok and "public.events.day: 40 value(s) equal personal values of production" in check.detail
+
+
+def test_a_date_the_type_rewrites_or_a_session_not_in_iso_is_read_back(make_db) -> None:
+    """``1980-5-3`` is stored and printed as ``1980-05-03``, a production value the written string's forms do not
+    hold: trusting the written text would pass this copy. A session printing dates in another style cannot
+    vouch for the written text either: the column is read back."""
+    src, dst = make_db(EVENTS_SOURCE), make_db(EVENTS)
+    stats, check = _stream_events(src, dst, _production("1980-05-03"), "{transformer: fixed, value: '1980-5-3'}")
+    assert stats.written["day"] == [0, 0, 40]
+    assert not check.ok and check.metrics["columns_checked_as_written"] == 0
+    assert "public.events.day: 40 value(s) equal personal values of production" in check.detail
+    other = make_db(EVENTS)
+    stats, check = _stream_events(src, other, _production("1901-01-01"), "date", datestyle="German, DMY")
+    assert "day" not in stats.written and check.ok and check.metrics["columns_checked_as_written"] == 0

@@ -179,7 +179,7 @@ _PLAIN_TEXT_COLUMNS = """
         WHERE t.typtype = 'd' AND r.depth < 12)
     SELECT r.attname, t.typname::text FROM resolved r JOIN pg_type t ON t.oid = r.typid
     WHERE t.typtype = 'b' AND t.typnamespace = 'pg_catalog'::regnamespace
-      AND t.typname IN ('text', 'varchar', 'bpchar', 'inet')
+      AND t.typname IN ('text', 'varchar', 'bpchar', 'inet', 'date')
 """
 _PLAIN_TEXT_TYPES = frozenset({"text", "varchar", "bpchar"})
 
@@ -207,8 +207,25 @@ def inet_columns(conn: psycopg.Connection, table: str) -> set[str]:
     return {column for column, type_name in _base_types(conn, table) if type_name == "inet"}
 
 
+def date_columns(conn: psycopg.Connection, table: str) -> set[str]:
+    """The columns of ``table`` of type ``date`` or a domain over it.
+
+    A date written as ``YYYY-MM-DD`` (what the date transformer writes for a date) is stored as that day and
+    read back (``date_out``, DateStyle ISO) as the very string written; other input (``1980-5-3``, another
+    DateStyle's order) may come back rewritten. The stream checks such a column as written only when its
+    session's DateStyle is ISO and every written value had that form (:data:`~.stream.CANONICAL_ISO_DATE`).
+    """
+    return {column for column, type_name in _base_types(conn, table) if type_name == "date"}
+
+
+def iso_dates(conn: psycopg.Connection) -> bool:
+    """Whether this session prints dates as ``YYYY-MM-DD`` (DateStyle ISO, whatever the field order)."""
+    row = conn.execute("SELECT current_setting('DateStyle')").fetchone()
+    return row is not None and str(row[0]).upper().startswith("ISO")
+
+
 def _base_types(conn: psycopg.Connection, table: str) -> list[tuple[str, str]]:
-    """(column, base type name) of the columns of ``table`` whose base type is a text type or ``inet``."""
+    """(column, base type name) of the columns of ``table`` whose base type is a text type, ``inet`` or ``date``."""
     schema, _, name = table.partition(".")
     return [(str(column), str(type_name)) for column, type_name in
             conn.execute(_PLAIN_TEXT_COLUMNS, (schema, name)).fetchall()]

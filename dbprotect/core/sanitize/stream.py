@@ -47,7 +47,13 @@ from dbprotect.core.sanitize.fingerprints import (
     all_encoded_hold_digit_or_at,
 )
 from dbprotect.core.sanitize.keyset import KeySet
-from dbprotect.core.sanitize.leaves import copy_bytes_are_textsend, inet_columns, plain_text_columns
+from dbprotect.core.sanitize.leaves import (
+    copy_bytes_are_textsend,
+    date_columns,
+    inet_columns,
+    iso_dates,
+    plain_text_columns,
+)
 from dbprotect.core.sanitize.rules import RuleSet
 from dbprotect.core.sanitize.transformers import (
     UNCHANGED_EXEMPT,
@@ -69,6 +75,9 @@ CACHE_ENTRIES = 1 << 16
 #: Outputs joined by newlines (and ended by one) that are all canonical IPv4 addresses: what an ``inet``
 #: column stores and reads back as the very string written (:func:`.leaves.inet_columns`).
 CANONICAL_IPV4 = re.compile(f"(?:{IPV4_HOST}\n)*".encode())
+#: Outputs joined by newlines (and ended by one) that are all dates as ``YYYY-MM-DD``: what a ``date`` column
+#: stores and reads back, in a session of DateStyle ISO, as the very string written (:func:`.leaves.date_columns`).
+CANONICAL_ISO_DATE = re.compile(rb"(?:[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])\n)*")
 
 
 @dataclass
@@ -205,7 +214,9 @@ def _written_columns(dst: psycopg.Connection, table: str) -> dict[str, re.Patter
     stream's transaction, :data:`TableStats.writer_xid`); otherwise the column is read back.
 
     An ``inet`` column qualifies with a shape (:data:`CANONICAL_IPV4`): it counts as checked as written
-    only if every value written had it, otherwise it is read back (:attr:`TableStats.written`).
+    only if every value written had it, otherwise it is read back (:attr:`TableStats.written`). So does a
+    ``date`` column (:data:`CANONICAL_ISO_DATE`) when this session prints dates in ISO form: a date that
+    loaded is a real day, printed back zero-padded as it was written (one that does not exist fails the COPY).
     """
     schema, _, name = table.partition(".")
     if not copy_bytes_are_textsend(dst):
@@ -215,6 +226,8 @@ def _written_columns(dst: psycopg.Connection, table: str) -> dict[str, re.Patter
         return {}
     columns: dict[str, re.Pattern[bytes] | None] = dict.fromkeys(plain_text_columns(dst, table))
     columns.update(dict.fromkeys(inet_columns(dst, table), CANONICAL_IPV4))
+    if iso_dates(dst):
+        columns.update(dict.fromkeys(date_columns(dst, table), CANONICAL_ISO_DATE))
     return columns
 
 
