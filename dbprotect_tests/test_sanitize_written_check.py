@@ -251,12 +251,13 @@ def test_a_date_column_of_iso_outputs_is_checked_as_written(make_db) -> None:
     assert not check.ok and "public.events.day: 40 value(s) equal personal values of production" in check.detail
 
 
-def test_a_date_the_type_rewrites_or_a_session_not_in_iso_is_read_back(make_db) -> None:
-    """``1980-5-3`` is stored and printed as ``1980-05-03``, a production value the written string's forms do not
+@pytest.mark.parametrize("written", ["1980-5-03", "1980-05-3", "May 3 1980", "19800503"])
+def test_a_date_the_type_rewrites_or_a_session_not_in_iso_is_read_back(make_db, written: str) -> None:
+    """``1980-5-03`` is stored and printed as ``1980-05-03``, a production value the written string's forms do not
     hold: trusting the written text would pass this copy. A session printing dates in another style cannot
     vouch for the written text either: the column is read back."""
     src, dst = make_db(EVENTS_SOURCE), make_db(EVENTS)
-    stats, check = _stream_events(src, dst, _production("1980-05-03"), "{transformer: fixed, value: '1980-5-3'}")
+    stats, check = _stream_events(src, dst, _production("1980-05-03"), f"{{transformer: fixed, value: '{written}'}}")
     assert stats.written["day"] == [0, 0, 40]
     assert not check.ok and check.metrics["columns_checked_as_written"] == 0
     assert "public.events.day: 40 value(s) equal personal values of production" in check.detail
