@@ -220,7 +220,7 @@ def test_the_set_knows_the_lengths_of_its_integer_shaped_forms_until_forms_are_u
     found = FingerprintFilter(1000)
     found.add_forms(FINGERPRINTER, ["1234567", "-12345678", "abc123", "+441234567890", "441234567890"])
     assert found.integer_lengths == {7, 9, 12} and found.integer_lengths_complete
-    pairs, keys, lengths = value_fingerprints(FINGERPRINTER, ["+44 20 7946 0018", "Jane Doe", "00123456"])
+    pairs, keys, lengths, _census = value_fingerprints(FINGERPRINTER, ["+44 20 7946 0018", "Jane Doe", "00123456"])
     assert lengths == {8, 12, 11, 10, 9}  # "00123456" folded; the phone's digits, without a 1-3 digit prefix
     found.add_pairs(pairs, keys, lengths)
     assert found.integer_lengths == {7, 8, 9, 10, 11, 12}

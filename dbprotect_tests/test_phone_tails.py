@@ -200,7 +200,7 @@ def test_tails_read_off_the_forms_fingerprints_are_the_tails_own_keys(values: li
     """Production's tail keys, where a tail is a phone's last form, are taken from that form's fingerprint:
     they must be exactly the keys of the tails themselves (a wrong position would leave real numbers unknown
     to the stream's one-lookup test), and each phone is then known in its own writing."""
-    _pairs, keys, _lengths = value_fingerprints(FINGERPRINTER, values)
+    _pairs, keys, _lengths, _census = value_fingerprints(FINGERPRINTER, values)
     own = set(tail_keys(FINGERPRINTER, phone_tails(set().union(*map(forms, values)))))
     assert set(keys) >= own
     assert set(keys) <= own | set(tail_keys(FINGERPRINTER, [v.lstrip("+")[-9:] for v in values]))

@@ -70,7 +70,7 @@ from dbprotect.core.sanitize.leaves import (
 )
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 from dbprotect.core.sanitize.stream import TableStats
-from dbprotect.core.sanitize.transformers import copy_unescape, json_path
+from dbprotect.core.sanitize.transformers import copy_unescape, json_path, output_shape
 from dbprotect.core.store.manifest import Manifest
 
 NO_PII_LEAKED = "no_pii_leaked"
@@ -204,7 +204,7 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
     together in one ``COPY`` (:func:`_copied_fingerprints`).
     """
     catalog = TypeCatalog(src)
-    found = FingerprintFilter(capacity)
+    found = FingerprintFilter(capacity, shapes=output_shapes(rules))
     utf8 = copy_bytes_are_textsend(src)
     for table, infos in sorted(columns.items()):
         schema, _, name = table.partition(".")
@@ -242,9 +242,16 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
     return found
 
 
+def output_shapes(rules: RuleSet) -> set[str]:
+    """The output shapes of every transformer the rules use (:func:`~.transformers.output_shape`): production
+    takes their census as it is fingerprinted."""
+    return {shape for columns in rules.tables.values() for rule in columns.values()
+            if (shape := output_shape(rule)) is not None}
+
+
 def _add_values(found: FingerprintFilter, fingerprinter: Fingerprinter, rule: ColumnRule, texts: list[str]) -> None:
     """Fingerprint a batch of one personal column's values (distinct or not) into ``found``."""
-    found.add_pairs(*value_fingerprints(fingerprinter, texts, **_value_kind(rule)))
+    found.add_pairs(*value_fingerprints(fingerprinter, texts, **_value_kind(rule), shapes=found.shapes))
 
 
 def _value_kind(rule: ColumnRule) -> dict[str, bool]:
@@ -253,7 +260,8 @@ def _value_kind(rule: ColumnRule) -> dict[str, bool]:
             "name_part": rule.transformer == "name" and rule.options().get("part") in ("first", "last")}
 
 
-def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str, bool]], data: bytes) -> Added:
+def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str, bool]], data: bytes,
+                              shapes: tuple[str, ...] = ()) -> Added:
     """The production fingerprints of a batch of COPY rows (``data``: whole rows, text format) of the
     columns whose :func:`_value_kind` are ``kinds``: split into fields by two C calls, each column's
     values made distinct in the batch (a name column repeats a few values millions of times), unescaped
@@ -264,6 +272,7 @@ def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str
     pairs: list[np.ndarray] = []
     tail_keys: list[int] = []
     lengths: set[int] = set()
+    seen: set[str] = set()
     for index, kind in enumerate(kinds):
         values = dict.fromkeys(fields[index:count * width:width])
         values.pop(b"\\N", None)
@@ -273,12 +282,14 @@ def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str
             joined = b"\0".join(values)
             if b"\\" in joined:  # an escaped character somewhere: unescaped value by value
                 joined = b"\0".join(copy_unescape(raw) if b"\\" in raw else raw for raw in values)
-            some, keys, some_lengths = value_fingerprints(fingerprinter, joined.decode("utf-8", "replace").split("\0"),
-                                                          **kind)
+            some, keys, some_lengths, census = value_fingerprints(
+                fingerprinter, joined.decode("utf-8", "replace").split("\0"), **kind, shapes=shapes)
             pairs.append(some)
             tail_keys += keys
             lengths |= some_lengths
-    return (np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.uint64)), tail_keys, lengths
+            seen |= census[1] if census is not None else set()
+    return ((np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.uint64)), tail_keys, lengths,
+            (shapes, frozenset(seen)))
 
 
 _worker_fingerprinter: Fingerprinter | None = None
@@ -289,9 +300,9 @@ def _worker_start(derived_key: bytes) -> None:
     _worker_fingerprinter = Fingerprinter(b"", derived=derived_key)
 
 
-def _worker_batch(kinds: list[dict[str, bool]], data: bytes) -> Added:
+def _worker_batch(kinds: list[dict[str, bool]], data: bytes, shapes: tuple[str, ...]) -> Added:
     assert _worker_fingerprinter is not None, "started by _worker_start"
-    return copied_batch_fingerprints(_worker_fingerprinter, kinds, data)
+    return copied_batch_fingerprints(_worker_fingerprinter, kinds, data, shapes)
 
 
 def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple[str, ColumnRule]],
@@ -317,9 +328,9 @@ def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple
     def settle(rows: list[bytes]) -> None:
         data = b"".join(rows)
         if pool is None:
-            found.add_pairs(*copied_batch_fingerprints(fingerprinter, kinds, data))
+            found.add_pairs(*copied_batch_fingerprints(fingerprinter, kinds, data, found.shapes))
             return
-        pending.append(pool.submit(_worker_batch, kinds, data))
+        pending.append(pool.submit(_worker_batch, kinds, data, found.shapes))
         while len(pending) > parallel.IN_FLIGHT:
             found.add_pairs(*parallel.collect(pending.popleft(), "fingerprinting production"))
 

@@ -36,6 +36,7 @@ import hmac
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Set
+from functools import lru_cache
 
 import numpy as np
 from rbloom import Bloom
@@ -597,8 +598,14 @@ class FingerprintFilter:
     #: Pending fingerprints are spread into their arrays every this many (bounds the unsorted buffer).
     SPILL_ROWS = 1 << 18
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, shapes: Iterable[str] = ()) -> None:
         self.capacity = max(1000, capacity)
+        #: Output shapes (:func:`~.transformers.output_shape`) whose census is taken as forms are added
+        #: (``shapes_seen``: those some production form fully matches). ``shapes_complete``: every form
+        #: added so far came with its census (:meth:`add` clears it), so :meth:`shape_clear` can be trusted.
+        self.shapes: tuple[str, ...] = tuple(sorted(set(shapes)))
+        self.shapes_seen: set[str] = set()
+        self.shapes_complete = True
         # At most one tail a phone, and fingerprint_capacity counts 5 entries a phone.
         self.tails = Bloom(max(1000, self.capacity // 5), TAIL_FALSE_POSITIVE_RATE)
         self.tails_complete = True
@@ -656,6 +663,7 @@ class FingerprintFilter:
         """
         self.tails_complete = False
         self.integer_lengths_complete = False
+        self.shapes_complete = False
         self._append(_as_array(fingerprints))
 
     def add_part(self, fingerprint: int) -> None:
@@ -667,10 +675,17 @@ class FingerprintFilter:
         caller has them (:func:`forms_of_many`: at least :func:`phone_tails` of ``found``), else computed."""
         self.add_pairs(fingerprinter.array_of_many(found),
                        tail_keys(fingerprinter, phone_tails(found) if tails is None else tails),
-                       integer_shaped_lengths(found))
+                       integer_shaped_lengths(found), (self.shapes, shape_census(found, self.shapes)))
 
-    def add_pairs(self, pairs: np.ndarray, tail_keys: list[int], integer_lengths: set[int]) -> None:
-        """Add what :func:`value_fingerprints` computed (possibly in another process)."""
+    def add_pairs(self, pairs: np.ndarray, tail_keys: list[int], integer_lengths: set[int],
+                  census: Census | None = None) -> None:
+        """Add what :func:`value_fingerprints` computed (possibly in another process). ``census``: the shapes
+        tested on those forms and those seen; without it, or without every shape of this set tested, the
+        census is incomplete from now on (:meth:`shape_clear` answers no)."""
+        if census is None or not set(self.shapes) <= set(census[0]):
+            self.shapes_complete = False
+        else:
+            self.shapes_seen |= census[1]
         self.integer_lengths |= integer_lengths
         self._append(pairs)
         if tail_keys:
@@ -695,6 +710,11 @@ class FingerprintFilter:
 
     def any_of(self, fingerprints: np.ndarray | Iterable[int]) -> bool:
         return bool(self.hits(fingerprints).any())
+
+    def shape_clear(self, shape: str | None) -> bool:
+        """Whether no production form fully matches ``shape`` (an output shape, :func:`~.transformers.output_shape`):
+        its census was taken over every form added, and nothing matched."""
+        return shape is not None and self.shapes_complete and shape in self.shapes and shape not in self.shapes_seen
 
     def tails_first_word_known(self, first_word: int) -> bool:
         """:meth:`tail_known` of a fingerprint's first word (:meth:`Fingerprinter.first_word`)."""
@@ -731,12 +751,31 @@ def integer_shaped_lengths(found: list[str]) -> set[int]:
     return lengths
 
 
-#: What one batch of production values adds to the set: fingerprints, tail keys, integer-shaped form lengths.
-Added = tuple[np.ndarray, list[int], set[int]]
+#: The census of output shapes over some production forms: the shapes tested, and those a form fully matched.
+Census = tuple[tuple[str, ...], frozenset[str]]
+#: What one batch of production values adds to the set: fingerprints, tail keys, integer-shaped form lengths, and
+#: the census of output shapes (None when none was taken).
+Added = tuple[np.ndarray, list[int], set[int], Census | None]
+
+
+@lru_cache(maxsize=64)
+def _census_pattern(shape: str) -> re.Pattern[str]:
+    return re.compile(f"\0(?:{shape})(?=\0)")
+
+
+def shape_census(found: list[str], shapes: tuple[str, ...]) -> frozenset[str]:
+    """The ``shapes`` (regexes) that some form of ``found`` fully matches: one search per shape over the forms
+    joined by NUL (no PostgreSQL text holds one; forms that do are tested one by one)."""
+    if not shapes or not found:
+        return frozenset()
+    joined = "\0" + "\0".join(found) + "\0"
+    if joined.count("\0") != len(found) + 1:
+        return frozenset(shape for shape in shapes if any(re.fullmatch(shape, form) for form in found))
+    return frozenset(shape for shape in shapes if _census_pattern(shape).search(joined))
 
 
 def value_fingerprints(fingerprinter: Fingerprinter, texts: list[str], *, free_text: bool = False,
-                       name_part: bool = False) -> Added:
+                       name_part: bool = False, shapes: tuple[str, ...] | None = None) -> Added:
     """What one batch of a personal column's values adds to the production set: the fingerprints of
     their forms (or, ``name_part``, of each one-word value as a name part, :meth:`Fingerprinter.part`),
     the tail keys of their phone tails and the lengths of their integer-shaped forms
@@ -763,7 +802,8 @@ def value_fingerprints(fingerprinter: Fingerprinter, texts: list[str], *, free_t
     keys = tail_keys(fingerprinter, tails) + (pairs[tail_forms, 0].tolist() if tail_forms else [])
     if parts:
         pairs = np.concatenate([pairs, _as_array(parts)])
-    return pairs, keys, integer_shaped_lengths(found)
+    census = None if shapes is None else (shapes, shape_census(found, shapes))
+    return pairs, keys, integer_shaped_lengths(found), census
 
 
 def tail_keys(fingerprinter: Fingerprinter, tails: Iterable[str]) -> list[int]:

@@ -358,14 +358,22 @@ def _composite_keys(columns: list[ColumnInfo], plans: list[_Plan],
 
 
 def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], unique: bool,
-            pending: list[bytes], cleared: list[bytes], shape: re.Pattern[bytes] | None = None) -> tuple[int, int, int]:
+            pending: list[bytes], cleared: list[bytes], shape: re.Pattern[bytes] | None = None,
+            clear: re.Pattern[bytes] | None = None) -> tuple[int, int, int]:
     """Decide one batch of a column's written outputs: (values sharing a production fingerprint, values that
     are one production name part, values not of ``shape`` when it is given). ``known`` caches the decisions
     of repeated outputs (a name column repeats a few outputs millions of times; a unique column's never
     repeat, so they are not cached).
     ``cleared``: outputs the ``avoid`` test just passed (no form in the production set): only their
-    name-part test remains."""
-    if not pending and all_encoded_hold_digit_or_at(cleared):
+    name-part test remains.
+    ``clear``: outputs joined by newlines, each of the transformer's output shape, which no production form
+    matches (:meth:`~.fingerprints.FingerprintFilter.shape_clear`): a batch that matches it, each output
+    holding a digit or "@" (no name part), is decided by that regex alone."""
+    outputs = pending + cleared
+    joined = b"\n".join(outputs) + b"\n" if (shape is not None or clear is not None) and outputs else b""
+    if clear is not None and outputs and clear.fullmatch(joined) and all_encoded_hold_digit_or_at(outputs):
+        production = parts = 0  # each output is its own only form, of a shape no production form has
+    elif not pending and all_encoded_hold_digit_or_at(cleared):
         # Every output passed avoid (no form is production's) and holds a digit or "@" (no name part): masked
         # phones, decided by one C pass over the batch, neither cached nor looked at one by one.
         production = parts = 0
@@ -376,8 +384,8 @@ def _decide(written: WrittenCheck, known: dict[bytes, int], exempt: Set[int], un
     else:
         production, parts = _decide_repeated(written, known, exempt, pending, cleared)
     off_shape = 0
-    if shape is not None and shape.fullmatch(b"\n".join(pending + cleared) + b"\n") is None:
-        off_shape = sum(1 for output in pending + cleared if shape.fullmatch(output + b"\n") is None)
+    if shape is not None and outputs and shape.fullmatch(joined) is None:
+        off_shape = sum(1 for output in outputs if shape.fullmatch(output + b"\n") is None)
     return production, parts, off_shape
 
 
@@ -412,12 +420,13 @@ _worker_columns: dict[int, _Column] = {}
 
 
 def _decide_in_worker(column: tuple[str, str], exempt: Set[int], unique: bool, pending: list[bytes],
-                      cleared: list[bytes], shape: re.Pattern[bytes] | None) -> tuple[int, int, int, int, float]:
+                      cleared: list[bytes], shape: re.Pattern[bytes] | None,
+                      clear: re.Pattern[bytes] | None) -> tuple[int, int, int, int, float]:
     """:func:`_decide` in the worker, with the lookups it made and the CPU seconds it took."""
     assert _worker_check is not None, "set before the fork (_StreamWorker)"
     started, lookups = time.process_time(), _worker_check.lookups
     production, parts, off_shape = _decide(_worker_check, _worker_known.setdefault(column, {}), exempt, unique,
-                                           pending, cleared, shape)
+                                           pending, cleared, shape, clear)
     return production, parts, off_shape, _worker_check.lookups - lookups, time.process_time() - started
 
 
@@ -440,7 +449,7 @@ def _mask_in_worker(table: str, index: int, fields: list[bytes]) -> _MaskedInWor
         return masked, sum(stats.unchanged.values()), 0, 0, 0, 0, stats.check_seconds, stats.retries
     started, lookups = time.process_time(), check.written.lookups
     production, parts, off_shape = _decide(check.written, check.verdicts, check.exempt, check.unique, check.pending,
-                                           check.cleared, check.shape)
+                                           check.cleared, check.shape, check.clear)
     check.pending, check.cleared = [], []
     return (masked, sum(stats.unchanged.values()), production, parts, off_shape, check.written.lookups - lookups,
             time.process_time() - started + stats.check_seconds, stats.retries)
@@ -480,11 +489,12 @@ class _Written:
     decided a batch at a time (:func:`_decide`) each time the stream writes a batch, here or, for a large
     table, in the :class:`_StreamWorker` while the next batch is masked."""
 
-    __slots__ = ("cleared", "column", "counts", "exempt", "futures", "pending", "pool", "shape", "stats", "unique",
-                 "verdicts", "written")
+    __slots__ = ("clear", "cleared", "column", "counts", "exempt", "futures", "pending", "pool", "shape", "stats",
+                 "unique", "verdicts", "written")
 
     def __init__(self, stats: TableStats, column: str, written: WrittenCheck, exempt: Set[int], unique: bool = False,
-                 pool: _StreamWorker | None = None, shape: re.Pattern[bytes] | None = None) -> None:
+                 pool: _StreamWorker | None = None, shape: re.Pattern[bytes] | None = None,
+                 output_shape: str | None = None) -> None:
         self.stats = stats
         self.column = column
         self.counts = stats.written[column]
@@ -498,6 +508,9 @@ class _Written:
         self.pool = pool
         #: What every output must be for the column to count as checked as written (:data:`_Plan.written_shape`).
         self.shape = shape
+        #: Outputs of the transformer's output shape, joined by newlines, when no production form has that shape.
+        self.clear = (re.compile(f"(?:(?:{output_shape})\n)*".encode()) if written.production.shape_clear(output_shape)
+                      else None)
         self.futures: deque[Future[tuple[int, int, int, int, float]]] = deque()
 
     def settle(self) -> None:
@@ -507,13 +520,13 @@ class _Written:
         if self.pool is None:
             started = time.process_time()
             self._count(*_decide(self.written, self.verdicts, self.exempt, self.unique, self.pending, self.cleared,
-                                 self.shape))
+                                 self.shape, self.clear))
             self.stats.check_seconds += time.process_time() - started
             self.pending.clear()
             self.cleared.clear()
             return
         self.futures.append(self.pool.submit(_decide_in_worker, (self.stats.table, self.column), self.exempt,
-                                             self.unique, self.pending, self.cleared, self.shape))
+                                             self.unique, self.pending, self.cleared, self.shape, self.clear))
         self.pending, self.cleared = [], []
         while len(self.futures) > parallel.IN_FLIGHT:
             self._collect()
@@ -715,7 +728,7 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
     avoid_many = written.known_many if written is not None else None
     columns = [_Column(p, avoid_many if avoid_many is not None else _one_at_a_time(p.avoid),
                        _Written(stats, p.column, written, written.exempt.get((stats.table, p.column), frozenset()),
-                                p.unique, shape=p.written_shape)
+                                p.unique, shape=p.written_shape, output_shape=p.fn.shape)
                        if p.check_written and written is not None else None) for p in plans]
     offloaded = _offloaded(columns) if helper else []
     own = [(step, column) for step, column in enumerate(columns) if column not in offloaded]
