@@ -265,7 +265,8 @@ def copied_batch_fingerprints(fingerprinter: Fingerprinter, kinds: list[dict[str
     """The production fingerprints of a batch of COPY rows (``data``: whole rows, text format) of the
     columns whose :func:`_value_kind` are ``kinds``: split into fields by two C calls, each column's
     values made distinct in the batch (a name column repeats a few values millions of times), unescaped
-    only when they hold a backslash, decoded in one call."""
+    only when they hold a backslash, decoded in one call; with the census of the output ``shapes`` over
+    their forms (:func:`~.fingerprints.shape_census`)."""
     width = len(kinds)
     fields = data.replace(b"\n", b"\t").split(b"\t")
     count = (len(fields) - 1) // width

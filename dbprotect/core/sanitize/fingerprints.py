@@ -591,6 +591,9 @@ class FingerprintFilter:
     ``tails_complete``: every form added so far came with its phone tails (:meth:`add_forms`), so the
     one-lookup phone test is sound; fingerprints added without their forms (:meth:`add`) clear it and
     :meth:`WrittenCheck.known` tests every form.
+
+    The census of the transformers' output shapes (:func:`shape_census`, ``shapes_seen``) is taken on the same
+    terms: over every form added, or :meth:`shape_clear` answers no.
     """
 
     BUCKET_BITS = 6
