@@ -41,6 +41,7 @@ import psycopg
 from psycopg import sql
 
 from dbprotect.core.sanitize import parallel
+from dbprotect.core.sanitize.copy_out import copy_rows
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.fingerprints import (
     NAME_PART_MIN,
@@ -338,7 +339,7 @@ def _copied_fingerprints(src: psycopg.Connection, table: str, copied: list[tuple
     try:
         rows: list[bytes] = []
         with src.cursor().copy(query) as reader:
-            for row in reader:
+            for row in copy_rows(reader):
                 rows.append(bytes(row))
                 if len(rows) >= FETCH_ROWS:
                     settle(rows)

@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from dbprotect.core.sanitize import parallel
+from dbprotect.core.sanitize.copy_out import copy_rows
 from dbprotect.core.sanitize.coverage import ColumnInfo
 from dbprotect.core.sanitize.fingerprints import (
     IPV4_HOST,
@@ -182,7 +183,7 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
     try:
         with src.cursor().copy(out_sql) as reader, dst.cursor().copy(in_sql) as writer:
             if not plans:  # nothing masked: pass the bytes through
-                for chunk in reader:
+                for chunk in copy_rows(reader):
                     writer.write(chunk)
                     rows += 1
             else:
@@ -826,7 +827,7 @@ def _batches(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], sta
         for check in checks:
             check.settle()
 
-    for chunk in reader:
+    for chunk in copy_rows(reader):
         chunks.append(chunk)
         size += len(chunk)
         if size >= BATCH_BYTES:
