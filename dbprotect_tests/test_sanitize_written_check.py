@@ -162,15 +162,23 @@ HOSTS = "CREATE TABLE hosts (id int, addr inet);"
 HOSTS_SOURCE = HOSTS + "INSERT INTO hosts SELECT i, '10.1.0.0'::inet + i FROM generate_series(1, 40) i;"
 
 
-def _stream_hosts(src_dsn: str, dst_dsn: str, production: FingerprintFilter, rule: str) -> tuple[TableStats, dict]:
-    rules = parse_rules(f"version: 1\ntables:\n  public.hosts: {{id: keep, addr: {rule}}}\n")
-    with psycopg.connect(src_dsn) as src, psycopg.connect(dst_dsn) as dst:
+def _stream_one(src_dsn: str, dst_dsn: str, production: FingerprintFilter, table: str, rules_yaml: str,
+                options: str = "") -> tuple[TableStats, CheckResult]:
+    """Stream ``public.<table>`` under ``rules_yaml`` (its columns' rules) and check the copy."""
+    rules = parse_rules(f"version: 1\ntables:\n  public.{table}: {rules_yaml}\n")
+    with psycopg.connect(src_dsn) as src, psycopg.connect(dst_dsn, options=options) as dst:
         columns = source_columns(src)
         written = WrittenCheck(Fingerprinter(KEY), production, {})
-        stats = sanitize_table(src, dst, "public.hosts", columns["public.hosts"], rules, Masker(KEY), written=written)
+        stats = sanitize_table(src, dst, f"public.{table}", columns[f"public.{table}"], rules, Masker(KEY),
+                               written=written)
         dst.commit()
     with psycopg.connect(dst_dsn, autocommit=True) as dst:
         check = no_pii_leaked(dst, columns, rules, [stats], Fingerprinter(KEY), production)
+    return stats, check
+
+
+def _stream_hosts(src_dsn: str, dst_dsn: str, production: FingerprintFilter, rule: str) -> tuple[TableStats, dict]:
+    stats, check = _stream_one(src_dsn, dst_dsn, production, "hosts", f"{{id: keep, addr: {rule}}}")
     return stats, {"check": check}
 
 
@@ -225,16 +233,8 @@ EVENTS_SOURCE = EVENTS + "INSERT INTO events SELECT i, date '1980-01-01' + i * 4
 
 def _stream_events(src_dsn: str, dst_dsn: str, production: FingerprintFilter, rule: str,
                    datestyle: str = "ISO, MDY") -> tuple[TableStats, CheckResult]:
-    rules = parse_rules(f"version: 1\ntables:\n  public.events: {{id: keep, day: {rule}}}\n")
-    with psycopg.connect(src_dsn) as src, psycopg.connect(dst_dsn, options=f"-c DateStyle={datestyle.replace(' ', '')}"
-                                                          ) as dst:
-        columns = source_columns(src)
-        written = WrittenCheck(Fingerprinter(KEY), production, {})
-        stats = sanitize_table(src, dst, "public.events", columns["public.events"], rules, Masker(KEY), written=written)
-        dst.commit()
-    with psycopg.connect(dst_dsn, autocommit=True) as dst:
-        check = no_pii_leaked(dst, columns, rules, [stats], Fingerprinter(KEY), production)
-    return stats, check
+    return _stream_one(src_dsn, dst_dsn, production, "events", f"{{id: keep, day: {rule}}}",
+                       f"-c DateStyle={datestyle.replace(' ', '')}")
 
 
 def test_a_date_column_of_iso_outputs_is_checked_as_written(make_db) -> None:

@@ -747,16 +747,15 @@ def _masked_rows(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan],
 
 def _offloaded(columns: list[_Column]) -> list[_Column]:
     """The columns the stream's worker can mask: their outputs never need this process's memory. No unique
-    outputs to remember, no ``avoid`` retries, and no column of the table that has either shares their
-    transformer (whose remaps, the outputs retries chose, would change under the worker's inherited copy).
+    outputs to remember, and no unique column shares their transformer (whose remaps, the outputs retries
+    chose, would then differ between this process and the worker's inherited copy).
 
-    A column whose outputs ``avoid`` tests could go to the worker with its retries (the one worker masks every
-    batch in order, so its remaps would live there alone): measured on the bench, the worker then became the
-    slower side and the stream took 45.6 s instead of 43.4 s, so it stays here.
+    A column whose outputs ``avoid`` tests (masked phones) goes to the worker with its retries: the one
+    worker masks every batch of it in order, so its remaps live there alone, as they would here, and the
+    test's keyed hashes leave this process, which limits the stream.
     """
-    retrying = {id(column.fn) for column in columns if column.seen is not None or column.avoid is not None}
-    return [column for column in columns
-            if column.seen is None and column.avoid is None and id(column.fn) not in retrying]
+    unique = {id(column.fn) for column in columns if column.seen is not None}
+    return [column for column in columns if column.seen is None and id(column.fn) not in unique]
 
 
 def _batches(reader: psycopg.Copy, writer: psycopg.Copy, plans: list[_Plan], stats: TableStats,
