@@ -66,9 +66,10 @@ _PHONE_BODY_UNICODE = _PHONE_BODY + "".join(ch for ch in map(chr, range(0x80, 0x
 _DECIMAL = re.compile(r"^[+-]?[0-9]*\.[0-9]+$")
 #: An IPv4 address as PostgreSQL writes it (no leading zeros, octets <= 255, optional prefix length): its
 #: digits are no phone number ("24.0.123.156" and "240.12.31.56" share them by chance).
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: One IPv4 octet as PostgreSQL prints it: 0-255, no leading zero.
+OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 #: An IPv4 host address as PostgreSQL's ``inet`` prints it: four octets, no leading zero, no prefix length.
-IPV4_HOST = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+IPV4_HOST = rf"{OCTET}\.{OCTET}\.{OCTET}\.{OCTET}"
 _IPV4_BODY = IPV4_HOST + r"(?:/[0-9]{1,2})?"
 _IPV4 = re.compile(f"^{_IPV4_BODY}$")
 #: Values joined by NUL that are all IPv4 addresses as PostgreSQL writes them (an ``inet`` column, as production
@@ -138,6 +139,16 @@ def _digits(text: str) -> str:
     return "".join(ch for ch in text if ch.isdigit())
 
 
+#: The country prefixes an international number may be written without: 1, 2 or 3 digits.
+COUNTRY_PREFIX_CUTS = (1, 2, 3)
+
+
+def without_country_prefix(digits: str) -> list[str]:
+    """An international number's digits without a 1-3 digit country prefix, while nine digits are left (a national
+    writing drops the prefix): the one rule of these digit forms, in every path that computes them."""
+    return [digits[cut:] for cut in COUNTRY_PREFIX_CUTS if len(digits) - cut >= MIN_DIGITS]
+
+
 def digit_forms(text: str, digits: str | None = None) -> list[str]:
     """A phone-like value's digits: as written, without a country prefix, without a trunk 0.
 
@@ -161,7 +172,7 @@ def digit_forms(text: str, digits: str | None = None) -> list[str]:
         digits = digits[2:]
         found.append(digits)
     if international:
-        found += [digits[cc:] for cc in (1, 2, 3) if len(digits) - cc >= MIN_DIGITS]
+        found += without_country_prefix(digits)
     elif digits.startswith("0") and len(digits) - 1 >= MIN_DIGITS:
         found.append(digits[1:])
     return found
@@ -220,7 +231,7 @@ def e164_forms(text: str) -> list[str] | None:
     if digits.startswith("00"):
         digits = digits[2:]
         found.append(digits)
-    found += [digits[cc:] for cc in (1, 2, 3) if len(digits) - cc >= MIN_DIGITS]
+    found += without_country_prefix(digits)
     return found
 
 
@@ -312,7 +323,7 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
                 if digits.startswith("00"):
                     digits = digits[2:]
                     some.append(digits)
-                some += [digits[cc:] for cc in (1, 2, 3) if len(digits) - cc >= MIN_DIGITS]
+                some += without_country_prefix(digits)
                 found += some
                 if tails is not None:
                     if tail_forms is not None and len(some[-1]) == MIN_DIGITS:  # the last form is the tail
@@ -340,7 +351,8 @@ def _e164_batch_forms(plain: list[str], tails: list[str] | None, tail_forms: lis
     cut. A value's tail (its last nine digits) is its last cut when it has 9-12 digits: its position goes to
     ``tail_forms`` (``start``: where these forms begin in forms_of_many's list), else the tail to ``tails``."""
     digits = [text[1:] for text in plain]
-    cuts = [digits, *([d[cut:] for d in digits if len(d) - cut >= MIN_DIGITS] for cut in (1, 2, 3))]
+    # without_country_prefix, a cut at a time over the batch
+    cuts = [digits, *([d[cut:] for d in digits if len(d) - cut >= MIN_DIGITS] for cut in COUNTRY_PREFIX_CUTS)]
     if tails is not None:
         lengths = np.fromiter(map(len, digits), dtype=np.int64, count=len(digits))
         last_cut = lengths - MIN_DIGITS  # the cut that leaves nine digits: the tail, when it is 0-3

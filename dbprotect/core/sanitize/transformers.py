@@ -35,6 +35,7 @@ from typing import Any
 
 from dbprotect.core.errors import ConfigError
 from dbprotect.core.errors import SanitizeError as _SanitizeFamily
+from dbprotect.core.sanitize.fingerprints import OCTET
 from dbprotect.core.sanitize.rules import KINDS, ColumnRule
 
 #: A transformer: (value, attempt) -> masked value, or None for NULL.
@@ -164,10 +165,9 @@ def _build(masker: Masker, rule: ColumnRule) -> Transform:
         raise ConfigError(f"transformer {rule.transformer!r}: bad options {options}: {exc}") from None
 
 
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 #: What the shaped transformers write (see :func:`output_shape`); the e-mail's domain is filled in per rule.
 _EMAIL_SHAPE = "u[0-9a-f]{20}@"
-_IP_SHAPE = rf"2(?:4[0-9]|5[0-5])\.{_OCTET}\.{_OCTET}\.{_OCTET}|2001:db8(?::[0-9a-f]{{1,4}}){{6}}"
+_IP_SHAPE = rf"2(?:4[0-9]|5[0-5])\.{OCTET}\.{OCTET}\.{OCTET}|2001:db8(?::[0-9a-f]{{1,4}}){{6}}"
 _DATE_SHAPE = "[0-9]{4}-[0-9]{2}-[0-9]{2}"
 _PLAIN_DOMAIN = re.compile(r"[a-z0-9.-]+")
 
@@ -186,7 +186,7 @@ def output_shape(rule: ColumnRule) -> str | None:
     """
     options = rule.options()
     if rule.transformer == "email":
-        domain = str(options.get("domain", "example.com"))
+        domain = str(options.get("domain", DEFAULT_EMAIL_DOMAIN))
         return _EMAIL_SHAPE + re.escape(domain) if _PLAIN_DOMAIN.fullmatch(domain) else None
     if rule.transformer == "ip":
         return _IP_SHAPE
@@ -195,12 +195,16 @@ def output_shape(rule: ColumnRule) -> str | None:
     return None
 
 
+#: The email transformer's domain when its rule names none.
+DEFAULT_EMAIL_DOMAIN = "example.com"
+
+
 def _suffix(attempt: int) -> bytes:
     return b"" if attempt == 0 else b"\0#" + str(attempt).encode()
 
 
 def _email(masker: Masker, options: dict[str, Any]) -> Transform:
-    domain = str(options.pop("domain", "example.com")).encode()
+    domain = str(options.pop("domain", DEFAULT_EMAIL_DOMAIN)).encode()
     _no_more(options)
 
     def email(value: bytes, attempt: int) -> bytes:
