@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -29,6 +30,7 @@ from dbprotect.core.sanitize.fingerprints import (
     looks_like_card,
     looks_like_phone,
 )
+from dbprotect.core.sanitize.leaves import TypeCatalog, leaf_query
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
 from dbprotect_tests.fixtures.crm import KEY_ENV
@@ -217,6 +219,16 @@ LEAKS = {
         "CREATE TABLE payments (id int PRIMARY KEY, card bigint);"
         "INSERT INTO payments SELECT id, 4111111111111111 FROM people;",
         {"payments": {"id": "keep", "card": "keep"}}, "public.payments.card (keep): 300 value(s) hold a payment card"),
+    # A search column: its text form sorts the words and adds positions ('jöhn':1 'smíthab':2), so a kept
+    # tsvector of production's names passed. Read in the order of the positions, it is the name again.
+    "tsvector_of_names": (
+        "CREATE TABLE search (id int PRIMARY KEY, doc tsvector);"
+        "INSERT INTO search SELECT id, to_tsvector('simple', full_name) FROM people;",
+        {"search": {"id": "keep", "doc": "keep"}}, "public.search.doc (keep): 300 value(s) equal personal"),
+    "stripped_tsvector_of_emails": (  # no positions: the lexemes in their own order
+        "CREATE TABLE search (id int PRIMARY KEY, doc tsvector);"
+        "INSERT INTO search SELECT id, strip(to_tsvector('simple', email)) FROM people;",
+        {"search": {"id": "keep", "doc": "keep"}}, "public.search.doc (keep): 300 value(s) equal personal"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",
@@ -231,6 +243,18 @@ def test_leak_fails_the_check_naming_the_column(build, tmp_path: Path, case: str
     detail = leak_detail(build(extra_sql, extra_rules), tmp_path)
     assert expected in detail, detail
     assert "Corp.example.org" not in detail and "@" not in detail.replace("an e-mail", "")  # never a value
+
+
+def test_a_tsvector_reads_as_its_words_in_the_order_of_their_positions(make_db) -> None:
+    """The leaf of a tsvector is the text it was made from, as far as its parser kept it: its lexemes by first
+    position (a repeated word once, where it first stood), or in their own order when it has no positions."""
+    dsn = make_db("CREATE TABLE docs (id int, doc tsvector);"
+                  "INSERT INTO docs VALUES (1, to_tsvector('simple', 'Zoë Smith called Zoë')),"
+                  " (2, strip(to_tsvector('simple', 'b a'))), (3, ''::tsvector), (4, NULL);")
+    with psycopg.connect(dsn) as conn:
+        query = leaf_query(TypeCatalog(conn), "public.docs", "doc")
+        assert query is not None
+        assert sorted(row[0] for row in conn.execute(query).fetchall()) == ["a b", "zoë smith called"]
 
 
 PHONE_LAYOUTS = {"dashes": "+44-20-794-{n}", "spaces": "+44 20 794 {n}", "dots": "020.794.{n}",

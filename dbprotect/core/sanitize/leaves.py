@@ -10,7 +10,8 @@ dimension, ``jsonb_path_query`` walks every level), so Python only sees leaves.
 
 Text-like: the string category (``text``, ``varchar``, ``bpchar``, ``name``, ``citext``...),
 ``xml``, ``json``/``jsonb`` string and number leaves and object keys (at every level), ``hstore``
-keys and values, and ``bytea`` (its escaped form: text stored as bytes stays readable). Not
+keys and values, ``bytea`` (its escaped form: text stored as bytes stays readable) and ``tsvector`` (its
+lexemes in the order of their positions: the text it was made from, as far as its parser kept it). Not
 text-like: numbers, dates, booleans, ``uuid``, ``inet``, enums (their labels are schema, not data).
 """
 
@@ -107,6 +108,14 @@ def _leaf_paths(catalog: TypeCatalog, expr: sql.Composable, oid: int, joins: lis
         return [([*joins, join], sql.SQL("{}.v").format(alias))]
     if t.name == "bytea" and t.schema == "pg_catalog":
         return [(joins, sql.SQL("encode({}, 'escape')").format(expr))]
+    if t.name == "tsvector" and t.schema == "pg_catalog":
+        # A search column keeps the words of the text it was made from, rearranged (its text form sorts the
+        # lexemes and adds positions: 'jöhn':1 'smith':2), so that form met no production value. Read as that
+        # text again: its lexemes in the order of their first position (one without positions, in its own
+        # order), joined by spaces. A name or an e-mail a ``simple`` configuration kept whole is then the value
+        # it was; a stemmed word (``english``: "james" -> "jame") stays what the stemmer left.
+        return [(joins, sql.SQL("(SELECT string_agg(dbp_l.lexeme, ' ' ORDER BY dbp_l.positions[1], dbp_l.lexeme) "
+                                "FROM unnest({}) AS dbp_l)").format(expr))]
     if t.category == "S" or (t.name == "xml" and t.schema == "pg_catalog"):
         return [(joins, sql.SQL("{}::text").format(expr))]
     return []
