@@ -109,6 +109,8 @@ def leak_detail(result: Any, tmp_path: Path) -> str:
     return str(check.detail)
 
 
+VISITS = ("CREATE TABLE visits (id int PRIMARY KEY, addr inet);"
+          "INSERT INTO visits SELECT id, ('11.0.' || (id / 200) || '.' || (id % 200))::inet FROM people;")
 _FULL_WIDTH_DIGITS = "".join(map(chr, range(0xFF10, 0xFF1A)))
 _ARABIC_INDIC_DIGITS = "".join(map(chr, range(0x0660, 0x066A)))
 
@@ -229,6 +231,19 @@ LEAKS = {
         "CREATE TABLE search (id int PRIMARY KEY, doc tsvector);"
         "INSERT INTO search SELECT id, strip(to_tsvector('simple', email)) FROM people;",
         {"search": {"id": "keep", "doc": "keep"}}, "public.search.doc (keep): 300 value(s) equal personal"),
+    # Addresses of an ip rule's column inside a keep column's longer text: a request log, a cidr holding hosts
+    # ("11.0.1.5/32"). Found by value: a log's other addresses (servers, proxies) are no finding.
+    "ip_addresses_in_log_lines": (
+        VISITS + "CREATE TABLE access_log (id int PRIMARY KEY, line text);"
+        "INSERT INTO access_log SELECT id, host(addr) || ':51234 -> 10.9.8.7:443 \"GET /account HTTP/1.1\" 200' "
+        "FROM visits;",
+        {"visits": {"id": "keep", "addr": "ip"}, "access_log": {"id": "keep", "line": "keep"}},
+        "public.access_log.line (keep): 300 value(s) hold an IP address of production inside longer text"),
+    "cidr_holding_host_addresses": (
+        VISITS + "CREATE TABLE nets (id int PRIMARY KEY, block cidr);"
+        "INSERT INTO nets SELECT id, addr::cidr FROM visits;",
+        {"visits": {"id": "keep", "addr": "ip"}, "nets": {"id": "keep", "block": "keep"}},
+        "public.nets.block (keep): 300 value(s) hold an IP address of production inside longer text"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",
@@ -274,16 +289,20 @@ def test_phones_written_with_separators_fail_the_check(build, tmp_path: Path, la
 
 @pytest.mark.slow
 def test_masked_people_with_unrelated_keep_columns_pass(build) -> None:
-    """Postal codes, statuses and e-mail-free JSON in keep columns are not findings; masked columns pass."""
+    """Postal codes, statuses, e-mail-free JSON and log lines of other addresses (servers, neighbours of
+    production's, a production address inside a longer dotted run) in keep columns are not findings; masked
+    columns pass."""
     result = build(
-        "CREATE TABLE shops (id int PRIMARY KEY, postal text, status text, opts jsonb, tags text[], owner text, "
-        "memo text);"
+        VISITS + "CREATE TABLE shops (id int PRIMARY KEY, postal text, status text, opts jsonb, tags text[], "
+        "owner text, memo text, log text);"
         "INSERT INTO shops SELECT i, lpad(i::text, 5, '0'), 'active', '{\"theme\": \"dark\", \"n\": 42}', "
         "ARRAY['retail', 'eu'], CASE WHEN i = 1 THEN 'Nakamurab' ELSE 'Shop ' || i END, "
-        "'Order ' || (100000 + i) || ' of 2024-01-05 10.30, total 1,234.56 EUR, ref 00123/' || i "
+        "'Order ' || (100000 + i) || ' of 2024-01-05 10.30, total 1,234.56 EUR, ref 00123/' || i, "
+        "'10.9.8.7 -> 11.0.' || (i / 200 + 5) || '.' || (i % 200) || ' v11.0.0.' || (i % 200) || '.4 ok' "
         "FROM generate_series(1, 300) i;",
-        {"shops": {"id": "keep", "postal": "keep", "status": "keep", "opts": "keep", "tags": "keep", "owner": "keep",
-                   "memo": "keep"}})
+        {"visits": {"id": "keep", "addr": "ip"},
+         "shops": {"id": "keep", "postal": "keep", "status": "keep", "opts": "keep", "tags": "keep", "owner": "keep",
+                   "memo": "keep", "log": "keep"}})
     check = {c.name: c for c in result.checks}["no_pii_leaked"]
     assert result.ok and check.ok, check.detail
     assert check.metrics["production_fingerprints"] > 900 and "false-positive rate" in check.detail

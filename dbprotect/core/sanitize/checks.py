@@ -50,12 +50,14 @@ from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
     digit_forms,
+    embedded_ipv4,
     embedded_phone_runs,
     forms,
     known_forms,
     looks_like_card,
     looks_like_email,
     looks_like_phone,
+    may_hold_ipv4,
     may_hold_phone_runs,
     one_word_part,
     production_value,
@@ -419,7 +421,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                     w=_integer_filter(catalog, table, info.name, production, keep))
             fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
-            hits = emails = phones = cards = distinct = parts = part_rows = embedded = 0
+            hits = emails = phones = cards = distinct = parts = part_rows = embedded = addresses = 0
             for counts in _read_back(dst, query, fingerprinter, production, fixed, keep):
                 distinct += counts.distinct
                 lookups += counts.lookups
@@ -430,6 +432,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 phones += counts.phones
                 cards += counts.cards
                 embedded += counts.embedded
+                addresses += counts.embedded_addresses
             scanned += distinct
             where = f"{table}.{info.name}" + (" (keep)" if keep else "")
             target = findings
@@ -439,6 +442,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 target.append(f"{where}: {hits} value(s) equal personal values of production")
             if embedded:
                 target.append(f"{where}: {embedded} value(s) hold a phone number of production inside longer text")
+            if addresses:
+                target.append(f"{where}: {addresses} value(s) hold an IP address of production inside longer text")
             if parts >= max(NAME_PART_MIN, NAME_PART_SHARE * distinct):
                 target.append(f"{where}: {part_rows} value(s) equal first or last names of production "
                                 f"({parts} of {distinct} distinct values)")
@@ -524,6 +529,8 @@ class BatchFindings:
     cards: int = 0
     #: Values holding a production phone number inside longer text (keep columns: embedded_phone_runs).
     embedded: int = 0
+    #: Values holding a production IPv4 address inside longer text (keep columns: embedded_ipv4).
+    embedded_addresses: int = 0
 
 
 def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
@@ -567,7 +574,24 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
                 continue
             detected.add(row)
         _embedded_phones(fingerprinter, production, batch, fixed, detected, counts)
+        _embedded_addresses(fingerprinter, production, batch, fixed, counts)
     return counts
+
+
+def _embedded_addresses(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
+                        fixed: Set[int], counts: BatchFindings) -> None:
+    """The IPv4 addresses inside a keep column's longer values (:func:`~.fingerprints.embedded_ipv4`): a value
+    holding one of production's (its form in the set, not a rule constant) counts in ``embedded_addresses``."""
+    if not may_hold_ipv4([leaf for leaf, _ in batch]):
+        return
+    for leaf, count in batch:
+        addresses = embedded_ipv4(leaf)
+        if not addresses:
+            continue
+        known, lookups = known_forms(production, fingerprinter, [form for a in addresses for form in forms(a)], fixed)
+        counts.lookups += lookups
+        if known:
+            counts.embedded_addresses += count
 
 
 def _embedded_phones(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],

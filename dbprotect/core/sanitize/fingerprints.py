@@ -419,6 +419,26 @@ def embedded_phone_runs(text: str) -> list[str]:
             if run != whole and len(_digits(run)) >= MIN_DIGITS and not _ISO_DATE.match(run)]
 
 
+#: An IPv4 address inside longer text: four octets standing alone (no digit or dot before, no digit or dotted
+#: digit after), as a log line, a URL, ``host:port`` or a ``cidr`` host (``/32``) holds it.
+_EMBEDDED_IPV4 = re.compile(rf"(?<![0-9.])({IPV4_HOST})(?![0-9]|\.[0-9])")
+
+
+def embedded_ipv4(text: str) -> list[str]:
+    """The IPv4 addresses inside a longer value (``GET / from 11.2.3.4:443``, ``11.2.3.4/32``), never the value
+    itself (:func:`forms` takes that). Why by value and not by a detector: logs hold servers' and proxies'
+    addresses too; a keep column holding one of production's personal addresses (an ``ip`` rule's column) is
+    found through the address's own form, which is what the ``ip`` column's values were fingerprinted as."""
+    whole = text.strip()
+    return [address for address in _EMBEDDED_IPV4.findall(text) if address != whole]
+
+
+def may_hold_ipv4(texts: list[str]) -> bool:
+    """Whether any of ``texts`` may hold an address (:func:`embedded_ipv4`): one search over the batch joined by
+    NUL (no address crosses a NUL)."""
+    return _EMBEDDED_IPV4.search("\0".join(texts)) is not None
+
+
 def may_hold_phone_runs(texts: list[str]) -> bool:
     """Whether any of ``texts`` may hold a run (:func:`embedded_phone_runs`): one search over the batch joined
     by NUL (no run crosses a NUL), so a batch of words, codes and short numbers costs no per-value search."""
