@@ -65,6 +65,11 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
             found.add(compact)
     if len(digits) >= MIN_DIGITS:
         found.update(digit_forms(text, digits))
+    if not free_text and not digits and "@" not in folded:  # a name in either order: its words sorted
+        words = re.findall(r"[^\W\d_]+", folded)
+        ordered = " ".join(sorted(words))
+        if 2 <= len(words) <= 4 and ordered != folded and len(ordered) >= MIN_FORM:
+            found.add(ordered)
     # Digits of any script or width, read as ASCII digits (compatibility forms folded first).
     view = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in unicodedata.normalize("NFKC", text))
     if view != text:

@@ -173,6 +173,13 @@ LEAKS = {
         "CREATE TABLE badges (id int PRIMARY KEY, printed text);"
         "INSERT INTO badges SELECT id, replace(replace(full_name, 'ö', 'o'), 'í', 'i') FROM people;",
         {"badges": {"id": "keep", "printed": "keep"}}, "public.badges.printed (keep): 300 value(s) equal personal"),
+    # Family name first, as billing and directory exports write a name: the same words, another order.
+    "names_family_name_first": (
+        "CREATE TABLE invoices (id int PRIMARY KEY, billed_to text);"
+        "INSERT INTO invoices SELECT id, split_part(full_name, ' ', 2) || ', ' || split_part(full_name, ' ', 1) "
+        "FROM people;",
+        {"invoices": {"id": "keep", "billed_to": "keep"}},
+        "public.invoices.billed_to (keep): 300 value(s) equal personal"),
     "last_names_alone": (
         "CREATE TABLE authors (id int PRIMARY KEY, surname text);"
         "INSERT INTO authors SELECT id, upper(last_name) FROM people;",

@@ -178,6 +178,25 @@ def digit_forms(text: str, digits: str | None = None) -> list[str]:
     return found
 
 
+#: A word of a name, after folding: letters only (any script).
+_NAME_WORD = re.compile(r"[^\W\d_]+")
+#: How many words a value has for its word-order form (:func:`name_order_form`): a person's given, middle and
+#: family names; fewer is one word (the name-part tier), more is prose.
+NAME_WORDS = range(2, 5)
+
+
+def name_order_form(folded: str) -> str | None:
+    """The words of a folded value (no digit, no "@": the caller's test) sorted and joined by one space, when it
+    has 2 to 4 and that differs from the value: ``smith, john`` and ``john smith`` are one name, the first written
+    family name first, as billing, directory and export files write it. Both sides take it, so either writing
+    meets the other (``zoe adams`` holds ``adams zoe`` too)."""
+    words = _NAME_WORD.findall(folded)
+    if len(words) not in NAME_WORDS:
+        return None
+    form = " ".join(sorted(words))
+    return form if form != folded and len(form) >= MIN_FORM else None
+
+
 def forms(text: str, *, free_text: bool = False) -> set[str]:
     """Every normalized form of one value that is long enough to be fingerprinted (``free_text``: see
     :data:`MIN_FREE_TEXT`; digit forms of phone numbers and cards count whatever the column).
@@ -195,7 +214,10 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
         digits = _digits(text)
     if not digits:
         minimum = (MIN_PROSE if len(folded) < MIN_PROSE else MIN_FREE_TEXT) if free_text else MIN_FORM
-        return {folded} if len(folded) >= minimum else set()
+        found = {folded} if len(folded) >= minimum else set()
+        if not free_text and "@" not in folded and (order := name_order_form(folded)) is not None:
+            found.add(order)
+        return found
     minimum = MIN_FREE_TEXT if free_text else MIN_FORM
     found = {plus_digits(folded)} if len(folded) >= minimum else set()
     if len(digits) < len(folded) and "@" not in folded:  # IBANs, IDs: letters and digits, grouped
@@ -308,6 +330,9 @@ def forms_of_many(texts: list[str], *, free_text: bool = False, tails: list[str]
         folded_forms = [f if f[:1] != "+" or not f[1:].isdigit() or len(f) <= MIN_DIGITS else f[1:]
                         for f in folded_forms if f[:1] != "+" or not f[1:].isdigit() or not MIN_DIGITS < len(f) <= 20]
     found += folded_forms
+    if not free_text:  # a name written family name first (name_order_form): values of letters and separators
+        found += [order for f, d in zip(folded_all, digits_all, strict=True)
+                  if not d and not f.isalpha() and "@" not in f and (order := name_order_form(f)) is not None]
     found += [plus_digits(c) for f, d, c in zip(folded_all, digits_all, compact_all, strict=True)
               if d and len(d) < len(f) and len(c) >= minimum and c != f and c != d and "@" not in f]
     # Digit forms and tails need a value made only of "+", digits and separators (digit_forms: ASCII whitespace
