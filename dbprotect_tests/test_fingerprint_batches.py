@@ -38,7 +38,13 @@ _OTHER_DIGITS = st.sampled_from([
     str.maketrans("0123456789", "".join(map(chr, range(0x0660, 0x066A)))),
 ])
 _PHONE_OTHER_DIGITS = st.builds(str.translate, _PHONE_LIKE | _E164, _OTHER_DIGITS)
-_VALUE = _TEXT | _PHONE_LIKE | _ASCII | _E164 | _IPV4_LIKE | _PHONE_OTHER_DIGITS | st.text(max_size=30)
+# Names of one to five words in either order, with the separators people write (name_order_form), and near misses
+# (a digit, an "@", a sixth word).
+_NAME_LIKE = st.from_regex(r"\s?[A-Za-z]{1,7}(?:[ ,.\-]{1,2}[A-Za-z]{1,7}){0,5}[0-9@]?\s?", fullmatch=True)
+_NAME_OTHER_SCRIPT = st.from_regex(r"[A-Za-zéÖßİ\u0131\u0301]{1,6}(?:[ ,\u00a0]{1,2}[A-Za-zéÖß\u0301]{1,6}){1,4}",
+                                   fullmatch=True)
+_VALUE = (_TEXT | _PHONE_LIKE | _ASCII | _E164 | _IPV4_LIKE | _PHONE_OTHER_DIGITS | _NAME_LIKE | _NAME_OTHER_SCRIPT
+          | st.text(max_size=30))
 
 
 def _reference(texts: list[str], free_text: bool) -> set[str]:
@@ -55,7 +61,8 @@ def test_batch_forms_equal_the_reference(texts: list[str], free_text: bool) -> N
 
 
 @settings(max_examples=300, deadline=None)
-@given(texts=st.lists(_ASCII | _PHONE_LIKE | _E164 | _IPV4_LIKE, min_size=1, max_size=12), free_text=st.booleans())
+@given(texts=st.lists(_ASCII | _PHONE_LIKE | _E164 | _IPV4_LIKE | _NAME_LIKE, min_size=1, max_size=12),
+       free_text=st.booleans())
 def test_ascii_batches_take_the_bulk_path_and_equal_the_reference(texts: list[str], free_text: bool) -> None:
     ascii_only = [t for t in texts if t.isascii()]
     assert set(forms_of_many(ascii_only, free_text=free_text)) == _reference(ascii_only, free_text)
