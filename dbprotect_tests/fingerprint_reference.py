@@ -13,6 +13,7 @@ _IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
                    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:/[0-9]{1,2})?$")
 _SEPARATOR_TABLE = {ord(ch): None for ch in " \t\n\r\f\v-./()"}
 _NON_DIGIT_BYTES = bytes(i for i in range(256) if not 48 <= i <= 57)
+_TITLES = {"mr", "mrs", "ms", "miss", "mx", "dr", "prof"}
 _PHONE_SHAPE = re.compile(r"^(\+|00)?[0-9\s\-./()]+$")
 
 
@@ -66,7 +67,7 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
     if len(digits) >= MIN_DIGITS:
         found.update(digit_forms(text, digits))
     if not free_text and not digits and "@" not in folded:  # a name in either order: its words sorted
-        words = re.findall(r"[^\W\d_]+", folded)
+        words = [w for w in re.findall(r"[^\W\d_]+", folded) if len(w) > 1 and w not in _TITLES]
         ordered = " ".join(sorted(words))
         if 2 <= len(words) <= 4 and ordered != folded and len(ordered) >= MIN_FORM:
             found.add(ordered)

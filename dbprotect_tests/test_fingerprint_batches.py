@@ -40,7 +40,8 @@ _OTHER_DIGITS = st.sampled_from([
 _PHONE_OTHER_DIGITS = st.builds(str.translate, _PHONE_LIKE | _E164, _OTHER_DIGITS)
 # Names of one to five words in either order, with the separators people write (name_order_form), and near misses
 # (a digit, an "@", a sixth word).
-_NAME_LIKE = st.from_regex(r"\s?[A-Za-z]{1,7}(?:[ ,.\-]{1,2}[A-Za-z]{1,7}){0,5}[0-9@]?\s?", fullmatch=True)
+_NAME_LIKE = st.from_regex(r"\s?(?:(?:Mr|Mrs|Dr|MS|miss)\.? )?[A-Za-z]{1,7}(?:[ ,.\-]{1,2}[A-Za-z]{1,7}){0,5}"
+                           r"[0-9@]?\s?", fullmatch=True)
 _NAME_OTHER_SCRIPT = st.from_regex(r"[A-Za-zéÖßİ\u0131\u0301]{1,6}(?:[ ,\u00a0]{1,2}[A-Za-zéÖß\u0301]{1,6}){1,4}",
                                    fullmatch=True)
 _VALUE = (_TEXT | _PHONE_LIKE | _ASCII | _E164 | _IPV4_LIKE | _PHONE_OTHER_DIGITS | _NAME_LIKE | _NAME_OTHER_SCRIPT

@@ -180,6 +180,12 @@ LEAKS = {
         "FROM people;",
         {"invoices": {"id": "keep", "billed_to": "keep"}},
         "public.invoices.billed_to (keep): 300 value(s) equal personal"),
+    "names_with_a_title_and_an_initial": (
+        "CREATE TABLE letters (id int PRIMARY KEY, addressee text);"
+        "INSERT INTO letters SELECT id, 'Mr. ' || split_part(full_name, ' ', 1) || ' Q. ' "
+        "|| split_part(full_name, ' ', 2) FROM people;",
+        {"letters": {"id": "keep", "addressee": "keep"}},
+        "public.letters.addressee (keep): 300 value(s) equal personal"),
     "last_names_alone": (
         "CREATE TABLE authors (id int PRIMARY KEY, surname text);"
         "INSERT INTO authors SELECT id, upper(last_name) FROM people;",

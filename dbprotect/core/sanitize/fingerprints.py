@@ -183,14 +183,17 @@ _NAME_WORD = re.compile(r"[^\W\d_]+")
 #: How many words a value has for its word-order form (:func:`name_order_form`): a person's given, middle and
 #: family names; fewer is one word (the name-part tier), more is prose.
 NAME_WORDS = range(2, 5)
+#: Titles a name is written with (mail merges, salutations), left out of its word-order form with its initials.
+NAME_TITLES = frozenset({"mr", "mrs", "ms", "miss", "mx", "dr", "prof"})
 
 
 def name_order_form(folded: str) -> str | None:
-    """The words of a folded value (no digit, no "@": the caller's test) sorted and joined by one space, when it
-    has 2 to 4 and that differs from the value: ``smith, john`` and ``john smith`` are one name, the first written
-    family name first, as billing, directory and export files write it. Both sides take it, so either writing
-    meets the other (``zoe adams`` holds ``adams zoe`` too)."""
-    words = _NAME_WORD.findall(folded)
+    """The words of a folded value (no digit, no "@": the caller's test) sorted and joined by one space, without
+    titles and initials, when 2 to 4 are left and that differs from the value: ``smith, john``, ``mr. john q.
+    smith`` and ``john smith`` are one name, written family name first (billing, directory and export files),
+    with a title (a mail merge) or a middle initial. Both sides take it, so any writing meets the other (``zoe
+    adams`` holds ``adams zoe`` too)."""
+    words = [word for word in _NAME_WORD.findall(folded) if len(word) > 1 and word not in NAME_TITLES]
     if len(words) not in NAME_WORDS:
         return None
     form = " ".join(sorted(words))
