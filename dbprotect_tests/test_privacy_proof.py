@@ -257,6 +257,12 @@ LEAKS = {
         "INSERT INTO nets SELECT id, addr::cidr FROM visits;",
         {"visits": {"id": "keep", "addr": "ip"}, "nets": {"id": "keep", "block": "keep"}},
         "public.nets.block (keep): 300 value(s) hold an IP address of production inside longer text"),
+    "percent_encoded_emails_in_links": (  # an unsubscribe link's query: "@" written "%40"
+        "CREATE TABLE mailings (id int PRIMARY KEY, link text);"
+        "INSERT INTO mailings SELECT id, 'https://mail.example.net/unsubscribe?to=' || replace(email, '@', '%40') "
+        "|| '&list=7' FROM people;",
+        {"mailings": {"id": "keep", "link": "keep"}},
+        "public.mailings.link (keep): 300 value(s) hold an e-mail address"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",

@@ -37,6 +37,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Set
 from functools import lru_cache
+from urllib.parse import unquote
 
 import numpy as np
 from rbloom import Bloom
@@ -475,7 +476,11 @@ def may_hold_phone_runs(texts: list[str]) -> bool:
 
 
 def looks_like_email(text: str) -> bool:
-    return "@" in text and _EMAIL.search(text) is not None
+    """Whether ``text`` holds an e-mail address: written, or percent-encoded (``%40``) as a link's query holds it
+    (unsubscribe, tracking and password-reset links)."""
+    if "@" in text and _EMAIL.search(text) is not None:
+        return True
+    return "%40" in text and _EMAIL.search(unquote(text)) is not None
 
 
 def looks_like_phone(text: str) -> bool:
