@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.ops import backup_database, build_sanitized_copy, verify_database_backup
-from dbprotect.core.sanitize.checks import batch_findings
+from dbprotect.core.sanitize.checks import batch_findings, unmasked_json_leaves
 from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
@@ -263,6 +263,15 @@ LEAKS = {
         "|| '&list=7' FROM people;",
         {"mailings": {"id": "keep", "link": "keep"}},
         "public.mailings.link (keep): 300 value(s) hold an e-mail address"),
+    # A json rule masks the paths it names; the rest of each document is kept as it is. A path it forgot holds
+    # addresses no other column holds (no fingerprint knows them): the detectors judge what the rule left.
+    "json_rule_missing_a_path": (
+        "CREATE TABLE profiles (id int PRIMARY KEY, doc jsonb);"
+        "INSERT INTO profiles SELECT id, jsonb_build_object('name', full_name, 'contact', jsonb_build_object("
+        "'email', 'friend.' || id || '@mail.example.net', 'home', jsonb_build_object('email', 'x'))) FROM people;",
+        {"profiles": {"id": "keep", "doc": {"transformer": "json",
+                                            "paths": {"name": "name", "contact.home.email": "email"}}}},
+        "public.profiles.doc: 300 value(s) hold an e-mail address outside the rule's JSON paths"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",
@@ -277,6 +286,32 @@ def test_leak_fails_the_check_naming_the_column(build, tmp_path: Path, case: str
     detail = leak_detail(build(extra_sql, extra_rules), tmp_path)
     assert expected in detail, detail
     assert "Corp.example.org" not in detail and "@" not in detail.replace("an e-mail", "")  # never a value
+
+
+def test_a_json_rule_is_judged_on_what_it_leaves(build) -> None:
+    """The masked paths' outputs (e-mail addresses the email transformer writes, under an array's every item and
+    a key's) are not findings; the keys that hold them and the document's other leaves pass when they hold no
+    personal data."""
+    result = build(
+        "CREATE TABLE profiles (id int PRIMARY KEY, doc jsonb);"
+        "INSERT INTO profiles SELECT id, jsonb_build_object('name', full_name, 'emails', jsonb_build_array(email, "
+        "'alt.' || id || '@mail.example.net'), 'contact', jsonb_build_object('email', email, 'city', 'Leeds'), "
+        "'n', id) FROM people;",
+        {"profiles": {"id": "keep", "doc": {"transformer": "json", "paths": {
+            "name": "name", "emails.*": "email", "contact.email": "email"}}}})
+    check = {c.name: c for c in result.checks}["no_pii_leaked"]
+    assert result.ok and check.ok, check.detail
+
+
+def test_unmasked_json_leaves_leave_out_the_masked_paths_only() -> None:
+    doc = {"a": {"b": "x@y.org", "c": ["p@q.org", {"d": "keep me"}]}, "k@l.org": 1, "n": [1, 2.5, True, None]}
+    assert sorted(unmasked_json_leaves(doc, [])) == sorted(
+        ["a", "b", "x@y.org", "c", "p@q.org", "d", "keep me", "k@l.org", "1", "n", "1", "2.5"])
+    assert sorted(unmasked_json_leaves(doc, [["a", "b"], ["a", "c", "0"]])) == sorted(
+        ["a", "b", "c", "d", "keep me", "k@l.org", "1", "n", "1", "2.5"])
+    assert sorted(unmasked_json_leaves(doc, [["*", "c"], ["n"]])) == sorted(["a", "b", "x@y.org", "c", "k@l.org", "1",
+                                                                            "n"])
+    assert list(unmasked_json_leaves(doc, [[]])) == []  # the whole document
 
 
 def test_a_tsvector_reads_as_its_words_in_the_order_of_their_positions(make_db) -> None:

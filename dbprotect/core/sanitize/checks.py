@@ -166,6 +166,32 @@ def _json_leaves(node: Any, parts: list[str]) -> Iterator[str]:
             yield from _json_leaves(node[i], rest)
 
 
+def unmasked_json_leaves(node: Any, masked: list[list[str]]) -> Iterator[str]:
+    """The scalar leaves and object keys of a JSON document outside every one of the ``masked`` paths (path parts,
+    ``*`` any key or item, as the json transformer walks them; a path's node is masked whole, and the key that
+    holds it is not)."""
+    if any(not parts for parts in masked):
+        return
+    if isinstance(node, dict):
+        for key, child in node.items():
+            yield key
+            yield from unmasked_json_leaves(child, [parts[1:] for parts in masked if parts[0] in ("*", key)])
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from unmasked_json_leaves(child, [parts[1:] for parts in masked if parts[0] in ("*", str(index))])
+    elif isinstance(node, str):
+        yield node
+    elif node is not None and not isinstance(node, bool):
+        yield json.dumps(node)
+
+
+def masked_json_paths(rule: ColumnRule) -> list[list[str]]:
+    """The parts of every path a json rule masks (a path whose transformer is ``keep`` is left as it is)."""
+    paths = rule.options().get("paths") or {}
+    return [json_path(str(path)) for path, spec in paths.items()
+            if (spec if isinstance(spec, str) else (spec or {}).get("transformer", "text")) != "keep"]
+
+
 def _json_paths(rule: ColumnRule) -> list[tuple[list[str], str]]:
     """(path parts, transformer) of a json rule's masked paths."""
     paths = rule.options().get("paths") or {}
@@ -397,6 +423,11 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
             decided = {column: counts for column, counts in table_stats.written.items()
                        if not counts[1] and not counts[2]}
         for info in infos:
+            json_rule = rules.rule(table, info.name)
+            if json_rule is not None and json_rule.transformer == "json":  # checked as written or read back
+                for count, what in _outside_json_paths(dst, table, info.name, json_rule):
+                    detector_findings += 1
+                    findings.append(f"{table}.{info.name}: {count} value(s) hold {what} outside the rule's JSON paths")
             if info.name in decided:
                 hits = decided[info.name][0]
                 columns_scanned += 1
@@ -459,6 +490,34 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
 _INTEGERS = frozenset({"int2", "int4", "int8"})
 #: Digits of a payment card (looks_like_card): a keep integer column's values this long meet the detectors.
 _CARD_LENGTHS = (13, 19)
+
+
+_DETECTED = {"emails": "an e-mail address", "phones": "a phone number", "cards": "a payment card number"}
+
+
+def _outside_json_paths(dst: psycopg.Connection, table: str, column: str, rule: ColumnRule) -> list[tuple[int, str]]:
+    """(values, what) the detectors find in a json rule's column outside the paths it masks.
+
+    Why: those parts of each document are kept as they are, as a keep column is; a path the rule forgot
+    (``$.contact.email`` beside a masked ``$.name``, or a key added since) holds personal data that no
+    production fingerprint knows when no other column holds it too. The masked paths' outputs (the email
+    transformer writes e-mail addresses) are left out, so only what the rule left is judged.
+    """
+    masked = masked_json_paths(rule)
+    schema, _, name = table.partition(".")
+    query = sql.SQL("SELECT {c}::text, count(*) FROM {t} WHERE {c} IS NOT NULL GROUP BY 1").format(
+        c=sql.Identifier(column), t=sql.Identifier(schema, name))
+    found = dict.fromkeys(_DETECTED, 0)
+    for batch in _counted_batches(dst, query):
+        for text, count in batch:
+            try:
+                doc = json.loads(text)
+            except ValueError:  # not JSON (a json rule on a text column): the value is what the rule left
+                doc = text
+            kinds = {kind for leaf in unmasked_json_leaves(doc, masked) if (kind := detected_kind(leaf)) is not None}
+            for kind in kinds:
+                found[kind] += count
+    return [(count, _DETECTED[kind]) for kind, count in found.items() if count]
 
 
 def _integer_filter(catalog: TypeCatalog, table: str, column: str, production: FingerprintFilter,
@@ -562,20 +621,28 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
     if keep:
         detected = set()
         for row, (leaf, count) in enumerate(batch):
-            if looks_like_email(leaf):
-                counts.emails += count
-            elif len(leaf) < 8:  # a phone number has 8 digits or more, a card 13: ids, codes, words
+            kind = detected_kind(leaf)
+            if kind is None:
                 continue
-            elif looks_like_card(leaf):
-                counts.cards += count
-            elif looks_like_phone(leaf):
-                counts.phones += count
-            else:
-                continue
+            setattr(counts, kind, getattr(counts, kind) + count)
             detected.add(row)
         _embedded_phones(fingerprinter, production, batch, fixed, detected, counts)
         _embedded_addresses(fingerprinter, production, batch, fixed, counts)
     return counts
+
+
+def detected_kind(leaf: str) -> str | None:
+    """What a detector calls one value: ``emails``, ``cards``, ``phones`` (the :class:`BatchFindings` count it
+    goes to), or None."""
+    if looks_like_email(leaf):
+        return "emails"
+    if len(leaf) < 8:  # a phone number has 8 digits or more, a card 13: ids, codes, words
+        return None
+    if looks_like_card(leaf):
+        return "cards"
+    if looks_like_phone(leaf):
+        return "phones"
+    return None
 
 
 def _embedded_addresses(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
