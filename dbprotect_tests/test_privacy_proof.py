@@ -272,6 +272,12 @@ LEAKS = {
         {"profiles": {"id": "keep", "doc": {"transformer": "json",
                                             "paths": {"name": "name", "contact.home.email": "email"}}}},
         "public.profiles.doc: 300 value(s) hold an e-mail address outside the rule's JSON paths"),
+    "html_escaped_emails": (  # a stored message body: "@" as a character reference
+        "CREATE TABLE messages (id int PRIMARY KEY, body text);"
+        "INSERT INTO messages SELECT id, '<p>Reply to <a href=\"mailto:' || replace(email, '@', '&#x40;') || '\">' "
+        "|| replace(email, '@', '&#64;') || '</a></p>' FROM people;",
+        {"messages": {"id": "keep", "body": "keep"}},
+        "public.messages.body (keep): 300 value(s) hold an e-mail address"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",

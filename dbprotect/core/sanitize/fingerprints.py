@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Set
@@ -475,12 +476,19 @@ def may_hold_phone_runs(texts: list[str]) -> bool:
     return _PHONE_RUN.search(ascii_digit_view(joined) or joined) is not None
 
 
+#: "@" as HTML writes it: a character reference (decimal, hexadecimal) or the named one.
+_HTML_AT = re.compile(r"&(?:#0*64|#[xX]0*40|commat);?")
+
+
 def looks_like_email(text: str) -> bool:
-    """Whether ``text`` holds an e-mail address: written, or percent-encoded (``%40``) as a link's query holds it
-    (unsubscribe, tracking and password-reset links)."""
+    """Whether ``text`` holds an e-mail address: written, percent-encoded (``%40``) as a link's query holds it
+    (unsubscribe, tracking and password-reset links), or with "@" as an HTML character reference (``&#64;``:
+    stored pages and message bodies, and addresses hidden from harvesters so)."""
     if "@" in text and _EMAIL.search(text) is not None:
         return True
-    return "%40" in text and _EMAIL.search(unquote(text)) is not None
+    if "%40" in text and _EMAIL.search(unquote(text)) is not None:
+        return True
+    return "&" in text and _HTML_AT.search(text) is not None and _EMAIL.search(html.unescape(text)) is not None
 
 
 def looks_like_phone(text: str) -> bool:
