@@ -51,6 +51,11 @@ def digit_forms(text: str, digits: str | None = None) -> list[str]:
     return found
 
 
+def _length(form: str) -> int:
+    """Characters, a wide one (East Asian width W or F) counting two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in form)
+
+
 def forms(text: str, *, free_text: bool = False) -> set[str]:
     """Every normalized form of one value that is long enough to be fingerprinted (``free_text``: see
     :data:`MIN_FREE_TEXT`; digit forms of phone numbers and cards count whatever the column)."""
@@ -58,18 +63,18 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
     digits = _digits(text)
     minimum = MIN_FORM
     if free_text:
-        minimum = MIN_FREE_TEXT if digits or len(folded) >= MIN_PROSE else MIN_PROSE
-    found = {folded} if len(folded) >= minimum else set()
+        minimum = MIN_FREE_TEXT if digits or _length(folded) >= MIN_PROSE else MIN_PROSE
+    found = {folded} if _length(folded) >= minimum else set()
     if digits and len(digits) < len(folded) and "@" not in folded:  # IBANs, IDs: letters and digits, grouped
         compact = folded.translate(_SEPARATOR_TABLE)
-        if compact != folded and len(compact) >= minimum and compact != digits:
+        if compact != folded and _length(compact) >= minimum and compact != digits:
             found.add(compact)
     if len(digits) >= MIN_DIGITS:
         found.update(digit_forms(text, digits))
     if not free_text and not digits and "@" not in folded:  # a name in either order: its words sorted
-        words = [w for w in re.findall(r"[^\W\d_]+", folded) if len(w) > 1 and w not in _TITLES]
+        words = [w for w in re.findall(r"[^\W\d_]+", folded) if _length(w) > 1 and w not in _TITLES]
         ordered = " ".join(sorted(words))
-        if 2 <= len(words) <= 4 and ordered != folded and len(ordered) >= MIN_FORM:
+        if 2 <= len(words) <= 4 and ordered != folded and _length(ordered) >= MIN_FORM:
             found.add(ordered)
     # Digits of any script or width, read as ASCII digits (compatibility forms folded first).
     view = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in unicodedata.normalize("NFKC", text))

@@ -24,7 +24,7 @@ from dbprotect.core.sanitize.fingerprints import (
 )
 from dbprotect_tests import fingerprint_reference
 
-_TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131" "0123456789+-./()@ \t\n\u00a0\u0301\x1c\x85\u2003\u3000_x٣"
+_TEXT = st.text(st.sampled_from("aAéÉöß İ\u0131山田太郎김ｱ" "0123456789+-./()@ \t\n\u00a0\u0301\x1c\x85\u2003\u3000_x٣"
                                 "\uff10\uff11\uff19\uff0b\uff0d\uff08\uff09\u0660\u0669\u00b2"),
                 max_size=30)
 _PHONE_LIKE = st.from_regex(r"\s?(\+|00)?[0-9 .()\-/]{0,4}[0-9]{9,14}[ .]?[0-9]{0,4}\s?", fullmatch=True)
@@ -42,8 +42,8 @@ _PHONE_OTHER_DIGITS = st.builds(str.translate, _PHONE_LIKE | _E164, _OTHER_DIGIT
 # (a digit, an "@", a sixth word).
 _NAME_LIKE = st.from_regex(r"\s?(?:(?:Mr|Mrs|Dr|MS|miss)\.? )?[A-Za-z]{1,7}(?:[ ,.\-]{1,2}[A-Za-z]{1,7}){0,5}"
                            r"[0-9@]?\s?", fullmatch=True)
-_NAME_OTHER_SCRIPT = st.from_regex(r"[A-Za-zéÖßİ\u0131\u0301]{1,6}(?:[ ,\u00a0]{1,2}[A-Za-zéÖß\u0301]{1,6}){1,4}",
-                                   fullmatch=True)
+_NAME_OTHER_SCRIPT = st.from_regex(r"[A-Za-zéÖßİ\u0131\u0301山田王伟김]{1,6}"
+                                   r"(?:[ ,\u00a0]{1,2}[A-Za-zéÖß\u0301山王伟]{1,6}){1,4}", fullmatch=True)
 _VALUE = (_TEXT | _PHONE_LIKE | _ASCII | _E164 | _IPV4_LIKE | _PHONE_OTHER_DIGITS | _NAME_LIKE | _NAME_OTHER_SCRIPT
           | st.text(max_size=30))
 

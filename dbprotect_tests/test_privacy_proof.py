@@ -186,6 +186,14 @@ LEAKS = {
         "|| split_part(full_name, ' ', 2) FROM people;",
         {"letters": {"id": "keep", "addressee": "keep"}},
         "public.letters.addressee (keep): 300 value(s) equal personal"),
+    # A Japanese or Chinese full name is three or four characters, each worth about two Latin letters.
+    "japanese_names": (
+        "CREATE TABLE staff (id int PRIMARY KEY, name text, kanji text);"
+        "INSERT INTO staff SELECT id, full_name, (ARRAY['山田', '佐藤', '鈴木', '高橋'])[1 + id % 4] || "
+        "(ARRAY['太郎', '花子', '一', '美咲'])[1 + id / 4 % 4] FROM people WHERE id <= 16;"
+        "CREATE TABLE badges (id int PRIMARY KEY, printed text); INSERT INTO badges SELECT id, kanji FROM staff;",
+        {"staff": {"id": "keep", "name": "name", "kanji": "name"}, "badges": {"id": "keep", "printed": "keep"}},
+        "public.badges.printed (keep): 16 value(s) equal personal"),
     "last_names_alone": (
         "CREATE TABLE authors (id int PRIMARY KEY, surname text);"
         "INSERT INTO authors SELECT id, upper(last_name) FROM people;",

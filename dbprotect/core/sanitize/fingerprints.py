@@ -25,6 +25,8 @@ their own: they only decide the stream's retries, where a false positive costs o
 
 Short forms are not fingerprinted (:data:`MIN_FORM`): a 5-character word collides by chance with
 unrelated data (a city, a product code); the detectors cover short e-mail-like and phone-like values.
+A wide character (a CJK ideograph, kana) counts two (:func:`form_length`): a Japanese or Chinese full name is
+three or four of them.
 
 .. _rbloom: https://github.com/KenanHanke/rbloom
 """
@@ -38,6 +40,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Set
 from functools import lru_cache
+from unicodedata import east_asian_width
 from urllib.parse import unquote
 
 import numpy as np
@@ -195,11 +198,22 @@ def name_order_form(folded: str) -> str | None:
     smith`` and ``john smith`` are one name, written family name first (billing, directory and export files),
     with a title (a mail merge) or a middle initial. Both sides take it, so any writing meets the other (``zoe
     adams`` holds ``adams zoe`` too)."""
-    words = [word for word in _NAME_WORD.findall(folded) if len(word) > 1 and word not in NAME_TITLES]
+    words = [word for word in _NAME_WORD.findall(folded) if form_length(word) > 1 and word not in NAME_TITLES]
     if len(words) not in NAME_WORDS:
         return None
     form = " ".join(sorted(words))
-    return form if form != folded and len(form) >= MIN_FORM else None
+    return form if form != folded and form_length(form) >= MIN_FORM else None
+
+
+def form_length(form: str) -> int:
+    """A form's length as the minimums count it: a wide character (East Asian width W or F: CJK ideographs, kana,
+    Hangul's leading jamo; folding has made full-width letters and digits ASCII) counts two, as it carries about
+    twice a Latin letter's information. Why: ``山田太郎`` (a full name, four characters) was never fingerprinted,
+    so a kept column of production's Japanese names passed; a two-character word (``山田``, also a place) still is
+    not."""
+    if form.isascii():
+        return len(form)
+    return len(form) + sum(1 for ch in form if east_asian_width(ch) in "WF")
 
 
 def forms(text: str, *, free_text: bool = False) -> set[str]:
@@ -217,19 +231,20 @@ def forms(text: str, *, free_text: bool = False) -> set[str]:
     else:
         folded = fold(text)
         digits = _digits(text)
+    length = len(folded) if is_ascii else form_length(folded)
     if not digits:
-        minimum = (MIN_PROSE if len(folded) < MIN_PROSE else MIN_FREE_TEXT) if free_text else MIN_FORM
-        found = {folded} if len(folded) >= minimum else set()
+        minimum = (MIN_PROSE if length < MIN_PROSE else MIN_FREE_TEXT) if free_text else MIN_FORM
+        found = {folded} if length >= minimum else set()
         if not free_text and "@" not in folded and (order := name_order_form(folded)) is not None:
             found.add(order)
         return found
     minimum = MIN_FREE_TEXT if free_text else MIN_FORM
-    found = {plus_digits(folded)} if len(folded) >= minimum else set()
+    found = {plus_digits(folded)} if length >= minimum else set()
     if len(digits) < len(folded) and "@" not in folded:  # IBANs, IDs: letters and digits, grouped
         # ASCII: deleting bytes is a C loop; str.translate looks every character up in a dict.
         compact = (folded.encode().translate(None, _SEPARATOR_BYTES).decode() if is_ascii
                    else folded.translate(_SEPARATOR_TABLE))
-        if compact != folded and len(compact) >= minimum and compact != digits:
+        if compact != folded and form_length(compact) >= minimum and compact != digits:
             found.add(plus_digits(compact))
     if len(digits) >= MIN_DIGITS:
         found.update(digit_forms(text, digits))
