@@ -109,6 +109,8 @@ def leak_detail(result: Any, tmp_path: Path) -> str:
     return str(check.detail)
 
 
+#: SQL of a JSON value base64url-encoded without padding, as a JWT's segments are.
+_B64URL = "rtrim(translate(encode(convert_to(({})::text, 'UTF8'), 'base64'), '+/' || chr(10), '-_'), '=')"
 VISITS = ("CREATE TABLE visits (id int PRIMARY KEY, addr inet);"
           "INSERT INTO visits SELECT id, ('11.0.' || (id / 200) || '.' || (id % 200))::inet FROM people;")
 _FULL_WIDTH_DIGITS = "".join(map(chr, range(0xFF10, 0xFF1A)))
@@ -286,6 +288,18 @@ LEAKS = {
         "|| replace(email, '@', '&#64;') || '</a></p>' FROM people;",
         {"messages": {"id": "keep", "body": "keep"}},
         "public.messages.body (keep): 300 value(s) hold an e-mail address"),
+    # A signed token's claims are readable to anyone (base64url JSON): a kept sessions table names its people.
+    "token_claims_naming_people": (
+        "CREATE TABLE sessions (id int PRIMARY KEY, token text);"
+        "INSERT INTO sessions SELECT id, 'eyJhbGciOiJIUzI1NiJ9.' || " + _B64URL.format("json_build_object('sub', id, "
+        "'name', full_name)") + " || '.c2lnbmF0dXJl' FROM people;",
+        {"sessions": {"id": "keep", "token": "keep"}},
+        "public.sessions.token (keep): 300 value(s) hold personal values of production inside base64-encoded JSON"),
+    "token_claims_holding_emails": (
+        "CREATE TABLE sessions (id int PRIMARY KEY, token text);"
+        "INSERT INTO sessions SELECT id, 'Bearer eyJhbGciOiJIUzI1NiJ9.' || " + _B64URL.format(
+            "json_build_object('sub', id, 'email', 'other.' || id || '@mail.example.net')") + " FROM people;",
+        {"sessions": {"id": "keep", "token": "keep"}}, "public.sessions.token (keep): 300 value(s) hold an e-mail"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",
@@ -362,15 +376,16 @@ def test_masked_people_with_unrelated_keep_columns_pass(build) -> None:
     columns pass."""
     result = build(
         VISITS + "CREATE TABLE shops (id int PRIMARY KEY, postal text, status text, opts jsonb, tags text[], "
-        "owner text, memo text, log text);"
+        "owner text, memo text, log text, token text);"
         "INSERT INTO shops SELECT i, lpad(i::text, 5, '0'), 'active', '{\"theme\": \"dark\", \"n\": 42}', "
         "ARRAY['retail', 'eu'], CASE WHEN i = 1 THEN 'Nakamurab' ELSE 'Shop ' || i END, "
         "'Order ' || (100000 + i) || ' of 2024-01-05 10.30, total 1,234.56 EUR, ref 00123/' || i, "
-        "'10.9.8.7 -> 11.0.' || (i / 200 + 5) || '.' || (i % 200) || ' v11.0.0.' || (i % 200) || '.4 ok' "
+        "'10.9.8.7 -> 11.0.' || (i / 200 + 5) || '.' || (i % 200) || ' v11.0.0.' || (i % 200) || '.4 ok', "
+        "'eyJhbGciOiJIUzI1NiJ9.' || " + _B64URL.format("json_build_object('sub', i, 'role', 'admin')") + " || '.c2ln' "
         "FROM generate_series(1, 300) i;",
         {"visits": {"id": "keep", "addr": "ip"},
          "shops": {"id": "keep", "postal": "keep", "status": "keep", "opts": "keep", "tags": "keep", "owner": "keep",
-                   "memo": "keep", "log": "keep"}})
+                   "memo": "keep", "log": "keep", "token": "keep"}})
     check = {c.name: c for c in result.checks}["no_pii_leaked"]
     assert result.ok and check.ok, check.detail
     assert check.metrics["production_fingerprints"] > 900 and "false-positive rate" in check.detail

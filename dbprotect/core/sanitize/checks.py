@@ -50,6 +50,7 @@ from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
     digit_forms,
+    embedded_encoded_json,
     embedded_ipv4,
     embedded_phone_runs,
     forms,
@@ -452,7 +453,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                     w=_integer_filter(catalog, table, info.name, production, keep))
             fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
-            hits = emails = phones = cards = distinct = parts = part_rows = embedded = addresses = 0
+            hits = emails = phones = cards = distinct = parts = part_rows = embedded = addresses = encoded = 0
             for counts in _read_back(dst, query, fingerprinter, production, fixed, keep):
                 distinct += counts.distinct
                 lookups += counts.lookups
@@ -464,6 +465,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 cards += counts.cards
                 embedded += counts.embedded
                 addresses += counts.embedded_addresses
+                encoded += counts.encoded
             scanned += distinct
             where = f"{table}.{info.name}" + (" (keep)" if keep else "")
             target = findings
@@ -475,6 +477,9 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 target.append(f"{where}: {embedded} value(s) hold a phone number of production inside longer text")
             if addresses:
                 target.append(f"{where}: {addresses} value(s) hold an IP address of production inside longer text")
+            if encoded:
+                target.append(f"{where}: {encoded} value(s) hold personal values of production inside base64-encoded "
+                              "JSON (a token's claims)")
             if parts >= max(NAME_PART_MIN, NAME_PART_SHARE * distinct):
                 target.append(f"{where}: {part_rows} value(s) equal first or last names of production "
                                 f"({parts} of {distinct} distinct values)")
@@ -590,6 +595,8 @@ class BatchFindings:
     embedded: int = 0
     #: Values holding a production IPv4 address inside longer text (keep columns: embedded_ipv4).
     embedded_addresses: int = 0
+    #: Values holding a production value inside base64-encoded JSON (keep columns: embedded_encoded_json).
+    encoded: int = 0
 
 
 def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
@@ -628,7 +635,30 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
             detected.add(row)
         _embedded_phones(fingerprinter, production, batch, fixed, detected, counts)
         _embedded_addresses(fingerprinter, production, batch, fixed, counts)
+        _encoded_documents(fingerprinter, production, batch, fixed, detected, counts)
     return counts
+
+
+def _encoded_documents(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
+                       fixed: Set[int], detected: set[int], counts: BatchFindings) -> None:
+    """The JSON objects a keep column's values hold base64-encoded (:func:`~.fingerprints.embedded_encoded_json`:
+    tokens, cookies): a value one of whose leaves or keys is a production value counts in ``encoded``, and one a
+    detector calls personal counts as that (unless a detector already counted the value)."""
+    for row, (leaf, count) in enumerate(batch):
+        if "eyJ" not in leaf:
+            continue
+        inside = [part for doc in embedded_encoded_json(leaf) for part in unmasked_json_leaves(doc, [])]
+        if not inside:
+            continue
+        known, lookups = known_forms(production, fingerprinter, [form for part in inside for form in forms(part)],
+                                     fixed)
+        counts.lookups += lookups
+        if known:
+            counts.encoded += count
+        if row not in detected:
+            kinds = {kind for part in inside if (kind := detected_kind(part)) is not None}
+            for kind in sorted(kinds)[:1]:  # a value counts once, as the first kind found
+                setattr(counts, kind, getattr(counts, kind) + count)
 
 
 def detected_kind(leaf: str) -> str | None:

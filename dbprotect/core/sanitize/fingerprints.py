@@ -33,13 +33,16 @@ three or four of them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import html
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Set
 from functools import lru_cache
+from typing import Any
 from unicodedata import east_asian_width
 from urllib.parse import unquote
 
@@ -476,6 +479,29 @@ def embedded_ipv4(text: str) -> list[str]:
     found through the address's own form, which is what the ``ip`` column's values were fingerprinted as."""
     whole = text.strip()
     return [address for address in _EMBEDDED_IPV4.findall(text) if address != whole]
+
+
+#: A base64 or base64url run that encodes a JSON object: it starts as ``{"`` encodes (``eyJ``). A JWT is three
+#: such runs (header, payload, signature) joined by dots; session, token and cookie columns hold them.
+_ENCODED_JSON = re.compile(r"eyJ[A-Za-z0-9_\-+/]{8,}={0,2}")
+
+
+def embedded_encoded_json(text: str) -> list[Any]:
+    """The JSON objects a value holds base64-encoded (a JWT's header and payload, a cookie, a ``state``
+    parameter), decoded: a signed token keeps its claims readable to anyone (``email``, ``name``, ``phone_number``),
+    so a kept sessions table holds the people it names. Runs that do not decode to a JSON object are ignored."""
+    found = []
+    for run in _ENCODED_JSON.findall(text):
+        body = run.rstrip("=")
+        try:
+            decoded = base64.b64decode(body.replace("-", "+").replace("_", "/") + "=" * (-len(body) % 4),
+                                       validate=True)
+            doc = json.loads(decoded.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(doc, dict):
+            found.append(doc)
+    return found
 
 
 def may_hold_ipv4(texts: list[str]) -> bool:
