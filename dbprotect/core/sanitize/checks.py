@@ -644,6 +644,8 @@ def _encoded_documents(fingerprinter: Fingerprinter, production: FingerprintFilt
     """The JSON objects a keep column's values hold base64-encoded (:func:`~.fingerprints.embedded_encoded_json`:
     tokens, cookies): a value one of whose leaves or keys is a production value counts in ``encoded``, and one a
     detector calls personal counts as that (unless a detector already counted the value)."""
+    if "eyJ" not in "\0".join(leaf for leaf, _ in batch):  # one C search: a batch without an encoded object
+        return
     for row, (leaf, count) in enumerate(batch):
         if "eyJ" not in leaf:
             continue
