@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -639,22 +639,39 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
     return counts
 
 
-def _encoded_documents(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
-                       fixed: Set[int], detected: set[int], counts: BatchFindings) -> None:
-    """The JSON objects a keep column's values hold base64-encoded (:func:`~.fingerprints.embedded_encoded_json`:
-    tokens, cookies): a value one of whose leaves or keys is a production value counts in ``encoded``, and one a
-    detector calls personal counts as that (unless a detector already counted the value)."""
-    if "eyJ" not in "\0".join(leaf for leaf, _ in batch):  # one C search: a batch without an encoded object
-        return
+def _embedded(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
+              fixed: Set[int], counts: BatchFindings, parts_of: Callable[[str], list[str]],
+              forms_of: Callable[[str], Iterable[str]]) -> Iterator[tuple[int, int, list[str], bool]]:
+    """(row, occurrences, parts, whether a part is a production value) of each value of a keep column's batch that
+    holds parts (``parts_of``: phone runs, addresses, an encoded object's leaves), each part looked up by its
+    ``forms_of`` (not a rule constant); the lookups are counted."""
     for row, (leaf, count) in enumerate(batch):
-        if "eyJ" not in leaf:
+        parts = parts_of(leaf)
+        if not parts:
             continue
-        inside = [part for doc in embedded_encoded_json(leaf) for part in unmasked_json_leaves(doc, [])]
-        if not inside:
-            continue
-        known, lookups = known_forms(production, fingerprinter, [form for part in inside for form in forms(part)],
+        known, lookups = known_forms(production, fingerprinter, [form for part in parts for form in forms_of(part)],
                                      fixed)
         counts.lookups += lookups
+        yield row, count, parts, known
+
+
+def _encoded_leaves(leaf: str) -> list[str]:
+    """The leaves and keys of the JSON objects ``leaf`` holds base64-encoded
+    (:func:`~.fingerprints.embedded_encoded_json`)."""
+    if "eyJ" not in leaf:
+        return []
+    return [part for doc in embedded_encoded_json(leaf) for part in unmasked_json_leaves(doc, [])]
+
+
+def _encoded_documents(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
+                       fixed: Set[int], detected: set[int], counts: BatchFindings) -> None:
+    """The JSON objects a keep column's values hold base64-encoded (tokens, cookies): a value one of whose leaves
+    or keys is a production value counts in ``encoded``, and one a detector calls personal counts as that (unless
+    a detector already counted the value)."""
+    if "eyJ" not in "\0".join(leaf for leaf, _ in batch):  # one C search: a batch without an encoded object
+        return
+    for row, count, inside, known in _embedded(fingerprinter, production, batch, fixed, counts, _encoded_leaves,
+                                               forms):
         if known:
             counts.encoded += count
         if row not in detected:
@@ -680,15 +697,10 @@ def detected_kind(leaf: str) -> str | None:
 def _embedded_addresses(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
                         fixed: Set[int], counts: BatchFindings) -> None:
     """The IPv4 addresses inside a keep column's longer values (:func:`~.fingerprints.embedded_ipv4`): a value
-    holding one of production's (its form in the set, not a rule constant) counts in ``embedded_addresses``."""
+    holding one of production's counts in ``embedded_addresses``."""
     if not may_hold_ipv4([leaf for leaf, _ in batch]):
         return
-    for leaf, count in batch:
-        addresses = embedded_ipv4(leaf)
-        if not addresses:
-            continue
-        known, lookups = known_forms(production, fingerprinter, [form for a in addresses for form in forms(a)], fixed)
-        counts.lookups += lookups
+    for _, count, _, known in _embedded(fingerprinter, production, batch, fixed, counts, embedded_ipv4, forms):
         if known:
             counts.embedded_addresses += count
 
@@ -696,18 +708,13 @@ def _embedded_addresses(fingerprinter: Fingerprinter, production: FingerprintFil
 def _embedded_phones(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
                      fixed: Set[int], detected: set[int], counts: BatchFindings) -> None:
     """The phone numbers inside a keep column's longer values (:func:`~.fingerprints.embedded_phone_runs`): a
-    value holding a production phone number in any writing (its runs' digit forms in the set, not a rule
-    constant) counts in ``embedded``; one holding a run the phone detector knows counts as a phone number
-    (unless a detector already counted the value)."""
+    value holding a production phone number in any writing (its runs' digit forms) counts in ``embedded``; one
+    holding a run the phone detector knows counts as a phone number (unless a detector already counted the
+    value)."""
     if not may_hold_phone_runs([leaf for leaf, _ in batch]):
         return
-    for row, (leaf, count) in enumerate(batch):
-        runs = embedded_phone_runs(leaf)
-        if not runs:
-            continue
-        known, lookups = known_forms(production, fingerprinter, [form for run in runs for form in digit_forms(run)],
-                                     fixed)
-        counts.lookups += lookups
+    for row, count, runs, known in _embedded(fingerprinter, production, batch, fixed, counts, embedded_phone_runs,
+                                             digit_forms):
         if known:
             counts.embedded += count
         if row not in detected and any(map(looks_like_phone, runs)):
