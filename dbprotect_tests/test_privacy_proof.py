@@ -26,6 +26,7 @@ from dbprotect.core.sanitize.checks import batch_findings, unmasked_json_leaves
 from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
+    embedded_name_spans,
     forms,
     looks_like_card,
     looks_like_phone,
@@ -196,6 +197,13 @@ LEAKS = {
         "CREATE TABLE badges (id int PRIMARY KEY, printed text); INSERT INTO badges SELECT id, kanji FROM staff;",
         {"staff": {"id": "keep", "name": "name", "kanji": "name"}, "badges": {"id": "keep", "printed": "keep"}},
         "public.badges.printed (keep): 16 value(s) equal personal"),
+    # A name inside prose (a support ticket): the capitalized words around it do not hide it.
+    "names_inside_prose": (
+        "CREATE TABLE tickets (id int PRIMARY KEY, note text);"
+        "INSERT INTO tickets SELECT id, 'Escalated: Customer ' || upper(left(full_name, 1)) || substr(full_name, 2) "
+        "|| ' Called Twice about invoice ' || id || ', please refund.' FROM people;",
+        {"tickets": {"id": "keep", "note": "keep"}},
+        "public.tickets.note (keep): 300 value(s) hold a name of production inside longer text"),
     "last_names_alone": (
         "CREATE TABLE authors (id int PRIMARY KEY, surname text);"
         "INSERT INTO authors SELECT id, upper(last_name) FROM people;",
@@ -340,6 +348,16 @@ def test_unmasked_json_leaves_leave_out_the_masked_paths_only() -> None:
     assert sorted(unmasked_json_leaves(doc, [["*", "c"], ["n"]])) == sorted(["a", "b", "x@y.org", "c", "k@l.org", "1",
                                                                             "n"])
     assert list(unmasked_json_leaves(doc, [[]])) == []  # the whole document
+
+
+def test_names_inside_prose_are_the_spans_of_capitalized_words() -> None:
+    """Every span of two to five capitalized words, so a sentence's first word or a title does not hide a name; the
+    value itself is not a span (its own forms take it); a comma or period ending a span is not part of it."""
+    spans = embedded_name_spans("Escalated: Customer John Smith called, then Smith, Anna wrote. Dr. Q. Berg")
+    assert {"Customer John", "John Smith", "Customer John Smith", "Smith, Anna", "Dr. Q", "Q. Berg",
+            "Dr. Q. Berg"} <= set(spans)
+    assert "Escalated" not in " ".join(spans)  # a colon ends a run
+    assert embedded_name_spans("John Smith") == [] and embedded_name_spans("all lower case words here") == []
 
 
 def test_a_tsvector_reads_as_its_words_in_the_order_of_their_positions(make_db) -> None:

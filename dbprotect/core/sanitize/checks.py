@@ -52,6 +52,7 @@ from dbprotect.core.sanitize.fingerprints import (
     digit_forms,
     embedded_encoded_json,
     embedded_ipv4,
+    embedded_name_spans,
     embedded_phone_runs,
     forms,
     known_forms,
@@ -453,7 +454,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                     w=_integer_filter(catalog, table, info.name, production, keep))
             fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
-            hits = emails = phones = cards = distinct = parts = part_rows = embedded = addresses = encoded = 0
+            hits = emails = phones = cards = distinct = parts = part_rows = embedded = addresses = encoded = names = 0
             for counts in _read_back(dst, query, fingerprinter, production, fixed, keep):
                 distinct += counts.distinct
                 lookups += counts.lookups
@@ -466,6 +467,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 embedded += counts.embedded
                 addresses += counts.embedded_addresses
                 encoded += counts.encoded
+                names += counts.embedded_names
             scanned += distinct
             where = f"{table}.{info.name}" + (" (keep)" if keep else "")
             target = findings
@@ -477,6 +479,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 target.append(f"{where}: {embedded} value(s) hold a phone number of production inside longer text")
             if addresses:
                 target.append(f"{where}: {addresses} value(s) hold an IP address of production inside longer text")
+            if names:
+                target.append(f"{where}: {names} value(s) hold a name of production inside longer text")
             if encoded:
                 target.append(f"{where}: {encoded} value(s) hold personal values of production inside base64-encoded "
                               "JSON (a token's claims)")
@@ -597,6 +601,8 @@ class BatchFindings:
     embedded_addresses: int = 0
     #: Values holding a production value inside base64-encoded JSON (keep columns: embedded_encoded_json).
     encoded: int = 0
+    #: Values holding a production name inside longer text (keep columns: embedded_name_spans).
+    embedded_names: int = 0
 
 
 def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
@@ -636,6 +642,10 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
         _embedded_phones(fingerprinter, production, batch, fixed, detected, counts)
         _embedded_addresses(fingerprinter, production, batch, fixed, counts)
         _encoded_documents(fingerprinter, production, batch, fixed, detected, counts)
+        for _, count, _, known in _embedded(fingerprinter, production, batch, fixed, counts, embedded_name_spans,
+                                            forms):
+            if known:
+                counts.embedded_names += count
     return counts
 
 

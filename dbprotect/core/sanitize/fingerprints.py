@@ -504,6 +504,37 @@ def embedded_encoded_json(text: str) -> list[Any]:
     return found
 
 
+#: A word that may be part of a name written in prose: a letter, then letters, apostrophes or hyphens, then an
+#: optional period (an initial, a title) and comma ("Smith, John").
+_PROSE_WORD = re.compile(r"[^\W\d_][\w'\u2019\-]*\.?,?")
+#: Longest run of capitalized words looked into, and the longest span of it taken as a name.
+_NAME_RUN_WORDS, _NAME_SPAN_WORDS = 8, 5
+
+
+def embedded_name_spans(text: str) -> list[str]:
+    """The spans of two to five capitalized words inside a longer value (``Customer John Smith called``): where a
+    name written in prose may be. Every span of each run of capitalized words, so the sentence's first word or a
+    title does not hide the name (``Mr. John Q. Smith``: :func:`name_order_form` drops titles and initials);
+    never the value itself (:func:`forms` takes that). A span is matched by value against production's names."""
+    runs: list[list[str]] = [[]]
+    end = 0
+    for match in _PROSE_WORD.finditer(text):
+        word = match.group()
+        if word[0].isupper() and (not runs[-1] or text[end:match.start()].isspace()):
+            runs[-1].append(word)
+        else:
+            runs.append([word] if word[0].isupper() else [])
+        end = match.end()
+    whole = text.strip()
+    spans = []
+    for run in runs:
+        run = run[:_NAME_RUN_WORDS]
+        for size in range(2, min(_NAME_SPAN_WORDS, len(run)) + 1):
+            spans += [span for start in range(len(run) - size + 1)
+                      if (span := " ".join(run[start:start + size]).rstrip(".,")) != whole]
+    return spans
+
+
 def may_hold_ipv4(texts: list[str]) -> bool:
     """Whether any of ``texts`` may hold an address (:func:`embedded_ipv4`): one search over the batch joined by
     NUL (no address crosses a NUL)."""
