@@ -504,9 +504,11 @@ def embedded_encoded_json(text: str) -> list[Any]:
     return found
 
 
-#: A word that may be part of a name written in prose: a letter, then letters, apostrophes or hyphens, then an
-#: optional period (an initial, a title) and comma ("Smith, John").
-_PROSE_WORD = re.compile(r"[^\W\d_][\w'\u2019\-]*\.?,?")
+#: A run of words that may all be capitalized (an ASCII capital, or any other letter than a-z first), separated
+#: by whitespace only, each with letters, apostrophes or hyphens, an optional period (an initial, a title) and
+#: comma ("Smith, John"). Found by one C search, so a keep column of prose costs Python work only at its runs.
+_CAPITALIZED_WORD = r"[^\W\d_a-z][\w'\u2019\-]*\.?,?"
+_CAPITALIZED_RUN = re.compile(rf"(?<![\w'\u2019\-.])(?:{_CAPITALIZED_WORD}\s+)+{_CAPITALIZED_WORD}")
 #: Longest run of capitalized words looked into, and the longest span of it taken as a name.
 _NAME_RUN_WORDS, _NAME_SPAN_WORDS = 8, 5
 
@@ -516,29 +518,39 @@ def embedded_name_spans(text: str) -> list[str]:
     name written in prose may be. Every span of each run of capitalized words, so the sentence's first word or a
     title does not hide the name (``Mr. John Q. Smith``: :func:`name_order_form` drops titles and initials);
     never the value itself (:func:`forms` takes that). A span is matched by value against production's names."""
-    runs: list[list[str]] = [[]]
-    end = 0
-    for match in _PROSE_WORD.finditer(text):
-        word = match.group()
-        if word[0].isupper() and (not runs[-1] or text[end:match.start()].isspace()):
-            runs[-1].append(word)
-        else:
-            runs.append([word] if word[0].isupper() else [])
-        end = match.end()
     whole = text.strip()
     spans = []
-    for run in runs:
-        run = run[:_NAME_RUN_WORDS]
-        for size in range(2, min(_NAME_SPAN_WORDS, len(run)) + 1):
-            spans += [span for start in range(len(run) - size + 1)
-                      if (span := " ".join(run[start:start + size]).rstrip(".,")) != whole]
+    for found in _CAPITALIZED_RUN.findall(text):
+        runs: list[list[str]] = [[]]
+        for word in found.split():  # a non-ASCII word in lower case splits the run
+            if word[0].isupper():
+                runs[-1].append(word)
+            elif runs[-1]:
+                runs.append([])
+        for run in runs:
+            run = run[:_NAME_RUN_WORDS]
+            for size in range(2, min(_NAME_SPAN_WORDS, len(run)) + 1):
+                spans += [span for start in range(len(run) - size + 1)
+                          if (span := " ".join(run[start:start + size]).rstrip(".,")) != whole]
     return spans
 
 
+#: What every IPv4 address holds: its middle octets between dots. It starts with a literal, so the search skips
+#: ahead in C (0.1 µs a value of prose, the full pattern 8.5 µs).
+_IPV4_HINT = re.compile(r"\.[0-9]{1,3}\.[0-9]{1,3}\.")
+
+
 def may_hold_ipv4(texts: list[str]) -> bool:
-    """Whether any of ``texts`` may hold an address (:func:`embedded_ipv4`): one search over the batch joined by
+    """Whether any of ``texts`` may hold an address (:func:`embedded_ipv4`): searches over the batch joined by
     NUL (no address crosses a NUL)."""
-    return _EMBEDDED_IPV4.search("\0".join(texts)) is not None
+    joined = "\0".join(texts)
+    return _IPV4_HINT.search(joined) is not None and _EMBEDDED_IPV4.search(joined) is not None
+
+
+def may_hold_name_spans(texts: list[str]) -> bool:
+    """Whether any of ``texts`` may hold a span (:func:`embedded_name_spans`): one search over the batch joined by
+    NUL (no run crosses a NUL)."""
+    return _CAPITALIZED_RUN.search("\0".join(texts)) is not None
 
 
 def may_hold_phone_runs(texts: list[str]) -> bool:
