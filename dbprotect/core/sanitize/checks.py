@@ -640,9 +640,11 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
             setattr(counts, kind, getattr(counts, kind) + count)
             detected.add(row)
         _embedded_phones(fingerprinter, production, batch, fixed, detected, counts)
-        _embedded_addresses(fingerprinter, production, batch, fixed, counts)
+        _count_embedded(fingerprinter, production, batch, fixed, counts, may_hold_ipv4, embedded_ipv4,
+                        "embedded_addresses")
         _encoded_documents(fingerprinter, production, batch, fixed, detected, counts)
-        _embedded_names(fingerprinter, production, batch, fixed, counts)
+        _count_embedded(fingerprinter, production, batch, fixed, counts, may_hold_name_spans, embedded_name_spans,
+                        "embedded_names")
     return counts
 
 
@@ -711,26 +713,17 @@ def detected_kind(leaf: str) -> str | None:
     return None
 
 
-def _embedded_names(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
-                    fixed: Set[int], counts: BatchFindings) -> None:
-    """The spans of capitalized words inside a keep column's prose (:func:`~.fingerprints.embedded_name_spans`): a
-    value holding one of production's names counts in ``embedded_names``."""
-    if not may_hold_name_spans([leaf for leaf, _ in batch]):
+def _count_embedded(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
+                    fixed: Set[int], counts: BatchFindings, may_hold: Callable[[list[str]], bool],
+                    parts_of: Callable[[str], list[str]], field: str) -> None:
+    """Count in ``field`` the values of a keep column's batch that hold a production value inside them, as
+    ``parts_of`` finds the parts (:func:`~.fingerprints.embedded_ipv4`: addresses in a log line;
+    :func:`~.fingerprints.embedded_name_spans`: a name in prose), when ``may_hold`` lets the batch through."""
+    if not may_hold([leaf for leaf, _ in batch]):
         return
-    for _, count, _, known in _embedded(fingerprinter, production, batch, fixed, counts, embedded_name_spans, forms):
+    for _, count, _, known in _embedded(fingerprinter, production, batch, fixed, counts, parts_of, forms):
         if known:
-            counts.embedded_names += count
-
-
-def _embedded_addresses(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
-                        fixed: Set[int], counts: BatchFindings) -> None:
-    """The IPv4 addresses inside a keep column's longer values (:func:`~.fingerprints.embedded_ipv4`): a value
-    holding one of production's counts in ``embedded_addresses``."""
-    if not may_hold_ipv4([leaf for leaf, _ in batch]):
-        return
-    for _, count, _, known in _embedded(fingerprinter, production, batch, fixed, counts, embedded_ipv4, forms):
-        if known:
-            counts.embedded_addresses += count
+            setattr(counts, field, getattr(counts, field) + count)
 
 
 def _embedded_phones(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
