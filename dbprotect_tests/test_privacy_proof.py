@@ -308,6 +308,19 @@ LEAKS = {
         "INSERT INTO sessions SELECT id, 'Bearer eyJhbGciOiJIUzI1NiJ9.' || " + _B64URL.format(
             "json_build_object('sub', id, 'email', 'other.' || id || '@mail.example.net')") + " FROM people;",
         {"sessions": {"id": "keep", "token": "keep"}}, "public.sessions.token (keep): 300 value(s) hold an e-mail"),
+    # JSON written as text (a legacy column, or a json rule on a text column): its values rearranged and quoted,
+    # a name inside met no form of the whole document.
+    "json_documents_in_a_keep_text_column": (
+        "CREATE TABLE audit (id int PRIMARY KEY, payload text);"
+        "INSERT INTO audit SELECT id, json_build_object('event', 'login', 'who', full_name, 'n', id)::text "
+        "FROM people;",
+        {"audit": {"id": "keep", "payload": "keep"}},
+        "public.audit.payload (keep): 300 value(s) hold personal values of production inside JSON text"),
+    "json_rule_on_a_text_column_leaving_a_name": (
+        "CREATE TABLE forms (id int PRIMARY KEY, doc text);"
+        "INSERT INTO forms SELECT id, json_build_object('a', 'x' || id, 'who', full_name)::text FROM people;",
+        {"forms": {"id": "keep", "doc": {"transformer": "json", "paths": {"a": "text"}}}},
+        "public.forms.doc: 300 value(s) hold personal values of production inside JSON text"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",
@@ -327,14 +340,14 @@ def test_leak_fails_the_check_naming_the_column(build, tmp_path: Path, case: str
 def test_a_json_rule_is_judged_on_what_it_leaves(build) -> None:
     """The masked paths' outputs (e-mail addresses the email transformer writes, under an array's every item and
     a key's) are not findings; the keys that hold them and the document's other leaves pass when they hold no
-    personal data."""
+    personal data; the same in a text column holding the document."""
+    document = ("jsonb_build_object('name', full_name, 'emails', jsonb_build_array(email, 'alt.' || id || "
+                "'@mail.example.net'), 'contact', jsonb_build_object('email', email, 'city', 'Leeds'), 'n', id)")
+    rule = {"transformer": "json", "paths": {"name": "name", "emails.*": "email", "contact.email": "email"}}
     result = build(
-        "CREATE TABLE profiles (id int PRIMARY KEY, doc jsonb);"
-        "INSERT INTO profiles SELECT id, jsonb_build_object('name', full_name, 'emails', jsonb_build_array(email, "
-        "'alt.' || id || '@mail.example.net'), 'contact', jsonb_build_object('email', email, 'city', 'Leeds'), "
-        "'n', id) FROM people;",
-        {"profiles": {"id": "keep", "doc": {"transformer": "json", "paths": {
-            "name": "name", "emails.*": "email", "contact.email": "email"}}}})
+        "CREATE TABLE profiles (id int PRIMARY KEY, doc jsonb, legacy text);"
+        f"INSERT INTO profiles SELECT id, {document}, {document}::text FROM people;",
+        {"profiles": {"id": "keep", "doc": rule, "legacy": rule}})
     check = {c.name: c for c in result.checks}["no_pii_leaked"]
     assert result.ok and check.ok, check.detail
 

@@ -55,10 +55,12 @@ from dbprotect.core.sanitize.fingerprints import (
     embedded_name_spans,
     embedded_phone_runs,
     forms,
+    json_text_leaves,
     looks_like_card,
     looks_like_email,
     looks_like_phone,
     may_hold_ipv4,
+    may_hold_json_text,
     may_hold_name_spans,
     may_hold_phone_runs,
     one_word_part,
@@ -455,6 +457,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
             fixed = fixed_by_column.get((table, info.name), frozenset())
             columns_scanned += 1
             hits = emails = phones = cards = distinct = parts = part_rows = embedded = addresses = encoded = names = 0
+            documents = 0
             for counts in _read_back(dst, query, fingerprinter, production, fixed, keep):
                 distinct += counts.distinct
                 lookups += counts.lookups
@@ -468,6 +471,7 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 addresses += counts.embedded_addresses
                 encoded += counts.encoded
                 names += counts.embedded_names
+                documents += counts.json_text
             scanned += distinct
             where = f"{table}.{info.name}" + (" (keep)" if keep else "")
             target = findings
@@ -479,6 +483,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
                 target.append(f"{where}: {embedded} value(s) hold a phone number of production inside longer text")
             if addresses:
                 target.append(f"{where}: {addresses} value(s) hold an IP address of production inside longer text")
+            if documents:
+                target.append(f"{where}: {documents} value(s) hold personal values of production inside JSON text")
             if names:
                 target.append(f"{where}: {names} value(s) hold a name of production inside longer text")
             if encoded:
@@ -603,6 +609,8 @@ class BatchFindings:
     encoded: int = 0
     #: Values holding a production name inside longer text (keep columns: embedded_name_spans).
     embedded_names: int = 0
+    #: JSON documents written as text one of whose leaves or keys is a production value (json_text_leaves).
+    json_text: int = 0
 
 
 def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],
@@ -625,6 +633,8 @@ def batch_findings(fingerprinter: Fingerprinter, production: FingerprintFilter, 
                 continue
         if (part := one_word_part(fingerprinter, leaf)) is not None:
             undecided.append((part, count))
+    # Any column: a document written as text (a keep column of JSON, a json rule's text column) by its leaves.
+    _count_embedded(fingerprinter, production, batch, fixed, counts, may_hold_json_text, json_text_leaves, "json_text")
     if undecided:  # the name-part test of the batch, in one lookup
         counts.lookups += len(undecided)
         for (_, count), hit in zip(undecided, production.hits([p for p, _ in undecided]).tolist(), strict=True):

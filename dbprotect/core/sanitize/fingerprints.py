@@ -540,6 +540,38 @@ def embedded_name_spans(text: str) -> list[str]:
 _IPV4_HINT = re.compile(r"\.[0-9]{1,3}\.[0-9]{1,3}\.")
 
 
+def json_text_leaves(text: str) -> list[str]:
+    """The scalar leaves and object keys of a value that is a JSON document written as text (a ``text`` column
+    holding JSON, a JSON string leaf holding JSON again), or nothing: such a document rearranges and quotes its
+    values, so a production value inside it meets no form of the whole."""
+    stripped = text.strip()
+    if stripped[:1] not in ("{", "[") or len(stripped) < 2:
+        return []
+    try:
+        doc = json.loads(stripped)
+    except ValueError:
+        return []
+    found: list[str] = []
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found += node
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+        elif isinstance(node, str):
+            found.append(node)
+        elif node is not None and not isinstance(node, bool):
+            found.append(json.dumps(node))
+    return found
+
+
+def may_hold_json_text(texts: list[str]) -> bool:
+    """Whether any of ``texts`` may be a JSON document written as text (:func:`json_text_leaves`)."""
+    return any(text.lstrip()[:1] in ("{", "[") for text in texts if text)
+
+
 def may_hold_ipv4(texts: list[str]) -> bool:
     """Whether any of ``texts`` may hold an address (:func:`embedded_ipv4`): searches over the batch joined by
     NUL (no address crosses a NUL)."""

@@ -167,7 +167,9 @@ def sanitize_table(src: psycopg.Connection, dst: psycopg.Connection, table: str,
         checked = _written_columns(dst, table)
         rewritten = {id(key.plan) for key in composite}  # a key collision rewrites the field after its check
         for plan in plans:
-            if plan.column in checked and id(plan) not in rewritten:
+            # A json rule's output is a document whose unmasked paths are the source's: judged leaf by leaf when
+            # read back, never as one written value (a text column's document matched no production value whole).
+            if plan.column in checked and id(plan) not in rewritten and plan.fn.kind != "json":
                 plan.check_written = True
                 plan.written_shape = checked[plan.column]
                 stats.written[plan.column] = [0, 0, 0]
