@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.ops import backup_database, build_sanitized_copy, verify_database_backup
-from dbprotect.core.sanitize.checks import batch_findings, unmasked_json_leaves
+from dbprotect.core.sanitize.checks import batch_findings
 from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
     embedded_name_spans,
     forms,
+    json_leaves,
     looks_like_card,
     looks_like_phone,
 )
@@ -352,15 +353,15 @@ def test_a_json_rule_is_judged_on_what_it_leaves(build) -> None:
     assert result.ok and check.ok, check.detail
 
 
-def test_unmasked_json_leaves_leave_out_the_masked_paths_only() -> None:
+def test_json_leaves_leave_out_the_masked_paths_only() -> None:
     doc = {"a": {"b": "x@y.org", "c": ["p@q.org", {"d": "keep me"}]}, "k@l.org": 1, "n": [1, 2.5, True, None]}
-    assert sorted(unmasked_json_leaves(doc, [])) == sorted(
+    assert sorted(json_leaves(doc, [])) == sorted(
         ["a", "b", "x@y.org", "c", "p@q.org", "d", "keep me", "k@l.org", "1", "n", "1", "2.5"])
-    assert sorted(unmasked_json_leaves(doc, [["a", "b"], ["a", "c", "0"]])) == sorted(
+    assert sorted(json_leaves(doc, [["a", "b"], ["a", "c", "0"]])) == sorted(
         ["a", "b", "c", "d", "keep me", "k@l.org", "1", "n", "1", "2.5"])
-    assert sorted(unmasked_json_leaves(doc, [["*", "c"], ["n"]])) == sorted(["a", "b", "x@y.org", "c", "k@l.org", "1",
+    assert sorted(json_leaves(doc, [["*", "c"], ["n"]])) == sorted(["a", "b", "x@y.org", "c", "k@l.org", "1",
                                                                             "n"])
-    assert list(unmasked_json_leaves(doc, [[]])) == []  # the whole document
+    assert list(json_leaves(doc, [[]])) == []  # the whole document
 
 
 def test_names_inside_prose_are_the_spans_of_capitalized_words() -> None:

@@ -55,6 +55,7 @@ from dbprotect.core.sanitize.fingerprints import (
     embedded_name_spans,
     embedded_phone_runs,
     forms,
+    json_leaves,
     json_text_leaves,
     looks_like_card,
     looks_like_email,
@@ -77,7 +78,7 @@ from dbprotect.core.sanitize.leaves import (
 )
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 from dbprotect.core.sanitize.stream import TableStats
-from dbprotect.core.sanitize.transformers import copy_unescape, json_path, output_shape
+from dbprotect.core.sanitize.transformers import copy_unescape, json_path_rules, output_shape
 from dbprotect.core.store.manifest import Manifest
 
 NO_PII_LEAKED = "no_pii_leaked"
@@ -170,41 +171,16 @@ def _json_leaves(node: Any, parts: list[str]) -> Iterator[str]:
             yield from _json_leaves(node[i], rest)
 
 
-def unmasked_json_leaves(node: Any, masked: list[list[str]]) -> Iterator[str]:
-    """The scalar leaves and object keys of a JSON document outside every one of the ``masked`` paths (path parts,
-    ``*`` any key or item, as the json transformer walks them; a path's node is masked whole, and the key that
-    holds it is not)."""
-    if any(not parts for parts in masked):
-        return
-    if isinstance(node, dict):
-        for key, child in node.items():
-            yield key
-            yield from unmasked_json_leaves(child, [parts[1:] for parts in masked if parts[0] in ("*", key)])
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            yield from unmasked_json_leaves(child, [parts[1:] for parts in masked if parts[0] in ("*", str(index))])
-    elif isinstance(node, str):
-        yield node
-    elif node is not None and not isinstance(node, bool):
-        yield json.dumps(node)
-
-
 def masked_json_paths(rule: ColumnRule) -> list[list[str]]:
     """The parts of every path a json rule masks (a path whose transformer is ``keep`` is left as it is)."""
-    paths = rule.options().get("paths") or {}
-    return [json_path(str(path)) for path, spec in paths.items()
-            if (spec if isinstance(spec, str) else (spec or {}).get("transformer", "text")) != "keep"]
+    return [parts for parts, path_rule in json_path_rules(rule.options().get("paths") or {})
+            if path_rule.transformer != "keep"]
 
 
 def _json_paths(rule: ColumnRule) -> list[tuple[list[str], str]]:
-    """(path parts, transformer) of a json rule's masked paths."""
-    paths = rule.options().get("paths") or {}
-    found = []
-    for path, spec in paths.items():
-        kind = spec if isinstance(spec, str) else (spec or {}).get("transformer", "text")
-        if kind not in NOT_FINGERPRINTED:
-            found.append((json_path(str(path)), str(kind)))
-    return found
+    """(path parts, transformer) of a json rule's paths whose values are fingerprinted."""
+    return [(parts, path_rule.transformer) for parts, path_rule in json_path_rules(rule.options().get("paths") or {})
+            if path_rule.transformer not in NOT_FINGERPRINTED]
 
 
 def fingerprint_capacity(columns: dict[str, list[ColumnInfo]], rules: RuleSet, rows: dict[str, int]) -> int:
@@ -529,7 +505,7 @@ def _outside_json_paths(dst: psycopg.Connection, table: str, column: str, rule: 
                 doc = json.loads(text)
             except ValueError:  # not JSON (a json rule on a text column): the value is what the rule left
                 doc = text
-            kinds = {kind for leaf in unmasked_json_leaves(doc, masked) if (kind := detected_kind(leaf)) is not None}
+            kinds = {kind for leaf in json_leaves(doc, masked) if (kind := detected_kind(leaf)) is not None}
             for kind in kinds:
                 found[kind] += count
     return [(count, _DETECTED[kind]) for kind, count in found.items() if count]
@@ -689,7 +665,7 @@ def _encoded_leaves(leaf: str) -> list[str]:
     (:func:`~.fingerprints.embedded_encoded_json`)."""
     if "eyJ" not in leaf:
         return []
-    return [part for doc in embedded_encoded_json(leaf) for part in unmasked_json_leaves(doc, [])]
+    return [part for doc in embedded_encoded_json(leaf) for part in json_leaves(doc)]
 
 
 def _encoded_documents(fingerprinter: Fingerprinter, production: FingerprintFilter, batch: list[tuple[str, int]],

@@ -540,31 +540,42 @@ def embedded_name_spans(text: str) -> list[str]:
 _IPV4_HINT = re.compile(r"\.[0-9]{1,3}\.[0-9]{1,3}\.")
 
 
-def json_text_leaves(text: str) -> list[str]:
-    """The scalar leaves and object keys of a value that is a JSON document written as text (a ``text`` column
-    holding JSON, a JSON string leaf holding JSON again), or nothing: such a document rearranges and quotes its
-    values, so a production value inside it meets no form of the whole."""
-    stripped = text.strip()
-    if stripped[:1] not in ("{", "[") or len(stripped) < 2:
-        return []
-    try:
-        doc = json.loads(stripped)
-    except ValueError:
-        return []
+def json_leaves(node: Any, masked: Iterable[list[str]] = ()) -> list[str]:
+    """The scalar leaves and object keys of a JSON document (numbers as JSON writes them), outside every one of
+    the ``masked`` paths (path parts, ``*`` any key or item, as the json transformer walks them; a path's node is
+    masked whole, and the key that holds it is not). Walked with a stack, not by recursion: a document nested
+    thousands deep is data too, and must not stop the check."""
     found: list[str] = []
-    stack = [doc]
+    stack: list[tuple[Any, list[list[str]]]] = [(node, list(masked))]
     while stack:
-        node = stack.pop()
+        node, paths = stack.pop()
+        if any(not parts for parts in paths):
+            continue
         if isinstance(node, dict):
-            found += node
-            stack += node.values()
+            for key, child in node.items():
+                found.append(key)
+                stack.append((child, [parts[1:] for parts in paths if parts[0] in ("*", key)]))
         elif isinstance(node, list):
-            stack += node
+            for index, child in enumerate(node):
+                stack.append((child, [parts[1:] for parts in paths if parts[0] in ("*", str(index))]))
         elif isinstance(node, str):
             found.append(node)
         elif node is not None and not isinstance(node, bool):
             found.append(json.dumps(node))
     return found
+
+
+def json_text_leaves(text: str) -> list[str]:
+    """The :func:`json_leaves` of a value that is a JSON document written as text (a ``text`` column holding JSON,
+    a JSON string leaf holding JSON again), or nothing: such a document rearranges and quotes its values, so a
+    production value inside it meets no form of the whole."""
+    stripped = text.strip()
+    if stripped[:1] not in ("{", "[") or len(stripped) < 2:
+        return []
+    try:
+        return json_leaves(json.loads(stripped))
+    except ValueError:
+        return []
 
 
 def may_hold_json_text(texts: list[str]) -> bool:

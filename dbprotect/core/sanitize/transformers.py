@@ -348,17 +348,19 @@ def json_path(path: str) -> list[str]:
     return [] if path in WHOLE_DOCUMENT else path.split(".")
 
 
+def json_path_rules(paths: dict[Any, Any]) -> list[tuple[list[str], ColumnRule]]:
+    """A json rule's ``paths`` as (path parts, rule): as the transformer masks them, and as the check reads them
+    (production's leaves under them, the copy's leaves outside them)."""
+    return [(json_path(str(path)), ColumnRule.parse(spec, where=f"json path {path}")) for path, spec in paths.items()]
+
+
 def _json(masker: Masker, options: dict[str, Any]) -> Transform:
     paths = options.pop("paths", {})
     _no_more(options)
     if not isinstance(paths, dict) or not paths:
         raise ValueError("paths is a mapping of dotted paths (use * for any key or item) to transformers")
-    compiled = []
-    for path, spec in paths.items():
-        rule = ColumnRule.parse(spec, where=f"json path {path}")
-        if rule.transformer == "keep":
-            continue
-        compiled.append((json_path(str(path)), masker.transformer(rule)))
+    compiled = [(parts, masker.transformer(rule)) for parts, rule in json_path_rules(paths)
+                if rule.transformer != "keep"]
 
     def apply(node: Any, parts: list[str], fn: MaskFunction) -> Any:
         if not parts:
