@@ -9,6 +9,7 @@ cards and the normalization property are pure and fast here.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,8 @@ from hypothesis import strategies as st
 
 from dbprotect.core.config.load import load_config
 from dbprotect.core.ops import backup_database, build_sanitized_copy, verify_database_backup
-from dbprotect.core.sanitize.checks import batch_findings
+from dbprotect.core.sanitize.checks import batch_findings, production_fingerprints
+from dbprotect.core.sanitize.coverage import source_columns
 from dbprotect.core.sanitize.fingerprints import (
     Fingerprinter,
     FingerprintFilter,
@@ -33,6 +35,8 @@ from dbprotect.core.sanitize.fingerprints import (
     looks_like_phone,
 )
 from dbprotect.core.sanitize.leaves import TypeCatalog, leaf_query
+from dbprotect.core.sanitize.rules import parse_rules
+from dbprotect.core.sanitize.transformers import SanitizeError
 from dbprotect.core.store import FilesystemStorage
 from dbprotect.core.store.catalog import list_backups
 from dbprotect_tests.fixtures.crm import KEY_ENV
@@ -372,6 +376,46 @@ def test_names_inside_prose_are_the_spans_of_capitalized_words() -> None:
             "Dr. Q. Berg"} <= set(spans)
     assert "Escalated" not in " ".join(spans)  # a colon ends a run
     assert embedded_name_spans("John Smith") == [] and embedded_name_spans("all lower case words here") == []
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_still_read() -> None:
+    """A document a hundred thousand brackets deep (JSON text, a token's payload) raised RecursionError out of the
+    check; its string literals are read instead, so a name at the bottom is still found."""
+    fingerprinter = Fingerprinter(b"k" * 32)
+    production = FingerprintFilter(1000)
+    production.add_forms(fingerprinter, sorted(forms("Jöhn Smíth") | forms("Anna Berg")))
+    deep_text = "[" * 100_000 + '{"who": "J\\u00f6hn Sm\\u00edth"}' + "]" * 100_000
+    payload = '{"a": ' + "[" * 100_000 + '"Anna Berg"' + "]" * 100_000 + "}"
+    token = "Bearer " + base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+    counts = batch_findings(fingerprinter, production, [(deep_text, 2), (token, 3)], frozenset(), keep=True)
+    assert counts.json_text == 2 and counts.encoded == 3
+
+
+_DEEP_DOCUMENT = "CREATE TABLE deep (id int PRIMARY KEY, doc text); INSERT INTO deep VALUES (1, '{\"a\": ' || " \
+                 "repeat('[', 100000) || '1' || repeat(']', 100000) || '}');"
+_DEEP_RULE = {"transformer": "json", "paths": {"a": "text"}}
+
+
+def test_production_json_nested_too_deeply_stops_the_build_in_one_line(build, tmp_path: Path) -> None:
+    """A json rule's document too deep to parse stops the build with one line naming the column (the rules' fit
+    test masks it first), nothing stored."""
+    with pytest.raises(SanitizeError) as raised:
+        build(_DEEP_DOCUMENT, {"deep": {"id": "keep", "doc": _DEEP_RULE}})
+    message = str(raised.value)
+    assert message.startswith("public.deep.doc (transformer json)") and "nothing was stored" in message, message
+    assert "\n" not in message
+    assert not list_backups(FilesystemStorage(tmp_path / "store"), "crm-sanitized")
+
+
+def test_production_fingerprints_stop_at_a_document_too_deep_to_read(make_db) -> None:
+    """Production's leaves under a json rule's paths must be fingerprinted: a document too deep to parse is a
+    one-line stop naming the column (it raised RecursionError), never a document silently left out."""
+    with psycopg.connect(make_db(_DEEP_DOCUMENT)) as src:
+        columns = source_columns(src)
+        rules = parse_rules(yaml.safe_dump({"version": 1, "tables": {"deep": {"id": "keep", "doc": _DEEP_RULE}}}))
+        with pytest.raises(SanitizeError) as raised:
+            production_fingerprints(src, columns, rules, Fingerprinter(b"k" * 32), 1000)
+    assert str(raised.value).startswith("public.deep.doc: a JSON document is nested too deeply"), raised.value
 
 
 def test_a_tsvector_reads_as_its_words_in_the_order_of_their_positions(make_db) -> None:

@@ -78,7 +78,7 @@ from dbprotect.core.sanitize.leaves import (
 )
 from dbprotect.core.sanitize.rules import ColumnRule, RuleSet
 from dbprotect.core.sanitize.stream import TableStats
-from dbprotect.core.sanitize.transformers import copy_unescape, json_path_rules, output_shape
+from dbprotect.core.sanitize.transformers import SanitizeError, copy_unescape, json_path_rules, output_shape
 from dbprotect.core.store.manifest import Manifest
 
 NO_PII_LEAKED = "no_pii_leaked"
@@ -149,18 +149,10 @@ def _lines(conn: psycopg.Connection, query: sql.Composable) -> Iterator[str]:
 
 def _json_leaves(node: Any, parts: list[str]) -> Iterator[str]:
     """The scalar leaves under a dotted path of a JSON document (``*`` any key or item), as the json transformer
-    walks it."""
+    walks it; under the path, every scalar leaf (not the keys: field names a masked subtree holds are no
+    personal values), walked by :func:`~.fingerprints.json_leaves` (a stack, whatever the depth)."""
     if not parts:
-        if isinstance(node, dict):
-            for child in node.values():
-                yield from _json_leaves(child, [])
-        elif isinstance(node, list):
-            for child in node:
-                yield from _json_leaves(child, [])
-        elif isinstance(node, str):
-            yield node
-        elif node is not None and not isinstance(node, bool):
-            yield json.dumps(node)
+        yield from json_leaves(node, keys=False)
         return
     head, rest = parts[0], parts[1:]
     if isinstance(node, dict):
@@ -230,11 +222,16 @@ def production_fingerprints(src: psycopg.Connection, columns: dict[str, list[Col
                 for text in _lines(src, query):
                     try:
                         doc = json.loads(text)
+                        for parts, kind in paths:
+                            for leaf in _json_leaves(doc, parts):
+                                found.add_forms(fingerprinter, list(forms(leaf, free_text=_free_text(kind))))
                     except ValueError:
                         continue
-                    for parts, kind in paths:
-                        for leaf in _json_leaves(doc, parts):
-                            found.add_forms(fingerprinter, list(forms(leaf, free_text=_free_text(kind))))
+                    except RecursionError:  # its leaves unread would weaken the check: the build stops instead
+                        raise SanitizeError(f"{table}.{info.name}: a JSON document is nested too deeply to read its "
+                                            "personal values; nothing was stored",
+                                            hint="the json transformer cannot read it either: flatten such documents "
+                                                 "or mask the column with another transformer") from None
                 continue
             leaves = leaf_query(catalog, table, info.name)
             if utf8 and (info.name in plain or leaves is None):
@@ -503,7 +500,7 @@ def _outside_json_paths(dst: psycopg.Connection, table: str, column: str, rule: 
         for text, count in batch:
             try:
                 doc = json.loads(text)
-            except ValueError:  # not JSON (a json rule on a text column): the value is what the rule left
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than json parses: judged whole
                 doc = text
             kinds = {kind for leaf in json_leaves(doc, masked) if (kind := detected_kind(leaf)) is not None}
             for kind in kinds:

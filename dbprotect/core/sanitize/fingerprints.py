@@ -489,14 +489,19 @@ _ENCODED_JSON = re.compile(r"eyJ[A-Za-z0-9_\-+/]{8,}={0,2}")
 def embedded_encoded_json(text: str) -> list[Any]:
     """The JSON objects a value holds base64-encoded (a JWT's header and payload, a cookie, a ``state``
     parameter), decoded: a signed token keeps its claims readable to anyone (``email``, ``name``, ``phone_number``),
-    so a kept sessions table holds the people it names. Runs that do not decode to a JSON object are ignored."""
+    so a kept sessions table holds the people it names. Runs that do not decode to a JSON object are ignored; one
+    nested deeper than the parser goes gives the list of its string literals (:func:`json_string_literals`)."""
     found = []
     for run in _ENCODED_JSON.findall(text):
         body = run.rstrip("=")
         try:
             decoded = base64.b64decode(body.replace("-", "+").replace("_", "/") + "=" * (-len(body) % 4),
                                        validate=True)
-            doc = json.loads(decoded.decode("utf-8"))
+            text = decoded.decode("utf-8")
+            doc = json.loads(text)
+        except RecursionError:  # nested deeper than json parses: its strings, read off the text
+            found.append(json_string_literals(text))
+            continue
         except (ValueError, UnicodeDecodeError):
             continue
         if isinstance(doc, dict):
@@ -540,11 +545,11 @@ def embedded_name_spans(text: str) -> list[str]:
 _IPV4_HINT = re.compile(r"\.[0-9]{1,3}\.[0-9]{1,3}\.")
 
 
-def json_leaves(node: Any, masked: Iterable[list[str]] = ()) -> list[str]:
-    """The scalar leaves and object keys of a JSON document (numbers as JSON writes them), outside every one of
-    the ``masked`` paths (path parts, ``*`` any key or item, as the json transformer walks them; a path's node is
-    masked whole, and the key that holds it is not). Walked with a stack, not by recursion: a document nested
-    thousands deep is data too, and must not stop the check."""
+def json_leaves(node: Any, masked: Iterable[list[str]] = (), *, keys: bool = True) -> list[str]:
+    """The scalar leaves and (``keys``) object keys of a JSON document (numbers as JSON writes them), outside every
+    one of the ``masked`` paths (path parts, ``*`` any key or item, as the json transformer walks them; a path's
+    node is masked whole, and the key that holds it is not). Walked with a stack, not by recursion: a document
+    nested thousands deep is data too, and must not stop the check."""
     found: list[str] = []
     stack: list[tuple[Any, list[list[str]]]] = [(node, list(masked))]
     while stack:
@@ -553,7 +558,8 @@ def json_leaves(node: Any, masked: Iterable[list[str]] = ()) -> list[str]:
             continue
         if isinstance(node, dict):
             for key, child in node.items():
-                found.append(key)
+                if keys:
+                    found.append(key)
                 stack.append((child, [parts[1:] for parts in paths if parts[0] in ("*", key)]))
         elif isinstance(node, list):
             for index, child in enumerate(node):
@@ -574,8 +580,27 @@ def json_text_leaves(text: str) -> list[str]:
         return []
     try:
         return json_leaves(json.loads(stripped))
+    except RecursionError:  # nested deeper than json parses: its strings, read off the text
+        return json_string_literals(stripped)
     except ValueError:
         return []
+
+
+#: A JSON string literal: quotes around characters other than a quote or a backslash, or escapes.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def json_string_literals(text: str) -> list[str]:
+    """The string literals of JSON text, decoded, without parsing its structure: the leaves and keys of a document
+    nested deeper than the parser goes (a value a few thousand brackets deep is data, and its names must still be
+    read). Numbers are left out; a literal that does not decode is skipped."""
+    found = []
+    for literal in _JSON_STRING.findall(text):
+        try:
+            found.append(json.loads(literal))
+        except ValueError:
+            continue
+    return found
 
 
 def may_hold_json_text(texts: list[str]) -> bool:
