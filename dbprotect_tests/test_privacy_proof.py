@@ -326,6 +326,13 @@ LEAKS = {
         "INSERT INTO forms SELECT id, json_build_object('a', 'x' || id, 'who', full_name)::text FROM people;",
         {"forms": {"id": "keep", "doc": {"transformer": "json", "paths": {"a": "text"}}}},
         "public.forms.doc: 300 value(s) hold personal values of production inside JSON text"),
+    # A path the rule names with keep is kept as it is: the detectors judge it like the rest of what the rule leaves.
+    "json_rule_keeping_a_path_of_emails": (
+        "CREATE TABLE profiles (id int PRIMARY KEY, doc jsonb);"
+        "INSERT INTO profiles SELECT id, jsonb_build_object('name', full_name, 'backup', 'bk.' || id || "
+        "'@mail.example.net') FROM people;",
+        {"profiles": {"id": "keep", "doc": {"transformer": "json", "paths": {"name": "name", "backup": "keep"}}}},
+        "public.profiles.doc: 300 value(s) hold an e-mail address outside the rule's JSON paths"),
     "bytea_holding_text": (
         "CREATE TABLE blobs (id int PRIMARY KEY, body bytea);"
         "INSERT INTO blobs SELECT id, convert_to(email, 'UTF8') FROM people;",
