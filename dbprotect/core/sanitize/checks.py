@@ -100,6 +100,8 @@ class CheckResult:
 #: Rules whose source values are not fingerprinted: ``keep`` (declared not personal) and the noise
 #: transformers (dates and amounts collide by chance with every other date and amount).
 NOT_FINGERPRINTED = frozenset({"keep", "date", "number"})
+#: What each detector finds (its :class:`BatchFindings` count -> the words of a finding).
+_DETECTED = {"emails": "an e-mail address", "phones": "a phone number", "cards": "a payment card number"}
 #: False reports a clean build may expect (filter false-positive rate x lookups), printed with each check.
 FALSE_REPORT_BUDGET = 1e-6
 
@@ -466,8 +468,8 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
             if parts >= max(NAME_PART_MIN, NAME_PART_SHARE * distinct):
                 target.append(f"{where}: {part_rows} value(s) equal first or last names of production "
                                 f"({parts} of {distinct} distinct values)")
-            for count, what in ((emails, "an e-mail address"), (phones, "a phone number"),
-                                (cards, "a payment card number")):
+            for count, what in ((emails, _DETECTED["emails"]), (phones, _DETECTED["phones"]),
+                                (cards, _DETECTED["cards"])):
                 if count:
                     detector_findings += 1
                     target.append(f"{where}: {count} value(s) hold {what}")
@@ -478,9 +480,6 @@ def copy_findings(dst: psycopg.Connection, columns: dict[str, list[ColumnInfo]],
 _INTEGERS = frozenset({"int2", "int4", "int8"})
 #: Digits of a payment card (looks_like_card): a keep integer column's values this long meet the detectors.
 _CARD_LENGTHS = (13, 19)
-
-
-_DETECTED = {"emails": "an e-mail address", "phones": "a phone number", "cards": "a payment card number"}
 
 
 def _outside_json_paths(dst: psycopg.Connection, table: str, column: str, rule: ColumnRule) -> list[tuple[int, str]]:
